@@ -1,0 +1,173 @@
+"""Typed configs with one source of defaults, named presets, and OmegaConf dotlist overrides.
+
+This module imports nothing from the package, so every other module may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+
+from contextforcing.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a Wan2.1 DiT. Field names follow the original Wan2.1 `WanModel` constructor."""
+
+    dim: int = 1536  # hidden size
+    ffn_dim: int = 8960  # feed-forward hidden size
+    num_layers: int = 30  # transformer blocks
+    num_heads: int = 12  # attention heads; head_dim = dim // num_heads
+    text_dim: int = 4096  # width of the text encoder's output (UMT5-XXL)
+    text_len: int = 512  # text tokens, zero padded
+    in_dim: int = 16  # latent channels in
+    out_dim: int = 16  # latent channels out
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) patch of the Conv3d embedding
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    eps: float = 1e-6  # norm epsilon
+    qk_norm: bool = True  # RMSNorm over the full dim on q and k
+    cross_attn_norm: bool = True  # affine LayerNorm before cross-attention (`norm3`)
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def validate(self) -> "ModelConfig":
+        if self.dim % self.num_heads:
+            raise UserError(f"model dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise UserError(f"head_dim {self.head_dim} must be even and at least 6 for 3D RoPE")
+        if self.patch_size[0] != 1:
+            raise UserError("temporal patch size must be 1 for frame-wise causal generation")
+        return self
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """The latent video grid a preset generates, and how it maps to seconds and pixels."""
+
+    latent_height: int = 60  # 480 px / VAE stride 8
+    latent_width: int = 104  # 832 px / VAE stride 8
+    chunk_frames: int = 3  # latent frames denoised together
+    fps: int = 16  # pixel frames per second
+    vae_stride_t: int = 4  # pixel frames per latent frame (the first latent gives 1)
+    vae_stride_hw: int = 8  # pixels per latent cell
+
+    @property
+    def latent_fps(self) -> float:
+        """Latent frames per second of video: 4 for Wan (16 fps / temporal stride 4)."""
+        return self.fps / self.vae_stride_t
+
+    def latent_frames_for(self, seconds: float) -> int:
+        """Latent frames for `seconds` of video, rounded up to whole chunks."""
+        if not seconds > 0:
+            raise UserError(f"--seconds must be positive, got {seconds}")
+        frames = round(seconds * self.latent_fps)
+        chunks = max(1, -(-frames // self.chunk_frames))
+        return chunks * self.chunk_frames
+
+    def pixel_frames_for(self, latent_frames: int) -> int:
+        """Wan's causal VAE: the first latent frame decodes to 1 pixel frame, each later one to 4."""
+        return 1 + (latent_frames - 1) * self.vae_stride_t if latent_frames else 0
+
+    def tokens_per_frame(self, model: ModelConfig) -> int:
+        _, ph, pw = model.patch_size
+        return (self.latent_height // ph) * (self.latent_width // pw)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Few-step flow-matching sampling (Self-Forcing / Context Forcing defaults)."""
+
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    denoising_steps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+    warp_denoising_steps: bool = True
+    commit_timestep: float = 0.0  # timestep label of the clean commit pass
+    guidance_scale: float = 1.0  # only for multi-step teacher sampling (standard CFG form)
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelConfig
+    video: VideoConfig = field(default_factory=VideoConfig)
+
+
+PRESETS: dict[str, Preset] = {
+    "wan2.1-t2v-1.3b": Preset(ModelConfig()),
+    "wan2.1-t2v-14b": Preset(ModelConfig(dim=5120, ffn_dim=13824, num_layers=40, num_heads=40)),
+    # Small enough that a chunk takes milliseconds on one CPU core; same code paths as the real sizes.
+    "tiny": Preset(
+        ModelConfig(dim=64, ffn_dim=128, num_layers=2, num_heads=4, text_dim=32, text_len=16, freq_dim=32),
+        VideoConfig(latent_height=8, latent_width=8),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    preset.model.validate()
+    return preset
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Parse `key=value` strings (OmegaConf dotlist syntax, values typed by YAML rules) into a dict."""
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value")
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)), resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(cls: type[T], values: dict[str, Any], *, where: str) -> T:
+    """Build dataclass `cls` from `values`, rejecting unknown keys and coercing simple types."""
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"unknown {where} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    coerced = {}
+    for key, value in values.items():
+        default = getattr(cls(), key) if _has_defaults(cls) else None
+        coerced[key] = _coerce(value, default, f"{where} option {key!r}")
+    return cls(**coerced)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _has_defaults(cls: type) -> bool:
+    return all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _coerce(value: Any, default: Any, what: str) -> Any:
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise UserError(f"{what} must be true or false, got {value!r}")
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{what} must be a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            if float(value) != int(value):
+                raise UserError(f"{what} must be an integer, got {value!r}")
+            return int(value)
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(value)
+    return value

@@ -1,0 +1,1 @@
+"""Data: video files, datasets, and the synthetic world."""

@@ -1,0 +1,282 @@
+"""Causal Wan2.1 DiT with the original Wan2.1 parameter names.
+
+Checkpoints of Wan2.1, Self-Forcing, CausVid, LongLive and Context Forcing load directly (key names are
+those of Wan's `WanModel`). Compared with the bidirectional model only three things change: timesteps
+are per frame (per-frame adaLN), RoPE takes an explicit temporal position for every frame, and
+self-attention either reads a context memory (streaming) or obeys a frame-level mask (parallel).
+
+Forward modes, all on the same weights:
+  (a) cached chunk:      model(x_chunk, t, text, memory=mem, commit=...)   positions chosen by the memory
+  (b) parallel masked:   model(x_clip, t, text, frame_mask=block_causal_mask(F, chunk))
+  (c) context + target:  model.forward_with_context(target, t, text, context, context_positions, ...)
+Tensor layout: latents [B, C, F, H, W]; timesteps [B, F]; text embeddings [B, text_len, text_dim].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from contextforcing.config import ModelConfig
+from contextforcing.model.attention import attention, context_target_mask
+from contextforcing.model.rope import apply_rope, rope_frequencies
+
+if TYPE_CHECKING:
+    from contextforcing.memory.context import ContextMemory
+    from contextforcing.memory.cross import CrossAttentionCache
+
+
+class WanRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the parameter dtype."""
+
+    def __init__(self, dim: int, eps: float, elementwise_affine: bool = False):
+        super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return nn.functional.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+
+
+class Attention(nn.Module):
+    """Projections shared by self- and cross-attention (names: q, k, v, o, norm_q, norm_k)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q, self.k, self.v, self.o = (nn.Linear(cfg.dim, cfg.dim) for _ in range(4))
+        self.norm_q = WanRMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = WanRMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim))  # [B, L, dim] -> [B, L, H, D]
+
+    def project_query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.norm_q(self.q(x)))
+
+    def project_key_value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
+
+
+class AttentionInputs:
+    """What self-attention needs besides the tokens: rotations, and a memory view or a mask."""
+
+    def __init__(self, freqs, tokens_per_frame, frame_mask=None, backend="sdpa"):
+        self.freqs, self.tokens_per_frame = freqs, tokens_per_frame
+        self.frame_mask, self.backend = frame_mask, backend
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = WanLayerNorm(cfg.dim, cfg.eps)
+        self.self_attn = Attention(cfg)
+        self.norm3 = WanLayerNorm(cfg.dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = Attention(cfg)
+        self.norm2 = WanLayerNorm(cfg.dim, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x, e0, text_kv, inputs: AttentionInputs, context_kv=None):
+        """x [B, F, T, dim] float32 residual stream; e0 [B, F, 6, dim]; returns (x, raw k, v).
+
+        `context_kv` = (rotated keys, values) [B, Lc, H, D] from the memory, or None. The raw (pre-RoPE)
+        keys and the values of this call are returned so that the caller can store them.
+        """
+        b, f, t, dim = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)
+        dtype = self.ffn[0].weight.dtype
+
+        # 1. Self-attention over [memory context ; this clip], adaLN per frame.
+        h = (self.norm1(x) * (1 + scale1) + shift1).to(dtype).reshape(b, f * t, dim)
+        q = self.self_attn.project_query(h)
+        k, v = self.self_attn.project_key_value(h)
+        q_rot, k_rot = apply_rope(q, inputs.freqs), apply_rope(k, inputs.freqs)
+        keys, values = k_rot, v
+        if context_kv is not None:
+            keys, values = torch.cat([context_kv[0], k_rot], 1), torch.cat([context_kv[1], v], 1)
+        y = attention(q_rot, keys, values, inputs.frame_mask, inputs.tokens_per_frame, inputs.backend)
+        y = self.self_attn.o(y.flatten(2)).float().reshape(b, f, t, dim)
+        x = x + y * gate1
+
+        # 2. Cross-attention to the text (no modulation, ungated residual).
+        h = self.norm3(x).to(dtype).reshape(b, f * t, dim)
+        y = attention(self.cross_attn.project_query(h), *text_kv)
+        x = x + self.cross_attn.o(y.flatten(2)).float().reshape(b, f, t, dim)
+
+        # 3. Feed-forward, adaLN per frame.
+        h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
+        x = x + self.ffn(h).float() * gate2
+        return x, k, v
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = WanLayerNorm(cfg.dim, cfg.eps)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x, e):
+        """x [B, F, T, dim]; e [B, F, dim] -> [B, F, T, out_dim * prod(patch)]."""
+        shift, scale = (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).chunk(2, dim=2)
+        return self.head((self.norm(x) * (1 + scale) + shift).to(self.head.weight.dtype))
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: [cos, sin] halves over 10000^(-i/half), computed in float64."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.reshape(-1).to(torch.float64), freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).reshape(*t.shape, dim)
+
+
+class CausalWanModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg.validate()
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self.gradient_checkpointing = False
+        self.attention_backend = "sdpa"
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid (h, w) of one latent frame."""
+        _, ph, pw = self.config.patch_size
+        return height // ph, width // pw
+
+    def key_rotation(self, height: int, width: int):
+        """A function (keys [B, n, T, H, D], frame positions) -> rotated keys [B, n*T, H, D] for the memory."""
+        gh, gw = self.grid(height, width)
+
+        def rotate(keys: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+            freqs = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, keys.device)
+            return apply_rope(keys.flatten(1, 2), freqs)
+
+        return rotate
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self.text_embedding(text.to(self.dtype))
+
+    def text_key_values(self, layer: int, text_emb: torch.Tensor):
+        return self.blocks[layer].cross_attn.project_key_value(text_emb)
+
+    def _embed_time(self, t: torch.Tensor):
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(self.time_embedding[0].weight.dtype)).float()
+        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()
+        return e, e0.unflatten(-1, (6, self.config.dim))  # [B, F, dim], [B, F, 6, dim]
+
+    def _unpatchify(self, out: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        b, f = out.shape[:2]
+        pt, ph, pw = self.config.patch_size
+        out = out.reshape(b, f, gh, gw, pt, ph, pw, self.config.out_dim)
+        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.config.out_dim, f * pt, gh * ph, gw * pw)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: "torch.Tensor | CrossAttentionCache",
+        *,
+        memory: "ContextMemory | None" = None,
+        commit: bool = False,
+        positions: Sequence[int] | None = None,
+        frame_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow (noise - x0) for latents x [B, C, F, H, W] at per-frame timesteps t [B, F].
+
+        With `memory`, x is the memory's current chunk: positions come from the memory, self-attention
+        reads its context, and a `commit` pass stores this chunk's keys/values. Without it, x is a whole
+        clip with frame `positions` (default 0..F-1) under `frame_mask` (default: full attention).
+        """
+        b, _, f, height, width = x.shape
+        gh, gw = self.grid(height, width)
+        tokens_per_frame = gh * gw
+        if t.dim() == 1:
+            t = t[:, None].expand(b, f)
+        if memory is not None:
+            positions = memory.current_positions
+        elif positions is None:
+            positions = range(f)
+        freqs = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, x.device)
+        inputs = AttentionInputs(freqs, tokens_per_frame, frame_mask, self.attention_backend)
+        text_cache = text if not isinstance(text, torch.Tensor) else None
+        text_emb = None if text_cache is not None else self.embed_text(text)
+
+        h = self.patch_embedding(x.to(self.dtype))  # [B, dim, F, gh, gw]
+        h = h.flatten(3).transpose(1, 2).transpose(2, 3).float()  # [B, F, T, dim]
+        e, e0 = self._embed_time(t)
+        for i, block in enumerate(self.blocks):
+            text_kv = text_cache.get(self, i) if text_cache is not None else self.text_key_values(i, text_emb)
+            context_kv = memory.view(i) if memory is not None else None
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                h, k, v = torch.utils.checkpoint.checkpoint(block, h, e0, text_kv, inputs, context_kv, use_reentrant=False)
+            else:
+                h, k, v = block(h, e0, text_kv, inputs, context_kv)
+            if memory is not None:
+                memory.write(i, k, v, commit=commit)
+        return self._unpatchify(self.head(h, e), gh, gw)
+
+    def forward_with_context(
+        self,
+        target: torch.Tensor,
+        t_target: torch.Tensor,
+        text,
+        context: torch.Tensor,
+        context_positions: Sequence[int],
+        target_positions: Sequence[int],
+        t_context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mode (c): denoise a target window that attends to a clean context laid out like the memory.
+
+        context [B, C, Fc, H, W] at `context_positions` (e.g. sink, slow, fast as the student's memory
+        places them), target [B, C, Ft, H, W] at `target_positions`. Returns the target's flow prediction.
+        """
+        b, fc = context.shape[0], context.shape[2]
+        ft = target.shape[2]
+        if t_context is None:
+            t_context = torch.zeros(b, fc, device=target.device, dtype=t_target.dtype)
+        if t_target.dim() == 1:
+            t_target = t_target[:, None].expand(b, ft)
+        mask = context_target_mask(fc, ft, context_mask, device=target.device)
+        out = self(
+            torch.cat([context, target], dim=2),
+            torch.cat([t_context, t_target], dim=1),
+            text,
+            positions=list(context_positions) + list(target_positions),
+            frame_mask=mask,
+        )
+        return out[:, :, fc:]
+
+
+def build_model(cfg: ModelConfig, *, device=None, dtype=torch.float32, seed: int | None = None) -> CausalWanModel:
+    """A randomly initialised model (seeded), as the CLI's --random-init uses."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return CausalWanModel(cfg).to(device=device, dtype=dtype).eval()

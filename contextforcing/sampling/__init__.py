@@ -1,0 +1,1 @@
+"""Sampling: the flow-matching schedule, samplers, and the streaming chunk generator."""

@@ -1,0 +1,187 @@
+"""Streaming generation: one chunk routine (`VideoStream.step`) and the chunk iterator around it.
+
+Per chunk of latent frames: few-step denoising against the context memory (predict x0, re-noise to
+the next step), then one clean commit pass at t = 0 that writes the chunk's K/V into the memory and
+lets the policy update its tiers. Inference, training rollouts, benchmarks and demos all call `step`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from contextforcing.config import SamplingConfig, VideoConfig
+from contextforcing.memory.context import ContextMemory, MemoryLayout
+from contextforcing.memory.cross import CrossAttentionCache
+from contextforcing.memory.policies import PolicySpec
+from contextforcing.model.wan import CausalWanModel
+from contextforcing.sampling.samplers import euler_steps, guided, sample_euler, sample_few_step
+from contextforcing.sampling.scheduler import FlowMatchSchedule
+
+
+@dataclass
+class Branch:
+    """One conditioning stream: a text (cross-attention cache) and the context memory it builds."""
+
+    text: CrossAttentionCache
+    memory: ContextMemory
+
+
+@dataclass
+class Chunk:
+    index: int  # chunk number in this stream (prefill excluded)
+    start: int  # first absolute latent frame
+    latents: torch.Tensor  # clean latents [B, C, frames, H, W]
+    seconds: float  # wall time of denoising + commit
+    trace: dict = field(default_factory=dict)  # the memory's plan for this chunk
+
+
+class VideoStream:
+    """Explicit state of one streaming generation: model, memories, texts, and the frame counter."""
+
+    def __init__(
+        self,
+        model: CausalWanModel,
+        text: torch.Tensor,
+        memory: PolicySpec,
+        video: VideoConfig,
+        sampling: SamplingConfig = SamplingConfig(),
+        *,
+        uncond_text: torch.Tensor | None = None,
+        euler_num_steps: int | None = None,
+        max_frames: int | None = None,
+    ):
+        self.model, self.video, self.sampling, self.spec = model, video, sampling, memory
+        self.schedule = FlowMatchSchedule(sampling.shift, sampling.num_train_timesteps)
+        if euler_num_steps:  # multi-step (teacher) sampling
+            self.steps = euler_steps(euler_num_steps, self.schedule)
+        elif sampling.warp_denoising_steps:
+            self.steps = self.schedule.warp(sampling.denoising_steps)
+        else:
+            self.steps = list(sampling.denoising_steps)
+        self.multistep = bool(euler_num_steps)
+        self.batch, self.max_frames = text.shape[0], max_frames
+        self.device, self.dtype = text.device, model.dtype
+        use_cfg = uncond_text is not None and sampling.guidance_scale != 1.0
+        self.branches = [Branch(CrossAttentionCache(text), self._new_memory())]
+        if use_cfg:
+            self.branches.append(Branch(CrossAttentionCache(uncond_text), self._new_memory()))
+        self.frame = 0  # next absolute latent frame
+        self.recent: dict[int, torch.Tensor] = {}  # clean latents of frames still in the fast window
+        self.events: list[dict] = []
+
+    @property
+    def memory(self) -> ContextMemory:
+        return self.branches[0].memory
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.video.chunk_frames
+
+    def _new_memory(self) -> ContextMemory:
+        layout = MemoryLayout.for_model(self.model.config, self.video)
+        rotation = self.model.key_rotation(self.video.latent_height, self.video.latent_width)
+        return ContextMemory(self.spec, layout, key_rotation=rotation, batch=self.batch, device=self.device,
+                             dtype=self.dtype, max_frames=self.max_frames)
+
+    def noise(self, frames: int, generator: torch.Generator | None) -> torch.Tensor:
+        shape = (self.batch, self.model.config.in_dim, frames, self.video.latent_height, self.video.latent_width)
+        return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    # -- the chunk routine -------------------------------------------------------------------------
+    def step(self, noise: torch.Tensor, generator: torch.Generator | None = None, exit_step: int | None = None) -> torch.Tensor:
+        """Generate the next chunk from `noise` [B, C, frames, H, W] and commit it to memory."""
+        frames = noise.shape[2]
+        for branch in self.branches:
+            branch.memory.begin_chunk(self.frame, frames)
+        denoise = self._denoiser()
+        if self.multistep:
+            x0 = sample_euler(denoise, noise, self.steps, self.schedule)
+        else:
+            x0 = sample_few_step(denoise, noise, self.steps, self.schedule, generator, exit_step)
+        self._commit(x0.detach())
+        return x0
+
+    def _denoiser(self):
+        def for_branch(branch: Branch):
+            def denoise(x, t):
+                ts = torch.full((x.shape[0], x.shape[2]), float(t), device=x.device)
+                return self.model(x, ts, branch.text, memory=branch.memory)
+
+            return denoise
+
+        if len(self.branches) == 1:
+            return for_branch(self.branches[0])
+        return guided(for_branch(self.branches[0]), for_branch(self.branches[1]), self.sampling.guidance_scale)
+
+    @torch.no_grad()
+    def _commit(self, x0: torch.Tensor) -> None:
+        """Clean pass at the commit timestep: write this chunk's K/V, then let the policies update."""
+        frames = x0.shape[2]
+        ts = torch.full((x0.shape[0], frames), self.sampling.commit_timestep, device=x0.device)
+        for branch in self.branches:
+            self.model(x0, ts, branch.text, memory=branch.memory, commit=True)
+            branch.memory.commit()
+        for i in range(frames):
+            self.recent[self.frame + i] = x0[:, :, i : i + 1]
+        self.frame += frames
+        fast = set(self.memory.tiers()["fast"])
+        self.recent = {f: x for f, x in self.recent.items() if f in fast}
+
+    # -- conditioning changes ----------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, latents: torch.Tensor) -> None:
+        """Commit given clean latents [B, C, F, H, W] chunk by chunk (video continuation, I2V start)."""
+        for begin in range(0, latents.shape[2], self.chunk_frames):
+            part = latents[:, :, begin : begin + self.chunk_frames].to(self.device)
+            for branch in self.branches:
+                branch.memory.begin_chunk(self.frame, part.shape[2])
+            self._commit(part)
+        self.events.append({"event": "prefill", "frames": latents.shape[2]})
+
+    @torch.no_grad()
+    def switch_prompt(self, text: torch.Tensor, flush: bool = False) -> None:
+        """New prompt from the next chunk on: reset the cross-attention cache and re-encode the fast
+        window once under the new prompt (LongLive's recache); sink and slow memory are kept, or
+        dropped with `flush`."""
+        branch = self.branches[0]
+        branch.text = CrossAttentionCache(text)
+        if flush:
+            branch.memory.flush()
+        frames = branch.memory.begin_recache(self.frame)
+        if frames:
+            window = torch.cat([self.recent[f] for f in frames], dim=2)
+            ts = torch.full((window.shape[0], len(frames)), self.sampling.commit_timestep, device=window.device)
+            self.model(window, ts, branch.text, memory=branch.memory, commit=True)
+        branch.memory.commit()
+        self.events.append({"event": "switch", "frame": self.frame, "recached": frames, "flush": flush})
+
+
+def stream_video(
+    stream: VideoStream,
+    num_frames: int,
+    *,
+    generator: torch.Generator | None = None,
+    switches: dict[int, torch.Tensor] | None = None,
+    flush_on_switch: bool = False,
+) -> Iterator[Chunk]:
+    """Yield `num_frames` latent frames chunk by chunk as soon as each is done.
+
+    `switches` maps a chunk index to the text embeddings that take effect from that chunk on.
+    """
+    switches = switches or {}
+    chunks = -(-num_frames // stream.chunk_frames)
+    for index in range(chunks):
+        if index in switches:
+            stream.switch_prompt(switches[index], flush=flush_on_switch)
+        frames = min(stream.chunk_frames, num_frames - index * stream.chunk_frames)
+        noise = stream.noise(frames, generator)
+        began = time.perf_counter()
+        start = stream.frame
+        latents = stream.step(noise, generator)
+        if latents.is_cuda:
+            torch.cuda.synchronize(latents.device)
+        yield Chunk(index, start, latents, time.perf_counter() - began, stream.memory.trace[-1])
