@@ -1,0 +1,92 @@
+"""Command line: `contextforcing generate | bench | ...`. Bad input exits with code 2 and one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from contextforcing.errors import UserError
+
+# Subcommands that live beside the code they drive; each module exposes register(subparsers).
+_PLUGGED_COMMANDS = (
+    "contextforcing.model.checkpoints_cli",
+    "contextforcing.data.world.cli",
+    "contextforcing.eval.cli",
+)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="model size preset (tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b)")
+    p.add_argument("--random-init", action="store_true", help="random weights (no checkpoint needed)")
+    p.add_argument("--seconds", type=float, required=True, help="video length; Wan counts 4 latent frames per second")
+    p.add_argument("--memory", default="slow_fast", help="full, rolling, sink, relative, ema_sink or slow_fast")
+    p.add_argument("--memory-opt", action="append", metavar="KEY=VALUE", help="memory policy option, repeatable")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
+
+
+def _generate(args) -> int:
+    from contextforcing.generation import request_from_args, run_generation
+
+    sidecar = run_generation(request_from_args(args), progress=not args.quiet)
+    print(f"wrote {args.out} ({sidecar['pixel_frames']} frames, {sidecar['latent_frames']} latent) and its sidecar")
+    return 0
+
+
+def _bench(args) -> int:
+    from contextforcing.bench import format_table, run_bench
+    from contextforcing.config import parse_overrides
+
+    result = run_bench(args.preset, args.seconds, args.memory, parse_overrides(args.memory_opt or []),
+                       seed=args.seed, device=args.device, dtype=args.dtype, windows=args.windows)
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="contextforcing", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate a video, streaming it to an mp4 as chunks finish")
+    _add_model_args(gen)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--out", required=True, help="output .mp4; a .json sidecar is written beside it")
+    gen.add_argument("--switch", action="append", metavar="CHUNK:PROMPT", help="switch prompt at a chunk, repeatable")
+    gen.add_argument("--flush-on-switch", action="store_true", help="drop sink and slow memory at a switch")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_generate)
+
+    bench = sub.add_parser("bench", help="time a stream without writing video")
+    _add_model_args(bench)
+    bench.add_argument("--windows", default="", help="chunk ranges to report median latency for, e.g. 20:40,400:420")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.set_defaults(func=_bench)
+
+    for name in _PLUGGED_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue  # an optional component that is not part of this build
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"contextforcing: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("contextforcing: interrupted; partial output kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
