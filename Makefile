@@ -29,7 +29,7 @@ test-slow: $(VENV)/.test-installed
 	$(PY) -m pytest -q -m slow
 
 bench: $(VENV)/.base-installed
-	$(VENV)/bin/contextforcing bench --preset tiny --random-init --seconds 110 --memory slow_fast
+	$(VENV)/bin/contextforcing bench --preset tiny --random-init --seconds 320 --memory slow_fast --windows 20:40,400:420
 
 clean:
 	rm -rf $(VENV) out

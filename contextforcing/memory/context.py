@@ -221,11 +221,16 @@ class ContextMemory:
 
     # -- promotion ---------------------------------------------------------------------------------
     def _similarity(self, layers: list[int]) -> torch.Tensor | None:
-        """Mean over layers and batch of cos(this chunk's mean key, the previous one's) -- one scalar."""
+        """cos(this chunk's pooled mean key, the previous one's) -- one scalar.
+
+        The pooled representation is the chunk's mean key [H*D] averaged over `layers` and the batch:
+        one representation, one cosine (not a mean of per-layer cosines).
+        """
         if any(self._prev_repr[i] is None or self._repr[i] is None for i in layers):
             return None
-        sims = [torch.cosine_similarity(self._repr[i], self._prev_repr[i], dim=-1).mean() for i in layers]
-        return torch.stack(sims).mean()
+        current = torch.stack([self._repr[i] for i in layers]).mean(dim=(0, 1))  # [L, B, H*D] -> [H*D]
+        previous = torch.stack([self._prev_repr[i] for i in layers]).mean(dim=(0, 1))
+        return torch.cosine_similarity(current, previous, dim=0)
 
     def _decide(self, g: _Group) -> bool:
         check = g.policy.promotion_check(self.chunk_index, self.start)
@@ -240,7 +245,7 @@ class ContextMemory:
 
         The first call that crosses tau promotes, copying the chunk's first frame from *that* pass.
         With per-layer scope each layer decides alone; with global scope the decision waits for the
-        last layer of the pass and uses the mean similarity over layers.
+        last layer of the pass and uses the representation pooled over layers (see `_similarity`).
         """
         g = self._group_of[layer]
         self._repr[layer] = chunk_key
@@ -263,8 +268,10 @@ class ContextMemory:
         if self._recaching:
             self._recaching = False
             return
+        # any_pass only changes *when* a surprisal decision is taken; a uniform rule still promotes here.
+        per_pass = self.promote_any_pass and self.groups[0].policy.p.rule == "surprisal"
         for g in self.groups:
-            promote = g.promoted_this_chunk if self.promote_any_pass else self._decide(g)
+            promote = g.promoted_this_chunk if per_pass else self._decide(g)
             changes = g.policy.commit(self.start, self.frames, promote)
             for f in changes.slow_evicted:  # free first, so a full slow memory has room for the new copy
                 g.slots.release(("slow", f))

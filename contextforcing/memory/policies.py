@@ -242,7 +242,9 @@ class TieredPolicy:
         """'no', 'yes', or 'ask' (needs the surprisal signal) for the chunk that starts at `start`."""
         if self.p.slow == 0 or self.p.rule == "none":
             return "no"
-        eligible = start >= max(self.p.sink, self.p.window or 0) and chunk % self.p.interval == 0
+        # A chunk that (re)fills the sink is never also promoted: it would be attended twice.
+        eligible = (not self._sink_open and start >= max(self.p.sink, self.p.window or 0)
+                    and chunk % self.p.interval == 0)
         if not eligible:
             return "no"
         return "yes" if self.p.rule == "uniform" else "ask"

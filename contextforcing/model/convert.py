@@ -6,7 +6,11 @@ Note the swap: the affine LayerNorm before cross-attention is `norm3` in Wan and
 
 from __future__ import annotations
 
+import dataclasses
 import re
+
+from contextforcing.config import ModelConfig
+from contextforcing.errors import UserError
 
 # (original pattern, diffusers replacement); applied in order, first match wins.
 _ORIGINAL_TO_DIFFUSERS: list[tuple[str, str]] = [
@@ -92,3 +96,42 @@ def diffusers_config(model_cfg) -> dict:
         qk_norm="rms_norm_across_heads" if model_cfg.qk_norm else None,
         eps=model_cfg.eps,
     )
+
+
+def diffusers_key_to_original(key: str) -> str:
+    """One diffusers parameter name in original Wan2.1 naming; KeyError when the name has no mapping."""
+    return _rename(key, _DIFFUSERS_TO_ORIGINAL)
+
+
+def original_key_to_diffusers(key: str) -> str:
+    """One original Wan2.1 parameter name in diffusers naming; KeyError when the name has no mapping."""
+    return _rename(key, _ORIGINAL_TO_DIFFUSERS)
+
+
+def model_config_from_diffusers(config: dict, base: ModelConfig | None = None) -> ModelConfig:
+    """Our ModelConfig from a diffusers `WanTransformer3DModel` config.json (the inverse of `diffusers_config`).
+
+    Fields diffusers does not store (text_len, rope_theta) come from `base` (default: ModelConfig defaults).
+    Image-conditioned (I2V) variants are rejected: this model has no image branch.
+    """
+    if config.get("image_dim") or config.get("added_kv_proj_dim"):
+        raise UserError("diffusers config describes an image-conditioned (I2V) Wan model; only text-to-video is supported")
+    qk_norm = config.get("qk_norm", "rms_norm_across_heads")
+    if qk_norm not in (None, "rms_norm_across_heads"):
+        raise UserError(f"diffusers config has qk_norm={qk_norm!r}; only 'rms_norm_across_heads' (Wan's) or none is supported")
+    heads = int(config.get("num_attention_heads", 40))  # diffusers' own defaults are the 14B model's
+    values = dict(
+        dim=heads * int(config.get("attention_head_dim", 128)),
+        ffn_dim=int(config.get("ffn_dim", 13824)),
+        num_layers=int(config.get("num_layers", 40)),
+        num_heads=heads,
+        text_dim=int(config.get("text_dim", 4096)),
+        in_dim=int(config.get("in_channels", 16)),
+        out_dim=int(config.get("out_channels") or config.get("in_channels", 16)),
+        patch_size=tuple(int(p) for p in config.get("patch_size", (1, 2, 2))),
+        freq_dim=int(config.get("freq_dim", 256)),
+        eps=float(config.get("eps", 1e-6)),
+        qk_norm=qk_norm is not None,
+        cross_attn_norm=bool(config.get("cross_attn_norm", True)),
+    )
+    return dataclasses.replace(base if base is not None else ModelConfig(), **values)

@@ -1,0 +1,142 @@
+"""Reading weight files and loading them strictly, with one-line `UserError`s for bad files.
+
+Shared by the UMT5 and Wan VAE loaders. Nothing here imports diffusers or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from contextforcing.errors import UserError
+
+# How many offending names a key/shape error lists before it says "and N more".
+MAX_NAMES_IN_ERROR = 5
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def name_list(items: list[str]) -> str:
+    """The first few names, comma separated, for one-line error messages."""
+    shown = ", ".join(items[:MAX_NAMES_IN_ERROR])
+    more = len(items) - MAX_NAMES_IN_ERROR
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
+
+
+def check_safetensors(path: Path) -> None:
+    """Reads only the header, which safetensors checks against the file size: catches truncated files cheaply."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
+
+
+def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    """A `torch.save`d state dict (`.pth`/`.pt`), memory-mapped so multi-GB files cost no RAM up front."""
+    try:
+        try:
+            obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{path}: corrupted or unreadable checkpoint ({_first_line(exc)})") from None
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """One weight file, or a sharded safetensors `*.index.json`, into a flat name -> tensor dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: weight file not found")
+    if path.name.endswith(".index.json"):
+        return read_sharded_safetensors(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    return read_torch_file(path)
+
+
+def read_sharded_safetensors(index_path: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{index_path}: not a valid safetensors index ({_first_line(exc)})") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise UserError(f"{shard_path}: shard listed in {index_path.name} is missing")
+        state.update(read_safetensors(shard_path))
+    return state
+
+
+def find_safetensors(folder: Path, single_name: str) -> Path:
+    """The weights of a diffusers/transformers model folder: `single_name` or its sharded `.index.json`."""
+    single = folder / single_name
+    index = folder / (single_name + ".index.json")
+    if single.is_file():
+        return single
+    if index.is_file():
+        return index
+    raise UserError(f"{folder}: no {single_name} (or {index.name}) found")
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Every parameter and buffer present with the right shape, nothing extra; else one line naming them."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise UserError(f"{source}: missing {len(missing)} weight(s): {name_list(missing)}")
+    if unexpected:
+        raise UserError(f"{source}: unexpected {len(unexpected)} weight(s): {name_list(unexpected)}")
+    wrong = [
+        f"{name} expected {list(shape)} found {list(state[name].shape)}"
+        for name, shape in expected.items()
+        if tuple(state[name].shape) != shape
+    ]
+    if wrong:
+        raise UserError(f"{source}: shape mismatch in {len(wrong)} weight(s): {name_list(wrong)}")
+
+
+def load_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], source: str, device: torch.device | str, dtype: torch.dtype
+) -> nn.Module:
+    """Loads `state` into `module` (typically built on the meta device) on `device`, floats cast to `dtype`.
+
+    Tensors go straight to their final device and dtype one at a time, so a model built on the meta
+    device never exists in full twice.
+    """
+    check_state_dict(module, state, source)
+    cast = {
+        name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for name, t in state.items()
+    }
+    module.load_state_dict(cast, strict=True, assign=True)
+    leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if leftover:  # non-persistent buffers are not in a state dict; our models have none
+        raise RuntimeError(f"tensors left on the meta device after loading {source}: {leftover[:MAX_NAMES_IN_ERROR]}")
+    return module

@@ -1,0 +1,729 @@
+"""Wan2.1 DiT checkpoints in every layout the field uses, read into our (original Wan2.1) parameter names.
+
+Formats (`detect_format` / `--checkpoint-format`):
+  original   Wan2.1 weights: `diffusion_pytorch_model.safetensors`, sharded (`*.safetensors.index.json`), or a
+             flat `.pth`/`.pt`/`.bin` state dict; a file or the Wan2.1 model directory.
+  diffusers  `WanTransformer3DModel` weights: a directory with config.json (a pipeline root with `transformer/`
+             works too) or a single safetensors file with diffusers names; renamed with `model.convert`.
+  training   a `.pt` dict of state dicts (Self-Forcing, CausVid, Causal Forcing, LongLive, Context Forcing):
+             `generator_ema` by default when present, `generator` with use_ema=False (`model` as a fallback).
+Wrapper prefixes (`model.`, `model.diffusion_model.`, `module.`, FSDP / torch.compile segments...) are
+stripped wherever they appear. A peft-style LoRA adapter can be merged into the weights at load time.
+
+Nothing is unpickled beyond tensors and plain containers unless `allow_pickle=True` (trusted files only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from contextforcing.config import PRESETS, ModelConfig
+from contextforcing.errors import UserError
+from contextforcing.model.convert import (
+    diffusers_config,
+    diffusers_key_to_original,
+    model_config_from_diffusers,
+    original_key_to_diffusers,
+)
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("original", "diffusers", "training")
+SAVE_LAYOUTS = ("original", "diffusers")
+# Head width of every released Wan2.1 model (1.3B: 12 x 128, 14B: 40 x 128); shapes alone cannot give heads.
+WAN_HEAD_DIM = 128
+# How many offending names an error lists before "and N more".
+MAX_NAMES_IN_ERROR = 4
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONFIG_NAME = "config.json"
+# Looked for, in order, inside a checkpoint directory. `model.pt` is a Self-Forcing `checkpoint_model_*/` dir.
+_DIR_CANDIDATES = (WEIGHTS_NAME, WEIGHTS_NAME + ".index.json", "diffusion_pytorch_model.bin", "model.pt")
+_PIPELINE_SUBDIR = "transformer"  # a diffusers pipeline root keeps the DiT here
+
+# Training dicts: which entry holds the generator, in order of preference.
+_EMA_KEYS = ("generator_ema",)
+_RAW_KEYS = ("generator", "model", "state_dict")
+
+# Leading name segments that wrap the DiT in training code, peft or ComfyUI; dropped until a real root remains.
+_PREFIX_SEGMENTS = frozenset({"model", "diffusion_model", "module", "base_model", "transformer", "generator"})
+# Segments inserted *inside* names by FSDP, activation checkpointing and torch.compile.
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+_ORIGINAL_ROOTS = frozenset({"patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head"})
+_DIFFUSERS_ROOTS = frozenset({"patch_embedding", "condition_embedder", "blocks", "proj_out", "scale_shift_table"})
+_DIFFUSERS_MARKERS = ("condition_embedder.", "proj_out.", ".attn1.", ".attn2.", "scale_shift_table")
+
+
+# -- small helpers -------------------------------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_NAMES_IN_ERROR])
+    more = len(items) - MAX_NAMES_IN_ERROR
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _check_format(fmt: str | None) -> None:
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave it to detection)")
+
+
+# -- locating and reading files ------------------------------------------------------------------------
+def resolve_weights(path: str | Path) -> Path:
+    """The weight file behind `path`: the file itself, or the known weight file inside a checkpoint directory."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    if path.is_file():
+        return path
+    for name in _DIR_CANDIDATES:
+        if (path / name).is_file():
+            return path / name
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    singles = sorted(path.glob("*.safetensors"))
+    if len(indexes) == 1:
+        return indexes[0]
+    if not indexes and len(singles) == 1:
+        return singles[0]
+    if (path / _PIPELINE_SUBDIR).is_dir():
+        return resolve_weights(path / _PIPELINE_SUBDIR)
+    looked = ", ".join([*_DIR_CANDIDATES, "one *.safetensors[.index.json]", f"{_PIPELINE_SUBDIR}/"])
+    raise UserError(f"{path}: no Wan2.1 DiT weights found (looked for {looked})")
+
+
+def _safetensors_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (SafetensorError, OSError, ValueError, RuntimeError)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except _safetensors_errors() as exc:
+        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    """Only the header: cheap, and safetensors checks it against the file size (so truncation shows)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except _safetensors_errors() as exc:
+        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
+
+
+def _shard_map(index_path: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{index_path}: not a valid safetensors index ({_first_line(exc)})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index_path}: the index has an empty or malformed weight_map")
+    return weight_map
+
+
+def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(_shard_map(index_path).values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise UserError(f"{shard_path}: shard listed in {index_path.name} is missing")
+        state.update(_read_safetensors(shard_path))
+    return state
+
+
+def _read_torch(path: Path, allow_pickle: bool) -> Any:
+    """`torch.load`, memory-mapped when the file is in the zip format so multi-GB files cost no RAM up front."""
+    errors = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
+    try:
+        try:
+            return torch.load(str(path), map_location="cpu", mmap=True, weights_only=not allow_pickle)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)  # legacy format
+    except pickle.UnpicklingError as exc:
+        if allow_pickle or "weights_only" not in str(exc):
+            raise UserError(f"{path}: corrupted or unreadable checkpoint ({_first_line(exc)})") from None
+        raise UserError(
+            f"{path}: holds Python objects besides tensors, which are not unpickled by default; "
+            "if you trust the file, allow pickle (--allow-pickle)"
+        ) from None
+    except errors as exc:
+        raise UserError(f"{path}: corrupted or unreadable checkpoint ({_first_line(exc)})") from None
+
+
+def _read_raw(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
+    """Whatever the weight file holds: a flat name -> tensor dict, or a training dict of such dicts."""
+    if path.name.endswith(".index.json"):
+        return _read_sharded(path)
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    obj = _read_torch(path, allow_pickle)
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+# -- names ------------------------------------------------------------------------------------------------
+def strip_prefixes(key: str) -> str:
+    """`model.diffusion_model.blocks.0...` -> `blocks.0...`: drop wrapper segments and known leading prefixes."""
+    for segment in _WRAPPER_SEGMENTS:
+        key = key.replace(segment, "")
+    parts = key.split(".")
+    roots = _ORIGINAL_ROOTS | _DIFFUSERS_ROOTS
+    while len(parts) > 1 and parts[0] not in roots and parts[0] in _PREFIX_SEGMENTS:
+        parts.pop(0)
+    return ".".join(parts)
+
+
+def _naming(keys: Iterable[str]) -> str:
+    """'diffusers' when any (prefix-stripped) name is diffusers-only, else 'original'."""
+    return "diffusers" if any(m in k for k in keys for m in _DIFFUSERS_MARKERS) else "original"
+
+
+def _to_original_names(state: Mapping[str, torch.Tensor], naming: str, source: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    for key, tensor in state.items():
+        name = strip_prefixes(key)
+        if naming == "diffusers":
+            try:
+                name = diffusers_key_to_original(name)
+            except KeyError:
+                unmapped.append(key)
+                continue
+        if name in out:
+            raise UserError(f"{source}: two weights map to {name!r} once prefixes are removed")
+        out[name] = tensor
+    if unmapped:
+        raise UserError(f"{source}: {len(unmapped)} diffusers weight(s) have no Wan2.1 equivalent: {_names(unmapped)}")
+    return out
+
+
+def _is_training_dict(raw: Mapping[str, Any]) -> bool:
+    return any(isinstance(raw.get(k), Mapping) for k in (*_EMA_KEYS, *_RAW_KEYS))
+
+
+def _select_generator(raw: Mapping[str, Any], use_ema: bool, source: str) -> Mapping[str, torch.Tensor]:
+    """EMA weights by default when the checkpoint has them; the raw generator with use_ema=False."""
+    keys = (*_EMA_KEYS, *_RAW_KEYS) if use_ema else _RAW_KEYS
+    for key in keys:
+        if isinstance(raw.get(key), Mapping):
+            log.info("%s: using the %r weights", source, key)
+            return raw[key]
+    present = sorted(k for k, v in raw.items() if isinstance(v, Mapping))
+    if not use_ema and any(k in present for k in _EMA_KEYS):
+        raise UserError(f"{source}: only EMA weights ({', '.join(present)}) are stored; drop --no-ema to use them")
+    raise UserError(f"{source}: no generator weights in this training checkpoint (entries: {', '.join(present) or 'none'})")
+
+
+def _tensors_only(state: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{source}: expected a state dict of tensors; non-tensor entries: {_names(sorted(bad))}")
+    return state
+
+
+# -- format detection and loading ------------------------------------------------------------------------
+def detect_format(path: str | Path, *, allow_pickle: bool = False) -> str:
+    """'original', 'diffusers' or 'training' for a checkpoint file or directory (safetensors: header only)."""
+    weights = resolve_weights(path)
+    if weights.name.endswith(".index.json"):
+        return _naming(strip_prefixes(k) for k in _shard_map(weights))
+    if weights.suffix == ".safetensors":
+        return _naming(strip_prefixes(k) for k in _safetensors_keys(weights))
+    return _format_of(_read_raw(weights, allow_pickle))
+
+
+def _format_of(raw: Mapping[str, Any]) -> str:
+    return "training" if _is_training_dict(raw) else _naming(strip_prefixes(k) for k in raw)
+
+
+def load_state_dict(
+    path: str | Path,
+    fmt: str | None = None,
+    use_ema: bool = True,
+    *,
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
+    allow_pickle: bool = False,
+) -> dict[str, torch.Tensor]:
+    """A Wan2.1 DiT checkpoint in any supported layout as {original name: tensor}, with `lora` merged in.
+
+    `fmt` overrides detection: 'original' takes names as they are (after prefix stripping), 'diffusers'
+    renames them, 'training' requires a dict with generator entries. Tensors keep their stored dtype.
+    """
+    _check_format(fmt)
+    weights = resolve_weights(path)
+    source = str(path)
+    raw = _read_raw(weights, allow_pickle)
+    detected = _format_of(raw)
+    fmt = fmt or detected
+    if fmt == "training":
+        if detected != "training":
+            raise UserError(f"{source}: not a training checkpoint (no generator / generator_ema entries)")
+        raw = _select_generator(raw, use_ema, source)
+    elif detected == "training":
+        raise UserError(f"{source}: this is a training checkpoint (generator entries), not {fmt!r} weights")
+    raw = _tensors_only(raw, source)
+    naming = fmt if fmt in SAVE_LAYOUTS else _naming(strip_prefixes(k) for k in raw)
+    state = _to_original_names(raw, naming, source)
+    if not state:
+        raise UserError(f"{source}: the checkpoint holds no weights")
+    if lora is not None:
+        state = merge_lora(state, lora, alpha=lora_alpha, allow_pickle=allow_pickle)
+    return state
+
+
+# -- LoRA ---------------------------------------------------------------------------------------------------
+# `<module>.lora_A[.<adapter>].weight` (peft; `lora_down`/`lora_up` in kohya/ComfyUI files) and `<module>.alpha`.
+_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[^.]+))?\.weight$")
+_LORA_ALPHA_KEY = re.compile(r"^(?P<module>.+)\.alpha$")
+_LORA_DOWN = ("lora_A", "lora_down")
+_ADAPTER_CONFIG = "adapter_config.json"
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# Entries of a training-style LoRA checkpoint that hold the adapter (LongLive saves `generator_lora`).
+_LORA_ENTRIES = ("generator_lora", "lora", "state_dict", "model")
+
+
+@dataclasses.dataclass
+class LoraPair:
+    """One adapted weight: delta = scale * up @ down, with scale = alpha / rank (or / sqrt(rank) for rsLoRA)."""
+
+    down: torch.Tensor | None = None  # A: [rank, in, *kernel]
+    up: torch.Tensor | None = None  # B: [out, rank, *1]
+    alpha: float | None = None  # stored per module by kohya-style files
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+
+@dataclasses.dataclass
+class LoraAdapter:
+    pairs: dict[str, LoraPair]  # keyed by the module path as stored (prefixes not yet resolved)
+    alpha: float | None = None  # adapter-wide `lora_alpha` from adapter_config.json
+    use_rslora: bool = False
+
+
+def _adapter_files(path: Path) -> tuple[Path, Path | None]:
+    """(weights, adapter_config.json or None) for a peft adapter directory or a single adapter file."""
+    if not path.exists():
+        raise UserError(f"{path}: no such LoRA file or directory")
+    if path.is_dir():
+        found = [path / n for n in _ADAPTER_WEIGHTS if (path / n).is_file()]
+        if not found:
+            raise UserError(f"{path}: no LoRA weights found (looked for {', '.join(_ADAPTER_WEIGHTS)})")
+        weights = found[0]
+    else:
+        weights = path
+    config = weights.parent / _ADAPTER_CONFIG
+    return weights, config if config.is_file() else None
+
+
+def _adapter_config(path: Path | None) -> tuple[float | None, bool]:
+    if path is None:
+        return None, False
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a valid adapter config ({_first_line(exc)})") from None
+    if config.get("alpha_pattern"):
+        # Per-module alphas by regex would silently mis-scale if ignored; refuse rather than guess.
+        raise UserError(f"{path}: per-module alpha_pattern is not supported; pass one alpha with --lora-alpha")
+    alpha = config.get("lora_alpha")
+    return (float(alpha) if alpha is not None else None), bool(config.get("use_rslora", False))
+
+
+def _lora_tensors(raw: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
+    for entry in _LORA_ENTRIES:
+        if isinstance(raw.get(entry), Mapping):
+            return _tensors_only(raw[entry], source)
+    return _tensors_only(raw, source)
+
+
+def parse_lora(tensors: Mapping[str, torch.Tensor], source: str = "LoRA") -> dict[str, LoraPair]:
+    """Group LoRA tensors by module; any key that is not a LoRA matrix or alpha is an error."""
+    pairs: dict[str, LoraPair] = {}
+    unknown: list[str] = []
+    adapters: set[str] = set()
+    for key, tensor in tensors.items():
+        if match := _LORA_KEY.match(key):
+            pair = pairs.setdefault(match["module"], LoraPair())
+            if match["kind"] in _LORA_DOWN:
+                pair.down = tensor
+            else:
+                pair.up = tensor
+            adapters.add(match["adapter"] or "")
+        elif match := _LORA_ALPHA_KEY.match(key):
+            pairs.setdefault(match["module"], LoraPair()).alpha = float(tensor)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise UserError(f"{source}: {len(unknown)} key(s) are not LoRA weights (lora_A/lora_B/alpha): {_names(unknown)}")
+    if len(adapters) > 1:
+        raise UserError(f"{source}: holds several adapters ({', '.join(sorted(adapters))}); save one at a time")
+    incomplete = sorted(m for m, p in pairs.items() if p.down is None or p.up is None)
+    if incomplete:
+        raise UserError(f"{source}: LoRA modules without both A and B matrices: {_names(incomplete)}")
+    if not pairs:
+        raise UserError(f"{source}: no LoRA weights found")
+    return pairs
+
+
+def read_lora(path: str | Path, *, allow_pickle: bool = False) -> LoraAdapter:
+    """A peft adapter directory/file, a LongLive-style `.pt` dict (`generator_lora`), or a kohya-style file."""
+    weights, config = _adapter_files(Path(path))
+    alpha, use_rslora = _adapter_config(config)
+    tensors = _lora_tensors(_read_raw(weights, allow_pickle), str(path))
+    return LoraAdapter(parse_lora(tensors, str(path)), alpha, use_rslora)
+
+
+def _target_name(module: str, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Our weight name for a LoRA module path in original, diffusers or prefixed naming (None: no match)."""
+    name = strip_prefixes(module + ".weight")
+    if name in state:
+        return name
+    try:
+        name = diffusers_key_to_original(name)
+    except KeyError:
+        return None
+    return name if name in state else None
+
+
+def lora_delta(pair: LoraPair, scale: float, shape: torch.Size) -> torch.Tensor:
+    """scale * B @ A in float32, reshaped to the base weight (Conv kernels fold into A's trailing dims)."""
+    delta = pair.up.flatten(1).float() @ pair.down.flatten(1).float()
+    return (delta * scale).reshape(shape)
+
+
+def merge_lora(
+    state: Mapping[str, torch.Tensor],
+    adapter: str | Path | LoraAdapter | Mapping[str, torch.Tensor],
+    *,
+    alpha: float | None = None,
+    allow_pickle: bool = False,
+) -> dict[str, torch.Tensor]:
+    """A copy of `state` (original names) with W += alpha / rank * B @ A for every adapted module.
+
+    alpha: explicit value > per-module `.alpha` tensors > adapter_config.json `lora_alpha` > rank (scale 1).
+    """
+    if isinstance(adapter, (str, Path)):
+        adapter = read_lora(adapter, allow_pickle=allow_pickle)
+    elif not isinstance(adapter, LoraAdapter):
+        adapter = LoraAdapter(parse_lora(adapter))
+    merged = dict(state)
+    unmatched, bad_shapes = [], []
+    for module, pair in adapter.pairs.items():
+        name = _target_name(module, state)
+        if name is None:
+            unmatched.append(module)
+            continue
+        base = state[name]
+        if pair.up[0].numel() != pair.rank or pair.up.shape[0] * pair.down[0].numel() != base.numel():
+            bad_shapes.append(f"{module} A {list(pair.down.shape)} B {list(pair.up.shape)} vs weight {list(base.shape)}")
+            continue
+        module_alpha = next(a for a in (alpha, pair.alpha, adapter.alpha, float(pair.rank)) if a is not None)
+        scale = module_alpha / (math.sqrt(pair.rank) if adapter.use_rslora else pair.rank)
+        merged[name] = (base.float() + lora_delta(pair, scale, base.shape)).to(base.dtype)
+    if unmatched:
+        raise UserError(f"LoRA adapts {len(unmatched)} module(s) the model does not have: {_names(unmatched)}")
+    if bad_shapes:
+        raise UserError(f"LoRA shapes do not fit the weights: {_names(bad_shapes)}")
+    log.info("merged LoRA into %d weights", len(adapter.pairs))
+    return merged
+
+
+# -- model configs ------------------------------------------------------------------------------------------
+_REQUIRED_FOR_SHAPES = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight", "head.head.weight")
+_BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The ModelConfig fields that tensor shapes determine (everything but the head count)."""
+    missing = [k for k in _REQUIRED_FOR_SHAPES if k not in state]
+    if missing:
+        raise UserError(f"not a Wan2.1 DiT state dict: missing {_names(missing)}")
+    layers = {int(m[1]) for k in state if (m := _BLOCK_INDEX.match(k))}
+    if "blocks.0.ffn.0.weight" not in state:
+        raise UserError("not a Wan2.1 DiT state dict: missing blocks.0.ffn.0.weight")
+    patch = state["patch_embedding.weight"]
+    dim, in_dim, *patch_size = patch.shape
+    return dict(
+        dim=int(dim),
+        in_dim=int(in_dim),
+        patch_size=tuple(int(p) for p in patch_size),
+        out_dim=int(state["head.head.weight"].shape[0]) // math.prod(patch_size),
+        ffn_dim=int(state["blocks.0.ffn.0.weight"].shape[0]),
+        num_layers=max(layers) + 1,
+        text_dim=int(state["text_embedding.0.weight"].shape[1]),
+        freq_dim=int(state["time_embedding.0.weight"].shape[1]),
+        qk_norm="blocks.0.self_attn.norm_q.weight" in state,
+        cross_attn_norm="blocks.0.norm3.weight" in state,
+    )
+
+
+def _heads_for(dim: int, base: ModelConfig | None) -> int:
+    """Heads are invisible in the shapes (q/k/v are dim x dim): take them from the base config when it has
+    this dim, else from a preset of this dim, else assume Wan's head width of 128."""
+    if base is not None and base.dim == dim:
+        return base.num_heads
+    for preset in PRESETS.values():
+        if preset.model.dim == dim:
+            return preset.model.num_heads
+    if dim % WAN_HEAD_DIM == 0:
+        return dim // WAN_HEAD_DIM
+    raise UserError(f"cannot tell the attention head count for model dim {dim}; give it explicitly (--num-heads)")
+
+
+def infer_model_config(
+    state: Mapping[str, torch.Tensor], *, num_heads: int | None = None, base: ModelConfig | None = None
+) -> ModelConfig:
+    """The ModelConfig of a state dict (original names) from its tensor shapes.
+
+    Head count: `num_heads` if given, else see `_heads_for`. Fields shapes cannot show (text_len, eps,
+    rope_theta) come from `base` (e.g. a preset, or config.json via `checkpoint_config`), else the defaults.
+    """
+    arch = _architecture(state)
+    heads = num_heads or _heads_for(arch["dim"], base)
+    return dataclasses.replace(base or ModelConfig(), **arch, num_heads=heads).validate()
+
+
+def _original_config_to_model(config: Mapping[str, Any], base: ModelConfig | None) -> ModelConfig:
+    """Wan's own config.json (`_class_name: WanModel`) uses our field names; keep the ones we know."""
+    if config.get("model_type", "t2v") != "t2v":
+        raise UserError(f"config.json describes a Wan {config['model_type']!r} model; only t2v is supported")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in known}
+    return dataclasses.replace(base or ModelConfig(), **values)
+
+
+def checkpoint_config(path: str | Path, base: ModelConfig | None = None) -> ModelConfig | None:
+    """The ModelConfig from a config.json next to the checkpoint's weights (diffusers or Wan style), if any."""
+    config_path = resolve_weights(path).parent / CONFIG_NAME
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{config_path}: not valid JSON ({_first_line(exc)})") from None
+    if "num_attention_heads" in config or config.get("_class_name") == "WanTransformer3DModel":
+        return model_config_from_diffusers(config, base)
+    if "dim" in config and "num_heads" in config:
+        return _original_config_to_model(config, base)
+    return None  # some other model's config.json: not ours to interpret
+
+
+def describe_config(cfg: ModelConfig) -> str:
+    match = next((name for name, p in PRESETS.items() if _same_shapes(p.model, cfg)), None)
+    text = f"dim {cfg.dim}, ffn {cfg.ffn_dim}, {cfg.num_layers} layers"
+    return text + (f" (preset {match})" if match else "")
+
+
+def _same_shapes(a: ModelConfig, b: ModelConfig) -> bool:
+    fields = ("dim", "ffn_dim", "num_layers", "text_dim", "in_dim", "out_dim", "patch_size", "freq_dim")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
+
+
+# -- strict loading -----------------------------------------------------------------------------------------
+def state_problems(
+    expected: Mapping[str, tuple[int, ...]], state: Mapping[str, torch.Tensor], strict: bool = True
+) -> list[str]:
+    """Human-readable problems (missing, unexpected, wrong shape), each with its first few names."""
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if strict and missing:
+        problems.append(f"{len(missing)} missing: {_names(missing)}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
+    wrong = [
+        f"{name} expected {list(shape)} found {list(state[name].shape)}"
+        for name, shape in expected.items()
+        if name in state and tuple(state[name].shape) != tuple(shape)
+    ]
+    if wrong:
+        problems.append(f"{len(wrong)} with the wrong shape: {_names(wrong)}")
+    return problems
+
+
+def _shape_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
+    # Parameter shapes do not depend on the head count, so a single head stands in when it is unknown.
+    return infer_model_config(state, num_heads=1)
+
+
+def _mismatch_message(model_cfg: ModelConfig | None, state: Mapping[str, torch.Tensor], problems: list[str]) -> str:
+    """One line; when both configs are known, say which architectures disagree (e.g. 14B weights, 1.3B model)."""
+    head = "checkpoint does not fit the model"
+    if model_cfg is not None:
+        try:
+            ckpt_cfg = _shape_config(state)
+        except UserError:
+            ckpt_cfg = None
+        if ckpt_cfg is not None and not _same_shapes(ckpt_cfg, model_cfg):
+            head += f": checkpoint is {describe_config(ckpt_cfg)}, model is {describe_config(model_cfg)}"
+    return f"{head}; " + "; ".join(problems)
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool = True) -> nn.Module:
+    """Copy `state` into `model` after checking every name and shape first, so a bad checkpoint leaves the
+    model untouched. A model built on the meta device gets the tensors assigned (cast to its dtypes)."""
+    current = model.state_dict()
+    expected = {name: tuple(t.shape) for name, t in current.items()}
+    problems = state_problems(expected, state, strict)
+    if problems:
+        raise UserError(_mismatch_message(getattr(model, "config", None), state, problems))
+    state = {k: v for k, v in state.items() if k in expected}
+    if any(t.is_meta for t in current.values()):
+        state = {k: v.to(current[k].dtype) for k, v in state.items()}
+        model.load_state_dict(state, strict=strict, assign=True)
+        left = [name for name, t in model.state_dict().items() if t.is_meta]
+        if left:  # only possible with strict=False: a meta tensor would fail far from here
+            raise UserError(f"checkpoint leaves {len(left)} weight(s) of the model unset: {_names(left)}")
+    else:
+        with torch.no_grad():
+            model.load_state_dict(state, strict=strict)
+    return model
+
+
+def check_complete(state: Mapping[str, torch.Tensor], cfg: ModelConfig | None = None) -> ModelConfig:
+    """Raise unless `state` is exactly a full Wan2.1 DiT (of `cfg`, or of the shapes it implies).
+
+    Builds the reference on the meta device, so a 14B check allocates nothing.
+    """
+    cfg = cfg or _shape_config(state)
+    with torch.device("meta"):
+        from contextforcing.model.wan import CausalWanModel
+
+        reference = CausalWanModel(cfg)
+    expected = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
+    problems = state_problems(expected, state)
+    if problems:
+        raise UserError(_mismatch_message(cfg, state, problems))
+    return cfg
+
+
+def load_model(
+    path: str | Path,
+    model_cfg: ModelConfig | None = None,
+    *,
+    fmt: str | None = None,
+    use_ema: bool = True,
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
+    num_heads: int | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
+):
+    """A CausalWanModel with the checkpoint's weights. Without `model_cfg` the config comes from shapes plus
+    config.json / presets. Built on the meta device and filled once, so the weights exist in memory once."""
+    from contextforcing.model.wan import CausalWanModel
+
+    state = load_state_dict(path, fmt, use_ema, lora=lora, lora_alpha=lora_alpha, allow_pickle=allow_pickle)
+    if model_cfg is None:
+        model_cfg = infer_model_config(state, num_heads=num_heads, base=checkpoint_config(path))
+    with torch.device("meta"):
+        model = CausalWanModel(model_cfg)
+    model = model.to(dtype=dtype)
+    load_into(model, {k: v.to(device=device, dtype=dtype) for k, v in state.items()})
+    return model.eval()
+
+
+# -- saving ---------------------------------------------------------------------------------------------------
+def _original_config_json(cfg: ModelConfig) -> dict[str, Any]:
+    """Wan2.1's own config.json layout (`WanModel` constructor arguments)."""
+    return {"_class_name": "WanModel", "model_type": "t2v", **dataclasses.asdict(cfg), "window_size": [-1, -1]}
+
+
+def _diffusers_config_json(cfg: ModelConfig) -> dict[str, Any]:
+    try:
+        import diffusers
+
+        version = diffusers.__version__
+    except ImportError:  # diffusers is optional; the file is still valid for it
+        version = "0.35.0"
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in diffusers_config(cfg).items()}
+    return {"_class_name": "WanTransformer3DModel", "_diffusers_version": version, **config}
+
+
+def _output_names(state: Mapping[str, torch.Tensor], to: str) -> dict[str, str]:
+    if to == "original":
+        return {k: k for k in state}
+    names, unmapped = {}, []
+    for key in state:
+        try:
+            names[key] = original_key_to_diffusers(key)
+        except KeyError:
+            unmapped.append(key)
+    if unmapped:
+        raise UserError(f"{len(unmapped)} weight(s) have no diffusers name: {_names(unmapped)}")
+    return names
+
+
+def _atomic_write(out: Path, write) -> None:
+    """Write through a temp file in the same directory, then rename: a crash never leaves half a file at `out`."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_safetensors(
+    state: Mapping[str, torch.Tensor],
+    out: str | Path,
+    to: str = "original",
+    *,
+    config: ModelConfig | None = None,
+) -> Path:
+    """Write `state` (original names) as one safetensors file in `to` naming; returns the weight file.
+
+    `out` ending in `.safetensors` is that file. Any other `out` is a model directory: it gets
+    `diffusion_pytorch_model.safetensors` plus a config.json (diffusers' `WanTransformer3DModel` config for
+    to='diffusers', so `from_pretrained(out)` works; Wan's own for 'original'). The config is `config`, or
+    inferred from the shapes (heads as in `infer_model_config`).
+    """
+    from safetensors.torch import save_file
+
+    if to not in SAVE_LAYOUTS:
+        raise UserError(f"unknown output layout {to!r}; choose one of {', '.join(SAVE_LAYOUTS)}")
+    out = Path(out)
+    names = _output_names(state, to)
+    # safetensors refuses views and shared storage; contiguous copies of checkpoint tensors are cheap enough.
+    tensors = {names[k]: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    metadata = {"format": "pt", "contextforcing.naming": to}
+    if out.suffix == ".safetensors":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        return out
+    cfg = config or infer_model_config(state)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / WEIGHTS_NAME
+    _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    config_json = _diffusers_config_json(cfg) if to == "diffusers" else _original_config_json(cfg)
+    _atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config_json, indent=2) + "\n"))
+    return weights
