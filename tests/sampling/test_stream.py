@@ -1,0 +1,109 @@
+"""Streaming generator behaviour: determinism, prompt switches (keep / flush), prefill, CFG sampling."""
+
+import pytest
+import torch
+
+from contextforcing.config import SamplingConfig
+from contextforcing.memory.policies import make_spec
+from contextforcing.model.wan import build_model
+from contextforcing.sampling.stream import VideoStream, stream_video
+
+FRAMES = 36  # 12 chunks
+
+
+@pytest.fixture
+def model(tiny_model_cfg):
+    return build_model(tiny_model_cfg, seed=0)
+
+
+def _texts(cfg, n=2):
+    return [torch.randn(1, cfg.text_len, cfg.text_dim, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def _run(model, video, text, switches=None, flush=False, policy="slow_fast", options=None, **kw):
+    stream = VideoStream(model, text, make_spec(policy, options or {"rule": "uniform", "interval": 1}), video,
+                         max_frames=FRAMES + 12, **kw)
+    chunks = list(stream_video(stream, FRAMES, generator=torch.Generator().manual_seed(0), switches=switches,
+                               flush_on_switch=flush))
+    return stream, chunks
+
+
+def test_same_seed_same_latents(model, tiny_video_cfg):
+    text, _ = _texts(model.config)
+    _, a = _run(model, tiny_video_cfg, text)
+    _, b = _run(model, tiny_video_cfg, text)
+    assert all(torch.equal(x.latents, y.latents) for x, y in zip(a, b))
+
+
+def test_switch_changes_only_what_follows_and_keeps_sink_and_slow(model, tiny_video_cfg):
+    text, other = _texts(model.config)
+    plain_stream, plain = _run(model, tiny_video_cfg, text)
+    stream, switched = _run(model, tiny_video_cfg, text, switches={6: other})
+    for k in range(6):
+        assert torch.equal(plain[k].latents, switched[k].latents)
+    assert not torch.allclose(plain[6].latents, switched[6].latents)
+    event = stream.events[0]
+    assert event["event"] == "switch" and event["frame"] == 18 and event["recached"] == [15, 16, 17]
+    # Sink and slow memory were kept: chunk 6 attends the same sink/slow frames in both runs.
+    for key in ("sink", "slow", "fast", "positions"):
+        assert switched[6].trace[key] == plain[6].trace[key]
+    assert stream.branches[0].text.text is other
+
+
+def test_switch_recache_rewrites_the_fast_window_in_place(model, tiny_video_cfg):
+    text, other = _texts(model.config)
+    stream = VideoStream(model, text, make_spec("slow_fast"), tiny_video_cfg, max_frames=FRAMES)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        stream.step(stream.noise(3, gen), gen)
+    memory = stream.memory
+    group = memory.groups[0]
+    window_slots = [group.slots.slot[("main", f)] for f in (15, 16, 17)]
+    sink_slots = [group.slots.slot[("main", f)] for f in (0, 1, 2)]
+    # Layer 0's keys are computed before any cross-attention, so only later layers can see the new text.
+    before = memory.k[-1].clone()
+    stream.switch_prompt(other)
+    changed = (memory.k[-1] != before).flatten(2).any(-1)[0]  # per slot
+    assert changed[window_slots].all() and not changed[sink_slots].any()
+    assert memory.tiers()["sink"] == [0, 1, 2]
+
+
+def test_flush_drops_sink_and_slow_and_refills_the_sink(model, tiny_video_cfg):
+    text, other = _texts(model.config)
+    stream, chunks = _run(model, tiny_video_cfg, text, switches={6: other}, flush=True)
+    assert chunks[6].trace["sink"] == [] and chunks[6].trace["slow"] == []
+    assert chunks[6].trace["fast"] == [15, 16, 17, 18, 19, 20]
+    assert chunks[7].trace["sink"] == [18, 19, 20]
+    assert stream.events[0]["flush"] is True
+
+
+def test_prefill_commits_given_latents_first(model, tiny_video_cfg):
+    text, _ = _texts(model.config)
+    init = torch.randn(1, model.config.in_dim, 6, tiny_video_cfg.latent_height, tiny_video_cfg.latent_width)
+    stream = VideoStream(model, text, make_spec("sink"), tiny_video_cfg, max_frames=FRAMES)
+    stream.prefill(init)
+    assert stream.frame == 6 and stream.memory.tiers()["sink"] == [0, 1, 2]
+    chunk = next(stream_video(stream, 3, generator=torch.Generator().manual_seed(0)))
+    assert chunk.start == 6 and chunk.trace["sink"] == [0, 1, 2] and chunk.trace["fast"][:3] == [3, 4, 5]
+    # The memory holds exactly what a commit pass over the prefilled latents writes.
+    fresh = VideoStream(model, text, make_spec("sink"), tiny_video_cfg, max_frames=FRAMES)
+    fresh.memory.begin_chunk(0, 3)
+    with torch.no_grad():
+        model(init[:, :, :3], torch.zeros(1, 3), fresh.branches[0].text, memory=fresh.memory, commit=True)
+    slot = stream.memory.groups[0].slots.slot[("main", 0)]
+    fresh_slot = fresh.memory.groups[0].slots.slot[("main", 0)]
+    assert torch.allclose(stream.memory.k[1][:, slot], fresh.memory.k[1][:, fresh_slot])
+
+
+def test_classifier_free_guidance_multistep_sampling(model, tiny_video_cfg):
+    text, uncond = _texts(model.config)
+    guided = SamplingConfig(guidance_scale=3.0)
+    stream, chunks = _run(model, tiny_video_cfg, text, sampling=guided, uncond_text=uncond, euler_num_steps=4)
+    assert len(stream.branches) == 2  # one memory per conditioning, as teacher sampling needs
+    assert stream.steps[0] == 1000.0 and len(stream.steps) == 4
+    # Guidance 1 is the conditional model alone.
+    _, cond_only = _run(model, tiny_video_cfg, text, euler_num_steps=4)
+    _, scale_one = _run(model, tiny_video_cfg, text, sampling=SamplingConfig(guidance_scale=1.0), uncond_text=uncond,
+                        euler_num_steps=4)
+    assert torch.equal(cond_only[-1].latents, scale_one[-1].latents)
+    assert not torch.allclose(chunks[-1].latents, cond_only[-1].latents)
