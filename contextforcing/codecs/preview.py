@@ -8,6 +8,7 @@ gives one pixel frame and each later one gives `stride_t` frames.
 from __future__ import annotations
 
 import torch
+import numpy as np
 import torch.nn.functional as F
 
 
@@ -45,6 +46,6 @@ class PreviewStreamDecoder:
         return rgb.repeat_interleave(repeats.to(rgb.device), dim=2)
 
 
-def to_uint8_frames(video: torch.Tensor) -> "numpy.ndarray":  # noqa: F821
+def to_uint8_frames(video: torch.Tensor) -> "np.ndarray":
     """video [3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
     return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()

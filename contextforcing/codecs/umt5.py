@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from contextforcing.codecs.weights import find_safetensors, load_strict, read_state_dict
+from contextforcing.weights import find_safetensors, load_strict, read_state_dict
 from contextforcing.errors import UserError
 
 WAN_TEXT_LEN = 512  # Wan pads/truncates every prompt to this many tokens

@@ -25,7 +25,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
-from contextforcing.codecs.weights import find_safetensors, load_strict, name_list, read_state_dict
+from contextforcing.weights import find_safetensors, load_strict, name_list, read_state_dict
 from contextforcing.errors import UserError
 
 

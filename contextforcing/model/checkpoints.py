@@ -20,9 +20,7 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,15 @@ from torch import nn
 
 from contextforcing.config import PRESETS, ModelConfig
 from contextforcing.errors import UserError
+from contextforcing.weights import (
+    first_line,
+    name_list,
+    read_safetensors,
+    read_sharded_safetensors,
+    read_torch,
+    safetensors_keys,
+    shard_map,
+)
 from contextforcing.model.convert import (
     diffusers_config,
     diffusers_key_to_original,
@@ -46,7 +53,6 @@ SAVE_LAYOUTS = ("original", "diffusers")
 # Head width of every released Wan2.1 model (1.3B: 12 x 128, 14B: 40 x 128); shapes alone cannot give heads.
 WAN_HEAD_DIM = 128
 # How many offending names an error lists before "and N more".
-MAX_NAMES_IN_ERROR = 4
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -68,17 +74,6 @@ _DIFFUSERS_MARKERS = ("condition_embedder.", "proj_out.", ".attn1.", ".attn2.", 
 
 
 # -- small helpers -------------------------------------------------------------------------------------
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _names(items: list[str]) -> str:
-    shown = ", ".join(items[:MAX_NAMES_IN_ERROR])
-    more = len(items) - MAX_NAMES_IN_ERROR
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
 def _check_format(fmt: str | None) -> None:
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave it to detection)")
@@ -107,80 +102,13 @@ def resolve_weights(path: str | Path) -> Path:
     raise UserError(f"{path}: no Wan2.1 DiT weights found (looked for {looked})")
 
 
-def _safetensors_errors() -> tuple[type[BaseException], ...]:
-    from safetensors import SafetensorError
-
-    return (SafetensorError, OSError, ValueError, RuntimeError)
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except _safetensors_errors() as exc:
-        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
-
-
-def _safetensors_keys(path: Path) -> list[str]:
-    """Only the header: cheap, and safetensors checks it against the file size (so truncation shows)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return list(handle.keys())
-    except _safetensors_errors() as exc:
-        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
-
-
-def _shard_map(index_path: Path) -> dict[str, str]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{index_path}: not a valid safetensors index ({_first_line(exc)})") from None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise UserError(f"{index_path}: the index has an empty or malformed weight_map")
-    return weight_map
-
-
-def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(_shard_map(index_path).values())):
-        shard_path = index_path.parent / shard
-        if not shard_path.is_file():
-            raise UserError(f"{shard_path}: shard listed in {index_path.name} is missing")
-        state.update(_read_safetensors(shard_path))
-    return state
-
-
-def _read_torch(path: Path, allow_pickle: bool) -> Any:
-    """`torch.load`, memory-mapped when the file is in the zip format so multi-GB files cost no RAM up front."""
-    errors = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
-    try:
-        try:
-            return torch.load(str(path), map_location="cpu", mmap=True, weights_only=not allow_pickle)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)  # legacy format
-    except pickle.UnpicklingError as exc:
-        if allow_pickle or "weights_only" not in str(exc):
-            raise UserError(f"{path}: corrupted or unreadable checkpoint ({_first_line(exc)})") from None
-        raise UserError(
-            f"{path}: holds Python objects besides tensors, which are not unpickled by default; "
-            "if you trust the file, allow pickle (--allow-pickle)"
-        ) from None
-    except errors as exc:
-        raise UserError(f"{path}: corrupted or unreadable checkpoint ({_first_line(exc)})") from None
-
-
 def _read_raw(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
     """Whatever the weight file holds: a flat name -> tensor dict, or a training dict of such dicts."""
     if path.name.endswith(".index.json"):
-        return _read_sharded(path)
+        return read_sharded_safetensors(path)
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    obj = _read_torch(path, allow_pickle)
+        return read_safetensors(path)
+    obj = read_torch(path, allow_pickle)
     if not isinstance(obj, Mapping):
         raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
@@ -218,7 +146,7 @@ def _to_original_names(state: Mapping[str, torch.Tensor], naming: str, source: s
             raise UserError(f"{source}: two weights map to {name!r} once prefixes are removed")
         out[name] = tensor
     if unmapped:
-        raise UserError(f"{source}: {len(unmapped)} diffusers weight(s) have no Wan2.1 equivalent: {_names(unmapped)}")
+        raise UserError(f"{source}: {len(unmapped)} diffusers weight(s) have no Wan2.1 equivalent: {name_list(unmapped)}")
     return out
 
 
@@ -242,7 +170,7 @@ def _select_generator(raw: Mapping[str, Any], use_ema: bool, source: str) -> Map
 def _tensors_only(state: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise UserError(f"{source}: expected a state dict of tensors; non-tensor entries: {_names(sorted(bad))}")
+        raise UserError(f"{source}: expected a state dict of tensors; non-tensor entries: {name_list(sorted(bad))}")
     return state
 
 
@@ -251,9 +179,9 @@ def detect_format(path: str | Path, *, allow_pickle: bool = False) -> str:
     """'original', 'diffusers' or 'training' for a checkpoint file or directory (safetensors: header only)."""
     weights = resolve_weights(path)
     if weights.name.endswith(".index.json"):
-        return _naming(strip_prefixes(k) for k in _shard_map(weights))
+        return _naming(strip_prefixes(k) for k in shard_map(weights))
     if weights.suffix == ".safetensors":
-        return _naming(strip_prefixes(k) for k in _safetensors_keys(weights))
+        return _naming(strip_prefixes(k) for k in safetensors_keys(weights))
     return _format_of(_read_raw(weights, allow_pickle))
 
 
@@ -349,7 +277,7 @@ def _adapter_config(path: Path | None) -> tuple[float | None, bool]:
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a valid adapter config ({_first_line(exc)})") from None
+        raise UserError(f"{path}: not a valid adapter config ({first_line(exc)})") from None
     if config.get("alpha_pattern"):
         # Per-module alphas by regex would silently mis-scale if ignored; refuse rather than guess.
         raise UserError(f"{path}: per-module alpha_pattern is not supported; pass one alpha with --lora-alpha")
@@ -382,12 +310,12 @@ def parse_lora(tensors: Mapping[str, torch.Tensor], source: str = "LoRA") -> dic
         else:
             unknown.append(key)
     if unknown:
-        raise UserError(f"{source}: {len(unknown)} key(s) are not LoRA weights (lora_A/lora_B/alpha): {_names(unknown)}")
+        raise UserError(f"{source}: {len(unknown)} key(s) are not LoRA weights (lora_A/lora_B/alpha): {name_list(unknown)}")
     if len(adapters) > 1:
         raise UserError(f"{source}: holds several adapters ({', '.join(sorted(adapters))}); save one at a time")
     incomplete = sorted(m for m, p in pairs.items() if p.down is None or p.up is None)
     if incomplete:
-        raise UserError(f"{source}: LoRA modules without both A and B matrices: {_names(incomplete)}")
+        raise UserError(f"{source}: LoRA modules without both A and B matrices: {name_list(incomplete)}")
     if not pairs:
         raise UserError(f"{source}: no LoRA weights found")
     return pairs
@@ -449,9 +377,9 @@ def merge_lora(
         scale = module_alpha / (math.sqrt(pair.rank) if adapter.use_rslora else pair.rank)
         merged[name] = (base.float() + lora_delta(pair, scale, base.shape)).to(base.dtype)
     if unmatched:
-        raise UserError(f"LoRA adapts {len(unmatched)} module(s) the model does not have: {_names(unmatched)}")
+        raise UserError(f"LoRA adapts {len(unmatched)} module(s) the model does not have: {name_list(unmatched)}")
     if bad_shapes:
-        raise UserError(f"LoRA shapes do not fit the weights: {_names(bad_shapes)}")
+        raise UserError(f"LoRA shapes do not fit the weights: {name_list(bad_shapes)}")
     log.info("merged LoRA into %d weights", len(adapter.pairs))
     return merged
 
@@ -465,7 +393,7 @@ def _architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The ModelConfig fields that tensor shapes determine (everything but the head count)."""
     missing = [k for k in _REQUIRED_FOR_SHAPES if k not in state]
     if missing:
-        raise UserError(f"not a Wan2.1 DiT state dict: missing {_names(missing)}")
+        raise UserError(f"not a Wan2.1 DiT state dict: missing {name_list(missing)}")
     layers = {int(m[1]) for k in state if (m := _BLOCK_INDEX.match(k))}
     if "blocks.0.ffn.0.weight" not in state:
         raise UserError("not a Wan2.1 DiT state dict: missing blocks.0.ffn.0.weight")
@@ -528,7 +456,7 @@ def checkpoint_config(path: str | Path, base: ModelConfig | None = None) -> Mode
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{config_path}: not valid JSON ({_first_line(exc)})") from None
+        raise UserError(f"{config_path}: not valid JSON ({first_line(exc)})") from None
     if "num_attention_heads" in config or config.get("_class_name") == "WanTransformer3DModel":
         return model_config_from_diffusers(config, base)
     if "dim" in config and "num_heads" in config:
@@ -556,16 +484,16 @@ def state_problems(
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if strict and missing:
-        problems.append(f"{len(missing)} missing: {_names(missing)}")
+        problems.append(f"{len(missing)} missing: {name_list(missing)}")
     if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected: {name_list(unexpected)}")
     wrong = [
         f"{name} expected {list(shape)} found {list(state[name].shape)}"
         for name, shape in expected.items()
         if name in state and tuple(state[name].shape) != tuple(shape)
     ]
     if wrong:
-        problems.append(f"{len(wrong)} with the wrong shape: {_names(wrong)}")
+        problems.append(f"{len(wrong)} with the wrong shape: {name_list(wrong)}")
     return problems
 
 
@@ -601,7 +529,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool 
         model.load_state_dict(state, strict=strict, assign=True)
         left = [name for name, t in model.state_dict().items() if t.is_meta]
         if left:  # only possible with strict=False: a meta tensor would fail far from here
-            raise UserError(f"checkpoint leaves {len(left)} weight(s) of the model unset: {_names(left)}")
+            raise UserError(f"checkpoint leaves {len(left)} weight(s) of the model unset: {name_list(left)}")
     else:
         with torch.no_grad():
             model.load_state_dict(state, strict=strict)
@@ -679,7 +607,7 @@ def _output_names(state: Mapping[str, torch.Tensor], to: str) -> dict[str, str]:
         except KeyError:
             unmapped.append(key)
     if unmapped:
-        raise UserError(f"{len(unmapped)} weight(s) have no diffusers name: {_names(unmapped)}")
+        raise UserError(f"{len(unmapped)} weight(s) have no diffusers name: {name_list(unmapped)}")
     return names
 
 

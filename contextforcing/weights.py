@@ -1,12 +1,14 @@
 """Reading weight files and loading them strictly, with one-line `UserError`s for bad files.
 
-Shared by the UMT5 and Wan VAE loaders. Nothing here imports diffusers or transformers.
+Shared by the DiT checkpoint loaders (`model/checkpoints.py`) and the UMT5 / Wan VAE loaders
+(`codecs/`). Nothing here imports diffusers or transformers.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from contextforcing.errors import UserError
 MAX_NAMES_IN_ERROR = 5
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -31,38 +33,60 @@ def name_list(items: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _safetensors_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
+
+    return (SafetensorError, OSError, ValueError, RuntimeError)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
+    except _safetensors_errors() as exc:
+        raise UserError(f"{path}: corrupted or unreadable safetensors file ({first_line(exc)})") from None
 
 
-def check_safetensors(path: Path) -> None:
+def safetensors_keys(path: Path) -> list[str]:
     """Reads only the header, which safetensors checks against the file size: catches truncated files cheaply."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            handle.keys()
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: corrupted or unreadable safetensors file ({_first_line(exc)})") from None
+            return list(handle.keys())
+    except _safetensors_errors() as exc:
+        raise UserError(f"{path}: corrupted or unreadable safetensors file ({first_line(exc)})") from None
 
 
-def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    """A `torch.save`d state dict (`.pth`/`.pt`), memory-mapped so multi-GB files cost no RAM up front."""
+def check_safetensors(path: Path) -> None:
+    safetensors_keys(path)
+
+
+def read_torch(path: Path, allow_pickle: bool = False) -> object:
+    """`torch.load`, memory-mapped when the file is in the zip format so multi-GB files cost no RAM up front."""
+    errors = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
     try:
         try:
-            obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+            return torch.load(str(path), map_location="cpu", mmap=True, weights_only=not allow_pickle)
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-        raise UserError(f"{path}: corrupted or unreadable checkpoint ({_first_line(exc)})") from None
+            return torch.load(str(path), map_location="cpu", weights_only=not allow_pickle)  # legacy format
+    except pickle.UnpicklingError as exc:
+        if allow_pickle or "weights_only" not in str(exc):
+            raise UserError(f"{path}: corrupted or unreadable checkpoint ({first_line(exc)})") from None
+        raise UserError(
+            f"{path}: holds Python objects besides tensors, which are not unpickled by default; "
+            "if you trust the file, allow pickle (--allow-pickle)"
+        ) from None
+    except errors as exc:
+        raise UserError(f"{path}: corrupted or unreadable checkpoint ({first_line(exc)})") from None
+
+
+def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    """A `torch.save`d state dict of tensors (`.pth`/`.pt`)."""
+    obj = read_torch(path)
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path}: expected a state dict of tensors, found {type(obj).__name__}")
     return dict(obj)
@@ -80,13 +104,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return read_torch_file(path)
 
 
-def read_sharded_safetensors(index_path: Path) -> dict[str, torch.Tensor]:
+def shard_map(index_path: Path) -> dict[str, str]:
+    """The `weight_map` (tensor name -> shard file) of a sharded safetensors `*.index.json`."""
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{index_path}: not a valid safetensors index ({_first_line(exc)})") from None
+        raise UserError(f"{index_path}: not a valid safetensors index ({first_line(exc)})") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index_path}: the index has an empty or malformed weight_map")
+    return weight_map
+
+
+def read_sharded_safetensors(index_path: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in sorted(set(shard_map(index_path).values())):
         shard_path = index_path.parent / shard
         if not shard_path.is_file():
             raise UserError(f"{shard_path}: shard listed in {index_path.name} is missing")
