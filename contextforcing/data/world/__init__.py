@@ -1,0 +1,15 @@
+"""The synthetic world: a procedural scene a video generator can only keep consistent by remembering it.
+
+See docs/world.md. Main entry points: `WorldSpec` + `simulate` (exact per-frame ground truth),
+`render` (uint8 frames), `track_to_json`/`load_annotations`, `eval_worlds` (held-out set),
+`write_dataset`/`WorldClipDataset` (sharded training clips).
+"""
+
+from contextforcing.data.world.annotations import load_annotations, track_from_json, track_to_json
+from contextforcing.data.world.heldout import eval_worlds
+from contextforcing.data.world.prompts import PromptSpec, parse_prompt
+from contextforcing.data.world.render import render
+from contextforcing.data.world.track import WorldSpec, WorldTrack, simulate
+
+__all__ = ["PromptSpec", "WorldSpec", "WorldTrack", "eval_worlds", "load_annotations", "parse_prompt", "render",
+           "simulate", "track_from_json", "track_to_json"]

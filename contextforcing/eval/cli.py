@@ -1,0 +1,91 @@
+"""`contextforcing eval VIDEO... [--world-annotations FILE] [--features NAME] --report OUTDIR`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from contextforcing.errors import UserError
+from contextforcing.eval.features import EXTRACTORS
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="long-video consistency metrics and world metrics, with an HTML report",
+        description="Score one or more videos (side by side) with VBench-style consistency, Context Forcing's "
+                    "windowed first-frame similarity, clip-to-clip consistency, temporal flickering and a "
+                    "dynamic-degree proxy; with --world-annotations also restoration, permanence, drift, "
+                    "dynamics and fidelity against the synthetic world's ground truth.")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4 files (or .npy uint8 [T,H,W,3] at 16 fps)")
+    p.add_argument("--report", required=True, metavar="OUTDIR", help="where metrics.json, plots and report.html go")
+    p.add_argument("--world-annotations", action="append", metavar="FILE",
+                   help="annotations.json from `world render`: once (all videos) or once per video")
+    p.add_argument("--features", action="append", choices=EXTRACTORS, metavar="NAME",
+                   help=f"feature extractor, repeatable: {', '.join(EXTRACTORS)} (default: pixel, a weight-free proxy)")
+    for name in EXTRACTORS[1:]:
+        p.add_argument(f"--{name}-weights", metavar="PATH",
+                       help=f"local {name} weights: a Hugging Face directory or the original checkpoint file")
+    p.add_argument("--labels", metavar="A,B,...", help="names for the videos in the report (default: file names)")
+    p.add_argument("--clip-seconds", type=float, default=None, help="clip length for clip-to-clip consistency (default 2)")
+    p.add_argument("--fps", type=float, default=None, help="override the videos' frame rate")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def _labels(args) -> list[str]:
+    if args.labels:
+        labels = [s.strip() for s in args.labels.split(",")]
+        if len(labels) != len(args.videos):
+            raise UserError(f"--labels gives {len(labels)} names for {len(args.videos)} videos")
+    else:
+        labels = [Path(v).stem for v in args.videos]
+    # make names unique: identical stems from different folders get their index
+    return [f"{lab}#{i}" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
+
+
+def run_eval(args) -> int:
+    from contextforcing.data.world.annotations import load_annotations
+    from contextforcing.eval import generic
+    from contextforcing.eval.evaluate import evaluate_video, load_frames
+    from contextforcing.eval.features import load_extractor
+    from contextforcing.eval.report import write_report
+
+    out_dir = Path(args.report)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--report {out_dir} exists and is not a directory")
+    annotations = args.world_annotations or []
+    if len(annotations) not in (0, 1, len(args.videos)):
+        raise UserError(f"give --world-annotations once or once per video ({len(args.videos)}), not {len(annotations)} times")
+    if args.clip_seconds is not None and not args.clip_seconds > 0:
+        raise UserError(f"--clip-seconds must be positive, got {args.clip_seconds}")
+    labels = _labels(args)
+    # everything cheap is checked before any model is built or video decoded
+    tracks = [load_annotations(a) for a in annotations]
+    tracks = tracks * len(args.videos) if len(tracks) == 1 else (tracks or [None] * len(args.videos))
+    names = list(dict.fromkeys(args.features or ["pixel"]))
+    extractors = [load_extractor(n, getattr(args, f"{n}_weights", None)) for n in names]
+    results = []
+    for label, video, track in zip(labels, args.videos, tracks):
+        frames, fps = load_frames(video, args.fps)
+        results.append(evaluate_video(label, video, frames, fps, extractors, track,
+                                      clip_seconds=args.clip_seconds or generic.CLIP_SECONDS, progress=not args.quiet))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create report directory {out_dir}: {err.strerror}")
+    notes = [f"{e.name}: {e.description}" + (" [PROXY]" if e.proxy else "") for e in extractors]
+    write_report(out_dir, results, notes, tracks)
+    for r in results:
+        line = [f"{r.name}: flicker {r.metrics['temporal_flickering']:.4f}"]
+        for n, f in r.metrics["features"].items():
+            line.append(f"{n} consistency {f['vbench_consistency']:.4f}")
+        if "world" in r.metrics:
+            w = r.metrics["world"]
+            errs = {b: v["restoration_error"] for b, v in w["restoration"]["buckets"].items()}
+            line.append("restoration error " + " ".join(f"{b}={'-' if v is None else f'{v:.3f}'}" for b, v in errs.items()))
+            if w["permanence"] is not None:
+                line.append(f"permanence {w['permanence']:.3f}")
+        print(", ".join(line))
+    print(f"report: {out_dir / 'report.html'}")
+    return 0
