@@ -18,8 +18,15 @@ _PLUGGED_COMMANDS = (
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help="model size preset (tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b)")
+    p.add_argument("--preset", default=None,
+                   help="model size preset (tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b) or a YAML/JSON file with model: and "
+                        "video: sections; default wan2.1-t2v-1.3b with --wan-dir, tiny with --random-init")
     p.add_argument("--random-init", action="store_true", help="random weights (no checkpoint needed)")
+    p.add_argument("--wan-dir", help="local Wan2.1 directory: UMT5 text encoder, VAE, and the base DiT")
+    p.add_argument("--checkpoint", help="DiT weights (Wan, diffusers or training .pt); default: the base DiT in --wan-dir")
+    p.add_argument("--checkpoint-format", help="override format detection of --checkpoint")
+    p.add_argument("--no-ema", action="store_true", help="training checkpoints: raw generator, not the EMA weights")
+    p.add_argument("--lora", help="LoRA adapter merged into the DiT at load time")
     p.add_argument("--seconds", type=float, required=True, help="video length; Wan counts 4 latent frames per second")
     p.add_argument("--memory", default="slow_fast", help="full, rolling, sink, relative, ema_sink or slow_fast")
     p.add_argument("--memory-opt", action="append", metavar="KEY=VALUE", help="memory policy option, repeatable")
@@ -40,8 +47,13 @@ def _bench(args) -> int:
     from contextforcing.bench import format_table, run_bench
     from contextforcing.config import parse_overrides
 
-    result = run_bench(args.preset, args.seconds, args.memory, parse_overrides(args.memory_opt or []),
-                       seed=args.seed, device=args.device, dtype=args.dtype, windows=args.windows)
+    from contextforcing.generation import default_preset
+
+    weights = dict(random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
+                   checkpoint_format=args.checkpoint_format, use_ema=not args.no_ema, lora=args.lora)
+    result = run_bench(default_preset(args.preset, args.wan_dir, args.checkpoint), args.seconds, args.memory,
+                       parse_overrides(args.memory_opt or []), seed=args.seed, device=args.device, dtype=args.dtype,
+                       windows=args.windows, decode=args.decode, weights=weights)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return 0
 
@@ -52,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate a video, streaming it to an mp4 as chunks finish")
     _add_model_args(gen)
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", help="starting prompt (optional when --prompts starts at 0 s)")
+    gen.add_argument("--prompts", metavar="SCRIPT.jsonl",
+                     help='prompt script, one {"at": SECONDS, "prompt": TEXT} per line; switches land on chunk boundaries')
+    gen.add_argument("--init-video", help="continue this video: its last frames are encoded and prefilled into memory")
+    gen.add_argument("--init-image", help="start from this image: encoded and prefilled into memory")
     gen.add_argument("--out", required=True, help="output .mp4; a .json sidecar is written beside it")
     gen.add_argument("--switch", action="append", metavar="CHUNK:PROMPT", help="switch prompt at a chunk, repeatable")
     gen.add_argument("--flush-on-switch", action="store_true", help="drop sink and slow memory at a switch")
@@ -63,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(bench)
     bench.add_argument("--windows", default="", help="chunk ranges to report median latency for, e.g. 20:40,400:420")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument("--decode", action="store_true",
+                       help="include the streaming VAE decode (preview decoder with --random-init) in each chunk's time")
     bench.set_defaults(func=_bench)
 
     for name in _PLUGGED_COMMANDS:

@@ -112,11 +112,31 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
+    if name.endswith((".json", ".yaml", ".yml")):
+        return load_preset_file(name)
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     preset = PRESETS[name]
     preset.model.validate()
     return preset
+
+
+def load_preset_file(path: str) -> Preset:
+    """A custom preset from a YAML/JSON file `{model: {...}, video: {...}}` (fields as ModelConfig and
+    VideoConfig; missing fields keep their defaults). Lets tests and experiments use sizes no named preset has."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise UserError(f"preset file {path} does not exist")
+    try:
+        values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # OmegaConf raises yaml and its own errors for broken files
+        raise UserError(f"preset file {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict) or set(values) - {"model", "video"}:
+        raise UserError(f"preset file {path} must be a mapping with only 'model' and 'video' sections")
+    model = from_dict(ModelConfig, values.get("model") or {}, where="preset model")
+    video = from_dict(VideoConfig, values.get("video") or {}, where="preset video")
+    return Preset(model.validate(), video)
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -6,26 +6,35 @@ Everything here is plumbing around `sampling.stream`; no generation logic of its
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from contextforcing.config import Preset, SamplingConfig, get_preset, to_dict
-from contextforcing.data.video import VideoWriter, check_writable, write_json_atomic
+from contextforcing.data.video import VideoWriter, check_writable, read_video, write_json_atomic
 from contextforcing.errors import UserError
 from contextforcing.memory.policies import PolicySpec, make_spec, tier_params
 from contextforcing.sampling.stream import VideoStream, stream_video
 
 
+# An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
+# the memory keeps only a bounded context anyway, and the VAE encode of a long clip would dominate.
+MAX_INIT_PIXEL_FRAMES = 81
+REAL_DEFAULT_PRESET, RANDOM_DEFAULT_PRESET = "wan2.1-t2v-1.3b", "tiny"
+
+
 @dataclass
 class GenerationRequest:
-    prompt: str
+    prompt: str | None
     seconds: float
     out: str
-    preset: str = "tiny"
+    preset: str = RANDOM_DEFAULT_PRESET
     memory: str = "slow_fast"
     memory_options: dict = field(default_factory=dict)
     seed: int = 0
@@ -34,6 +43,14 @@ class GenerationRequest:
     dtype: str | None = None
     switches: list[tuple[int, str]] = field(default_factory=list)  # (chunk index, prompt)
     flush_on_switch: bool = False
+    wan_dir: str | None = None  # UMT5 + VAE, and the base DiT when no checkpoint is given
+    checkpoint: str | None = None  # DiT weights in any format `model.checkpoints` reads
+    checkpoint_format: str | None = None
+    use_ema: bool = True
+    lora: str | None = None
+    prompts: str | None = None  # JSONL prompt script: {"at": SECONDS, "prompt": TEXT} per line
+    init_video: str | None = None
+    init_image: str | None = None
 
 
 @dataclass
@@ -73,31 +90,251 @@ def random_init_pipeline(preset_name: str, seed: int, device: str | None, dtype:
     return Pipeline(preset_name, preset, model, encoder, codec, dev, "random-init")
 
 
+def wan_pipeline(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoint_format: str | None = None,
+                 use_ema: bool = True, lora: str | None = None, device: str | None = None,
+                 dtype: str | None = None) -> Pipeline:
+    """The DiT from `checkpoint` (or the base Wan weights in `wan_dir`), UMT5 and the Wan VAE from `wan_dir`.
+
+    The text encoder is loaded on the CPU: `encode_prompts` moves it to the GPU only while it encodes, so
+    during generation GPU memory holds the DiT, its cache and the VAE.
+    """
+    from contextforcing.codecs.loading import load_text_encoder, load_vae
+    from contextforcing.model.checkpoints import load_model
+
+    preset = get_preset(preset_name)
+    dev, dt = resolve_device(device, dtype)
+    # Small parts first, so a wan dir that does not fit the preset fails before the big DiT is read.
+    encoder = load_text_encoder(wan_dir, "cpu", dt, text_len=preset.model.text_len)
+    codec = load_vae(wan_dir, dev, dt)
+    check_parts_fit(preset, encoder, codec)
+    model = load_model(checkpoint or wan_dir, preset.model, fmt=checkpoint_format, use_ema=use_ema, lora=lora,
+                       device=dev, dtype=dt)
+    return Pipeline(preset_name, preset, model, encoder, codec, dev, str(checkpoint or wan_dir))
+
+
+def check_parts_fit(preset: Preset, encoder, codec) -> None:
+    m, v = preset.model, preset.video
+    if encoder.text_dim != m.text_dim:
+        raise UserError(f"the text encoder gives {encoder.text_dim}-wide embeddings, the preset's model takes {m.text_dim}")
+    if (codec.latent_channels, codec.stride_t, codec.stride_hw) != (m.in_dim, v.vae_stride_t, v.vae_stride_hw):
+        raise UserError(f"the VAE ({codec.latent_channels} channels, strides {codec.stride_t}/{codec.stride_hw}) does not "
+                        f"fit the preset ({m.in_dim} channels, strides {v.vae_stride_t}/{v.vae_stride_hw})")
+
+
+def pipeline_for(req: GenerationRequest) -> Pipeline:
+    return load_pipeline(req.preset, random_init=req.random_init, wan_dir=req.wan_dir, checkpoint=req.checkpoint,
+                         checkpoint_format=req.checkpoint_format, use_ema=req.use_ema, lora=req.lora,
+                         seed=req.seed, device=req.device, dtype=req.dtype)
+
+
+def load_pipeline(preset: str, *, random_init: bool, wan_dir: str | None = None, checkpoint: str | None = None,
+                  checkpoint_format: str | None = None, use_ema: bool = True, lora: str | None = None,
+                  seed: int = 0, device: str | None = None, dtype: str | None = None) -> Pipeline:
+    """Random init or real weights, never both (a silent choice between them would hide a typo)."""
+    real = wan_dir is not None or checkpoint is not None
+    if random_init and real:
+        raise UserError("--random-init cannot be combined with --wan-dir/--checkpoint")
+    if random_init:
+        return random_init_pipeline(preset, seed, device, dtype)
+    if not real:
+        raise UserError("no model weights given: pass --wan-dir [--checkpoint FILE], or --random-init")
+    if wan_dir is None:
+        raise UserError("--checkpoint needs --wan-dir too (for the UMT5 text encoder and the VAE)")
+    return wan_pipeline(wan_dir, checkpoint, preset, checkpoint_format=checkpoint_format, use_ema=use_ema,
+                        lora=lora, device=device, dtype=dtype)
+
+
+def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | None) -> str:
+    """Real weights default to the paper's model, random init to the tiny preset."""
+    if preset is not None:
+        return preset
+    return REAL_DEFAULT_PRESET if (wan_dir or checkpoint) else RANDOM_DEFAULT_PRESET
+
+
+def encode_prompts(pipeline: Pipeline, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """All prompts up front, as the DiT's device/dtype; a big encoder visits the GPU only for this call."""
+    encoder, model = pipeline.text_encoder, pipeline.model
+    module = getattr(encoder, "model", None)
+    visit = isinstance(module, torch.nn.Module) and pipeline.device.type == "cuda"
+    if visit:
+        module.to(pipeline.device)
+    try:
+        return {p: encoder.encode([p]).to(pipeline.device, model.dtype) for p in dict.fromkeys(prompts)}
+    finally:
+        if visit:
+            module.to("cpu")
+            torch.cuda.empty_cache()
+
+
 def validate_memory(name: str, options: dict, chunk_frames: int) -> PolicySpec:
     spec = make_spec(name, options)
     tier_params(spec, chunk_frames)  # raises on impossible sizes before any work is done
     return spec
 
 
-def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, progress: bool = True) -> dict:
-    out = check_writable(req.out)
-    if pipeline is None:
-        if not req.random_init:
-            raise UserError("no model weights given: pass --random-init (real checkpoints: --checkpoint)")
-        pipeline = random_init_pipeline(req.preset, req.seed, req.device, req.dtype)
-    video = pipeline.preset.video
-    spec = validate_memory(req.memory, req.memory_options, video.chunk_frames)
-    num_frames = video.latent_frames_for(req.seconds)
-    chunks = num_frames // video.chunk_frames
+# -- prompt scripts ----------------------------------------------------------------------------------------
+def read_prompt_script(path: str) -> list[tuple[int, float, str]]:
+    """(line number, seconds, prompt) per non-blank line of a JSONL script, times strictly increasing."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompt script {path} does not exist")
+    entries: list[tuple[int, float, str]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            entries.append(_script_entry(line, f"{path} line {number}", number, entries))
+    if not entries:
+        raise UserError(f"prompt script {path} has no prompts")
+    return entries
+
+
+def _script_entry(line: str, where: str, number: int, before: list) -> tuple[int, float, str]:
+    try:
+        item = json.loads(line)
+    except ValueError as err:
+        raise UserError(f"{where}: not valid JSON ({getattr(err, 'msg', err)})") from None
+    if not isinstance(item, dict):
+        raise UserError(f'{where}: expected an object like {{"at": 0, "prompt": "..."}}')
+    missing = [k for k in ("at", "prompt") if k not in item]
+    if missing:
+        raise UserError(f"{where}: missing key {', '.join(repr(k) for k in missing)}")
+    unknown = sorted(set(item) - {"at", "prompt"})
+    if unknown:
+        raise UserError(f"{where}: unknown key {', '.join(repr(k) for k in unknown)} (only 'at' and 'prompt')")
+    at, prompt = item["at"], item["prompt"]
+    if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at) or at < 0:
+        raise UserError(f"{where}: 'at' must be a number of seconds >= 0, got {at!r}")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError(f"{where}: empty prompt")
+    if before and at <= before[-1][1]:
+        raise UserError(f"{where}: at {at:g} s is not after line {before[-1][0]} ({before[-1][1]:g} s); times must increase")
+    return number, float(at), prompt.strip()
+
+
+def place_script(start: str | None, entries: list[tuple[int, float, str]], video, chunks: int, source: str) -> list[dict]:
+    """Each prompt on the nearest chunk boundary (half rounds up); the first takes effect at chunk 0."""
+    first_line, first_at, _ = entries[0]
+    if first_at == 0 and start is not None:
+        raise UserError(f"{source} line {first_line}: sets the starting prompt at 0 s, so leave out --prompt")
+    if first_at != 0 and start is None:
+        raise UserError(f"{source} line {first_line}: the first prompt must be at 0 s (or give the start with --prompt)")
+    if first_at != 0:
+        entries = [(None, 0.0, start), *entries]
+    chunk_s = video.chunk_frames / video.latent_fps
+    placed = [_placement(entries[0], 0, video)]
+    for entry in entries[1:]:
+        number, at, _ = entry
+        chunk = math.floor(at / chunk_s + 0.5)
+        where = f"{source} line {number}: at {at:g} s"
+        if chunk >= chunks:
+            raise UserError(f"{where} is past the end of the video ({chunks} chunks of {chunk_s:g} s; "
+                            f"the last switch can be at {(chunks - 1) * chunk_s:g} s)")
+        if chunk <= placed[-1]["chunk"]:
+            raise UserError(f"{where} lands on chunk {chunk} like the prompt before it; "
+                            f"switches land on {chunk_s:g} s chunk boundaries, space them further apart")
+        placed.append(_placement(entry, chunk, video))
+    return placed
+
+
+def _placement(entry: tuple, chunk: int, video) -> dict:
+    line, at, prompt = entry
+    frame = chunk * video.chunk_frames
+    return {"prompt": prompt, "line": line, "at": at, "chunk": chunk, "frame": frame, "seconds": frame / video.latent_fps}
+
+
+def plan_prompts(req: GenerationRequest, video, chunks: int) -> list[dict]:
+    """Every prompt of the run with the chunk it takes effect from: --prompt, --switch or a --prompts script."""
+    if req.prompts is not None:
+        if req.switches:
+            raise UserError("use either --prompts or --switch, not both")
+        return place_script(req.prompt, read_prompt_script(req.prompts), video, chunks, req.prompts)
+    if req.prompt is None:
+        raise UserError("give a --prompt (or a --prompts script)")
     for chunk, _ in req.switches:
         if not 0 < chunk < chunks:
             raise UserError(f"prompt switch at chunk {chunk} is outside the video's {chunks} chunks")
+    placed = [_placement((None, 0.0, req.prompt), 0, video)]
+    placed += [_placement((None, None, p), c, video) for c, p in sorted(req.switches)]
+    return placed
 
-    encode = lambda p: pipeline.text_encoder.encode([p]).to(pipeline.device)  # noqa: E731
-    stream = VideoStream(pipeline.model, encode(req.prompt), spec, video, SamplingConfig(), max_frames=num_frames)
-    switches = {chunk: encode(p) for chunk, p in req.switches}
-    generator = torch.Generator(pipeline.device).manual_seed(req.seed)
+
+# -- init video / image --------------------------------------------------------------------------------------
+def read_init_pixels(req: GenerationRequest, video) -> tuple[torch.Tensor | None, dict | None]:
+    """The init video or image as [1, 3, T, H, W] in [-1, 1] at the preset's pixel size, and what was used."""
+    if req.init_video and req.init_image:
+        raise UserError("use either --init-video or --init-image, not both")
+    if not (req.init_video or req.init_image):
+        return None, None
+    if req.init_image:
+        frames, kind, path = _read_image(req.init_image), "image", req.init_image
+    else:
+        frames, kind, path = read_video(req.init_video)[0], "video", req.init_video
+        # The end of the clip is what the generation continues; keep 1 + k * stride_t whole frames of it.
+        keep = min(len(frames), MAX_INIT_PIXEL_FRAMES)
+        frames = frames[-(1 + (keep - 1) // video.vae_stride_t * video.vae_stride_t):]
+    height, width = video.latent_height * video.vae_stride_hw, video.latent_width * video.vae_stride_hw
+    pixels = _fit(torch.from_numpy(frames).permute(0, 3, 1, 2), height, width) / 127.5 - 1.0
+    info = {"kind": kind, "path": str(path), "source_size": list(frames.shape[1:3]), "pixel_frames": len(frames)}
+    return pixels.permute(1, 0, 2, 3)[None], info
+
+
+def _read_image(path: str):
+    import imageio.v3 as iio
+    import numpy as np
+
+    try:
+        image = np.asarray(iio.imread(path))
+    except Exception as err:  # imageio raises many types for missing or broken files
+        raise UserError(f"cannot read image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)  # greyscale
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise UserError(f"image {path} has shape {list(image.shape)}; expected a single RGB(A) or grey image")
+    return image[None, :, :, :3].astype(np.uint8)  # drop alpha
+
+
+def _fit(frames: torch.Tensor, height: int, width: int, batch: int = 16) -> torch.Tensor:
+    """uint8 [T, 3, h, w] -> float [T, 3, height, width]: scale to cover, then centre crop (no distortion).
+    A few frames at a time, so a long HD clip never exists as one float tensor."""
+    h, w = frames.shape[-2:]
+    scale = max(height / h, width / w)
+    size = (max(height, math.ceil(h * scale)), max(width, math.ceil(w * scale)))
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    out = []
+    for part in frames.split(batch):
+        resized = F.interpolate(part.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        out.append(resized[:, :, top : top + height, left : left + width].clamp(0, 255))
+    return torch.cat(out)
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, progress: bool = True) -> dict:
+    out = check_writable(req.out)
+    # Everything cheap (script, memory policy, init file) is checked before any weights are read.
+    video = pipeline.preset.video if pipeline else get_preset(req.preset).video
+    spec = validate_memory(req.memory, req.memory_options, video.chunk_frames)
+    num_frames = video.latent_frames_for(req.seconds)
+    chunks = num_frames // video.chunk_frames
+    placed = plan_prompts(req, video, chunks)
+    init_pixels, init = read_init_pixels(req, video)
+    pipeline = pipeline or pipeline_for(req)
+
+    texts = encode_prompts(pipeline, [p["prompt"] for p in placed])
     decoder = pipeline.codec.stream_decoder()
+    prefill = None
+    if init_pixels is not None:
+        prefill = pipeline.codec.encode(init_pixels).float()
+        # Not re-emitted in the output, but run through the decoder so its causal cache continues from the
+        # init clip: the first generated latent frame then decodes to stride_t frames that follow on smoothly.
+        decoder.decode(prefill)
+        init |= {"latent_frames": prefill.shape[2], "emitted": False, "decoder_primed": True}
+    stream = VideoStream(pipeline.model, texts[placed[0]["prompt"]], spec, video, SamplingConfig(),
+                         max_frames=num_frames + (prefill.shape[2] if prefill is not None else 0))
+    if prefill is not None:
+        stream.prefill(prefill)
+    for p in placed:  # where each prompt starts in the written mp4
+        p["pixel_frame"] = _first_pixel(p["frame"], video.vae_stride_t, primed=prefill is not None)
+    switches = {p["chunk"]: texts[p["prompt"]] for p in placed[1:]}
+    generator = torch.Generator(pipeline.device).manual_seed(req.seed)
     from contextforcing.codecs.preview import to_uint8_frames
 
     records, interrupted = [], False
@@ -116,8 +353,11 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
             bar.close()
         pixel_frames = writer.frames_written
     sidecar = {
-        "prompt": req.prompt,
-        "switches": [{"chunk": c, "frame": c * video.chunk_frames, "prompt": p} for c, p in req.switches],
+        "prompt": placed[0]["prompt"],
+        "switches": [{"chunk": p["chunk"], "frame": p["frame"], "prompt": p["prompt"]} for p in placed[1:]],
+        "prompts": placed,
+        "prompt_script": req.prompts,
+        "init": init,
         "seed": req.seed,
         "weights": pipeline.weights,
         "preset": pipeline.preset_name,
@@ -144,6 +384,13 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
     return sidecar
 
 
+def _first_pixel(frame: int, stride_t: int, primed: bool) -> int:
+    """First mp4 frame of latent frame `frame`: a fresh causal decoder gives latent 0 one pixel frame."""
+    if primed:
+        return frame * stride_t
+    return 0 if frame == 0 else 1 + (frame - 1) * stride_t
+
+
 def request_from_args(args) -> GenerationRequest:
     from contextforcing.config import parse_overrides
 
@@ -151,6 +398,9 @@ def request_from_args(args) -> GenerationRequest:
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["memory_options"] = parse_overrides(args.memory_opt or [])
     values["switches"] = [_parse_switch(s) for s in (args.switch or [])]
+    values["use_ema"] = not getattr(args, "no_ema", False)
+    values["preset"] = default_preset(args.preset, args.wan_dir, args.checkpoint)
+    values.setdefault("prompt", None)
     return GenerationRequest(**values)
 
 
