@@ -181,7 +181,8 @@ def stream_video(
         noise = stream.noise(frames, generator)
         began = time.perf_counter()
         start = stream.frame
-        latents = stream.step(noise, generator)
+        with torch.no_grad():  # inference: training rollouts call `step` directly, with gradients
+            latents = stream.step(noise, generator)
         if latents.is_cuda:
             torch.cuda.synchronize(latents.device)
         yield Chunk(index, start, latents, time.perf_counter() - began, stream.memory.trace[-1])

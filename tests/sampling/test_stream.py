@@ -107,3 +107,9 @@ def test_classifier_free_guidance_multistep_sampling(model, tiny_video_cfg):
                         euler_num_steps=4)
     assert torch.equal(cond_only[-1].latents, scale_one[-1].latents)
     assert not torch.allclose(chunks[-1].latents, cond_only[-1].latents)
+
+
+def test_streaming_inference_builds_no_autograd_graph(model, tiny_video_cfg):
+    text, _ = _texts(model.config)
+    _, chunks = _run(model, tiny_video_cfg, text)
+    assert all(c.latents.grad_fn is None and not c.latents.requires_grad for c in chunks)
