@@ -4,6 +4,11 @@ import torch
 from contextforcing.config import ModelConfig, VideoConfig
 
 
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra threads make
+# them many times slower; benchmarks (not tests) measure threaded speed.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -6,19 +6,14 @@ import torch
 
 
 class CrossAttentionCache:
-    """Holds one prompt's text embeddings and, lazily, each layer's cross-attention keys/values.
+    """Holds one prompt's text embeddings and each layer's cross-attention keys/values once computed.
 
+    The model fills it during its first forward with this prompt (each block projects its own text
+    keys/values inside its forward, so sharded blocks gather their weights once) and reuses it after.
     A prompt switch makes a new cache (the old one is simply dropped), so nothing stale survives.
     """
 
     def __init__(self, text: torch.Tensor):
         self.text = text  # [B, text_len, text_dim]
-        self._embedded: torch.Tensor | None = None
-        self._kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, model, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if layer not in self._kv:
-            if self._embedded is None:
-                self._embedded = model.embed_text(self.text)
-            self._kv[layer] = model.text_key_values(layer, self._embedded)
-        return self._kv[layer]
+        self.embedded: torch.Tensor | None = None  # text after the model's text_embedding
+        self.key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

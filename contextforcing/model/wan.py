@@ -92,11 +92,12 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x, e0, text_kv, inputs: AttentionInputs, context_kv=None):
-        """x [B, F, T, dim] float32 residual stream; e0 [B, F, 6, dim]; returns (x, raw k, v).
+    def forward(self, x, e0, text_emb, inputs: AttentionInputs, context_kv=None, text_kv=None):
+        """x [B, F, T, dim] float32 residual stream; e0 [B, F, 6, dim]; text_emb [B, Lt, dim].
 
-        `context_kv` = (rotated keys, values) [B, Lc, H, D] from the memory, or None. The raw (pre-RoPE)
-        keys and the values of this call are returned so that the caller can store them.
+        `context_kv` = (rotated keys, values) [B, Lc, H, D] from the memory, or None. `text_kv` = this
+        layer's cached cross-attention keys/values, or None to project them from `text_emb` here.
+        Returns (x, raw pre-RoPE keys, values, text_kv) so that the caller can store what it caches.
         """
         b, f, t, dim = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)
@@ -115,6 +116,8 @@ class WanBlock(nn.Module):
         x = x + y * gate1
 
         # 2. Cross-attention to the text (no modulation, ungated residual).
+        if text_kv is None:
+            text_kv = self.cross_attn.project_key_value(text_emb)
         h = self.norm3(x).to(dtype).reshape(b, f * t, dim)
         y = attention(self.cross_attn.project_query(h), *text_kv)
         x = x + self.cross_attn.o(y.flatten(2)).float().reshape(b, f, t, dim)
@@ -122,7 +125,7 @@ class WanBlock(nn.Module):
         # 3. Feed-forward, adaLN per frame.
         h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
         x = x + self.ffn(h).float() * gate2
-        return x, k, v
+        return x, k, v, text_kv
 
 
 class Head(nn.Module):
@@ -179,11 +182,14 @@ class CausalWanModel(nn.Module):
 
         return rotate
 
-    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
-        return self.text_embedding(text.to(self.dtype))
-
-    def text_key_values(self, layer: int, text_emb: torch.Tensor):
-        return self.blocks[layer].cross_attn.project_key_value(text_emb)
+    def embed_text(self, text: "torch.Tensor | CrossAttentionCache") -> torch.Tensor:
+        if isinstance(text, torch.Tensor):
+            return self.text_embedding(text.to(self.dtype))
+        if torch.is_grad_enabled():  # training: project afresh so the text weights get their gradients
+            return self.text_embedding(text.text.to(self.dtype))
+        if text.embedded is None:
+            text.embedded = self.text_embedding(text.text.to(self.dtype))
+        return text.embedded
 
     def _embed_time(self, t: torch.Tensor):
         e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(self.time_embedding[0].weight.dtype)).float()
@@ -225,19 +231,24 @@ class CausalWanModel(nn.Module):
             positions = range(f)
         freqs = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, x.device)
         inputs = AttentionInputs(freqs, tokens_per_frame, frame_mask, self.attention_backend)
-        text_cache = text if not isinstance(text, torch.Tensor) else None
-        text_emb = None if text_cache is not None else self.embed_text(text)
+        # The cross-attention cache is only read and filled without autograd: a cached projection would
+        # either carry a stale graph or cut the text weights out of the gradient.
+        text_cache = None if isinstance(text, torch.Tensor) or torch.is_grad_enabled() else text
+        text_emb = self.embed_text(text)
 
         h = self.patch_embedding(x.to(self.dtype))  # [B, dim, F, gh, gw]
         h = h.flatten(3).transpose(1, 2).transpose(2, 3).float()  # [B, F, T, dim]
         e, e0 = self._embed_time(t)
         for i, block in enumerate(self.blocks):
-            text_kv = text_cache.get(self, i) if text_cache is not None else self.text_key_values(i, text_emb)
+            text_kv = text_cache.key_values.get(i) if text_cache is not None else None
             context_kv = memory.view(i) if memory is not None else None
+            args = (h, e0, text_emb, inputs, context_kv, text_kv)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                h, k, v = torch.utils.checkpoint.checkpoint(block, h, e0, text_kv, inputs, context_kv, use_reentrant=False)
+                h, k, v, text_kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
-                h, k, v = block(h, e0, text_kv, inputs, context_kv)
+                h, k, v, text_kv = block(*args)
+            if text_cache is not None:
+                text_cache.key_values[i] = text_kv
             if memory is not None:
                 memory.write(i, k, v, commit=commit)
         return self._unpatchify(self.head(h, e), gh, gw)

@@ -95,3 +95,21 @@ def test_positions_past_1024_frames_work(setup):
     with torch.no_grad():
         out = model(x[:, :, :c], t[:, :c], text, positions=[5000, 5001, 5002])
     assert torch.isfinite(out).all()
+
+
+def test_cross_attention_cache_is_exact_and_never_cuts_gradients(setup):
+    from contextforcing.memory.cross import CrossAttentionCache
+
+    model, x, t, text, c = setup
+    cache = CrossAttentionCache(text)
+    with torch.no_grad():
+        plain = model(x, t, text)
+        first = model(x, t, cache)  # fills the cache
+        again = model(x, t, cache)  # reads it
+    assert len(cache.key_values) == model.config.num_layers
+    assert torch.equal(plain, first) and torch.equal(first, again)
+    # With autograd on, a filled cache is not used: text weights receive gradients.
+    model.zero_grad()
+    model(x, t, cache).square().mean().backward()
+    assert model.text_embedding[0].weight.grad.abs().sum() > 0
+    assert model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0

@@ -1,0 +1,152 @@
+"""Training configs: the generic trainer options plus the stage's own, from one OmegaConf YAML file.
+
+    name: dmd            # optional; must match `train STAGE` when present
+    trainer: {run_dir: runs/dmd, max_steps: 600, accumulation: 4, ...}   # TrainerConfig
+    stage: {...}         # the registered stage's options dataclass (registry.py)
+
+Command-line `key=value` overrides use dotted paths (`trainer.max_steps=10 stage.guidance=5.0`). Unknown keys
+raise a one-line UserError naming the key. The resolved config is written to RUN/config.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from contextforcing.config import from_dict
+from contextforcing.errors import UserError
+
+_SECTIONS = ("name", "trainer", "stage")
+_DEVICES = ("auto", "cpu", "cuda")
+RESOLVED_NAME = "config.yaml"
+
+
+@dataclass
+class TrainerConfig:
+    """Generic options of the one training loop (every stage)."""
+
+    run_dir: str = ""  # where checkpoints, logs and config.yaml go; "" means runs/<stage>
+    max_steps: int = 1000  # optimizer steps (of the whole stage: a DMD step may hold a generator and a critic update)
+    accumulation: int = 1  # micro-batches per update and rank; global batch = accumulation x world size x batch
+    grad_clip: float = 10.0  # max global grad norm per update; 0 measures the norm without clipping
+    ema: bool = True  # keep an EMA of the "generator" group
+    ema_decay: float = 0.99  # shadow = decay * shadow + (1 - decay) * weights, per generator update
+    ema_start: int = 0  # first step whose generator update feeds the EMA (the shadow is copied from the weights then)
+    checkpoint_every: int = 100  # steps between checkpoints (0: only at the end)
+    keep_last: int = 3  # checkpoints kept on disk
+    log_every: int = 10  # steps between tensorboard / wandb scalars
+    sample_every: int = 0  # steps between the stage's sample hook, if it has one (0: never)
+    seed: int = 0  # all randomness derives from (seed, step, micro-batch[, rank])
+    mixed_precision: bool = False  # bf16 compute, fp32 master weights and gradient reduction
+    activation_checkpointing: bool = False  # recompute each transformer block in backward
+    wandb: bool = False  # also log to wandb, offline (needs `pip install wandb`)
+    device: str = "auto"  # auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda
+
+    def validate(self) -> "TrainerConfig":
+        checks = [
+            (self.max_steps >= 1, f"trainer.max_steps must be >= 1, got {self.max_steps}"),
+            (self.accumulation >= 1, f"trainer.accumulation must be >= 1, got {self.accumulation}"),
+            (self.grad_clip >= 0, f"trainer.grad_clip must be >= 0, got {self.grad_clip}"),
+            (0.0 <= self.ema_decay < 1.0, f"trainer.ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.checkpoint_every >= 0, f"trainer.checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+            (self.keep_last >= 1, f"trainer.keep_last must be >= 1, got {self.keep_last}"),
+            (self.log_every >= 1, f"trainer.log_every must be >= 1, got {self.log_every}"),
+            (self.sample_every >= 0, f"trainer.sample_every must be >= 0, got {self.sample_every}"),
+            (self.device in _DEVICES, f"trainer.device must be one of {', '.join(_DEVICES)}, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run: stage name, trainer options, stage options (an instance of the stage's dataclass)."""
+
+    name: str
+    trainer: TrainerConfig
+    stage: Any
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.trainer.run_dir or f"runs/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "trainer": dataclasses.asdict(self.trainer), "stage": dataclasses.asdict(self.stage)}
+
+
+def build_dataclass(cls: type, values: dict[str, Any] | None, *, where: str) -> Any:
+    """`cls` from `values`, recursing into nested dataclass fields; unknown keys and bad types raise UserError."""
+    if values is not None and not isinstance(values, dict):
+        raise UserError(f"{where} must be a mapping, got {values!r}")
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        sub = hints.get(field.name)
+        if field.name in values and dataclasses.is_dataclass(sub):
+            if not isinstance(values[field.name], dict):
+                raise UserError(f"{where}.{field.name} must be a mapping, got {values[field.name]!r}")
+            values[field.name] = build_dataclass(sub, values[field.name], where=f"{where}.{field.name}")
+    try:
+        return from_dict(cls, values, where=where)
+    except TypeError as err:  # a stage dataclass with a required field that the config leaves out
+        raise UserError(f"{where}: {err}") from None
+
+
+def _read_yaml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        values = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # yaml and OmegaConf raise many types for broken files
+        raise UserError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must be a mapping with trainer: and stage: sections")
+    return values
+
+
+def _merge_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value (e.g. trainer.max_steps=10)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(values), OmegaConf.from_dotlist(list(overrides)))
+    except Exception as err:  # e.g. overriding a scalar section with a dotted key
+        raise UserError(f"cannot apply overrides {' '.join(overrides)}: {str(err).splitlines()[0]}") from None
+    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
+
+
+def load_train_config(name: str, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """The validated config of stage `name` from YAML file `path` (None: all defaults) and dotted overrides."""
+    from contextforcing.training.registry import get_stage
+
+    spec = get_stage(name)
+    values = _merge_overrides(_read_yaml(path), list(overrides))
+    unknown = sorted(set(values) - set(_SECTIONS))
+    if unknown:
+        raise UserError(f"unknown config section(s) {', '.join(unknown)}; known: {', '.join(_SECTIONS)}")
+    if values.get("name", name) != name:
+        raise UserError(f"config is for stage {values['name']!r}, not {name!r}")
+    trainer = build_dataclass(TrainerConfig, values.get("trainer"), where="trainer").validate()
+    options = build_dataclass(spec.options, values.get("stage"), where=f"stage ({name})")
+    if callable(getattr(options, "validate", None)):
+        options = options.validate() or options
+    return TrainConfig(name, trainer, options)
+
+
+def save_resolved(cfg: TrainConfig) -> Path:
+    """Write the resolved config to RUN/config.yaml (rerunnable with `train NAME --config RUN/config.yaml`)."""
+    out = cfg.run_dir / RESOLVED_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(cfg.to_dict()), out)
+    return out

@@ -1,0 +1,192 @@
+"""Pieces shared by the stages: nested options, model building, text encoding, memory specs, layouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from contextforcing.config import SamplingConfig, VideoConfig, from_dict, get_preset
+from contextforcing.errors import UserError
+from contextforcing.memory.policies import Plan, PolicySpec, TieredPolicy, make_spec, tier_params
+from contextforcing.model.wan import CausalWanModel, build_model
+from contextforcing.sampling.scheduler import FlowMatchSchedule
+
+T = TypeVar("T")
+
+
+def nested(cls: type[T], value: Any, where: str) -> T:
+    """A nested options section: a dict (from YAML) becomes `cls`, with unknown keys rejected."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping, got {value!r}")
+    out = from_dict(cls, value, where=where)
+    return out.validate() if hasattr(out, "validate") else out
+
+
+def convert_nested(obj: Any, sections: dict[str, type]) -> None:
+    """In a frozen options dataclass's __post_init__: turn dict sections into their dataclasses."""
+    for name, cls in sections.items():
+        object.__setattr__(obj, name, nested(cls, getattr(obj, name), f"stage option {name!r}"))
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """AdamW settings of one module group (Stage.optimizer_settings)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+    def settings(self) -> dict:
+        return {"lr": self.lr, "betas": tuple(self.betas), "weight_decay": self.weight_decay}
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """Text conditioning: the weight-free hash encoder (tiny presets) or Wan's UMT5 (`wan_dir`)."""
+
+    encoder: str = "hash"  # hash | umt5
+    wan_dir: str | None = None
+    negative_prompt: str = ""  # the unconditional branch of CFG
+
+    def validate(self) -> "TextOptions":
+        if self.encoder not in ("hash", "umt5"):
+            raise UserError(f"text.encoder must be hash or umt5, got {self.encoder!r}")
+        if self.encoder == "umt5" and not self.wan_dir:
+            raise UserError("text.encoder umt5 needs text.wan_dir (a Wan2.1 directory)")
+        return self
+
+
+def text_encoder(options: TextOptions, preset_name: str):
+    """An object with .encode(prompts) -> [B, text_len, text_dim] (CPU tensors)."""
+    model = get_preset(preset_name).model
+    if options.encoder == "hash":
+        from contextforcing.codecs.text import HashTextEncoder
+
+        return HashTextEncoder(model.text_dim, model.text_len)
+    from pathlib import Path
+
+    from contextforcing.codecs.loading import load_text_encoder
+
+    return load_text_encoder(Path(options.wan_dir), "cpu", text_len=model.text_len)
+
+
+def load_or_build(preset_name: str, init: str | None, seed: int, device) -> CausalWanModel:
+    """The role's initial weights: a checkpoint (any format `load_model` reads), else a seeded random init."""
+    cfg = get_preset(preset_name).model
+    if init:
+        from contextforcing.model.checkpoints import load_model
+
+        return load_model(init, cfg, device=device).train()
+    return build_model(cfg, device=device, seed=seed).train()
+
+
+def frozen_copy(model: CausalWanModel) -> CausalWanModel:
+    """Frozen scores run in eval mode without parameter gradients."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def schedule_of(sampling: SamplingConfig) -> FlowMatchSchedule:
+    return FlowMatchSchedule(sampling.shift, sampling.num_train_timesteps)
+
+
+def video_config(preset_name: str) -> VideoConfig:
+    return get_preset(preset_name).video
+
+
+def memory_spec(values: dict) -> PolicySpec:
+    """The student's memory: `{policy: slow_fast, sink: 3, ...}` (policy defaults to slow_fast)."""
+    values = dict(values)
+    return make_spec(values.pop("policy", "slow_fast"), values)
+
+
+def plan_after_history(spec: PolicySpec, chunk_frames: int, history: int, decide) -> Plan:
+    """Host-only replay of the student's policy over `history` committed frames (whole chunks), then the
+    plan of the chunk that starts right after: which sink / slow / fast frames it attends, at which
+    positions (the one position rule, `TieredPolicy.plan`). `decide(chunk_index)` answers 'ask'
+    (surprisal) promotion checks."""
+    policy = TieredPolicy(tier_params(spec, chunk_frames), chunk_frames)
+    for index, start in enumerate(range(0, history, chunk_frames)):
+        check = policy.promotion_check(index, start)
+        policy.commit(start, chunk_frames, check == "yes" or (check == "ask" and decide(index)))
+    return policy.plan(history, chunk_frames)
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """A teacher's clean context and target window, laid out as the student's memory places them."""
+
+    frames: list[int]  # context latent frames in memory order: sink, slow, fast
+    tiers: list[str]  # tier of each context frame
+    positions: list[int]  # RoPE position of each context frame
+    target_frames: list[int]  # target window latent frames
+    target_positions: list[int]
+
+    def fast_indices(self) -> list[int]:
+        return [i for i, tier in enumerate(self.tiers) if tier == "fast"]
+
+
+def layout_from_trace(entry: dict, target_frames: int) -> ContextLayout:
+    """The student's memory at the chunk that opens the target window, from its trace entry: the frames
+    it attends (sink, slow, cached fast) at their positions; the target continues the chunk's positions."""
+    positions = entry["positions"]
+    current = entry["current"]
+    frames, tiers, pos = [], [], []
+    seen: dict[str, int] = {}
+    cached_fast = [f for f in entry["fast"] if f not in current]
+    for tier, group in (("sink", entry["sink"]), ("slow", entry["slow"]), ("fast", cached_fast)):
+        for f in group:
+            p = positions[str(f)]
+            if isinstance(p, list):  # a frame attended twice (no dedupe): slow copy first, then fast
+                p = p[seen.get(str(f), 0)]
+                seen[str(f)] = seen.get(str(f), 0) + 1
+            frames.append(f)
+            tiers.append(tier)
+            pos.append(p)
+    first = positions[str(current[0])]
+    return ContextLayout(frames, tiers, pos, list(range(current[0], current[0] + target_frames)),
+                         list(range(first, first + target_frames)))
+
+
+def layout_from_plan(plan: Plan, target_frames: int) -> ContextLayout:
+    """The same layout from a policy plan (teacher training replays the policy host-side)."""
+    return layout_from_trace(plan.trace(0), target_frames)
+
+
+def contiguous_layout(target_start: int, context_frames: int, target_frames: int) -> ContextLayout:
+    """The released code's variant: the `context_frames` frames right before the target, positions 0.."""
+    first = max(0, target_start - context_frames)
+    frames = list(range(first, target_start))
+    n = len(frames)
+    return ContextLayout(frames, ["fast"] * n, list(range(n)),
+                         list(range(target_start, target_start + target_frames)), list(range(n, n + target_frames)))
+
+
+def gather_frames(latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
+    index = torch.tensor(frames, dtype=torch.long, device=latents.device)
+    return latents.index_select(2, index)
+
+
+
+def few_step_timesteps(sampling: SamplingConfig) -> list[float]:
+    """The student's denoising list as VideoStream runs it (warped onto the shifted table when asked)."""
+    schedule = schedule_of(sampling)
+    steps = sampling.denoising_steps
+    return schedule.warp(steps) if sampling.warp_denoising_steps else [float(s) for s in steps]
+
+
+def guidance_standard(scale: float, convention: str) -> float:
+    """CFG scale in the standard form uncond + w (cond - uncond) that `samplers.guided` uses.
+
+    Self-Forcing / Context Forcing configs write `cond + g (cond - uncond)`, i.e. w = g + 1
+    (their guidance_scale 3.0 is w = 4)."""
+    if convention == "standard":
+        return scale
+    if convention == "self_forcing":
+        return scale + 1.0
+    raise UserError(f"guidance_convention must be standard or self_forcing, got {convention!r}")

@@ -1,0 +1,180 @@
+"""Stage 1: Distribution Matching Distillation of the causal few-step student (Context Forcing Eq. 3-4).
+
+Per step (Self-Forcing `trainer/distillation.py`): on every `dfake_gen_update_ratio`-th step a generator
+update, then always a critic update, each on its own fresh self-rollout.
+  generator  rollout (random exit per chunk, gradient only through exit steps) -> x; t shifted and
+             clamped; x_t = noise(x, t); real x0 = frozen teacher with CFG, fake x0 = critic;
+             loss = 0.5 ||x - sg(x - g)||^2, g = (x0_fake - x0_real) / mean|x - x0_real|   (losses.py)
+  critic     no-grad rollout -> x; flow matching of the critic on x (the fake score tracks p_theta)
+
+`ScoreMatchingStage` holds everything both DMD stages share; Stage 2 (cdmd.py) overrides how long the
+rollout is and how the scores are conditioned.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from contextforcing.config import SamplingConfig
+from contextforcing.errors import UserError
+from contextforcing.model.wan import CausalWanModel
+from contextforcing.sampling.samplers import guided
+from contextforcing.sampling.scheduler import add_noise, x0_from_flow
+from contextforcing.training import losses
+from contextforcing.training.rollout import Rollout, self_rollout
+from contextforcing.training.registry import BuildContext
+from contextforcing.training.stage import StepContext, Update
+from contextforcing.training.stages.common import (
+    OptimizerOptions, TextOptions, convert_nested, frozen_copy, guidance_standard, load_or_build, memory_spec,
+    schedule_of, text_encoder, video_config,
+)
+from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
+
+
+@dataclass(frozen=True)
+class DMDOptions:
+    model: str = "tiny"
+    init: str | None = None  # generator start: the ODE-initialised student
+    real_init: str | None = None  # frozen real score (the teacher)
+    critic_init: str | None = None  # fake score start; default: the real score's weights
+    memory: dict = field(default_factory=lambda: {"policy": "slow_fast"})  # the student's memory
+    num_frames: int = 21  # rollout length (latent frames); all of it is scored
+    guidance_scale: float = 3.0  # real score CFG
+    guidance_convention: str = "self_forcing"  # cond + g (cond - uncond), as CF / SF configs write it
+    same_exit_across_chunks: bool = False  # one shared exit step for all chunks (SF default) or one per chunk
+    timestep_clamp: tuple[float, float] = (20.0, 980.0)
+    dfake_gen_update_ratio: int = 5  # critic steps per generator step
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the student's few-step list and shift
+    generator_optimizer: OptimizerOptions = field(default_factory=lambda: OptimizerOptions(2e-6, (0.9, 0.999)))
+    critic_optimizer: OptimizerOptions = field(default_factory=lambda: OptimizerOptions(4e-7, (0.5, 0.95)))
+    text: TextOptions = field(default_factory=TextOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+
+    def __post_init__(self):
+        convert_nested(self, {"sampling": SamplingConfig, "generator_optimizer": OptimizerOptions,
+                              "critic_optimizer": OptimizerOptions,
+                              "text": TextOptions, "data": DataOptions})
+        chunk = video_config(self.model).chunk_frames
+        if self.num_frames <= 0 or self.num_frames % chunk:
+            raise UserError(f"num_frames={self.num_frames} must be a positive multiple of the chunk ({chunk})")
+        if self.dfake_gen_update_ratio < 1:
+            raise UserError("dfake_gen_update_ratio must be at least 1")
+        low, high = self.timestep_clamp
+        if not 0 <= low < high:
+            raise UserError(f"timestep_clamp must be (low, high) with 0 <= low < high, got {self.timestep_clamp}")
+        guidance_standard(self.guidance_scale, self.guidance_convention)
+
+
+class ScoreMatchingStage:
+    """Generator + critic (trainable) and a frozen real score, trained by DMD on self-rollouts."""
+
+    name = "dmd"
+
+    def __init__(self, options, device: torch.device, seed: int = 0):
+        self.options, self.device = options, device
+        self.video = video_config(options.model)
+        self.sampling = options.sampling
+        self.schedule = schedule_of(self.sampling)
+        self.spec = memory_spec(options.memory)
+        self.guidance = guidance_standard(options.guidance_scale, options.guidance_convention)
+        self.generator = load_or_build(options.model, options.init, seed, device)
+        real = load_or_build(options.model, options.real_init, seed + 1, device)
+        # The fake score starts from its own checkpoint, else from the real score's weights (SF / CF).
+        self.critic = (load_or_build(options.model, options.critic_init, seed + 2, device) if options.critic_init
+                       else copy.deepcopy(real).train())
+        self.real_score = frozen_copy(real)
+        self.encoder = text_encoder(options.text, options.model)
+        self.uncond = self.encoder.encode([options.text.negative_prompt])
+        self.last_rollout: Rollout | None = None  # detached, for inspection and tests
+
+    # -- contract --------------------------------------------------------------------------------------
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "critic": self.critic}
+
+    def frozen(self) -> dict[str, nn.Module]:
+        return {"real_score": self.real_score}
+
+    def optimizer_settings(self, group: str) -> dict:
+        o = self.options
+        return (o.generator_optimizer if group == "generator" else o.critic_optimizer).settings()
+
+    def updates(self, step: int) -> list[Update]:
+        critic = [Update("critic", self.critic_loss)]
+        if step % self.options.dfake_gen_update_ratio:
+            return critic
+        return [Update("generator", self.generator_loss)] + critic
+
+    def batches(self, rank: int, world_size: int, start: int) -> Iterator[dict]:
+        prompts = PromptSource(self.options.data)
+        for ids in sample_ids(rank, world_size, start, self.options.data.micro_batch):
+            batch = [prompts.prompt(i) for i in ids]
+            yield {"prompts": batch, "text": self.encoder.encode(batch)}
+
+    # -- what Stage 2 overrides ------------------------------------------------------------------------
+    def rollout_lengths(self, ctx: StepContext) -> tuple[int, int]:
+        """(frames rolled out, frames of the scored target window at the end)."""
+        return self.options.num_frames, self.options.num_frames
+
+    def condition(self, rollout: Rollout):
+        """What the scores see besides the noisy target (Stage 1: nothing; the clip is the target)."""
+        return None
+
+    def score(self, model: CausalWanModel, x_t, t, text, condition) -> torch.Tensor:
+        """Flow of a score network on the noisy target: bidirectional over the clip (mode (b), no mask)."""
+        return model(x_t, t, text)
+
+    # -- losses ----------------------------------------------------------------------------------------
+    def rollout(self, batch: dict, ctx: StepContext) -> tuple[Rollout, torch.Tensor]:
+        text = batch["text"].to(ctx.device)
+        frames, target = self.rollout_lengths(ctx)
+        rollout = self_rollout(self.generator, text, self.spec, self.video, self.sampling, frames, target, ctx,
+                               same_exit_across_chunks=self.options.same_exit_across_chunks)
+        self.last_rollout = Rollout(rollout.latents.detach(), rollout.target_start, rollout.exits, rollout.trace)
+        return rollout, text
+
+    def noised(self, x: torch.Tensor, ctx: StepContext):
+        t = losses.dmd_timesteps(x.shape[0], self.schedule, tuple(self.options.timestep_clamp), ctx.generator,
+                                 ctx.device)
+        sigma = self.schedule.sigma(t)
+        noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+        return t, sigma, noise, add_noise(x.detach(), noise, sigma)
+
+    def generator_loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        rollout, text = self.rollout(batch, ctx)
+        condition = self.condition(rollout)
+        x = rollout.target
+        t, sigma, _, x_t = self.noised(x, ctx)
+        with torch.no_grad():
+            uncond = self.uncond.to(ctx.device).expand(x.shape[0], -1, -1)
+            real = guided(lambda y, _: self.score(self.real_score, y, t, text, condition),
+                          lambda y, _: self.score(self.real_score, y, t, uncond, condition), self.guidance)(x_t, None)
+            x0_real = x0_from_flow(x_t, real, sigma)
+            x0_fake = x0_from_flow(x_t, self.score(self.critic, x_t, t, text, condition), sigma)
+        loss = losses.dmd_generator_loss(x, x0_fake, x0_real)
+        g = losses.dmd_gradient(x, x0_fake, x0_real)
+        metrics = {"generator_loss": float(loss.detach().mean()), "dmd_gradient_norm": float(g.norm()),
+                   "rollout_frames": float(rollout.latents.shape[2]), "timestep": float(t.mean())}
+        return loss.mean(), metrics
+
+    def critic_loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            rollout, text = self.rollout(batch, ctx)
+            condition = self.condition(rollout)
+        x = rollout.target.detach()
+        t, _, noise, x_t = self.noised(x, ctx)
+        loss = losses.critic_loss(self.score(self.critic, x_t, t, text, condition), noise, x)
+        metrics = {"critic_loss": float(loss.detach().mean()), "rollout_frames": float(rollout.latents.shape[2])}
+        return loss.mean(), metrics
+
+
+class DMDStage(ScoreMatchingStage):
+    name = "dmd"
+
+
+def build(options: DMDOptions, bctx: BuildContext) -> DMDStage:
+    return DMDStage(options, bctx.device, bctx.seed)

@@ -1,0 +1,202 @@
+"""Context teacher: flow matching of a target window given a clean context in the student's memory layout.
+
+One sample (Context Forcing Sec. 3.1 / 4; the released teacher's data layout):
+  history  the clip's first `history` latent frames (drawn per step through ctx.shared_randint, whole
+           chunks between history_min and history_max: the paper samples 5-20 s of context)
+  context  the frames the student's memory would attend when its next chunk starts right after the
+           history -- sink, slow, cached fast -- at the student's bounded positions (TieredPolicy.plan)
+  target   `target_frames` frames after the history, noised at one timestep; positions continue the
+           first target chunk's, exactly as Contextual DMD will lay out the student's rollout
+
+Slow frames follow `slow_rule`: `surprisal` (default) streams the clean history through the teacher's own
+memory (VideoStream.prefill), so the student's surprisal rule runs on the teacher's pre-RoPE keys;
+`stride` promotes every `slow_stride_chunks` chunks (the released teacher: every 1.5 s over up to 18 s).
+
+Error recycling (ERFT, Stable Video Infinity): see training/error_buffer.py.
+TODO(lora): LoRA fine-tuning of a pretrained base (rank 128, alpha 128 on q, k, v, o, ffn.0, ffn.2 in the
+released teacher) is not implemented; `lora_rank` must stay 0 and the teacher is trained in full.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from contextforcing.config import SamplingConfig
+from contextforcing.errors import UserError
+from contextforcing.sampling.scheduler import add_noise, x0_from_flow
+from contextforcing.sampling.stream import VideoStream
+from contextforcing.training import losses
+from contextforcing.training.error_buffer import (
+    ErrorBuffer, ErrorRecyclingOptions, Injection, draw_injection, fit_frames,
+)
+from contextforcing.training.registry import BuildContext
+from contextforcing.training.stage import StepContext, Update
+from contextforcing.training.stages.common import (
+    ContextLayout, OptimizerOptions, TextOptions, convert_nested, gather_frames, layout_from_plan, load_or_build,
+    memory_spec, plan_after_history, schedule_of, text_encoder, video_config,
+)
+from contextforcing.training.stages.data import ClipSource, DataOptions, sample_ids
+
+SLOW_RULES = ("surprisal", "stride")
+
+
+@dataclass(frozen=True)
+class TeacherOptions:
+    model: str = "tiny"  # preset of the teacher's shape (and the latent video grid)
+    init: str | None = None  # checkpoint to start from (e.g. Wan2.1-T2V-1.3B); random init when unset
+    memory: dict = field(default_factory=lambda: {"policy": "slow_fast"})  # the student's memory
+    slow_rule: str = "surprisal"  # surprisal | stride
+    slow_stride_chunks: int = 2  # stride rule: one keyframe every 2 chunks = 6 latents = 1.5 s
+    target_frames: int = 21  # noisy target window (latent frames)
+    history_min: int = 21  # clean history before the target, latent frames (5 s)
+    history_max: int = 81  # (20 s)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # shift, num_train_timesteps
+    optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
+    error_recycling: ErrorRecyclingOptions = field(default_factory=ErrorRecyclingOptions)
+    text: TextOptions = field(default_factory=TextOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    lora_rank: int = 0  # TODO(lora)
+
+    def __post_init__(self):
+        convert_nested(self, {"sampling": SamplingConfig, "optimizer": OptimizerOptions,
+                              "error_recycling": ErrorRecyclingOptions,
+                              "text": TextOptions, "data": DataOptions})
+        if self.slow_rule not in SLOW_RULES:
+            raise UserError(f"teacher slow_rule must be one of {', '.join(SLOW_RULES)}, got {self.slow_rule!r}")
+        if self.lora_rank:
+            raise UserError("teacher LoRA fine-tuning is not implemented yet (lora_rank must be 0)")
+        chunk = video_config(self.model).chunk_frames
+        for name in ("target_frames", "history_min", "history_max"):
+            if getattr(self, name) % chunk:
+                raise UserError(f"teacher {name}={getattr(self, name)} must be a multiple of the chunk ({chunk})")
+        if not 0 < self.history_min <= self.history_max:
+            raise UserError(f"teacher needs 0 < history_min <= history_max, got {self.history_min}, {self.history_max}")
+
+
+class TeacherStage:
+    name = "teacher"
+
+    def __init__(self, options: TeacherOptions, device: torch.device, seed: int = 0):
+        self.options, self.device = options, device
+        self.video = video_config(options.model)
+        self.sampling = options.sampling
+        self.schedule = schedule_of(self.sampling)
+        self.spec = memory_spec(options.memory)
+        if options.slow_rule == "stride":
+            self.spec = dataclasses.replace(self.spec, options=dataclasses.replace(
+                self.spec.options, rule="uniform", interval=options.slow_stride_chunks))
+        self.teacher = load_or_build(options.model, options.init, seed, device)
+        self.encoder = text_encoder(options.text, options.model)
+        er = options.error_recycling
+        self.latent_errors = ErrorBuffer.from_options(er, self.schedule)
+        self.noise_errors = ErrorBuffer.from_options(er, self.schedule)
+
+    # -- contract --------------------------------------------------------------------------------------
+    def trainable(self) -> dict[str, nn.Module]:
+        return {"generator": self.teacher}  # the model this stage trains and exports
+
+    def frozen(self) -> dict[str, nn.Module]:
+        return {}
+
+    def optimizer_settings(self, group: str) -> dict:
+        return self.options.optimizer.settings()
+
+    def updates(self, step: int) -> list[Update]:
+        return [Update("generator", self.loss)]
+
+    # The trainer saves these per rank in each checkpoint, so resuming keeps the recycled errors.
+    def state_dict(self) -> dict:
+        return {"latent_errors": self.latent_errors.state_dict(), "noise_errors": self.noise_errors.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.latent_errors.load_state_dict(state["latent_errors"])
+        self.noise_errors.load_state_dict(state["noise_errors"])
+
+    def batches(self, rank: int, world_size: int, start: int) -> Iterator[dict]:
+        o = self.options
+        source = ClipSource(o.data, self.video, self.teacher.config.in_dim, o.history_max + o.target_frames)
+        for ids in sample_ids(rank, world_size, start, o.data.micro_batch):
+            prompts, clips = zip(*(source.clip(i) for i in ids))
+            yield {"prompts": list(prompts), "text": self.encoder.encode(list(prompts)), "latents": torch.stack(clips)}
+
+    # -- layout ----------------------------------------------------------------------------------------
+    def draw_history(self, ctx: StepContext) -> int:
+        chunk = self.video.chunk_frames
+        return chunk * ctx.shared_randint(self.options.history_min // chunk, self.options.history_max // chunk + 1)
+
+    @torch.no_grad()
+    def layout(self, history: int, text: torch.Tensor, latents: torch.Tensor) -> ContextLayout:
+        chunk = self.video.chunk_frames
+        if self.options.slow_rule == "stride":
+            plan = plan_after_history(self.spec, chunk, history, decide=lambda _: False)
+        else:
+            stream = VideoStream(self.teacher, text, self.spec, self.video, self.sampling, max_frames=history + chunk)
+            stream.prefill(latents[:, :, :history])
+            plan = stream.memory.begin_chunk(history, chunk)
+        return layout_from_plan(plan, self.options.target_frames)
+
+    # -- loss ------------------------------------------------------------------------------------------
+    def loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        latents, text = batch["latents"].to(ctx.device), batch["text"].to(ctx.device)
+        history = self.draw_history(ctx)
+        layout = self.layout(history, text, latents)
+        context = gather_frames(latents, layout.frames)
+        target = gather_frames(latents, layout.target_frames)
+        b = target.shape[0]
+        t = losses.training_timesteps(b, self.schedule, ctx.generator, ctx.device)
+        sigma = self.schedule.sigma(t)
+        noise = torch.randn(target.shape, generator=ctx.generator, device=ctx.device)
+        injection = draw_injection(self.options.error_recycling, ctx)
+        target_in, context, noise_in = self.inject(injection, t, target, context, noise, layout, ctx)
+        x_t = add_noise(target_in, noise_in, sigma)
+        flow = self.teacher.forward_with_context(x_t, t, text, context, layout.positions, layout.target_positions)
+        # The velocity toward the *clean* target from the error-carrying noise (SVI's ERFT target).
+        loss = losses.flow_matching_loss(flow, noise_in, target)
+        self.bank_errors(injection, ctx, t, x_t, flow, sigma, target, noise_in)
+        metrics = {"loss": float(loss.detach().mean()), "history": float(history), "context": float(len(layout.frames)),
+                   "inject_latent": float(injection.latent), "inject_context": float(injection.context),
+                   "inject_noise": float(injection.noise), "error_bank": float(len(self.latent_errors))}
+        return loss.mean(), metrics
+
+    def _errors(self, bank: ErrorBuffer, t: torch.Tensor | None, like: torch.Tensor, ctx) -> torch.Tensor:
+        """One banked error per sample (zeros where the bucket is still empty), fitted to `like`'s frames."""
+        out = torch.zeros_like(like)
+        for i in range(like.shape[0]):
+            e = bank.sample(None if t is None else float(t[i]), ctx.generator)
+            if e is not None:
+                out[i] = fit_frames(e, like.shape[2]).to(out)
+        return out
+
+    def inject(self, injection: Injection, t, target, context, noise, layout: ContextLayout, ctx):
+        if injection.latent:
+            target = target + self._errors(self.latent_errors, t, target, ctx)
+        fast = layout.fast_indices()
+        if injection.context and fast:  # only the fast (motion) frames; sink and slow stay clean
+            index = torch.tensor(fast, device=context.device)
+            drift = self._errors(self.latent_errors, None, context.index_select(2, index), ctx)
+            context = context.index_add(2, index, drift)
+        if injection.noise:
+            noise = noise + self._errors(self.noise_errors, t, noise, ctx)
+        return target, context, noise
+
+    @torch.no_grad()
+    def bank_errors(self, injection: Injection, ctx, t, x_t, flow, sigma, target, noise) -> None:
+        """Bank this step's errors: x0_hat - x0 and eps_hat - eps, with eps_hat = x_t + (1 - sigma) v."""
+        options = self.options.error_recycling
+        allowed = ctx.shared_uniform() < options.clean_update_prob or not injection.clean
+        if not options.enabled or not allowed:
+            return
+        x0_hat = x0_from_flow(x_t, flow.detach(), sigma)
+        s = sigma.to(x_t.device).reshape(-1, 1, 1, 1, 1)
+        eps_hat = x_t.double() + (1 - s) * flow.detach().double()
+        self.latent_errors.add(t, x0_hat - target)
+        self.noise_errors.add(t, (eps_hat - noise.double()).float())
+
+
+def build(options: TeacherOptions, bctx: BuildContext) -> TeacherStage:
+    return TeacherStage(options, bctx.device, bctx.seed)
