@@ -1,24 +1,69 @@
-"""`bench`: stream a video without writing it and report per-chunk latency, throughput and memory."""
+"""`bench`: stream a video without writing it and report per-chunk latency, throughput and memory.
+
+Next to the measured times it reports the analytic FLOPs of each chunk (`contextforcing.perf`, counted
+from the frames the memory actually attended), the achieved TFLOP/s, and "% of floor": the time those
+FLOPs take at a peak rate divided by the measured transformer time (100% = running at the peak). The
+peak is `--peak-tflops` when given, otherwise a square-matmul rate measured on the device at startup.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from contextforcing import perf
 from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
 from contextforcing.generation import encode_prompts, load_pipeline, random_init_pipeline, validate_memory
 from contextforcing.sampling.stream import VideoStream, stream_video
 
+_STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Restart the peak-memory count: CUDA's allocator stats, or the process's RSS high-water mark
+    (Linux: writing 5 to /proc/self/clear_refs). False where the CPU mark cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
 
 def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: peak bytes allocated by torch. CPU: the process's peak RSS (VmHWM, resettable; else ru_maxrss)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@functools.cache
+def _measured_peak(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    return perf.measure_peak_tflops(device, dtype)
+
+
+def resolve_peak(peak_tflops: float | None, device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """(TFLOP/s, where it comes from): the user's number, or a matmul rate measured once per process."""
+    if peak_tflops is not None:
+        if not peak_tflops > 0:
+            raise UserError(f"--peak-tflops must be positive, got {peak_tflops}")
+        return float(peak_tflops), "given by --peak-tflops"
+    return _measured_peak(str(device), dtype)
 
 
 def parse_windows(text: str) -> list[tuple[int, int]]:
@@ -33,9 +78,11 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
 
 def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *, seed: int = 0,
               device: str | None = None, dtype: str | None = None, windows: str = "", decode: bool = False,
-              weights: dict | None = None) -> dict:
+              weights: dict | None = None, peak_tflops: float | None = None) -> dict:
     """`weights` (load_pipeline's keywords) selects real weights; without --wan-dir/--checkpoint it is random init.
-    With `decode`, each chunk's time includes its streaming decode (Wan VAE, or the preview decoder)."""
+    With `decode`, each chunk's time includes its streaming decode (Wan VAE, or the preview decoder).
+    `peak_tflops` sets the rate of the floor; None measures one (a square matmul on the device)."""
+    windows_parsed = parse_windows(windows)
     weights = weights or {}
     if weights.get("wan_dir") or weights.get("checkpoint"):
         pipe = load_pipeline(preset, seed=seed, device=device, dtype=dtype, **weights)
@@ -44,21 +91,31 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     video = pipe.preset.video
     spec = validate_memory(memory, memory_options, video.chunk_frames)
     num_frames = video.latent_frames_for(seconds)
+    for a, b in windows_parsed:  # fail before the run, not after it
+        if b > num_frames // video.chunk_frames:
+            raise UserError(f"--windows {a}:{b} reaches past the {num_frames // video.chunk_frames} chunks generated")
     text = encode_prompts(pipe, ["a benchmark prompt"])["a benchmark prompt"]
     decoder = pipe.codec.stream_decoder() if decode else None
+    peak, peak_source = resolve_peak(peak_tflops, pipe.device, pipe.model.dtype)
     stream = VideoStream(pipe.model, text, spec, video, SamplingConfig(), max_frames=num_frames)
     generator = torch.Generator(pipe.device).manual_seed(seed)
-    if pipe.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(pipe.device)
-    latencies, decode_times, peaks = [], [], []
+    peak_resettable = reset_peak_memory(pipe.device)
+    latencies, decode_times, peaks, model_times, flops, attended = [], [], [], [], [], []
     began = time.perf_counter()
     for chunk in stream_video(stream, num_frames, generator=generator):
         decode_times.append(_timed_decode(decoder, chunk.latents) if decoder else 0.0)
         latencies.append(chunk.seconds + decode_times[-1])
+        model_times.append(chunk.seconds)
         peaks.append(peak_memory_bytes(pipe.device))
+        attended.append(_attended_frames(chunk.trace))
+        cost = perf.chunk_cost(pipe.model.config, video, attended[-1], steps=len(stream.steps),
+                               frames=chunk.latents.shape[2], batch=stream.batch)
+        flops.append(cost.total * len(stream.branches) + (perf.prompt_flops(pipe.model.config) if chunk.index == 0 else 0))
     total = time.perf_counter() - began
     steady = latencies[1:] or latencies
     latent_fps = video.chunk_frames / statistics.median(steady)
+    steady_flops, steady_times = flops[1:] or flops, model_times[1:] or model_times
+    achieved = sum(steady_flops) / sum(steady_times) / 1e12
     result = {
         "preset": preset, "memory": spec.to_dict(), "device": str(pipe.device),
         "dtype": str(pipe.model.dtype).replace("torch.", ""), "chunks": len(latencies),
@@ -69,13 +126,41 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
         "context_rotations": stream.memory.rotations,
         "included": _included(decode, pipe.weights),
         "median_decode_s": statistics.median(decode_times[1:] or decode_times) if decoder else None,
+        "median_transformer_s": statistics.median(steady_times),
+        "attended_frames_first": attended[0], "attended_frames_last": attended[-1],
+        "flops_first_chunk": flops[0], "flops_median_chunk": statistics.median(steady_flops), "flops_last_chunk": flops[-1],
+        "achieved_tflops": achieved, "peak_tflops": peak, "peak_source": peak_source,
+        "floor_median_chunk_s": statistics.median(steady_flops) / (peak * 1e12),
+        "floor_percent": 100.0 * achieved / peak,
+        "peak_memory_scope": ("CUDA bytes allocated by torch" if pipe.device.type == "cuda" else
+                              "process peak RSS since the run began" if peak_resettable else
+                              "process peak RSS since start (could not reset)"),
+        "threads": torch.get_num_threads() if pipe.device.type == "cpu" else None,
+        "chunk_seconds": latencies,
         "windows": {},
     }
-    for a, b in parse_windows(windows):
-        if b > len(latencies):
-            raise UserError(f"--windows {a}:{b} reaches past the {len(latencies)} chunks generated")
+    for a, b in windows_parsed:
         result["windows"][f"{a}:{b}"] = statistics.median(latencies[a:b])
     return result
+
+
+def _attended_frames(trace: dict) -> int:
+    """Latent frames a chunk attended, itself included (the trace's fast list holds the current chunk)."""
+    return len(trace["sink"]) + len(trace["slow"]) + len(trace["fast"])
+
+
+def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:
+    """The same bench once per memory policy (default options), in one process, one after another.
+    A policy that runs out of device memory (e.g. `full` on a long video) gets a row saying so."""
+    results = []
+    for name in perf.POLICIES:
+        try:
+            results.append(run_bench(preset, seconds, name, {}, **kwargs))
+        except torch.OutOfMemoryError as err:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            results.append({"memory": {"policy": name}, "error": f"out of memory: {str(err).splitlines()[0]}"})
+    return results
 
 
 def _timed_decode(decoder, latents: torch.Tensor) -> float:
@@ -96,7 +181,8 @@ def _included(decode: bool, weights: str) -> str:
 
 def format_table(r: dict) -> str:
     rows = [
-        ("preset / device / dtype", f"{r['preset']} / {r['device']} / {r['dtype']}"),
+        ("preset / device / dtype", f"{r['preset']} / {r['device']} / {r['dtype']}"
+                                    + (f" / {r['threads']} threads" if r.get("threads") else "")),
         ("memory", json.dumps(r["memory"])),
         ("chunks (latent frames)", f"{r['chunks']} ({r['latent_frames']})"),
         ("first chunk latency", f"{r['first_chunk_s'] * 1e3:.2f} ms"),
@@ -109,9 +195,65 @@ def format_table(r: dict) -> str:
         ("peak memory after first quarter", f"{r['peak_memory_first_quarter_bytes'] / 2**20:.1f} MiB"),
         ("KV memory allocated", f"{r['kv_memory_bytes'] / 2**20:.3f} MiB"),
         ("context rotations", str(r["context_rotations"])),
+        ("attended latent frames (first / last chunk)", f"{r['attended_frames_first']} / {r['attended_frames_last']}"),
+        ("analytic FLOPs per chunk (first / median / last)",
+         f"{perf._si(r['flops_first_chunk'])} / {perf._si(r['flops_median_chunk'])} / {perf._si(r['flops_last_chunk'])}"),
+        ("median transformer time per chunk", f"{r['median_transformer_s'] * 1e3:.2f} ms"),
+        ("achieved TFLOP/s (transformer, warm-up excluded)", f"{r['achieved_tflops']:.4g}"),
+        ("peak TFLOP/s", f"{r['peak_tflops']:.4g} ({r['peak_source']})"),
+        ("floor per chunk (median FLOPs / peak)", f"{r['floor_median_chunk_s'] * 1e3:.4g} ms"),
+        ("% of floor (floor time / measured time)", f"{r['floor_percent']:.1f}%"),
     ]
     rows += [(f"median latency chunks {w}", f"{s * 1e3:.2f} ms") for w, s in r["windows"].items()]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     lines.append(f"included: {r['included']}")
+    lines.append(f"peak memory: {r['peak_memory_scope']}")
+    return "\n".join(lines)
+
+
+_POLICY_COLUMNS = (
+    ("policy", lambda r: r["memory"]["policy"]),
+    ("frames", lambda r: str(r["attended_frames_last"])),
+    ("first ms", lambda r: f"{r['first_chunk_s'] * 1e3:.2f}"),
+    ("median ms", lambda r: f"{r['median_chunk_s'] * 1e3:.2f}"),
+    ("latent fps", lambda r: f"{r['latent_fps']:.1f}"),
+    ("pixel fps", lambda r: f"{r['pixel_fps']:.1f}"),
+    ("KV MiB", lambda r: f"{r['kv_memory_bytes'] / 2**20:.3f}"),
+    ("peak MiB", lambda r: f"{r['peak_memory_bytes'] / 2**20:.1f}"),
+    ("FLOP/chunk", lambda r: perf._si(r["flops_median_chunk"])),
+    ("TFLOP/s", lambda r: f"{r['achieved_tflops']:.4g}"),
+    ("% floor", lambda r: f"{r['floor_percent']:.1f}"),
+)
+
+
+def format_policy_table(results: list[dict]) -> str:
+    """One row per policy: the costs side by side."""
+    ran = [r for r in results if "error" not in r]
+    if not ran:
+        return "\n".join(f"{r['memory']['policy']}: {r['error']}" for r in results)
+    first = ran[0]
+    header = [name for name, _ in _POLICY_COLUMNS]
+    rows = [[get(r) for _, get in _POLICY_COLUMNS] if "error" not in r else
+            [r["memory"]["policy"], *["-"] * (len(header) - 1)] for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    lines = [
+        f"{first['preset']} / {first['device']} / {first['dtype']}"
+        + (f" / {first['threads']} threads" if first.get("threads") else "") + f", {first['chunks']} chunks "
+        f"({first['latent_frames']} latent frames) per policy, default policy options",
+        fmt(header), fmt(["-" * w for w in widths]), *(fmt(row) for row in rows),
+        "frames: latent frames the last chunk attended (itself included); first ms: first chunk (time to first "
+        "frame); median ms / fps: median over chunks after the first",
+        "FLOP/chunk: analytic, median chunk after the first; % floor: (analytic FLOPs / peak) / measured "
+        "transformer time",
+        f"peak: {first['peak_tflops']:.4g} TFLOP/s ({first['peak_source']}); peak memory: {first['peak_memory_scope']}",
+        f"included: {first['included']}",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['memory']['policy']}: {r['error']}")
+        elif r["windows"]:
+            lines.append(f"{r['memory']['policy']}: median latency " +
+                         ", ".join(f"chunks {w} {s * 1e3:.2f} ms" for w, s in r["windows"].items()))
     return "\n".join(lines)

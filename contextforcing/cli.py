@@ -14,6 +14,7 @@ _PLUGGED_COMMANDS = (
     "contextforcing.model.checkpoints_cli",
     "contextforcing.data.world.cli",
     "contextforcing.eval.cli",
+    "contextforcing.training.cli",
 )
 
 
@@ -51,10 +52,48 @@ def _bench(args) -> int:
 
     weights = dict(random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
                    checkpoint_format=args.checkpoint_format, use_ema=not args.no_ema, lora=args.lora)
-    result = run_bench(default_preset(args.preset, args.wan_dir, args.checkpoint), args.seconds, args.memory,
-                       parse_overrides(args.memory_opt or []), seed=args.seed, device=args.device, dtype=args.dtype,
-                       windows=args.windows, decode=args.decode, weights=weights)
+    preset = default_preset(args.preset, args.wan_dir, args.checkpoint)
+    options = parse_overrides(args.memory_opt or [])
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.floor_only:
+        return _floor_only(args, preset, options)
+    common = dict(seed=args.seed, device=args.device, dtype=args.dtype, windows=args.windows, decode=args.decode,
+                  weights=weights, peak_tflops=args.peak_tflops)
+    if args.all_policies:
+        from contextforcing.bench import format_policy_table, run_all_policies
+
+        if options:
+            raise UserError("--memory-opt sets one policy's options; --all-policies runs every policy with its defaults")
+        results = run_all_policies(preset, args.seconds, **common)
+        print(json.dumps(results, indent=1) if args.json else format_policy_table(results))
+        return 0
+    result = run_bench(preset, args.seconds, args.memory, options, **common)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
+    return 0
+
+
+def _floor_only(args, preset: str, options: dict) -> int:
+    """The analytic floor of a preset and policy, without building a model (any size, on any machine).
+    KV bytes use --dtype (default bfloat16, the GPU dtype); --peak-tflops adds the floor time."""
+    from contextforcing import perf
+    from contextforcing.config import get_preset
+    from contextforcing.generation import resolve_device, validate_memory
+
+    cfg = get_preset(preset)
+    _, dtype = resolve_device("cpu", args.dtype or "bfloat16")  # only the dtype matters here (KV bytes)
+    names = perf.POLICIES if args.all_policies else (args.memory,)
+    chunks = cfg.video.latent_frames_for(args.seconds) // cfg.video.chunk_frames
+    texts = []
+    for name in names:
+        spec = validate_memory(name, {} if args.all_policies else options, cfg.video.chunk_frames)
+        texts.append(perf.report(cfg, spec, peak_tflops=args.peak_tflops, dtype=dtype, chunk_index=chunks - 1))
+    print(f"analytic floor: preset {preset}, last chunk of {args.seconds:g} s ({chunks} chunks)")
+    print("\n\n".join(texts))
     return 0
 
 
@@ -81,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument("--decode", action="store_true",
                        help="include the streaming VAE decode (preview decoder with --random-init) in each chunk's time")
+    bench.add_argument("--peak-tflops", type=float, default=None,
+                       help="peak rate for the floor and %% of floor, e.g. 790 for an H100's measured bf16 matmul rate; "
+                            "default: measure a square matmul on the device at startup (stated in the output)")
+    bench.add_argument("--all-policies", action="store_true",
+                       help="run the bench once per memory policy (default options) and print one row per policy")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: torch's); 1 avoids thread oversubscription on a busy machine")
+    bench.add_argument("--floor-only", action="store_true",
+                       help="print the analytic FLOP floor of --preset/--memory (at the last chunk of --seconds) "
+                            "without running a model")
     bench.set_defaults(func=_bench)
 
     for name in _PLUGGED_COMMANDS:
