@@ -253,8 +253,10 @@ def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> tuple[
     """Write the run's generator (EMA if any) as one safetensors file with original Wan2.1 names."""
     from contextforcing.model.checkpoints import check_complete, infer_model_config, save_safetensors, strip_prefixes
 
+    from contextforcing.training.lora import merge_lora_state
+
     weights, which = generator_state(run_dir, use_ema)
-    state = {strip_prefixes(k): v for k, v in weights.items()}
+    state = {strip_prefixes(k): v for k, v in merge_lora_state(weights).items()}
     # A generator that is not a whole Wan2.1 DiT would give a file nothing can load. Head count does not
     # change any shape, so one head stands in for the unknown count.
     check_complete(state, infer_model_config(state, num_heads=1))

@@ -13,8 +13,8 @@ memory (VideoStream.prefill), so the student's surprisal rule runs on the teache
 `stride` promotes every `slow_stride_chunks` chunks (the released teacher: every 1.5 s over up to 18 s).
 
 Error recycling (ERFT, Stable Video Infinity): see training/error_buffer.py.
-TODO(lora): LoRA fine-tuning of a pretrained base (rank 128, alpha 128 on q, k, v, o, ffn.0, ffn.2 in the
-released teacher) is not implemented; `lora_rank` must stay 0 and the teacher is trained in full.
+LoRA (`lora_rank` > 0): the base is frozen and adapters train on `lora_targets` (training/lora.py); the
+released teacher used rank 128 / alpha 128 on q, k, v, o, ffn.0, ffn.2.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from contextforcing.errors import UserError
 from contextforcing.sampling.scheduler import add_noise, x0_from_flow
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training import losses
+from contextforcing.training.lora import DEFAULT_TARGETS as LORA_TARGETS, apply_lora
 from contextforcing.training.error_buffer import (
     ErrorBuffer, ErrorRecyclingOptions, Injection, draw_injection, fit_frames,
 )
@@ -60,7 +61,9 @@ class TeacherOptions:
     error_recycling: ErrorRecyclingOptions = field(default_factory=ErrorRecyclingOptions)
     text: TextOptions = field(default_factory=TextOptions)
     data: DataOptions = field(default_factory=DataOptions)
-    lora_rank: int = 0  # TODO(lora)
+    lora_rank: int = 0  # 0: full fine-tuning; >0: LoRA adapters of this rank on a frozen base
+    lora_alpha: float = 128.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         convert_nested(self, {"sampling": SamplingConfig, "optimizer": OptimizerOptions,
@@ -68,8 +71,8 @@ class TeacherOptions:
                               "text": TextOptions, "data": DataOptions})
         if self.slow_rule not in SLOW_RULES:
             raise UserError(f"teacher slow_rule must be one of {', '.join(SLOW_RULES)}, got {self.slow_rule!r}")
-        if self.lora_rank:
-            raise UserError("teacher LoRA fine-tuning is not implemented yet (lora_rank must be 0)")
+        if self.lora_rank < 0:
+            raise UserError(f"lora_rank must be 0 (full fine-tuning) or positive, got {self.lora_rank}")
         chunk = video_config(self.model).chunk_frames
         for name in ("target_frames", "history_min", "history_max"):
             if getattr(self, name) % chunk:
@@ -91,6 +94,8 @@ class TeacherStage:
             self.spec = dataclasses.replace(self.spec, options=dataclasses.replace(
                 self.spec.options, rule="uniform", interval=options.slow_stride_chunks))
         self.teacher = load_or_build(options.model, options.init, seed, device)
+        if options.lora_rank:
+            apply_lora(self.teacher, options.lora_rank, options.lora_alpha, options.lora_targets)
         self.encoder = text_encoder(options.text, options.model)
         er = options.error_recycling
         self.latent_errors = ErrorBuffer.from_options(er, self.schedule)
