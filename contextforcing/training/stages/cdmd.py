@@ -17,55 +17,34 @@ by default) is conditioned the same way; the DMD gradient and the critic loss co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.training.rollout import Rollout
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext
-from contextforcing.training.stages.common import (
-    ContextLayout, OptimizerOptions, TextOptions, contiguous_layout, convert_nested, gather_frames, guidance_standard,
-    layout_from_trace, video_config,
-)
-from contextforcing.training.stages.data import DataOptions
-from contextforcing.training.stages.dmd import ScoreMatchingStage
+from contextforcing.training.stages.common import ContextLayout, contiguous_layout, gather_frames, layout_from_trace
+from contextforcing.training.stages.dmd import ScoreMatchingOptions, ScoreMatchingStage
 
 CONTEXT_MODES = ("memory", "contiguous")
 
 
 @dataclass(frozen=True)
-class CDMDOptions:
-    model: str = "tiny"
-    init: str | None = None  # generator start: the Stage-1 student
-    real_init: str | None = None  # the frozen context teacher
-    critic_init: str | None = None  # default: the context teacher's weights (CF `context_fake: true`)
-    memory: dict = field(default_factory=lambda: {"policy": "slow_fast"})
+class CDMDOptions(ScoreMatchingOptions):
+    guidance_scale: float = 5.0  # Stage 2 real score CFG (the released config)
     min_frames: int = 21  # L0 (latent frames)
     max_frames: int = 105  # L1, reached after growth_steps
     growth_steps: int = 600  # s_d of Algorithm 1 (the released config's decay_steps)
     target_frames: int = 21  # scored window at the end of the rollout
     teacher_context: str = "memory"  # memory | contiguous
     context_window: int = 21  # contiguous mode: frames before the target
-    guidance_scale: float = 5.0
-    guidance_convention: str = "self_forcing"
-    same_exit_across_chunks: bool = False
-    timestep_clamp: tuple[float, float] = (20.0, 980.0)
-    dfake_gen_update_ratio: int = 5
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    generator_optimizer: OptimizerOptions = field(default_factory=lambda: OptimizerOptions(2e-6, (0.9, 0.999)))
-    critic_optimizer: OptimizerOptions = field(default_factory=lambda: OptimizerOptions(4e-7, (0.5, 0.95)))
-    text: TextOptions = field(default_factory=TextOptions)
-    data: DataOptions = field(default_factory=DataOptions)
 
     def __post_init__(self):
-        convert_nested(self, {"sampling": SamplingConfig, "generator_optimizer": OptimizerOptions,
-                              "critic_optimizer": OptimizerOptions,
-                              "text": TextOptions, "data": DataOptions})
-        chunk = video_config(self.model).chunk_frames
+        super().__post_init__()
+        chunk = self.chunk_frames
         for name in ("min_frames", "max_frames", "target_frames"):
             if getattr(self, name) <= 0 or getattr(self, name) % chunk:
                 raise UserError(f"cdmd {name}={getattr(self, name)} must be a positive multiple of the chunk ({chunk})")
@@ -73,9 +52,8 @@ class CDMDOptions:
             raise UserError("cdmd needs target_frames <= min_frames <= max_frames")
         if self.teacher_context not in CONTEXT_MODES:
             raise UserError(f"cdmd teacher_context must be memory or contiguous, got {self.teacher_context!r}")
-        if self.growth_steps < 1 or self.dfake_gen_update_ratio < 1:
-            raise UserError("cdmd growth_steps and dfake_gen_update_ratio must be at least 1")
-        guidance_standard(self.guidance_scale, self.guidance_convention)
+        if self.growth_steps < 1:
+            raise UserError("cdmd growth_steps must be at least 1")
 
 
 @dataclass

@@ -37,13 +37,14 @@ from contextforcing.training.stages.data import DataOptions, PromptSource, sampl
 
 
 @dataclass(frozen=True)
-class DMDOptions:
+class ScoreMatchingOptions:
+    """What both DMD stages share: the three models, guidance, the critic schedule, optimizers, data."""
+
     model: str = "tiny"
-    init: str | None = None  # generator start: the ODE-initialised student
-    real_init: str | None = None  # frozen real score (the teacher)
+    init: str | None = None  # generator start (Stage 1: the ODE-initialised student; Stage 2: the Stage-1 student)
+    real_init: str | None = None  # frozen real score (Stage 1: the teacher; Stage 2: the context teacher)
     critic_init: str | None = None  # fake score start; default: the real score's weights
     memory: dict = field(default_factory=lambda: {"policy": "slow_fast"})  # the student's memory
-    num_frames: int = 21  # rollout length (latent frames); all of it is scored
     guidance_scale: float = 3.0  # real score CFG
     guidance_convention: str = "self_forcing"  # cond + g (cond - uncond), as CF / SF configs write it
     same_exit_across_chunks: bool = False  # one shared exit step for all chunks (SF default) or one per chunk
@@ -59,15 +60,26 @@ class DMDOptions:
         convert_nested(self, {"sampling": SamplingConfig, "generator_optimizer": OptimizerOptions,
                               "critic_optimizer": OptimizerOptions,
                               "text": TextOptions, "data": DataOptions})
-        chunk = video_config(self.model).chunk_frames
-        if self.num_frames <= 0 or self.num_frames % chunk:
-            raise UserError(f"num_frames={self.num_frames} must be a positive multiple of the chunk ({chunk})")
         if self.dfake_gen_update_ratio < 1:
             raise UserError("dfake_gen_update_ratio must be at least 1")
         low, high = self.timestep_clamp
         if not 0 <= low < high:
             raise UserError(f"timestep_clamp must be (low, high) with 0 <= low < high, got {self.timestep_clamp}")
         guidance_standard(self.guidance_scale, self.guidance_convention)
+
+    @property
+    def chunk_frames(self) -> int:
+        return video_config(self.model).chunk_frames
+
+
+@dataclass(frozen=True)
+class DMDOptions(ScoreMatchingOptions):
+    num_frames: int = 21  # rollout length (latent frames); all of it is scored
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_frames <= 0 or self.num_frames % self.chunk_frames:
+            raise UserError(f"num_frames={self.num_frames} must be a positive multiple of the chunk ({self.chunk_frames})")
 
 
 class ScoreMatchingStage:
