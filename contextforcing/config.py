@@ -100,6 +100,8 @@ class Preset:
     video: VideoConfig = field(default_factory=VideoConfig)
 
 
+WORLD_DIM, WORLD_FFN, WORLD_LAYERS, WORLD_HEADS = 192, 768, 6, 6
+
 PRESETS: dict[str, Preset] = {
     "wan2.1-t2v-1.3b": Preset(ModelConfig()),
     "wan2.1-t2v-14b": Preset(ModelConfig(dim=5120, ffn_dim=13824, num_layers=40, num_heads=40)),
@@ -107,6 +109,14 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         ModelConfig(dim=64, ffn_dim=128, num_layers=2, num_heads=4, text_dim=32, text_len=16, freq_dim=32),
         VideoConfig(latent_height=8, latent_width=8),
+    ),
+    # The embedded default model: trained on the synthetic world (docs/world.md) through the learned world
+    # codec (16 channels, strides 4/8) at 64x64 px = an 8x8 latent grid. Patch (1, 2, 2) makes each token one
+    # 16-px object cell of the world (16 tokens per latent frame); text from the built-in HashTextEncoder.
+    "world": Preset(
+        ModelConfig(dim=WORLD_DIM, ffn_dim=WORLD_FFN, num_layers=WORLD_LAYERS, num_heads=WORLD_HEADS,
+                    text_dim=64, text_len=24, freq_dim=64),
+        VideoConfig(latent_height=8, latent_width=8, chunk_frames=3, fps=16),
     ),
 }
 

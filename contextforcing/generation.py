@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from contextforcing.config import Preset, SamplingConfig, get_preset, to_dict
+from contextforcing.config import Preset, SamplingConfig, VideoConfig, from_dict, get_preset, to_dict
 from contextforcing.data.video import VideoWriter, check_writable, read_video, write_json_atomic
 from contextforcing.errors import UserError
 from contextforcing.memory.policies import PolicySpec, make_spec, tier_params
@@ -26,7 +26,11 @@ from contextforcing.sampling.stream import VideoStream, stream_video
 # An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
 # the memory keeps only a bounded context anyway, and the VAE encode of a long clip would dominate.
 MAX_INIT_PIXEL_FRAMES = 81
-REAL_DEFAULT_PRESET, RANDOM_DEFAULT_PRESET = "wan2.1-t2v-1.3b", "tiny"
+REAL_DEFAULT_PRESET, RANDOM_DEFAULT_PRESET, EMBEDDED_PRESET = "wan2.1-t2v-1.3b", "tiny", "world"
+# The embedded default model (trained by `make toy-model` on the synthetic world, docs/world.md).
+ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED_WEIGHTS = ASSETS / "world_student.safetensors"
+EMBEDDED_CONFIG = ASSETS / "world_student.json"
 
 
 @dataclass
@@ -90,6 +94,73 @@ def random_init_pipeline(preset_name: str, seed: int, device: str | None, dtype:
     return Pipeline(preset_name, preset, model, encoder, codec, dev, "random-init")
 
 
+def embedded_config(path: Path | None = None) -> dict:
+    """The shipped student's config (preset, model/video shapes, memory defaults, codec), without its weights."""
+    path = Path(path or EMBEDDED_CONFIG)
+    if not path.is_file() or not (path.parent / path.name.replace(".json", ".safetensors")).is_file():
+        raise UserError(f"the embedded model is missing ({path.with_suffix('.safetensors')}); build it with "
+                        f"`make toy-model`, or pass --random-init or --wan-dir [--checkpoint FILE]")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in ("preset", "model", "video", "memory", "codec") if k not in config]
+    if missing:
+        raise UserError(f"{path}: missing {', '.join(missing)}")
+    return config
+
+
+def check_embedded_preset(preset: str) -> None:
+    if preset != EMBEDDED_PRESET:
+        raise UserError(f"the embedded model is the {EMBEDDED_PRESET!r} preset; preset {preset!r} needs "
+                        f"--random-init or --wan-dir [--checkpoint FILE]")
+
+
+def embedded_memory_options(policy: str, options: dict, config: dict | None = None) -> dict:
+    """The shipped model's memory options (what it was trained with) under the user's own, for its policy."""
+    config = config or embedded_config()
+    memory = config["memory"]
+    if policy != memory.get("policy"):
+        return dict(options)
+    return {**memory.get("options", {}), **options}
+
+
+def embedded_pipeline(device: str | None = None, dtype: str | None = None, path: Path | None = None) -> Pipeline:
+    """The embedded default: the shipped world student with the hashed text encoder and the codec it was
+    trained with (the learned world codec, or the preview codec if it was trained on that)."""
+    from contextforcing.codecs.text import HashTextEncoder
+    from contextforcing.config import ModelConfig
+    from contextforcing.model.checkpoints import load_model
+
+    config_path = Path(path).with_suffix(".json") if path else EMBEDDED_CONFIG
+    config = embedded_config(config_path)
+    weights = config_path.with_suffix(".safetensors")
+    model_cfg = from_dict(ModelConfig, config["model"], where="embedded model").validate()
+    preset = Preset(model_cfg, from_dict(VideoConfig, config["video"], where="embedded video"))
+    dev, dt = resolve_device(device, dtype)
+    if config["codec"] == "world":
+        from contextforcing.codecs.world import DEFAULT_PATH, load_world_codec
+
+        codec = load_world_codec(device=dev)
+        expected = config.get("codec_sha256")
+        if expected:  # the student's latents mean something only through the codec it was trained with
+            import hashlib
+
+            if hashlib.sha256(Path(DEFAULT_PATH).read_bytes()).hexdigest() != expected:
+                raise UserError(f"{DEFAULT_PATH} is not the world codec the embedded model was trained with "
+                                f"(sha256 {expected[:12]}...); retrain the model with `make toy-model`")
+    elif config["codec"] == "preview":
+        from contextforcing.codecs.preview import PreviewCodec
+
+        codec = PreviewCodec(model_cfg.out_dim, preset.video.vae_stride_t, preset.video.vae_stride_hw)
+    else:
+        raise UserError(f"{config_path}: unknown codec {config['codec']!r}")
+    encoder = HashTextEncoder(model_cfg.text_dim, model_cfg.text_len)
+    check_parts_fit(preset, encoder, codec)
+    model = load_model(weights, model_cfg, device=dev, dtype=dt)  # stored fp32/fp16/bf16, cast to dt
+    return Pipeline(config["preset"], preset, model, encoder, codec, dev, f"embedded:{weights.name}")
+
+
 def wan_pipeline(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoint_format: str | None = None,
                  use_ema: bool = True, lora: str | None = None, device: str | None = None,
                  dtype: str | None = None) -> Pipeline:
@@ -136,19 +207,28 @@ def load_pipeline(preset: str, *, random_init: bool, wan_dir: str | None = None,
         raise UserError("--random-init cannot be combined with --wan-dir/--checkpoint")
     if random_init:
         return random_init_pipeline(preset, seed, device, dtype)
-    if not real:
-        raise UserError("no model weights given: pass --wan-dir [--checkpoint FILE], or --random-init")
+    if not real:  # the embedded default model
+        check_embedded_preset(preset)
+        return embedded_pipeline(device, dtype)
     if wan_dir is None:
         raise UserError("--checkpoint needs --wan-dir too (for the UMT5 text encoder and the VAE)")
     return wan_pipeline(wan_dir, checkpoint, preset, checkpoint_format=checkpoint_format, use_ema=use_ema,
                         lora=lora, device=device, dtype=dtype)
 
 
-def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | None) -> str:
-    """Real weights default to the paper's model, random init to the tiny preset."""
+def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | None, random_init: bool = True) -> str:
+    """Real weights default to the paper's model, random init to the tiny preset, no weight flags at all
+    (random_init=False) to the embedded model's `world` preset."""
     if preset is not None:
         return preset
-    return REAL_DEFAULT_PRESET if (wan_dir or checkpoint) else RANDOM_DEFAULT_PRESET
+    if wan_dir or checkpoint:
+        return REAL_DEFAULT_PRESET
+    return RANDOM_DEFAULT_PRESET if random_init else EMBEDDED_PRESET
+
+
+def is_embedded(req: GenerationRequest) -> bool:
+    """No weight flags: the embedded default model."""
+    return not (req.random_init or req.wan_dir or req.checkpoint)
 
 
 def encode_prompts(pipeline: Pipeline, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -310,8 +390,17 @@ def _fit(frames: torch.Tensor, height: int, width: int, batch: int = 16) -> torc
 def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, progress: bool = True) -> dict:
     out = check_writable(req.out)
     # Everything cheap (script, memory policy, init file) is checked before any weights are read.
-    video = pipeline.preset.video if pipeline else get_preset(req.preset).video
-    spec = validate_memory(req.memory, req.memory_options, video.chunk_frames)
+    options = req.memory_options
+    if pipeline is None and is_embedded(req):
+        check_embedded_preset(req.preset)
+        config = embedded_config()
+        video = from_dict(VideoConfig, config["video"], where="embedded video")
+        options = embedded_memory_options(req.memory, options, config)
+    else:
+        video = pipeline.preset.video if pipeline else get_preset(req.preset).video
+    if pipeline is not None and pipeline.weights.startswith("embedded:"):
+        options = embedded_memory_options(req.memory, options)
+    spec = validate_memory(req.memory, options, video.chunk_frames)
     num_frames = video.latent_frames_for(req.seconds)
     chunks = num_frames // video.chunk_frames
     placed = plan_prompts(req, video, chunks)
@@ -399,7 +488,7 @@ def request_from_args(args) -> GenerationRequest:
     values["memory_options"] = parse_overrides(args.memory_opt or [])
     values["switches"] = [_parse_switch(s) for s in (args.switch or [])]
     values["use_ema"] = not getattr(args, "no_ema", False)
-    values["preset"] = default_preset(args.preset, args.wan_dir, args.checkpoint)
+    values["preset"] = default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     values.setdefault("prompt", None)
     return GenerationRequest(**values)
 

@@ -192,7 +192,7 @@ def test_bad_prompt_scripts_one_line_exit_2_no_output(tmp_path, capsys, lines, e
     [
         (["--random-init", "--wan-dir", "x"], "--random-init cannot be combined"),
         (["--checkpoint", "x.safetensors"], "--checkpoint needs --wan-dir"),
-        ([], "no model weights given"),
+        (["--preset", "tiny"], "the embedded model is the 'world' preset"),
         (["--random-init", "--init-image", "missing.png"], "cannot read image missing.png"),
         (["--random-init", "--init-image", "a.png", "--init-video", "b.mp4"], "either --init-video or --init-image"),
         (["--random-init", "--preset", "nope.json"], "preset file nope.json does not exist"),

@@ -4,8 +4,12 @@ Every sample is a pure function of (data seed, sample id), and micro-batch k of 
 (k * world_size + r) * micro_batch + b, so `batches(rank, world_size, start)` can start anywhere (resume).
 
 Sources:
-  world    the synthetic world (contextforcing.data.world), encoded with the weight-free PreviewCodec;
-           prompts are its grammar's training prompts (needs the tiny preset's 8x8 latent grid)
+  world    the synthetic world (contextforcing.data.world) rendered at 64x64 and encoded with the learned
+           world codec (`data.codec: world`, the default; contextforcing/assets/world_codec.safetensors, or
+           `data.codec_path`) or the weight-free PreviewCodec (`data.codec: preview`); prompts are its
+           grammar's training prompts (needs an 8x8 latent grid: the `world` and `tiny` presets).
+           `data.pool: N` draws clips from N fixed (prompt, seed) worlds and caches their latents in memory
+           (and on disk under `data.cache_dir` when set), so each world is rendered and encoded once.
   smooth   procedural latent videos: a prompt "pattern k" picks a sum of drifting sinusoids (k < num_prompts)
   prompts  a text file, one prompt per line (VidProM for Wan-1.3B); prompts only, no clips
   latents  a directory of VAE-encoded clips (*.safetensors: tensor `latents` [C, F, H, W], metadata
@@ -25,6 +29,7 @@ from contextforcing.config import VideoConfig
 from contextforcing.errors import UserError
 
 SOURCES = ("world", "smooth", "prompts", "latents")
+CODECS = ("world", "preview")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class DataOptions:
     modes: int = 3  # smooth: sinusoids per pattern
     seed: int = 0
     micro_batch: int = 1  # samples per micro-batch and rank
+    codec: str = "world"  # world source: world (the learned world codec) | preview (weight-free)
+    codec_path: str | None = None  # world codec weights; default contextforcing/assets/world_codec.safetensors
+    pool: int = 0  # world source: clips come from this many fixed worlds (sample % pool), cached; 0: all distinct
+    cache_dir: str | None = None  # world source with a pool: encoded latents cached here across runs
 
     def validate(self) -> "DataOptions":
         if self.source not in SOURCES:
@@ -46,6 +55,10 @@ class DataOptions:
             raise UserError("data.source latents needs data.latents_dir")
         if self.micro_batch < 1:
             raise UserError(f"data.micro_batch must be at least 1, got {self.micro_batch}")
+        if self.codec not in CODECS:
+            raise UserError(f"data.codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.pool < 0:
+            raise UserError(f"data.pool must be >= 0, got {self.pool}")
         return self
 
 
@@ -97,19 +110,63 @@ def smooth_clip(pattern: int, phase: float, frames: int, channels: int, video: V
     return (amplitude * torch.sin(angle)).sum(0)
 
 
-def world_clip(prompt: str, seed: int, frames: int, channels: int, video: VideoConfig) -> torch.Tensor:
-    """[C, F, H, W]: the world video for (prompt, seed) through the preview codec, first `frames` latents."""
-    from contextforcing.codecs.preview import PreviewCodec
+_CODECS: dict = {}
+
+
+def world_video_codec(codec: str, channels: int, video: VideoConfig, path: str | None = None):
+    """The codec that turns rendered world frames into latents: the learned world codec (weights required;
+    loaded once per process) or the weight-free preview codec. Checked against the model's shapes."""
+    key = (codec, channels, video.vae_stride_t, video.vae_stride_hw, path)
+    if key in _CODECS:
+        return _CODECS[key]
+    if codec == "preview":
+        from contextforcing.codecs.preview import PreviewCodec
+
+        out = PreviewCodec(channels, video.vae_stride_t, video.vae_stride_hw)
+    else:
+        out = load_learned_world_codec(path)
+        shape = (out.latent_channels, out.stride_t, out.stride_hw)
+        if shape != (channels, video.vae_stride_t, video.vae_stride_hw):
+            raise UserError(f"the world codec ({shape[0]} channels, strides {shape[1]}/{shape[2]}) does not fit the "
+                            f"model ({channels} channels, strides {video.vae_stride_t}/{video.vae_stride_hw})")
+    _CODECS[key] = out
+    return out
+
+
+def world_codec_file(path: str | None = None) -> Path:
+    """Where the learned world codec's weights are (default: the file shipped in the package)."""
+    if path:
+        return Path(path)
+    return Path(__file__).resolve().parents[2] / "assets" / "world_codec.safetensors"
+
+
+def load_learned_world_codec(path: str | None = None, device: str = "cpu"):
+    file = world_codec_file(path)
+    if not file.is_file():
+        raise UserError(f"the learned world codec's weights {file} are missing; train or fetch them, or set "
+                        f"stage.data.codec=preview (the weight-free preview codec)")
+    try:
+        from contextforcing.codecs.world import load_world_codec
+    except ImportError as err:
+        raise UserError(f"the learned world codec is not available ({err}); set stage.data.codec=preview") from None
+    return load_world_codec(str(file), device=device)
+
+
+def world_clip(prompt: str, seed: int, frames: int, channels: int, video: VideoConfig, codec: str = "world",
+               codec_path: str | None = None) -> torch.Tensor:
+    """[C, F, H, W]: the world video for (prompt, seed) through the chosen codec, first `frames` latents."""
     from contextforcing.data.world import WorldSpec, render, simulate
     from contextforcing.data.world.style import FRAME_SIZE
 
     if FRAME_SIZE // video.vae_stride_hw != video.latent_height or video.latent_height != video.latent_width:
         raise UserError(f"the world source needs a {FRAME_SIZE // video.vae_stride_hw}x"
-                        f"{FRAME_SIZE // video.vae_stride_hw} latent grid (the tiny preset)")
+                        f"{FRAME_SIZE // video.vae_stride_hw} latent grid (the world or tiny preset)")
+    coder = world_video_codec(codec, channels, video, codec_path)
     pixels = render(simulate(WorldSpec(prompt, seed, frames / video.latent_fps)))
-    video_tensor = torch.from_numpy(pixels).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    codec = PreviewCodec(channels, video.vae_stride_t, video.vae_stride_hw)
-    return codec.encode(video_tensor)[0, :, :frames]
+    pixel_frames = video.pixel_frames_for(frames)
+    video_tensor = torch.from_numpy(pixels[:pixel_frames]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        return coder.encode(video_tensor)[0, :, :frames].float().contiguous()
 
 
 class ClipSource:
@@ -126,16 +183,47 @@ class ClipSource:
                 raise UserError(f"no *.safetensors latent clips in {options.latents_dir}")
         else:
             self.prompts = PromptSource(options)
+        self._cache: dict[int, tuple[str, torch.Tensor]] = {}
 
     def clip(self, sample: int) -> tuple[str, torch.Tensor]:
         if self.files:
             return self._file_clip(self.files[(sample + self.options.seed) % len(self.files)])
+        o = self.options
+        if o.source == "world" and o.pool:
+            sample %= o.pool
+            if sample not in self._cache:
+                self._cache[sample] = self._cached_world_clip(sample)
+            return self._cache[sample]
         prompt = self.prompts.prompt(sample)
-        if self.options.source == "world":
-            return prompt, world_clip(prompt, sample, self.frames, self.channels, self.video)
+        if o.source == "world":
+            return prompt, world_clip(prompt, sample, self.frames, self.channels, self.video, o.codec, o.codec_path)
         pattern = int(prompt.split()[-1])
         phase = float(self.prompts._rng(sample).random())
         return prompt, smooth_clip(pattern, phase, self.frames, self.channels, self.video, self.options.modes)
+
+    def _cached_world_clip(self, sample: int) -> tuple[str, torch.Tensor]:
+        """One pooled world: (prompt, latents), from the disk cache when one is set and holds it."""
+        o = self.options
+        prompt = self.prompts.prompt(sample)
+        file = None
+        if o.cache_dir:
+            tag = f"{o.codec}-s{o.seed}-f{self.frames}-c{self.channels}"
+            file = Path(o.cache_dir) / tag / f"{sample:06d}.safetensors"
+            if file.is_file():
+                from safetensors import safe_open
+
+                with safe_open(str(file), "pt") as f:
+                    if (f.metadata() or {}).get("prompt") == prompt:
+                        return prompt, f.get_tensor("latents")
+        latents = world_clip(prompt, sample, self.frames, self.channels, self.video, o.codec, o.codec_path)
+        if file is not None:
+            from safetensors.torch import save_file
+
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(".tmp")
+            save_file({"latents": latents}, str(tmp), metadata={"prompt": prompt, "seed": str(sample)})
+            tmp.replace(file)
+        return prompt, latents
 
     def _file_clip(self, path: Path) -> tuple[str, torch.Tensor]:
         from safetensors import safe_open

@@ -77,8 +77,11 @@ class TeacherOptions:
         for name in ("target_frames", "history_min", "history_max"):
             if getattr(self, name) % chunk:
                 raise UserError(f"teacher {name}={getattr(self, name)} must be a multiple of the chunk ({chunk})")
-        if not 0 < self.history_min <= self.history_max:
-            raise UserError(f"teacher needs 0 < history_min <= history_max, got {self.history_min}, {self.history_max}")
+        # history_min 0 also trains the first chunk of a video (no context), which a teacher trained from
+        # scratch needs before it can sample ODE pairs or score Stage 1 rollouts from the start.
+        if not 0 <= self.history_min <= self.history_max or self.history_max == 0:
+            raise UserError(f"teacher needs 0 <= history_min <= history_max, history_max > 0, got "
+                            f"{self.history_min}, {self.history_max}")
 
 
 class TeacherStage:
