@@ -136,15 +136,20 @@ def find_safetensors(folder: Path, single_name: str) -> Path:
     raise UserError(f"{folder}: no {single_name} (or {index.name}) found")
 
 
-def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Every parameter and buffer present with the right shape, nothing extra; else one line naming them."""
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def check_names(expected, found, source: str) -> None:
+    """The same weight names on both sides; else one line naming the first missing or unexpected ones."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
     if missing:
         raise UserError(f"{source}: missing {len(missing)} weight(s): {name_list(missing)}")
     if unexpected:
         raise UserError(f"{source}: unexpected {len(unexpected)} weight(s): {name_list(unexpected)}")
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Every parameter and buffer present with the right shape, nothing extra; else one line naming them."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    check_names(expected, state, source)
     wrong = [
         f"{name} expected {list(shape)} found {list(state[name].shape)}"
         for name, shape in expected.items()

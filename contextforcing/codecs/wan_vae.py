@@ -25,7 +25,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
-from contextforcing.weights import find_safetensors, load_strict, name_list, read_state_dict
+from contextforcing.weights import check_names, find_safetensors, load_strict, read_state_dict
 from contextforcing.errors import UserError
 
 
@@ -93,12 +93,7 @@ def original_to_diffusers(state: Mapping[str, torch.Tensor], vae: AutoencoderKLW
     """Renames an original Wan2.1 VAE state dict to `vae`'s (diffusers) names; errors use the original names."""
     blocks = vae.config.num_res_blocks
     to_diffusers = {diffusers_to_original_key(k, blocks): k for k in vae.state_dict()}
-    missing = sorted(set(to_diffusers) - set(state))
-    unknown = sorted(set(state) - set(to_diffusers))
-    if missing:
-        raise UserError(f"{source}: missing {len(missing)} weight(s): {name_list(missing)}")
-    if unknown:
-        raise UserError(f"{source}: unexpected {len(unknown)} weight(s): {name_list(unknown)}")
+    check_names(to_diffusers, state, source)
     return {to_diffusers[k]: v for k, v in state.items()}
 
 
