@@ -26,6 +26,7 @@ $(VENV)/.test-installed: $(VENV)/.base-installed
 # The shipped model (no model flags), 60 s with slow_fast memory on CPU; then the same (prompt, seed) world
 # rendered as ground truth, whose annotations let `eval` compute the world metrics (docs/evaluation.md).
 demo: $(VENV)/.base-installed
+	mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/contextforcing generate --prompt "$(DEMO_PROMPT)" --seconds 60 --memory slow_fast --seed $(DEMO_SEED) --device cpu --out $(DEMO_OUT)
 	$(VENV)/bin/contextforcing world render --prompt "$(DEMO_PROMPT)" --seed $(DEMO_SEED) --seconds 60 --out $(DEMO_DIR)demo_truth
 	$(VENV)/bin/contextforcing eval $(DEMO_OUT) --labels generated --world-annotations $(DEMO_DIR)demo_truth/annotations.json --report $(DEMO_DIR)demo_report --quiet
