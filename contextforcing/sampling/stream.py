@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 
@@ -18,7 +18,7 @@ from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.cross import CrossAttentionCache
 from contextforcing.memory.policies import PolicySpec
 from contextforcing.model.wan import CausalWanModel
-from contextforcing.sampling.samplers import euler_steps, guided, sample_euler, sample_few_step
+from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
 from contextforcing.sampling.scheduler import FlowMatchSchedule
 
 
@@ -92,16 +92,21 @@ class VideoStream:
         return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     # -- the chunk routine -------------------------------------------------------------------------
-    def step(self, noise: torch.Tensor, generator: torch.Generator | None = None, exit_step: int | None = None) -> torch.Tensor:
-        """Generate the next chunk from `noise` [B, C, frames, H, W] and commit it to memory."""
+    def step(self, noise: torch.Tensor, generator: torch.Generator | None = None, exit_step: int | None = None,
+             known: KnownFrames | None = None) -> torch.Tensor:
+        """Generate the next chunk from `noise` [B, C, frames, H, W] and commit it to memory.
+
+        `known` gives some frames of the chunk (replacement conditioning); a chunk that is wholly known
+        skips denoising and is only committed, as `prefill` does."""
         frames = noise.shape[2]
         for branch in self.branches:
             branch.memory.begin_chunk(self.frame, frames)
-        denoise = self._denoiser()
-        if self.multistep:
-            x0 = sample_euler(denoise, noise, self.steps, self.schedule)
+        if known is not None and known.all_known:
+            x0 = known.latents.to(noise.dtype)
+        elif self.multistep:
+            x0 = sample_euler(self._denoiser(), noise, self.steps, self.schedule, known)
         else:
-            x0 = sample_few_step(denoise, noise, self.steps, self.schedule, generator, exit_step)
+            x0 = sample_few_step(self._denoiser(), noise, self.steps, self.schedule, generator, exit_step, known)
         self._commit(x0.detach())
         return x0
 
@@ -167,12 +172,16 @@ def stream_video(
     generator: torch.Generator | None = None,
     switches: dict[int, torch.Tensor] | None = None,
     flush_on_switch: bool = False,
+    known_frames: Mapping[int, torch.Tensor] | None = None,
 ) -> Iterator[Chunk]:
     """Yield `num_frames` latent frames chunk by chunk as soon as each is done.
 
     `switches` maps a chunk index to the text embeddings that take effect from that chunk on.
+    `known_frames` maps a latent frame number (counted from the stream's start) to clean latents
+    [B, C, 1, H, W] that the video must show there (e.g. a world's occlusions in evaluation).
     """
     switches = switches or {}
+    stream_start = stream.frame  # after any prefill
     chunks = -(-num_frames // stream.chunk_frames)
     for index in range(chunks):
         if index in switches:
@@ -181,8 +190,20 @@ def stream_video(
         noise = stream.noise(frames, generator)
         began = time.perf_counter()
         start = stream.frame
+        known = known_in_chunk(known_frames, start - stream_start, noise) if known_frames else None
         with torch.no_grad():  # inference: training rollouts call `step` directly, with gradients
-            latents = stream.step(noise, generator)
+            latents = stream.step(noise, generator, known=known)
         if latents.is_cuda:
             torch.cuda.synchronize(latents.device)
         yield Chunk(index, start, latents, time.perf_counter() - began, stream.memory.trace[-1])
+
+
+def known_in_chunk(known_frames: Mapping[int, torch.Tensor], first: int, noise: torch.Tensor) -> KnownFrames | None:
+    """The known frames among the chunk's frames [first, first + frames), or None if there are none."""
+    frames = range(first, first + noise.shape[2])
+    mask = [f in known_frames for f in frames]
+    if not any(mask):
+        return None
+    latents = torch.cat([known_frames[f].to(noise.device, noise.dtype) if m else noise[:, :, i : i + 1]
+                         for i, (f, m) in enumerate(zip(frames, mask))], dim=2)
+    return KnownFrames(latents, torch.tensor(mask, device=noise.device))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contextforcing.data.world.annotations import load_annotations, track_from_json, track_to_json
-from contextforcing.data.world.heldout import eval_worlds
+from contextforcing.data.world.heldout import eval_worlds, heldout_pairs
 from contextforcing.data.world.prompts import (
     EVAL_SEED_BASE, HELD_OUT_COMBOS, PromptSpec, parse_prompt, sample_training_prompt,
 )
@@ -151,6 +151,18 @@ def test_held_out_worlds_cover_every_bucket_and_are_never_trained_on():
     for _ in range(500):
         spec = parse_prompt(sample_training_prompt(rng))
         assert (spec.style, spec.palette) not in HELD_OUT_COMBOS
+
+
+def test_heldout_pairs_extend_the_evaluation_set_with_more_seeds():
+    pairs = heldout_pairs(50)
+    assert len({(w.prompt, w.seed) for w in pairs}) == 50 and all(w.seed >= EVAL_SEED_BASE for w in pairs)
+    assert {(w.prompt, w.seed, w.occlusion_seconds) for w in pairs[:16]} == {
+        (w.prompt, w.seed, w.occlusion_seconds) for w in eval_worlds()}
+    for long, short in zip(heldout_pairs(8, 120.0), pairs):  # twice as long: the profile twice
+        assert (long.prompt, long.seed) == (short.prompt, short.seed)
+        assert long.occlusion_seconds == short.occlusion_seconds * 2
+        occlusions = simulate(long).occlusions()
+        assert [round(o.seconds, 2) for o in occlusions] == list(long.occlusion_seconds)
 
 
 def test_annotations_round_trip_exactly(tmp_path):

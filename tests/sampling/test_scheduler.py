@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from contextforcing.sampling.samplers import euler_steps, guided, sample_euler, sample_few_step
+from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
 from contextforcing.sampling.scheduler import FlowMatchSchedule, add_noise, flow_from_x0, shift_sigma, x0_from_flow
 
 
@@ -77,3 +77,50 @@ def test_guidance_standard_form():
     x = torch.zeros(3)
     assert guided(cond, uncond, 5.0)(x, 0).tolist() == [6.0, 6.0, 6.0]
     assert guided(cond, uncond, 1.0)(x, 0).tolist() == [2.0, 2.0, 2.0]
+
+
+def _known(frames=3, mask=(True, False, True)):
+    latents = torch.randn(1, 2, frames, 4, 4, generator=torch.Generator().manual_seed(5))
+    return KnownFrames(latents, torch.tensor(mask))
+
+
+def test_few_step_sampler_keeps_known_frames_on_their_noising_path():
+    target, known = torch.randn(1, 2, 3, 4, 4), _known()
+    schedule = FlowMatchSchedule()
+    steps = schedule.warp([1000, 750, 500, 250])
+    seen = []
+
+    def oracle(x, t):
+        seen.append(x.clone())
+        return flow_from_x0(x, target, schedule.sigma(t))
+
+    noise = torch.randn_like(target)
+    out = sample_few_step(oracle, noise, steps, schedule, torch.Generator().manual_seed(0), known=known)
+    m = known.mask
+    assert torch.equal(out[:, :, m], known.latents[:, :, m])  # exactly, not approximately
+    assert torch.allclose(out[:, :, ~m], target[:, :, ~m], atol=1e-5)
+    replay = torch.Generator().manual_seed(0)  # the sampler's re-noising draws, one per later step
+    for i, t in enumerate(steps[1:], start=1):
+        fresh = torch.randn(target.shape, generator=replay)
+        expected = add_noise(known.latents, fresh, schedule.sigma(t))
+        assert torch.allclose(seen[i][:, :, m], expected[:, :, m], atol=1e-6)
+        assert torch.allclose(seen[i][:, :, ~m], add_noise(target, fresh, schedule.sigma(t))[:, :, ~m], atol=1e-5)
+
+
+def test_euler_sampler_keeps_known_frames_on_the_straight_path():
+    target, noise, known = torch.randn(1, 2, 3, 4, 4), torch.randn(1, 2, 3, 4, 4), _known()
+    schedule = FlowMatchSchedule()
+    steps = euler_steps(8, schedule)
+    seen = []
+
+    def flow(x, t):
+        seen.append(x.clone())
+        return noise - target
+
+    out = sample_euler(flow, noise, steps, schedule, known=known)
+    m = known.mask
+    assert torch.equal(out[:, :, m], known.latents[:, :, m])
+    assert torch.allclose(out[:, :, ~m], target[:, :, ~m], atol=1e-5)
+    for x, t in zip(seen, steps):
+        s = t / schedule.num_train_timesteps
+        assert torch.allclose(x[:, :, m], ((1 - s) * known.latents + s * noise)[:, :, m], atol=1e-5)

@@ -113,3 +113,39 @@ def test_streaming_inference_builds_no_autograd_graph(model, tiny_video_cfg):
     text, _ = _texts(model.config)
     _, chunks = _run(model, tiny_video_cfg, text)
     assert all(c.latents.grad_fn is None and not c.latents.requires_grad for c in chunks)
+
+
+def _latents(model, video, frames, seed):
+    shape = (1, model.config.in_dim, frames, video.latent_height, video.latent_width)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_known_frames_are_shown_exactly_and_condition_the_others(model, tiny_video_cfg):
+    text, _ = _texts(model.config)
+    given = _latents(model, tiny_video_cfg, FRAMES, 3)
+    known = {f: given[:, :, f : f + 1] for f in (4, 10, 11)}  # one frame of chunk 1, two of chunk 3
+    _, plain = _run(model, tiny_video_cfg, text)
+    stream = VideoStream(model, text, make_spec("slow_fast", {"rule": "uniform", "interval": 1}), tiny_video_cfg,
+                         max_frames=FRAMES + 12)
+    chunks = list(stream_video(stream, FRAMES, generator=torch.Generator().manual_seed(0), known_frames=known))
+    video = torch.cat([c.latents for c in chunks], dim=2)
+    for f, latent in known.items():
+        assert torch.equal(video[:, :, f : f + 1], latent)
+    assert torch.equal(chunks[0].latents, plain[0].latents)  # nothing known yet: the same draw
+    other = video[:, :, 3]  # frame 3 shares chunk 1 with the known frame 4 and attends to it
+    assert not torch.allclose(other, plain[1].latents[:, :, 0], atol=1e-3)
+
+
+def test_a_wholly_known_chunk_is_committed_as_prefill_commits_it(model, tiny_video_cfg):
+    text, _ = _texts(model.config)
+    given = _latents(model, tiny_video_cfg, 6, 4)
+    spec = make_spec("slow_fast", {"rule": "surprisal"})
+    streamed = VideoStream(model, text, spec, tiny_video_cfg, max_frames=FRAMES)
+    known = {f: given[:, :, f : f + 1] for f in range(6)}
+    list(stream_video(streamed, 6, generator=torch.Generator().manual_seed(0), known_frames=known))
+    prefilled = VideoStream(model, text, spec, tiny_video_cfg, max_frames=FRAMES)
+    prefilled.prefill(given)
+    assert streamed.memory.tiers() == prefilled.memory.tiers()
+    for layer in range(model.config.num_layers):
+        assert torch.equal(streamed.memory.k[layer], prefilled.memory.k[layer])
+        assert torch.equal(streamed.memory.v[layer], prefilled.memory.v[layer])

@@ -40,3 +40,19 @@ def eval_worlds() -> list[WorldSpec]:
             profile = EVAL_OCCLUSION_PROFILES[(p + s) % len(EVAL_OCCLUSION_PROFILES)]
             worlds.append(WorldSpec(prompt, EVAL_SEED_BASE + 100 * p + s, EVAL_SECONDS, profile))
     return worlds
+
+
+def heldout_pairs(count: int, seconds: float = EVAL_SECONDS) -> list[WorldSpec]:
+    """`count` held-out (prompt, seed) worlds for larger evaluations (the ablation table, docs/results.md).
+
+    The same prompts and seed rule as `eval_worlds`, with more seeds per prompt, seed-major, so the first
+    16 are the evaluation set and any prefix spreads over all prompts. Longer clips repeat the occlusion
+    profile (`seconds` up to twice EVAL_SECONDS keeps every schedule inside the clip).
+    """
+    repeats = max(1, round(seconds / EVAL_SECONDS))
+    worlds = []
+    for index in range(count):
+        s, p = divmod(index, len(EVAL_PROMPTS))
+        profile = EVAL_OCCLUSION_PROFILES[(p + s) % len(EVAL_OCCLUSION_PROFILES)] * repeats
+        worlds.append(WorldSpec(EVAL_PROMPTS[p], EVAL_SEED_BASE + 100 * p + s, seconds, profile))
+    return worlds
