@@ -9,8 +9,10 @@ world's occlusions happen in the generated video by giving the generator some la
   wall); everything else, including the scene and the transitions in and out, is the model's. After
   each occlusion the model must bring back the scene *it* drew before, from memory alone when the
   occlusion outlasts its recent frames. Every world metric (fidelity, drift, motion) still applies.
+  Nothing tells the model when an occlusion ends, so restoration is also judged where its view
+  actually comes back (`world_metrics.return_frame`, within RETURN_WINDOW_SECONDS).
 - `recall`: the ground truth is given everywhere except from the moment the view starts to return
-  until `RECALL_SECONDS` after it is fully back. The model must redraw the *true* scene, including the
+  until `RECALL_SECONDS` after it is due back. The model must redraw the *true* scene, including the
   events of later visible stretches, which it has only seen through its memory. Only the restoration
   metrics (before = ground truth, after = the model's) are meaningful here.
 """
@@ -23,9 +25,12 @@ import torch
 from contextforcing.data.world.style import FPS, LATENT_STRIDE, latent_start_frame, latents_for_frames
 from contextforcing.data.world.track import WorldTrack
 from contextforcing.errors import UserError
+from contextforcing.eval.world_metrics import RETURN_WINDOW_SECONDS
 
 PROTOCOLS = ("occlusion", "recall")
-RECALL_SECONDS = 1.0  # how long the model draws alone after each occlusion in `recall`
+# How long the model draws alone after each occlusion in `recall`: the whole window in which the
+# restoration metrics look for the view's return, so the frame they judge is always the model's own.
+RECALL_SECONDS = RETURN_WINDOW_SECONDS
 
 
 def latent_pixel_frames(latent: int, n_frames: int) -> range:
@@ -85,14 +90,16 @@ def world_latents(codec, track: WorldTrack) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_world(stream, codec, track: WorldTrack, protocol: str, seed: int) -> np.ndarray:
+def generate_world(stream, codec, track: WorldTrack, protocol: str, seed: int,
+                   latents: torch.Tensor | None = None) -> np.ndarray:
     """Stream a video of the world's length under `protocol`; uint8 frames [T, H, W, 3].
 
-    `stream` is a fresh `VideoStream` (model, text of the world's prompt, memory policy, sampler)."""
+    `stream` is a fresh `VideoStream` (model, text of the world's prompt, memory policy, sampler);
+    `latents` the world's `world_latents` if already computed."""
     from contextforcing.codecs.preview import to_uint8_frames
     from contextforcing.sampling.stream import stream_video
 
-    latents = world_latents(codec, track)
+    latents = world_latents(codec, track) if latents is None else latents
     known = known_frames(protocol, track, latents)
     decoder = codec.stream_decoder()
     generator = torch.Generator(stream.device).manual_seed(seed)

@@ -42,6 +42,8 @@ PALETTE_TOLERANCE = 40.0  # RGB distance within which a pixel counts as a legal 
 SHAPE_MIN_IOU = 0.7  # a detected object is a valid shape if its mask matches a template this well
 SPRITE_MOVING_RATIO = 0.5  # a window is "moving" when the detected speed is >= half the true speed
 MIN_VISIBLE_PER_WINDOW = FPS // 2  # windows with fewer fully visible frames are skipped
+RETURN_WINDOW_SECONDS = 2.0  # how long after an occlusion's end a generated view may take to come back
+RETURNED_MAX_HIDDEN = 0.5  # a frame shows the view again when less than this much of it is occluder colour
 
 
 def check_matches(frames: np.ndarray, track: WorldTrack, video_name: str = "video") -> None:
@@ -125,26 +127,58 @@ def _object_cell_mask(objects: list[DetectedObject]) -> np.ndarray:
     return np.kron(mask, np.ones((CELL, CELL), bool))
 
 
+def _compare(frames, classes, b: int, a: int, classifier: PaletteClassifier) -> dict:
+    """Restoration error, pixel MAE and object permanence of frame `a` against frame `b`."""
+    sprite = _dilate((classes[b] == classifier.sprite) | (classes[a] == classifier.sprite), SPRITE_DILATE)
+    keep = ~sprite
+    before = detect_objects(classes[b], classifier)
+    # place and colour, as the issue defines permanence; shape is judged by fidelity (mp4 chroma
+    # subsampling can round a 12-px disc's corners into a square's, so shape is the noisier call)
+    after = {(o.cell, o.colour) for o in detect_objects(classes[a], classifier)}
+    kept = sum((o.cell, o.colour) in after for o in before)
+    return {"error": float(np.mean(classes[b][keep] != classes[a][keep])),
+            "mae": float(np.abs(frames[b].astype(np.int16) - frames[a].astype(np.int16))[keep].mean() / 255.0),
+            "objects_before": len(before), "objects_kept": kept, "permanence": kept / len(before) if before else None}
+
+
+def return_frame(classes, occ, track: WorldTrack, classifier: PaletteClassifier) -> int | None:
+    """The first frame from the occlusion's end on (within RETURN_WINDOW_SECONDS, before the next
+    occlusion) that is no longer mostly the occluder's colour: when a *generated* view comes back.
+
+    A generator that is given the hidden frames of an occlusion (eval.protocols) is not told when it
+    ends, so it may hold the occluder a little longer; its memory is judged where it does come back."""
+    role = {"blackout": "blackout", "curtain": "curtain", "turn-away": "away"}[occ.kind]
+    colour = classifier.roles[role]
+    limit = min(track.n_frames, occ.end_frame + int(RETURN_WINDOW_SECONDS * FPS))
+    hidden_later = np.flatnonzero(track.coverage[occ.end_frame : limit] > 0)
+    if hidden_later.size:
+        limit = occ.end_frame + int(hidden_later[0])
+    for f in range(occ.end_frame, limit):
+        if np.mean(classes[f] == colour) < RETURNED_MAX_HIDDEN:
+            return f
+    return None
+
+
 def restoration(frames, classes, track: WorldTrack, classifier: PaletteClassifier) -> list[dict]:
+    """Per occlusion: the frame after against the frame before, at the annotated end of the occlusion and
+    where the view actually comes back (`return_*`; a view that never comes back within the window
+    counts as error 1 and permanence 0 there)."""
     rows = []
     for occ in track.occlusions():
         if occ.end_frame >= track.n_frames or occ.before_frame < 0:
             continue  # the clip ends hidden: nothing to compare
         b, a = occ.before_frame, occ.end_frame
-        sprite = _dilate((classes[b] == classifier.sprite) | (classes[a] == classifier.sprite), SPRITE_DILATE)
-        keep = ~sprite
-        error = float(np.mean(classes[b][keep] != classes[a][keep]))
-        mae = float(np.abs(frames[b].astype(np.int16) - frames[a].astype(np.int16))[keep].mean() / 255.0)
-        before = detect_objects(classes[b], classifier)
-        # place and colour, as the issue defines permanence; shape is judged by fidelity (mp4 chroma
-        # subsampling can round a 12-px disc's corners into a square's, so shape is the noisier call)
-        after = {(o.cell, o.colour) for o in detect_objects(classes[a], classifier)}
-        kept = sum((o.cell, o.colour) in after for o in before)
+        fixed = _compare(frames, classes, b, a, classifier)
+        back = return_frame(classes, occ, track, classifier)
+        late = _compare(frames, classes, b, back, classifier) if back is not None else None
         rows.append({"start_frame": occ.start_frame, "end_frame": occ.end_frame, "kind": occ.kind,
                      "seconds": occ.seconds, "bucket": occ.bucket, "before_frame": b, "after_frame": a,
-                     "restoration_error": error, "restoration_mae": mae,
-                     "objects_before": len(before), "objects_kept": kept,
-                     "permanence": kept / len(before) if before else None})
+                     "restoration_error": fixed["error"], "restoration_mae": fixed["mae"],
+                     "objects_before": fixed["objects_before"], "objects_kept": fixed["objects_kept"],
+                     "permanence": fixed["permanence"],
+                     "return_frame": back, "returned": back is not None,
+                     "return_error": late["error"] if late else 1.0,
+                     "return_permanence": (late["permanence"] if late else 0.0) if fixed["objects_before"] else None})
     return rows
 
 
@@ -153,11 +187,15 @@ def _bucket_summary(rows: list[dict]) -> dict:
     for bucket in BUCKETS:
         mine = [r for r in rows if r["bucket"] == bucket]
         perm = [r["permanence"] for r in mine if r["permanence"] is not None]
+        return_perm = [r["return_permanence"] for r in mine if r["return_permanence"] is not None]
         out[bucket] = {
             "count": len(mine),
             "restoration_error": float(np.mean([r["restoration_error"] for r in mine])) if mine else None,
             "restoration_mae": float(np.mean([r["restoration_mae"] for r in mine])) if mine else None,
             "permanence": float(np.mean(perm)) if perm else None,
+            "return_rate": float(np.mean([r["returned"] for r in mine])) if mine else None,
+            "return_error": float(np.mean([r["return_error"] for r in mine])) if mine else None,
+            "return_permanence": float(np.mean(return_perm)) if return_perm else None,
         }
     return out
 
@@ -219,7 +257,7 @@ def dynamics(classes, track: WorldTrack, classifier: PaletteClassifier) -> dict:
         true_total += true_path
         speeds.append((float(start / FPS), gen_path, float(true_path)))
     return {"moving_fraction": moving / windows if windows else None,
-            "speed_ratio": gen_total / true_total if true_total else None,
+            "speed_ratio": float(gen_total / true_total) if true_total else None,
             "windows": windows, "curve_t": [s[0] + 0.5 for s in speeds],
             "speed": [s[1] for s in speeds], "true_speed": [s[2] for s in speeds]}  # px per 1 s window
 

@@ -37,6 +37,8 @@ def test_ground_truth_is_perfect(world):
     assert {b: v["count"] for b, v in buckets.items()} == {"short": 2, "mid": 1, "long": 1}
     for v in buckets.values():
         assert v["restoration_error"] == 0.0 and v["restoration_mae"] == 0.0 and v["permanence"] == 1.0
+        assert v["return_rate"] == 1.0 and v["return_error"] == 0.0 and v["return_permanence"] == 1.0
+    assert all(r["return_frame"] == r["after_frame"] for r in m["restoration"]["occlusions"])
     assert m["drift"]["mean"] == 0.0
     assert m["dynamics"]["moving_fraction"] == 1.0 and m["dynamics"]["speed_ratio"] == pytest.approx(1.0, abs=0.05)
     assert m["fidelity"]["palette"] == 1.0 and m["fidelity"]["shape_validity"] == 1.0
@@ -67,6 +69,26 @@ def test_forgetful_generator_fails_exactly_beyond_its_window(world, window):
     assert bad == ({"mid", "long"} if window == FAST_MEMORY_SECONDS else {"long"})
     # it only forgets: the frames themselves stay valid, so fidelity and dynamics do not flag it
     assert m["fidelity"]["palette"] == 1.0 and m["dynamics"]["moving_fraction"] == 1.0
+
+
+@pytest.mark.parametrize("late_seconds", [0.5, 3.0])
+def test_a_view_that_comes_back_late_is_judged_where_it_comes_back(short_world, late_seconds):
+    """An occluder held past the annotated end: the fixed-time comparison fails, the return-time one
+    finds the restored scene -- unless the view stays hidden beyond the return window."""
+    from contextforcing.eval.world_metrics import RETURN_WINDOW_SECONDS
+
+    track, frames = short_world
+    late = frames.copy()
+    occ = track.occlusions()[1]  # 3 s blackout
+    hold = int(late_seconds * 16)
+    late[occ.end_frame : occ.end_frame + hold] = frames[occ.end_frame - 1]  # still black
+    row = world_metrics(late, track)["restoration"]["occlusions"][1]
+    assert row["restoration_error"] > BAD_ERROR
+    if late_seconds < RETURN_WINDOW_SECONDS:
+        assert row["return_frame"] == occ.end_frame + hold and row["return_error"] == 0.0
+        assert row["return_permanence"] == 1.0
+    else:
+        assert not row["returned"] and row["return_error"] == 1.0 and row["return_permanence"] == 0.0
 
 
 def test_a_different_but_valid_start_is_not_punished(short_world):
