@@ -4,6 +4,8 @@ Next to the measured times it reports the analytic FLOPs of each chunk (`context
 from the frames the memory actually attended), the achieved TFLOP/s, and "% of floor": the time those
 FLOPs take at a peak rate divided by the measured transformer time (100% = running at the peak). The
 peak is `--peak-tflops` when given, otherwise a square-matmul rate measured on the device at startup.
+The FLOPs count what a chunk needs; while a bounded memory fills, its statically shaped step also computes
+the masked slots ("key frames computed per pass"), which that count leaves out.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
         "latent_frames": num_frames, "first_chunk_s": latencies[0], "median_chunk_s": statistics.median(steady),
         "last_chunk_s": latencies[-1], "latent_fps": latent_fps, "pixel_fps": latent_fps * video.vae_stride_t,
         "wall_s": total, "peak_memory_bytes": max(peaks), "kv_memory_bytes": stream.memory.nbytes(),
+        "kv_view_bytes": stream.memory.view_nbytes(), "key_frames_last": stream.memory.key_frames(),
         "peak_memory_first_quarter_bytes": max(peaks[: max(1, len(peaks) // 4)]),
         "context_rotations": stream.memory.rotations,
         "included": _included(decode, pipe.weights),
@@ -194,8 +197,10 @@ def format_table(r: dict) -> str:
         ("peak memory (process RSS or CUDA alloc)", f"{r['peak_memory_bytes'] / 2**20:.1f} MiB"),
         ("peak memory after first quarter", f"{r['peak_memory_first_quarter_bytes'] / 2**20:.1f} MiB"),
         ("KV memory allocated", f"{r['kv_memory_bytes'] / 2**20:.3f} MiB"),
+        ("rotated-key buffers (reading the KV)", f"{r['kv_view_bytes'] / 2**20:.3f} MiB"),
         ("context rotations", str(r["context_rotations"])),
         ("attended latent frames (first / last chunk)", f"{r['attended_frames_first']} / {r['attended_frames_last']}"),
+        ("key frames computed per pass (last chunk)", str(r["key_frames_last"])),
         ("analytic FLOPs per chunk (first / median / last)",
          f"{perf._si(r['flops_first_chunk'])} / {perf._si(r['flops_median_chunk'])} / {perf._si(r['flops_last_chunk'])}"),
         ("median transformer time per chunk", f"{r['median_transformer_s'] * 1e3:.2f} ms"),
@@ -220,6 +225,7 @@ _POLICY_COLUMNS = (
     ("latent fps", lambda r: f"{r['latent_fps']:.1f}"),
     ("pixel fps", lambda r: f"{r['pixel_fps']:.1f}"),
     ("KV MiB", lambda r: f"{r['kv_memory_bytes'] / 2**20:.3f}"),
+    ("view MiB", lambda r: f"{r['kv_view_bytes'] / 2**20:.3f}"),
     ("peak MiB", lambda r: f"{r['peak_memory_bytes'] / 2**20:.1f}"),
     ("FLOP/chunk", lambda r: perf._si(r["flops_median_chunk"])),
     ("TFLOP/s", lambda r: f"{r['achieved_tflops']:.4g}"),
@@ -244,7 +250,7 @@ def format_policy_table(results: list[dict]) -> str:
         f"({first['latent_frames']} latent frames) per policy, default policy options",
         fmt(header), fmt(["-" * w for w in widths]), *(fmt(row) for row in rows),
         "frames: latent frames the last chunk attended (itself included); first ms: first chunk (time to first "
-        "frame); median ms / fps: median over chunks after the first",
+        "frame); median ms / fps: median over chunks after the first; view MiB: rotated-key buffers",
         "FLOP/chunk: analytic, median chunk after the first; % floor: (analytic FLOPs / peak) / measured "
         "transformer time",
         f"peak: {first['peak_tflops']:.4g} TFLOP/s ({first['peak_source']}); peak memory: {first['peak_memory_scope']}",

@@ -138,21 +138,28 @@ def kv_bytes(spec: PolicySpec | str, model: ModelConfig, video: VideoConfig, dty
     """Bytes of the context memory of one stream (batch 1).
 
     `attended`: the capacity the policy attends (itself included) x frame bytes x layers.
-    `allocated`: the slots `ContextMemory` preallocates (capacity + EMA fold staging + one promotion
-    staging slot); `full` needs `max_frames`. `views`: the gathered, rotated K and the gathered V of the
-    stored frames a chunk attends, which `ContextMemory.view` keeps per layer for the whole chunk.
+    `allocated`: the K/V store `ContextMemory` preallocates (capacity + EMA fold staging + one promotion
+    staging slot); `full` needs `max_frames`. What reading the store costs on top, per view mode:
+    `views_gather`: the gathered, rotated K and the gathered V of the stored frames a chunk attends, which the
+    gather view keeps per layer for the whole chunk (the reference; before issue #7 §3);
+    `views_slots`: the slots view's rotated-key buffers, one per layer over the slots the policy can use (the default).
+    `resident_*`: the store plus that mode's views, what is held while a chunk runs (weights and
+    activations aside). tests/test_perf.py checks every figure against the tensors a `ContextMemory` holds.
     """
     spec = make_spec(spec) if isinstance(spec, str) else spec
     layout = MemoryLayout.for_model(model, video)
-    per_frame = layout.frame_bytes(dtype) * layout.num_layers
+    per_frame = layout.frame_bytes(dtype) * layout.num_layers  # K and V
     params = tier_params(spec, video.chunk_frames)
     cap = params.capacity if params.capacity is not None else max_frames
     out = {"frame_bytes_all_layers": per_frame, "capacity_frames": params.capacity}
     if cap is None:
-        return {**out, "attended": None, "allocated": None, "views": None}
-    slots = ContextMemory._slot_count(params, max_frames)
-    return {**out, "attended": cap * per_frame, "allocated": slots * per_frame,
-            "views": (cap - video.chunk_frames) * per_frame}
+        return {**out, **dict.fromkeys(("attended", "allocated", "views_gather", "views_slots", "resident_gather",
+                                        "resident_slots"))}
+    slots, used = ContextMemory.slot_counts(spec, video.chunk_frames, max_frames)
+    allocated = slots * per_frame
+    gather, rotated = (cap - video.chunk_frames) * per_frame, used * per_frame // 2
+    return {**out, "attended": cap * per_frame, "allocated": allocated, "views_gather": gather,
+            "views_slots": rotated, "resident_gather": allocated + gather, "resident_slots": allocated + rotated}
 
 
 # -- the floor ---------------------------------------------------------------------------------------------
@@ -232,7 +239,10 @@ def report(preset: Preset, spec: PolicySpec | str = "slow_fast", *, peak_tflops:
     if kv["attended"] is not None:
         lines.append(f"KV cache ({str(dtype).replace('torch.', '')})       {kv['capacity_frames'] or frames} frames x "
                      f"{_bytes(kv['frame_bytes_all_layers'])} = {_bytes(kv['attended'])}; allocated "
-                     f"{_bytes(kv['allocated'])}; rotated views held per chunk {_bytes(kv['views'])}")
+                     f"{_bytes(kv['allocated'])}")
+        lines.append(f"reading it               slots view: rotated-key buffers {_bytes(kv['views_slots'])}, store + "
+                     f"buffers {_bytes(kv['resident_slots'])} (gather reference: copies per chunk "
+                     f"{_bytes(kv['views_gather'])}, store + copies {_bytes(kv['resident_gather'])})")
     if peak_tflops:
         fl = floor(cost, video, peak_tflops)
         lines.append(f"floor at {peak_tflops:g} TFLOP/s   {fl['seconds'] * 1e3:.4g} ms per chunk = "

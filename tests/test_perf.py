@@ -69,26 +69,62 @@ def test_attended_frames_per_policy_and_full_grows():
     assert [perf.attended_frames_bound("slow_fast", 3, c) for c in (0, 5, 6, 500)] == [3, 18, 21, 21]
 
 
-def test_kv_bytes_match_the_memory_allocation():
+def steady_memory(spec, layout, view_mode, **kwargs) -> ContextMemory:
+    """A memory driven (bookkeeping only, commit passes of zeros) to a chunk that attends its full capacity,
+    with every layer's view of that chunk built."""
+    memory = ContextMemory(spec, layout, key_rotation=lambda k, p: k.flatten(1, 2), view_mode=view_mode, **kwargs)
+    capacity = perf.policy_capacity(spec, layout.chunk_frames)
+    c = layout.chunk_frames
+    kv = torch.zeros(1, c * layout.tokens_per_frame, layout.num_heads, layout.head_dim).to(memory.k[0])
+    for chunk in range(100):
+        plan = memory.begin_chunk(chunk * c, c)
+        if capacity is not None and len(plan.entries) == capacity - c:
+            break
+        for layer in range(layout.num_layers):
+            memory.write(layer, kv, kv, commit=True)
+        memory.commit()
+    for layer in range(layout.num_layers):
+        memory.view(layer)
+    return memory
+
+
+@pytest.mark.parametrize("view_mode", ["slots", "gather"])
+def test_kv_bytes_match_the_tensors_a_memory_holds(view_mode):
+    """Store and views of a real tiny memory at steady state (float32), and of a meta-device Wan-1.3B one
+    (bf16, shapes only): the figures docs/performance.md quotes are what the code allocates."""
     m, v = TINY.model, TINY.video
     layout = MemoryLayout.for_model(m, v)
-    for name in perf.POLICIES:
-        spec = make_spec(name)
-        memory = ContextMemory(spec, layout, key_rotation=lambda k, p: k.flatten(1, 2), max_frames=30)
-        kv = perf.kv_bytes(spec, m, v, torch.float32, max_frames=30)
+    for name in ("rolling", "sink", "relative", "ema_sink", "slow_fast"):
+        spec = make_spec(name, {"rule": "uniform"} if name == "slow_fast" else {})
+        memory = steady_memory(spec, layout, view_mode)
+        kv = perf.kv_bytes(spec, m, v, torch.float32)
         assert kv["allocated"] == memory.nbytes(), name
+        assert kv[f"views_{view_mode}"] == memory.view_nbytes(), name
         assert kv["frame_bytes_all_layers"] == 2 * 16 * 64 * 4 * 2
+    full = ContextMemory(make_spec("full"), layout, key_rotation=lambda k, p: k.flatten(1, 2), max_frames=30,
+                         view_mode=view_mode)
+    assert perf.kv_bytes("full", m, v, torch.float32, max_frames=30)["allocated"] == full.nbytes()
+    assert perf.kv_bytes("full", m, v, torch.float32)["allocated"] is None  # unbounded without a length
+
+    wan_layout = MemoryLayout.for_model(WAN.model, WAN.video)
+    spec = make_spec("slow_fast", {"rule": "uniform"})  # no surprisal read-back: meta tensors hold no values
+    memory = steady_memory(spec, wan_layout, view_mode, device="meta", dtype=torch.bfloat16)
     wan = perf.kv_bytes("slow_fast", WAN.model, WAN.video, torch.bfloat16)
     assert wan["frame_bytes_all_layers"] == 2 * 1560 * 1536 * 2 * 30
     assert wan["attended"] == 21 * 2 * 1560 * 1536 * 2 * 30  # 6.04 GB
-    assert perf.kv_bytes("full", m, v, torch.float32)["allocated"] is None  # unbounded without a length
+    assert wan["allocated"] == memory.nbytes() == 22 * wan["frame_bytes_all_layers"]
+    assert wan[f"views_{view_mode}"] == memory.view_nbytes()
+    assert wan["views_gather"] == 18 * wan["frame_bytes_all_layers"]  # the stored frames a chunk attends, K and V
+    assert wan["views_slots"] == 21 * wan["frame_bytes_all_layers"] // 2  # rotated keys of the working slots
 
 
 # -- the model against torch's own count -------------------------------------------------------------------
 @pytest.mark.parametrize("policy, chunks, checked_chunks", [("slow_fast", 14, (0, 1, 10, 13)), ("full", 8, (0, 1, 7))])
 def test_counted_flops_of_streamed_chunks_equal_the_model(policy, chunks, checked_chunks):
     """Whole chunks (4 denoising passes + commit through ContextMemory), counted on a few chunks: the
-    first (fills the text cache), a growing one, and late ones (slow tier in use / full's long context)."""
+    first (fills the text cache), a growing one, and late ones (slow tier in use / full's long context).
+    The static step of a bounded policy computes attention over all its working slots, masked ones
+    included (`key_frames`); `full` computes exactly what it attends."""
     cfg, video = TINY.model, TINY.video
     model = build_model(cfg, seed=0)
     text = torch.randn(1, cfg.text_len, cfg.text_dim)
@@ -103,14 +139,16 @@ def test_counted_flops_of_streamed_chunks_equal_the_model(policy, chunks, checke
         flops = counted(step)
         trace = stream.memory.trace[-1]
         attended = len(trace["sink"]) + len(trace["slow"]) + len(trace["fast"])
-        expected = perf.chunk_cost(cfg, video, attended, steps=len(stream.steps)).total
+        computed = stream.memory.key_frames()
+        expected = perf.chunk_cost(cfg, video, computed, steps=len(stream.steps)).total
         expected += perf.prompt_flops(cfg) if chunk == 0 else 0  # the text K/V cache fills on the first pass
         assert flops == pytest.approx(expected, rel=1e-6), (policy, chunk)
-        checked.append((attended, len(trace["slow"])))
+        checked.append((attended, len(trace["slow"]), computed))
     if policy == "slow_fast":
-        assert checked[0] == (3, 0) and checked[-1][1] > 0  # the slow tier was in use
+        assert checked[0][:2] == (3, 0) and checked[-1][1] > 0  # the slow tier was in use
+        assert {c for _, _, c in checked} == {perf.policy_capacity(policy, 3)}  # the same shapes every chunk
     else:
-        assert [a for a, _ in checked] == [3, 6, 24]
+        assert [a for a, _, _ in checked] == [c for _, _, c in checked] == [3, 6, 24]
 
 
 def test_counted_flops_of_one_cached_forward_on_wan_1_3b_shapes():

@@ -1,15 +1,28 @@
 """ContextMemory: preallocated per-layer K/V storage driven by a memory policy.
 
-Lifecycle of one chunk (the sampler drives it; the model only calls `view` and `write`):
+Lifecycle of one chunk (the sampler drives it; the model only calls `attend` and `write`):
 
     memory.begin_chunk(start, frames)     policy plans what this chunk attends and where
-    model(x, t, text, memory=memory)      x4 denoising passes: view(layer) -> rotated context
+    model(x, t, text, memory=memory)      x4 denoising passes: attend(layer) -> rotated context
     model(x0, 0, text, memory=memory, commit=True)   clean pass: write(layer, k, v) stores pre-RoPE K/V
     memory.commit()                       policy promotes / evicts / folds; storage follows
 
-Keys are stored before RoPE; `view` gathers the planned frames and rotates them with the positions the
-policy chose, once per chunk per layer, and reuses the result for every pass of the chunk.
-Storage slots are recycled through a free list, so nothing is shifted or cloned.
+Keys are stored before RoPE, values as they are, in preallocated per-layer slot tensors [B, S, T, H, D];
+slots are recycled through a free list, so nothing is shifted or cloned. The planned keys are rotated
+with the positions the policy chose once per chunk per layer. How attention reads them (`view_mode`):
+
+  slots   (default) each layer has a rotated-key buffer aligned with the slots; `begin_chunk` rotates the
+          planned slots into it. Every pass writes the chunk's own rotated keys and values into the
+          chunk's slots and attends over a slot range in place, with a key mask only while some slot of
+          the range is not attended (free while filling, deduplicated, waiting to be folded). Nothing is
+          copied per pass or kept per chunk, and a bounded policy reads the same range (at least its
+          capacity) from the first chunk on, so the steps of a stream have the same shapes (CUDA graphs,
+          torch.compile without recompiles).
+  gather  (reference) per layer and chunk a gathered, rotated copy of the planned keys and a gathered
+          copy of their values, kept for every pass; the chunk's own keys and values are appended.
+
+Attention without a mask does not depend on the order of its keys, so both modes give the same output up
+to float rounding; tests/model/test_view_modes.py checks it over long rollouts of every policy.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from contextforcing.errors import UserError
 from contextforcing.memory.policies import Plan, PolicySpec, TieredPolicy, tier_params
 
 KeyRotation = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
+VIEW_MODES = ("slots", "gather")
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,31 @@ class MemoryLayout:
     def frame_bytes(self, dtype: torch.dtype) -> int:
         """Bytes of K plus V for one latent frame in one layer."""
         return 2 * self.tokens_per_frame * self.num_heads * self.head_dim * torch.finfo(dtype).bits // 8
+
+
+@dataclass
+class ContextView:
+    """What one layer's self-attention reads besides the chunk's own keys and values [B, L, H, D].
+
+    `tokens` None: `keys`/`values` are a copy of the attended frames, and the chunk is appended. Otherwise
+    they are views of the memory's slot tensors (rotated keys, values): the chunk is written in place at
+    `tokens` (its slots' token indices), and `mask` [L] (True = attend; None = every key) hides the slots
+    this chunk does not see.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+
+    def with_chunk(self, k_rot: torch.Tensor, v: torch.Tensor):
+        """Keys, values [B, Lk, H, D] and key mask [Lk] (or None), given the chunk's rotated keys and values
+        [B, frames*T, H, D]."""
+        if self.tokens is None:
+            return torch.cat([self.keys, k_rot], 1), torch.cat([self.values, v], 1), None
+        self.keys.index_copy_(1, self.tokens, k_rot)  # the memory holds the model's dtype, as attention needs
+        self.values.index_copy_(1, self.tokens, v)
+        return self.keys, self.values, self.mask
 
 
 class _SlotMap:
@@ -70,8 +109,11 @@ class _Group:
     def __init__(self, policy: TieredPolicy, slots: int, layers: list[int]):
         self.policy, self.slots, self.layers = policy, _SlotMap(slots), layers
         self.plan: Plan | None = None
-        self.view_index: torch.Tensor | None = None
+        self.view_index: torch.Tensor | None = None  # slots of the planned frames, in plan order
         self.current_slots: torch.Tensor | None = None
+        self.current_tokens: torch.Tensor | None = None  # slots mode: token indices of the current slots
+        self.extent = policy.p.capacity or 0  # slots mode: attention reads slots [0, extent); see _slot_mask
+        self.key_mask: torch.Tensor | None = None  # slots mode: [extent * T], True where a key is attended
         self.promoted_this_chunk = False
         self.staged: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.recache_frames: list[int] = []
@@ -88,10 +130,14 @@ class ContextMemory:
         device=None,
         dtype: torch.dtype = torch.float32,
         max_frames: int | None = None,
+        view_mode: str = "slots",
     ):
-        self.spec, self.layout, self.rotate_keys = spec, layout, key_rotation
+        if view_mode not in VIEW_MODES:
+            raise ValueError(f"unknown view_mode {view_mode!r}; choose one of {VIEW_MODES}")
+        self.spec, self.layout, self.rotate_keys, self.view_mode = spec, layout, key_rotation, view_mode
         params = tier_params(spec, layout.chunk_frames)
-        slots = self._slot_count(params, max_frames)
+        self.bounded = params.capacity is not None
+        slots, self.used_slots = self.slot_counts(spec, layout.chunk_frames, max_frames)
         opts = spec.options
         self.promote_any_pass = getattr(opts, "promote_on", "commit") == "any_pass"
         per_layer = getattr(opts, "promote_scope", "global") == "per_layer"
@@ -102,32 +148,62 @@ class ContextMemory:
         shape = (batch, slots, layout.tokens_per_frame, layout.num_heads, layout.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
-        self._views: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layout.num_layers
+        # slots mode: rotated keys aligned with the slots ever used (what the gather mode copies every chunk)
+        rotated = (batch, self.used_slots, *shape[2:])
+        self.k_rot = ([torch.zeros(rotated, device=device, dtype=dtype) for _ in range(layout.num_layers)]
+                      if view_mode == "slots" else [])
+        self._views: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layout.num_layers  # gather mode
+        self._contexts: list[ContextView | None] = [None] * layout.num_layers  # slots mode, set per plan
         self._repr: list[torch.Tensor | None] = [None] * layout.num_layers  # this chunk's mean key per layer
         self._prev_repr: list[torch.Tensor | None] = [None] * layout.num_layers  # previous chunk's (or pass's)
         self.chunk_index = -1
         self.start = self.frames = 0
         self.current_positions: list[int] = []
+        self.current_position_ids: torch.Tensor | None = None  # the same as a tensor, for the model
         self.trace: list[dict] = []
         self.rotations = 0  # number of context rotations, for tests and benchmarks
         self._recaching = False
 
     @staticmethod
-    def _slot_count(params, max_frames: int | None) -> int:
+    def slot_counts(spec: PolicySpec, chunk_frames: int, max_frames: int | None = None) -> tuple[int, int]:
+        """(slots allocated, slots ever used) of a policy's store.
+
+        The free list hands out never-used slots in ascending order and reuses released ones first, so
+        the slots ever used are [0, n) for n the most the policy holds at once; the slots view reads
+        within that range (`_slot_mask` checks it) and its rotated keys cover only it.
+        """
+        params = tier_params(spec, chunk_frames)
         if params.capacity is None:
             if max_frames is None:
                 raise UserError("an unbounded memory policy ('full') needs the video length (max_frames)")
-            return max_frames
-        # EMA folding keeps up to a sink's worth of evicted frames until their group is complete;
-        # promotion on a noisy pass stages its copy before the commit evicts the oldest slow frame.
-        return params.capacity + (params.sink if params.ema_alpha is not None else 0) + (1 if params.slow else 0)
+            return max_frames, max_frames
+        # EMA folding keeps up to a sink's worth of evicted frames until their group is complete.
+        held = params.capacity + (params.sink if params.ema_alpha is not None else 0)
+        # Promotion on a noisy pass stages its copy before the commit evicts the oldest slow frame; a
+        # commit-time promotion frees the evicted copy first and needs no staging slot. One is allocated
+        # for every slow memory all the same (docs/performance.md: a slot that could be dropped).
+        staged = getattr(spec.options, "promote_on", "commit") == "any_pass" and params.rule == "surprisal"
+        slow = 1 if params.slow else 0
+        return held + slow, held + (slow if staged else 0)
+
+    def fresh(self, view_mode: str | None = None) -> "ContextMemory":
+        """A new, empty memory like this one (policy, sizes, rotation, device, dtype), in `view_mode`."""
+        return ContextMemory(self.spec, self.layout, key_rotation=self.rotate_keys, batch=self.k[0].shape[0],
+                             device=self.k[0].device, dtype=self.k[0].dtype,
+                             max_frames=None if self.bounded else self.slots, view_mode=view_mode or self.view_mode)
 
     @property
     def slots(self) -> int:
         return self.groups[0].slots.size
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        """Bytes of the K/V store (the slots)."""
+        return _bytes(self.k + self.v)
+
+    def view_nbytes(self) -> int:
+        """Bytes held besides the store for reading it: the rotated-key buffers (slots mode, preallocated) or
+        the copies kept for the current chunk (gather mode; their size follows what the chunk attends)."""
+        return _bytes(self.k_rot + [t for kv in self._views if kv is not None for t in kv])
 
     # -- chunk lifecycle ---------------------------------------------------------------------------
     def begin_chunk(self, start: int, frames: int) -> Plan:
@@ -183,21 +259,91 @@ class ContextMemory:
         g.view_index = torch.tensor(slots, dtype=torch.long, device=device) if slots else None
         g.current_slots = torch.tensor(current_slots, dtype=torch.long, device=device)
         g.promoted_this_chunk = False
+        if self.view_mode == "slots":
+            g.key_mask = self._slot_mask(g, slots + current_slots)
+            t = self.layout.tokens_per_frame
+            g.current_tokens = (g.current_slots[:, None] * t + torch.arange(t, device=device)).flatten()
+
+    def _slot_mask(self, g: _Group, active: list[int]) -> torch.Tensor | None:
+        """Set the slot range [0, extent) attention reads; return its key mask (None: every key).
+
+        The range is at least the policy's capacity from the first chunk on, so a bounded policy's step
+        has the same shapes while the memory fills as after; it widens only if the slots used so far
+        reach beyond that (frames waiting for an EMA fold, a staged promotion), and never narrows. `full`
+        starts empty and grows with the video. Slots of the range this chunk does not attend are masked;
+        when it attends all of them (the steady state, except right after a deduplicated promotion)
+        there is no mask, which keeps unmasked attention kernels (flash) available on GPU.
+        """
+        top = max(active, default=-1) + 1
+        if top > self.used_slots:
+            raise RuntimeError(f"slot {top - 1} is beyond the {self.used_slots} slots the policy can use")
+        g.extent = max(g.extent, top)
+        if len(active) == g.extent:
+            return None
+        attended = [False] * g.extent
+        for slot in active:
+            attended[slot] = True
+        mask = torch.tensor(attended, dtype=torch.bool, device=self.k[0].device)
+        return mask.repeat_interleave(self.layout.tokens_per_frame)
 
     def _after_plan(self) -> None:
         positions = {tuple(g.plan.current_positions) for g in self.groups}
         assert len(positions) == 1, "all layers must place the current chunk identically"
         self.current_positions = list(self.groups[0].plan.current_positions)
+        self.current_position_ids = torch.tensor(self.current_positions, dtype=torch.long, device=self.k[0].device)
         self._views = [None] * self.layout.num_layers
         self._repr = [None] * self.layout.num_layers
+        if self.view_mode == "slots":
+            self._rotate_planned()
+            self._contexts = [self._slot_context(layer) for layer in range(self.layout.num_layers)]
+
+    def _slot_context(self, layer: int) -> ContextView:
+        """This plan's slots view of `layer`: its slot range of the rotated keys and values, flattened to
+        tokens, where the chunk's own frames are written at their slots' tokens on every pass."""
+        g, t = self._group_of[layer], self.layout.tokens_per_frame
+        keys = self.k_rot[layer].flatten(1, 2)[:, : g.extent * t]
+        values = self.v[layer].flatten(1, 2)[:, : g.extent * t]
+        return ContextView(keys, values, g.key_mask, g.current_tokens)
+
+    @torch.no_grad()
+    def _rotate_planned(self) -> None:
+        """Rotate every layer's planned slots into its rotated-key buffer at this plan's positions.
+
+        Done for all planned slots on every plan, not only for changed ones: positions move every chunk
+        under bounded positions, and folds, promotions, recaches and flushes change slot contents in
+        between, so a full refresh is the one rule that cannot go stale.
+        """
+        for layer, rotated in enumerate(self.k_rot):
+            g = self._group_of[layer]
+            if g.view_index is None or not len(g.current_slots):  # nothing to rotate, or no pass will read it
+                continue
+            keys = self.rotate_keys(self.k[layer].index_select(1, g.view_index), g.plan.positions)
+            rotated.index_copy_(1, g.view_index, keys.unflatten(1, (-1, self.layout.tokens_per_frame)))
+            self.rotations += 1
 
     # -- what the model calls ----------------------------------------------------------------------
+    def attend(self, layer: int) -> ContextView | None:
+        """What `layer`'s self-attention reads this pass besides the chunk itself (None: nothing).
+
+        With autograd recording, the slot tensors are not handed over: writing a tensor that carries a
+        graph into a buffer that later chunks overwrite would corrupt the backward pass (and a block
+        recomputed under gradient checkpointing would read the later contents). Copies are used instead.
+        """
+        if self.view_mode == "gather" or torch.is_grad_enabled():
+            kv = self.view(layer)
+            return None if kv is None else ContextView(*kv)
+        return self._contexts[layer]
+
     def view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Rotated keys and values [B, n*T, H, D] of the frames this chunk attends in `layer`."""
+        """Rotated keys and values [B, n*T, H, D] of the stored frames this chunk attends in `layer`, in plan
+        order (None: none). Gather mode keeps them for the chunk; slots mode gathers a fresh copy."""
+        g = self._group_of[layer]
+        if g.view_index is None:
+            return None
+        if self.view_mode == "slots":
+            return (self.k_rot[layer].index_select(1, g.view_index).flatten(1, 2),
+                    self.v[layer].index_select(1, g.view_index).flatten(1, 2))
         if self._views[layer] is None:
-            g = self._group_of[layer]
-            if g.view_index is None:
-                return None
             keys = self.k[layer].index_select(1, g.view_index)
             values = self.v[layer].index_select(1, g.view_index).flatten(1, 2)
             self._views[layer] = (self.rotate_keys(keys, g.plan.positions), values)
@@ -213,10 +359,12 @@ class ContextMemory:
             self.v[layer].index_copy_(1, g.current_slots, v.detach().reshape(shape).to(self.v[layer].dtype))
         if self._recaching or self.groups[0].policy.p.rule != "surprisal":
             return
+        if not (commit or self.promote_any_pass):  # noisy passes only matter to the released-code rule
+            return
         chunk_key = k.detach().float().mean(dim=1).flatten(1)  # [B, H*D]: mean pre-RoPE key of the chunk
         if self.promote_any_pass:
             self._promote_from_pass(layer, chunk_key, k, v)
-        elif commit:
+        else:
             self._repr[layer] = chunk_key
 
     # -- promotion ---------------------------------------------------------------------------------
@@ -298,7 +446,20 @@ class ContextMemory:
                 store[:, sink_slot].mul_(a).add_(store[:, gone_slot], alpha=1 - a)
 
     # -- introspection -----------------------------------------------------------------------------
+    def key_frames(self, layer: int = 0) -> int:
+        """Latent frames of keys each inference pass of this chunk computes attention over, the chunk
+        itself included. Slots mode counts its masked slots (computed, then ignored), so on a bounded
+        policy this is the same for every chunk; gather mode computes only what the chunk attends."""
+        g = self._group_of[layer]
+        if self.view_mode == "slots":
+            return g.extent
+        return (0 if g.view_index is None else len(g.view_index)) + len(g.current_slots)
+
     def tiers(self, layer: int = 0) -> dict[str, list[int]]:
         """Frames currently held in each tier (for the layer's group)."""
         p = self._group_of[layer].policy
         return {"sink": list(p.sink), "slow": list(p.slow), "fast": list(p.fast)}
+
+
+def _bytes(tensors: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

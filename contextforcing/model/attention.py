@@ -2,8 +2,8 @@
 
 Masks are built at frame granularity ([F_q, F_k] booleans, True = may attend) and expanded to tokens by
 the backend, so the same mask serves SDPA (dense bool mask; CPU and training) and flex_attention
-(block-sparse; GPU). Cached streaming inference needs no mask at all: the memory hands over only what a
-chunk may see, and a chunk sees itself fully.
+(block-sparse; GPU). Cached streaming inference needs at most a key mask: the memory hands over its slots
+and says which of them this chunk sees (`key_mask`), and a chunk sees itself fully.
 """
 
 from __future__ import annotations
@@ -23,13 +23,19 @@ def attention(
     frame_mask: torch.Tensor | None = None,
     tokens_per_frame: int = 1,
     backend: str = "sdpa",
+    key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D]."""
+    """q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
+
+    `frame_mask` [F_q, F_k] (True = may attend) or `key_mask` [Lk] (True = every query may attend that key).
+    """
     if backend == "flex" and frame_mask is not None:
         return _flex(q, k, v, frame_mask, tokens_per_frame)
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    mask = None
+    if frame_mask is not None and key_mask is not None:
+        raise ValueError("give a frame mask or a key mask, not both")
+    mask = None if key_mask is None else key_mask.view(1, 1, 1, -1)  # [B, H, Lq, Lk] by broadcasting
     if frame_mask is not None:
         mask = frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)

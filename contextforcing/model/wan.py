@@ -26,7 +26,7 @@ from contextforcing.model.attention import attention, context_target_mask
 from contextforcing.model.rope import apply_rope, rope_frequencies
 
 if TYPE_CHECKING:
-    from contextforcing.memory.context import ContextMemory
+    from contextforcing.memory.context import ContextMemory, ContextView
     from contextforcing.memory.cross import CrossAttentionCache
 
 
@@ -92,11 +92,11 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x, e0, text_emb, inputs: AttentionInputs, context_kv=None, text_kv=None):
+    def forward(self, x, e0, text_emb, inputs: AttentionInputs, context: "ContextView | None" = None, text_kv=None):
         """x [B, F, T, dim] float32 residual stream; e0 [B, F, 6, dim]; text_emb [B, Lt, dim].
 
-        `context_kv` = (rotated keys, values) [B, Lc, H, D] from the memory, or None. `text_kv` = this
-        layer's cached cross-attention keys/values, or None to project them from `text_emb` here.
+        `context` = what the memory hands this layer (its rotated keys and values), or None. `text_kv` =
+        this layer's cached cross-attention keys/values, or None to project them from `text_emb` here.
         Returns (x, raw pre-RoPE keys, values, text_kv) so that the caller can store what it caches.
         """
         b, f, t, dim = x.shape
@@ -108,10 +108,10 @@ class WanBlock(nn.Module):
         q = self.self_attn.project_query(h)
         k, v = self.self_attn.project_key_value(h)
         q_rot, k_rot = apply_rope(q, inputs.freqs), apply_rope(k, inputs.freqs)
-        keys, values = k_rot, v
-        if context_kv is not None:
-            keys, values = torch.cat([context_kv[0], k_rot], 1), torch.cat([context_kv[1], v], 1)
-        y = attention(q_rot, keys, values, inputs.frame_mask, inputs.tokens_per_frame, inputs.backend)
+        keys, values, key_mask = k_rot, v, None
+        if context is not None:
+            keys, values, key_mask = context.with_chunk(k_rot, v)
+        y = attention(q_rot, keys, values, inputs.frame_mask, inputs.tokens_per_frame, inputs.backend, key_mask)
         y = self.self_attn.o(y.flatten(2)).float().reshape(b, f, t, dim)
         x = x + y * gate1
 
@@ -173,12 +173,19 @@ class CausalWanModel(nn.Module):
         return height // ph, width // pw
 
     def key_rotation(self, height: int, width: int):
-        """A function (keys [B, n, T, H, D], frame positions) -> rotated keys [B, n*T, H, D] for the memory."""
+        """A function (keys [B, n, T, H, D], frame positions) -> rotated keys [B, n*T, H, D] for the memory.
+
+        The memory rotates every layer of a chunk at the same positions, so the rotations of the last
+        positions asked for are kept and reused (one table per chunk instead of one per layer)."""
         gh, gw = self.grid(height, width)
+        last: dict = {}
 
         def rotate(keys: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
-            freqs = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, keys.device)
-            return apply_rope(keys.flatten(1, 2), freqs)
+            key = (tuple(positions), keys.device)
+            if key not in last:
+                last.clear()
+                last[key] = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, keys.device)
+            return apply_rope(keys.flatten(1, 2), last[key])
 
         return rotate
 
@@ -226,7 +233,7 @@ class CausalWanModel(nn.Module):
         if t.dim() == 1:
             t = t[:, None].expand(b, f)
         if memory is not None:
-            positions = memory.current_positions
+            positions = memory.current_position_ids  # a tensor: new positions must not mean a new compiled graph
         elif positions is None:
             positions = range(f)
         freqs = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, x.device)
@@ -241,8 +248,8 @@ class CausalWanModel(nn.Module):
         e, e0 = self._embed_time(t)
         for i, block in enumerate(self.blocks):
             text_kv = text_cache.key_values.get(i) if text_cache is not None else None
-            context_kv = memory.view(i) if memory is not None else None
-            args = (h, e0, text_emb, inputs, context_kv, text_kv)
+            context = memory.attend(i) if memory is not None else None
+            args = (h, e0, text_emb, inputs, context, text_kv)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h, k, v, text_kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:

@@ -11,17 +11,21 @@ surprisal signal), while every (frame, layer, pass) has a distinct content from 
 be read back: frame = (key[token 0] - key[token 1])[0] / 2 - 1.
 
 The rotation handed to the memory is the identity (keys flattened) and records the positions it is asked
-for, so `view` shows exactly which stored contents are attended and in which order.
+for, so `view` shows exactly which stored contents are attended and in which order. Every pass also runs
+what the model runs, `attend(layer).with_chunk(...)`, and checks that attention over what it returns
+(slot tensors and key mask in `slots` mode) equals attention over the plan-order view plus the chunk.
 """
 
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import torch
 
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import make_spec
+from contextforcing.model.attention import attention
 from policy_reference import COMMIT, Reference
 
 C, T, H, D = 3, 2, 1, 4
@@ -60,7 +64,7 @@ def scene_directions(seed=1, change_prob=0.4, chunks=200):
 
 class Harness:
     def __init__(self, policy, options=None, *, layers=2, batch=1, chunks=200, direction=default_direction,
-                 noisy_passes=1, check_values=True):
+                 noisy_passes=1, check_values=True, view_mode="slots"):
         self.policy, self.options = policy, dict(options or {})
         self.layers, self.batch, self.chunks = layers, batch, chunks
         self.direction, self.noisy_passes, self.check_values = direction, noisy_passes, check_values
@@ -68,7 +72,8 @@ class Harness:
         self.rotation_calls: list[list[int]] = []
         layout = MemoryLayout(num_layers=layers, tokens_per_frame=T, num_heads=H, head_dim=D, chunk_frames=C)
         self.mem = ContextMemory(make_spec(policy, self.options), layout, key_rotation=self._rotate,
-                                 batch=batch, max_frames=chunks * C)
+                                 batch=batch, max_frames=chunks * C, view_mode=view_mode)
+        self.query = torch.randn(batch, C * T, H, D, generator=torch.Generator().manual_seed(0)) * 1e-2
         self.store: dict = {}  # (layer, frame, tag) -> K and V stacked [2, B, T, H, D], float64
         self.pass_ids: dict = {}
         self.chunk = 0
@@ -123,26 +128,22 @@ class Harness:
         k = keys[0].reshape(-1, T, H, D)
         return ((k[:, 0, 0, 0] - k[:, 1, 0, 0]) / 2 - 1).round().long().tolist()
 
-    def check_view(self, layer, entries, positions, where, first):
-        rotations_before = len(self.rotation_calls)
+    def check_view(self, layer, entries, where, first):
+        """The plan-order view of `layer` against the reference entries (contents, frames, order)."""
         out = self.mem.view(layer)
-        new_rotations = len(self.rotation_calls) - rotations_before
         if not entries:
             assert out is None, f"{where}: layer {layer} attends nothing, view returned a tensor"
-            assert new_rotations == 0
-            return
+            return None
         assert out is not None, f"{where}: layer {layer} view is None, expected {len(entries)} frames"
         keys, values = out
-        # Cached keys are rotated once per chunk per layer (first view), then reused by every pass.
-        assert new_rotations == (1 if first else 0), f"{where}: layer {layer} rotated {new_rotations} times"
-        if not first:
-            assert out is self._first_view[layer], f"{where}: layer {layer} view changed within the chunk"
-            return
+        if not first:  # gather mode keeps its copies; slots mode reads slots the chunk's own writes must not touch
+            kept = self._first_view[layer]
+            same = out is kept if self.mem.view_mode == "gather" else all(map(torch.equal, out, kept))
+            assert same, f"{where}: layer {layer} view changed within the chunk"
+            return out
         self._first_view[layer] = out
-        assert self.rotation_calls[-1] == positions, f"{where}: layer {layer} rotated at wrong positions"
-        self.context_views += 1
         if not self.check_values:
-            return
+            return out
         k, v = self.expected(entries, layer)
         assert keys.shape == k.shape, f"{where}: layer {layer} view shape {tuple(keys.shape)} != {tuple(k.shape)}"
         ema = self.policy == "ema_sink"
@@ -152,6 +153,26 @@ class Harness:
         tol = dict(rtol=1e-5, atol=2e-3) if ema else dict(rtol=0, atol=0)
         assert torch.allclose(keys.double(), k, **tol), f"{where}: layer {layer} keys differ from the reference"
         assert torch.allclose(values.double(), v, **tol), f"{where}: layer {layer} values differ from the reference"
+        return out
+
+    def check_attend(self, layer, view, k, v, where):
+        """What the model attends (`attend(layer).with_chunk`) is the view plus this pass's chunk k, v."""
+        with torch.no_grad():  # inference: slots mode hands over its slot tensors only without autograd
+            context = self.mem.attend(layer)
+            keys, values, mask = (k, v, None) if context is None else context.with_chunk(k, v)
+        q = self.query[:, : k.shape[1]]
+        got = attention(q, keys, values, key_mask=mask)
+        ref_k, ref_v = (k, v) if view is None else (torch.cat([view[0], k], 1), torch.cat([view[1], v], 1))
+        want = attention(q, ref_k, ref_v)
+        attended = keys.shape[1] if mask is None else int(mask.sum())
+        assert attended == ref_k.shape[1], f"{where}: layer {layer} attends {attended} keys, expected {ref_k.shape[1]}"
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-3), f"{where}: layer {layer} attention differs"
+
+    def check_rotations(self, mark, plans, where):
+        """Since `mark`: one rotation per layer with context, at the plan's positions, in layer order."""
+        expected = [plan.positions for plan in plans if plan.entries]
+        assert self.rotation_calls[mark:] == expected, f"{where}: rotations differ from once per layer with context"
+        self.context_views += len(expected)
 
     # -- driving -------------------------------------------------------------------------------------
     def key_lists(self, k):
@@ -161,6 +182,7 @@ class Harness:
     def step(self):
         chunk, start = self.chunk, self.chunk * C
         where = f"{self.policy} {self.options} chunk {chunk}"
+        mark = len(self.rotation_calls)
         self.mem.begin_chunk(start, C)
         self.ref.begin_chunk()
         trace = self.mem.trace[-1]
@@ -175,12 +197,16 @@ class Harness:
         for tag in tags:
             keys = {}
             for layer in range(self.layers):
-                self.check_view(layer, plans[layer].entries, plans[layer].positions, f"{where} pass {tag}",
-                                first=tag == tags[0])
+                view = self.check_view(layer, plans[layer].entries, f"{where} pass {tag}", first=tag == tags[0])
                 k, v = self.make_kv(frames, tag, layer, chunk)
+                self.check_attend(layer, view, k, v, f"{where} pass {tag}")
                 keys[layer] = self.key_lists(k)
                 self.mem.write(layer, k, v, commit=tag == COMMIT)
             self.ref.on_pass(chunk, start, tag, keys)
+            if tag == tags[0]:  # rotated once per chunk (when planned, or on the first view), never per pass
+                self.check_rotations(mark, plans, where)
+                mark = len(self.rotation_calls)
+        assert len(self.rotation_calls) == mark, f"{where}: keys rotated again on a later pass"
         slow_before = [self.mem.tiers(layer)["slow"] for layer in range(self.layers)]
         self.mem.commit()
         self.ref.commit(chunk, start)
@@ -196,16 +222,19 @@ class Harness:
         tag = f"recache@{start}"
         where = f"{self.policy} recache before {start}"
         tiers_before = [self.mem.tiers(layer) for layer in range(self.layers)]
+        mark = len(self.rotation_calls)
         frames = self.mem.begin_recache(start)
         ref_frames, per_layer = self.ref.recache(start, tag)
         assert frames == ref_frames, f"{where}: recached frames differ"
         assert self.mem.current_positions == per_layer[0][2], f"{where}: recache positions differ"
-        if frames:
-            for layer in range(self.layers):
-                entries, positions, _ = per_layer[layer]
-                self.check_view(layer, entries, positions, where, first=True)
-                k, v = self.make_kv(frames, tag, layer, self.chunk)
-                self.mem.write(layer, k, v, commit=True)
+        for layer in range(self.layers if frames else 0):
+            view = self.check_view(layer, per_layer[layer][0], where, first=True)
+            k, v = self.make_kv(frames, tag, layer, self.chunk)
+            self.check_attend(layer, view, k, v, where)
+            self.mem.write(layer, k, v, commit=True)
+        # nothing to re-encode: no pass runs, so nothing may be rotated for it
+        plans = [SimpleNamespace(entries=e if frames else [], positions=p) for e, p, _ in per_layer]
+        self.check_rotations(mark, plans, where)
         self.mem.commit()
         self.ref.recached(frames, tag)
         assert [self.mem.tiers(layer) for layer in range(self.layers)] == tiers_before, f"{where}: tiers changed"

@@ -2,8 +2,9 @@
 
 Each chunk checks: the trace (tiers and positions), the positions the cached keys are rotated to, the
 current chunk's positions, and the *contents* `view` returns (frames, order, K and V values, EMA folds),
-on every pass; cached keys are rotated exactly once per layer per chunk that has context; storage never
-overflows; bounded policies stay within [0, L-1].
+on every pass; that attention over what `attend` hands the model equals attention over that view plus the
+chunk; cached keys are rotated exactly once per layer per chunk that has context; storage never
+overflows; bounded policies stay within [0, L-1]. Both view modes (slots, and the gather reference).
 """
 
 from __future__ import annotations
@@ -45,11 +46,17 @@ def _id(case):
     return policy + "".join(f"-{k}={v}" for k, v in options.items())
 
 
-@pytest.mark.parametrize("case", ROLLOUTS, ids=[_id(c) for c in ROLLOUTS])
-def test_rollout_matches_reference(case):
+# The gather view mode is the model's reference path (tests/model/test_view_modes.py); it is checked here on
+# one case per mechanism (growth, bounded positions, folds, surprisal, released-code promotion).
+GATHER = [ROLLOUTS[i] for i in (0, 5, 6, 8, 16)]
+CASES = [(c, "slots") for c in ROLLOUTS] + [(c, "gather") for c in GATHER]
+
+
+@pytest.mark.parametrize("case, view_mode", CASES, ids=[f"{_id(c)}-{m}" for c, m in CASES])
+def test_rollout_matches_reference(case, view_mode):
     policy, options, bound = case
     direction = scene_directions() if policy == "slow_fast" else noisy_random
-    h = Harness(policy, options, chunks=CHUNKS, direction=direction).run()  # a storage overflow raises here
+    h = Harness(policy, options, chunks=CHUNKS, direction=direction, view_mode=view_mode).run()  # overflow raises here
 
     # One rotation per layer per chunk with context, never one per pass.
     assert h.mem.rotations == h.context_views

@@ -1,0 +1,128 @@
+"""The slots view (rotated-key buffer aligned with the slots, in-place reads, key mask) against the gather
+reference (a gathered, rotated copy per chunk): the same model output over long streams of every policy.
+
+Both memories are driven by the real streaming routine (`VideoStream`: 4 denoising passes + commit per
+chunk, prompt switches with recache, flush), so folds, promotions (commit / any_pass, global / per layer),
+recaches and flushes all change slots between chunks. Attention without a mask does not depend on the
+order of its keys, so the two differ by float rounding only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from contextforcing.config import ModelConfig, SamplingConfig
+from contextforcing.memory.policies import make_spec
+from contextforcing.model.wan import build_model
+from contextforcing.sampling.stream import VideoStream, stream_video
+
+CHUNKS = 42
+TOL = 1e-5  # float32
+
+# tau above 0.99: the random-init model's chunks are alike, so a lower tau would never promote.
+SURPRISAL = {"tau": 0.9995}
+CASES = [
+    ("full", {}, {}),
+    ("rolling", {}, {}),
+    ("sink", {}, {}),
+    ("relative", {}, {}),
+    ("ema_sink", {}, {}),
+    ("ema_sink", {"sink": 2, "alpha": 0.5}, {}),
+    ("slow_fast", SURPRISAL, {}),
+    ("slow_fast", {"rule": "uniform", "interval": 2}, {}),
+    ("slow_fast", {**SURPRISAL, "promote_scope": "per_layer"}, {}),
+    ("slow_fast", {**SURPRISAL, "promote_on": "any_pass"}, {}),
+    ("slow_fast", {**SURPRISAL, "promote_on": "any_pass", "promote_scope": "per_layer", "dedupe": False}, {}),
+    ("slow_fast", {"rule": "uniform", "interval": 1, "positions": "absolute"}, {}),
+    # prompt switches: recache of the fast window, with and without flushing sink and slow memory
+    ("relative", {}, {"switch": 14}),
+    ("ema_sink", {}, {"switch": 14, "flush": True}),
+    ("slow_fast", SURPRISAL, {"switch": 14}),
+    ("slow_fast", {**SURPRISAL, "promote_on": "any_pass"}, {"switch": 20, "flush": True}),
+    ("full", {}, {"switch": 14}),
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tests' tiny model (tests/conftest.py), built once for this module."""
+    cfg = ModelConfig(dim=48, ffn_dim=96, num_layers=2, num_heads=2, text_len=7, text_dim=20, freq_dim=32)
+    return build_model(cfg, seed=0)
+
+
+def texts(model, batch=1, n=2):
+    c = model.config
+    return [torch.randn(batch, c.text_len, c.text_dim, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def stream_in_mode(model, text, policy, options, video, view_mode, **kwargs) -> VideoStream:
+    """A VideoStream whose memories use `view_mode` (the stream itself builds the default mode)."""
+    stream = VideoStream(model, text, make_spec(policy, options), video, max_frames=CHUNKS * video.chunk_frames,
+                         **kwargs)
+    for branch in stream.branches:
+        branch.memory = branch.memory.fresh(view_mode)
+    return stream
+
+
+def rollout(model, video, policy, options, view_mode, *, switch=None, flush=False, batch=1, **kwargs):
+    text, other = texts(model, batch)
+    stream = stream_in_mode(model, text, policy, options, video, view_mode, **kwargs)
+    chunks = list(stream_video(stream, CHUNKS * video.chunk_frames, generator=torch.Generator().manual_seed(0),
+                               switches={switch: other} if switch is not None else None, flush_on_switch=flush))
+    return stream, chunks
+
+
+def _id(case):
+    policy, options, events = case
+    return "-".join([policy, *(f"{k}={v}" for k, v in {**options, **events}.items())])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_slots_view_equals_the_gather_reference(model, tiny_video_cfg, case):
+    policy, options, events = case
+    ref_stream, ref = rollout(model, tiny_video_cfg, policy, options, "gather", **events)
+    stream, got = rollout(model, tiny_video_cfg, policy, options, "slots", **events)
+    for a, b in zip(ref, got):
+        assert a.trace == b.trace, f"chunk {a.index}: the memories planned differently"
+        err = (a.latents - b.latents).abs().max().item()
+        assert err <= TOL, f"chunk {a.index}: slots view differs from the gather reference by {err:.3g}"
+    # Rotated once per chunk per layer with context, in both modes.
+    layers = model.config.num_layers
+    assert stream.memory.rotations == ref_stream.memory.rotations >= (CHUNKS - 2) * layers
+    if policy == "slow_fast" and options.get("rule") != "uniform":
+        assert any(c.trace["slow"] for c in got), "surprisal never promoted: the case tests nothing"
+
+
+def test_batch_and_guidance_branches(model, tiny_video_cfg):
+    """Two conditioning branches (one memory each) and a batch of 2."""
+    _, uncond = texts(model, batch=2)
+    kwargs = dict(sampling=SamplingConfig(guidance_scale=3.0), uncond_text=uncond, euler_num_steps=3, batch=2)
+    _, ref = rollout(model, tiny_video_cfg, "slow_fast", {"rule": "uniform"}, "gather", **kwargs)
+    _, got = rollout(model, tiny_video_cfg, "slow_fast", {"rule": "uniform"}, "slots", **kwargs)
+    assert max((a.latents - b.latents).abs().max().item() for a, b in zip(ref, got)) <= TOL
+
+
+def test_autograd_gets_copies_and_the_same_gradients(model, tiny_video_cfg):
+    """With autograd recording (training rollouts) the slots mode hands over copies, never its buffers, and
+    gradients equal the reference's, gradient checkpointing included."""
+    text, _ = texts(model)
+    grads = {}
+    for view_mode in ("gather", "slots"):
+        for checkpointing in (False, True):
+            model.zero_grad()
+            model.gradient_checkpointing = checkpointing
+            stream = stream_in_mode(model, text, "slow_fast", {"rule": "uniform", "interval": 1}, tiny_video_cfg,
+                                    view_mode)
+            generator = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for _ in range(8):
+                    stream.step(stream.noise(3, generator), generator)
+            # Three chunks with a graph: later chunks rewrite the slot buffers before the backward pass.
+            loss = sum(stream.step(stream.noise(3, generator), generator, exit_step=1).square().mean() for _ in range(3))
+            loss.backward()
+            grads[view_mode, checkpointing] = [p.grad.clone() for p in model.parameters()]
+    model.gradient_checkpointing = False
+    reference = grads["gather", False]
+    for key, got in grads.items():
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(reference, got)), key
