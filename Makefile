@@ -10,7 +10,7 @@ DEMO_PROMPT ?= striped cool room, curtain occlusions, circle sprite
 DEMO_SEED ?= 7
 DEMO_DIR := $(dir $(DEMO_OUT))
 
-.PHONY: demo test test-slow bench clean toy-model
+.PHONY: demo test test-slow bench clean toy-model results
 
 $(VENV)/.base-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ demo: $(VENV)/.base-installed
 # directories under runs/toy; rerun to resume. Ships contextforcing/assets/world_student.* and MODEL_CARD.md.
 toy-model: $(VENV)/.base-installed
 	$(PY) scripts/train_toy_model.py
+
+# The ablation table of docs/results.md (issue #6): every row x protocol x held-out world, resumable (rerun to
+# continue), then the tables, figures and frame strips. Needs `make toy-model`'s run directory (runs/toy).
+results: $(VENV)/.base-installed
+	$(PY) scripts/reproduce_results.py
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest -q -m "not slow"

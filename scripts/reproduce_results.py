@@ -150,7 +150,7 @@ class Worker:
         frames = self.frames(row, protocol, track, world.seed, latents)
         seconds = time.perf_counter() - began
         metrics = evaluate_video(row.key, "", frames, FPS, [pixel_extractor()], track).metrics
-        record = {"protocol": protocol, "row": row.key, "prompt": world.prompt, "seed": world.seed,
+        record = {"commit": _commit(), "protocol": protocol, "row": row.key, "prompt": world.prompt, "seed": world.seed,
                   "seconds": world.seconds, "occlusion_seconds": list(world.occlusion_seconds),
                   "generation_seconds": seconds, "metrics": _compact(metrics)}
         strips = {f"occlusion{i}": frames[[o["before_frame"], o["after_frame"], min(len(frames) - 1, o["after_frame"] + FPS)]]
@@ -252,9 +252,16 @@ def run_cells(tasks: list[tuple], workers: int) -> None:
 
 
 # -- report ---------------------------------------------------------------------------------------------------
+LIMITS: dict[float, int] = {}  # seconds -> how many worlds (the first N) the report uses; set by main
+
+
 def load_cells(out: Path, protocol: str, seconds: float, key: str) -> list[dict]:
+    """The cells on disk among the first LIMITS[seconds] worlds (so a partial run reports the same worlds
+    for every row when given the count every row has reached)."""
     folder = out / "cells" / protocol / f"{seconds:g}s" / key
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    limit = LIMITS.get(seconds)
+    paths = [p for p in sorted(folder.glob("*.json")) if limit is None or int(p.stem) < limit] if folder.is_dir() else []
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def bucket_values(cells: list[dict], bucket: str, what: str = "restoration_error") -> list[float]:
@@ -292,19 +299,30 @@ def table(out: Path, protocol: str, seconds: float, keys, columns) -> str:
     return "\n".join(lines)
 
 
-def returned(cells: list[dict]) -> list[float]:
-    """Per world: the fraction of its occlusions after which the view came back within the window."""
-    return [float(np.mean([o["returned"] for o in c["metrics"]["restoration"]["occlusions"]])) for c in cells]
+def when_back(cells: list[dict], bucket: str, what: str) -> list[float]:
+    """Per world: the mean of `what` over its occlusions in `bucket` after which the view came back
+    (worlds where it never came back in that bucket give no value). `returned` gives the fraction."""
+    values = []
+    for c in cells:
+        rows = [o for o in c["metrics"]["restoration"]["occlusions"] if o["bucket"] == bucket]
+        if what == "returned":
+            values += [float(np.mean([o["returned"] for o in rows]))] if rows else []
+            continue
+        back = [o[what] for o in rows if o["returned"] and o[what] is not None]
+        values += [float(np.mean(back))] if back else []
+    return values
 
 
 BUCKETS = ("short", "mid", "long")
-RETURN_COLUMNS = [(f"error at return, {b}", lambda cells, b=b: summary(bucket_values(cells, b, "return_error")))
+RETURN_COLUMNS = [(f"error when back, {b}", lambda cells, b=b: summary(when_back(cells, b, "return_error")))
                   for b in BUCKETS]
-RETURN_PERMANENCE_COLUMNS = [(f"permanence at return, {b}", lambda cells, b=b: summary(bucket_values(cells, b, "return_permanence"), 2))
+RETURN_PERMANENCE_COLUMNS = [(f"permanence when back, {b}", lambda cells, b=b: summary(when_back(cells, b, "return_permanence"), 2))
                              for b in BUCKETS]
-RETURNED_COLUMN = [("view came back", lambda cells: summary(returned(cells), 2))]
+RETURNED_COLUMNS = [(f"came back, {b}", lambda cells, b=b: summary(when_back(cells, b, "returned"), 2)) for b in BUCKETS]
 FIXED_COLUMNS = [(f"error at the annotated end, {b}", lambda cells, b=b: summary(bucket_values(cells, b)))
                  for b in BUCKETS]
+PENALISED_COLUMNS = [(f"error at return, no return = 1, {b}", lambda cells, b=b: summary(bucket_values(cells, b, "return_error")))
+                     for b in BUCKETS]
 QUALITY_COLUMNS = [
     ("palette fidelity", lambda c: summary(metric(c, "palette"))),
     ("shape validity", lambda c: summary(metric(c, "shape_validity"), 2)),
@@ -319,11 +337,12 @@ QUALITY_COLUMNS = [
 def tables(args) -> dict[str, str]:
     s, ls = args.seconds, args.long_seconds
     return {
-        "recall": table(args.out, "recall", s, args.rows, RETURN_COLUMNS + RETURN_PERMANENCE_COLUMNS + RETURNED_COLUMN),
-        "occlusion": table(args.out, "occlusion", s, args.rows, RETURN_COLUMNS + RETURN_PERMANENCE_COLUMNS[2:] + RETURNED_COLUMN),
+        "recall": table(args.out, "recall", s, args.rows, RETURN_COLUMNS + RETURN_PERMANENCE_COLUMNS + RETURNED_COLUMNS),
+        "occlusion": table(args.out, "occlusion", s, args.rows, RETURN_COLUMNS + RETURN_PERMANENCE_COLUMNS + RETURNED_COLUMNS),
         "quality": table(args.out, "occlusion", s, args.rows, QUALITY_COLUMNS),
-        "fixed": "\n\n".join(f"*{p}*\n\n" + table(args.out, p, s, args.rows, FIXED_COLUMNS) for p in args.protocols),
-        "long": "\n\n".join(f"*{p}, {ls:g} s*\n\n" + table(args.out, p, ls, args.long_rows, RETURN_COLUMNS + RETURNED_COLUMN + QUALITY_COLUMNS[:1])
+        "fixed": "\n\n".join(f"*{p}*\n\n" + table(args.out, p, s, args.rows, FIXED_COLUMNS + PENALISED_COLUMNS)
+                              for p in args.protocols),
+        "long": "\n\n".join(f"*{p}, {ls:g} s*\n\n" + table(args.out, p, ls, args.long_rows, RETURN_COLUMNS + RETURNED_COLUMNS + QUALITY_COLUMNS[:1])
                             for p in args.protocols),
     }
 
@@ -344,7 +363,7 @@ def figures(args) -> list[str]:
     for ax, protocol in zip(axes[0], args.protocols):
         for key in shown:
             rows = [o for c in load_cells(args.out, protocol, args.seconds, key)
-                    for o in c["metrics"]["restoration"]["occlusions"]]
+                    for o in c["metrics"]["restoration"]["occlusions"] if o["returned"]]
             if not rows:
                 continue
             secs = np.array([o["seconds"] for o in rows])
@@ -360,7 +379,7 @@ def figures(args) -> list[str]:
             ax.axvline(x, color="grey", ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("occlusion length (s)")
-        ax.set_ylabel("restoration error at return (median)")
+        ax.set_ylabel("restoration error when back (median)")
         ax.set_title(f"protocol: {protocol}, {args.seconds:g} s worlds")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
@@ -426,11 +445,16 @@ def _save(fig, path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "unknown"
+
+
 def environment(args) -> str:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return (f"Generated by `python scripts/reproduce_results.py` at commit `{commit or 'unknown'}`: torch "
+    commits = sorted({json.loads(p.read_text()).get("commit", "unrecorded") for p in (args.out / "cells").rglob("*.json")})
+    return (f"Cells generated by `python scripts/reproduce_results.py` at commit(s) {', '.join(f'`{c}`' for c in commits)}; "
+            f"report written at `{_commit()}`: torch "
             f"{torch.__version__}, {platform.machine()} CPU, {args.workers} worker process(es) x 1 torch thread, "
             f"{time.strftime('%Y-%m-%d')}.")
 
@@ -474,6 +498,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    LIMITS.update({args.seconds: args.pairs, args.long_seconds: args.long_pairs})
     if not args.report_only:
         ensure_weights(args.rows + (args.long_rows if args.long_pairs else []))
         tasks = plan(args)

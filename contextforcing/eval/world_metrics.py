@@ -187,7 +187,9 @@ def _bucket_summary(rows: list[dict]) -> dict:
     for bucket in BUCKETS:
         mine = [r for r in rows if r["bucket"] == bucket]
         perm = [r["permanence"] for r in mine if r["permanence"] is not None]
+        back = [r for r in mine if r["returned"]]
         return_perm = [r["return_permanence"] for r in mine if r["return_permanence"] is not None]
+        back_perm = [r["return_permanence"] for r in back if r["return_permanence"] is not None]
         out[bucket] = {
             "count": len(mine),
             "restoration_error": float(np.mean([r["restoration_error"] for r in mine])) if mine else None,
@@ -196,6 +198,8 @@ def _bucket_summary(rows: list[dict]) -> dict:
             "return_rate": float(np.mean([r["returned"] for r in mine])) if mine else None,
             "return_error": float(np.mean([r["return_error"] for r in mine])) if mine else None,
             "return_permanence": float(np.mean(return_perm)) if return_perm else None,
+            "error_when_back": float(np.mean([r["return_error"] for r in back])) if back else None,
+            "permanence_when_back": float(np.mean(back_perm)) if back_perm else None,
         }
     return out
 
