@@ -75,7 +75,7 @@ ROWS = [
         weights="cdmd_contiguous"),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
-LONG_ROWS = ("codec", "rolling", "sink", "full")  # the main rows, also at 120 s
+LONG_ROWS = ("codec", "rolling", "sink", "full", "absolute")  # the main rows (and bounded positions) at 120 s
 PROTOCOLS = ("occlusion", "recall")
 
 

@@ -20,21 +20,22 @@ Denoise = Callable[[torch.Tensor, float], torch.Tensor]
 class KnownFrames:
     """Frames whose clean latents are given (replacement conditioning, as in video inpainting).
 
-    `latents` [B, C, F, H, W] like the chunk (values where `mask` is False are ignored), `mask` [F] bool.
+    `latents` [B, C, F, H, W] like the chunk (values where `mask` is False are ignored), `mask` one bool per
+    frame, kept on the host so that no decision about it reads the device.
     Samplers keep the known frames on their noising path: at every step their state is the given
     latents noised to that step's level, and the returned x0 holds them exactly. The other frames are
     denoised as usual, attending to the known ones.
     """
 
     latents: torch.Tensor
-    mask: torch.Tensor
+    mask: tuple[bool, ...]
 
     @property
     def all_known(self) -> bool:
-        return bool(self.mask.all())
+        return all(self.mask)
 
     def _frames(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mask.to(x.device).view(1, 1, -1, 1, 1)
+        return torch.tensor(self.mask, device=x.device).view(1, 1, -1, 1, 1)
 
     def replace(self, x0: torch.Tensor) -> torch.Tensor:
         """x0 with the known frames put back."""

@@ -206,4 +206,4 @@ def known_in_chunk(known_frames: Mapping[int, torch.Tensor], first: int, noise: 
         return None
     latents = torch.cat([known_frames[f].to(noise.device, noise.dtype) if m else noise[:, :, i : i + 1]
                          for i, (f, m) in enumerate(zip(frames, mask))], dim=2)
-    return KnownFrames(latents, torch.tensor(mask, device=noise.device))
+    return KnownFrames(latents, tuple(mask))

@@ -81,7 +81,7 @@ def test_guidance_standard_form():
 
 def _known(frames=3, mask=(True, False, True)):
     latents = torch.randn(1, 2, frames, 4, 4, generator=torch.Generator().manual_seed(5))
-    return KnownFrames(latents, torch.tensor(mask))
+    return KnownFrames(latents, mask)
 
 
 def test_few_step_sampler_keeps_known_frames_on_their_noising_path():
@@ -96,7 +96,7 @@ def test_few_step_sampler_keeps_known_frames_on_their_noising_path():
 
     noise = torch.randn_like(target)
     out = sample_few_step(oracle, noise, steps, schedule, torch.Generator().manual_seed(0), known=known)
-    m = known.mask
+    m = torch.tensor(known.mask)
     assert torch.equal(out[:, :, m], known.latents[:, :, m])  # exactly, not approximately
     assert torch.allclose(out[:, :, ~m], target[:, :, ~m], atol=1e-5)
     replay = torch.Generator().manual_seed(0)  # the sampler's re-noising draws, one per later step
@@ -118,7 +118,7 @@ def test_euler_sampler_keeps_known_frames_on_the_straight_path():
         return noise - target
 
     out = sample_euler(flow, noise, steps, schedule, known=known)
-    m = known.mask
+    m = torch.tensor(known.mask)
     assert torch.equal(out[:, :, m], known.latents[:, :, m])
     assert torch.allclose(out[:, :, ~m], target[:, :, ~m], atol=1e-5)
     for x, t in zip(seen, steps):
