@@ -79,6 +79,12 @@ LONG_ROWS = ("codec", "rolling", "sink", "full", "absolute")  # the main rows (a
 PROTOCOLS = ("occlusion", "recall")
 
 
+def die(message: str) -> None:
+    """Bad input or a missing prerequisite: one line on stderr, exit code 2 (as the CLI)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 # -- one cell -------------------------------------------------------------------------------------------------
 class Worker:
     """Per-process state: models, codec and text encoder are loaded once and reused across cells."""
@@ -220,13 +226,13 @@ def ensure_weights(keys: list[str]) -> None:
         train_contiguous()
     missing = [w for w in sorted(needed) if not (EXPORTS / f"{w}.safetensors").is_file()]
     if missing:
-        sys.exit(f"error: {', '.join(str(EXPORTS / (w + '.safetensors')) for w in missing)} missing; run `make toy-model` first")
+        die(f"{', '.join(str(EXPORTS / (w + '.safetensors')) for w in missing)} missing; run `make toy-model` first")
 
 
 def train_contiguous() -> None:
     for name in ("dmd", "teacher"):
         if not (EXPORTS / f"{name}.safetensors").is_file():
-            sys.exit(f"error: {EXPORTS / name}.safetensors missing; run `make toy-model` first")
+            die(f"{EXPORTS / name}.safetensors missing; run `make toy-model` first")
     run_dir = REPO / "runs" / "toy" / "cdmd_contiguous"
     cli = [sys.executable, "-m", "contextforcing.cli"]
     subprocess.run(cli + ["train", "cdmd", "--config", str(REPO / "configs/toy/cdmd.yaml"), f"trainer.run_dir={run_dir}",
@@ -465,7 +471,7 @@ def write_doc(doc: Path, blocks: dict[str, str]) -> None:
     for name, body in blocks.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         if not pattern.search(text):
-            sys.exit(f"error: {doc} has no '<!-- BEGIN {name} -->' ... '<!-- END {name} -->' block")
+            die(f"{doc} has no '<!-- BEGIN {name} -->' ... '<!-- END {name} -->' block")
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     tmp = doc.with_suffix(".tmp")
     tmp.write_text(text)
