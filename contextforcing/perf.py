@@ -155,9 +155,9 @@ def kv_bytes(spec: PolicySpec | str, model: ModelConfig, video: VideoConfig, dty
     if cap is None:
         return {**out, **dict.fromkeys(("attended", "allocated", "views_gather", "views_slots", "resident_gather",
                                         "resident_slots"))}
-    slots, used = ContextMemory.slot_counts(spec, video.chunk_frames, max_frames)
+    slots = ContextMemory.slot_count(spec, video.chunk_frames, max_frames)
     allocated = slots * per_frame
-    gather, rotated = (cap - video.chunk_frames) * per_frame, used * per_frame // 2
+    gather, rotated = (cap - video.chunk_frames) * per_frame, slots * per_frame // 2
     return {**out, "attended": cap * per_frame, "allocated": allocated, "views_gather": gather,
             "views_slots": rotated, "resident_gather": allocated + gather, "resident_slots": allocated + rotated}
 

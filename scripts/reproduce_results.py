@@ -11,8 +11,8 @@ below; worlds are `heldout_pairs` (seed-major held-out prompts x seeds, docs/wor
 world seed. Every cell runs on CPU with one torch thread per worker process.
 
 Needs the toy-model run (`make toy-model`: runs/toy/exports/{teacher,dmd}.safetensors) for the teacher and
-the no-CDMD rows; the contiguous-teacher row trains its own Stage 2 student first (runs/toy/cdmd_contiguous,
-about 4-8 min, resumable).
+the no-CDMD rows; the contiguous-teacher and trained-absolute-positions rows train their own Stage 2
+students first (runs/toy/cdmd_contiguous, runs/toy/cdmd_absolute: about 4-8 min each, resumable).
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ SHIPPED = "shipped"  # the packaged student (EMA of Stage 2, contextforcing/asse
 SLOW_FAST = {"sink": 3, "slow": 6, "fast": 6, "rule": "surprisal", "tau": 0.95, "interval": 2}
 TEACHER_EULER_STEPS = 16  # the grid the ODE pairs were drawn on (configs/toy/ode.yaml)
 CONTIGUOUS_WINDOW = 15  # frames the contiguous teacher sees: the student's memory budget (3 + 6 + 6)
+# Stage 2 students the script trains itself: the shipped recipe (configs/toy/cdmd.yaml from the Stage 1
+# export, same seed and steps) with one ablated choice each, so the row differs from `full` in that choice only.
+STAGE2_VARIANTS = {
+    "cdmd_contiguous": ("stage.teacher_context=contiguous", f"stage.context_window={CONTIGUOUS_WINDOW}"),
+    "cdmd_absolute": ("stage.memory.positions=absolute",),
+}
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,11 @@ ROWS = [
         options={**SLOW_FAST, "promote_on": "any_pass", "promote_scope": "per_layer"}),
     Row("contiguous", f"Stage 2 teacher on a contiguous {CONTIGUOUS_WINDOW}-frame window (released code)",
         weights="cdmd_contiguous"),
+    Row("absolute_trained", "without bounded positions, trained so (Stage 2 and inference at absolute positions)",
+        weights="cdmd_absolute", options={**SLOW_FAST, "positions": "absolute"}),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
-LONG_ROWS = ("codec", "rolling", "sink", "full", "absolute")  # the main rows (and bounded positions) at 120 s
+LONG_ROWS = ("codec", "rolling", "sink", "full", "absolute", "absolute_trained")  # the main rows (and bounded positions) at 120 s
 PROTOCOLS = ("occlusion", "recall")
 
 
@@ -212,33 +220,34 @@ def plan(args) -> list[tuple]:
             for protocol in args.protocols:
                 for key in keys:
                     path = cell_path(args.out, protocol, seconds, key, index)
-                    if key == "teacher" and index >= args.teacher_pairs:
-                        continue  # the teacher samples 4x longer than the student: a smaller set
+                    if key == "teacher" and args.teacher_pairs is not None and index >= args.teacher_pairs:
+                        continue  # the teacher samples 4x longer than the student: a smaller set when time is short
                     if not path.is_file():
                         tasks.append((protocol, key, world, str(path), str(latents)))
     return tasks
 
 
 def ensure_weights(keys: list[str]) -> None:
-    """Exports the rows need; the contiguous-teacher student is trained here if missing (resumable)."""
+    """Exports the rows need; the Stage 2 variants are trained here if missing (resumable)."""
     needed = {ROW_BY_KEY[k].weights for k in keys if ROW_BY_KEY[k].source == "model"} - {SHIPPED}
-    if "cdmd_contiguous" in needed and not (EXPORTS / "cdmd_contiguous.safetensors").is_file():
-        train_contiguous()
+    for name in sorted(needed & STAGE2_VARIANTS.keys()):
+        if not (EXPORTS / f"{name}.safetensors").is_file():
+            train_stage2_variant(name)
     missing = [w for w in sorted(needed) if not (EXPORTS / f"{w}.safetensors").is_file()]
     if missing:
         die(f"{', '.join(str(EXPORTS / (w + '.safetensors')) for w in missing)} missing; run `make toy-model` first")
 
 
-def train_contiguous() -> None:
-    for name in ("dmd", "teacher"):
-        if not (EXPORTS / f"{name}.safetensors").is_file():
-            die(f"{EXPORTS / name}.safetensors missing; run `make toy-model` first")
-    run_dir = REPO / "runs" / "toy" / "cdmd_contiguous"
+def train_stage2_variant(name: str) -> None:
+    for prerequisite in ("dmd", "teacher"):
+        if not (EXPORTS / f"{prerequisite}.safetensors").is_file():
+            die(f"{EXPORTS / prerequisite}.safetensors missing; run `make toy-model` first")
+    run_dir = REPO / "runs" / "toy" / name
     cli = [sys.executable, "-m", "contextforcing.cli"]
     subprocess.run(cli + ["train", "cdmd", "--config", str(REPO / "configs/toy/cdmd.yaml"), f"trainer.run_dir={run_dir}",
                           f"stage.init={EXPORTS / 'dmd.safetensors'}", f"stage.real_init={EXPORTS / 'teacher.safetensors'}",
-                          "stage.teacher_context=contiguous", f"stage.context_window={CONTIGUOUS_WINDOW}"], check=True)
-    subprocess.run(cli + ["export", str(run_dir), str(EXPORTS / "cdmd_contiguous.safetensors")], check=True)
+                          *STAGE2_VARIANTS[name]], check=True)
+    subprocess.run(cli + ["export", str(run_dir), str(EXPORTS / f"{name}.safetensors")], check=True)
 
 
 def run_cells(tasks: list[tuple], workers: int) -> None:
@@ -487,7 +496,8 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--long-pairs", type=int, default=16, help="held-out worlds at --long-seconds (main rows)")
     p.add_argument("--long-seconds", type=float, default=120.0)
-    p.add_argument("--teacher-pairs", type=int, default=16, help="worlds the (slow) teacher row is run on")
+    p.add_argument("--teacher-pairs", type=int, default=None,
+                   help="worlds the (slow) teacher row is run on (default: all --pairs)")
     p.add_argument("--rows", default=",".join(r.key for r in ROWS))
     p.add_argument("--long-rows", default=",".join(LONG_ROWS))
     p.add_argument("--protocols", default=",".join(PROTOCOLS))

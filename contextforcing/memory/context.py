@@ -137,7 +137,7 @@ class ContextMemory:
         self.spec, self.layout, self.rotate_keys, self.view_mode = spec, layout, key_rotation, view_mode
         params = tier_params(spec, layout.chunk_frames)
         self.bounded = params.capacity is not None
-        slots, self.used_slots = self.slot_counts(spec, layout.chunk_frames, max_frames)
+        slots = self.slot_count(spec, layout.chunk_frames, max_frames)
         opts = spec.options
         self.promote_any_pass = getattr(opts, "promote_on", "commit") == "any_pass"
         per_layer = getattr(opts, "promote_scope", "global") == "per_layer"
@@ -148,9 +148,8 @@ class ContextMemory:
         shape = (batch, slots, layout.tokens_per_frame, layout.num_heads, layout.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
-        # slots mode: rotated keys aligned with the slots ever used (what the gather mode copies every chunk)
-        rotated = (batch, self.used_slots, *shape[2:])
-        self.k_rot = ([torch.zeros(rotated, device=device, dtype=dtype) for _ in range(layout.num_layers)]
+        # slots mode: rotated keys aligned with the slots (what the gather mode copies every chunk)
+        self.k_rot = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
                       if view_mode == "slots" else [])
         self._views: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layout.num_layers  # gather mode
         self._contexts: list[ContextView | None] = [None] * layout.num_layers  # slots mode, set per plan
@@ -165,26 +164,19 @@ class ContextMemory:
         self._recaching = False
 
     @staticmethod
-    def slot_counts(spec: PolicySpec, chunk_frames: int, max_frames: int | None = None) -> tuple[int, int]:
-        """(slots allocated, slots ever used) of a policy's store.
-
-        The free list hands out never-used slots in ascending order and reuses released ones first, so
-        the slots ever used are [0, n) for n the most the policy holds at once; the slots view reads
-        within that range (`_slot_mask` checks it) and its rotated keys cover only it.
-        """
+    def slot_count(spec: PolicySpec, chunk_frames: int, max_frames: int | None = None) -> int:
+        """Slots of a policy's store: the most frames it holds at once (the free list raises beyond)."""
         params = tier_params(spec, chunk_frames)
         if params.capacity is None:
             if max_frames is None:
                 raise UserError("an unbounded memory policy ('full') needs the video length (max_frames)")
-            return max_frames, max_frames
+            return max_frames
         # EMA folding keeps up to a sink's worth of evicted frames until their group is complete.
         held = params.capacity + (params.sink if params.ema_alpha is not None else 0)
-        # Promotion on a noisy pass stages its copy before the commit evicts the oldest slow frame; a
-        # commit-time promotion frees the evicted copy first and needs no staging slot. One is allocated
-        # for every slow memory all the same (docs/performance.md: a slot that could be dropped).
+        # Promotion on a noisy pass stages its copy before the commit evicts the oldest slow frame, so it
+        # needs one staging slot; a commit-time promotion frees the evicted copy first and needs none.
         staged = getattr(spec.options, "promote_on", "commit") == "any_pass" and params.rule == "surprisal"
-        slow = 1 if params.slow else 0
-        return held + slow, held + (slow if staged else 0)
+        return held + (1 if staged and params.slow else 0)
 
     def fresh(self, view_mode: str | None = None) -> "ContextMemory":
         """A new, empty memory like this one (policy, sizes, rotation, device, dtype), in `view_mode`."""
@@ -274,10 +266,7 @@ class ContextMemory:
         when it attends all of them (the steady state, except right after a deduplicated promotion)
         there is no mask, which keeps unmasked attention kernels (flash) available on GPU.
         """
-        top = max(active, default=-1) + 1
-        if top > self.used_slots:
-            raise RuntimeError(f"slot {top - 1} is beyond the {self.used_slots} slots the policy can use")
-        g.extent = max(g.extent, top)
+        g.extent = max(g.extent, max(active, default=-1) + 1)
         if len(active) == g.extent:
             return None
         attended = [False] * g.extent
