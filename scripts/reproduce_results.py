@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -26,6 +27,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -349,6 +351,60 @@ QUALITY_COLUMNS = [
 ]
 
 
+BOOTSTRAP_RESAMPLES = 2000
+BASELINE = "full"
+
+
+def per_world(cells: list[dict], bucket: str) -> dict[tuple, float]:
+    """World (prompt, seed) -> its mean error at return in `bucket`, a missing return scored as 1: defined
+    for every world that has the bucket, so two rows can be compared world by world."""
+    values = {}
+    for c in cells:
+        v = c["metrics"]["restoration"]["buckets"][bucket]["return_error"]
+        if v is not None:
+            values[(c["prompt"], c["seed"])] = v
+    return values
+
+
+def paired_difference(row: dict[tuple, float], base: dict[tuple, float]) -> str:
+    """Median over the shared worlds of (row - baseline), its 95% bootstrap interval (worlds resampled,
+    fixed seed), and in how many worlds the row's error is lower / higher than the baseline's."""
+    shared = sorted(row.keys() & base.keys())
+    if not shared:
+        return "n/a"
+    d = np.array([row[w] - base[w] for w in shared])
+    rng = np.random.default_rng(0)
+    boot = np.median(d[rng.integers(0, len(d), (BOOTSTRAP_RESAMPLES, len(d)))], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    lower, higher = int((d < 0).sum()), int((d > 0).sum())
+    return (f"{np.median(d):+.3f} [{lo:+.3f}, {hi:+.3f}]; lower in {lower}/{len(d)}, higher in {higher} "
+            f"(p = {sign_test(lower, higher):.2g})")
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test over the untied worlds: P(a split at least this uneven | no difference)."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_table(out: Path, protocols, seconds: float, keys) -> str:
+    """Every row against the full method, world by world (mid and long occlusions)."""
+    buckets = ("mid", "long")
+    head = "| row | " + " | ".join(f"{p}, {b}" for p in protocols for b in buckets) + " |"
+    lines = [head, "|" + "---|" * (len(protocols) * len(buckets) + 1)]
+    for key in keys:
+        if key == BASELINE:
+            continue
+        cols = []
+        for protocol in protocols:
+            base_cells, cells = (load_cells(out, protocol, seconds, k) for k in (BASELINE, key))
+            cols += [paired_difference(per_world(cells, b), per_world(base_cells, b)) for b in buckets]
+        lines.append(f"| {ROW_BY_KEY[key].label} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
+
+
 def tables(args) -> dict[str, str]:
     s, ls = args.seconds, args.long_seconds
     return {
@@ -357,6 +413,8 @@ def tables(args) -> dict[str, str]:
         "quality": table(args.out, "occlusion", s, args.rows, QUALITY_COLUMNS),
         "fixed": "\n\n".join(f"*{p}*\n\n" + table(args.out, p, s, args.rows, FIXED_COLUMNS + PENALISED_COLUMNS)
                               for p in args.protocols),
+        "paired": f"*{s:g} s*\n\n" + paired_table(args.out, args.protocols, s, args.rows)
+                  + f"\n\n*{ls:g} s*\n\n" + paired_table(args.out, args.protocols, ls, args.long_rows),
         "long": "\n\n".join(f"*{p}, {ls:g} s*\n\n" + table(args.out, p, ls, args.long_rows, RETURN_COLUMNS + RETURNED_COLUMNS + QUALITY_COLUMNS[:1])
                             for p in args.protocols),
     }
@@ -408,7 +466,8 @@ def figures(args) -> list[str]:
         for ax, name in zip(axes, ("fidelity", "drift")):
             curves = np.array([[np.nan if v is None else v for v in c["metrics"][f"{name}_curve"]] for c in cells], float)
             t = cells[0]["metrics"][f"{name}_curve_t"]
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # a time where every world is hidden has no value: a gap
+                warnings.simplefilter("ignore", RuntimeWarning)
                 ax.plot(t, np.nanmedian(curves, axis=0), label=key, lw=2.5 if key == "full" else 1.2)
     axes[0].set_ylabel("palette fidelity (median over worlds)")
     axes[1].set_ylabel("background drift (median over worlds)")
@@ -429,6 +488,8 @@ def strip(args, protocol: str, fig_dir: Path, plt) -> str | None:
     if not path0.is_file():
         return None
     occ = json.loads(path0.read_text())["metrics"]["restoration"]["occlusions"]
+    if not occ:
+        return None
     longest = int(np.argmax([o["seconds"] for o in occ]))
     rows = []
     for key in keys:
@@ -474,14 +535,42 @@ def environment(args) -> str:
             f"{time.strftime('%Y-%m-%d')}.")
 
 
+BLOCKS = ("recall", "occlusion", "quality", "paired", "fixed", "long", "environment")  # what write_doc fills
+
+
+def _block(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+
+
+def check_doc(doc: Path) -> None:
+    """Before any generation: the document exists and has every block the report fills."""
+    if not doc.is_file():
+        die(f"{doc} not found (the document the tables are written into)")
+    text = doc.read_text()
+    missing = [name for name in BLOCKS if not _block(name).search(text)]
+    if missing:
+        die(f"{doc} has no '<!-- BEGIN {missing[0]} -->' ... '<!-- END {missing[0]} -->' block")
+
+
+def check_worlds(args) -> None:
+    """Before any generation: every world's occlusion schedule fits its length."""
+    from contextforcing.data.world.heldout import heldout_pairs
+    from contextforcing.data.world.track import simulate
+    from contextforcing.errors import UserError
+
+    for seconds, count in ((args.seconds, args.pairs), (args.long_seconds, args.long_pairs)):
+        for world in heldout_pairs(min(count, 1), seconds):
+            try:
+                simulate(world)
+            except UserError as e:
+                die(f"held-out worlds of {seconds:g} s: {e}")
+
+
 def write_doc(doc: Path, blocks: dict[str, str]) -> None:
     """Replace each `<!-- BEGIN name -->...<!-- END name -->` block of `doc`; the prose around them is kept."""
     text = doc.read_text()
     for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
-        if not pattern.search(text):
-            die(f"{doc} has no '<!-- BEGIN {name} -->' ... '<!-- END {name} -->' block")
-        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+        text = _block(name).sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     tmp = doc.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, doc)
@@ -508,14 +597,16 @@ def parse_args(argv=None):
         setattr(args, name, [x for x in getattr(args, name).split(",") if x])
     unknown = [k for k in args.rows + args.long_rows if k not in ROW_BY_KEY] + [p for p in args.protocols if p not in PROTOCOLS]
     if unknown:
-        p.error(f"unknown row or protocol: {', '.join(unknown)} (rows: {', '.join(ROW_BY_KEY)})")
+        die(f"unknown row or protocol: {', '.join(unknown)} (rows: {', '.join(ROW_BY_KEY)})")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     LIMITS.update({args.seconds: args.pairs, args.long_seconds: args.long_pairs})
+    check_doc(args.doc)
     if not args.report_only:
+        check_worlds(args)
         ensure_weights(args.rows + (args.long_rows if args.long_pairs else []))
         tasks = plan(args)
         print(f"{len(tasks)} cells to generate ({args.workers} workers)", flush=True)
@@ -523,6 +614,7 @@ def main(argv=None) -> int:
     blocks = tables(args)
     figs = figures(args)
     blocks["environment"] = environment(args)
+    assert blocks.keys() == set(BLOCKS), "tables() and BLOCKS disagree"
     write_doc(args.doc, blocks)
     print(f"wrote {args.doc} and {', '.join(figs)}")
     return 0
