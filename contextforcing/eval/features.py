@@ -166,6 +166,22 @@ def _need(state: dict, *keys: str, what: str) -> None:
         raise UserError(f"weights file is not an original-layout {what} checkpoint (missing {', '.join(missing[:3])})")
 
 
+def _timm_vit_keys(state: dict, depth: int, layers: str, norms: tuple[str, str]) -> dict:
+    """The keys a timm-style ViT (blocks.N.*) shares with transformers' ViT and DINOv2 models: embeddings,
+    final norm, and per block the attention, MLP and the two norms (named `norms` in the target)."""
+    new = {"embeddings.cls_token": state["cls_token"], "embeddings.position_embeddings": state["pos_embed"],
+           "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+           "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+    for i in range(depth):
+        src, dst = f"blocks.{i}", f"{layers}.{i}"
+        new.update(_split_qkv(state[f"{src}.attn.qkv.weight"], state[f"{src}.attn.qkv.bias"], f"{dst}.attention"))
+        for a, b in (("attn.proj", "attention.o_proj"), ("norm1", norms[0]), ("norm2", norms[1]),
+                     ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            new[f"{dst}.{b}.weight"], new[f"{dst}.{b}.bias"] = state[f"{src}.{a}.weight"], state[f"{src}.{a}.bias"]
+    return new
+
+
 def _vit_from_original(state: dict):
     """facebookresearch/dino ViT -> transformers ViTModel (without pooler)."""
     from transformers import ViTConfig, ViTModel
@@ -177,16 +193,7 @@ def _vit_from_original(state: dict):
     config = ViTConfig(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=max(1, dim // HEAD_DIM),
                        intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0], patch_size=patch,
                        image_size=grid * patch, layer_norm_eps=1e-6, qkv_bias=True)
-    new = {"embeddings.cls_token": state["cls_token"], "embeddings.position_embeddings": state["pos_embed"],
-           "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
-    for i in range(depth):
-        src, dst = f"blocks.{i}", f"layers.{i}"
-        new.update(_split_qkv(state[f"{src}.attn.qkv.weight"], state[f"{src}.attn.qkv.bias"], f"{dst}.attention"))
-        for a, b in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
-                     ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            new[f"{dst}.{b}.weight"], new[f"{dst}.{b}.bias"] = state[f"{src}.{a}.weight"], state[f"{src}.{a}.bias"]
+    new = _timm_vit_keys(state, depth, "layers", ("layernorm_before", "layernorm_after"))
     model = ViTModel(config, add_pooling_layer=False)
     _load_exact(model, new)
     return model
@@ -208,17 +215,10 @@ def _dinov2_from_original(state: dict):
     config = Dinov2Config(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=max(1, dim // HEAD_DIM),
                           mlp_ratio=_ratio(state["blocks.0.mlp.fc1.weight"].shape[0], dim), patch_size=patch,
                           image_size=grid * patch, layer_norm_eps=1e-6)
-    new = {"embeddings.cls_token": state["cls_token"], "embeddings.position_embeddings": state["pos_embed"],
-           "embeddings.mask_token": state.get("mask_token", state["cls_token"].new_zeros(1, dim)).reshape(1, dim),
-           "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+    new = _timm_vit_keys(state, depth, "encoder.layer", ("norm1", "norm2"))
+    new["embeddings.mask_token"] = state.get("mask_token", state["cls_token"].new_zeros(1, dim)).reshape(1, dim)
     for i in range(depth):
         src, dst = f"blocks.{i}", f"encoder.layer.{i}"
-        new.update(_split_qkv(state[f"{src}.attn.qkv.weight"], state[f"{src}.attn.qkv.bias"], f"{dst}.attention"))
-        for a, b in (("attn.proj", "attention.o_proj"), ("norm1", "norm1"), ("norm2", "norm2"),
-                     ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
-            new[f"{dst}.{b}.weight"], new[f"{dst}.{b}.bias"] = state[f"{src}.{a}.weight"], state[f"{src}.{a}.bias"]
         new[f"{dst}.layer_scale1.lambda1"] = state[f"{src}.ls1.gamma"]
         new[f"{dst}.layer_scale2.lambda1"] = state[f"{src}.ls2.gamma"]
     model = Dinov2Model(config)
