@@ -109,7 +109,7 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
         latencies.append(chunk.seconds + decode_times[-1])
         model_times.append(chunk.seconds)
         peaks.append(peak_memory_bytes(pipe.device))
-        attended.append(_attended_frames(chunk.trace))
+        attended.append(chunk.plan.attended_frames)
         cost = perf.chunk_cost(pipe.model.config, video, attended[-1], steps=len(stream.steps),
                                frames=chunk.latents.shape[2], batch=stream.batch)
         flops.append(cost.total * len(stream.branches) + (perf.prompt_flops(pipe.model.config) if chunk.index == 0 else 0))
@@ -145,11 +145,6 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     for a, b in windows_parsed:
         result["windows"][f"{a}:{b}"] = statistics.median(latencies[a:b])
     return result
-
-
-def _attended_frames(trace: dict) -> int:
-    """Latent frames a chunk attended, itself included (the trace's fast list holds the current chunk)."""
-    return len(trace["sink"]) + len(trace["slow"]) + len(trace["fast"])
 
 
 def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:

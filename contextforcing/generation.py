@@ -19,7 +19,7 @@ from tqdm import tqdm
 from contextforcing.config import Preset, SamplingConfig, VideoConfig, from_dict, get_preset, to_dict
 from contextforcing.data.video import VideoWriter, check_writable, read_video, write_json_atomic
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import PolicySpec, make_spec, tier_params
+from contextforcing.memory.policies import MemorySpec, make_spec, tier_params
 from contextforcing.sampling.stream import VideoStream, stream_video
 
 
@@ -246,7 +246,7 @@ def encode_prompts(pipeline: Pipeline, prompts: list[str]) -> dict[str, torch.Te
             torch.cuda.empty_cache()
 
 
-def validate_memory(name: str, options: dict, chunk_frames: int) -> PolicySpec:
+def validate_memory(name: str, options: dict, chunk_frames: int) -> MemorySpec:
     spec = make_spec(name, options)
     tier_params(spec, chunk_frames)  # raises on impossible sizes before any work is done
     return spec
@@ -434,7 +434,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
             for chunk in stream_video(stream, num_frames, generator=generator, switches=switches,
                                       flush_on_switch=req.flush_on_switch):
                 writer.write(to_uint8_frames(decoder.decode(chunk.latents.float())[0]))
-                records.append({"seconds": chunk.seconds, **chunk.trace})
+                records.append({"seconds": chunk.seconds, **chunk.trace()})
                 bar.update()
         except KeyboardInterrupt:
             interrupted = True

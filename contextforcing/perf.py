@@ -26,7 +26,7 @@ import torch
 
 from contextforcing.config import ModelConfig, Preset, SamplingConfig, VideoConfig
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import POLICY_OPTIONS, PolicySpec, make_spec, tier_params
+from contextforcing.memory.policies import POLICY_OPTIONS, MemorySpec, make_spec, tier_params
 
 POLICIES = tuple(POLICY_OPTIONS)
 
@@ -76,13 +76,13 @@ def tokens_per_chunk(model: ModelConfig, video: VideoConfig, frames: int | None 
     return (video.chunk_frames if frames is None else frames) * video.tokens_per_frame(model)
 
 
-def policy_capacity(spec: PolicySpec | str, chunk_frames: int) -> int | None:
+def policy_capacity(spec: MemorySpec | str, chunk_frames: int) -> int | None:
     """Most latent frames one chunk attends (current chunk included); None for the unbounded `full`."""
     spec = make_spec(spec) if isinstance(spec, str) else spec
     return tier_params(spec, chunk_frames).capacity
 
 
-def attended_frames_bound(spec: PolicySpec | str, chunk_frames: int, chunk_index: int) -> int:
+def attended_frames_bound(spec: MemorySpec | str, chunk_frames: int, chunk_index: int) -> int:
     """Upper bound on the frames chunk `chunk_index` attends (itself included): every frame so far,
     capped by the policy's capacity. Bounded policies reach it once their tiers are full; for
     `slow_fast` that needs a full slow memory (promotion-dependent, around chunk 26 with the defaults
@@ -133,13 +133,14 @@ def chunk_cost(model: ModelConfig, video: VideoConfig, attended_frames: int, *, 
 
 
 # -- memory ------------------------------------------------------------------------------------------------
-def kv_bytes(spec: PolicySpec | str, model: ModelConfig, video: VideoConfig, dtype: torch.dtype,
+def kv_bytes(spec: MemorySpec | str, model: ModelConfig, video: VideoConfig, dtype: torch.dtype,
              max_frames: int | None = None) -> dict:
     """Bytes of the context memory of one stream (batch 1).
 
     `attended`: the capacity the policy attends (itself included) x frame bytes x layers.
-    `allocated`: the K/V store `ContextMemory` preallocates (capacity + EMA fold staging + one promotion
-    staging slot); `full` needs `max_frames`. What reading the store costs on top, per view mode:
+    `allocated`: the K/V store `ContextMemory` preallocates (capacity, plus a sink's worth of slots for EMA
+    folding, plus one staging slot only for a tiered surprisal promotion decided on noisy passes);
+    `full` needs `max_frames`. What reading the store costs on top, per view mode:
     `views_gather`: the gathered, rotated K and the gathered V of the stored frames a chunk attends, which the
     gather view keeps per layer for the whole chunk (the reference; before issue #7 §3);
     `views_slots`: the slots view's rotated-key buffers, one per layer over the slots the policy can use (the default).
@@ -205,7 +206,7 @@ def measure_peak_tflops(device: torch.device | str, dtype: torch.dtype, budget_s
     return best, f"measured: best of {repeats} {n}x{n} {str(dtype).replace('torch.', '')} matmuls on {device}{threads}"
 
 
-def report(preset: Preset, spec: PolicySpec | str = "slow_fast", *, peak_tflops: float | None = None,
+def report(preset: Preset, spec: MemorySpec | str = "slow_fast", *, peak_tflops: float | None = None,
            steps: int | None = None, dtype: torch.dtype = torch.bfloat16, chunk_index: int | None = None) -> str:
     """The floor arithmetic as text (the benchmark prints it; docs/performance.md quotes it)."""
     spec = make_spec(spec) if isinstance(spec, str) else spec

@@ -1,6 +1,6 @@
-"""How often torch.compile traces the cached chunk forward along a stream, per view mode (issue #7 §3).
+"""How often torch.compile traces the cached chunk forward along a stream, slots view vs the gather reference.
 
-Streams the same model twice per view mode of `ContextMemory`, eagerly and through
+Streams the same model twice per read path (the library's slots view, the tests' gather reference), eagerly and through
 `torch.compile(model, dynamic=False)`, and prints after selected chunks how many graphs dynamo has traced
 (a new graph is a compilation), the largest output difference to eager, and the median chunk latency of
 both after the first chunk. With the slots view the count stops growing after the first chunks; with the
@@ -15,15 +15,22 @@ import argparse
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
 from contextforcing.config import SamplingConfig
 from contextforcing.generation import random_init_pipeline
-from contextforcing.memory.context import VIEW_MODES
 from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "memory"))
+from gather_reference import use_gather  # noqa: E402  (the slow reference read path lives with the tests)
+
+VIEW_MODES = ("slots", "gather")  # the library's slots view, and the gather reference
 
 
 def run(pipe, text, memory: str, view_mode: str, chunks: int, backend: str) -> None:
@@ -34,7 +41,8 @@ def run(pipe, text, memory: str, view_mode: str, chunks: int, backend: str) -> N
     streams = [VideoStream(m, text, make_spec(memory), video, SamplingConfig(), max_frames=chunks * video.chunk_frames)
                for m in (pipe.model, compiled)]
     for stream in streams:
-        stream.branches[0].memory = stream.memory.fresh(view_mode)
+        if view_mode == "gather":
+            use_gather(stream)
     generators = [torch.Generator(pipe.device).manual_seed(0) for _ in streams]
     times: list[list[float]] = [[], []]
     report = {1, 2, 5, 10, 20, chunks}

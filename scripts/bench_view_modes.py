@@ -1,6 +1,6 @@
-"""Slots view vs gather reference (issue #7 §3): an interleaved A/B of chunk latency on one machine.
+"""Slots view vs the gather reference (tests/memory/gather_reference.py): an interleaved A/B of chunk latency on one machine.
 
-Two streams of the same model, seed and policy, one per view mode of `ContextMemory`, step chunk by chunk
+Two streams of the same model, seed and policy, one with the library's memory and one with the test suite's gather reference, step chunk by chunk
 *alternately*, so load changes on a shared machine hit both equally. Prints the median chunk latency of
 each mode over chunk windows (while the memory fills, and once it is full), their ratio, and the bytes
 each memory holds to read its store (rotated-key buffers vs the copies of the last chunk).
@@ -14,20 +14,28 @@ import argparse
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 
 from contextforcing.bench import parse_windows
 from contextforcing.config import SamplingConfig
 from contextforcing.generation import random_init_pipeline
-from contextforcing.memory.context import VIEW_MODES
 from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "memory"))
+from gather_reference import use_gather  # noqa: E402  (the slow reference read path lives with the tests)
+
+VIEW_MODES = ("slots", "gather")  # the library's slots view, and the gather reference
 
 
 def stream_in_mode(pipe, text, memory: str, view_mode: str, max_frames: int) -> VideoStream:
     """A VideoStream whose memory reads its store in `view_mode` (the stream builds the default mode)."""
     stream = VideoStream(pipe.model, text, make_spec(memory), pipe.preset.video, SamplingConfig(), max_frames=max_frames)
-    stream.branches[0].memory = stream.memory.fresh(view_mode)
+    if view_mode == "gather":
+        use_gather(stream)
     return stream
 
 

@@ -1,7 +1,13 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from contextforcing.config import ModelConfig, VideoConfig
+
+# The memory's independent references (policy_reference, gather_reference, ...) serve tests in other folders too.
+sys.path.insert(0, str(Path(__file__).parent / "memory"))
 
 
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra threads make

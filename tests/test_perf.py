@@ -10,6 +10,7 @@ from contextforcing.config import PRESETS, SamplingConfig
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.cross import CrossAttentionCache
 from contextforcing.memory.policies import make_spec
+from gather_reference import GatherMemory
 from contextforcing.model.wan import CausalWanModel, build_model
 from contextforcing.sampling.stream import VideoStream
 
@@ -69,19 +70,23 @@ def test_attended_frames_per_policy_and_full_grows():
     assert [perf.attended_frames_bound("slow_fast", 3, c) for c in (0, 5, 6, 500)] == [3, 18, 21, 21]
 
 
+MEMORY_CLASSES = {"slots": ContextMemory, "gather": GatherMemory}
+
+
 def steady_memory(spec, layout, view_mode, **kwargs) -> ContextMemory:
     """A memory driven (bookkeeping only, commit passes of zeros) to a chunk that attends its full capacity,
     with every layer's view of that chunk built."""
-    memory = ContextMemory(spec, layout, key_rotation=lambda k, p: k.flatten(1, 2), view_mode=view_mode, **kwargs)
+    memory = MEMORY_CLASSES[view_mode](spec, layout, key_rotation=lambda k, p: k.flatten(1, 2), **kwargs)
     capacity = perf.policy_capacity(spec, layout.chunk_frames)
     c = layout.chunk_frames
     kv = torch.zeros(1, c * layout.tokens_per_frame, layout.num_heads, layout.head_dim).to(memory.k[0])
     for chunk in range(100):
         plan = memory.begin_chunk(chunk * c, c)
-        if capacity is not None and len(plan.entries) == capacity - c:
+        if capacity is not None and len(plan.context) == capacity - c:
             break
+        memory.begin_pass(commit=True)
         for layer in range(layout.num_layers):
-            memory.write(layer, kv, kv, commit=True)
+            memory.layer(layer).keys_values(kv, kv, kv)
         memory.commit()
     for layer in range(layout.num_layers):
         memory.view(layer)
@@ -101,8 +106,8 @@ def test_kv_bytes_match_the_tensors_a_memory_holds(view_mode):
         assert kv["allocated"] == memory.nbytes(), name
         assert kv[f"views_{view_mode}"] == memory.view_nbytes(), name
         assert kv["frame_bytes_all_layers"] == 2 * 16 * 64 * 4 * 2
-    full = ContextMemory(make_spec("full"), layout, key_rotation=lambda k, p: k.flatten(1, 2), max_frames=30,
-                         view_mode=view_mode)
+    full = MEMORY_CLASSES[view_mode](make_spec("full"), layout, key_rotation=lambda k, p: k.flatten(1, 2),
+                                     max_frames=30)
     assert perf.kv_bytes("full", m, v, torch.float32, max_frames=30)["allocated"] == full.nbytes()
     assert perf.kv_bytes("full", m, v, torch.float32)["allocated"] is None  # unbounded without a length
 
@@ -137,7 +142,7 @@ def test_counted_flops_of_streamed_chunks_equal_the_model(policy, chunks, checke
                 step()
             continue
         flops = counted(step)
-        trace = stream.memory.trace[-1]
+        trace = stream.last_plan.to_json()
         attended = len(trace["sink"]) + len(trace["slow"]) + len(trace["fast"])
         computed = stream.memory.key_frames()
         expected = perf.chunk_cost(cfg, video, computed, steps=len(stream.steps)).total
@@ -163,7 +168,7 @@ def test_counted_flops_of_one_cached_forward_on_wan_1_3b_shapes():
     start = 0
     while True:  # bookkeeping only: run the policy until a chunk attends its full capacity
         plan = memory.begin_chunk(start, 3)
-        if len(plan.entries) == 18:
+        if len(plan.context) == 18:
             break
         memory.commit()
         start += 3

@@ -11,6 +11,8 @@ class CrossAttentionCache:
     The model fills it during its first forward with this prompt (each block projects its own text
     keys/values inside its forward, so sharded blocks gather their weights once) and reuses it after.
     A prompt switch makes a new cache (the old one is simply dropped), so nothing stale survives.
+    Inference only: a training rollout hands the model the text tensor itself (`VideoStream(trainable=True)`),
+    because a cached projection would carry a stale graph or cut the text weights out of the gradient.
     """
 
     def __init__(self, text: torch.Tensor):

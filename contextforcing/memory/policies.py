@@ -1,14 +1,21 @@
 """Memory policies: which stored latent frames a chunk attends, in which tier, at which position.
 
 A policy is host-side bookkeeping in Python ints; it never touches tensors. `ContextMemory` asks it for a
-plan before each chunk and tells it about each commit; the policy answers with the frames to evict,
-promote and fold. Every scheme of the field is one configuration of the same tiered mechanism:
+plan (`memory.plan.ChunkPlan`) before each chunk and tells it about each commit; the policy answers with
+the frames to evict, promote and fold. Every scheme of the field is one configuration of one of two
+layouts:
 
+`tiered` (every policy; Context Forcing as the paper describes it)
   tier   what it holds                                        used by
   sink   the first `sink` committed frames, pinned             sink, relative, ema_sink, slow_fast
   slow   copies of promoted keyframes, FIFO of size `slow`     slow_fast
   fast   the most recent frames; `window` counts the current   all (full: unbounded)
          chunk too, so a chunk sees window - chunk cached ones
+
+`released` (slow_fast only: the official Context Forcing code's cache, `ReleasedPolicy`)
+  one plain cache of sink + slow + fast slots that fills in frame order; once full only the last `fast`
+  slots roll, and a promoted keyframe overwrites context slot sink + k (k-th promotion; FIFO once the
+  context slots hold promotions only). See `ReleasedPolicy` for the four rules.
 
 Positions: `absolute` gives each frame its own index (grows with the video); `bounded` puts the sink at
 0..S-1 and every other attended frame contiguously, ending at min(t, capacity - 1) where t is the
@@ -23,10 +30,10 @@ from dataclasses import dataclass, field
 
 from contextforcing.config import from_dict
 from contextforcing.errors import UserError
+from contextforcing.memory.plan import Attended, ChunkPlan
 
-TIERS = ("sink", "slow", "fast")
 
-
+# -- options: what a user sets --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FullOptions:
     """Every past frame at its absolute position (CausVid / Self-Forcing as trained)."""
@@ -67,9 +74,10 @@ class SlowFastOptions:
     tau: float = 0.95  # promote when cos(mean key of this chunk, of the previous chunk) < tau
     interval: int = 2  # surprisal: check every `interval` chunks; uniform: promote every `interval` chunks
     positions: str = "bounded"  # bounded | absolute (the "w/o bounded PE" ablation)
-    promote_on: str = "commit"  # commit: decide on the clean commit pass; any_pass: released code, noisy passes too
+    promote_on: str = "commit"  # commit: decide on the clean commit pass; any_pass: noisy passes too (released)
     promote_scope: str = "global"  # global: one decision for all layers; per_layer: released code
     dedupe: bool = True  # never attend a frame twice (slow copy and fast original)
+    layout: str = "tiered"  # tiered | released: the official code's cache, exactly (sets the four switches above)
 
 
 POLICY_OPTIONS = {
@@ -86,12 +94,20 @@ _CHOICES = {
     "positions": ("bounded", "absolute"),
     "promote_on": ("commit", "any_pass"),
     "promote_scope": ("global", "per_layer"),
+    "layout": ("tiered", "released"),
 }
+
+# What `layout=released` fixes: the released code decides on every pass (noisy ones too), per layer,
+# every chunk, attends a promoted frame's copy beside the frame itself, with bounded positions.
+RELEASED_SWITCHES = {"rule": "surprisal", "promote_on": "any_pass", "promote_scope": "per_layer", "interval": 1,
+                     "dedupe": False, "positions": "bounded"}
 
 
 @dataclass(frozen=True)
-class PolicySpec:
-    """A resolved policy: its name and its typed options."""
+class MemorySpec:
+    """A resolved memory: a policy name and its typed options. `contextforcing.Memory` is this class.
+
+    Build one with a named constructor (`MemorySpec.slow_fast(slow=6)`) or, from strings, `make_spec`."""
 
     name: str
     options: object
@@ -99,20 +115,66 @@ class PolicySpec:
     def to_dict(self) -> dict:
         return {"policy": self.name, **dataclasses.asdict(self.options)}
 
+    def params(self, chunk_frames: int) -> "TierParams":
+        return tier_params(self, chunk_frames)
 
-def make_spec(name: str, overrides: dict | None = None) -> PolicySpec:
+    @classmethod
+    def full(cls) -> "MemorySpec":
+        return make_spec("full")
+
+    @classmethod
+    def rolling(cls, **options) -> "MemorySpec":
+        return make_spec("rolling", options)
+
+    @classmethod
+    def sink(cls, **options) -> "MemorySpec":
+        return make_spec("sink", options)
+
+    @classmethod
+    def relative(cls, **options) -> "MemorySpec":
+        return make_spec("relative", options)
+
+    @classmethod
+    def ema_sink(cls, **options) -> "MemorySpec":
+        return make_spec("ema_sink", options)
+
+    @classmethod
+    def slow_fast(cls, **options) -> "MemorySpec":
+        return make_spec("slow_fast", options)
+
+
+def make_spec(name: str, overrides: dict | None = None) -> MemorySpec:
+    """A policy by name with `overrides` (as parsed from `--memory-opt key=value`) over its defaults."""
     if name not in POLICY_OPTIONS:
         raise UserError(f"unknown memory policy {name!r}; choose one of {', '.join(POLICY_OPTIONS)}")
-    options = from_dict(POLICY_OPTIONS[name], overrides or {}, where=f"memory policy {name!r}")
+    values = dict(overrides or {})
+    if name == "slow_fast" and values.get("layout") == "released":
+        values = _released(values)
+    options = from_dict(POLICY_OPTIONS[name], values, where=f"memory policy {name!r}")
     for key, allowed in _CHOICES.items():
         value = getattr(options, key, None)
         if value is not None and value not in allowed:
             raise UserError(f"memory option {key}={value!r} is not one of {', '.join(allowed)}")
-    return PolicySpec(name, options)
+    tau = getattr(options, "tau", 0.0)
+    if not -1.0 <= tau <= 1.0:  # a cosine similarity threshold; NaN fails too
+        raise UserError(f"memory option tau={tau!r} must be a cosine similarity in [-1, 1]")
+    return MemorySpec(name, options)
 
 
-@dataclass
+def _released(values: dict) -> dict:
+    """`layout=released` sets every released switch; giving one of them another value is a contradiction."""
+    clashes = [f"{k}={values[k]}" for k, v in RELEASED_SWITCHES.items() if k in values and values[k] != v]
+    if clashes:
+        raise UserError(f"memory option layout=released fixes {', '.join(f'{k}={v}' for k, v in RELEASED_SWITCHES.items())}; "
+                        f"drop {', '.join(clashes)}")
+    return {**values, **RELEASED_SWITCHES}
+
+
+# -- the mechanism: what the options mean ----------------------------------------------------------------
+@dataclass(frozen=True)
 class TierParams:
+    """A policy's options translated into the tiered mechanism (or the released cache)."""
+
     sink: int = 0
     slow: int = 0
     window: int | None = None  # None: unbounded
@@ -122,15 +184,22 @@ class TierParams:
     tau: float = 0.95
     interval: int = 1
     dedupe: bool = True
+    promote_on: str = "commit"  # commit | any_pass
+    per_layer: bool = False  # promotion decided per layer
+    layout: str = "tiered"  # tiered | released
 
     @property
     def capacity(self) -> int | None:
         """Most frames attended by one chunk (current included): the bounded position range."""
         return None if self.window is None else self.sink + self.slow + self.window
 
+    @property
+    def surprisal(self) -> bool:
+        return self.slow > 0 and self.rule == "surprisal"
 
-def tier_params(spec: PolicySpec, chunk_frames: int) -> TierParams:
-    """Translate named options into the tiered mechanism, validating sizes."""
+
+def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
+    """Translate named options into the mechanism, validating sizes."""
     o, name = spec.options, spec.name
     if name == "full":
         p = TierParams()
@@ -145,8 +214,9 @@ def tier_params(spec: PolicySpec, chunk_frames: int) -> TierParams:
         if not 0.0 <= o.alpha <= 1.0:
             raise UserError(f"ema_sink alpha must be in [0, 1], got {o.alpha}")
     else:
-        p = TierParams(sink=o.sink, slow=o.slow, window=o.fast, bounded=o.positions == "bounded",
-                       rule=o.rule, tau=o.tau, interval=o.interval, dedupe=o.dedupe)
+        p = TierParams(sink=o.sink, slow=o.slow, window=o.fast, bounded=o.positions == "bounded", rule=o.rule,
+                       tau=o.tau, interval=o.interval, dedupe=o.dedupe, promote_on=o.promote_on,
+                       per_layer=o.promote_scope == "per_layer", layout=o.layout)
         if o.slow > 0 and o.sink < 1:
             raise UserError("slow_fast with a slow memory needs a sink of at least 1 frame (sink=0 given)")
         if o.interval < 1:
@@ -158,38 +228,18 @@ def tier_params(spec: PolicySpec, chunk_frames: int) -> TierParams:
         raise UserError(
             f"memory window of {p.window} latent frames cannot hold the current chunk of {chunk_frames} frames"
         )
+    if p.layout == "released" and p.sink >= p.window:
+        # The k-th promotion overwrites context slot sink + k, which must hold an already cached frame.
+        raise UserError(f"layout=released needs sink < fast (got sink={p.sink}, fast={p.window})")
     return p
 
 
-@dataclass
-class Plan:
-    """What one chunk attends: ordered (tier, frame) entries of stored frames, and every position."""
-
-    start: int
-    frames: int
-    entries: list[tuple[str, int]]  # stored frames attended, in order: sink, slow, fast
-    positions: list[int]  # position of each entry
-    current_positions: list[int]  # positions of the chunk's own frames
-
-    def tier(self, name: str) -> list[int]:
-        return [f for t, f in self.entries if t == name]
-
-    def trace(self, chunk: int) -> dict:
-        current = list(range(self.start, self.start + self.frames))
-        pos: dict[str, object] = {}
-        for (tier, frame), p in zip(self.entries, self.positions):
-            key = str(frame)
-            pos[key] = [pos[key], p] if key in pos else p  # a frame attended twice lists both positions
-        for frame, p in zip(current, self.current_positions):
-            pos[str(frame)] = p
-        return {
-            "chunk": chunk,
-            "sink": self.tier("sink"),
-            "slow": self.tier("slow"),
-            "fast": self.tier("fast") + current,
-            "current": current,
-            "positions": pos,
-        }
+def bounded_positions(sink: int, others: int, frames: int, start: int, capacity: int | None) -> tuple[list[int], list[int]]:
+    """Bounded RoPE positions: the sink at 0..sink-1, then `others` attended frames and the current chunk
+    contiguously, ending at min(start + frames - 1, capacity - 1). Returns (context positions, current)."""
+    anchor = start + frames - 1 if capacity is None else min(start + frames - 1, capacity - 1)
+    first = anchor - (others + frames) + 1
+    return list(range(sink)) + list(range(first, first + others)), list(range(anchor - frames + 1, anchor + 1))
 
 
 @dataclass
@@ -205,6 +255,8 @@ class CommitChanges:
 class TieredPolicy:
     """Tier bookkeeping for one memory (one per layer when promotion is decided per layer)."""
 
+    promotes_within_chunk = False
+
     def __init__(self, params: TierParams, chunk_frames: int):
         self.p, self.chunk_frames = params, chunk_frames
         self.sink: list[int] = []
@@ -214,28 +266,28 @@ class TieredPolicy:
         self._sink_open = params.sink > 0  # still accepting frames into the sink
 
     # -- planning --------------------------------------------------------------------------------
-    def plan(self, start: int, frames: int) -> Plan:
+    def plan(self, chunk: int, start: int, frames: int) -> ChunkPlan:
         fast = self._cached_fast(start, frames)
         slow = [f for f in self.slow if not (self.p.dedupe and f in fast)]
-        entries = [("sink", f) for f in self.sink] + [("slow", f) for f in slow] + [("fast", f) for f in fast]
-        if not self.p.bounded:
-            positions = [f for _, f in entries]
-            current = list(range(start, start + frames))
+        entries = [("sink", f, False) for f in self.sink] + [("slow", f, True) for f in slow]
+        entries += [("fast", f, False) for f in fast]
+        if self.p.bounded:
+            positions, current = bounded_positions(len(self.sink), len(entries) - len(self.sink), frames, start,
+                                                   self.p.capacity)
         else:
-            anchor = start + frames - 1
-            if self.p.capacity is not None:
-                anchor = min(anchor, self.p.capacity - 1)
-            rest = len(entries) - len(self.sink) + frames
-            first = anchor - rest + 1
-            positions = list(range(len(self.sink))) + list(range(first, first + rest - frames))
-            current = list(range(anchor - frames + 1, anchor + 1))
-        return Plan(start, frames, entries, positions, current)
+            positions, current = [f for _, f, _ in entries], list(range(start, start + frames))
+        context = tuple(Attended(t, f, p, c) for (t, f, c), p in zip(entries, positions))
+        return ChunkPlan(chunk, start, frames, context, tuple(current))
 
     def _cached_fast(self, start: int, frames: int) -> list[int]:
         if self.p.window is None:
             return list(self.fast)
         oldest = start - (self.p.window - frames)
         return [f for f in self.fast if f >= oldest]
+
+    def recent_frames(self, next_start: int) -> list[int]:
+        """The cached fast frames the chunk at `next_start` will attend (a prompt switch re-encodes them)."""
+        return self._cached_fast(next_start, self.chunk_frames)
 
     # -- promotion -------------------------------------------------------------------------------
     def promotion_check(self, chunk: int, start: int) -> str:
@@ -288,13 +340,96 @@ class TieredPolicy:
             pairs.extend(zip(self.sink, group))
         return pairs
 
-    def flush(self) -> list[int]:
-        """Prompt switch with flush: drop sink and slow; the sink refills from the next commits."""
-        dropped = self.sink + self.slow
+    def flush(self) -> list[tuple[str, int]]:
+        """Prompt switch with flush: drop sink and slow; the sink refills from the next commits. Returns the
+        dropped storage entries ('main' sink frames, 'slow' copies)."""
+        dropped = [("main", f) for f in self.sink] + [("slow", f) for f in self.slow]
         self.sink, self.slow = [], []
         self._sink_open = self.p.sink > 0
         return dropped
 
-    @property
-    def pending_fold(self) -> list[int]:
-        return list(self._pending_fold)
+    def tiers(self) -> dict[str, list[int]]:
+        return {"sink": list(self.sink), "slow": list(self.slow), "fast": list(self.fast)}
+
+
+class ReleasedPolicy:
+    """The official Context Forcing inference cache (slow_fast with `layout=released`), as four rules:
+
+    1. It fills like a plain cache of `capacity` = sink + slow + fast slots: frame f lands in slot f, so
+       until the cache is full a chunk attends every past frame. Slots [sink, sink + slow) are the context
+       (slow) region, the last `fast` slots the local region; once full, only the local region rolls.
+    2. A promotion happens inside the pass that decides it (`promote`), before that pass's attention: the
+       chunk's first frame, as that pass computed it, is copied into context slot sink + k for the k-th
+       promotion (k < slow; the frame there is dropped), later into the last context slot after the
+       context region rolls by one (FIFO). The chunk attends the copy from that pass on.
+    3. Every chunk whose first frame is at least `fast` is checked (no interval), on every pass.
+    4. (In `ContextMemory`) similarity is decided per layer, averaging per-sample cosines over the batch.
+    Positions are the slot indices: sink 0..sink-1, everything else contiguous up to min(t, capacity - 1).
+    """
+
+    promotes_within_chunk = True
+
+    def __init__(self, params: TierParams, chunk_frames: int):
+        self.p, self.chunk_frames = params, chunk_frames
+        self.capacity = params.capacity
+        self.slots: list[tuple[str, int]] = []  # cached entries in slot order: ('main', frame) or ('slow', frame)
+        self.promotions = 0
+        self._chunk: ChunkPlan | None = None
+
+    def _tier(self, slot: int) -> str:
+        if slot < self.p.sink:
+            return "sink"
+        return "slow" if slot < self.p.sink + self.p.slow else "fast"
+
+    def plan(self, chunk: int, start: int, frames: int) -> ChunkPlan:
+        context = tuple(Attended(self._tier(i), f, i, kind == "slow") for i, (kind, f) in enumerate(self.slots))
+        first = len(self.slots)
+        self._chunk = ChunkPlan(chunk, start, frames, context, tuple(range(first, first + frames)))
+        return self._chunk
+
+    def recent_frames(self, next_start: int) -> list[int]:
+        """Frames of the last `fast - chunk` that are still cached as themselves, outside the sink."""
+        oldest = next_start - (self.p.window - self.chunk_frames)
+        return [f for i, (kind, f) in enumerate(self.slots) if kind == "main" and i >= self.p.sink and f >= oldest]
+
+    def promotion_check(self, chunk: int, start: int) -> str:
+        return "ask" if self.p.slow and start >= self.p.window else "no"
+
+    def promote(self, start: int) -> tuple[ChunkPlan, tuple[str, int]]:
+        """Copy the current chunk's first frame into the context region now; returns the chunk's new plan
+        and the entry it displaced."""
+        s, n = self.p.sink, self.p.slow
+        if self.promotions < n:
+            dropped, self.slots[s + self.promotions] = self.slots[s + self.promotions], ("slow", start)
+        else:
+            dropped = self.slots.pop(s)
+            self.slots.insert(s + n - 1, ("slow", start))
+        self.promotions += 1
+        c = self._chunk
+        return self.plan(c.chunk, c.start, c.frames), dropped
+
+    def commit(self, start: int, frames: int, promote: bool) -> CommitChanges:
+        """Append the chunk; then roll the local region so that the next chunk fits."""
+        assert not promote, "the released cache promotes inside the pass (promote), never at commit"
+        changes = CommitChanges()
+        self.slots += [("main", f) for f in range(start, start + frames)]
+        local = self.p.sink + self.p.slow
+        while len(self.slots) + self.chunk_frames > self.capacity:
+            kind, frame = self.slots.pop(local)
+            changes.evicted.append(frame)
+        return changes
+
+    def flush(self) -> list[tuple[str, int]]:
+        raise UserError("the released Context Forcing cache has no flush; switch prompts without --flush-on-switch "
+                        "or use layout=tiered")
+
+    def tiers(self) -> dict[str, list[int]]:
+        out = {"sink": [], "slow": [], "fast": []}
+        for i, (_, f) in enumerate(self.slots):
+            out[self._tier(i)].append(f)
+        return out
+
+
+def make_policy(params: TierParams, chunk_frames: int) -> TieredPolicy | ReleasedPolicy:
+    return ReleasedPolicy(params, chunk_frames) if params.layout == "released" else TieredPolicy(params, chunk_frames)
+

@@ -26,7 +26,7 @@ from contextforcing.model.attention import attention, context_target_mask
 from contextforcing.model.rope import apply_rope, rope_frequencies
 
 if TYPE_CHECKING:
-    from contextforcing.memory.context import ContextMemory, ContextView
+    from contextforcing.memory.context import ContextMemory, LayerView
     from contextforcing.memory.cross import CrossAttentionCache
 
 
@@ -92,12 +92,13 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x, e0, text_emb, inputs: AttentionInputs, context: "ContextView | None" = None, text_kv=None):
+    def forward(self, x, e0, text_emb, inputs: AttentionInputs, memory: "LayerView | None" = None, text_kv=None):
         """x [B, F, T, dim] float32 residual stream; e0 [B, F, 6, dim]; text_emb [B, Lt, dim].
 
-        `context` = what the memory hands this layer (its rotated keys and values), or None. `text_kv` =
-        this layer's cached cross-attention keys/values, or None to project them from `text_emb` here.
-        Returns (x, raw pre-RoPE keys, values, text_kv) so that the caller can store what it caches.
+        `memory` = this layer's view of the context memory: it takes the chunk's keys and values and
+        returns what to attend (None: attend the clip itself). `text_kv` = this layer's cached
+        cross-attention keys/values, or None to project them from `text_emb` here.
+        Returns (x, text_kv) so that the caller can cache the text projection.
         """
         b, f, t, dim = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)
@@ -109,8 +110,8 @@ class WanBlock(nn.Module):
         k, v = self.self_attn.project_key_value(h)
         q_rot, k_rot = apply_rope(q, inputs.freqs), apply_rope(k, inputs.freqs)
         keys, values, key_mask = k_rot, v, None
-        if context is not None:
-            keys, values, key_mask = context.with_chunk(k_rot, v)
+        if memory is not None:
+            keys, values, key_mask = memory.keys_values(k, k_rot, v)
         y = attention(q_rot, keys, values, inputs.frame_mask, inputs.tokens_per_frame, inputs.backend, key_mask)
         y = self.self_attn.o(y.flatten(2)).float().reshape(b, f, t, dim)
         x = x + y * gate1
@@ -125,7 +126,7 @@ class WanBlock(nn.Module):
         # 3. Feed-forward, adaLN per frame.
         h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
         x = x + self.ffn(h).float() * gate2
-        return x, k, v, text_kv
+        return x, text_kv
 
 
 class Head(nn.Module):
@@ -192,8 +193,6 @@ class CausalWanModel(nn.Module):
     def embed_text(self, text: "torch.Tensor | CrossAttentionCache") -> torch.Tensor:
         if isinstance(text, torch.Tensor):
             return self.text_embedding(text.to(self.dtype))
-        if torch.is_grad_enabled():  # training: project afresh so the text weights get their gradients
-            return self.text_embedding(text.text.to(self.dtype))
         if text.embedded is None:
             text.embedded = self.text_embedding(text.text.to(self.dtype))
         return text.embedded
@@ -223,8 +222,8 @@ class CausalWanModel(nn.Module):
     ) -> torch.Tensor:
         """Predict the flow (noise - x0) for latents x [B, C, F, H, W] at per-frame timesteps t [B, F].
 
-        With `memory`, x is the memory's current chunk: positions come from the memory, self-attention
-        reads its context, and a `commit` pass stores this chunk's keys/values. Without it, x is a whole
+        With `memory`, x is the memory's current chunk: positions come from the memory, each layer's
+        self-attention reads its context, and a `commit` pass stores this chunk's keys/values. Without it, x is a whole
         clip with frame `positions` (default 0..F-1) under `frame_mask` (default: full attention).
         """
         b, _, f, height, width = x.shape
@@ -233,14 +232,14 @@ class CausalWanModel(nn.Module):
         if t.dim() == 1:
             t = t[:, None].expand(b, f)
         if memory is not None:
-            positions = memory.current_position_ids  # a tensor: new positions must not mean a new compiled graph
+            positions = memory.begin_pass(commit)  # a tensor: new positions must not mean a new compiled graph
         elif positions is None:
             positions = range(f)
         freqs = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, x.device)
         inputs = AttentionInputs(freqs, tokens_per_frame, frame_mask, self.attention_backend)
-        # The cross-attention cache is only read and filled without autograd: a cached projection would
-        # either carry a stale graph or cut the text weights out of the gradient.
-        text_cache = None if isinstance(text, torch.Tensor) or torch.is_grad_enabled() else text
+        # A cross-attention cache is for inference: training passes the text tensor (VideoStream(trainable=True)),
+        # since a cached projection would carry a stale graph or cut the text weights out of the gradient.
+        text_cache = None if isinstance(text, torch.Tensor) else text
         text_emb = self.embed_text(text)
 
         h = self.patch_embedding(x.to(self.dtype))  # [B, dim, F, gh, gw]
@@ -248,16 +247,14 @@ class CausalWanModel(nn.Module):
         e, e0 = self._embed_time(t)
         for i, block in enumerate(self.blocks):
             text_kv = text_cache.key_values.get(i) if text_cache is not None else None
-            context = memory.attend(i) if memory is not None else None
-            args = (h, e0, text_emb, inputs, context, text_kv)
+            view = memory.layer(i) if memory is not None else None
+            args = (h, e0, text_emb, inputs, view, text_kv)
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                h, k, v, text_kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+                h, text_kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
-                h, k, v, text_kv = block(*args)
+                h, text_kv = block(*args)
             if text_cache is not None:
                 text_cache.key_values[i] = text_kv
-            if memory is not None:
-                memory.write(i, k, v, commit=commit)
         return self._unpatchify(self.head(h, e), gh, gw)
 
     def forward_with_context(

@@ -8,7 +8,7 @@ lets the policy update its tiers. Inference, training rollouts, benchmarks and d
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
@@ -16,7 +16,8 @@ import torch
 from contextforcing.config import SamplingConfig, VideoConfig
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.cross import CrossAttentionCache
-from contextforcing.memory.policies import PolicySpec
+from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
+from contextforcing.memory.policies import MemorySpec
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
 from contextforcing.sampling.scheduler import FlowMatchSchedule
@@ -24,9 +25,10 @@ from contextforcing.sampling.scheduler import FlowMatchSchedule
 
 @dataclass
 class Branch:
-    """One conditioning stream: a text (cross-attention cache) and the context memory it builds."""
+    """One conditioning stream: a text (a cross-attention cache, or the tensor itself when training) and the
+    context memory it builds."""
 
-    text: CrossAttentionCache
+    text: CrossAttentionCache | torch.Tensor
     memory: ContextMemory
 
 
@@ -36,7 +38,12 @@ class Chunk:
     start: int  # first absolute latent frame
     latents: torch.Tensor  # clean latents [B, C, frames, H, W]
     seconds: float  # wall time of denoising + commit
-    trace: dict = field(default_factory=dict)  # the memory's plan for this chunk
+    plan: ChunkPlan  # what the chunk attended, where
+    update: MemoryUpdate  # what its commit changed in the memory
+
+    def trace(self) -> dict:
+        """The JSON trace entry of this chunk (sidecars, reports)."""
+        return {**self.plan.to_json(), **self.update.to_json()}
 
 
 class VideoStream:
@@ -46,15 +53,19 @@ class VideoStream:
         self,
         model: CausalWanModel,
         text: torch.Tensor,
-        memory: PolicySpec,
+        memory: MemorySpec,
         video: VideoConfig,
         sampling: SamplingConfig = SamplingConfig(),
         *,
         uncond_text: torch.Tensor | None = None,
         euler_num_steps: int | None = None,
         max_frames: int | None = None,
+        trainable: bool = False,
     ):
+        """`trainable`: a training rollout, some of whose chunks keep an autograd graph; the text is then
+        handed to the model as a tensor on every pass instead of a cross-attention cache."""
         self.model, self.video, self.sampling, self.spec = model, video, sampling, memory
+        self.trainable = trainable
         self.schedule = FlowMatchSchedule(sampling.shift, sampling.num_train_timesteps)
         if euler_num_steps:  # multi-step (teacher) sampling
             self.steps = euler_steps(euler_num_steps, self.schedule)
@@ -66,12 +77,14 @@ class VideoStream:
         self.batch, self.max_frames = text.shape[0], max_frames
         self.device, self.dtype = text.device, model.dtype
         use_cfg = uncond_text is not None and sampling.guidance_scale != 1.0
-        self.branches = [Branch(CrossAttentionCache(text), self._new_memory())]
+        self.branches = [Branch(self._text(text), self._new_memory())]
         if use_cfg:
-            self.branches.append(Branch(CrossAttentionCache(uncond_text), self._new_memory()))
+            self.branches.append(Branch(self._text(uncond_text), self._new_memory()))
         self.frame = 0  # next absolute latent frame
-        self.recent: dict[int, torch.Tensor] = {}  # clean latents of frames still in the fast window
+        self.recent: dict[int, torch.Tensor] = {}  # clean latents of the frames a prompt switch re-encodes
         self.events: list[dict] = []
+        self.last_plan: ChunkPlan | None = None  # the last chunk's plan and update (branch 0's memory)
+        self.last_update: MemoryUpdate | None = None
 
     @property
     def memory(self) -> ContextMemory:
@@ -80,6 +93,9 @@ class VideoStream:
     @property
     def chunk_frames(self) -> int:
         return self.video.chunk_frames
+
+    def _text(self, text: torch.Tensor) -> CrossAttentionCache | torch.Tensor:
+        return text if self.trainable else CrossAttentionCache(text)
 
     def _new_memory(self) -> ContextMemory:
         layout = MemoryLayout.for_model(self.model.config, self.video)
@@ -101,6 +117,7 @@ class VideoStream:
         frames = noise.shape[2]
         for branch in self.branches:
             branch.memory.begin_chunk(self.frame, frames)
+        self.last_plan = self.memory.plan
         if known is not None and known.all_known:
             x0 = known.latents.to(noise.dtype)
         elif self.multistep:
@@ -127,14 +144,16 @@ class VideoStream:
         """Clean pass at the commit timestep: write this chunk's K/V, then let the policies update."""
         frames = x0.shape[2]
         ts = torch.full((x0.shape[0], frames), self.sampling.commit_timestep, device=x0.device)
+        updates = []
         for branch in self.branches:
             self.model(x0, ts, branch.text, memory=branch.memory, commit=True)
-            branch.memory.commit()
+            updates.append(branch.memory.commit())
+        self.last_update = updates[0]
         for i in range(frames):
             self.recent[self.frame + i] = x0[:, :, i : i + 1]
         self.frame += frames
-        fast = set(self.memory.tiers()["fast"])
-        self.recent = {f: x for f, x in self.recent.items() if f in fast}
+        keep = set(self.memory.recent_frames(self.frame))
+        self.recent = {f: x for f, x in self.recent.items() if f in keep}
 
     # -- conditioning changes ----------------------------------------------------------------------
     @torch.no_grad()
@@ -153,7 +172,7 @@ class VideoStream:
         window once under the new prompt (LongLive's recache); sink and slow memory are kept, or
         dropped with `flush`."""
         branch = self.branches[0]
-        branch.text = CrossAttentionCache(text)
+        branch.text = self._text(text)
         if flush:
             branch.memory.flush()
         frames = branch.memory.begin_recache(self.frame)
@@ -195,7 +214,7 @@ def stream_video(
             latents = stream.step(noise, generator, known=known)
         if latents.is_cuda:
             torch.cuda.synchronize(latents.device)
-        yield Chunk(index, start, latents, time.perf_counter() - began, stream.memory.trace[-1])
+        yield Chunk(index, start, latents, time.perf_counter() - began, stream.last_plan, stream.last_update)
 
 
 def known_in_chunk(known_frames: Mapping[int, torch.Tensor], first: int, noise: torch.Tensor) -> KnownFrames | None:

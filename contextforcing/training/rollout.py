@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from contextforcing.config import SamplingConfig, VideoConfig
-from contextforcing.memory.policies import PolicySpec
+from contextforcing.memory.plan import ChunkPlan
+from contextforcing.memory.policies import MemorySpec
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.stage import StepContext
@@ -25,17 +26,17 @@ class Rollout:
     latents: torch.Tensor  # [B, C, F, H, W]: context frames detached, target frames with grad
     target_start: int  # first latent frame of the target window
     exits: list[int]  # exit step of each target chunk
-    trace: list[dict]  # the student memory's plan per chunk (`ContextMemory.trace`)
+    plans: list[ChunkPlan]  # the student memory's plan per chunk
 
     @property
     def target(self) -> torch.Tensor:
         return self.latents[:, :, self.target_start:]
 
-    def chunk_trace(self, frame: int) -> dict:
+    def chunk_plan(self, frame: int) -> ChunkPlan:
         """The memory plan of the chunk whose first frame is `frame`."""
-        for entry in self.trace:
-            if entry["current"][0] == frame:
-                return entry
+        for plan in self.plans:
+            if plan.start == frame:
+                return plan
         raise KeyError(f"no chunk starts at latent frame {frame}")
 
 
@@ -49,7 +50,7 @@ def draw_exits(ctx: StepContext, chunks: int, num_steps: int, same_across_chunks
 def self_rollout(
     model: CausalWanModel,
     text: torch.Tensor,
-    memory: PolicySpec,
+    memory: MemorySpec,
     video: VideoConfig,
     sampling: SamplingConfig,
     num_frames: int,
@@ -62,10 +63,10 @@ def self_rollout(
     chunk = video.chunk_frames
     if num_frames % chunk or target_frames % chunk or not 0 < target_frames <= num_frames:
         raise ValueError(f"rollout of {num_frames} frames with a {target_frames}-frame target: not whole chunks")
-    stream = VideoStream(model, text, memory, video, sampling, max_frames=num_frames)
+    stream = VideoStream(model, text, memory, video, sampling, max_frames=num_frames, trainable=True)
     target_start = num_frames - target_frames
     exits = draw_exits(ctx, target_frames // chunk, len(stream.steps), same_exit_across_chunks)
-    chunks = []
+    chunks, plans = [], []
     for start in range(0, num_frames, chunk):
         noise = stream.noise(chunk, ctx.generator)
         if start < target_start:
@@ -73,4 +74,5 @@ def self_rollout(
                 chunks.append(stream.step(noise, ctx.generator))
         else:
             chunks.append(stream.step(noise, ctx.generator, exit_step=exits[(start - target_start) // chunk]))
-    return Rollout(torch.cat(chunks, dim=2), target_start, exits, stream.memory.trace)
+        plans.append(stream.last_plan)
+    return Rollout(torch.cat(chunks, dim=2), target_start, exits, plans)

@@ -12,8 +12,9 @@ be read back: frame = (key[token 0] - key[token 1])[0] / 2 - 1.
 
 The rotation handed to the memory is the identity (keys flattened) and records the positions it is asked
 for, so `view` shows exactly which stored contents are attended and in which order. Every pass also runs
-what the model runs, `attend(layer).with_chunk(...)`, and checks that attention over what it returns
-(slot tensors and key mask in `slots` mode) equals attention over the plan-order view plus the chunk.
+what the model runs, `layer(i).keys_values(k, k_rot, v)` (which hands the pass's keys to the memory), and
+checks that attention over what it returns (slot tensors and key mask in the library's slots view)
+equals attention over the plan-order view plus the chunk.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import make_spec
 from contextforcing.model.attention import attention
+from gather_reference import GatherMemory
 from policy_reference import COMMIT, Reference
 
 C, T, H, D = 3, 2, 1, 4
@@ -71,8 +73,9 @@ class Harness:
         self.ref = Reference(policy, self.options, layers=layers, chunk=C)
         self.rotation_calls: list[list[int]] = []
         layout = MemoryLayout(num_layers=layers, tokens_per_frame=T, num_heads=H, head_dim=D, chunk_frames=C)
-        self.mem = ContextMemory(make_spec(policy, self.options), layout, key_rotation=self._rotate,
-                                 batch=batch, max_frames=chunks * C, view_mode=view_mode)
+        memory_class = GatherMemory if view_mode == "gather" else ContextMemory
+        self.mem = memory_class(make_spec(policy, self.options), layout, key_rotation=self._rotate,
+                                batch=batch, max_frames=chunks * C)
         self.query = torch.randn(batch, C * T, H, D, generator=torch.Generator().manual_seed(0)) * 1e-2
         self.store: dict = {}  # (layer, frame, tag) -> K and V stacked [2, B, T, H, D], float64
         self.pass_ids: dict = {}
@@ -136,9 +139,9 @@ class Harness:
             return None
         assert out is not None, f"{where}: layer {layer} view is None, expected {len(entries)} frames"
         keys, values = out
-        if not first:  # gather mode keeps its copies; slots mode reads slots the chunk's own writes must not touch
+        if not first:  # the gather reference keeps its copies; slots are read anew, the chunk's writes must not touch them
             kept = self._first_view[layer]
-            same = out is kept if self.mem.view_mode == "gather" else all(map(torch.equal, out, kept))
+            same = out is kept if isinstance(self.mem, GatherMemory) else all(map(torch.equal, out, kept))
             assert same, f"{where}: layer {layer} view changed within the chunk"
             return out
         self._first_view[layer] = out
@@ -156,10 +159,10 @@ class Harness:
         return out
 
     def check_attend(self, layer, view, k, v, where):
-        """What the model attends (`attend(layer).with_chunk`) is the view plus this pass's chunk k, v."""
-        with torch.no_grad():  # inference: slots mode hands over its slot tensors only without autograd
-            context = self.mem.attend(layer)
-            keys, values, mask = (k, v, None) if context is None else context.with_chunk(k, v)
+        """What the model attends (`layer(i).keys_values`, which also hands over k, v) is the view plus this
+        pass's chunk k, v (the identity rotation: rotated keys are k)."""
+        with torch.no_grad():  # inference: the slots view hands over its slot tensors only without autograd
+            keys, values, mask = self.mem.layer(layer).keys_values(k, k, v)
         q = self.query[:, : k.shape[1]]
         got = attention(q, keys, values, key_mask=mask)
         ref_k, ref_v = (k, v) if view is None else (torch.cat([view[0], k], 1), torch.cat([view[1], v], 1))
@@ -183,25 +186,25 @@ class Harness:
         chunk, start = self.chunk, self.chunk * C
         where = f"{self.policy} {self.options} chunk {chunk}"
         mark = len(self.rotation_calls)
-        self.mem.begin_chunk(start, C)
+        plan = self.mem.begin_chunk(start, C)
         self.ref.begin_chunk()
-        trace = self.mem.trace[-1]
+        trace = plan.to_json()
         self.traces.append(trace)
         assert trace == self.ref.trace(chunk, start), f"{where}: trace differs"
         plans = [self.ref.plan(start, layer) for layer in range(self.layers)]
-        assert self.mem.current_positions == plans[0].current, f"{where}: current positions differ"
+        assert list(plan.current_positions) == plans[0].current, f"{where}: current positions differ"
         for plan in plans:
             self.max_position = max([self.max_position, *plan.positions, *plan.current])
         frames = list(range(start, start + C))
         tags = list(range(self.noisy_passes)) + [COMMIT]
         for tag in tags:
             keys = {}
+            self.mem.begin_pass(commit=tag == COMMIT)
             for layer in range(self.layers):
                 view = self.check_view(layer, plans[layer].entries, f"{where} pass {tag}", first=tag == tags[0])
                 k, v = self.make_kv(frames, tag, layer, chunk)
                 self.check_attend(layer, view, k, v, f"{where} pass {tag}")
                 keys[layer] = self.key_lists(k)
-                self.mem.write(layer, k, v, commit=tag == COMMIT)
             self.ref.on_pass(chunk, start, tag, keys)
             if tag == tags[0]:  # rotated once per chunk (when planned, or on the first view), never per pass
                 self.check_rotations(mark, plans, where)
@@ -226,12 +229,13 @@ class Harness:
         frames = self.mem.begin_recache(start)
         ref_frames, per_layer = self.ref.recache(start, tag)
         assert frames == ref_frames, f"{where}: recached frames differ"
-        assert self.mem.current_positions == per_layer[0][2], f"{where}: recache positions differ"
+        assert list(self.mem.plan.current_positions) == per_layer[0][2], f"{where}: recache positions differ"
+        if frames:
+            self.mem.begin_pass(commit=True)
         for layer in range(self.layers if frames else 0):
             view = self.check_view(layer, per_layer[layer][0], where, first=True)
             k, v = self.make_kv(frames, tag, layer, self.chunk)
             self.check_attend(layer, view, k, v, where)
-            self.mem.write(layer, k, v, commit=True)
         # nothing to re-encode: no pass runs, so nothing may be rotated for it
         plans = [SimpleNamespace(entries=e if frames else [], positions=p) for e, p, _ in per_layer]
         self.check_rotations(mark, plans, where)

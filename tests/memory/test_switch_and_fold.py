@@ -29,13 +29,20 @@ def filled(frames, value=lambda f: float(f)):
 def commit_chunk(mem, chunk, kval=lambda f: float(f), vval=lambda f: -float(f), before=None):
     """One chunk with only its commit pass; `before(mem)` runs after planning, before the pass."""
     frames = list(range(3 * chunk, 3 * chunk + 3))
-    mem.begin_chunk(3 * chunk, 3)
+    plan = mem.begin_chunk(3 * chunk, 3)
     if before is not None:
         before(mem)
-    for layer in range(2):
-        mem.view(layer)
-        mem.write(layer, filled(frames, kval), filled(frames, vval), commit=True)
+    commit_pass(mem, frames, kval, vval)
     mem.commit()
+    return plan.to_json()
+
+
+def commit_pass(mem, frames, kval, vval, layers=2):
+    """A commit pass as the model runs it: each layer hands over its keys and values (identity rotation)."""
+    mem.begin_pass(commit=True)
+    for layer in range(layers):
+        k = filled(frames, kval)
+        mem.layer(layer).keys_values(k, k, filled(frames, vval))
 
 
 def frame_values(view):
@@ -54,12 +61,10 @@ def test_recache_rewrites_exactly_the_fast_window():
 
     frames = mem.begin_recache(30)  # the next chunk starts at 30 and sees window - chunk = 6 cached frames
     assert frames == [24, 25, 26, 27, 28, 29]
-    assert mem.current_positions == [3, 4, 5, 6, 7, 8]  # where chunk 30 will place them (sink 0-2, current 9-11)
+    assert list(mem.plan.current_positions) == [3, 4, 5, 6, 7, 8]  # where chunk 30 will place them (sink 0-2, current 9-11)
     keys, values = mem.view(0)  # the recache pass attends the sink, at its positions
     assert positions[-1] == [0, 1, 2] and frame_values(keys) == [0, 1, 2] and frame_values(values) == [0, -1, -2]
-    for layer in range(2):
-        mem.view(layer)
-        mem.write(layer, filled(frames, lambda f: 1000.0 + f), filled(frames, lambda f: -1000.0 - f), commit=True)
+    commit_pass(mem, frames, lambda f: 1000.0 + f, lambda f: -1000.0 - f)
     mem.commit()
 
     assert [mem.tiers(layer) for layer in range(2)] == tiers  # tiers unchanged
@@ -69,8 +74,8 @@ def test_recache_rewrites_exactly_the_fast_window():
     window_slots = sorted(mem.groups[0].slots.slot[("main", f)] for f in frames)
     assert all(c == window_slots for c in changed)  # exactly the window's slots, K and V, every layer
 
-    mem.begin_chunk(30, 3)
-    assert mem.trace[-1]["fast"] == list(range(24, 33)) and mem.trace[-1]["sink"] == [0, 1, 2]
+    entry = mem.begin_chunk(30, 3).to_json()
+    assert entry["fast"] == list(range(24, 33)) and entry["sink"] == [0, 1, 2]
     keys, values = mem.view(1)
     assert frame_values(keys) == [0, 1, 2] + [1000.0 + f for f in frames]
     assert frame_values(values) == [0, -1, -2] + [-1000.0 - f for f in frames]
@@ -95,17 +100,14 @@ def test_flush_empties_sink_and_slow_then_the_sink_refills():
     assert mem.tiers()["sink"] == [0, 1, 2] and len(mem.tiers()["slow"]) == 10
     mem.flush()
     assert mem.tiers()["sink"] == [] and mem.tiers()["slow"] == []
-    commit_chunk(mem, 21)  # frames 63-65 refill the sink (odd chunk: not promoted)
-    t = mem.trace[-1]
+    t = commit_chunk(mem, 21)  # frames 63-65 refill the sink (odd chunk: not promoted)
     assert (t["sink"], t["slow"], t["fast"]) == ([], [], [60, 61, 62, 63, 64, 65])
     assert t["positions"] == {str(f): p for f, p in zip(range(60, 66), range(15, 21))}
     assert mem.tiers()["sink"] == [63, 64, 65]
-    commit_chunk(mem, 22)
-    t = mem.trace[-1]
+    t = commit_chunk(mem, 22)
     assert (t["sink"], t["slow"], t["fast"]) == ([63, 64, 65], [], [66, 67, 68])
     assert [t["positions"][str(f)] for f in range(63, 69)] == [0, 1, 2, 18, 19, 20]
-    commit_chunk(mem, 23)
-    assert mem.trace[-1]["slow"] == [] and mem.tiers()["slow"] == [66]  # promotion resumes (chunk 22)
+    assert commit_chunk(mem, 23)["slow"] == [] and mem.tiers()["slow"] == [66]  # promotion resumes (chunk 22)
     keys, _ = mem.view(0)
     assert frame_values(keys) == [63, 64, 65, 66, 67, 68]  # what chunk 23 attended
 
@@ -155,7 +157,7 @@ def test_ema_sink_fold_by_hand(alpha):
             assert got_k[:3] == pytest.approx(sink_k, rel=1e-5, abs=1e-4)
             assert got_v[:3] == pytest.approx([-s for s in sink_k], rel=1e-5, abs=1e-4)
             assert got_k[3:] == [3 * c - 3, 3 * c - 2, 3 * c - 1]
-            assert positions[-1] == [0, 1, 2, 3, 4, 5] and mem.current_positions == [6, 7, 8]
+            assert positions[-1] == [0, 1, 2, 3, 4, 5] and list(mem.plan.current_positions) == [6, 7, 8]
 
         return attended
 
@@ -176,13 +178,11 @@ def test_chunk_refilling_the_sink_after_flush_is_not_also_promoted():
     layout = MemoryLayout(num_layers=1, tokens_per_frame=2, num_heads=1, head_dim=4, chunk_frames=3)
     mem = ContextMemory(make_spec("slow_fast", {"rule": "uniform", "interval": 1}), layout,
                         key_rotation=lambda k, pos: k.flatten(1, 2))
-    kv = torch.ones(1, 6, 1, 4)
     for chunk in range(40):
         if chunk == 20:
             mem.flush()
-        mem.begin_chunk(chunk * 3, 3)
-        mem.write(0, kv, kv, commit=True)
+        entry = mem.begin_chunk(chunk * 3, 3).to_json()
+        commit_pass(mem, range(chunk * 3, chunk * 3 + 3), lambda f: 1.0, lambda f: 1.0, layers=1)
         mem.commit()
-        entry = mem.trace[-1]
         assert not any(isinstance(p, list) for p in entry["positions"].values()), entry
     assert mem.tiers()["sink"] == [60, 61, 62] and 60 not in mem.tiers()["slow"]

@@ -97,8 +97,9 @@ def test_positions_past_1024_frames_work(setup):
     assert torch.isfinite(out).all()
 
 
-def test_cross_attention_cache_is_exact_and_never_cuts_gradients(setup):
+def test_cross_attention_cache_is_exact_and_training_streams_never_cut_gradients(setup, tiny_video_cfg):
     from contextforcing.memory.cross import CrossAttentionCache
+    from contextforcing.sampling.stream import VideoStream
 
     model, x, t, text, c = setup
     cache = CrossAttentionCache(text)
@@ -108,8 +109,15 @@ def test_cross_attention_cache_is_exact_and_never_cuts_gradients(setup):
         again = model(x, t, cache)  # reads it
     assert len(cache.key_values) == model.config.num_layers
     assert torch.equal(plain, first) and torch.equal(first, again)
-    # With autograd on, a filled cache is not used: text weights receive gradients.
+    # A training stream hands the model the text itself on every pass: the text weights receive gradients,
+    # also after inference chunks of the same stream ran without autograd.
+    stream = VideoStream(model, text, make_spec("rolling"), tiny_video_cfg, trainable=True)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        stream.step(stream.noise(c, generator), generator)
     model.zero_grad()
-    model(x, t, cache).square().mean().backward()
+    stream.step(stream.noise(c, generator), generator, exit_step=1).square().mean().backward()
     assert model.text_embedding[0].weight.grad.abs().sum() > 0
     assert model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0
+    inference = VideoStream(model, text, make_spec("rolling"), tiny_video_cfg)
+    assert isinstance(inference.branches[0].text, CrossAttentionCache)

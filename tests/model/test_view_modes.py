@@ -1,5 +1,6 @@
 """The slots view (rotated-key buffer aligned with the slots, in-place reads, key mask) against the gather
-reference (a gathered, rotated copy per chunk): the same model output over long streams of every policy.
+reference (tests/memory/gather_reference.py: a gathered, rotated copy per plan): the same model output over
+long streams of every policy.
 
 Both memories are driven by the real streaming routine (`VideoStream`: 4 denoising passes + commit per
 chunk, prompt switches with recache, flush), so folds, promotions (commit / any_pass, global / per layer),
@@ -16,6 +17,7 @@ from contextforcing.config import ModelConfig, SamplingConfig
 from contextforcing.memory.policies import make_spec
 from contextforcing.model.wan import build_model
 from contextforcing.sampling.stream import VideoStream, stream_video
+from gather_reference import use_gather
 
 CHUNKS = 42
 TOL = 1e-5  # float32
@@ -57,11 +59,11 @@ def texts(model, batch=1, n=2):
 
 
 def stream_in_mode(model, text, policy, options, video, view_mode, **kwargs) -> VideoStream:
-    """A VideoStream whose memories use `view_mode` (the stream itself builds the default mode)."""
+    """A VideoStream whose memories are the library's ("slots") or the gather reference ("gather")."""
     stream = VideoStream(model, text, make_spec(policy, options), video, max_frames=CHUNKS * video.chunk_frames,
                          **kwargs)
-    for branch in stream.branches:
-        branch.memory = branch.memory.fresh(view_mode)
+    if view_mode == "gather":
+        use_gather(stream)
     return stream
 
 
@@ -84,14 +86,14 @@ def test_slots_view_equals_the_gather_reference(model, tiny_video_cfg, case):
     ref_stream, ref = rollout(model, tiny_video_cfg, policy, options, "gather", **events)
     stream, got = rollout(model, tiny_video_cfg, policy, options, "slots", **events)
     for a, b in zip(ref, got):
-        assert a.trace == b.trace, f"chunk {a.index}: the memories planned differently"
+        assert a.trace() == b.trace(), f"chunk {a.index}: the memories planned differently"
         err = (a.latents - b.latents).abs().max().item()
         assert err <= TOL, f"chunk {a.index}: slots view differs from the gather reference by {err:.3g}"
     # Rotated once per chunk per layer with context, in both modes.
     layers = model.config.num_layers
     assert stream.memory.rotations == ref_stream.memory.rotations >= (CHUNKS - 2) * layers
     if policy == "slow_fast" and options.get("rule") != "uniform":
-        assert any(c.trace["slow"] for c in got), "surprisal never promoted: the case tests nothing"
+        assert any(c.plan.tier("slow") for c in got), "surprisal never promoted: the case tests nothing"
 
 
 def test_batch_and_guidance_branches(model, tiny_video_cfg):
@@ -113,7 +115,7 @@ def test_autograd_gets_copies_and_the_same_gradients(model, tiny_video_cfg):
             model.zero_grad()
             model.gradient_checkpointing = checkpointing
             stream = stream_in_mode(model, text, "slow_fast", {"rule": "uniform", "interval": 1}, tiny_video_cfg,
-                                    view_mode)
+                                    view_mode, trainable=True)
             generator = torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for _ in range(8):

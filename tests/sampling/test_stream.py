@@ -46,7 +46,7 @@ def test_switch_changes_only_what_follows_and_keeps_sink_and_slow(model, tiny_vi
     assert event["event"] == "switch" and event["frame"] == 18 and event["recached"] == [15, 16, 17]
     # Sink and slow memory were kept: chunk 6 attends the same sink/slow frames in both runs.
     for key in ("sink", "slow", "fast", "positions"):
-        assert switched[6].trace[key] == plain[6].trace[key]
+        assert switched[6].trace()[key] == plain[6].trace()[key]
     assert stream.branches[0].text.text is other
 
 
@@ -71,9 +71,9 @@ def test_switch_recache_rewrites_the_fast_window_in_place(model, tiny_video_cfg)
 def test_flush_drops_sink_and_slow_and_refills_the_sink(model, tiny_video_cfg):
     text, other = _texts(model.config)
     stream, chunks = _run(model, tiny_video_cfg, text, switches={6: other}, flush=True)
-    assert chunks[6].trace["sink"] == [] and chunks[6].trace["slow"] == []
-    assert chunks[6].trace["fast"] == [15, 16, 17, 18, 19, 20]
-    assert chunks[7].trace["sink"] == [18, 19, 20]
+    assert chunks[6].trace()["sink"] == [] and chunks[6].trace()["slow"] == []
+    assert chunks[6].trace()["fast"] == [15, 16, 17, 18, 19, 20]
+    assert chunks[7].trace()["sink"] == [18, 19, 20]
     assert stream.events[0]["flush"] is True
 
 
@@ -84,7 +84,7 @@ def test_prefill_commits_given_latents_first(model, tiny_video_cfg):
     stream.prefill(init)
     assert stream.frame == 6 and stream.memory.tiers()["sink"] == [0, 1, 2]
     chunk = next(stream_video(stream, 3, generator=torch.Generator().manual_seed(0)))
-    assert chunk.start == 6 and chunk.trace["sink"] == [0, 1, 2] and chunk.trace["fast"][:3] == [3, 4, 5]
+    assert chunk.start == 6 and chunk.trace()["sink"] == [0, 1, 2] and chunk.trace()["fast"][:3] == [3, 4, 5]
     # The memory holds exactly what a commit pass over the prefilled latents writes.
     fresh = VideoStream(model, text, make_spec("sink"), tiny_video_cfg, max_frames=FRAMES)
     fresh.memory.begin_chunk(0, 3)

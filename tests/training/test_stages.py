@@ -11,7 +11,7 @@ from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.config import load_train_config
 from contextforcing.training.registry import BuildContext, get_stage
 from contextforcing.training.rollout import self_rollout
-from contextforcing.training.stages.common import layout_from_plan, layout_from_trace, plan_after_history
+from contextforcing.training.stages.common import layout_from_plan, plan_after_history
 from contextforcing.training.stages.ode import ODEPairs, state_indices
 
 CONFIGS = Path(__file__).parents[2] / "configs" / "toy"
@@ -156,7 +156,8 @@ def test_cdmd_teacher_sees_exactly_the_student_memory_frames_and_positions(tmp_p
     _capture(stage.critic, fake)
     stage.generator_loss(next(stage.batches(0, 1, 0)), Ctx())
     rollout = stage.last_rollout
-    entry = next(e for e in rollout.trace if e["current"][0] == rollout.target_start == 12)
+    assert rollout.target_start == 12
+    entry = rollout.chunk_plan(12).to_json()  # read through the JSON trace: independent of layout_from_plan
     cached_fast = [f for f in entry["fast"] if f not in entry["current"]]
     frames = entry["sink"] + entry["slow"] + cached_fast
     assert entry["slow"] and cached_fast  # the layout exercises every tier
@@ -201,8 +202,7 @@ def test_teacher_layout_replays_the_student_policy(tmp_path):
         replay = layout_from_plan(plan_after_history(spec, 3, history, decide=lambda _: False), 6)
         stream = VideoStream(stage.teacher, batch["text"], spec, stage.video, max_frames=history + 3)
         stream.prefill(batch["latents"][:, :, :history])
-        stream.memory.begin_chunk(history, 3)
-        assert replay == layout_from_trace(stream.memory.trace[-1], 6)
+        assert replay == layout_from_plan(stream.memory.begin_chunk(history, 3), 6)
         assert stage.layout(history, batch["text"], batch["latents"]) == replay
 
 

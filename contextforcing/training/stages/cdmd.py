@@ -8,7 +8,7 @@ context*:
 
   teacher_context: memory      (default, the paper) the frames the student's memory attended when the
                                target window began -- sink, slow, cached fast -- at the student's positions,
-                               read from the memory's own trace; the target continues those positions
+                               read from the memory's plan; the target continues those positions
   teacher_context: contiguous  (the released code) the `context_window` frames right before the target
 
 The real score is the frozen context teacher with CFG; the fake score (critic, initialised from the teacher
@@ -26,7 +26,7 @@ from contextforcing.model.wan import CausalWanModel
 from contextforcing.training.rollout import Rollout
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext
-from contextforcing.training.stages.common import ContextLayout, contiguous_layout, gather_frames, layout_from_trace
+from contextforcing.training.stages.common import ContextLayout, contiguous_layout, gather_frames, layout_from_plan
 from contextforcing.training.stages.dmd import ScoreMatchingOptions, ScoreMatchingStage
 
 CONTEXT_MODES = ("memory", "contiguous")
@@ -80,7 +80,7 @@ class CDMDStage(ScoreMatchingStage):
         o = self.options
         if o.teacher_context == "contiguous":
             return contiguous_layout(rollout.target_start, o.context_window, o.target_frames)
-        return layout_from_trace(rollout.chunk_trace(rollout.target_start), o.target_frames)
+        return layout_from_plan(rollout.chunk_plan(rollout.target_start), o.target_frames)
 
     def condition(self, rollout: Rollout) -> Condition:
         layout = self.layout(rollout)

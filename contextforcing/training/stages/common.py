@@ -9,7 +9,8 @@ import torch
 
 from contextforcing.config import SamplingConfig, VideoConfig, from_dict, get_preset
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import Plan, PolicySpec, TieredPolicy, make_spec, tier_params
+from contextforcing.memory.plan import ChunkPlan
+from contextforcing.memory.policies import MemorySpec, make_policy, make_spec, tier_params
 from contextforcing.model.wan import CausalWanModel, build_model
 from contextforcing.sampling.scheduler import FlowMatchSchedule
 
@@ -99,22 +100,25 @@ def video_config(preset_name: str) -> VideoConfig:
     return get_preset(preset_name).video
 
 
-def memory_spec(values: dict) -> PolicySpec:
+def memory_spec(values: dict) -> MemorySpec:
     """The student's memory: `{policy: slow_fast, sink: 3, ...}` (policy defaults to slow_fast)."""
     values = dict(values)
     return make_spec(values.pop("policy", "slow_fast"), values)
 
 
-def plan_after_history(spec: PolicySpec, chunk_frames: int, history: int, decide) -> Plan:
+def plan_after_history(spec: MemorySpec, chunk_frames: int, history: int, decide) -> ChunkPlan:
     """Host-only replay of the student's policy over `history` committed frames (whole chunks), then the
     plan of the chunk that starts right after: which sink / slow / fast frames it attends, at which
-    positions (the one position rule, `TieredPolicy.plan`). `decide(chunk_index)` answers 'ask'
-    (surprisal) promotion checks."""
-    policy = TieredPolicy(tier_params(spec, chunk_frames), chunk_frames)
+    positions (the policy's one position rule). `decide(chunk_index)` answers 'ask' (surprisal) checks;
+    only layouts that promote at commit can be replayed without the model's keys."""
+    policy = make_policy(tier_params(spec, chunk_frames), chunk_frames)
+    if policy.promotes_within_chunk:
+        raise UserError("a memory that promotes inside a pass (layout=released) needs the model's keys; "
+                        "use slow_rule=surprisal for it")
     for index, start in enumerate(range(0, history, chunk_frames)):
         check = policy.promotion_check(index, start)
         policy.commit(start, chunk_frames, check == "yes" or (check == "ask" and decide(index)))
-    return policy.plan(history, chunk_frames)
+    return policy.plan(history // chunk_frames, history, chunk_frames)
 
 
 @dataclass(frozen=True)
@@ -131,31 +135,12 @@ class ContextLayout:
         return [i for i, tier in enumerate(self.tiers) if tier == "fast"]
 
 
-def layout_from_trace(entry: dict, target_frames: int) -> ContextLayout:
-    """The student's memory at the chunk that opens the target window, from its trace entry: the frames
-    it attends (sink, slow, cached fast) at their positions; the target continues the chunk's positions."""
-    positions = entry["positions"]
-    current = entry["current"]
-    frames, tiers, pos = [], [], []
-    seen: dict[str, int] = {}
-    cached_fast = [f for f in entry["fast"] if f not in current]
-    for tier, group in (("sink", entry["sink"]), ("slow", entry["slow"]), ("fast", cached_fast)):
-        for f in group:
-            p = positions[str(f)]
-            if isinstance(p, list):  # a frame attended twice (no dedupe): slow copy first, then fast
-                p = p[seen.get(str(f), 0)]
-                seen[str(f)] = seen.get(str(f), 0) + 1
-            frames.append(f)
-            tiers.append(tier)
-            pos.append(p)
-    first = positions[str(current[0])]
-    return ContextLayout(frames, tiers, pos, list(range(current[0], current[0] + target_frames)),
-                         list(range(first, first + target_frames)))
-
-
-def layout_from_plan(plan: Plan, target_frames: int) -> ContextLayout:
-    """The same layout from a policy plan (teacher training replays the policy host-side)."""
-    return layout_from_trace(plan.trace(0), target_frames)
+def layout_from_plan(plan: ChunkPlan, target_frames: int) -> ContextLayout:
+    """The student's memory at the chunk that opens the target window: the frames it attends (sink, slow,
+    cached fast) at their positions; the target continues the chunk's positions."""
+    first = plan.current_positions[0]
+    return ContextLayout([a.frame for a in plan.context], [a.tier for a in plan.context], plan.positions,
+                         list(range(plan.start, plan.start + target_frames)), list(range(first, first + target_frames)))
 
 
 def contiguous_layout(target_start: int, context_frames: int, target_frames: int) -> ContextLayout:

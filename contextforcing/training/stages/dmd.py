@@ -146,7 +146,7 @@ class ScoreMatchingStage:
         frames, target = self.rollout_lengths(ctx)
         rollout = self_rollout(self.generator, text, self.spec, self.video, self.sampling, frames, target, ctx,
                                same_exit_across_chunks=self.options.same_exit_across_chunks)
-        self.last_rollout = Rollout(rollout.latents.detach(), rollout.target_start, rollout.exits, rollout.trace)
+        self.last_rollout = Rollout(rollout.latents.detach(), rollout.target_start, rollout.exits, rollout.plans)
         return rollout, text
 
     def noised(self, x: torch.Tensor, ctx: StepContext):

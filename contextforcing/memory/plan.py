@@ -1,0 +1,92 @@
+"""What a memory decides for one chunk, as typed values: the plan (what the chunk attends, where) and the
+update (what its commit changed). Everything downstream reads these; JSON exists only at the edge
+(`to_json`, for sidecars, reports and the live viewer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIERS = ("sink", "slow", "fast")
+
+
+@dataclass(frozen=True)
+class Attended:
+    """One stored latent frame a chunk attends."""
+
+    tier: str  # sink | slow | fast
+    frame: int  # absolute latent frame index
+    position: int  # the temporal RoPE position this chunk gives it
+    copy: bool = False  # a promoted keyframe's own stored copy (slow tier), not the frame's main entry
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What chunk `chunk` (latent frames [start, start + frames)) attends besides itself, in attention order
+    (sink, slow, cached fast), and the positions of its own frames.
+
+    With promotion decided per layer, layers may hold different slow frames: `slow_per_layer` lists them
+    (None when every layer shares this plan)."""
+
+    chunk: int
+    start: int
+    frames: int
+    context: tuple[Attended, ...]
+    current_positions: tuple[int, ...]
+    slow_per_layer: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def current_frames(self) -> list[int]:
+        return list(range(self.start, self.start + self.frames))
+
+    def tier(self, name: str) -> list[int]:
+        """Stored frames attended in tier `name` (the chunk's own frames are not stored yet)."""
+        return [a.frame for a in self.context if a.tier == name]
+
+    @property
+    def positions(self) -> list[int]:
+        return [a.position for a in self.context]
+
+    @property
+    def attended_frames(self) -> int:
+        """Latent frames attended, the chunk itself included."""
+        return len(self.context) + self.frames
+
+    def to_json(self) -> dict:
+        """The trace entry written to sidecars: tiers as frame lists (`fast` includes the current chunk),
+        and every frame's position (a frame attended twice lists both)."""
+        positions: dict[str, object] = {}
+        for a in self.context:
+            key = str(a.frame)
+            positions[key] = [positions[key], a.position] if key in positions else a.position
+        for frame, p in zip(self.current_frames, self.current_positions):
+            positions[str(frame)] = p
+        out = {
+            "chunk": self.chunk,
+            "sink": self.tier("sink"),
+            "slow": self.tier("slow"),
+            "fast": self.tier("fast") + self.current_frames,
+            "current": self.current_frames,
+            "positions": positions,
+        }
+        if self.slow_per_layer is not None:
+            out["slow_per_layer"] = [list(s) for s in self.slow_per_layer]
+        return out
+
+
+@dataclass(frozen=True)
+class MemoryUpdate:
+    """What committing a chunk changed (layer group 0; with per-layer promotion other layers may differ).
+
+    `similarity` is the surprisal signal of the decision, when one was taken (cosine of the mean keys)."""
+
+    promoted: tuple[int, ...] = ()  # frames copied into the slow tier
+    slow_evicted: tuple[int, ...] = ()  # slow copies dropped
+    evicted: tuple[int, ...] = ()  # frames no longer stored (left the fast window, or overwritten)
+    folded: tuple[tuple[int, int], ...] = ()  # (sink frame, evicted frame) EMA pairs
+    similarity: float | None = None
+
+    def to_json(self) -> dict:
+        return {"promoted": list(self.promoted), "slow_evicted": list(self.slow_evicted),
+                "evicted": list(self.evicted), "folded": [list(p) for p in self.folded],
+                "similarity": self.similarity}
