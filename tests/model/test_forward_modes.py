@@ -25,17 +25,23 @@ def setup(tiny_model_cfg, tiny_video_cfg):
     return model, x, t, text, c
 
 
-def _memory(model, video_cfg, policy="full", max_frames=64):
+def _memory(model, video_cfg, policy="full", options=None, max_frames=64):
     layout = MemoryLayout.for_model(model.config, video_cfg)
     rotation = model.key_rotation(video_cfg.latent_height, video_cfg.latent_width)
-    return ContextMemory(make_spec(policy), layout, key_rotation=rotation, batch=2, max_frames=max_frames)
+    return ContextMemory(make_spec(policy, options), layout, key_rotation=rotation, batch=2, max_frames=max_frames)
+
+
+# The released Context Forcing cache is a plain KV cache until its 21 slots are full; without promotions
+# (tau = -1) it attends every past frame at its own index, as the block-causal parallel forward does.
+PLAIN_WHILE_FILLING = [("full", None), ("slow_fast", {"layout": "released", "tau": -1.0})]
 
 
 @torch.no_grad()
-def test_cached_streaming_equals_block_causal_parallel(setup, tiny_video_cfg):
+@pytest.mark.parametrize("policy, options", PLAIN_WHILE_FILLING, ids=["full", "released-filling"])
+def test_cached_streaming_equals_block_causal_parallel(setup, tiny_video_cfg, policy, options):
     model, x, t, text, c = setup
     parallel = model(x, t, text, frame_mask=block_causal_mask(x.shape[2], c))
-    memory = _memory(model, tiny_video_cfg)
+    memory = _memory(model, tiny_video_cfg, policy, options)
     for k in range(CHUNKS):
         chunk = slice(k * c, (k + 1) * c)
         memory.begin_chunk(k * c, c)
