@@ -175,7 +175,9 @@ def test_lora_accepts_a_longlive_checkpoint_directory(bases, tiny_model_cfg, tmp
     factors = _factors(tiny_model_cfg, RANK, seed=8)
     run = tmp_path / "logs"
     _save_longlive_lora(run / "checkpoint_model_003000" / "model.pt", factors, _factors(tiny_model_cfg, RANK, seed=9))
-    loaded = read_checkpoint(tmp_path / "base.pt", lora=run / "checkpoint_model_003000")
+    (run / "checkpoint_model_000700").mkdir()  # the base as its own training run left it
+    _save_base(run / "checkpoint_model_000700" / "model.pt", bases)
+    loaded = read_checkpoint(run / "checkpoint_model_000700", lora=run / "checkpoint_model_003000")
     assert loaded.choice.entry == RAW and loaded.choice.lora_trained_on == RAW
     _assert_close(loaded.state, _merged(bases[RAW], factors, expected_scale(RANK, None, None)))
     # A checkpoint directory holding base weights, not a LoRA, says so; an empty one names what it looked for.
