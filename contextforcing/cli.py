@@ -19,6 +19,8 @@ _PLUGGED_COMMANDS = (
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from contextforcing.model.checkpoints_cli import add_lora_alpha_arg, add_weight_choice_args
+
     p.add_argument("--preset", default=None,
                    help="model size preset (tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b) or a YAML/JSON file with model: and "
                         "video: sections; default wan2.1-t2v-1.3b with --wan-dir, tiny with --random-init")
@@ -26,8 +28,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wan-dir", help="local Wan2.1 directory: UMT5 text encoder, VAE, and the base DiT")
     p.add_argument("--checkpoint", help="DiT weights (Wan, diffusers or training .pt); default: the base DiT in --wan-dir")
     p.add_argument("--checkpoint-format", help="override format detection of --checkpoint")
-    p.add_argument("--no-ema", action="store_true", help="training checkpoints: raw generator, not the EMA weights")
-    p.add_argument("--lora", help="LoRA adapter merged into the DiT at load time")
+    add_weight_choice_args(p)
+    p.add_argument("--lora", help="LoRA merged into the DiT at load time: peft file or directory, LongLive lora.pt "
+                                  "or checkpoint_model_* directory")
+    add_lora_alpha_arg(p)
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads of the --checkpoint/--wan-dir DiT (default: the preset's)")
     p.add_argument("--seconds", type=float, required=True, help="video length; Wan counts 4 latent frames per second")
     p.add_argument("--memory", default="slow_fast", help="full, rolling, sink, relative, ema_sink or slow_fast")
     p.add_argument("--memory-opt", action="append", metavar="KEY=VALUE", help="memory policy option, repeatable")
@@ -48,10 +54,13 @@ def _bench(args) -> int:
     from contextforcing.bench import format_table, run_bench
     from contextforcing.config import parse_overrides
 
-    from contextforcing.generation import default_preset
+    from contextforcing.generation import check_weight_flags, default_preset
 
     weights = dict(random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
-                   checkpoint_format=args.checkpoint_format, use_ema=not args.no_ema, lora=args.lora)
+                   checkpoint_format=args.checkpoint_format, use_ema=args.use_ema, lora=args.lora,
+                   lora_alpha=args.lora_alpha, num_heads=args.num_heads)
+    check_weight_flags(bool(args.wan_dir or args.checkpoint), lora=args.lora, lora_alpha=args.lora_alpha,
+                       num_heads=args.num_heads)
     preset = default_preset(args.preset, args.wan_dir, args.checkpoint)
     options = parse_overrides(args.memory_opt or [])
     if args.threads is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +51,10 @@ class GenerationRequest:
     wan_dir: str | None = None  # UMT5 + VAE, and the base DiT when no checkpoint is given
     checkpoint: str | None = None  # DiT weights in any format `model.checkpoints` reads
     checkpoint_format: str | None = None
-    use_ema: bool = True
+    use_ema: bool | None = None  # None: EMA, unless the LoRA was trained on the raw generator (LongLive)
     lora: str | None = None
+    lora_alpha: float | None = None  # None: stored in the adapter, else alpha = rank
+    num_heads: int | None = None  # None: the preset's
     prompts: str | None = None  # JSONL prompt script: {"at": SECONDS, "prompt": TEXT} per line
     init_video: str | None = None
     init_image: str | None = None
@@ -68,6 +71,7 @@ class Pipeline:
     codec: object
     device: torch.device
     weights: str
+    weights_choice: dict | None = None  # which checkpoint entry and LoRA scale were used (WeightChoice.to_dict)
 
 
 def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
@@ -162,15 +166,16 @@ def embedded_pipeline(device: str | None = None, dtype: str | None = None, path:
 
 
 def wan_pipeline(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoint_format: str | None = None,
-                 use_ema: bool = True, lora: str | None = None, device: str | None = None,
-                 dtype: str | None = None) -> Pipeline:
+                 use_ema: bool | None = None, lora: str | None = None, lora_alpha: float | None = None,
+                 num_heads: int | None = None, device: str | None = None, dtype: str | None = None) -> Pipeline:
     """The DiT from `checkpoint` (or the base Wan weights in `wan_dir`), UMT5 and the Wan VAE from `wan_dir`.
 
     The text encoder is loaded on the CPU: `encode_prompts` moves it to the GPU only while it encodes, so
-    during generation GPU memory holds the DiT, its cache and the VAE.
+    during generation GPU memory holds the DiT, its cache and the VAE. Which weights were used is printed
+    (one line on stderr) and kept in `Pipeline.weights_choice`.
     """
     from contextforcing.codecs.loading import load_text_encoder, load_vae
-    from contextforcing.model.checkpoints import load_model
+    from contextforcing.model.checkpoints import model_config, model_from_state, read_checkpoint
 
     preset = get_preset(preset_name)
     dev, dt = resolve_device(device, dtype)
@@ -178,9 +183,12 @@ def wan_pipeline(wan_dir: str, checkpoint: str | None, preset_name: str, *, chec
     encoder = load_text_encoder(wan_dir, "cpu", dt, text_len=preset.model.text_len)
     codec = load_vae(wan_dir, dev, dt)
     check_parts_fit(preset, encoder, codec)
-    model = load_model(checkpoint or wan_dir, preset.model, fmt=checkpoint_format, use_ema=use_ema, lora=lora,
-                       device=dev, dtype=dt)
-    return Pipeline(preset_name, preset, model, encoder, codec, dev, str(checkpoint or wan_dir))
+    source = checkpoint or wan_dir
+    loaded = read_checkpoint(source, checkpoint_format, use_ema, lora=lora, lora_alpha=lora_alpha)
+    print(loaded.choice.describe(), file=sys.stderr)
+    preset = dataclasses.replace(preset, model=model_config(source, loaded.state, preset.model, num_heads))
+    model = model_from_state(loaded.state, preset.model, dev, dt)
+    return Pipeline(preset_name, preset, model, encoder, codec, dev, str(source), loaded.choice.to_dict())
 
 
 def check_parts_fit(preset: Preset, encoder, codec) -> None:
@@ -195,14 +203,17 @@ def check_parts_fit(preset: Preset, encoder, codec) -> None:
 def pipeline_for(req: GenerationRequest) -> Pipeline:
     return load_pipeline(req.preset, random_init=req.random_init, wan_dir=req.wan_dir, checkpoint=req.checkpoint,
                          checkpoint_format=req.checkpoint_format, use_ema=req.use_ema, lora=req.lora,
-                         seed=req.seed, device=req.device, dtype=req.dtype)
+                         lora_alpha=req.lora_alpha, num_heads=req.num_heads, seed=req.seed, device=req.device,
+                         dtype=req.dtype)
 
 
 def load_pipeline(preset: str, *, random_init: bool, wan_dir: str | None = None, checkpoint: str | None = None,
-                  checkpoint_format: str | None = None, use_ema: bool = True, lora: str | None = None,
-                  seed: int = 0, device: str | None = None, dtype: str | None = None) -> Pipeline:
+                  checkpoint_format: str | None = None, use_ema: bool | None = None, lora: str | None = None,
+                  lora_alpha: float | None = None, num_heads: int | None = None, seed: int = 0,
+                  device: str | None = None, dtype: str | None = None) -> Pipeline:
     """Random init or real weights, never both (a silent choice between them would hide a typo)."""
     real = wan_dir is not None or checkpoint is not None
+    check_weight_flags(real, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
     if random_init and real:
         raise UserError("--random-init cannot be combined with --wan-dir/--checkpoint")
     if random_init:
@@ -213,7 +224,17 @@ def load_pipeline(preset: str, *, random_init: bool, wan_dir: str | None = None,
     if wan_dir is None:
         raise UserError("--checkpoint needs --wan-dir too (for the UMT5 text encoder and the VAE)")
     return wan_pipeline(wan_dir, checkpoint, preset, checkpoint_format=checkpoint_format, use_ema=use_ema,
-                        lora=lora, device=device, dtype=dtype)
+                        lora=lora, lora_alpha=lora_alpha, num_heads=num_heads, device=device, dtype=dtype)
+
+
+def check_weight_flags(real: bool, *, lora=None, lora_alpha=None, num_heads=None) -> None:
+    """Flags that only change loaded weights are refused where nothing is loaded, rather than ignored."""
+    if lora_alpha is not None and lora is None:
+        raise UserError("--lora-alpha needs --lora")
+    given = [flag for flag, value in (("--lora", lora), ("--num-heads", num_heads)) if value is not None]
+    if given and not real:
+        raise UserError(f"{' and '.join(given)}: only for --wan-dir/--checkpoint weights (the random-init and "
+                        f"embedded models take no LoRA, and their head count from the preset)")
 
 
 def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | None, random_init: bool = True) -> str:
@@ -449,6 +470,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
         "init": init,
         "seed": req.seed,
         "weights": pipeline.weights,
+        "weights_choice": pipeline.weights_choice,
         "preset": pipeline.preset_name,
         "config": {
             "model": to_dict(pipeline.preset.model),
@@ -487,7 +509,6 @@ def request_from_args(args) -> GenerationRequest:
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["memory_options"] = parse_overrides(args.memory_opt or [])
     values["switches"] = [_parse_switch(s) for s in (args.switch or [])]
-    values["use_ema"] = not getattr(args, "no_ema", False)
     values["preset"] = default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     values.setdefault("prompt", None)
     return GenerationRequest(**values)

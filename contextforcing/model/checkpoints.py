@@ -6,9 +6,11 @@ Formats (`detect_format` / `--checkpoint-format`):
   diffusers  `WanTransformer3DModel` weights: a directory with config.json (a pipeline root with `transformer/`
              works too) or a single safetensors file with diffusers names; renamed with `model.convert`.
   training   a `.pt` dict of state dicts (Self-Forcing, CausVid, Causal Forcing, LongLive, Context Forcing):
-             `generator_ema` by default when present, `generator` with use_ema=False (`model` as a fallback).
+             `generator_ema` by default when present, `generator` with use_ema=False (`model` as a fallback),
+             and `generator` by default when the LoRA merged in was trained on it (LongLive's `generator_lora`).
 Wrapper prefixes (`model.`, `model.diffusion_model.`, `module.`, FSDP / torch.compile segments...) are
-stripped wherever they appear. A peft-style LoRA adapter can be merged into the weights at load time.
+stripped wherever they appear. A peft-style LoRA adapter can be merged into the weights at load time;
+`read_checkpoint` also says which weights it used and why (`WeightChoice`).
 
 Nothing is unpickled beyond tensors and plain containers unless `allow_pickle=True` (trusted files only).
 """
@@ -50,9 +52,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("original", "diffusers", "training")
 SAVE_LAYOUTS = ("original", "diffusers")
-# Head width of every released Wan2.1 model (1.3B: 12 x 128, 14B: 40 x 128); shapes alone cannot give heads.
-WAN_HEAD_DIM = 128
-# How many offending names an error lists before "and N more".
+# Head counts of the released Wan2.1 widths (1.3B: 12 x 128, 14B: 40 x 128); shapes alone cannot give heads.
+WAN_HEADS = {1536: 12, 5120: 40}
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -154,17 +155,30 @@ def _is_training_dict(raw: Mapping[str, Any]) -> bool:
     return any(isinstance(raw.get(k), Mapping) for k in (*_EMA_KEYS, *_RAW_KEYS))
 
 
-def _select_generator(raw: Mapping[str, Any], use_ema: bool, source: str) -> Mapping[str, torch.Tensor]:
-    """EMA weights by default when the checkpoint has them; the raw generator with use_ema=False."""
-    keys = (*_EMA_KEYS, *_RAW_KEYS) if use_ema else _RAW_KEYS
-    for key in keys:
-        if isinstance(raw.get(key), Mapping):
-            log.info("%s: using the %r weights", source, key)
-            return raw[key]
-    present = sorted(k for k, v in raw.items() if isinstance(v, Mapping))
-    if not use_ema and any(k in present for k in _EMA_KEYS):
-        raise UserError(f"{source}: only EMA weights ({', '.join(present)}) are stored; drop --no-ema to use them")
-    raise UserError(f"{source}: no generator weights in this training checkpoint (entries: {', '.join(present) or 'none'})")
+def _select_generator(
+    raw: Mapping[str, Any], use_ema: bool | None, source: str, trained_on: str | None = None
+) -> tuple[str, str]:
+    """(entry, why) of the generator weights to use: an explicit `use_ema` always wins; without one, the entry
+    a LoRA says it was trained on (LongLive's `generator_lora` -> `generator`), else EMA when stored."""
+    present = [k for k in (*_EMA_KEYS, *_RAW_KEYS) if isinstance(raw.get(k), Mapping)]
+    if not present:
+        stored = sorted(k for k, v in raw.items() if isinstance(v, Mapping))
+        raise UserError(f"{source}: no generator weights in this training checkpoint (entries: {', '.join(stored) or 'none'})")
+    ema = [k for k in present if k in _EMA_KEYS]
+    plain = [k for k in present if k in _RAW_KEYS]
+    if use_ema is False:
+        if not plain:
+            raise UserError(f"{source}: only EMA weights ({', '.join(present)}) are stored; drop --no-ema to use them")
+        return plain[0], "explicit --no-ema"
+    if use_ema is True:
+        if not ema:
+            raise UserError(f"{source}: no EMA weights stored (entries: {', '.join(present)}); drop --ema to use them")
+        return ema[0], "explicit --ema"
+    if trained_on is not None:
+        if trained_on in present:
+            return trained_on, "the LoRA was trained on it; --ema / --no-ema override"
+        return present[0], f"the LoRA was trained on {trained_on!r}, which this checkpoint does not store"
+    return present[0], "EMA weights by default (--no-ema for the raw generator)" if ema else "no EMA weights stored"
 
 
 def _tensors_only(state: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
@@ -189,17 +203,52 @@ def _format_of(raw: Mapping[str, Any]) -> str:
     return "training" if _is_training_dict(raw) else _naming(strip_prefixes(k) for k in raw)
 
 
-def load_state_dict(
+@dataclasses.dataclass(frozen=True)
+class WeightChoice:
+    """Which weights a load used and why: the console line and the `weights_choice` of a generate sidecar."""
+
+    checkpoint: str
+    entry: str | None = None  # training-dict entry read ('generator', 'generator_ema', 'model'); None: flat weights
+    entry_reason: str | None = None
+    lora: str | None = None
+    lora_trained_on: str | None = None  # the base entry the LoRA file names (LongLive's generator_lora: 'generator')
+    lora_ranks: tuple[int, ...] = ()
+    lora_alpha: str | None = None  # where alpha came from
+    lora_scales: tuple[float, ...] = ()  # distinct alpha / rank factors applied
+
+    def describe(self) -> str:
+        text = f"weights: {self.checkpoint}"
+        if self.entry is not None:
+            text += f" [{self.entry!r}: {self.entry_reason}]"
+        if self.lora is not None:
+            ranks = "/".join(str(r) for r in self.lora_ranks)
+            scales = "/".join(f"{s:g}" for s in self.lora_scales)
+            trained = f"trained on {self.lora_trained_on!r}; " if self.lora_trained_on else ""
+            text += f" + LoRA {self.lora} ({trained}rank {ranks}; alpha {self.lora_alpha}; scale {scales})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    state: dict[str, torch.Tensor]  # original names
+    choice: WeightChoice
+
+
+def read_checkpoint(
     path: str | Path,
     fmt: str | None = None,
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     *,
-    lora: str | Path | None = None,
+    lora: str | Path | LoraAdapter | Mapping[str, torch.Tensor] | None = None,
     lora_alpha: float | None = None,
     allow_pickle: bool = False,
-) -> dict[str, torch.Tensor]:
-    """A Wan2.1 DiT checkpoint in any supported layout as {original name: tensor}, with `lora` merged in.
-
+) -> LoadedCheckpoint:
+    """A Wan2.1 DiT checkpoint in any supported layout as {original name: tensor}, `lora` merged in, and which
+    weights were used. `use_ema`: True/False pick `generator_ema`/`generator` of a training dict; None (default)
+    takes the entry the LoRA was trained on when its file says (LongLive), else EMA when stored.
     `fmt` overrides detection: 'original' takes names as they are (after prefix stripping), 'diffusers'
     renames them, 'training' requires a dict with generator entries. Tensors keep their stored dtype.
     """
@@ -209,20 +258,42 @@ def load_state_dict(
     raw = _read_raw(weights, allow_pickle)
     detected = _format_of(raw)
     fmt = fmt or detected
+    # The LoRA is read first: which generator entry to take can depend on what it was trained on.
+    adapter = as_adapter(lora, allow_pickle=allow_pickle) if lora is not None else None
+    trained_on = adapter.trained_on if adapter is not None else None
+    choice = WeightChoice(source)
     if fmt == "training":
         if detected != "training":
             raise UserError(f"{source}: not a training checkpoint (no generator / generator_ema entries)")
-        raw = _select_generator(raw, use_ema, source)
+        entry, why = _select_generator(raw, use_ema, source, trained_on)
+        raw, choice = raw[entry], dataclasses.replace(choice, entry=entry, entry_reason=why)
     elif detected == "training":
         raise UserError(f"{source}: this is a training checkpoint (generator entries), not {fmt!r} weights")
+    elif any(isinstance(raw.get(k), Mapping) for k in _LORA_ONLY_ENTRIES):
+        raise UserError(f"{source}: holds only LoRA weights; pass it with --lora and the base weights with --checkpoint")
     raw = _tensors_only(raw, source)
     naming = fmt if fmt in SAVE_LAYOUTS else _naming(strip_prefixes(k) for k in raw)
     state = _to_original_names(raw, naming, source)
     if not state:
         raise UserError(f"{source}: the checkpoint holds no weights")
-    if lora is not None:
-        state = merge_lora(state, lora, alpha=lora_alpha, allow_pickle=allow_pickle)
-    return state
+    if adapter is not None:
+        state = merge_lora(state, adapter, alpha=lora_alpha)
+        choice = dataclasses.replace(choice, **_lora_choice(adapter, lora_alpha))
+    log.info("%s", choice.describe())
+    return LoadedCheckpoint(state, choice)
+
+
+def load_state_dict(
+    path: str | Path,
+    fmt: str | None = None,
+    use_ema: bool | None = None,
+    *,
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
+    allow_pickle: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The weights of `read_checkpoint` alone."""
+    return read_checkpoint(path, fmt, use_ema, lora=lora, lora_alpha=lora_alpha, allow_pickle=allow_pickle).state
 
 
 # -- LoRA ---------------------------------------------------------------------------------------------------
@@ -231,9 +302,15 @@ _LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora
 _LORA_ALPHA_KEY = re.compile(r"^(?P<module>.+)\.alpha$")
 _LORA_DOWN = ("lora_A", "lora_down")
 _ADAPTER_CONFIG = "adapter_config.json"
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# Looked for, in order, inside a LoRA directory: a peft adapter, or a LongLive training checkpoint
+# (`checkpoint_model_*/model.pt`, a dict with `generator_lora`, `critic_lora` and `step`).
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.pt")
 # Entries of a training-style LoRA checkpoint that hold the adapter (LongLive saves `generator_lora`).
 _LORA_ENTRIES = ("generator_lora", "lora", "state_dict", "model")
+_LORA_ONLY_ENTRIES = ("generator_lora", "lora")  # a checkpoint holding these is a LoRA, not base weights
+# The generator weights an entry's LoRA was trained on: LongLive trains its LoRA on `generator` and infers
+# with use_ema=false, so its `generator_lora` belongs on `generator`, not on `generator_ema`.
+_LORA_TRAINED_ON = {"generator_lora": "generator"}
 
 
 @dataclasses.dataclass
@@ -254,6 +331,22 @@ class LoraAdapter:
     pairs: dict[str, LoraPair]  # keyed by the module path as stored (prefixes not yet resolved)
     alpha: float | None = None  # adapter-wide `lora_alpha` from adapter_config.json
     use_rslora: bool = False
+    trained_on: str | None = None  # generator entry the file says it was trained on (see _LORA_TRAINED_ON)
+    source: str = "LoRA"
+
+    def scale(self, pair: LoraPair, alpha: float | None = None) -> float:
+        """alpha / rank (rsLoRA: / sqrt(rank)); alpha: explicit > per-module > adapter_config.json > rank."""
+        module_alpha = next(a for a in (alpha, pair.alpha, self.alpha, float(pair.rank)) if a is not None)
+        return module_alpha / (math.sqrt(pair.rank) if self.use_rslora else pair.rank)
+
+    def alpha_source(self, alpha: float | None = None) -> str:
+        if alpha is not None:
+            return f"{alpha:g} (explicit)"
+        if any(p.alpha is not None for p in self.pairs.values()):
+            return "per module (stored)"
+        if self.alpha is not None:
+            return f"{self.alpha:g} (adapter_config.json)"
+        return "not stored: assumed = rank, --lora-alpha sets it"
 
 
 def _adapter_files(path: Path) -> tuple[Path, Path | None]:
@@ -285,11 +378,14 @@ def _adapter_config(path: Path | None) -> tuple[float | None, bool]:
     return (float(alpha) if alpha is not None else None), bool(config.get("use_rslora", False))
 
 
-def _lora_tensors(raw: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
+def _lora_tensors(raw: Mapping[str, Any], source: str) -> tuple[Mapping[str, torch.Tensor], str | None]:
+    """The adapter tensors and the entry that held them (None: the file is the adapter itself)."""
     for entry in _LORA_ENTRIES:
         if isinstance(raw.get(entry), Mapping):
-            return _tensors_only(raw[entry], source)
-    return _tensors_only(raw, source)
+            return _tensors_only(raw[entry], source), entry
+    if any(isinstance(raw.get(k), Mapping) for k in (*_EMA_KEYS, "generator")):
+        raise UserError(f"{source}: a model checkpoint (generator weights), not a LoRA; pass it with --checkpoint")
+    return _tensors_only(raw, source), None
 
 
 def parse_lora(tensors: Mapping[str, torch.Tensor], source: str = "LoRA") -> dict[str, LoraPair]:
@@ -325,8 +421,20 @@ def read_lora(path: str | Path, *, allow_pickle: bool = False) -> LoraAdapter:
     """A peft adapter directory/file, a LongLive-style `.pt` dict (`generator_lora`), or a kohya-style file."""
     weights, config = _adapter_files(Path(path))
     alpha, use_rslora = _adapter_config(config)
-    tensors = _lora_tensors(_read_raw(weights, allow_pickle), str(path))
-    return LoraAdapter(parse_lora(tensors, str(path)), alpha, use_rslora)
+    tensors, entry = _lora_tensors(_read_raw(weights, allow_pickle), str(path))
+    return LoraAdapter(parse_lora(tensors, str(path)), alpha, use_rslora, _LORA_TRAINED_ON.get(entry), str(path))
+
+
+def _lora_choice(adapter: LoraAdapter, alpha: float | None) -> dict[str, Any]:
+    """The WeightChoice fields that describe a merged adapter."""
+    pairs = adapter.pairs.values()
+    return dict(
+        lora=adapter.source,
+        lora_trained_on=adapter.trained_on,
+        lora_ranks=tuple(sorted({p.rank for p in pairs})),
+        lora_alpha=adapter.alpha_source(alpha),
+        lora_scales=tuple(sorted({adapter.scale(p, alpha) for p in pairs})),
+    )
 
 
 def _target_name(module: str, state: Mapping[str, torch.Tensor]) -> str | None:
@@ -339,6 +447,15 @@ def _target_name(module: str, state: Mapping[str, torch.Tensor]) -> str | None:
     except KeyError:
         return None
     return name if name in state else None
+
+
+def as_adapter(
+    adapter: str | Path | LoraAdapter | Mapping[str, torch.Tensor], *, allow_pickle: bool = False
+) -> LoraAdapter:
+    """A LoRA given as a path (read_lora), an adapter, or a dict of LoRA tensors."""
+    if isinstance(adapter, (str, Path)):
+        return read_lora(adapter, allow_pickle=allow_pickle)
+    return adapter if isinstance(adapter, LoraAdapter) else LoraAdapter(parse_lora(adapter))
 
 
 def lora_delta(pair: LoraPair, scale: float, shape: torch.Size) -> torch.Tensor:
@@ -358,10 +475,7 @@ def merge_lora(
 
     alpha: explicit value > per-module `.alpha` tensors > adapter_config.json `lora_alpha` > rank (scale 1).
     """
-    if isinstance(adapter, (str, Path)):
-        adapter = read_lora(adapter, allow_pickle=allow_pickle)
-    elif not isinstance(adapter, LoraAdapter):
-        adapter = LoraAdapter(parse_lora(adapter))
+    adapter = as_adapter(adapter, allow_pickle=allow_pickle)
     merged = dict(state)
     unmatched, bad_shapes = [], []
     for module, pair in adapter.pairs.items():
@@ -373,9 +487,7 @@ def merge_lora(
         if pair.up[0].numel() != pair.rank or pair.up.shape[0] * pair.down[0].numel() != base.numel():
             bad_shapes.append(f"{module} A {list(pair.down.shape)} B {list(pair.up.shape)} vs weight {list(base.shape)}")
             continue
-        module_alpha = next(a for a in (alpha, pair.alpha, adapter.alpha, float(pair.rank)) if a is not None)
-        scale = module_alpha / (math.sqrt(pair.rank) if adapter.use_rslora else pair.rank)
-        merged[name] = (base.float() + lora_delta(pair, scale, base.shape)).to(base.dtype)
+        merged[name] = (base.float() + lora_delta(pair, adapter.scale(pair, alpha), base.shape)).to(base.dtype)
     if unmatched:
         raise UserError(f"LoRA adapts {len(unmatched)} module(s) the model does not have: {name_list(unmatched)}")
     if bad_shapes:
@@ -415,15 +527,23 @@ def _architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def _heads_for(dim: int, base: ModelConfig | None) -> int:
     """Heads are invisible in the shapes (q/k/v are dim x dim): take them from the base config when it has
-    this dim, else from a preset of this dim, else assume Wan's head width of 128."""
+    this dim, else from the released Wan2.1 widths or a preset of this dim. Any other width is an error:
+    guessing (e.g. dim / 128) would build a model that computes something else without a word."""
     if base is not None and base.dim == dim:
         return base.num_heads
-    for preset in PRESETS.values():
-        if preset.model.dim == dim:
-            return preset.model.num_heads
-    if dim % WAN_HEAD_DIM == 0:
-        return dim // WAN_HEAD_DIM
-    raise UserError(f"cannot tell the attention head count for model dim {dim}; give it explicitly (--num-heads)")
+    known = {WAN_HEADS[dim]} if dim in WAN_HEADS else set()
+    known |= {p.model.num_heads for p in PRESETS.values() if p.model.dim == dim}
+    if len(known) == 1:
+        return known.pop()
+    reason = f"presets of this width disagree ({sorted(known)})" if known else "not a Wan2.1 or preset width"
+    raise UserError(f"cannot tell the attention head count of a {dim}-wide model ({reason}); pass --num-heads "
+                    f"(num_heads= in Python) or a config.json beside the weights")
+
+
+def _check_heads(num_heads: int) -> int:
+    if num_heads < 1:
+        raise UserError(f"the head count must be at least 1, got {num_heads}")
+    return num_heads
 
 
 def infer_model_config(
@@ -435,7 +555,7 @@ def infer_model_config(
     rope_theta) come from `base` (e.g. a preset, or config.json via `checkpoint_config`), else the defaults.
     """
     arch = _architecture(state)
-    heads = num_heads or _heads_for(arch["dim"], base)
+    heads = _check_heads(num_heads) if num_heads is not None else _heads_for(arch["dim"], base)
     return dataclasses.replace(base or ModelConfig(), **arch, num_heads=heads).validate()
 
 
@@ -558,7 +678,7 @@ def load_model(
     model_cfg: ModelConfig | None = None,
     *,
     fmt: str | None = None,
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     lora: str | Path | None = None,
     lora_alpha: float | None = None,
     num_heads: int | None = None,
@@ -566,15 +686,33 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     allow_pickle: bool = False,
 ):
-    """A CausalWanModel with the checkpoint's weights. Without `model_cfg` the config comes from shapes plus
-    config.json / presets. Built on the meta device and filled once, so the weights exist in memory once."""
+    """A CausalWanModel with the checkpoint's weights (which ones: see `read_checkpoint`). Without `model_cfg`
+    the config comes from shapes plus config.json / presets; `num_heads` sets the head count either way.
+    Built on the meta device and filled once, so the weights exist in memory once."""
+    loaded = read_checkpoint(path, fmt, use_ema, lora=lora, lora_alpha=lora_alpha, allow_pickle=allow_pickle)
+    return model_from_state(loaded.state, model_config(path, loaded.state, model_cfg, num_heads), device, dtype)
+
+
+def model_config(
+    path: str | Path, state: Mapping[str, torch.Tensor], model_cfg: ModelConfig | None, num_heads: int | None
+) -> ModelConfig:
+    """`model_cfg` (with `num_heads` if given), or the checkpoint's own config from shapes and config.json."""
+    if model_cfg is None:
+        return infer_model_config(state, num_heads=num_heads, base=checkpoint_config(path))
+    if num_heads is None:
+        return model_cfg
+    return dataclasses.replace(model_cfg, num_heads=_check_heads(num_heads)).validate()
+
+
+def model_from_state(
+    state: Mapping[str, torch.Tensor], cfg: ModelConfig, device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """A CausalWanModel of `cfg` holding `state` (checked first), on `device` in `dtype`, in eval mode."""
     from contextforcing.model.wan import CausalWanModel
 
-    state = load_state_dict(path, fmt, use_ema, lora=lora, lora_alpha=lora_alpha, allow_pickle=allow_pickle)
-    if model_cfg is None:
-        model_cfg = infer_model_config(state, num_heads=num_heads, base=checkpoint_config(path))
     with torch.device("meta"):
-        model = CausalWanModel(model_cfg)
+        model = CausalWanModel(cfg)
     model = model.to(dtype=dtype)
     load_into(model, {k: v.to(device=device, dtype=dtype) for k, v in state.items()})
     return model.eval()

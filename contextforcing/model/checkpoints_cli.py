@@ -20,7 +20,7 @@ from contextforcing.model.checkpoints import (
     checkpoint_config,
     describe_config,
     infer_model_config,
-    load_state_dict,
+    read_checkpoint,
     save_safetensors,
 )
 
@@ -32,6 +32,23 @@ or a Self-Forcing/CausVid/LongLive/Context Forcing training .pt), optionally mer
 it as one safetensors file. OUT ending in .safetensors is written as that file; any other OUT becomes a
 model directory with diffusion_pytorch_model.safetensors and a config.json (diffusers' config with
 --to diffusers, so WanTransformer3DModel.from_pretrained(OUT) works; Wan's own otherwise)."""
+
+
+def add_weight_choice_args(parser: argparse.ArgumentParser) -> None:
+    """--ema / --no-ema: which generator of a training .pt; neither means EMA, unless the LoRA was trained on
+    the raw generator (LongLive), and either one always wins."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--ema", dest="use_ema", action="store_const", const=True, default=None,
+                       help="training checkpoints: `generator_ema` (the default unless a LongLive LoRA asks for "
+                            "`generator`)")
+    group.add_argument("--no-ema", dest="use_ema", action="store_const", const=False,
+                       help="training checkpoints: the raw `generator`, not `generator_ema`")
+
+
+def add_lora_alpha_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lora-alpha", type=float, default=None,
+                        help="LoRA alpha, scale = alpha / rank (default: stored in the adapter, else alpha = rank; "
+                             "LongLive's lora.pt stores none)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -46,10 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add("output", metavar="OUT", type=Path, help="OUT.safetensors, or a directory")
     add("--to", choices=SAVE_LAYOUTS, default="original", help="parameter names to write (default: original)")
     add("--checkpoint-format", choices=FORMATS, default=None, help="input format (default: detected)")
-    add("--no-ema", action="store_true", help="training checkpoints: use `generator`, not `generator_ema`")
-    add("--lora", type=Path, default=None, help="LoRA adapter (file or peft directory) to merge in")
-    add("--lora-alpha", type=float, default=None,
-        help="LoRA alpha, scale = alpha / rank (default: from the adapter, else rank)")
+    add_weight_choice_args(parser)
+    add("--lora", type=Path, default=None,
+        help="LoRA to merge in: peft file or directory, LongLive lora.pt or checkpoint_model_* directory")
+    add_lora_alpha_arg(parser)
     add("--preset", choices=sorted(PRESETS), default=None, help="check the weights against this preset")
     add("--num-heads", type=int, default=None, help="attention heads, for the config.json of a directory OUT")
     add("--dtype", choices=list(DTYPES), default="keep", help="cast floating-point weights (default: keep)")
@@ -67,14 +84,16 @@ def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str
 def run_convert(args: argparse.Namespace) -> int:
     if args.lora_alpha is not None and args.lora is None:
         raise UserError("--lora-alpha needs --lora")
-    state = load_state_dict(
+    loaded = read_checkpoint(
         args.input,
         args.checkpoint_format,
-        use_ema=not args.no_ema,
+        use_ema=args.use_ema,
         lora=args.lora,
         lora_alpha=args.lora_alpha,
         allow_pickle=args.allow_pickle,
     )
+    state = loaded.state
+    print(loaded.choice.describe())
     base = get_preset(args.preset).model if args.preset else checkpoint_config(args.input)
     # Refuse partial or foreign weights before writing anything (against the preset when one is named).
     shapes = check_complete(state, base if args.preset else None)

@@ -218,3 +218,53 @@ def test_read_prompt_script_skips_blank_lines_and_strips(tmp_path):
     assert read_prompt_script(str(script)) == [(1, 0.0, "a"), (3, 1.0, "b")]
     with pytest.raises(UserError, match="does not exist"):
         read_prompt_script(str(tmp_path / "none.jsonl"))
+
+
+def test_longlive_base_and_lora_directory_with_alpha_and_heads(wan, tmp_path, capsys):
+    """LongLive's files as it saves them: the base a training dict, the LoRA a checkpoint_model_* directory of
+    `generator_lora` (peft names, no alpha). The LoRA lands on `generator`, the scale is alpha / rank, and the
+    console and sidecar say so; an explicit --ema wins."""
+    base = tmp_path / "longlive_base.pt"
+    torch.save({"generator": {"model." + k: v for k, v in _dit_state(5).items()},
+                "generator_ema": {"model." + k: v for k, v in _dit_state(6).items()}}, base)
+    rank, gen = 4, torch.Generator().manual_seed(0)
+    lora = {}
+    for module in ("blocks.0.self_attn.q", "blocks.1.cross_attn.o"):
+        lora[f"base_model.model.{module}.lora_A.weight"] = torch.randn(rank, TINY_MODEL["dim"], generator=gen)
+        lora[f"base_model.model.{module}.lora_B.weight"] = torch.randn(TINY_MODEL["dim"], rank, generator=gen)
+    run = tmp_path / "checkpoint_model_000100"
+    run.mkdir()
+    torch.save({"generator_lora": lora, "critic_lora": lora, "step": 100}, run / "model.pt")
+    common = ["--wan-dir", str(wan["dir"]), "--checkpoint", str(base), "--preset", str(wan["preset"]),
+              "--lora", str(run), "--prompt", "a red ball", "--seconds", "0.75", "--quiet"]
+    out = tmp_path / "v.mp4"
+    assert main(["generate", *common, "--lora-alpha", "2", "--num-heads", "2", "--out", str(out)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("weights:")]
+    assert len(said) == 1 and "['generator': the LoRA was trained on it" in said[0] and "scale 0.5" in said[0]
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    choice = sidecar["weights_choice"]
+    assert (choice["entry"], choice["lora_trained_on"], choice["lora_ranks"]) == ("generator", "generator", [rank])
+    assert choice["lora_scales"] == [2 / rank] and choice["lora"] == str(run)
+    assert sidecar["config"]["model"]["num_heads"] == 2
+    assert main(["generate", *common, "--ema", "--out", str(tmp_path / "ema.mp4")]) == 0
+    choice = json.loads((tmp_path / "ema.json").read_text())["weights_choice"]
+    assert (choice["entry"], choice["entry_reason"], choice["lora_scales"]) == ("generator_ema", "explicit --ema", [1.0])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--random-init", "--lora", "x.pt"], "--lora: only for --wan-dir/--checkpoint weights"),
+    (["--random-init", "--num-heads", "2"], "--num-heads: only for --wan-dir/--checkpoint weights"),
+    (["--random-init", "--lora-alpha", "8"], "--lora-alpha needs --lora"),
+    (["--random-init", "--ema", "--no-ema"], "not allowed with argument"),
+])
+@pytest.mark.parametrize("command", ["generate", "bench"])
+def test_weight_flags_without_weights_are_refused(tmp_path, capsys, monkeypatch, command, args, message):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--prompt", "p", "--out", "v.mp4", "--quiet"] if command == "generate" else []
+    try:
+        code = main([command, "--seconds", "1", *extra, *args])
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
