@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--init-image", help="start from this image: encoded and prefilled into memory")
     gen.add_argument("--out", required=True, help="output .mp4; a .json sidecar is written beside it")
     gen.add_argument("--switch", action="append", metavar="CHUNK:PROMPT", help="switch prompt at a chunk, repeatable")
-    gen.add_argument("--flush-on-switch", action="store_true", help="drop sink and slow memory at a switch")
+    gen.add_argument("--flush-on-switch", action="store_true",
+                     help="drop sink and slow memory at a switch (with --recache longlive: LongLive's global_sink false)")
+    gen.add_argument("--recache", choices=("window", "longlive"), default="window",
+                     help="what a switch re-encodes: the recent frames the next chunk attends (window), or exactly "
+                          "what LongLive 1.0 re-encodes (longlive; --memory sink)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 

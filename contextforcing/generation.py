@@ -20,7 +20,7 @@ from tqdm import tqdm
 from contextforcing.config import Preset, SamplingConfig, VideoConfig, from_dict, get_preset, to_dict
 from contextforcing.data.video import VideoWriter, check_writable, read_video, write_json_atomic
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import MemorySpec, make_spec, tier_params
+from contextforcing.memory.policies import MemorySpec, check_recache, make_spec, tier_params
 from contextforcing.sampling.stream import VideoStream, stream_video
 
 
@@ -48,6 +48,7 @@ class GenerationRequest:
     dtype: str | None = None
     switches: list[tuple[int, str]] = field(default_factory=list)  # (chunk index, prompt)
     flush_on_switch: bool = False
+    recache: str = "window"  # window | longlive: what a prompt switch re-encodes
     wan_dir: str | None = None  # UMT5 + VAE, and the base DiT when no checkpoint is given
     checkpoint: str | None = None  # DiT weights in any format `model.checkpoints` reads
     checkpoint_format: str | None = None
@@ -422,6 +423,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
     if pipeline is not None and pipeline.weights.startswith("embedded:"):
         options = embedded_memory_options(req.memory, options)
     spec = validate_memory(req.memory, options, video.chunk_frames)
+    check_recache(spec, req.recache)
     num_frames = video.latent_frames_for(req.seconds)
     chunks = num_frames // video.chunk_frames
     placed = plan_prompts(req, video, chunks)
@@ -438,7 +440,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
         decoder.decode(prefill)
         init |= {"latent_frames": prefill.shape[2], "emitted": False, "decoder_primed": True}
     stream = VideoStream(pipeline.model, texts[placed[0]["prompt"]], spec, video, SamplingConfig(),
-                         max_frames=num_frames + (prefill.shape[2] if prefill is not None else 0))
+                         max_frames=num_frames + (prefill.shape[2] if prefill is not None else 0), recache=req.recache)
     if prefill is not None:
         stream.prefill(prefill)
     for p in placed:  # where each prompt starts in the written mp4
@@ -477,6 +479,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
             "video": to_dict(video),
             "sampling": to_dict(SamplingConfig()),
             "memory": spec.to_dict(),
+            "switch": {"recache": req.recache, "flush": req.flush_on_switch},
             "device": str(pipeline.device),
             "dtype": str(pipeline.model.dtype).replace("torch.", ""),
         },

@@ -34,7 +34,7 @@ import torch
 from contextforcing.config import ModelConfig, VideoConfig
 from contextforcing.errors import UserError
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
-from contextforcing.memory.policies import MemorySpec, make_policy, tier_params
+from contextforcing.memory.policies import MemorySpec, check_recache, make_policy, tier_params
 from contextforcing.memory.promotion import promotion_for
 
 KeyRotation = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
@@ -169,6 +169,7 @@ class ContextMemory:
         self.current_position_ids: torch.Tensor | None = None  # the chunk's positions, as a tensor for the model
         self.rotations = 0  # number of context rotations, for tests and benchmarks
         self._recaching = False
+        self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
         self._commit_pass = False
 
     @staticmethod
@@ -233,23 +234,41 @@ class ContextMemory:
         """Frames a prompt switch before chunk `next_start` re-encodes (the recent frames it will attend)."""
         return self.groups[0].policy.recent_frames(next_start)
 
-    def begin_recache(self, next_start: int) -> list[int]:
-        """Re-encode the recent frames before chunk `next_start` (prompt switch): returns them.
+    def recache_frames(self, next_start: int, mode: str = "window") -> list[int]:
+        """Frames whose clean latents a `mode` recache before `next_start` needs (the stream keeps them)."""
+        return self.groups[0].policy.recache_frames(next_start, mode)
 
-        They become the 'current' frames of one commit pass that overwrites their K/V in place; they
-        attend the rest of what the next chunk attends, at the positions it will give them."""
+    def begin_recache(self, next_start: int, mode: str = "window", flush: bool = False) -> list[int]:
+        """Prompt switch before chunk `next_start`: plan the re-encode pass of `mode` (see
+        `TieredPolicy.recache`) and return the frames it re-encodes, oldest first.
+
+        They become the 'current' frames of one commit pass (no mask among them) that overwrites their
+        stored K/V in place; frames no longer stored get scratch slots for the pass. `commit()` ends it."""
+        check_recache(self.spec, mode)
         self._recaching = True
-        frames = self.recent_frames(next_start)
+        plans = []
         for g in self.groups:
-            upcoming = g.policy.plan(self.chunk_index + 1, next_start, self.layout.chunk_frames)
-            own = {a.frame: a.position for a in upcoming.context if not a.copy and a.frame in frames}
-            context = tuple(a for a in upcoming.context if a.frame not in own)
+            plan = g.policy.recache(self.chunk_index + 1, next_start, mode, flush)
+            for key in (g.policy.adopt_sink(plan.new_sink, next_start) if plan.new_sink is not None else []):
+                g.slots.release(key)
+            if mode == "window" and flush:
+                self._release_unheld(g)
+            frames = plan.frames
             first = frames[0] if frames else next_start
-            assert frames == list(range(first, first + len(frames))), "recent frames must be contiguous"
-            g.plan = ChunkPlan(upcoming.chunk, first, len(frames), context, tuple(own[f] for f in frames))
-            self._prepare_group(g, [g.slots.slot[("main", f)] for f in frames])
+            assert frames == list(range(first, first + len(frames))), "recached frames must be contiguous"
+            g.plan = ChunkPlan(self.chunk_index + 1, first, len(frames), plan.context, tuple(plan.positions))
+            self._prepare_group(g, [g.slots.allocate(("main", f)) for f in frames])
+            plans.append(plan)
+        self._recache = plans
         self._after_plan()
-        return frames
+        return plans[0].frames
+
+    def _release_unheld(self, g: _Group) -> None:
+        """Free the storage of every entry the group's policy no longer holds (after a flush)."""
+        tiers = g.policy.tiers()
+        held = {("main", f) for f in tiers["sink"] + tiers["fast"]} | {("slow", f) for f in tiers["slow"]}
+        for key in [k for k in g.slots.slot if k not in held]:
+            g.slots.release(key)
 
     def flush(self) -> None:
         """Drop sink and slow memory (prompt switch with flush); the sink refills from the next commits."""
@@ -267,8 +286,11 @@ class ContextMemory:
 
     def commit(self) -> MemoryUpdate:
         """After the commit pass: let each group's policy update its tiers, and make storage follow."""
-        if self._recaching:
+        if self._recaching:  # the end of a recache: scratch frames leave the store again
             self._recaching = False
+            for g, plan in zip(self.groups, self._recache):
+                for f in plan.scratch:
+                    g.slots.release(("main", f))
             return MemoryUpdate()
         updates = []
         for g in self.groups:

@@ -252,6 +252,46 @@ class CommitChanges:
     folded: list[tuple[int, int]] = field(default_factory=list)  # (sink frame, evicted frame) EMA pairs
 
 
+RECACHE_MODES = ("window", "longlive")
+
+
+@dataclass(frozen=True)
+class RecachePlan:
+    """What a prompt switch re-encodes under the new prompt, in one commit pass without a causal mask.
+
+    `frames` (contiguous, oldest first) at `positions` attend each other and `context`; the pass rewrites the
+    stored K/V of `kept`, and computes the others (`scratch`: frames no longer stored) only as context."""
+
+    frames: list[int]
+    positions: list[int]
+    context: tuple[Attended, ...]
+    kept: list[int]
+    new_sink: list[int] | None = None  # LongLive `global_sink: false`: the recached frames that become the sink
+
+    @property
+    def scratch(self) -> list[int]:
+        return [f for f in self.frames if f not in self.kept]
+
+
+def window_recache(policy, chunk: int, next_start: int) -> RecachePlan:
+    """Our recache: the recent frames the next chunk attends, re-encoded attending everything else it
+    attends (sink, slow) at the positions it will give them."""
+    upcoming = policy.plan(chunk, next_start, policy.chunk_frames)
+    frames = policy.recent_frames(next_start)
+    own = {a.frame: a.position for a in upcoming.context if not a.copy and a.frame in frames}
+    context = tuple(a for a in upcoming.context if a.frame not in own)
+    return RecachePlan(frames, [own[f] for f in frames], context, list(frames))
+
+
+def check_recache(spec: MemorySpec, mode: str) -> None:
+    """A prompt-switch recache mode this memory can run (before any work is done)."""
+    if mode not in RECACHE_MODES:
+        raise UserError(f"unknown recache mode {mode!r}; choose one of {', '.join(RECACHE_MODES)}")
+    if mode == "longlive" and spec.name != "sink":
+        raise UserError(f"recache=longlive reproduces LongLive 1.0, whose cache is the sink policy "
+                        f"(--memory sink); not {spec.name!r}")
+
+
 class TieredPolicy:
     """Tier bookkeeping for one memory (one per layer when promotion is decided per layer)."""
 
@@ -288,6 +328,58 @@ class TieredPolicy:
     def recent_frames(self, next_start: int) -> list[int]:
         """The cached fast frames the chunk at `next_start` will attend (a prompt switch re-encodes them)."""
         return self._cached_fast(next_start, self.chunk_frames)
+
+    # -- prompt switch -----------------------------------------------------------------------------
+    def recache_frames(self, next_start: int, mode: str) -> list[int]:
+        """Frames whose clean latents a prompt switch before `next_start` re-encodes (the stream keeps them)."""
+        if mode == "window":
+            return self.recent_frames(next_start)
+        return list(range(max(0, next_start - self.p.capacity), next_start))
+
+    def recache(self, chunk: int, next_start: int, mode: str, flush: bool) -> RecachePlan:
+        """The recache of a prompt switch before chunk `chunk` at `next_start`.
+
+        window (ours): the cached fast frames the next chunk attends, attending what else it attends (sink,
+          slow) at the positions it will give them; `flush` drops sink and slow first (the sink refills from
+          the next chunk).
+        longlive (LongLive 1.0's recache, `sink` policy): its cache holds the sink and the last `window`
+          frames; a switch at t re-encodes the last min(capacity, t) frames in one unmasked pass at their
+          frame indices. With its global sink kept (no flush) and t > capacity, the first `sink` of those
+          would land on the protected sink and are discarded, so the last `window` frames are re-encoded
+          attending the old sink; with t <= capacity the sink frames are re-encoded too (LongLive's code does
+          so, against its own comment). `flush` is its `global_sink: false`: the cache is cleared and the
+          first `sink` recached frames become the new sink.
+        """
+        if mode == "window":
+            if flush:
+                self.flush()
+            upcoming = self.plan(chunk, next_start, self.chunk_frames)
+            frames = self.recent_frames(next_start)
+            own = {a.frame: a.position for a in upcoming.context if not a.copy and a.frame in frames}
+            context = tuple(a for a in upcoming.context if a.frame not in own)
+            return RecachePlan(frames, [own[f] for f in frames], context, list(frames))
+        count = min(self.p.capacity, next_start)
+        stored = set(self.sink) | set(self.recent_frames(next_start))
+        if flush:
+            frames = list(range(next_start - count, next_start))
+            new_sink = frames[: self.p.sink]
+            return RecachePlan(frames, frames, (), [f for f in frames if f in stored or f in new_sink], new_sink)
+        if next_start > self.p.capacity:  # the protected sink: attended, not rewritten
+            frames = list(range(next_start - self.p.window, next_start))
+            context = tuple(Attended("sink", f, f) for f in self.sink)
+        else:
+            frames, context = list(range(next_start)), ()
+        return RecachePlan(frames, frames, context, [f for f in frames if f in stored])
+
+    def adopt_sink(self, new_sink: list[int], next_start: int) -> list[tuple[str, int]]:
+        """Make `new_sink` the sink (LongLive's cleared cache); returns the storage entries no longer needed."""
+        before = [("main", f) for f in self.sink + self.fast]
+        self.sink = list(new_sink)
+        self._sink_open = len(self.sink) < self.p.sink
+        self.fast = [f for f in self.fast if f not in self.sink]
+        self.fast = self._cached_fast(next_start, self.chunk_frames)
+        kept = {("main", f) for f in self.sink + self.fast}
+        return [e for e in before if e not in kept]
 
     # -- promotion -------------------------------------------------------------------------------
     def promotion_check(self, chunk: int, start: int) -> str:
@@ -391,6 +483,16 @@ class ReleasedPolicy:
         """Frames of the last `fast - chunk` that are still cached as themselves, outside the sink."""
         oldest = next_start - (self.p.window - self.chunk_frames)
         return [f for i, (kind, f) in enumerate(self.slots) if kind == "main" and i >= self.p.sink and f >= oldest]
+
+    def recache_frames(self, next_start: int, mode: str) -> list[int]:
+        return self.recent_frames(next_start)
+
+    def recache(self, chunk: int, next_start: int, mode: str, flush: bool) -> RecachePlan:
+        """The recent frames, attending the rest of what the next chunk attends (the released code has no
+        prompt switch; this is our window recache on its layout)."""
+        if flush:
+            self.flush()
+        return window_recache(self, chunk, next_start)
 
     def promotion_check(self, chunk: int, start: int) -> str:
         return "ask" if self.p.slow and start >= self.p.window else "no"

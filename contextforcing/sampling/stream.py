@@ -17,7 +17,7 @@ from contextforcing.config import SamplingConfig, VideoConfig
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.cross import CrossAttentionCache
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
-from contextforcing.memory.policies import MemorySpec
+from contextforcing.memory.policies import MemorySpec, check_recache
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
 from contextforcing.sampling.scheduler import FlowMatchSchedule
@@ -61,11 +61,15 @@ class VideoStream:
         euler_num_steps: int | None = None,
         max_frames: int | None = None,
         trainable: bool = False,
+        recache: str = "window",
     ):
         """`trainable`: a training rollout, some of whose chunks keep an autograd graph; the text is then
-        handed to the model as a tensor on every pass instead of a cross-attention cache."""
+        handed to the model as a tensor on every pass instead of a cross-attention cache.
+        `recache`: what a prompt switch re-encodes, `window` (ours) or `longlive` (LongLive 1.0's; see
+        `TieredPolicy.recache`)."""
+        check_recache(memory, recache)
         self.model, self.video, self.sampling, self.spec = model, video, sampling, memory
-        self.trainable = trainable
+        self.trainable, self.recache = trainable, recache
         self.schedule = FlowMatchSchedule(sampling.shift, sampling.num_train_timesteps)
         if euler_num_steps:  # multi-step (teacher) sampling
             self.steps = euler_steps(euler_num_steps, self.schedule)
@@ -152,7 +156,7 @@ class VideoStream:
         for i in range(frames):
             self.recent[self.frame + i] = x0[:, :, i : i + 1]
         self.frame += frames
-        keep = set(self.memory.recent_frames(self.frame))
+        keep = set(self.memory.recache_frames(self.frame, self.recache))
         self.recent = {f: x for f, x in self.recent.items() if f in keep}
 
     # -- conditioning changes ----------------------------------------------------------------------
@@ -168,20 +172,19 @@ class VideoStream:
 
     @torch.no_grad()
     def switch_prompt(self, text: torch.Tensor, flush: bool = False) -> None:
-        """New prompt from the next chunk on: reset the cross-attention cache and re-encode the fast
-        window once under the new prompt (LongLive's recache); sink and slow memory are kept, or
-        dropped with `flush`."""
+        """New prompt from the next chunk on: reset the cross-attention cache and re-encode recent frames
+        once under the new prompt (`recache`: our window, or LongLive's); sink and slow memory are kept, or
+        dropped with `flush` (with LongLive's recache: its `global_sink: false`)."""
         branch = self.branches[0]
         branch.text = self._text(text)
-        if flush:
-            branch.memory.flush()
-        frames = branch.memory.begin_recache(self.frame)
+        frames = branch.memory.begin_recache(self.frame, self.recache, flush)
         if frames:
             window = torch.cat([self.recent[f] for f in frames], dim=2)
             ts = torch.full((window.shape[0], len(frames)), self.sampling.commit_timestep, device=window.device)
             self.model(window, ts, branch.text, memory=branch.memory, commit=True)
         branch.memory.commit()
-        self.events.append({"event": "switch", "frame": self.frame, "recached": frames, "flush": flush})
+        self.events.append({"event": "switch", "frame": self.frame, "recached": frames, "flush": flush,
+                            "recache": self.recache})
 
 
 def stream_video(

@@ -35,6 +35,13 @@ def test_generate_writes_readable_mp4_and_sidecar_within_policy_limits(tmp_path)
     assert not sidecar["interrupted"]
 
 
+def test_longlive_recache_on_a_switch(tmp_path):
+    code, out = _generate(tmp_path, "--memory", "sink", "--recache", "longlive", "--switch", "6:a blue cube", seconds="6")
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert code == 0 and sidecar["config"]["switch"] == {"recache": "longlive", "flush": False}
+    assert sidecar["events"][0]["recached"] == list(range(9, 18))  # t = 18 > 12: the last 9 frames
+
+
 def test_same_seed_same_video(tmp_path):
     _, a = _generate(tmp_path, name="a.mp4")
     _, b = _generate(tmp_path, name="b.mp4")
@@ -53,6 +60,8 @@ def test_same_seed_same_video(tmp_path):
         (["--seconds", "0"], "--seconds must be positive"),
         (["--seconds", "-2"], "--seconds must be positive"),
         (["--switch", "99:late"], "outside the video"),
+        (["--memory", "slow_fast", "--recache", "longlive"], "sink policy"),
+        (["--memory", "slow_fast", "--memory-opt", "layout=released", "--memory-opt", "interval=2"], "layout=released fixes"),
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, args, message):
