@@ -151,6 +151,8 @@ def tier_params(spec: PolicySpec, chunk_frames: int) -> TierParams:
             raise UserError("slow_fast with a slow memory needs a sink of at least 1 frame (sink=0 given)")
         if o.interval < 1:
             raise UserError(f"slow_fast interval must be at least 1 chunk, got {o.interval}")
+        if not -1.0 <= o.tau <= 1.0:  # a cosine similarity: outside [-1, 1] it would always or never promote
+            raise UserError(f"slow_fast tau is a cosine similarity threshold in [-1, 1], got {o.tau}")
     for what in ("sink", "slow"):
         if getattr(p, what) < 0:
             raise UserError(f"memory size {what}={getattr(p, what)} must not be negative")
