@@ -65,7 +65,7 @@ def write_error(dest: str | os.PathLike, err: BaseException | str) -> UserError:
     dest = Path(dest)
     reason = err if isinstance(err, str) else (err.strerror if isinstance(err, OSError) and err.strerror
                                                else first_line(err))
-    free = free_bytes(dest.parent if str(dest.parent) else ".")
+    free = free_bytes(dest.parent)
     room = f" ({format_bytes(free)} free in {dest.parent})" if free is not None else ""
     kept = f"the previous {dest.name} is untouched" if dest.exists() else "nothing was written"
     return UserError(f"cannot write {dest}: {reason}{room}; {kept}")
@@ -74,7 +74,7 @@ def write_error(dest: str | os.PathLike, err: BaseException | str) -> UserError:
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, before any work, if file `path` cannot be created."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent  # Path("v.mp4").parent is Path(".")
     if path.is_dir():
         raise UserError(f"output path {path} is a directory")
     if not parent.is_dir():
@@ -121,8 +121,7 @@ def temp_beside(dest: str | os.PathLike) -> Path:
     """A new empty file with a unique name in dest's directory, keeping dest's extension (encoders and
     savers choose their format from it): `.NAME.XXXXXXXX.part.EXT`."""
     dest = Path(dest)
-    fd, name = tempfile.mkstemp(dir=dest.parent if str(dest.parent) else ".", prefix=f".{dest.stem}.",
-                                suffix=f"{TEMP_MARK}{dest.suffix}")
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=f"{TEMP_MARK}{dest.suffix}")
     os.close(fd)
     return Path(name)
 
@@ -156,7 +155,7 @@ class StagedFile:
         except OSError as err:
             self.discard()
             raise write_error(self.dest, err) from None
-        fsync_dir(self.dest.parent if str(self.dest.parent) else ".")
+        fsync_dir(self.dest.parent)
         return self.dest
 
     def discard(self) -> None:
@@ -258,8 +257,7 @@ def staged_dir(dest: str | os.PathLike) -> Iterator[Path]:
     block ends (move the finished files out with `publish_files` inside the block)."""
     dest = Path(dest)
     try:
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent if str(dest.parent) else ".", prefix=f".{dest.name}.",
-                                    suffix=TEMP_MARK))
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=TEMP_MARK))
     except OSError as err:
         raise write_error(dest, err) from None
     try:

@@ -226,7 +226,8 @@ class Trainer:
             return self._run(guard)
 
     def _run(self, guard: InterruptGuard) -> TrainResult:
-        self.resume()
+        with guard.interruptible():  # loading writes nothing: a Ctrl-C here stops at once
+            self.resume()
         start = self.state.step
         result = TrainResult(steps=0, final_step=start)
         if start >= self.cfg.max_steps:
