@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 from contextforcing import perf
-from contextforcing.config import SamplingConfig
+from contextforcing.config import SamplingConfig, get_preset
 from contextforcing.errors import UserError
-from contextforcing.generation import encode_prompts, load_pipeline, random_init_pipeline, validate_memory
+from contextforcing.generation import (check_seed, encode_prompts, load_pipeline, random_init_pipeline, resolve_device,
+                                       validate_memory)
+from contextforcing.memory.policies import MemorySpec
 from contextforcing.sampling.stream import VideoStream, stream_video
 
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
@@ -85,14 +87,13 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     With `decode`, each chunk's time includes its streaming decode (Wan VAE, or the preview decoder).
     `peak_tflops` sets the rate of the floor; None measures one (a square matmul on the device)."""
     windows_parsed = parse_windows(windows)
+    spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype)
     weights = weights or {}
     if weights.get("wan_dir") or weights.get("checkpoint"):
         pipe = load_pipeline(preset, seed=seed, device=device, dtype=dtype, **weights)
     else:
         pipe = random_init_pipeline(preset, seed, device, dtype)
     video = pipe.preset.video
-    spec = validate_memory(memory, memory_options, video.chunk_frames)
-    num_frames = video.latent_frames_for(seconds)
     for a, b in windows_parsed:  # fail before the run, not after it
         if b > num_frames // video.chunk_frames:
             raise UserError(f"--windows {a}:{b} reaches past the {num_frames // video.chunk_frames} chunks generated")
@@ -147,6 +148,18 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     return result
 
 
+def _check_request(preset: str, seconds: float, memory: str, memory_options: dict, seed: int, device: str | None,
+                   dtype: str | None) -> tuple[MemorySpec, int]:
+    """Memory spec and latent frames, with every check (sizes against the device too) before a model is built."""
+    cfg = get_preset(preset)
+    spec = validate_memory(memory, memory_options, cfg.video.chunk_frames)
+    num_frames = cfg.video.latent_frames_for(seconds)
+    check_seed(seed)
+    dev, dt = resolve_device(device, dtype)
+    perf.check_memory_fits(spec, cfg.model, cfg.video, dt, dev, num_frames)
+    return spec, num_frames
+
+
 def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:
     """The same bench once per memory policy (default options), in one process, one after another.
     A policy that runs out of device memory (e.g. `full` on a long video) gets a row saying so."""
@@ -154,7 +167,7 @@ def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:
     for name in perf.POLICIES:
         try:
             results.append(run_bench(preset, seconds, name, {}, **kwargs))
-        except torch.OutOfMemoryError as err:
+        except (torch.OutOfMemoryError, perf.MemoryTooLarge) as err:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             results.append({"memory": {"policy": name}, "error": f"out of memory: {str(err).splitlines()[0]}"})

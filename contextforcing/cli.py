@@ -6,8 +6,10 @@ import argparse
 import importlib
 import json
 import sys
+from typing import Callable
 
-from contextforcing.errors import UserError
+from contextforcing.errors import Interrupted, UserError
+from contextforcing.outputs import InterruptGuard
 
 # Subcommands that live beside the code they drive; each module exposes register(subparsers).
 _PLUGGED_COMMANDS = (
@@ -157,14 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(lambda: build_parser().parse_args(argv))  # parsing imports torch: a Ctrl-C often lands there
+
+
+def run_command(parse: Callable[[], argparse.Namespace]) -> int:
+    """Parse, then run the command; bad input is one line and exit code 2, Ctrl-C one line and exit code 130."""
     try:
+        # Parsing imports torch. A Ctrl-C that lands inside a C extension's import can leave the interpreter
+        # broken (half-initialised modules, or CPython's flag that kills the process by SIGINT at exit after
+        # printing our line), so it is held until the imports are done, then acted on.
+        with InterruptGuard() as startup:
+            args = parse()
+        if startup.interrupted:
+            raise KeyboardInterrupt
         return args.func(args)
     except UserError as err:
         print(f"contextforcing: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("contextforcing: interrupted; partial output kept", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # An `Interrupted` says what its job kept; a bare Ctrl-C claims nothing it cannot know.
+        kept = f"; {err}" if isinstance(err, Interrupted) and str(err) else ""
+        print(f"contextforcing: interrupted{kept}", file=sys.stderr)
         return 130
 
 

@@ -6,6 +6,7 @@ This module imports nothing from the package, so every other module may import i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -67,8 +68,8 @@ class VideoConfig:
 
     def latent_frames_for(self, seconds: float) -> int:
         """Latent frames for `seconds` of video, rounded up to whole chunks."""
-        if not seconds > 0:
-            raise UserError(f"--seconds must be positive, got {seconds}")
+        if not 0 < seconds < math.inf:
+            raise UserError(f"--seconds must be positive and finite, got {seconds}")
         frames = round(seconds * self.latent_fps)
         chunks = max(1, -(-frames // self.chunk_frames))
         return chunks * self.chunk_frames

@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from contextforcing.config import Preset, SamplingConfig, VideoConfig, from_dict, get_preset, to_dict
-from contextforcing.data.video import VideoWriter, check_writable, read_video, write_json_atomic
-from contextforcing.errors import UserError
+from contextforcing.config import ModelConfig, Preset, SamplingConfig, VideoConfig, from_dict, get_preset, to_dict
+from contextforcing.data.video import VideoWriter, check_writable, read_video
+from contextforcing.errors import Interrupted, UserError
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec, tier_params
+from contextforcing.outputs import InterruptGuard, OutputLock, json_text, publish_with
+from contextforcing.perf import check_memory_fits
 from contextforcing.sampling.stream import VideoStream, stream_video
 
 
@@ -76,9 +78,17 @@ class Pipeline:
 
 
 def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # not a device string torch knows
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown --device {name!r}; choose cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     name = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     if name not in ("float32", "bfloat16", "float16"):
         raise UserError(f"unknown --dtype {name!r}; choose float32, bfloat16 or float16")
@@ -134,7 +144,6 @@ def embedded_pipeline(device: str | None = None, dtype: str | None = None, path:
     """The embedded default: the shipped world student with the hashed text encoder and the codec it was
     trained with (the learned world codec, or the preview codec if it was trained on that)."""
     from contextforcing.codecs.text import HashTextEncoder
-    from contextforcing.config import ModelConfig
     from contextforcing.model.checkpoints import load_model
 
     config_path = Path(path).with_suffix(".json") if path else EMBEDDED_CONFIG
@@ -409,67 +418,158 @@ def _fit(frames: torch.Tensor, height: int, width: int, batch: int = 16) -> torc
 
 
 # -- the run --------------------------------------------------------------------------------------------------
-def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, progress: bool = True) -> dict:
-    out = check_writable(req.out)
-    # Everything cheap (script, memory policy, init file) is checked before any weights are read.
+def sidecar_path(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def check_output(out: str) -> Path:
+    """The mp4 and the sidecar beside it can be created; checked before any work."""
+    path = check_writable(out)
+    if path.suffix.lower() != ".mp4":
+        raise UserError(f"--out {out} must end in .mp4 (its sidecar is written beside it as {path.stem}.json)")
+    check_writable(sidecar_path(path))
+    return path
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**64:  # torch.Generator seeds are 64-bit
+        raise UserError(f"--seed must be in [0, 2**64), got {seed}")
+
+
+@dataclass
+class RunPlan:
+    """What a request resolves to before any weights are read: memory, video, frames, prompts, init clip."""
+
+    spec: MemorySpec
+    video: VideoConfig
+    num_frames: int
+    placed: list[dict]
+    init_pixels: torch.Tensor | None
+    init: dict | None
+    recache: str = "window"
+
+
+def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPlan:
+    """Every cheap check of a request (script, memory policy and whether it fits the device, init file)."""
     options = req.memory_options
     if pipeline is None and is_embedded(req):
         check_embedded_preset(req.preset)
         config = embedded_config()
         video = from_dict(VideoConfig, config["video"], where="embedded video")
+        model_cfg = from_dict(ModelConfig, config["model"], where="embedded model")
         options = embedded_memory_options(req.memory, options, config)
     else:
-        video = pipeline.preset.video if pipeline else get_preset(req.preset).video
+        preset = pipeline.preset if pipeline else get_preset(req.preset)
+        video, model_cfg = preset.video, preset.model
     if pipeline is not None and pipeline.weights.startswith("embedded:"):
         options = embedded_memory_options(req.memory, options)
     spec = validate_memory(req.memory, options, video.chunk_frames)
     check_recache(spec, req.recache)
     num_frames = video.latent_frames_for(req.seconds)
-    chunks = num_frames // video.chunk_frames
-    placed = plan_prompts(req, video, chunks)
+    placed = plan_prompts(req, video, num_frames // video.chunk_frames)
     init_pixels, init = read_init_pixels(req, video)
-    pipeline = pipeline or pipeline_for(req)
+    device, dtype = (pipeline.device, pipeline.model.dtype) if pipeline else resolve_device(req.device, req.dtype)
+    init_frames = 0 if init_pixels is None else 1 + (init_pixels.shape[2] - 1) // video.vae_stride_t
+    check_memory_fits(spec, model_cfg, video, dtype, device, num_frames + init_frames)
+    return RunPlan(spec, video, num_frames, placed, init_pixels, init, req.recache)
 
+
+def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, progress: bool = True) -> dict:
+    """Generate `req.out` (mp4) and its sidecar (.json), published together (`outputs.publish_pair`).
+
+    A second run on the same --out is refused while this one runs (`outputs.OutputLock`). Ctrl-C stops the
+    generation at once and keeps a playable mp4 of the chunks done, with a sidecar marked interrupted; the
+    write and the publish are never cut short, not even by a second Ctrl-C (`outputs.InterruptGuard`).
+    """
+    out = check_output(req.out)
+    check_seed(req.seed)
+    plan = plan_run(req, pipeline)
+    lock = OutputLock(out.with_name(f".{out.name}.lock"), f"output {out}", remove=True)
+    with lock, InterruptGuard() as guard:
+        try:
+            with guard.interruptible():
+                pipeline = pipeline or pipeline_for(req)
+                stream, decoder, switches = _start_stream(pipeline, plan)
+        except KeyboardInterrupt:
+            raise Interrupted("nothing was written") from None
+        writer = VideoWriter(out, fps=plan.video.fps)
+        try:
+            began = time.perf_counter()
+            records, stopped = _stream_into(writer, stream, decoder, switches, plan, req, guard, progress)
+            interrupted = stopped or guard.interrupted
+            sidecar = _sidecar(req, pipeline, plan, stream, records, writer.frames_written,
+                               interrupted=interrupted, wall=time.perf_counter() - began)
+            published = _publish(writer, out, sidecar)
+        except BaseException:
+            writer.discard()
+            raise
+    if interrupted or guard.interrupted:
+        raise Interrupted(f"kept {out} ({writer.frames_written} frames) and its sidecar" if published
+                          else "nothing was written")
+    return sidecar
+
+
+def _start_stream(pipeline: Pipeline, plan: RunPlan) -> tuple[VideoStream, object, dict]:
+    """Prompts encoded, decoder (primed with the init clip, if any) and the stream with its memory."""
+    placed, video = plan.placed, plan.video
     texts = encode_prompts(pipeline, [p["prompt"] for p in placed])
     decoder = pipeline.codec.stream_decoder()
     prefill = None
-    if init_pixels is not None:
-        prefill = pipeline.codec.encode(init_pixels).float()
+    if plan.init_pixels is not None:
+        prefill = pipeline.codec.encode(plan.init_pixels).float()
         # Not re-emitted in the output, but run through the decoder so its causal cache continues from the
         # init clip: the first generated latent frame then decodes to stride_t frames that follow on smoothly.
         decoder.decode(prefill)
-        init |= {"latent_frames": prefill.shape[2], "emitted": False, "decoder_primed": True}
-    stream = VideoStream(pipeline.model, texts[placed[0]["prompt"]], spec, video, SamplingConfig(),
-                         max_frames=num_frames + (prefill.shape[2] if prefill is not None else 0), recache=req.recache)
+        plan.init |= {"latent_frames": prefill.shape[2], "emitted": False, "decoder_primed": True}
+    stream = VideoStream(pipeline.model, texts[placed[0]["prompt"]], plan.spec, video, SamplingConfig(),
+                         max_frames=plan.num_frames + (prefill.shape[2] if prefill is not None else 0),
+                         recache=plan.recache)
     if prefill is not None:
         stream.prefill(prefill)
     for p in placed:  # where each prompt starts in the written mp4
         p["pixel_frame"] = _first_pixel(p["frame"], video.vae_stride_t, primed=prefill is not None)
-    switches = {p["chunk"]: texts[p["prompt"]] for p in placed[1:]}
-    generator = torch.Generator(pipeline.device).manual_seed(req.seed)
+    return stream, decoder, {p["chunk"]: texts[p["prompt"]] for p in placed[1:]}
+
+
+def _stream_into(writer: VideoWriter, stream: VideoStream, decoder, switches: dict, plan: RunPlan,
+                 req: GenerationRequest, guard: InterruptGuard, progress: bool) -> tuple[list[dict], bool]:
+    """Chunks into the mp4 until the end or the first Ctrl-C (which may stop a chunk, never a write);
+    returns the chunks' records and whether a Ctrl-C stopped it."""
     from contextforcing.codecs.preview import to_uint8_frames
 
-    records, interrupted = [], False
-    began = time.perf_counter()
-    with VideoWriter(out, fps=video.fps) as writer:
-        bar = tqdm(total=chunks, unit="chunk", disable=not progress, desc=f"generate {out.name}")
-        try:
-            for chunk in stream_video(stream, num_frames, generator=generator, switches=switches,
-                                      flush_on_switch=req.flush_on_switch):
-                writer.write(to_uint8_frames(decoder.decode(chunk.latents.float())[0]))
-                records.append({"seconds": chunk.seconds, **chunk.trace()})
-                bar.update()
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            bar.close()
-        pixel_frames = writer.frames_written
-    sidecar = {
+    chunks = plan.num_frames // plan.video.chunk_frames
+    generator = torch.Generator(stream.device).manual_seed(req.seed)
+    records: list[dict] = []
+    stopped = False
+    bar = tqdm(total=chunks, unit="chunk", disable=not progress, desc=f"generate {writer.path.name}")
+    try:
+        produced = stream_video(stream, plan.num_frames, generator=generator, switches=switches,
+                                flush_on_switch=req.flush_on_switch)
+        while True:
+            with guard.interruptible():
+                chunk = next(produced, None)
+                if chunk is None:
+                    break
+                frames = to_uint8_frames(decoder.decode(chunk.latents.float())[0])
+            writer.write(frames)
+            records.append({"seconds": chunk.seconds, **chunk.trace()})
+            bar.update()
+    except KeyboardInterrupt:
+        stopped = True  # what was written is kept
+    finally:
+        bar.close()
+    return records, stopped
+
+
+def _sidecar(req: GenerationRequest, pipeline: Pipeline, plan: RunPlan, stream: VideoStream, records: list[dict],
+             pixel_frames: int, interrupted: bool, wall: float) -> dict:
+    placed, video = plan.placed, plan.video
+    return {
         "prompt": placed[0]["prompt"],
         "switches": [{"chunk": p["chunk"], "frame": p["frame"], "prompt": p["prompt"]} for p in placed[1:]],
         "prompts": placed,
         "prompt_script": req.prompts,
-        "init": init,
+        "init": plan.init,
         "seed": req.seed,
         "weights": pipeline.weights,
         "weights_choice": pipeline.weights_choice,
@@ -478,7 +578,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
             "model": to_dict(pipeline.preset.model),
             "video": to_dict(video),
             "sampling": to_dict(SamplingConfig()),
-            "memory": spec.to_dict(),
+            "memory": plan.spec.to_dict(),
             "switch": {"recache": req.recache, "flush": req.flush_on_switch},
             "device": str(pipeline.device),
             "dtype": str(pipeline.model.dtype).replace("torch.", ""),
@@ -487,15 +587,20 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
         "pixel_frames": pixel_frames,
         "fps": video.fps,
         "interrupted": interrupted,
-        "wall_seconds": time.perf_counter() - began,
+        "wall_seconds": wall,
         "chunk_seconds": [r.pop("seconds") for r in records],
         "events": stream.events,
         "memory_trace": records,
     }
-    write_json_atomic(Path(out).with_suffix(".json"), sidecar)
-    if interrupted:
-        raise KeyboardInterrupt
-    return sidecar
+
+
+def _publish(writer: VideoWriter, out: Path, sidecar: dict) -> bool:
+    """The finished mp4 and its sidecar into place as a pair; False when no frame was written (nothing kept)."""
+    video_file = writer.finish()
+    if video_file is None:
+        return False
+    publish_with(video_file, sidecar_path(out), lambda tmp: tmp.write_text(json_text(sidecar), encoding="utf-8"))
+    return True
 
 
 def _first_pixel(frame: int, stride_t: int, primed: bool) -> int:

@@ -15,15 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, first_line
 
 # How many offending names a key/shape error lists before it says "and N more".
 MAX_NAMES_IN_ERROR = 5
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def name_list(items: list[str]) -> str:
@@ -61,6 +56,46 @@ def safetensors_keys(path: Path) -> list[str]:
 
 def check_safetensors(path: Path) -> None:
     safetensors_keys(path)
+
+
+def stage_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str]):
+    """One safetensors file, complete under a temporary name beside `path` (an `outputs.StagedFile` to commit
+    or publish), with the same bytes for the same tensors.
+
+    safetensors writes its metadata map in hash order, which changes from one process to the next, so the
+    same weights could give different files; the header is rewritten in a fixed order (metadata keys sorted,
+    tensors by offset). A failed write (a full disk) is one line and leaves `path` as it was."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    from contextforcing.outputs import stage
+
+    def write(tmp: Path) -> None:
+        save_file(dict(tensors), str(tmp), metadata=metadata)
+        sort_safetensors_header(tmp)
+
+    return stage(path, write, errors=(OSError, SafetensorError))
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
+    """`stage_safetensors`, renamed into place."""
+    return stage_safetensors(tensors, path, metadata).commit()
+
+
+def sort_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors header in place in a fixed order. The same entries serialise to the same length,
+    so the tensor data does not move (any shortfall is padded with spaces, which the format allows)."""
+    with open(path, "r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        metadata = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata is not None else {}
+        ordered.update(sorted(header.items(), key=lambda item: (item[1]["data_offsets"], item[0])))
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:
+            raise AssertionError(f"{path}: reordered safetensors header grew from {length} to {len(text)} bytes")
+        handle.seek(8)
+        handle.write(text + b" " * (length - len(text)))
 
 
 def read_torch(path: Path, allow_pickle: bool = False) -> object:

@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +32,38 @@ def tiny_model_cfg() -> ModelConfig:
 @pytest.fixture
 def tiny_video_cfg() -> VideoConfig:
     return VideoConfig(latent_height=4, latent_width=6, chunk_frames=3)
+
+
+class SmallDisk:
+    """A directory on its own small tmpfs, to run writes into a full disk for real."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def free(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave: int) -> None:
+        """Fill the disk with a filler file until `leave` bytes (rounded to tmpfs pages) are free."""
+        filler = self.path / "filler"
+        size = (filler.stat().st_size if filler.exists() else 0) + self.free() - leave
+        with open(filler, "wb") as f:
+            f.truncate(0)
+            f.write(b"\0" * max(size, 0))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs at tmp_path/disk. Mounting needs root (and a kernel that lets it mount here), so the
+    test skips elsewhere; each full-disk case also has a fake-writer twin that runs everywhere."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root); the fake-writer twin of this test covers the same path")
+    try:
+        yield SmallDisk(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -7,58 +7,87 @@ from pathlib import Path
 
 import numpy as np
 
-from contextforcing.errors import UserError
-
-
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, before any work, if `path` cannot be created."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise UserError(f"output path {path} is a directory")
-    if not parent.is_dir():
-        raise UserError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"output directory {parent} is not writable")
-    return path
-
-
-def partial_path(path: Path) -> Path:
-    """Where a file is written before it is renamed into place (same directory, so rename is atomic)."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+from contextforcing import outputs
+from contextforcing.errors import UserError, first_line
+from contextforcing.outputs import StagedFile, check_writable, seal, temp_beside, write_error
 
 
 class VideoWriter:
     """Appends uint8 frames [T, H, W, 3] to an mp4 as they come; the file grows on disk while writing.
 
-    Frames go to a hidden partial file that `close()` renames into place, so the final path only ever
-    holds a complete, playable file. `close(keep=False)` discards the partial file instead.
+    Frames go to a temporary file with a unique name beside `path` (`outputs.temp_beside`). `finish()` ends
+    the encoder and reads the file back: ffmpeg does not report a trailer it failed to write (a full disk), so
+    only a file that holds every frame is kept, as a `StagedFile` for the caller to publish (alone with
+    `commit()`, or with its sidecar through `outputs.publish_pair`). `close()` finishes and renames it into
+    place; `close(keep=False)` or `discard()` removes it. A failed write raises a one-line UserError and leaves
+    the file that was at `path` untouched.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, quality: int = 8):
         import imageio.v2 as imageio
 
         self.path = check_writable(path)
-        self.tmp = partial_path(self.path)
         self.frames_written = 0
-        self._writer = imageio.get_writer(
-            self.tmp, format="FFMPEG", fps=fps, codec="libx264", quality=quality, macro_block_size=1,
-            pixelformat="yuv420p",
-        )
+        try:
+            self.tmp = temp_beside(self.path)
+        except OSError as err:
+            raise write_error(self.path, err) from None
+        try:
+            # quiet: a failure is reported once, by us, as one line (ffmpeg would print its own lines too)
+            self._writer = imageio.get_writer(
+                self.tmp, format="FFMPEG", fps=fps, codec="libx264", quality=quality, macro_block_size=1,
+                pixelformat="yuv420p", ffmpeg_log_level="quiet",
+            )
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, frames: np.ndarray) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
-        for frame in frames:
-            self._writer.append_data(frame)
+        try:
+            for frame in frames:
+                self._writer.append_data(frame)
+        except OSError as err:  # the encoder stopped (its pipe broke): a full disk, a killed ffmpeg
+            self.discard()
+            raise write_error(self.path, f"the encoder stopped ({first_line(err)})") from None
         self.frames_written += len(frames)
 
+    def finish(self) -> StagedFile | None:
+        """End the file and check it; None when no frame was written (there is nothing to keep)."""
+        try:
+            self._writer.close()
+        except Exception as err:  # imageio raises several types when ffmpeg fails
+            self.discard()
+            raise write_error(self.path, f"the encoder failed ({first_line(err)})") from None
+        if not self.frames_written:
+            self.discard()
+            return None
+        readable = count_frames(self.tmp)
+        if readable != self.frames_written:
+            self.discard()
+            raise write_error(self.path, f"the encoder could not finish the file ({readable} of "
+                                         f"{self.frames_written} frames readable)")
+        try:
+            return seal(self.tmp, self.path)
+        except OSError as err:
+            self.discard()
+            raise write_error(self.path, err) from None
+
+    def discard(self) -> None:
+        try:
+            self._writer.close()
+        except Exception:  # the encoder may already be gone; the file is removed either way
+            pass
+        self.tmp.unlink(missing_ok=True)
+
     def close(self, keep: bool = True) -> None:
-        self._writer.close()
-        if keep and self.frames_written:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        if not keep:
+            self.discard()
+            return
+        staged = self.finish()
+        if staged is not None:
+            staged.commit()
 
     def __enter__(self) -> "VideoWriter":
         return self
@@ -66,6 +95,22 @@ class VideoWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         # Ctrl-C keeps what was generated (a playable file); any other error leaves nothing behind.
         self.close(keep=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Video frames a player can read from `path` (0 for a file ffmpeg cannot open, e.g. one without its
+    trailer). Counts packets without decoding them, so it costs little even for long videos."""
+    import re
+    import subprocess
+
+    from imageio_ffmpeg import get_ffmpeg_exe
+
+    cmd = [get_ffmpeg_exe(), "-nostdin", "-v", "error", "-stats", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+           "-f", "null", "-"]
+    # its own session, so a Ctrl-C meant for us does not kill the check and throw away a good file
+    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+    counts = re.findall(r"frame=\s*(\d+)", proc.stderr)
+    return int(counts[-1]) if proc.returncode == 0 and counts else 0
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
@@ -86,10 +131,5 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON to a temp file in the same directory, then rename it into place."""
-    import json
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    """Write JSON whole or not at all (`outputs.write_json_atomic`)."""
+    outputs.write_json_atomic(path, obj)

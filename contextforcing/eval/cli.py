@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from contextforcing.errors import UserError
 from contextforcing.eval.features import EXTRACTORS
+from contextforcing.outputs import InterruptGuard, check_creatable, publish_files, staged_dir, write_error
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -44,6 +46,30 @@ def _labels(args) -> list[str]:
     return [f"{lab}#{i}" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
 
 
+def check_same_size(paths: list[str], videos: list) -> None:
+    """Side-by-side plots and strips need one frame size."""
+    sizes = {tuple(frames.shape[1:3]) for frames in videos}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{p} {f.shape[2]}x{f.shape[1]}" for p, f in zip(paths, videos))
+        raise UserError(f"the videos differ in resolution ({listed}); evaluate each size in its own report")
+
+
+def publish_report(out_dir: Path, write) -> None:
+    """`write(tmp_dir)` into a fresh directory beside `out_dir`, then its files renamed into `out_dir` at once:
+    a failed or interrupted report leaves `out_dir` as it was (Ctrl-C is held only while renaming)."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create report directory {out_dir}: {err.strerror}") from None
+    with InterruptGuard() as guard, staged_dir(out_dir) as tmp:
+        with guard.interruptible():
+            try:
+                write(tmp)
+            except OSError as err:  # a full disk, typically
+                raise write_error(out_dir, err) from None
+        publish_files(tmp, out_dir)
+
+
 def run_eval(args) -> int:
     from contextforcing.data.world.annotations import load_annotations
     from contextforcing.eval import generic
@@ -51,9 +77,9 @@ def run_eval(args) -> int:
     from contextforcing.eval.features import load_extractor
     from contextforcing.eval.report import write_report
 
-    out_dir = Path(args.report)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--report {out_dir} exists and is not a directory")
+    out_dir = check_creatable(args.report, directory=True, what="--report")
+    if args.fps is not None and not 0 < args.fps < math.inf:
+        raise UserError(f"--fps must be a positive number of frames per second, got {args.fps}")
     annotations = args.world_annotations or []
     if len(annotations) not in (0, 1, len(args.videos)):
         raise UserError(f"give --world-annotations once or once per video ({len(args.videos)}), not {len(annotations)} times")
@@ -65,17 +91,13 @@ def run_eval(args) -> int:
     tracks = tracks * len(args.videos) if len(tracks) == 1 else (tracks or [None] * len(args.videos))
     names = list(dict.fromkeys(args.features or ["pixel"]))
     extractors = [load_extractor(n, getattr(args, f"{n}_weights", None)) for n in names]
-    results = []
-    for label, video, track in zip(labels, args.videos, tracks):
-        frames, fps = load_frames(video, args.fps)
-        results.append(evaluate_video(label, video, frames, fps, extractors, track,
-                                      clip_seconds=args.clip_seconds or generic.CLIP_SECONDS, progress=not args.quiet))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create report directory {out_dir}: {err.strerror}")
+    loaded = [load_frames(video, args.fps) for video in args.videos]
+    check_same_size(args.videos, [frames for frames, _ in loaded])
+    results = [evaluate_video(label, video, frames, fps, extractors, track,
+                              clip_seconds=args.clip_seconds or generic.CLIP_SECONDS, progress=not args.quiet)
+               for label, video, track, (frames, fps) in zip(labels, args.videos, tracks, loaded)]
     notes = [f"{e.name}: {e.description}" + (" [PROXY]" if e.proxy else "") for e in extractors]
-    write_report(out_dir, results, notes, tracks)
+    publish_report(out_dir, lambda tmp: write_report(tmp, results, notes, tracks))
     for r in results:
         line = [f"{r.name}: flicker {r.metrics['temporal_flickering']:.4f}"]
         for n, f in r.metrics["features"].items():

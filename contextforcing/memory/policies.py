@@ -155,9 +155,6 @@ def make_spec(name: str, overrides: dict | None = None) -> MemorySpec:
         value = getattr(options, key, None)
         if value is not None and value not in allowed:
             raise UserError(f"memory option {key}={value!r} is not one of {', '.join(allowed)}")
-    tau = getattr(options, "tau", 0.0)
-    if not -1.0 <= tau <= 1.0:  # a cosine similarity threshold; NaN fails too
-        raise UserError(f"memory option tau={tau!r} must be a cosine similarity in [-1, 1]")
     return MemorySpec(name, options)
 
 
@@ -221,6 +218,8 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
             raise UserError("slow_fast with a slow memory needs a sink of at least 1 frame (sink=0 given)")
         if o.interval < 1:
             raise UserError(f"slow_fast interval must be at least 1 chunk, got {o.interval}")
+        if not -1.0 <= o.tau <= 1.0:  # a cosine similarity: outside [-1, 1] it would always or never promote
+            raise UserError(f"slow_fast tau is a cosine similarity threshold in [-1, 1], got {o.tau}")
     for what in ("sink", "slow"):
         if getattr(p, what) < 0:
             raise UserError(f"memory size {what}={getattr(p, what)} must not be negative")

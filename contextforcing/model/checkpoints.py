@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 
 from contextforcing.config import PRESETS, ModelConfig
 from contextforcing.errors import UserError
+from contextforcing.outputs import publish_with
 from contextforcing.weights import (
     first_line,
     name_list,
@@ -40,6 +40,8 @@ from contextforcing.weights import (
     read_torch,
     safetensors_keys,
     shard_map,
+    stage_safetensors,
+    write_safetensors,
 )
 from contextforcing.model.convert import (
     diffusers_config,
@@ -749,16 +751,6 @@ def _output_names(state: Mapping[str, torch.Tensor], to: str) -> dict[str, str]:
     return names
 
 
-def _atomic_write(out: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename: a crash never leaves half a file at `out`."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_safetensors(
     state: Mapping[str, torch.Tensor],
     out: str | Path,
@@ -773,8 +765,6 @@ def save_safetensors(
     to='diffusers', so `from_pretrained(out)` works; Wan's own for 'original'). The config is `config`, or
     inferred from the shapes (heads as in `infer_model_config`).
     """
-    from safetensors.torch import save_file
-
     if to not in SAVE_LAYOUTS:
         raise UserError(f"unknown output layout {to!r}; choose one of {', '.join(SAVE_LAYOUTS)}")
     out = Path(out)
@@ -784,12 +774,12 @@ def save_safetensors(
     metadata = {"format": "pt", "contextforcing.naming": to}
     if out.suffix == ".safetensors":
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-        return out
+        return write_safetensors(tensors, out, metadata)
     cfg = config or infer_model_config(state)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_NAME
-    _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     config_json = _diffusers_config_json(cfg) if to == "diffusers" else _original_config_json(cfg)
-    _atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config_json, indent=2) + "\n"))
+    text = json.dumps(config_json, indent=2) + "\n"
+    # A pair: config.json always describes the weights beside it.
+    publish_with(stage_safetensors(tensors, weights, metadata), out / CONFIG_NAME, lambda tmp: tmp.write_text(text))
     return weights

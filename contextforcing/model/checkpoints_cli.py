@@ -13,6 +13,7 @@ import torch
 
 from contextforcing.config import PRESETS, get_preset
 from contextforcing.errors import UserError
+from contextforcing.outputs import check_creatable
 from contextforcing.model.checkpoints import (
     FORMATS,
     SAVE_LAYOUTS,
@@ -84,6 +85,7 @@ def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str
 def run_convert(args: argparse.Namespace) -> int:
     if args.lora_alpha is not None and args.lora is None:
         raise UserError("--lora-alpha needs --lora")
+    check_creatable(args.output, directory=args.output.suffix != ".safetensors", what="OUT")
     loaded = read_checkpoint(
         args.input,
         args.checkpoint_format,

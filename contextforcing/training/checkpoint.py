@@ -3,11 +3,15 @@
 Layout of a run directory (one stage per run directory):
 
     RUN/run.json                       {"stage": NAME}: written once; another stage refuses to use RUN
-    RUN/config.yaml                    the resolved config of the latest start
+    RUN/config.yaml                    the resolved config of the latest start (a resume may change only
+                                       the keys of config.RESUME_CHANGEABLE)
+    RUN/.lock                          flock of the job training in RUN (names its pid and host)
     RUN/checkpoints/step_000100/       one DCP checkpoint, written as .tmp_step_000100 and renamed when whole
         .metadata, __0_0.distcp, ...   sharded parts: each trainable group's model + optimizer, EMA, train state
         rank_00000.pt ...              per-rank parts: RNG states and the stage's own state (e.g. error buffer)
-        meta.json                      step, stage, groups, EMA flag: readable without DCP (export, listing)
+        meta.json                      step, stage, groups, EMA flag, every file's size: readable without DCP
+                                       (export, listing), written last
+    RUN/checkpoints/.broken_step_N/    a checkpoint that failed to load, moved aside on resume
 
 Sharded parts stay sharded on disk (every rank writes its shards); DCP reshards on load, so a run may
 resume on another world size (per-rank parts are then taken from rank 0's file when the rank's is absent).
@@ -16,8 +20,10 @@ The step directories must be on a filesystem all ranks share. Frozen modules are
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import pickle
 import random
 import shutil
 import warnings
@@ -29,13 +35,17 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, first_line, format_bytes, warn
+from contextforcing.outputs import OutputLock, check_creatable, free_bytes, fsync_dir, fsync_file, write_json_atomic
 from contextforcing.training import distributed as dist
 
 RUN_MARKER = "run.json"
+LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
 _PREFIX = "step_"
@@ -120,6 +130,64 @@ def read_meta(step_dir: Path) -> dict[str, Any]:
     return json.loads((step_dir / META).read_text())
 
 
+def checkpoint_problem(step_dir: Path) -> str | None:
+    """Why `step_dir` is not a whole checkpoint (unreadable meta.json, a missing or truncated file), or None.
+
+    meta.json records every file's size at save time, so a truncated shard is caught without reading it;
+    checkpoints saved before it did are only checked for DCP's .metadata file."""
+    try:
+        meta = read_meta(step_dir)
+        files = dict(meta.get("files") or {".metadata": None})
+    except (OSError, ValueError, TypeError) as err:
+        return f"{step_dir / META} is unreadable ({first_line(err)})"
+    for name, size in files.items():
+        path = step_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if size is not None and path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, {size} when it was saved"
+    try:  # DCP's index of the shards: small, and what every load reads first
+        FileSystemReader(str(step_dir)).read_metadata()
+    except _IO_ERRORS as err:
+        return f"{step_dir / '.metadata'} is unreadable ({_failure(err)})"
+    return None
+
+
+def _failure(err: BaseException) -> str:
+    """One line for a failed checkpoint read or write (DCP wraps each rank's exception in its own)."""
+    if isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    return err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
+
+
+def _load_failure(step_dir: Path, err: BaseException) -> str:
+    reason = _failure(err)
+    return reason if reason.startswith(str(step_dir)) else f"{step_dir} cannot be read ({reason})"
+
+
+# What a checkpoint read or write may raise when a file is broken or the disk is full (torch's zip writer
+# reports a full disk as a RuntimeError; DCP wraps each rank's error in a CheckpointException).
+_IO_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, CheckpointException)
+
+
+def _save_per_rank(obj: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _on_main(action) -> str | None:
+    """Run `action()` on rank 0; its failure as one line, on every rank (None when it succeeded)."""
+    error = None
+    if dist.is_main():
+        try:
+            action()
+        except _IO_ERRORS as err:
+            error = _failure(err)
+    return dist.broadcast_object(error)
+
+
 class CheckpointManager:
     """Saves and loads named parts of one stage's run directory (call every method on every rank)."""
 
@@ -127,25 +195,34 @@ class CheckpointManager:
         self.run_dir, self.stage, self.keep_last = Path(run_dir), stage, keep_last
         self.root = self.run_dir / CHECKPOINTS
 
+    def lock(self) -> OutputLock | None:
+        """Claim RUN for this job: rank 0 holds an flock on RUN/.lock until `release()`; while another job
+        holds it, every rank stops with the same one line naming the holder. None on ranks other than 0."""
+        held: list[OutputLock] = []
+
+        def take() -> None:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"cannot create run directory {self.run_dir}: {err.strerror}") from None
+            held.append(OutputLock(self.run_dir / LOCK, f"run directory {self.run_dir}").acquire())
+
+        dist.main_decides(take)
+        return held[0] if held else None
+
     def claim(self) -> None:
         """Mark RUN as this stage's, or refuse (one line) when it already belongs to another stage."""
-        error = None
-        if dist.is_main():
-            error = self._claim_on_main()
-        error = dist.broadcast_object(error)
-        if error:
-            raise UserError(error)
+        dist.main_decides(self._claim_on_main)
 
-    def _claim_on_main(self) -> str | None:
+    def _claim_on_main(self) -> None:
         owner = self._owner()
         if owner is not None and owner != self.stage:
-            return (f"run directory {self.run_dir} belongs to stage {owner!r}, not {self.stage!r}; "
-                    f"give this stage its own trainer.run_dir")
+            raise UserError(f"run directory {self.run_dir} belongs to stage {owner!r}, not {self.stage!r}; "
+                            f"give this stage its own trainer.run_dir")
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.run_dir / RUN_MARKER
         if not marker.exists():
-            marker.write_text(json.dumps({"stage": self.stage}) + "\n")
-        return None
+            write_json_atomic(marker, {"stage": self.stage}, indent=None)
 
     def _owner(self) -> str | None:
         marker = self.run_dir / RUN_MARKER
@@ -154,8 +231,10 @@ class CheckpointManager:
                 return json.loads(marker.read_text())["stage"]
             except (ValueError, KeyError, TypeError):
                 return f"<unreadable {RUN_MARKER}>"
-        existing = list_checkpoints(self.run_dir)
-        return read_meta(existing[-1]).get("stage") if existing else None
+        for step_dir in reversed(list_checkpoints(self.run_dir)):
+            if checkpoint_problem(step_dir) is None:
+                return read_meta(step_dir).get("stage")
+        return None
 
     def latest(self) -> Path | None:
         found = list_checkpoints(self.run_dir)
@@ -163,28 +242,57 @@ class CheckpointManager:
 
     def save(self, step: int, parts: dict[str, Any], per_rank: dict[str, Any], meta: dict[str, Any]) -> Path:
         """Write `parts` (Stateful or state dicts, sharded by DCP) and this rank's `per_rank` dict as
-        checkpoint `step`, atomically: readers only ever see complete step directories."""
+        checkpoint `step`, atomically: readers only ever see complete step directories. A failed write (a full
+        disk) removes the partial one and stops every rank with one line; the checkpoints before it stay."""
         final = self.root / step_dir_name(step)
         tmp = self.root / f"{_TMP_PREFIX}{final.name}"
-        if dist.is_main():
+
+        def fresh_tmp() -> None:
             shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed halfway
             tmp.mkdir(parents=True)
-        dist.barrier()
-        with _quiet_single_process():
-            dcp.save(parts, checkpoint_id=str(tmp), no_dist=not dist.initialized())
-        torch.save(per_rank, tmp / f"rank_{dist.rank():05d}.pt")
-        dist.barrier()
+
+        error = _on_main(fresh_tmp)
+        if not error:
+            error = dist.first_error(self._write_parts(tmp, parts, per_rank))
+        if not error:
+            error = _on_main(lambda: self._publish(tmp, final, {**meta, "step": step, "stage": self.stage,
+                                                                 "world_size": dist.world_size()}))
+        if error:
+            self._abandon(tmp, step, error)
         if dist.is_main():
-            self._publish(tmp, final, {**meta, "step": step, "stage": self.stage, "world_size": dist.world_size()})
             self._prune()
         dist.barrier()
         return final
 
+    def _write_parts(self, tmp: Path, parts: dict[str, Any], per_rank: dict[str, Any]) -> str | None:
+        try:
+            with _quiet_single_process():
+                dcp.save(parts, checkpoint_id=str(tmp), no_dist=not dist.initialized())
+            _save_per_rank(per_rank, tmp / f"rank_{dist.rank():05d}.pt")
+        except _IO_ERRORS as err:
+            return _failure(err)
+        return None
+
+    def _abandon(self, tmp: Path, step: int, error: str) -> None:
+        dist.barrier()
+        if dist.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        free = free_bytes(self.root)
+        room = f" ({format_bytes(free)} free)" if free is not None else ""
+        kept = self.latest()
+        raise UserError(f"cannot save checkpoint step {step} in {self.root}: {error}{room}; "
+                        + (f"{kept.name} is kept, rerun to resume from it" if kept else "no checkpoint is kept"))
+
     def _publish(self, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
+        # Every rank's files are complete here (after the collective write), so their sizes go in meta.json.
+        meta["files"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
+        fsync_file(tmp / META)
         if final.exists():  # the same step saved again (e.g. rerun after a crash right after this save)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(self.root)
 
     def _prune(self) -> None:
         for old in list_checkpoints(self.run_dir)[: -self.keep_last]:
@@ -199,13 +307,54 @@ class CheckpointManager:
             dcp.load(parts, checkpoint_id=str(step_dir), no_dist=not dist.initialized())
         mine = step_dir / f"rank_{dist.rank():05d}.pt"
         path = mine if mine.is_file() else step_dir / "rank_00000.pt"
-        return torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by save()
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by save()
+        except _IO_ERRORS as err:
+            raise OSError(f"{path} is unreadable ({_failure(err)})") from None
+
+    def load_latest(self, parts: dict[str, Any]) -> dict[str, Any] | None:
+        """Load the newest whole checkpoint into `parts`; returns this rank's per-rank dict, or None when the
+        run has no checkpoint. A broken one (truncated or missing file, unreadable metadata) is moved aside to
+        checkpoints/.broken_step_N with a warning and the one before it is loaded instead (every part is loaded
+        again from it, so nothing of the broken one remains); when none loads, one line names every broken file."""
+        problems = []
+        for step_dir in reversed(list_checkpoints(self.run_dir)):
+            problem, per_rank = self._try_load(step_dir, parts)
+            if problem is None:
+                return per_rank
+            problems.append(problem)
+            aside = self._set_aside(step_dir)
+            if dist.is_main():
+                warn(f"checkpoint {step_dir.name} is broken: {problem}; moved to {aside}, trying the one before")
+        if problems:
+            raise UserError(f"no checkpoint of {self.run_dir} can be loaded: {'; '.join(problems)}")
+        return None
+
+    def _try_load(self, step_dir: Path, parts: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+        problem, per_rank = checkpoint_problem(step_dir), None
+        if problem is None:
+            try:
+                per_rank = self.load(step_dir, parts)
+            except _IO_ERRORS as err:
+                problem = _load_failure(step_dir, err)
+        return dist.first_error(problem), per_rank
+
+    def _set_aside(self, step_dir: Path) -> Path:
+        aside = self.root / f".broken_{step_dir.name}"
+        for n in itertools.count(2):
+            if not aside.exists():
+                break
+            aside = self.root / f".broken_{step_dir.name}_{n}"
+        dist.barrier()
+        if dist.is_main():
+            os.replace(step_dir, aside)
+        dist.barrier()
+        return aside
 
 
 # -- export -----------------------------------------------------------------------------------------------------
 def _tensor_keys(step_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
     """Empty full-size tensors for every stored tensor under `prefix` (DCP fills them on load)."""
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = FileSystemReader(str(step_dir)).read_metadata()
@@ -226,13 +375,27 @@ def _export_group(meta: dict[str, Any], step_dir: Path) -> str:
 
 
 def generator_state(run_dir: str | Path, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
-    """The latest checkpoint's generator weights as full CPU tensors (EMA where it has started), and which.
+    """The newest whole checkpoint's generator weights as full CPU tensors (EMA where it has started), and
+    which. A broken checkpoint is skipped with a warning (left where it is); one line when none can be read.
 
     Works in a single process without a process group (DCP reads every shard)."""
     found = list_checkpoints(run_dir)
     if not found:
         raise UserError(f"{run_dir}: no checkpoints to export (looked in {Path(run_dir) / CHECKPOINTS})")
-    step_dir = found[-1]
+    problems = []
+    for step_dir in reversed(found):
+        problem = checkpoint_problem(step_dir)
+        if problem is None:
+            try:
+                return _read_generator(step_dir, use_ema)
+            except _IO_ERRORS as err:
+                problem = _load_failure(step_dir, err)
+        problems.append(problem)
+        warn(f"checkpoint {step_dir.name} is broken: {problem}; trying the one before")
+    raise UserError(f"no checkpoint of {run_dir} can be read: {'; '.join(problems)}")
+
+
+def _read_generator(step_dir: Path, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:
     meta = read_meta(step_dir)
     group = _export_group(meta, step_dir)
     model_prefix = f"{group}.model."
@@ -255,6 +418,7 @@ def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> tuple[
 
     from contextforcing.training.lora import merge_lora_state
 
+    check_creatable(out, directory=Path(out).suffix != ".safetensors", what="OUT")
     weights, which = generator_state(run_dir, use_ema)
     state = {strip_prefixes(k): v for k, v in merge_lora_state(weights).items()}
     # A generator that is not a whole Wan2.1 DiT would give a file nothing can load. Head count does not

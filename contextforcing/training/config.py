@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from contextforcing.config import from_dict
 from contextforcing.errors import UserError
+from contextforcing.outputs import write_text_atomic
 
 _SECTIONS = ("name", "trainer", "stage")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -58,6 +59,7 @@ class TrainerConfig:
             (self.log_every >= 1, f"trainer.log_every must be >= 1, got {self.log_every}"),
             (self.sample_every >= 0, f"trainer.sample_every must be >= 0, got {self.sample_every}"),
             (self.device in _DEVICES, f"trainer.device must be one of {', '.join(_DEVICES)}, got {self.device!r}"),
+            (0 <= self.seed < 2**64, f"trainer.seed must be in [0, 2**64), got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -112,6 +114,9 @@ def _read_yaml(path: str | Path | None) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must be a mapping with trainer: and stage: sections")
+    for section in ("trainer", "stage"):  # checked before overrides, which would replace a scalar section
+        if values.get(section) is not None and not isinstance(values[section], dict):
+            raise UserError(f"config file {path}: {section}: must be a mapping of options, got {values[section]!r}")
     return values
 
 
@@ -148,5 +153,71 @@ def save_resolved(cfg: TrainConfig) -> Path:
     """Write the resolved config to RUN/config.yaml (rerunnable with `train NAME --config RUN/config.yaml`)."""
     out = cfg.run_dir / RESOLVED_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(cfg.to_dict()), out)
+    return write_text_atomic(out, OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict())))
+
+
+# -- resuming -----------------------------------------------------------------------------------------------------
+# What a resumed run may change: how long it runs, how often it saves, logs and samples, where it logs, and the
+# device it runs on. Anything else would change the model, the optimisation or the data stream of a run that
+# is already part-trained, so it is refused. A stage's options may name more of their own (relative to
+# `stage.`) in a `resume_changeable` class attribute.
+RESUME_CHANGEABLE = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_last", "trainer.log_every",
+                     "trainer.sample_every", "trainer.wandb", "trainer.device", "trainer.activation_checkpointing")
+_ABSENT = "<absent>"
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
+
+
+def _as_saved(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """A config dict as it reads back from config.yaml (tuples become lists, and so on)."""
+    return OmegaConf.to_container(OmegaConf.create(cfg_dict), resolve=True)  # type: ignore[return-value]
+
+
+def _defaults(cfg: TrainConfig) -> dict[str, Any]:
+    """The flat default config of `cfg`'s stage: an option a newer version added reads as its default."""
+    try:
+        stage = dataclasses.asdict(type(cfg.stage)())
+    except (TypeError, UserError):  # a stage whose options have required fields
+        stage = {}
+    return _flat(_as_saved({"name": cfg.name, "trainer": dataclasses.asdict(TrainerConfig()), "stage": stage}))
+
+
+def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """The differences between a run's saved config and `cfg`, as "key old -> new": (allowed, refused)."""
+    old, new, defaults = _flat(saved), _flat(_as_saved(cfg.to_dict())), _defaults(cfg)
+    allowed_keys = {*RESUME_CHANGEABLE, *(f"stage.{k}" for k in getattr(cfg.stage, "resume_changeable", ()))}
+    allowed: list[str] = []
+    refused: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, defaults.get(key, _ABSENT)), new.get(key, _ABSENT)
+        if key == "trainer.run_dir" or before == after:
+            continue
+        (allowed if key in allowed_keys else refused).append(f"{key} {before!r} -> {after!r}")
+    return allowed, refused
+
+
+def check_resume_config(cfg: TrainConfig) -> list[str]:
+    """For a run directory that has checkpoints: refuse (one line listing them) changes to anything but
+    `RESUME_CHANGEABLE` against RUN/config.yaml; returns the allowed changes, for the log."""
+    path = cfg.run_dir / RESOLVED_NAME
+    if not path.is_file():
+        return []  # nothing to compare with (an older run directory): the checkpoint shapes still have to fit
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # yaml and OmegaConf raise many types for broken files
+        raise UserError(f"{path} is unreadable ({str(err).splitlines()[0]}); fix it, or delete it to resume "
+                        f"with the config given now") from None
+    allowed, refused = resume_changes(saved if isinstance(saved, dict) else {}, cfg)
+    if refused:
+        raise UserError(f"run directory {cfg.run_dir} has checkpoints of another config: {', '.join(refused)}; "
+                        f"a resume may change only {', '.join(RESUME_CHANGEABLE)} (start a new trainer.run_dir "
+                        f"for the rest)")
+    return allowed

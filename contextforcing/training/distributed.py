@@ -8,11 +8,14 @@ so the library imports and runs on a laptop without any distributed setup.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from contextforcing.errors import UserError
+
 
 def _launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -36,6 +39,8 @@ def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
+        if not torch.cuda.is_available():  # checked here, before a run directory is made
+            raise UserError("trainer.device=cuda but no CUDA device is available (use trainer.device=cpu or auto)")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(device)
 
@@ -68,6 +73,39 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def main_decides(action: Callable[[], Any]) -> None:
+    """Run `action()` on rank 0 only; a UserError it raises is raised on every rank (no rank is left waiting
+    for one that stopped)."""
+    error = None
+    if is_main():
+        try:
+            action()
+        except UserError as err:
+            error = str(err)
+    error = broadcast_object(error)
+    if error:
+        raise UserError(error)
+
+
+def first_error(error: str | None) -> str | None:
+    """The first message any rank passes (None where none has one), the same on every rank: ranks that fail
+    alone (one rank's file write) still stop together, with the same one-line error."""
+    if not initialized():
+        return error
+    errors: list[str | None] = [None] * world_size()
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e), None)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` holds on any rank (the same answer on every rank), e.g. a Ctrl-C seen by one of them."""
+    if not initialized():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

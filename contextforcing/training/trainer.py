@@ -30,14 +30,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from contextforcing.errors import UserError
+from contextforcing.errors import Interrupted, UserError, note
+from contextforcing.outputs import InterruptGuard
 from contextforcing.training import distributed as dist
-from contextforcing.training.checkpoint import CheckpointManager, ModelOptimizer, TrainState, rng_state, set_rng_state
-from contextforcing.training.config import TrainConfig, TrainerConfig, save_resolved
+from contextforcing.training.checkpoint import (CheckpointManager, ModelOptimizer, TrainState, list_checkpoints,
+                                                rng_state, set_rng_state)
+from contextforcing.training.config import TrainConfig, TrainerConfig, check_resume_config, save_resolved
 from contextforcing.training.ema import EMA
 from contextforcing.training.stage import Stage, Update
 
 GENERATOR = "generator"  # the group that is EMA-tracked and exported
+_STOP_NOTICE = ("interrupted: saving a checkpoint after the current step (further Ctrl-C are ignored until it is "
+                "saved; Ctrl-\\ quits without saving)")
 
 
 class NonFiniteError(UserError):
@@ -178,7 +182,10 @@ class Trainer:
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise UserError(f"stage {self.stage.name!r}: group {group!r} has no trainable parameters")
-        return torch.optim.AdamW(params, **self.stage.optimizer_settings(group))
+        try:
+            return torch.optim.AdamW(params, **self.stage.optimizer_settings(group))
+        except ValueError as err:  # torch checks lr, betas, eps, weight_decay: "Invalid learning rate: -1"
+            raise UserError(f"stage {self.stage.name!r}: optimizer of group {group!r}: {err}") from None
 
     def _parts(self) -> dict[str, Any]:
         parts: dict[str, Any] = {g: ModelOptimizer(m, self.optimizers[g]) for g, m in self.trainable.items()}
@@ -192,11 +199,10 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def resume(self) -> bool:
-        """Load the latest checkpoint of this run directory, if any (resume = rerun the same command)."""
-        latest = self.checkpoints.latest()
-        if latest is None:
+        """Load the newest whole checkpoint of this run directory, if any (resume = rerun the same command)."""
+        per_rank = self.checkpoints.load_latest(self._parts())
+        if per_rank is None:
             return False
-        per_rank = self.checkpoints.load(latest, self._parts())
         set_rng_state(per_rank["rng"])
         if self._has_stage_state() and per_rank.get("stage") is not None:
             self.stage.load_state_dict(per_rank["stage"])
@@ -214,7 +220,14 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        self.resume()
+        """Resume, then train to `max_steps`. Ctrl-C (SIGINT, which torchrun forwards to every rank) stops every
+        rank after the step in progress and saves a checkpoint there, whatever more Ctrl-C's come meanwhile."""
+        with InterruptGuard(_STOP_NOTICE if dist.is_main() else None) as guard:
+            return self._run(guard)
+
+    def _run(self, guard: InterruptGuard) -> TrainResult:
+        with guard.interruptible():  # loading writes nothing: a Ctrl-C here stops at once
+            self.resume()
         start = self.state.step
         result = TrainResult(steps=0, final_step=start)
         if start >= self.cfg.max_steps:
@@ -229,6 +242,8 @@ class Trainer:
                 result.losses.append({k[: -len("/loss")]: v for k, v in scalars.items() if k.endswith("/loss")})
                 logger.step(step + 1, scalars)
                 self._after_step(step + 1)
+                if dist.any_rank(guard.interrupted, self.device):
+                    self._stop()
             self.save()
         finally:
             logger.close()
@@ -236,6 +251,11 @@ class Trainer:
         result.final_step = self.state.step
         result.steps_per_second = result.steps / max(time.perf_counter() - began, 1e-9)
         return result
+
+    def _stop(self) -> None:
+        self.save()
+        raise Interrupted(f"saved checkpoint step {self.state.step} in {self.checkpoints.root}; rerun the same "
+                          f"command to resume")
 
     def _after_step(self, done: int) -> None:
         every = self.cfg.checkpoint_every
@@ -302,12 +322,30 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     """Build the configured stage and train it (resuming from its run directory when it has checkpoints)."""
     from contextforcing.training.registry import BuildContext, get_stage
 
-    device = dist.init(cfg.trainer.device)
+    device = dist.init(cfg.trainer.device)  # a device that is not there stops here, before RUN is made
     spec = get_stage(cfg.name)
-    CheckpointManager(cfg.run_dir, cfg.name).claim()  # refuse a foreign run dir before writing anything there
-    if dist.is_main():
+    checkpoints = CheckpointManager(cfg.run_dir, cfg.name)
+    lock = checkpoints.lock()  # one job per run directory
+    try:
+        checkpoints.claim()  # refuse a foreign run dir before writing anything there
+        _check_and_save_config(cfg, has_checkpoints=bool(list_checkpoints(cfg.run_dir)))
+        torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
+        build = BuildContext(device, dist.rank(), dist.world_size(), cfg.trainer.seed, cfg.run_dir)
+        stage = spec.build(cfg.stage, build)
+        return Trainer(stage, cfg.trainer, cfg.run_dir, device).run()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_and_save_config(cfg: TrainConfig, has_checkpoints: bool) -> None:
+    """A resumed run keeps its config but for `RESUME_CHANGEABLE` keys (one line listing any other change, on
+    every rank); what changed is logged and RUN/config.yaml then records this start."""
+
+    def check_and_save() -> None:
+        changes = check_resume_config(cfg) if has_checkpoints else []
+        if changes:
+            note(f"resuming {cfg.run_dir} with {', '.join(changes)}")
         save_resolved(cfg)
-    torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
-    build = BuildContext(device, dist.rank(), dist.world_size(), cfg.trainer.seed, cfg.run_dir)
-    stage = spec.build(cfg.stage, build)
-    return Trainer(stage, cfg.trainer, cfg.run_dir, device).run()
+
+    dist.main_decides(check_and_save)

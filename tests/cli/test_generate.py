@@ -62,6 +62,13 @@ def test_same_seed_same_video(tmp_path):
         (["--switch", "99:late"], "outside the video"),
         (["--memory", "slow_fast", "--recache", "longlive"], "sink policy"),
         (["--memory", "slow_fast", "--memory-opt", "layout=released", "--memory-opt", "interval=2"], "layout=released fixes"),
+        (["--seconds", "inf"], "--seconds must be positive and finite"),
+        (["--device", "tpu"], "unknown --device 'tpu'"),
+        (["--seed", str(2**64)], "--seed must be in [0, 2**64)"),
+        (["--memory-opt", "slow=100000000000"], "the slow_fast memory holds up to 100,000,000,009 latent frames"),
+        (["--memory", "rolling", "--memory-opt", "window=1000000000"], "of K/V, more than the"),
+        (["--memory-opt", "tau=1.5"], "tau is a cosine similarity threshold in [-1, 1], got 1.5"),
+        (["--memory-opt", "tau=-2"], "tau is a cosine similarity threshold in [-1, 1], got -2"),
     ],
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, args, message):
@@ -72,6 +79,21 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, args, message):
     assert code == 2
     assert message in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, message", [
+    ("o", "--out {out} must end in .mp4 (its sidecar is written beside it as o.json)"),
+    ("v.json", "--out {out} must end in .mp4"),
+    ("side.mp4", "output path {side} is a directory"),
+])
+def test_outputs_that_cannot_be_a_video_and_its_sidecar(tmp_path, capsys, name, message):
+    (tmp_path / "side.json").mkdir()  # where side.mp4's sidecar would go
+    out = tmp_path / name
+    code = main(["generate", "--random-init", "--prompt", "p", "--seconds", "1", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert message.format(out=out, side=tmp_path / "side.json") in err
+    assert [p.name for p in tmp_path.iterdir()] == ["side.json"] and not any((tmp_path / "side.json").iterdir())
 
 
 def test_unwritable_output_path(tmp_path, capsys):
@@ -113,6 +135,12 @@ def test_bench_json(capsys):
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["chunks"] == 8 and "1:4" in result["windows"]
     assert result["context_rotations"] == 7 * 2  # one per layer per chunk with context
+
+
+def test_bench_checks_the_memory_size_before_building_a_model(capsys):
+    code = main(["bench", "--random-init", "--seconds", "3", "--memory-opt", "slow=100000000000"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "of K/V, more than the" in err and len(err.splitlines()) == 1
 
 
 def test_bench_bad_window(capsys):

@@ -79,6 +79,8 @@ def test_report_without_annotations(world_files, tmp_path):
     ("missing_weights", "does not exist"),
     ("no_weights", "needs a local weights path"),
     ("annotation_count", "once per video"),
+    ("fps_0", "--fps must be a positive number"),
+    ("sizes", "the videos differ in resolution"),
 ])
 def test_bad_input_is_a_one_line_error_with_exit_code_2(world_files, tmp_path, case, needle):
     d = world_files
@@ -93,7 +95,38 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(world_files, tmp_path, c
         "no_weights": [str(d / "truth.mp4"), "--features", "clip"],
         "annotation_count": [str(d / "truth.mp4"), str(d / "truth.mp4"), str(d / "truth.mp4"), "--world-annotations",
                              str(d / "annotations.json"), "--world-annotations", str(d / "annotations.json")],
+        "fps_0": [str(d / "forgetful.npy"), "--fps", "0"],
+        "sizes": [str(d / "forgetful.npy"), str(tmp_path / "small.npy")],
     }[case]
+    np.save(tmp_path / "small.npy", np.zeros((20, 32, 48, 3), np.uint8))
     code, err = run_cli(["eval", *argv, "--report", str(tmp_path / "r"), "--quiet"])
     assert code == 2 and needle in err and "\n" not in err
-    assert not (tmp_path / "r" / "report.html").exists()
+    assert not (tmp_path / "r").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_report_that_fails_halfway_leaves_the_previous_report(world_files, tmp_path, monkeypatch):
+    from contextforcing.eval import report
+
+    out = tmp_path / "r"
+    assert run_cli(["eval", str(world_files / "forgetful.npy"), "--report", str(out), "--quiet"])[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_html", full_disk)  # metrics.json and the plots are written by then
+    code, err = run_cli(["eval", str(world_files / "truth.mp4"), "--report", str(out), "--quiet"])
+    assert code == 2 and err.startswith(f"cannot write {out}: No space left on device") and "\n" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r"]
+
+
+def test_a_report_on_a_real_full_disk_leaves_the_previous_report(world_files, small_disk):
+    out = small_disk.path / "r"
+    assert run_cli(["eval", str(world_files / "forgetful.npy"), "--report", str(out), "--quiet"])[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    small_disk.fill(leave=8192)
+    code, err = run_cli(["eval", str(world_files / "truth.mp4"), "--report", str(out), "--quiet"])
+    assert code == 2 and "No space left on device" in err and "\n" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in small_disk.path.iterdir()) == ["filler", "r"]

@@ -333,6 +333,48 @@ def test_convert_refuses_partial_weights(state, tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_convert_checks_out_before_reading_anything(state, tmp_path):
+    save_file(state, str(tmp_path / "in.safetensors"))
+    (tmp_path / "dir.safetensors").mkdir()
+    (tmp_path / "file").write_text("")
+    for out, message in ((tmp_path / "dir.safetensors", "exists and is not a file"),
+                         (tmp_path / "file" / "out.safetensors", "is not a writable directory"),
+                         (tmp_path / "file", "exists and is not a directory")):
+        _one_line_error(_convert, tmp_path / "in.safetensors", out, match=message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "file", "in.safetensors"]
+
+
+def _half_then_full_disk(tensors, filename, metadata=None):
+    with open(filename, "wb") as f:
+        f.write(b"\0" * 100)
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_convert_on_a_full_disk_keeps_the_previous_file(state, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    save_file(state, str(tmp_path / "in.safetensors"))
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"a good earlier file")
+    monkeypatch.setattr(safetensors.torch, "save_file", _half_then_full_disk)
+    message = _one_line_error(_convert, tmp_path / "in.safetensors", out, match="No space left on device")
+    assert message.startswith(f"cannot write {out}: ") and message.endswith("the previous out.safetensors is untouched")
+    assert out.read_bytes() == b"a good earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.safetensors", "out.safetensors"]
+
+
+def test_convert_on_a_real_full_disk_keeps_the_previous_file(state, small_disk):
+    save_file(state, str(small_disk.path / "in.safetensors"))
+    out = small_disk.path / "out.safetensors"
+    out.write_bytes(b"a good earlier file")
+    small_disk.fill(leave=8192)
+    _one_line_error(_convert, small_disk.path / "in.safetensors", out, match="No space left on device")
+    assert out.read_bytes() == b"a good earlier file"
+    assert sorted(p.name for p in small_disk.path.iterdir()) == ["filler", "in.safetensors", "out.safetensors"]
+
+
 # -- errors: one line each ----------------------------------------------------------------------------------------
 def _one_line_error(fn, *args, match: str, **kwargs) -> str:
     with pytest.raises(UserError, match=match) as err:

@@ -9,9 +9,11 @@ Failure injection (crash, NaN loss, NaN gradient at a step) exercises resume and
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import torch
 import torch.nn as nn
@@ -35,6 +37,12 @@ class DebugOptions:
     crash_at_step: int = -1  # raise RuntimeError at this step (simulates a killed job)
     nan_loss_at_step: int = -1
     nan_grad_at_step: int = -1
+    interrupt_at_step: int = -1  # send SIGINT at this step: to this process, or with torchrun to torchrun itself
+    interrupt_rank: int = 0  # the rank that sends it
+
+    # Failure injection is not part of what a run trains, so a resumed run may drop or change it.
+    resume_changeable: ClassVar[tuple[str, ...]] = ("crash_at_step", "nan_loss_at_step", "nan_grad_at_step",
+                                                   "interrupt_at_step", "interrupt_rank")
 
 
 class Critic(nn.Module):
@@ -76,6 +84,9 @@ class DebugStage:
     def updates(self, step: int) -> list[Update]:
         if step == self.options.crash_at_step:
             raise RuntimeError(f"simulated crash at step {step}")
+        if step == self.options.interrupt_at_step and self.build.rank == self.options.interrupt_rank:
+            # A terminal's Ctrl-C reaches torchrun, which forwards SIGINT to every worker.
+            os.kill(os.getppid() if self.build.world_size > 1 else os.getpid(), signal.SIGINT)
         ups = [Update("generator", self.generator_loss)]
         return ups + ([Update("critic", self.critic_loss)] if self.critic is not None else [])
 

@@ -99,3 +99,39 @@ def test_export_without_checkpoints_is_one_line(tmp_path, capsys):
     assert cli(["export", str(tmp_path), str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("contextforcing: error:") and "no checkpoints" in err and "\n" not in err
+
+
+def test_export_gives_the_same_bytes_every_time(tmp_path):
+    """safetensors writes its metadata in hash order, which changes between calls; ours is fixed."""
+    run = tmp_path / "run"
+    train(run, "trainer.max_steps=1", "stage.critic=false")
+    outs = [tmp_path / f"e{i}.safetensors" for i in range(12)]
+    for out in outs:
+        assert cli(["export", str(run), str(out)]) == 0
+    assert len({out.read_bytes() for out in outs}) == 1
+    header = json.loads(outs[0].read_bytes()[8 : 8 + int.from_bytes(outs[0].read_bytes()[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+
+
+def test_export_out_is_checked_before_reading_and_a_full_disk_keeps_the_old_file(tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    run = tmp_path / "run"
+    train(run, "trainer.max_steps=1", "stage.critic=false")
+    (tmp_path / "dir.safetensors").mkdir()
+    assert cli(["export", str(run), str(tmp_path / "dir.safetensors")]) == 2
+    assert "OUT " + str(tmp_path / "dir.safetensors") + " exists and is not a file" in capsys.readouterr().err
+    out = tmp_path / "student.safetensors"
+    out.write_bytes(b"an earlier export")
+
+    def full_disk(tensors, filename, metadata=None):
+        from safetensors import SafetensorError
+
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    assert cli(["export", str(run), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"contextforcing: error: cannot write {out}: Error while serializing") and "\n" not in err
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "run", "student.safetensors"]

@@ -1,5 +1,5 @@
 """Entry point for the trainer tests' subprocesses (torchrun): registers the `debug` stage, then runs the
-training CLI (`train debug --config ... key=value` or `export RUN OUT`) with the main CLI's error handling."""
+training CLI (`train debug --config ... key=value` or `export RUN OUT`) with the main CLI's error and Ctrl-C handling."""
 
 from __future__ import annotations
 
@@ -8,19 +8,14 @@ import sys
 
 import debug_stage  # noqa: F401  (registers the "debug" stage)
 
-from contextforcing.errors import UserError
+from contextforcing.cli import run_command
 from contextforcing.training.cli import register
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="contextforcing")
     register(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as err:
-        print(f"contextforcing: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -18,13 +19,20 @@ T = TypeVar("T")
 
 
 def nested(cls: type[T], value: Any, where: str) -> T:
-    """A nested options section: a dict (from YAML) becomes `cls`, with unknown keys rejected."""
+    """A nested options section: a dict (from YAML) becomes `cls`, with unknown keys rejected; validated either
+    way (the config loader may have built it already)."""
     if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
+        out = value
+    elif isinstance(value, dict):
+        out = from_dict(cls, value, where=where)
+    else:
         raise UserError(f"{where} must be a mapping, got {value!r}")
-    out = from_dict(cls, value, where=where)
-    return out.validate() if hasattr(out, "validate") else out
+    if not hasattr(out, "validate"):
+        return out
+    try:
+        return out.validate()
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def convert_nested(obj: Any, sections: dict[str, type]) -> None:
@@ -43,6 +51,15 @@ class OptimizerOptions:
 
     def settings(self) -> dict:
         return {"lr": self.lr, "betas": tuple(self.betas), "weight_decay": self.weight_decay}
+
+    def validate(self) -> "OptimizerOptions":
+        if not 0 < self.lr < math.inf:
+            raise UserError(f"lr must be a positive number, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        return self
 
 
 @dataclass(frozen=True)
