@@ -1,3 +1,42 @@
-"""contextforcing: streaming long video generation with a three-tier context memory (Context Forcing)."""
+"""contextforcing: streaming long video generation with a three-tier context memory (Context Forcing).
+
+    import contextforcing as cf
+    pipe = cf.Pipeline.from_pretrained()                     # the embedded world model
+    video = pipe("plain warm room", seconds=20, seed=0)      # frames [T, H, W, 3] uint8, plans, timings
+    pipe.save(video, "out.mp4")
+
+Names are imported on first use, so that `import contextforcing` (and the command line's start) does not
+pay for torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Pipeline": ("contextforcing.pipeline", "Pipeline"),
+    "Generation": ("contextforcing.pipeline", "Generation"),
+    "DecodedChunk": ("contextforcing.pipeline", "DecodedChunk"),
+    "Video": ("contextforcing.pipeline", "Video"),
+    "Memory": ("contextforcing.memory.policies", "MemorySpec"),
+    "Sampling": ("contextforcing.config", "SamplingConfig"),
+    "ChunkPlan": ("contextforcing.memory.plan", "ChunkPlan"),
+    "MemoryUpdate": ("contextforcing.memory.plan", "MemoryUpdate"),
+    "UserError": ("contextforcing.errors", "UserError"),
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'contextforcing' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 
-from contextforcing import perf
-from contextforcing.config import SamplingConfig, get_preset
+from contextforcing import loading, perf
+from contextforcing.config import get_preset
 from contextforcing.errors import UserError
-from contextforcing.generation import (check_seed, encode_prompts, load_pipeline, random_init_pipeline, resolve_device,
-                                       validate_memory)
-from contextforcing.memory.policies import MemorySpec
-from contextforcing.sampling.stream import VideoStream, stream_video
+from contextforcing.generation import check_seed
+from contextforcing.memory.policies import MemorySpec, make_spec
+from contextforcing.pipeline import resolve_memory
 
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
@@ -83,30 +82,27 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
 def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *, seed: int = 0,
               device: str | None = None, dtype: str | None = None, windows: str = "", decode: bool = False,
               weights: dict | None = None, peak_tflops: float | None = None) -> dict:
-    """`weights` (load_pipeline's keywords) selects real weights; without --wan-dir/--checkpoint it is random init.
-    With `decode`, each chunk's time includes its streaming decode (Wan VAE, or the preview decoder).
+    """`weights` (`loading.load`'s keywords): random init, real weights (--wan-dir/--checkpoint), or, with
+    neither, the embedded model as `generate` uses it (with the memory it was trained with).
+    With `decode`, each chunk's time includes its streaming decode (Wan VAE, world codec or preview decoder).
     `peak_tflops` sets the rate of the floor; None measures one (a square matmul on the device)."""
+    weights = dict(weights or {})
     windows_parsed = parse_windows(windows)
-    spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype)
-    weights = weights or {}
-    if weights.get("wan_dir") or weights.get("checkpoint"):
-        pipe = load_pipeline(preset, seed=seed, device=device, dtype=dtype, **weights)
-    else:
-        pipe = random_init_pipeline(preset, seed, device, dtype)
+    spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype, weights)
+    pipe = loading.load(preset, seed=seed, device=device, dtype=dtype, random_init=weights.pop("random_init", False),
+                        **weights)
     video = pipe.preset.video
     for a, b in windows_parsed:  # fail before the run, not after it
         if b > num_frames // video.chunk_frames:
             raise UserError(f"--windows {a}:{b} reaches past the {num_frames // video.chunk_frames} chunks generated")
-    text = encode_prompts(pipe, ["a benchmark prompt"])["a benchmark prompt"]
-    decoder = pipe.codec.stream_decoder() if decode else None
     peak, peak_source = resolve_peak(peak_tflops, pipe.device, pipe.model.dtype)
-    stream = VideoStream(pipe.model, text, spec, video, SamplingConfig(), max_frames=num_frames)
-    generator = torch.Generator(pipe.device).manual_seed(seed)
+    generation = pipe.stream(pipe.example_prompt, seconds, seed=seed, memory=spec, decode=decode)
+    stream = generation.stream
     peak_resettable = reset_peak_memory(pipe.device)
     latencies, decode_times, peaks, model_times, flops, attended = [], [], [], [], [], []
     began = time.perf_counter()
-    for chunk in stream_video(stream, num_frames, generator=generator):
-        decode_times.append(_timed_decode(decoder, chunk.latents) if decoder else 0.0)
+    for chunk in generation:
+        decode_times.append(chunk.decode_seconds if decode else 0.0)
         latencies.append(chunk.seconds + decode_times[-1])
         model_times.append(chunk.seconds)
         peaks.append(peak_memory_bytes(pipe.device))
@@ -120,7 +116,7 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     steady_flops, steady_times = flops[1:] or flops, model_times[1:] or model_times
     achieved = sum(steady_flops) / sum(steady_times) / 1e12
     result = {
-        "preset": preset, "memory": spec.to_dict(), "device": str(pipe.device),
+        "preset": pipe.preset_name, "weights": pipe.weights, "memory": spec.to_dict(), "device": str(pipe.device),
         "dtype": str(pipe.model.dtype).replace("torch.", ""), "chunks": len(latencies),
         "latent_frames": num_frames, "first_chunk_s": latencies[0], "median_chunk_s": statistics.median(steady),
         "last_chunk_s": latencies[-1], "latent_fps": latent_fps, "pixel_fps": latent_fps * video.vae_stride_t,
@@ -129,7 +125,7 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
         "peak_memory_first_quarter_bytes": max(peaks[: max(1, len(peaks) // 4)]),
         "context_rotations": stream.memory.rotations,
         "included": _included(decode, pipe.weights),
-        "median_decode_s": statistics.median(decode_times[1:] or decode_times) if decoder else None,
+        "median_decode_s": statistics.median(decode_times[1:] or decode_times) if decode else None,
         "median_transformer_s": statistics.median(steady_times),
         "attended_frames_first": attended[0], "attended_frames_last": attended[-1],
         "flops_first_chunk": flops[0], "flops_median_chunk": statistics.median(steady_flops), "flops_last_chunk": flops[-1],
@@ -149,13 +145,18 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
 
 
 def _check_request(preset: str, seconds: float, memory: str, memory_options: dict, seed: int, device: str | None,
-                   dtype: str | None) -> tuple[MemorySpec, int]:
+                   dtype: str | None, weights: dict) -> tuple[MemorySpec, int]:
     """Memory spec and latent frames, with every check (sizes against the device too) before a model is built."""
     cfg = get_preset(preset)
-    spec = validate_memory(memory, memory_options, cfg.video.chunk_frames)
+    if weights.get("random_init") or weights.get("wan_dir") or weights.get("checkpoint"):
+        trained = make_spec(loading.FIELD_MEMORY)
+    else:
+        loading.check_embedded_preset(preset)
+        trained = loading.embedded_memory(loading.embedded_config())
+    spec = resolve_memory(trained, {"policy": memory, **memory_options}, cfg.video.chunk_frames)
     num_frames = cfg.video.latent_frames_for(seconds)
     check_seed(seed)
-    dev, dt = resolve_device(device, dtype)
+    dev, dt = loading.resolve_device(device, dtype)
     perf.check_memory_fits(spec, cfg.model, cfg.video, dt, dev, num_frames)
     return spec, num_frames
 
@@ -174,18 +175,11 @@ def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:
     return results
 
 
-def _timed_decode(decoder, latents: torch.Tensor) -> float:
-    began = time.perf_counter()
-    video = decoder.decode(latents.float())
-    if video.is_cuda:  # the decode is asynchronous on CUDA: wait, or its time lands in the next chunk
-        torch.cuda.synchronize(video.device)
-    return time.perf_counter() - began
-
-
 def _included(decode: bool, weights: str) -> str:
     if not decode:
         return "transformer denoising + commit passes; no text encoding, no decode, no file output"
-    decoder = "preview decoder (random init has no VAE)" if weights == "random-init" else "Wan VAE"
+    decoder = ("preview decoder (random init has no VAE)" if weights == "random-init" else
+               "world codec" if weights.startswith("embedded:") else "Wan VAE")
     return (f"transformer denoising + commit passes + streaming {decoder} decode per chunk; "
             "no text encoding, no uint8 conversion, no file output")
 

@@ -56,14 +56,14 @@ def _bench(args) -> int:
     from contextforcing.bench import format_table, run_bench
     from contextforcing.config import parse_overrides
 
-    from contextforcing.generation import check_weight_flags, default_preset
+    from contextforcing.loading import check_weight_flags, default_preset
 
     weights = dict(random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
                    checkpoint_format=args.checkpoint_format, use_ema=args.use_ema, lora=args.lora,
                    lora_alpha=args.lora_alpha, num_heads=args.num_heads)
     check_weight_flags(bool(args.wan_dir or args.checkpoint), lora=args.lora, lora_alpha=args.lora_alpha,
                        num_heads=args.num_heads)
-    preset = default_preset(args.preset, args.wan_dir, args.checkpoint)
+    preset = default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     options = parse_overrides(args.memory_opt or [])
     if args.threads is not None:
         if args.threads < 1:
@@ -93,7 +93,8 @@ def _floor_only(args, preset: str, options: dict) -> int:
     KV bytes use --dtype (default bfloat16, the GPU dtype); --peak-tflops adds the floor time."""
     from contextforcing import perf
     from contextforcing.config import get_preset
-    from contextforcing.generation import resolve_device, validate_memory
+    from contextforcing.loading import resolve_device
+    from contextforcing.memory.policies import make_spec
 
     cfg = get_preset(preset)
     _, dtype = resolve_device("cpu", args.dtype or "bfloat16")  # only the dtype matters here (KV bytes)
@@ -101,7 +102,7 @@ def _floor_only(args, preset: str, options: dict) -> int:
     chunks = cfg.video.latent_frames_for(args.seconds) // cfg.video.chunk_frames
     texts = []
     for name in names:
-        spec = validate_memory(name, {} if args.all_policies else options, cfg.video.chunk_frames)
+        spec = make_spec(name, {} if args.all_policies else options, cfg.video.chunk_frames)
         texts.append(perf.report(cfg, spec, peak_tflops=args.peak_tflops, dtype=dtype, chunk_index=chunks - 1))
     print(f"analytic floor: preset {preset}, last chunk of {args.seconds:g} s ({chunks} chunks)")
     print("\n\n".join(texts))

@@ -10,27 +10,34 @@
 
 A `Pipeline` holds the parts (DiT, text encoder, codec) and what the model was trained with (memory,
 sampling), which every call uses unless told otherwise. `stream` returns a `Generation`: an iterator of
-decoded chunks that also takes prompt switches while it runs (the live viewer, the CLI's `generate`,
-`bench` and the evaluation scripts all drive one). Everything below the front door is `sampling.stream`'s
-one chunk routine.
+decoded chunks that also takes prompt switches while it runs. The CLI's `generate` and `bench`, the live
+viewer and the evaluation scripts all drive one; below it is `sampling.stream`'s one chunk routine.
+Loaders live in `contextforcing.loading`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from contextforcing.config import Preset, SamplingConfig, from_dict
+from contextforcing.config import Preset, SamplingConfig, VideoConfig, from_dict
+from contextforcing.data.video import read_video
 from contextforcing.errors import UserError
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec, tier_params
 from contextforcing.sampling.stream import VideoStream, known_in_chunk
+
+# An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
+# the memory keeps only a bounded context anyway, and the VAE encode of a long clip would dominate.
+MAX_INIT_PIXEL_FRAMES = 81
 
 
 @dataclass
@@ -40,22 +47,22 @@ class DecodedChunk:
     index: int  # chunk number in this generation
     start: int  # first absolute latent frame
     prompt: str  # the prompt it was generated under
-    frames: np.ndarray  # uint8 [n, H, W, 3], the pixel frames this chunk adds to the video
+    frames: np.ndarray  # uint8 [n, H, W, 3], the pixel frames this chunk adds to the video (empty: not decoded)
     first_frame: int  # index of frames[0] in the whole video
     latents: torch.Tensor  # clean latents [B, C, frames, h, w]
     plan: ChunkPlan
     update: MemoryUpdate
-    seconds: float  # wall time: denoising + commit (decode excluded)
+    seconds: float  # wall time of denoising + commit (decode excluded)
     decode_seconds: float
 
     def trace(self) -> dict:
         """The JSON record of this chunk (sidecars, reports, the live viewer)."""
-        return {"seconds": self.seconds, **self.plan.to_json(), **self.update.to_json()}
+        return {**self.plan.to_json(), **self.update.to_json()}
 
 
 @dataclass
 class Video:
-    """A finished (or interrupted) generation: frames plus everything needed to describe how it was made."""
+    """A finished (or interrupted) generation: frames plus the record of how it was made."""
 
     frames: np.ndarray  # uint8 [T, H, W, 3]
     fps: int
@@ -67,7 +74,7 @@ class Video:
         return [c.plan for c in self.chunks]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prompt:
     """A prompt and the chunk it takes effect from."""
 
@@ -82,32 +89,36 @@ class Generation:
     `switch(prompt)` changes the prompt from the next chunk on (the live viewer types into it);
     `seconds=None` streams until `close()`. The memory's plan of each chunk comes with its pixels."""
 
-    def __init__(self, pipe: "Pipeline", prompt: str, seconds: float | None, *, seed: int, memory: MemorySpec,
-                 sampling: SamplingConfig, negative_prompt: str | None, switches: list[Prompt], recache: str,
-                 flush_on_switch: bool, init_latents: torch.Tensor | None, known_frames: Mapping | None):
+    def __init__(self, pipe: "Pipeline", prompt: str, num_frames: int | None, *, seed: int, memory: MemorySpec,
+                 sampling: SamplingConfig, negative_prompt: str | None, switches: Sequence[Prompt], recache: str,
+                 flush_on_switch: bool, init_pixels: torch.Tensor | None, known_frames: Mapping | None,
+                 decode: bool):
         video = pipe.preset.video
-        self.pipe, self.memory, self.sampling, self.seed = pipe, memory, sampling, seed
-        self.num_frames = video.latent_frames_for(seconds) if seconds is not None else None
-        self.chunks_total = None if self.num_frames is None else self.num_frames // video.chunk_frames
-        if self.num_frames is None and tier_params(memory, video.chunk_frames).capacity is None:
+        self.pipe, self.memory, self.sampling, self.seed, self.decode = pipe, memory, sampling, seed, decode
+        self.num_frames = num_frames
+        self.chunks_total = None if num_frames is None else -(-num_frames // video.chunk_frames)
+        if num_frames is None and tier_params(memory, video.chunk_frames).capacity is None:
             raise UserError(f"memory {memory.name!r} grows with the video: give a length (seconds)")
         check_recache(memory, recache)
         self.flush_on_switch = flush_on_switch
         self.prompts = [Prompt(prompt, 0)]
-        self._pending = sorted(switches, key=lambda p: p.chunk)
+        self._pending = list(switches)
         self._check_switches()
-        uncond = None
-        if sampling.guidance_scale != 1.0:
-            uncond = pipe.encode([negative_prompt or ""])[negative_prompt or ""]
-        prefill = init_latents.shape[2] if init_latents is not None else 0
-        max_frames = None if self.num_frames is None else self.num_frames + prefill
-        self.stream = VideoStream(pipe.model, pipe.encode([prompt])[prompt], memory, video, sampling,
-                                  uncond_text=uncond, max_frames=max_frames, recache=recache)
+        negative = negative_prompt or ""
+        texts = pipe.encode([prompt, *(p.text for p in self._pending)] + ([negative] if sampling.guidance_scale != 1.0 else []))
+        init = None if init_pixels is None else pipe.codec.encode(init_pixels.to(pipe.device)).float()
+        max_frames = None if num_frames is None else num_frames + (0 if init is None else init.shape[2])
+        self.stream = VideoStream(pipe.model, texts[prompt], memory, video, sampling, max_frames=max_frames,
+                                  uncond_text=texts.get(negative) if sampling.guidance_scale != 1.0 else None,
+                                  recache=recache)
         self.decoder = pipe.codec.stream_decoder()
-        if init_latents is not None:
-            self.stream.prefill(init_latents.to(pipe.device))
-            self.decoder.decode(init_latents.float())  # primes the causal decoder; not re-emitted
-        self.stream_start = self.stream.frame
+        self.init_frames = 0
+        if init is not None:
+            self.stream.prefill(init)
+            # Not re-emitted, but run through the decoder so its causal cache continues from the init clip:
+            # the first generated latent frame then decodes to stride_t frames that follow on smoothly.
+            self.decoder.decode(init)
+            self.init_frames = init.shape[2]
         self.known_frames = known_frames
         self.generator = torch.Generator(pipe.device).manual_seed(seed)
         self.index = 0
@@ -130,12 +141,12 @@ class Generation:
         return self.prompts[-1].text
 
     def switch(self, prompt: str, flush: bool | None = None) -> int:
-        """Switch to `prompt` from the next chunk on; returns that chunk's index."""
-        if not prompt.strip():
-            raise UserError("empty prompt")
-        self.pipe.check_prompt(prompt)
+        """Switch to `prompt` from the next chunk on; returns the chunk it takes effect from."""
+        prompt = self.pipe.check_prompt(prompt)
         chunk = max([self.index] + [p.chunk + 1 for p in self._pending])
-        self._pending.append(Prompt(prompt.strip(), chunk, self.flush_on_switch if flush is None else flush))
+        if self.chunks_total is not None and chunk >= self.chunks_total:
+            raise UserError("the video has no chunk left to switch prompts at")
+        self._pending.append(Prompt(prompt, chunk, self.flush_on_switch if flush is None else flush))
         return chunk
 
     def close(self) -> None:
@@ -162,13 +173,13 @@ class Generation:
         start = self.stream.frame
         known = None
         if self.known_frames:
-            known = known_in_chunk(self.known_frames, start - self.stream_start, noise)
+            known = known_in_chunk(self.known_frames, start - self.init_frames, noise)
         began = time.perf_counter()
         latents = self.stream.step(noise, self.generator, known=known)
         if latents.is_cuda:
             torch.cuda.synchronize(latents.device)
         generated = time.perf_counter()
-        pixels = to_uint8_frames(self.decoder.decode(latents.float())[0])
+        pixels = to_uint8_frames(self.decoder.decode(latents.float())[0]) if self.decode else _NO_FRAMES
         done = time.perf_counter()
         chunk = DecodedChunk(self.index, start, self.prompt, pixels, self.frames_emitted, latents,
                              self.stream.last_plan, self.stream.last_update, generated - began, done - generated)
@@ -176,7 +187,7 @@ class Generation:
         self.frames_emitted += len(pixels)
         return chunk
 
-    def record(self, chunks: list[DecodedChunk], interrupted: bool = False) -> dict:
+    def record(self, chunks: Sequence[DecodedChunk], interrupted: bool = False) -> dict:
         """The sidecar of this generation so far (the JSON edge of plans, prompts and timings)."""
         pipe, video = self.pipe, self.pipe.preset.video
         return {
@@ -203,8 +214,11 @@ class Generation:
             "chunk_seconds": [c.seconds for c in chunks],
             "decode_seconds": [c.decode_seconds for c in chunks],
             "events": self.stream.events,
-            "memory_trace": [{k: v for k, v in c.trace().items() if k != "seconds"} for c in chunks],
+            "memory_trace": [c.trace() for c in chunks],
         }
+
+
+_NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -227,6 +241,7 @@ class Pipeline:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     weights_choice: dict | None = None  # which checkpoint entry and LoRA scale were used
     prompt_check: object = None  # callable(prompt) raising UserError for prompts the model cannot read
+    example_prompt: str = "a benchmark prompt"  # one the model reads (benchmarks, smoke tests)
     _texts: dict = field(default_factory=dict, repr=False)
 
     # -- sources -------------------------------------------------------------------------------------
@@ -240,15 +255,17 @@ class Pipeline:
         `model.checkpoints` reads (Self-Forcing, LongLive, Causal Forcing, Context Forcing)."""
         from contextforcing import loading
 
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
         if source is None and checkpoint is None:
             if any(x is not None for x in (preset, use_ema, lora, lora_alpha, num_heads, checkpoint_format)):
                 raise UserError("the embedded model takes no weight options; give a Wan directory to use them")
-            return loading.embedded(device, dtype)
+            return loading.load_embedded(device, dtype)
         if source is None:
             raise UserError("a checkpoint needs the Wan2.1 directory too (for the UMT5 text encoder and the VAE)")
-        return loading.wan(str(source), checkpoint, preset or loading.REAL_DEFAULT_PRESET,
-                           checkpoint_format=checkpoint_format, use_ema=use_ema, lora=lora, lora_alpha=lora_alpha,
-                           num_heads=num_heads, device=device, dtype=dtype)
+        loading.check_weight_flags(True, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
+        return loading.load_wan(str(source), checkpoint, preset or loading.REAL_DEFAULT_PRESET,
+                                checkpoint_format=checkpoint_format, use_ema=use_ema, lora=lora,
+                                lora_alpha=lora_alpha, num_heads=num_heads, device=device, dtype=dtype)
 
     @classmethod
     def random(cls, preset: str = "tiny", *, seed: int = 0, device: str | None = None,
@@ -256,28 +273,14 @@ class Pipeline:
         """A randomly initialised model of `preset` (tests, benchmarks) with the weight-free parts."""
         from contextforcing import loading
 
-        return loading.random_init(preset, seed, device, dtype)
+        return loading.load_random(preset, seed, device, dtype)
 
     # -- what a call uses ----------------------------------------------------------------------------
     def memory_for(self, memory: MemorySpec | str | dict | None = None) -> MemorySpec:
         """None: the trained memory. A policy name: the trained options if it is the trained policy, else the
         policy's defaults. A dict: overrides of the trained memory (`policy` may name another policy). A
         `Memory`: exactly as given."""
-        if isinstance(memory, MemorySpec):
-            tier_params(memory, self.preset.video.chunk_frames)
-            return memory
-        if memory is None:
-            memory = {}
-        if isinstance(memory, str):
-            memory = {"policy": memory}
-        if not isinstance(memory, dict):
-            raise UserError(f"memory must be a Memory, a policy name or a dict of options, got {type(memory).__name__}")
-        options = dict(memory)
-        name = options.pop("policy", self.memory.name)
-        base = {k: v for k, v in self.memory.to_dict().items() if k != "policy"} if name == self.memory.name else {}
-        spec = make_spec(name, {**_explicit(self.memory, base), **options})
-        tier_params(spec, self.preset.video.chunk_frames)
-        return spec
+        return resolve_memory(self.memory, memory, self.preset.video.chunk_frames)
 
     def sampling_for(self, sampling: SamplingConfig | dict | None = None) -> SamplingConfig:
         """None: the trained sampling; a dict: overrides of it (shift, denoising_steps, guidance_scale, ...)."""
@@ -289,61 +292,143 @@ class Pipeline:
             raise UserError(f"sampling must be a SamplingConfig or a dict of options, got {type(sampling).__name__}")
         return from_dict(SamplingConfig, {**dataclasses.asdict(self.sampling), **sampling}, where="sampling")
 
-    def check_prompt(self, prompt: str) -> None:
+    def check_prompt(self, prompt: str) -> str:
+        """The prompt stripped, or a UserError if it is empty or the model cannot read it."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("empty prompt")
         if self.prompt_check is not None:
             self.prompt_check(prompt)
+        return prompt.strip()
 
-    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Text embeddings per prompt, as the DiT's device and dtype (cached: a prompt is encoded once)."""
-        from contextforcing import loading
+        from contextforcing.loading import encode_prompts
 
         new = [p for p in dict.fromkeys(prompts) if p not in self._texts]
         if new:
-            self._texts.update(loading.encode_prompts(self, new))
+            self._texts.update(encode_prompts(self, new))
         return {p: self._texts[p] for p in prompts}
+
+    def place(self, switches: Mapping[float, str] | Sequence[Prompt] | None, flush: bool = False) -> list[Prompt]:
+        """Prompt switches at video seconds onto the nearest chunk boundaries (half rounds up)."""
+        if switches is None:
+            return []
+        if not isinstance(switches, Mapping):
+            return [Prompt(self.check_prompt(p.text), p.chunk, p.flush) for p in switches]
+        video = self.preset.video
+        chunk_s = video.chunk_frames / video.latent_fps
+        placed = []
+        for at, text in sorted(switches.items()):
+            if isinstance(at, bool) or not isinstance(at, (int, float)) or not at > 0 or not math.isfinite(at):
+                raise UserError(f"a prompt switch time must be a positive number of seconds, got {at!r}")
+            placed.append(Prompt(self.check_prompt(text), math.floor(at / chunk_s + 0.5), flush))
+        return placed
 
     # -- generating ----------------------------------------------------------------------------------
     def stream(self, prompt: str, seconds: float | None = None, *, seed: int = 0,
                memory: MemorySpec | str | dict | None = None, sampling: SamplingConfig | dict | None = None,
-               negative_prompt: str | None = None, switches: Mapping[float, str] | None = None,
-               flush_on_switch: bool = False, recache: str = "window", init: torch.Tensor | None = None,
-               known_frames: Mapping[int, torch.Tensor] | None = None) -> Generation:
+               negative_prompt: str | None = None, switches: Mapping[float, str] | Sequence[Prompt] | None = None,
+               flush_on_switch: bool = False, recache: str = "window", init_video: str | Path | None = None,
+               init_image: str | Path | None = None, known_frames: Mapping[int, torch.Tensor] | None = None,
+               decode: bool = True) -> Generation:
         """A live generation of `seconds` (None: until closed) from `prompt`.
 
-        `switches` maps video seconds to prompts (each lands on the nearest chunk boundary); `init` is a
-        clean latent clip [1, C, F, h, w] to continue (prefilled into memory); `known_frames` maps latent
-        frames (counted from the start) to clean latents the video must show (evaluation protocols)."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError("empty prompt")
-        self.check_prompt(prompt)
-        video = self.preset.video
-        chunk_s = video.chunk_frames / video.latent_fps
-        placed = []
-        for at, text in sorted((switches or {}).items()):
-            if not isinstance(at, (int, float)) or at <= 0:
-                raise UserError(f"a prompt switch time must be a positive number of seconds, got {at!r}")
-            self.check_prompt(text)
-            placed.append(Prompt(text, int(at / chunk_s + 0.5), flush_on_switch))
-        return Generation(self, prompt.strip(), seconds, seed=seed, memory=self.memory_for(memory),
-                          sampling=self.sampling_for(sampling), negative_prompt=negative_prompt, switches=placed,
-                          recache=recache, flush_on_switch=flush_on_switch, init_latents=init,
-                          known_frames=known_frames)
+        `switches` maps video seconds to prompts (each lands on the nearest chunk boundary); `init_video` /
+        `init_image` is continued (encoded and prefilled into memory, not re-emitted); `known_frames` maps
+        latent frames (counted from the start) to clean latents the video must show (evaluation
+        protocols); `decode=False` skips the codec (benchmarks of the transformer alone)."""
+        prompt = self.check_prompt(prompt)
+        num_frames = None if seconds is None else self.preset.video.latent_frames_for(seconds)
+        init_pixels, _ = read_init_clip(self.preset.video, init_video, init_image)
+        return Generation(self, prompt, num_frames, seed=seed, memory=self.memory_for(memory),
+                          sampling=self.sampling_for(sampling), negative_prompt=negative_prompt,
+                          switches=self.place(switches, flush_on_switch), recache=recache,
+                          flush_on_switch=flush_on_switch, init_pixels=init_pixels, known_frames=known_frames,
+                          decode=decode)
 
     def __call__(self, prompt: str, seconds: float, **kwargs) -> Video:
         """Generate `seconds` of video at once (see `stream` for the options)."""
         generation = self.stream(prompt, seconds, **kwargs)
         chunks = list(generation)
-        frames = np.concatenate([c.frames for c in chunks]) if chunks else np.zeros((0, 0, 0, 3), np.uint8)
+        frames = np.concatenate([c.frames for c in chunks])
         return Video(frames, self.preset.video.fps, chunks, generation.record(chunks))
 
     def save(self, video: Video, path: str | Path) -> Path:
-        """Write `video` as an mp4 with its JSON sidecar beside it, both atomically (the CLI's writer)."""
-        from contextforcing.generation import write_video_and_sidecar
+        """Write `video` as an mp4 with its JSON sidecar beside it, as a pair and atomically (the CLI's writer)."""
+        from contextforcing.generation import save_video
 
-        return write_video_and_sidecar(path, [video.frames], video.fps, lambda _frames: video.record)
+        return save_video(path, video.frames, video.fps, video.record)
 
 
-def _explicit(spec: MemorySpec, base: dict) -> dict:
-    """The trained options that differ from the policy's defaults (so that layout switches stay coherent)."""
+def resolve_memory(trained: MemorySpec, memory: MemorySpec | str | dict | None, chunk_frames: int) -> MemorySpec:
+    """The memory of a call: see `Pipeline.memory_for`. Sizes are checked here, before any work."""
+    if isinstance(memory, MemorySpec):
+        spec = memory
+    else:
+        if memory is None or isinstance(memory, str):
+            memory = {} if memory is None else {"policy": memory}
+        if not isinstance(memory, dict):
+            raise UserError(f"memory must be a Memory, a policy name or a dict of options, got {type(memory).__name__}")
+        options = dict(memory)
+        name = options.pop("policy", trained.name)
+        base = _non_default(trained) if name == trained.name else {}
+        spec = make_spec(name, {**base, **options})
+    tier_params(spec, chunk_frames)
+    return spec
+
+
+def _non_default(spec: MemorySpec) -> dict:
+    """A spec's options that differ from its policy's defaults (so that `layout=released`, which fixes some
+    switches, can still be asked for on top of a trained memory)."""
     defaults = make_spec(spec.name).to_dict()
-    return {k: v for k, v in base.items() if defaults.get(k) != v}
+    return {k: v for k, v in spec.to_dict().items() if k != "policy" and defaults.get(k) != v}
+
+
+# -- init video / image --------------------------------------------------------------------------------------
+def read_init_clip(video: VideoConfig, init_video: str | Path | None = None,
+                   init_image: str | Path | None = None) -> tuple[torch.Tensor | None, dict | None]:
+    """The init video or image as [1, 3, T, H, W] in [-1, 1] at the preset's pixel size, and what was used."""
+    if init_video and init_image:
+        raise UserError("use either --init-video or --init-image, not both")
+    if not (init_video or init_image):
+        return None, None
+    if init_image:
+        frames, kind, path = _read_image(init_image), "image", init_image
+    else:
+        frames, kind, path = read_video(init_video)[0], "video", init_video
+        # The end of the clip is what the generation continues; keep 1 + k * stride_t whole frames of it.
+        keep = min(len(frames), MAX_INIT_PIXEL_FRAMES)
+        frames = frames[-(1 + (keep - 1) // video.vae_stride_t * video.vae_stride_t):]
+    height, width = video.latent_height * video.vae_stride_hw, video.latent_width * video.vae_stride_hw
+    pixels = _fit(torch.from_numpy(frames).permute(0, 3, 1, 2), height, width) / 127.5 - 1.0
+    info = {"kind": kind, "path": str(path), "source_size": list(frames.shape[1:3]), "pixel_frames": len(frames)}
+    return pixels.permute(1, 0, 2, 3)[None], info
+
+
+def _read_image(path: str):
+    import imageio.v3 as iio
+    import numpy as np
+
+    try:
+        image = np.asarray(iio.imread(path))
+    except Exception as err:  # imageio raises many types for missing or broken files
+        raise UserError(f"cannot read image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)  # greyscale
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise UserError(f"image {path} has shape {list(image.shape)}; expected a single RGB(A) or grey image")
+    return image[None, :, :, :3].astype(np.uint8)  # drop alpha
+
+
+def _fit(frames: torch.Tensor, height: int, width: int, batch: int = 16) -> torch.Tensor:
+    """uint8 [T, 3, h, w] -> float [T, 3, height, width]: scale to cover, then centre crop (no distortion).
+    A few frames at a time, so a long HD clip never exists as one float tensor."""
+    h, w = frames.shape[-2:]
+    scale = max(height / h, width / w)
+    size = (max(height, math.ceil(h * scale)), max(width, math.ceil(w * scale)))
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    out = []
+    for part in frames.split(batch):
+        resized = F.interpolate(part.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        out.append(resized[:, :, top : top + height, left : left + width].clamp(0, 255))
+    return torch.cat(out)

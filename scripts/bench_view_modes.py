@@ -21,7 +21,7 @@ import torch
 
 from contextforcing.bench import parse_windows
 from contextforcing.config import SamplingConfig
-from contextforcing.generation import random_init_pipeline
+from contextforcing.loading import load_random
 from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
 
@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     windows = parse_windows(args.windows)
-    pipe = random_init_pipeline(args.preset, 0, None, None)
+    pipe = load_random(args.preset)
     text = pipe.text_encoder.encode(["a benchmark prompt"]).to(pipe.device)
     max_frames = args.chunks * pipe.preset.video.chunk_frames
     streams = {mode: stream_in_mode(pipe, text, args.memory, mode, max_frames) for mode in VIEW_MODES}

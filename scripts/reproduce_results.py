@@ -105,7 +105,7 @@ class Worker:
 
         from contextforcing.codecs.text import HashTextEncoder
         from contextforcing.codecs.world import load_world_codec
-        from contextforcing.generation import embedded_config, embedded_pipeline
+        from contextforcing.loading import embedded_config, load_embedded as embedded_pipeline
 
         torch.set_num_threads(1)
         self.pipeline = embedded_pipeline()

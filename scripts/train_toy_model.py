@@ -227,7 +227,8 @@ def evaluate(args, root: Path) -> dict:
     from contextforcing.data.world.track import simulate
     from contextforcing.eval.evaluate import load_frames
     from contextforcing.eval.world_metrics import world_metrics
-    from contextforcing.generation import GenerationRequest, embedded_pipeline, run_generation
+    from contextforcing.generation import GenerationRequest, run_generation
+    from contextforcing.loading import load_embedded as embedded_pipeline
 
     pipeline = embedded_pipeline(device="cpu")
     out_dir = root / "eval"

@@ -12,9 +12,8 @@ from contextforcing.cli import main
 from contextforcing.data.world.track import WorldSpec, simulate
 from contextforcing.eval.evaluate import load_frames
 from contextforcing.eval.world_metrics import world_metrics
-from contextforcing.generation import (
-    EMBEDDED_CONFIG, EMBEDDED_WEIGHTS, GenerationRequest, embedded_pipeline, random_init_pipeline, run_generation,
-)
+from contextforcing.generation import GenerationRequest, run_generation
+from contextforcing.loading import EMBEDDED_CONFIG, EMBEDDED_WEIGHTS, load_embedded, load_random
 
 PROMPT, SEED, SECONDS = "plain warm room, blackout occlusions, circle sprite", 3, 10.0
 # Palette fidelity: the fraction of pixels within RGB distance 40 of a colour of the prompt's palette (the
@@ -40,7 +39,7 @@ def test_shipped_files_exist_and_fit_the_budget():
 
 def test_embedded_model_generates_the_world_with_fidelity(tmp_path):
     torch.manual_seed(0)
-    pipeline = embedded_pipeline(device="cpu")
+    pipeline = load_embedded(device="cpu")
     assert pipeline.weights.startswith("embedded:") and pipeline.preset_name == "world"
     frames = _generate(pipeline, tmp_path / "v.mp4")
     track = simulate(WorldSpec(PROMPT, SEED, SECONDS))
@@ -52,8 +51,8 @@ def test_embedded_model_generates_the_world_with_fidelity(tmp_path):
 
 def test_random_weights_fail_the_same_threshold(tmp_path):
     """The threshold discriminates: a model of the same shape with random weights does not pass it."""
-    pipeline = embedded_pipeline(device="cpu")
-    random = random_init_pipeline("world", 0, "cpu", None)
+    pipeline = load_embedded(device="cpu")
+    random = load_random("world", 0, "cpu")
     random.codec, random.preset_name = pipeline.codec, "world"
     frames = _generate(random, tmp_path / "r.mp4")
     fidelity = world_metrics(frames, simulate(WorldSpec(PROMPT, SEED, SECONDS)))["fidelity"]
@@ -78,4 +77,4 @@ def test_a_corrupt_weight_file_is_one_line_error(tmp_path, capsys):
     from contextforcing.errors import UserError
 
     with pytest.raises(UserError):
-        embedded_pipeline(device="cpu", path=bad)
+        load_embedded(device="cpu", path=bad)

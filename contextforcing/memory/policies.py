@@ -143,8 +143,9 @@ class MemorySpec:
         return make_spec("slow_fast", options)
 
 
-def make_spec(name: str, overrides: dict | None = None) -> MemorySpec:
-    """A policy by name with `overrides` (as parsed from `--memory-opt key=value`) over its defaults."""
+def make_spec(name: str, overrides: dict | None = None, chunk_frames: int | None = None) -> MemorySpec:
+    """A policy by name with `overrides` (as parsed from `--memory-opt key=value`) over its defaults; with
+    `chunk_frames`, its sizes are checked too (before any work is done)."""
     if name not in POLICY_OPTIONS:
         raise UserError(f"unknown memory policy {name!r}; choose one of {', '.join(POLICY_OPTIONS)}")
     values = dict(overrides or {})
@@ -155,7 +156,10 @@ def make_spec(name: str, overrides: dict | None = None) -> MemorySpec:
         value = getattr(options, key, None)
         if value is not None and value not in allowed:
             raise UserError(f"memory option {key}={value!r} is not one of {', '.join(allowed)}")
-    return MemorySpec(name, options)
+    spec = MemorySpec(name, options)
+    if chunk_frames is not None:
+        tier_params(spec, chunk_frames)
+    return spec
 
 
 def _released(values: dict) -> dict:

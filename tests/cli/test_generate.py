@@ -30,7 +30,7 @@ def test_generate_writes_readable_mp4_and_sidecar_within_policy_limits(tmp_path)
         positions = [p for v in entry["positions"].values() for p in (v if isinstance(v, list) else [v])]
         assert max(positions) <= 20 and len(entry["sink"]) <= 3 and len(entry["slow"]) <= 12
         assert len(entry["fast"]) <= 6
-    assert sidecar["switches"] == [{"chunk": 4, "frame": 12, "prompt": "a blue cube"}]
+    assert sidecar["switches"] == [{"chunk": 4, "frame": 12, "prompt": "a blue cube", "flush": False}]
     assert sidecar["events"][0]["recached"] == [9, 10, 11]
     assert not sidecar["interrupted"]
 

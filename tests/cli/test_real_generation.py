@@ -15,7 +15,7 @@ from contextforcing.cli import main
 from contextforcing.config import ModelConfig, VideoConfig
 from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.errors import UserError
-from contextforcing.generation import place_script, read_prompt_script
+from contextforcing.prompts import place_script, read_prompt_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny UMT5/VAE recipes live in tests/codecs/conftest.py; that folder cannot be a package (it would
@@ -119,13 +119,24 @@ def test_base_dit_from_wan_dir_and_bench_decode_with_the_wan_vae(wan, tmp_path, 
 
 @pytest.mark.parametrize("decode", [False, True])
 def test_bench_decode_random_init_says_what_is_timed(capsys, decode):
-    assert main(["bench", "--seconds", "1.5", "--json", *(["--decode"] if decode else [])]) == 0
+    assert main(["bench", "--random-init", "--seconds", "1.5", "--json", *(["--decode"] if decode else [])]) == 0
     result = json.loads(capsys.readouterr().out)
     if decode:
         assert result["median_decode_s"] > 0 and "streaming preview decoder" in result["included"]
         assert "no text encoding" in result["included"] and "no file output" in result["included"]
     else:
         assert result["median_decode_s"] is None and "no decode" in result["included"]
+
+
+def test_bench_without_model_flags_runs_the_embedded_model_as_generate_does(capsys):
+    from contextforcing.loading import embedded_config
+
+    assert main(["bench", "--seconds", "1.5", "--json", "--decode"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    trained = embedded_config()["memory"]
+    assert result["preset"] == "world" and result["weights"].startswith("embedded:")
+    assert result["memory"] == {**result["memory"], **trained["options"], "policy": trained["policy"]}
+    assert "world codec" in result["included"]
 
 
 def test_random_init_continues_an_init_video(tmp_path):

@@ -1,0 +1,238 @@
+"""Where a `Pipeline` comes from: the embedded world model, a Wan2.1 directory (+ a distilled checkpoint), or
+random weights of a preset. Each loader returns a ready `Pipeline` with the memory and sampling the model
+was trained with (the defaults of every call), and checks that its parts fit before the big weights are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from contextforcing.config import ModelConfig, Preset, SamplingConfig, VideoConfig, from_dict, get_preset
+from contextforcing.errors import UserError
+from contextforcing.memory.policies import MemorySpec, make_spec
+from contextforcing.pipeline import Pipeline
+
+REAL_DEFAULT_PRESET, RANDOM_DEFAULT_PRESET, EMBEDDED_PRESET = "wan2.1-t2v-1.3b", "tiny", "world"
+# The embedded default model (trained by `make toy-model` on the synthetic world, docs/world.md).
+ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED_WEIGHTS = ASSETS / "world_student.safetensors"
+EMBEDDED_CONFIG = ASSETS / "world_student.json"
+# What a model of the field was trained with when nothing says otherwise: Context Forcing's memory, Self-Forcing's
+# few-step sampling.
+FIELD_MEMORY = "slow_fast"
+
+
+def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:  # not a device string torch knows
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown --device {name!r}; choose cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+    name = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    if name not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"unknown --dtype {name!r}; choose float32, bfloat16 or float16")
+    return dev, getattr(torch, name)
+
+
+def load_random(preset_name: str, seed: int = 0, device: str | None = None, dtype: str | None = None) -> Pipeline:
+    """A randomly initialised model with the built-in hashed text encoder and the preview codec."""
+    from contextforcing.codecs.preview import PreviewCodec
+    from contextforcing.codecs.text import HashTextEncoder
+    from contextforcing.model.wan import build_model
+
+    preset = get_preset(preset_name)
+    dev, dt = resolve_device(device, dtype)
+    model = build_model(preset.model, device=dev, dtype=dt, seed=seed)
+    encoder = HashTextEncoder(preset.model.text_dim, preset.model.text_len)
+    codec = PreviewCodec(preset.model.out_dim, preset.video.vae_stride_t, preset.video.vae_stride_hw)
+    return Pipeline(preset_name, preset, model, encoder, codec, dev, "random-init", make_spec(FIELD_MEMORY))
+
+
+def embedded_config(path: Path | None = None) -> dict:
+    """The shipped student's config (preset, model/video shapes, memory defaults, codec), without its weights."""
+    path = Path(path or EMBEDDED_CONFIG)
+    if not path.is_file() or not (path.parent / path.name.replace(".json", ".safetensors")).is_file():
+        raise UserError(f"the embedded model is missing ({path.with_suffix('.safetensors')}); build it with "
+                        f"`make toy-model`, or pass --random-init or --wan-dir [--checkpoint FILE]")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    missing = [k for k in ("preset", "model", "video", "memory", "codec") if k not in config]
+    if missing:
+        raise UserError(f"{path}: missing {', '.join(missing)}")
+    return config
+
+
+def check_embedded_preset(preset: str) -> None:
+    if preset != EMBEDDED_PRESET:
+        raise UserError(f"the embedded model is the {EMBEDDED_PRESET!r} preset; preset {preset!r} needs "
+                        f"--random-init or --wan-dir [--checkpoint FILE]")
+
+
+def embedded_memory(config: dict) -> MemorySpec:
+    """The memory the shipped model was trained with."""
+    memory = config["memory"]
+    return make_spec(memory.get("policy", FIELD_MEMORY), memory.get("options", {}))
+
+
+def embedded_sampling(config: dict) -> SamplingConfig:
+    return from_dict(SamplingConfig, config.get("sampling", {}), where="embedded sampling")
+
+
+def embedded_prompt_check(config: dict):
+    """The prompt grammar the shipped model was trained on, as a function that raises on a prompt it cannot
+    read (None: any text)."""
+    grammar = config.get("prompt_grammar")
+    if grammar is None:
+        return None
+    if grammar == "world":
+        from contextforcing.data.world.prompts import parse_prompt
+
+        return parse_prompt
+    raise UserError(f"embedded model config: unknown prompt_grammar {grammar!r}")
+
+
+def embedded_codec(config: dict, config_path: Path, model_cfg: ModelConfig, preset: Preset, device):
+    """The codec the shipped model was trained with: `preview`, or a learned world codec, named `world` (the
+    occlusion world's, contextforcing/assets/world_codec.safetensors) or by its file name in the assets, and
+    checked against the sha256 the model recorded: its latents mean something only through that codec."""
+    if config["codec"] == "preview":
+        from contextforcing.codecs.preview import PreviewCodec
+
+        return PreviewCodec(model_cfg.out_dim, preset.video.vae_stride_t, preset.video.vae_stride_hw)
+    from contextforcing.codecs.world import DEFAULT_PATH, load_world_codec
+
+    path = Path(DEFAULT_PATH) if config["codec"] == "world" else ASSETS / str(config["codec"])
+    if not path.is_file():
+        raise UserError(f"{config_path}: codec {config['codec']!r} not found ({path})")
+    expected = config.get("codec_sha256")
+    if expected:
+        import hashlib
+
+        if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise UserError(f"{path} is not the codec the embedded model was trained with (sha256 {expected[:12]}...); "
+                            f"retrain the model with `make toy-model`")
+    return load_world_codec(path, device=device)
+
+
+def load_embedded(device: str | None = None, dtype: str | None = None, path: Path | None = None) -> Pipeline:
+    """The embedded default: the shipped world student with the hashed text encoder and the codec it was
+    trained with (the learned world codec, or the preview codec if it was trained on that)."""
+    from contextforcing.codecs.text import HashTextEncoder
+    from contextforcing.model.checkpoints import load_model
+
+    config_path = Path(path).with_suffix(".json") if path else EMBEDDED_CONFIG
+    config = embedded_config(config_path)
+    weights = config_path.with_suffix(".safetensors")
+    model_cfg = from_dict(ModelConfig, config["model"], where="embedded model").validate()
+    preset = Preset(model_cfg, from_dict(VideoConfig, config["video"], where="embedded video"))
+    dev, dt = resolve_device(device, dtype)
+    codec = embedded_codec(config, config_path, model_cfg, preset, dev)
+    encoder = HashTextEncoder(model_cfg.text_dim, model_cfg.text_len)
+    check_parts_fit(preset, encoder, codec)
+    model = load_model(weights, model_cfg, device=dev, dtype=dt)  # stored fp32/fp16/bf16, cast to dt
+    return Pipeline(config["preset"], preset, model, encoder, codec, dev, f"embedded:{weights.name}",
+                    embedded_memory(config), embedded_sampling(config), prompt_check=embedded_prompt_check(config))
+
+
+def load_wan(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoint_format: str | None = None,
+                 use_ema: bool | None = None, lora: str | None = None, lora_alpha: float | None = None,
+                 num_heads: int | None = None, device: str | None = None, dtype: str | None = None) -> Pipeline:
+    """The DiT from `checkpoint` (or the base Wan weights in `wan_dir`), UMT5 and the Wan VAE from `wan_dir`.
+
+    The text encoder is loaded on the CPU: `encode_prompts` moves it to the GPU only while it encodes, so
+    during generation GPU memory holds the DiT, its cache and the VAE. Which weights were used is printed
+    (one line on stderr) and kept in `Pipeline.weights_choice`.
+    """
+    from contextforcing.codecs.loading import load_text_encoder, load_vae
+    from contextforcing.model.checkpoints import model_config, model_from_state, read_checkpoint
+
+    preset = get_preset(preset_name)
+    dev, dt = resolve_device(device, dtype)
+    # Small parts first, so a wan dir that does not fit the preset fails before the big DiT is read.
+    encoder = load_text_encoder(wan_dir, "cpu", dt, text_len=preset.model.text_len)
+    codec = load_vae(wan_dir, dev, dt)
+    check_parts_fit(preset, encoder, codec)
+    source = checkpoint or wan_dir
+    loaded = read_checkpoint(source, checkpoint_format, use_ema, lora=lora, lora_alpha=lora_alpha)
+    print(loaded.choice.describe(), file=sys.stderr)
+    preset = dataclasses.replace(preset, model=model_config(source, loaded.state, preset.model, num_heads))
+    model = model_from_state(loaded.state, preset.model, dev, dt)
+    return Pipeline(preset_name, preset, model, encoder, codec, dev, str(source), make_spec(FIELD_MEMORY),
+                    weights_choice=loaded.choice.to_dict())
+
+
+def check_parts_fit(preset: Preset, encoder, codec) -> None:
+    m, v = preset.model, preset.video
+    if encoder.text_dim != m.text_dim:
+        raise UserError(f"the text encoder gives {encoder.text_dim}-wide embeddings, the preset's model takes {m.text_dim}")
+    if (codec.latent_channels, codec.stride_t, codec.stride_hw) != (m.in_dim, v.vae_stride_t, v.vae_stride_hw):
+        raise UserError(f"the VAE ({codec.latent_channels} channels, strides {codec.stride_t}/{codec.stride_hw}) does not "
+                        f"fit the preset ({m.in_dim} channels, strides {v.vae_stride_t}/{v.vae_stride_hw})")
+
+
+def load(preset: str, *, random_init: bool, wan_dir: str | None = None, checkpoint: str | None = None,
+                  checkpoint_format: str | None = None, use_ema: bool | None = None, lora: str | None = None,
+                  lora_alpha: float | None = None, num_heads: int | None = None, seed: int = 0,
+                  device: str | None = None, dtype: str | None = None) -> Pipeline:
+    """Random init or real weights, never both (a silent choice between them would hide a typo)."""
+    real = wan_dir is not None or checkpoint is not None
+    check_weight_flags(real, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
+    if random_init and real:
+        raise UserError("--random-init cannot be combined with --wan-dir/--checkpoint")
+    if random_init:
+        return load_random(preset, seed, device, dtype)
+    if not real:  # the embedded default model
+        check_embedded_preset(preset)
+        return load_embedded(device, dtype)
+    if wan_dir is None:
+        raise UserError("--checkpoint needs --wan-dir too (for the UMT5 text encoder and the VAE)")
+    return load_wan(wan_dir, checkpoint, preset, checkpoint_format=checkpoint_format, use_ema=use_ema,
+                        lora=lora, lora_alpha=lora_alpha, num_heads=num_heads, device=device, dtype=dtype)
+
+
+def check_weight_flags(real: bool, *, lora=None, lora_alpha=None, num_heads=None) -> None:
+    """Flags that only change loaded weights are refused where nothing is loaded, rather than ignored."""
+    if lora_alpha is not None and lora is None:
+        raise UserError("--lora-alpha needs --lora")
+    given = [flag for flag, value in (("--lora", lora), ("--num-heads", num_heads)) if value is not None]
+    if given and not real:
+        raise UserError(f"{' and '.join(given)}: only for --wan-dir/--checkpoint weights (the random-init and "
+                        f"embedded models take no LoRA, and their head count from the preset)")
+
+
+def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | None, random_init: bool = True) -> str:
+    """Real weights default to the paper's model, random init to the tiny preset, no weight flags at all
+    (random_init=False) to the embedded model's `world` preset."""
+    if preset is not None:
+        return preset
+    if wan_dir or checkpoint:
+        return REAL_DEFAULT_PRESET
+    return RANDOM_DEFAULT_PRESET if random_init else EMBEDDED_PRESET
+
+
+def encode_prompts(pipeline: Pipeline, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """All prompts up front, as the DiT's device/dtype; a big encoder visits the GPU only for this call."""
+    encoder, model = pipeline.text_encoder, pipeline.model
+    module = getattr(encoder, "model", None)
+    visit = isinstance(module, torch.nn.Module) and pipeline.device.type == "cuda"
+    if visit:
+        module.to(pipeline.device)
+    try:
+        return {p: encoder.encode([p]).to(pipeline.device, model.dtype) for p in dict.fromkeys(prompts)}
+    finally:
+        if visit:
+            module.to("cpu")
+            torch.cuda.empty_cache()
