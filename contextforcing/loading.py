@@ -144,7 +144,8 @@ def load_embedded(device: str | None = None, dtype: str | None = None, path: Pat
     check_parts_fit(preset, encoder, codec)
     model = load_model(weights, model_cfg, device=dev, dtype=dt)  # stored fp32/fp16/bf16, cast to dt
     return Pipeline(config["preset"], preset, model, encoder, codec, dev, f"embedded:{weights.name}",
-                    embedded_memory(config), embedded_sampling(config), prompt_check=embedded_prompt_check(config))
+                    embedded_memory(config), embedded_sampling(config), prompt_check=embedded_prompt_check(config),
+                    example_prompt=config.get("example_prompt", "a benchmark prompt"))
 
 
 def load_wan(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoint_format: str | None = None,

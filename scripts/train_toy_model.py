@@ -201,6 +201,8 @@ def ship(args, root: Path, record: dict) -> dict:
         "codec_sha256": _sha256(world_codec_file()) if args.codec == "world" else None,
         "text_encoder": {"kind": "hash", "text_dim": preset.model.text_dim, "text_len": preset.model.text_len},
         "sampling": to_dict(cdmd.stage.sampling),
+        "prompt_grammar": "world",  # the prompts it was trained on: contextforcing/data/world/prompts.py
+        "example_prompt": "striped cool room, curtain occlusions, circle sprite",
         "weights": {"file": weights.name, "stored_dtype": stored, "bytes": weights.stat().st_size,
                     "what": "EMA generator of Stage 2 Contextual DMD"},
         "recipe": {s: {k: v for k, v in e.items() if k in ("steps", "seconds", "final_losses")}
