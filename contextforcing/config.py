@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -159,16 +160,39 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], values: dict[str, Any], *, where: str) -> T:
-    """Build dataclass `cls` from `values`, rejecting unknown keys and coercing simple types."""
+    """Build dataclass `cls` from `values` (YAML, JSON, `key=value` overrides): the one place where configs
+    are coerced. Unknown keys are rejected, simple types coerced, and a field typed as a dataclass is built
+    from its mapping the same way (then validated, when it has `validate()`)."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where} must be a mapping, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise UserError(f"unknown {where} option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(cls)
+    defaults = cls() if _has_defaults(cls) else None
     coerced = {}
     for key, value in values.items():
-        default = getattr(cls(), key) if _has_defaults(cls) else None
-        coerced[key] = _coerce(value, default, f"{where} option {key!r}")
-    return cls(**coerced)
+        sub = hints.get(key)
+        if dataclasses.is_dataclass(sub) and isinstance(sub, type):
+            coerced[key] = value if isinstance(value, sub) else _section(sub, value, f"{where}.{key}")
+        else:
+            coerced[key] = _coerce(value, getattr(defaults, key, None), f"{where} option {key!r}")
+    try:
+        return cls(**coerced)
+    except TypeError as err:  # a dataclass with a required field that the values leave out
+        raise UserError(f"{where}: {err}") from None
+
+
+def _section(cls: type[T], value: Any, where: str) -> T:
+    out = from_dict(cls, value, where=where)
+    validate = getattr(out, "validate", None)
+    if not callable(validate):
+        return out
+    try:
+        return validate() or out
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ raise a one-line UserError naming the key. The resolved config is written to RUN
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,24 +82,6 @@ class TrainConfig:
         return {"name": self.name, "trainer": dataclasses.asdict(self.trainer), "stage": dataclasses.asdict(self.stage)}
 
 
-def build_dataclass(cls: type, values: dict[str, Any] | None, *, where: str) -> Any:
-    """`cls` from `values`, recursing into nested dataclass fields; unknown keys and bad types raise UserError."""
-    if values is not None and not isinstance(values, dict):
-        raise UserError(f"{where} must be a mapping, got {values!r}")
-    values = dict(values or {})
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        sub = hints.get(field.name)
-        if field.name in values and dataclasses.is_dataclass(sub):
-            if not isinstance(values[field.name], dict):
-                raise UserError(f"{where}.{field.name} must be a mapping, got {values[field.name]!r}")
-            values[field.name] = build_dataclass(sub, values[field.name], where=f"{where}.{field.name}")
-    try:
-        return from_dict(cls, values, where=where)
-    except TypeError as err:  # a stage dataclass with a required field that the config leaves out
-        raise UserError(f"{where}: {err}") from None
-
-
 def _read_yaml(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -142,8 +123,8 @@ def load_train_config(name: str, path: str | Path | None, overrides: list[str] |
         raise UserError(f"unknown config section(s) {', '.join(unknown)}; known: {', '.join(_SECTIONS)}")
     if values.get("name", name) != name:
         raise UserError(f"config is for stage {values['name']!r}, not {name!r}")
-    trainer = build_dataclass(TrainerConfig, values.get("trainer"), where="trainer").validate()
-    options = build_dataclass(spec.options, values.get("stage"), where=f"stage ({name})")
+    trainer = from_dict(TrainerConfig, values.get("trainer") or {}, where="trainer").validate()
+    options = from_dict(spec.options, values.get("stage") or {}, where=f"stage ({name})")
     if callable(getattr(options, "validate", None)):
         options = options.validate() or options
     return TrainConfig(name, trainer, options)

@@ -188,7 +188,7 @@ def test_bad_settings_stop_before_the_run_directory_is_made(tmp_path):
         load_train_config("debug", path, ["trainer.max_steps=3"])
     with pytest.raises(UserError, match=r"trainer.seed must be in \[0, 2\*\*64\)"):
         load_train_config("debug", None, [f"trainer.seed={2**64}"])
-    with pytest.raises(UserError, match="stage option 'optimizer': lr must be a positive number, got -1.0"):
+    with pytest.raises(UserError, match=r"stage \(teacher\).optimizer: lr must be a positive number, got -1.0"):
         load_train_config("teacher", None, ["stage.optimizer.lr=-1"])
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="trainer.device=cuda but no CUDA device is available"):

@@ -18,29 +18,6 @@ from contextforcing.sampling.scheduler import FlowMatchSchedule
 T = TypeVar("T")
 
 
-def nested(cls: type[T], value: Any, where: str) -> T:
-    """A nested options section: a dict (from YAML) becomes `cls`, with unknown keys rejected; validated either
-    way (the config loader may have built it already)."""
-    if isinstance(value, cls):
-        out = value
-    elif isinstance(value, dict):
-        out = from_dict(cls, value, where=where)
-    else:
-        raise UserError(f"{where} must be a mapping, got {value!r}")
-    if not hasattr(out, "validate"):
-        return out
-    try:
-        return out.validate()
-    except UserError as err:
-        raise UserError(f"{where}: {err}") from None
-
-
-def convert_nested(obj: Any, sections: dict[str, type]) -> None:
-    """In a frozen options dataclass's __post_init__: turn dict sections into their dataclasses."""
-    for name, cls in sections.items():
-        object.__setattr__(obj, name, nested(cls, getattr(obj, name), f"stage option {name!r}"))
-
-
 @dataclass(frozen=True)
 class OptimizerOptions:
     """AdamW settings of one module group (Stage.optimizer_settings)."""

@@ -30,7 +30,7 @@ from contextforcing.training.rollout import Rollout, self_rollout
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
-    OptimizerOptions, TextOptions, convert_nested, frozen_copy, guidance_standard, load_or_build, memory_spec,
+    OptimizerOptions, TextOptions, frozen_copy, guidance_standard, load_or_build, memory_spec,
     schedule_of, text_encoder, video_config,
 )
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
@@ -57,9 +57,6 @@ class ScoreMatchingOptions:
     data: DataOptions = field(default_factory=DataOptions)
 
     def __post_init__(self):
-        convert_nested(self, {"sampling": SamplingConfig, "generator_optimizer": OptimizerOptions,
-                              "critic_optimizer": OptimizerOptions,
-                              "text": TextOptions, "data": DataOptions})
         if self.dfake_gen_update_ratio < 1:
             raise UserError("dfake_gen_update_ratio must be at least 1")
         low, high = self.timestep_clamp

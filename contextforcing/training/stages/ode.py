@@ -40,7 +40,7 @@ from contextforcing.training import distributed, losses
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
-    OptimizerOptions, TextOptions, convert_nested, few_step_timesteps, frozen_copy, guidance_standard,
+    OptimizerOptions, TextOptions, few_step_timesteps, frozen_copy, guidance_standard,
     load_or_build, schedule_of, text_encoder, video_config,
 )
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
@@ -68,8 +68,6 @@ class ODEOptions:
     data: DataOptions = field(default_factory=DataOptions)
 
     def __post_init__(self):
-        convert_nested(self, {"sampling": SamplingConfig, "optimizer": OptimizerOptions, "text": TextOptions,
-                              "data": DataOptions})
         chunk = video_config(self.model).chunk_frames
         if self.num_frames % chunk or self.num_frames <= 0:
             raise UserError(f"ode num_frames={self.num_frames} must be a positive multiple of the chunk ({chunk})")

@@ -38,7 +38,7 @@ from contextforcing.training.error_buffer import (
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
-    ContextLayout, OptimizerOptions, TextOptions, convert_nested, gather_frames, layout_from_plan, load_or_build,
+    ContextLayout, OptimizerOptions, TextOptions, gather_frames, layout_from_plan, load_or_build,
     memory_spec, plan_after_history, schedule_of, text_encoder, video_config,
 )
 from contextforcing.training.stages.data import ClipSource, DataOptions, sample_ids
@@ -66,9 +66,6 @@ class TeacherOptions:
     lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
-        convert_nested(self, {"sampling": SamplingConfig, "optimizer": OptimizerOptions,
-                              "error_recycling": ErrorRecyclingOptions,
-                              "text": TextOptions, "data": DataOptions})
         if self.slow_rule not in SLOW_RULES:
             raise UserError(f"teacher slow_rule must be one of {', '.join(SLOW_RULES)}, got {self.slow_rule!r}")
         if self.lora_rank < 0:
