@@ -23,9 +23,18 @@ $(VENV)/.test-installed: $(VENV)/.base-installed
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The extras a target needs (pyproject.toml says what each is for).
+$(VENV)/.eval-installed: $(VENV)/.base-installed
+	$(PY) -m pip install -q -e ".[eval]"
+	touch $@
+
+$(VENV)/.train-installed: $(VENV)/.eval-installed
+	$(PY) -m pip install -q -e ".[train,eval]"
+	touch $@
+
 # The shipped model (no model flags), 60 s with slow_fast memory on CPU; then the same (prompt, seed) world
 # rendered as ground truth, whose annotations let `eval` compute the world metrics (docs/evaluation.md).
-demo: $(VENV)/.base-installed
+demo: $(VENV)/.eval-installed
 	mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/contextforcing generate --prompt "$(DEMO_PROMPT)" --seconds 60 --memory slow_fast --seed $(DEMO_SEED) --device cpu --out $(DEMO_OUT)
 	$(VENV)/bin/contextforcing world render --prompt "$(DEMO_PROMPT)" --seed $(DEMO_SEED) --seconds 60 --out $(DEMO_DIR)demo_truth
@@ -33,12 +42,12 @@ demo: $(VENV)/.base-installed
 
 # The whole Context Forcing recipe on the synthetic world (teacher -> ODE -> DMD -> Contextual DMD), run
 # directories under runs/toy; rerun to resume. Ships contextforcing/assets/world_student.* and MODEL_CARD.md.
-toy-model: $(VENV)/.base-installed
+toy-model: $(VENV)/.train-installed
 	$(PY) scripts/train_toy_model.py
 
-# The ablation table of docs/results.md (issue #6): every row x protocol x held-out world, resumable (rerun to
+# The ablation table of docs/results.md: every row x protocol x held-out world, resumable (rerun to
 # continue), then the tables, figures and frame strips. Needs `make toy-model`'s run directory (runs/toy).
-results: $(VENV)/.base-installed
+results: $(VENV)/.train-installed
 	$(PY) scripts/reproduce_results.py
 
 test: $(VENV)/.test-installed

@@ -85,6 +85,9 @@ def load_text_encoder(wan_dir: Path, device: torch.device | str = "cpu", dtype: 
     `layout` forces "original" or "diffusers" (default: detected). kwargs (`text_len`, `cache_size`) go to
     `UMT5TextEncoder`.
     """
+    from contextforcing.extras import require
+
+    require("transformers", "wan", "the UMT5 text encoder")
     from contextforcing.codecs import umt5
 
     layout = text_encoder_layout(wan_dir, layout)
@@ -101,6 +104,9 @@ def load_vae(wan_dir: Path, device: torch.device | str = "cpu", dtype: torch.dty
 
     `wan_dir` may also be a VAE weight file with original names (`Wan2.1_VAE.pth` or a `.safetensors`).
     """
+    from contextforcing.extras import require
+
+    require("diffusers", "wan", "the Wan2.1 VAE")
     from contextforcing.codecs import wan_vae
 
     path = Path(wan_dir)

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from contextforcing.errors import UserError
+from contextforcing.extras import require
 
 EXTRACTORS = ("pixel", "dino", "dinov2", "clip")
 PIXEL_GRID = 16  # the pixel proxy's feature is a 16x16x3 thumbnail
@@ -322,10 +323,7 @@ def load_extractor(name: str, weights: str | os.PathLike | None = None) -> Featu
     if weights is None:
         raise UserError(f"--features {name} needs a local weights path (--{name}-weights PATH); nothing is "
                         "downloaded. Use --features pixel for the weight-free proxy")
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise UserError(f"--features {name} needs the 'transformers' package (pip install transformers)")
+    require("transformers", "eval", f"--features {name}")
     model = _load_model(name, weights)
 
     if name == "clip":

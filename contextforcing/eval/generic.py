@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contextforcing.errors import UserError
+from contextforcing.extras import require
 
 FIRST_FRAME_TIMES = (10, 20, 30, 40, 50, 60)  # seconds, Context Forcing Table 1
 FIRST_FRAME_HALF_WINDOW = 0.5  # seconds either side of each time
@@ -88,7 +89,7 @@ def temporal_flickering(frames: np.ndarray) -> float:
 
 
 def _flow_magnitudes(prev_gray: np.ndarray, next_gray: np.ndarray) -> np.ndarray:
-    import cv2
+    cv2 = require("cv2", "eval", "the dynamic-degree flow proxy")
 
     flow = cv2.calcOpticalFlowFarneback(prev_gray, next_gray, None, pyr_scale=0.5, levels=3, winsize=15,
                                         iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
@@ -97,7 +98,7 @@ def _flow_magnitudes(prev_gray: np.ndarray, next_gray: np.ndarray) -> np.ndarray
 
 def dynamic_degree_proxy(frames: np.ndarray, fps: float) -> dict:
     """VBench's dynamic-degree rule on Farneback flow (a proxy: VBench uses RAFT)."""
-    import cv2
+    cv2 = require("cv2", "eval", "the dynamic-degree flow proxy")
 
     interval = max(1, int(round(fps / DYNAMIC_TARGET_FPS)))
     sampled = frames[::interval]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from contextforcing.data.video import write_json_atomic
+from contextforcing.extras import require
 from contextforcing.data.world.track import BUCKETS, FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS, WorldTrack
 from contextforcing.eval.evaluate import VideoResult, aggregate
 
@@ -24,7 +25,7 @@ PLOT_DPI = 100
 
 
 def _plt():
-    import matplotlib
+    matplotlib = require("matplotlib", "eval", "evaluation plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -40,6 +41,7 @@ def _save(fig, path: Path) -> None:
 
 
 def _save_image(image: np.ndarray, path: Path) -> None:
+    require("matplotlib", "eval", "evaluation plots")
     import matplotlib.image
 
     tmp = path.with_name(f".{path.stem}.partial.png")

@@ -97,8 +97,12 @@ class RunLogger:
         self._last_time, self._last_step = time.perf_counter(), start
         if not self.active:
             return
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
+
+        from contextforcing.extras import require
+
+        require("tensorboard", "train", "training logs")
+        from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tb"))
         if cfg.wandb:
