@@ -145,7 +145,7 @@ def kv_bytes(spec: MemorySpec | str, model: ModelConfig, video: VideoConfig, dty
     folding, plus one staging slot only for a tiered surprisal promotion decided on noisy passes);
     `full` needs `max_frames`. What reading the store costs on top, per view mode:
     `views_gather`: the gathered, rotated K and the gathered V of the stored frames a chunk attends, which the
-    gather view keeps per layer for the whole chunk (the reference; before issue #7 §3);
+    gather reference (tests/memory/gather_reference.py) keeps per layer for the whole chunk;
     `views_slots`: the slots view's rotated-key buffers, one per layer over the slots the policy can use (the default).
     `resident_*`: the store plus that mode's views, what is held while a chunk runs (weights and
     activations aside). tests/test_perf.py checks every figure against the tensors a `ContextMemory` holds.

@@ -1,4 +1,4 @@
-"""Regenerate every number, curve and frame strip of docs/results.md (the ablation table of issue #6).
+"""Regenerate every number, curve and frame strip of docs/results.md (the ablation table).
 
     python scripts/reproduce_results.py                 # all cells, then tables, figures and the document
     python scripts/reproduce_results.py --report-only   # tables, figures and document from the cells on disk

@@ -6,7 +6,7 @@ prompt switches. Nothing here runs a model.
 
 Sources, and what each pins
 ---------------------------
-From the reference notes (peer_methods.md, LongLive 2.1) and issue 18's text:
+From the reference notes (peer_methods.md, LongLive 2.1) and a side-by-side trial against LongLive's code:
 * The cache has `local_attn_size` slots (12) with the first `sink` (3) pinned; the rest roll. A chunk's
   K/V are written into the cache before its attention, and it attends the sink plus the most recent
   `local_attn_size - sink` slots, its own frames included.

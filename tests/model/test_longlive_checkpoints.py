@@ -190,7 +190,7 @@ def test_lora_accepts_a_longlive_checkpoint_directory(bases, tiny_model_cfg, tmp
         read_checkpoint(tmp_path / "base.pt", lora=tmp_path / "empty")
 
 
-# -- issue 12: the head count of a checkpoint without a config --------------------------------------------------
+# -- the head count of a checkpoint without a config --------------------------------------------------
 def _shapes(dim: int, ffn: int = 64, layers: int = 2) -> dict[str, torch.Tensor]:
     """What a checkpoint's header says, on the meta device."""
     return {
