@@ -148,6 +148,16 @@ def occlusion_strips(results: list[VideoResult], track: WorldTrack, out_dir: Pat
     return strips
 
 
+def contact_sheet(frames: np.ndarray, path: Path, every_seconds: float = 1.0, per_row: int = 15, fps: float = 16.0,
+                  first: int = 0) -> None:
+    """A PNG of one frame every `every_seconds` from `first`, `per_row` frames per row, upscaled (for looking at
+    a whole video at once)."""
+    picks = np.arange(first, len(frames), max(1, int(round(every_seconds * fps))))
+    tiles = [_upscale(frames[t]) for t in picks]
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % per_row)  # pad the last row
+    _save_image(_grid([tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]), Path(path))
+
+
 def timeline_strip(results: list[VideoResult], out_dir: Path, step_seconds: float = 10.0) -> tuple[str, str]:
     """Without annotations: frames every 10 s, a row per video."""
     fps = results[0].fps
