@@ -9,9 +9,7 @@ silently misread.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -93,11 +91,9 @@ def track_from_json(data: dict, where: str = "annotations") -> PanoramaTrack:
 
 
 def load_panorama_annotations(path: str | os.PathLike) -> PanoramaTrack:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"world annotations {path} do not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read world annotations {path}: {err}") from None
-    return track_from_json(data, where=str(path))
+    from contextforcing.data.world.annotations import load_any_annotations
+
+    track = load_any_annotations(path)
+    if not isinstance(track, PanoramaTrack):
+        raise UserError(f"{path} annotates an occlusion-world video, not a panorama one")
+    return track
