@@ -7,11 +7,15 @@
 
 Every oracle video (`contextforcing.eval.oracles`) goes through the chosen codec (encode, then decode),
 as a model's latents would, except the first row, which is the exact rendering. Each world's scores are
-cached under --out (one JSON per codec and world, written atomically), so a rerun only computes what is
-missing. The table (means over worlds of each world's value; "n/a" where no world had the event; "made"
+cached under --out (one JSON per codec, code version and world, written atomically), so a rerun only
+computes what is missing. The table (means over worlds of each world's value; "n/a" where no world had the event; "made"
 is the share of the script's revisits that happened in the video) is printed and, unless --no-doc,
 written between the markers of docs/evaluation.md. --sheets DIR writes a contact sheet per oracle of
 the first world (PNG, one frame per second).
+
+--occlusion-world instead prints what copying the sink scores in the occlusion world under its `recall`
+protocol (ground truth given, the frames around each return drawn by the oracle): the reason that world
+is retired as a benchmark (docs/world.md).
 """
 
 from __future__ import annotations
@@ -59,6 +63,14 @@ def load_codec(choice: str):
     path = {"panorama": PANORAMA_PATH, "occlusion": DEFAULT_PATH}.get(choice, Path(choice))
     codec = load_world_codec(path)
     return codec, f"{Path(path).name}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
+
+
+def code_version() -> str:
+    """Hash of the sources a cell depends on (world, metrics, oracles): a cache from other code is not reused."""
+    package = REPO / "contextforcing"
+    files = sorted((package / "data" / "world" / "panorama").glob("*.py"))
+    files += [package / "eval" / "panorama_metrics.py", package / "eval" / "oracles.py"]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
 
 
 def through(codec, frames: np.ndarray) -> np.ndarray:
@@ -141,6 +153,37 @@ def write_doc(text: str, doc: Path) -> None:
     tmp.replace(doc)
 
 
+def occlusion_world_check() -> str:
+    """Copy-the-sink and a still picture in the occlusion world's recall protocol, mean over its 16 worlds."""
+    from contextforcing.data.world.heldout import eval_worlds
+    from contextforcing.data.world.render import render as occlusion_render
+    from contextforcing.data.world.track import BUCKETS as OCCLUSION_BUCKETS
+    from contextforcing.data.world.track import simulate as occlusion_simulate
+    from contextforcing.eval.oracles import SINK_FRAMES
+    from contextforcing.eval.protocols import latent_pixel_frames, recall_latents
+    from contextforcing.eval.world_metrics import world_metrics
+
+    fills = {"copy the sink (first chunk in a loop)": lambda truth, f: truth[f % SINK_FRAMES],
+             "still picture (first frame)": lambda truth, f: truth[0]}
+    lines = ["| oracle in the occlusion world, recall protocol | error when back, short / mid / long | "
+             "permanence when back, short / mid / long |", "|---|---|---|"]
+    for label, fill in fills.items():
+        errors, perms = {b: [] for b in OCCLUSION_BUCKETS}, {b: [] for b in OCCLUSION_BUCKETS}
+        for spec in eval_worlds():
+            track = occlusion_simulate(spec)
+            truth = occlusion_render(track)
+            video = truth.copy()
+            for latent in recall_latents(track):
+                for f in latent_pixel_frames(latent, track.n_frames):
+                    video[f] = fill(truth, f)
+            for b, v in world_metrics(video, track)["restoration"]["buckets"].items():
+                errors[b].append(v["error_when_back"])
+                perms[b].append(v["permanence_when_back"])
+        lines.append(f"| {label} | " + " / ".join(_fmt(errors[b], 3) for b in OCCLUSION_BUCKETS) + " | "
+                     + " / ".join(_fmt(perms[b], 2) for b in OCCLUSION_BUCKETS) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--codec", default="panorama", help=f"{', '.join(CODECS)}, or a codec .safetensors path")
@@ -150,7 +193,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-doc", action="store_true", help="print the table only")
     p.add_argument("--sheets", default=None, metavar="DIR", help="contact sheets of every oracle on world 0")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--occlusion-world", action="store_true", help="the occlusion world's copy-the-sink check only")
     args = p.parse_args(argv)
+    if args.occlusion_world:
+        print(occlusion_world_check())
+        return 0
     try:
         return run(args)
     except UserError as err:
@@ -171,7 +218,7 @@ def run(args) -> int:
     if not args.no_doc and (not doc.is_file() or BEGIN not in doc.read_text()):
         raise UserError(f"{doc} has no {BEGIN} ... {END} markers for the oracle table")
     codec, tag = load_codec(args.codec)
-    cache = Path(args.out) / tag.replace(":", "_")
+    cache = Path(args.out) / f"{tag.replace(':', '_')}_code_{code_version()}"
     cache.mkdir(parents=True, exist_ok=True)
     cells = []
     start = time.perf_counter()
@@ -185,8 +232,9 @@ def run(args) -> int:
         write_json_atomic(path, cells[-1])
         print(f"world {i} (seed {spec.seed}) scored, {time.perf_counter() - start:.0f} s", flush=True)
     psnr = np.mean([c["rows"]["**perfect memory**: ground truth through the codec"]["psnr"] for c in cells])
-    text = (f"{table(cells)}\n\nCodec: `{tag}`; {len(cells)} held-out worlds of 90 s; ground truth through the "
-            f"codec: {psnr:.1f} dB PSNR.")
+    seconds = heldout_worlds(1)[0].seconds
+    text = (f"{table(cells)}\n\nCodec: `{tag}`; {len(cells)} held-out worlds of {seconds:g} s; ground truth through "
+            f"the codec: {psnr:.1f} dB PSNR.")
     print(text)
     if not args.no_doc:
         write_doc(text, doc)

@@ -64,10 +64,7 @@ def evaluate_video(name: str, path: str, frames: np.ndarray, fps: float, extract
     metrics go under "panorama")."""
     result = VideoResult(name, str(path), frames, fps)
     if track is not None:  # check first: a mismatch should fail before minutes of feature extraction
-        if _is_panorama(track):
-            from contextforcing.eval.panorama_metrics import check_matches
-        else:
-            from contextforcing.eval.world_metrics import check_matches
+        from contextforcing.eval.world_metrics import check_matches
 
         check_matches(frames, track, str(path))
     m = result.metrics

@@ -114,10 +114,6 @@ def plot_buckets(results: list[VideoResult], path: Path) -> bool:
     return True
 
 
-def _na(v) -> float:
-    return np.nan if v is None or isinstance(v, str) else float(v)
-
-
 def plot_panorama(results: list[VideoResult], path: Path) -> bool:
     """Camera position (estimated vs script), revisit error against delay, and the balls' speeds."""
     from contextforcing.data.world.panorama.geometry import FAST_MEMORY_SECONDS as FAST

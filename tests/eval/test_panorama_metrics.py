@@ -21,7 +21,7 @@ from contextforcing.data.world.panorama.simulate import PanoramaSpec, simulate
 from contextforcing.errors import UserError
 from contextforcing.eval import oracles
 from contextforcing.eval.panorama_metrics import (
-    HEADLINE, NOT_APPLICABLE, MAX_SHIFT, frame_shifts, panorama_metrics, panorama_scores,
+    HEADLINE, NOT_APPLICABLE, MAX_SHIFT, frame_shifts, latent_steps, panorama_metrics, panorama_scores,
 )
 
 BAD_ERROR = 0.05  # a redrawn part of the room changes far more than 5% of its pixels
@@ -78,14 +78,18 @@ def test_ground_truth_through_mp4_stays_near_perfect(world, tmp_path):
 def test_frame_shifts_recover_known_motion():
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 255, (64, 400, 3)).astype(np.uint8)
-    x = np.cumsum([0, 2, 2, -3, 0, 7, -16, 1])
+    x = np.cumsum([0, 2, 2, -3, 0, 7, -16, 1, 5])
     frames = np.stack([texture[:, 100 + s: 164 + s] for s in x])
-    assert frame_shifts(frames, np.zeros(len(x), bool)).tolist() == [0.0, *np.diff(x).tolist()]
+    none_dark = np.zeros(len(x), bool)
+    shifts = frame_shifts(frames, none_dark)
+    assert np.isnan(shifts[0]) and shifts[1:].tolist() == np.diff(x).tolist()
+    assert frame_shifts(frames, none_dark, lag=4)[4:].tolist() == (x[4:] - x[:-4]).tolist()
+    # per latent frame: between the last pixel frames of latent frames 0 (frame 0), 1 (frame 4), 2 (frame 8)
+    assert latent_steps(frames, none_dark, 3).tolist() == [0.0, x[4] - x[0], x[8] - x[4]]
     flat = np.full((4, 64, 64, 3), 90, np.uint8)
-    assert frame_shifts(flat, np.zeros(4, bool)).tolist() == [0, 0, 0, 0]  # nothing to see moving: no motion
+    assert frame_shifts(flat, np.zeros(4, bool))[1:].tolist() == [0, 0, 0]  # nothing seen moving: no motion
     dark = np.array([False, True, False, False])
-    assert np.isnan(frame_shifts(frames[:4], dark)[1:3]).all()
-    assert MAX_SHIFT >= 16
+    assert np.isnan(frame_shifts(frames[:4], dark)[1:3]).all() and MAX_SHIFT >= 16
 
 
 def test_forgetting_fails_the_revisits_longer_than_its_window(world):

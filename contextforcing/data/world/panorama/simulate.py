@@ -8,9 +8,9 @@ events; the script drives the camera, the lights and the white ball's motion, ch
   latent frame whose chunk says `pan left`/`pan right`, it moves one latent column (8 px), spread evenly
   over the latent frame's 4 pixel frames (2 px each), so every latent frame ends on the latent grid.
 - Lights: on or off per latent frame (a cut; off is a black view). The balls keep moving in the dark.
-- Events (appear / move / recolour an object) happen only in view: in cells wholly in view and lit from
-  the last frame before the change to the end of the next latent frame, so the generator always sees the
-  change happen; nothing changes out of sight except where the balls are.
+- Events (appear / move / recolour an object) happen after the first chunk and only in view: in cells
+  wholly in view and lit from the last frame before the change to the end of the next latent frame, so the
+  generator always sees the change happen; nothing changes out of sight except where the balls are.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def _schedule_events(rng, initial: np.ndarray, camera_x: np.ndarray, lit: np.nda
     states, events = [initial], []
     latent_state = np.zeros(n_latents, np.int16)
     last = -EVENT_MIN_GAP
-    for k in range(1, n_latents - 1):
+    for k in range(CHUNK_LATENTS, n_latents - 1):  # the first chunk (the attention sink) shows the room as it starts
         if rng.random() >= EVENT_PROBABILITY or k - last < EVENT_MIN_GAP:
             continue
         # in view and lit from the frame before the change (so the change itself is seen) to the next latent's end
