@@ -5,7 +5,8 @@
 Prints two markdown tables that docs/world.md quotes: clips per second (and frames per second) for each
 clip length, for the world alone (script drawn, simulated, rendered) and for `PanoramaClipDataset`
 through a `DataLoader` with 0 and 2 worker processes (batch 4); and the statistics of `--stats` random
-training scripts per clip length (revisits per minute by bucket, time panning and dark, balls).
+training scripts per clip length (revisits per minute by bucket, time panning and dark, balls, how much of
+what is seen is wall).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 import numpy as np  # noqa: E402
 
 from contextforcing.data.world.panorama.dataset import PanoramaDatasetConfig, training_world  # noqa: E402
-from contextforcing.data.world.panorama.geometry import BUCKETS  # noqa: E402
+from contextforcing.data.world.panorama.geometry import BUCKETS, panel_colours  # noqa: E402
 from contextforcing.data.world.panorama.loader import PanoramaClipDataset  # noqa: E402
 from contextforcing.data.world.panorama.render import render  # noqa: E402
 from contextforcing.data.world.panorama.revisits import track_revisits  # noqa: E402
@@ -51,7 +52,7 @@ def loader(clips: int, seconds: float, workers: int) -> float:
 
 def script_stats(count: int, seconds: float) -> str:
     per_minute = {b: [] for b in BUCKETS}
-    longest, sink, panning, dark, white, black = [], [], [], [], [], []
+    longest, sink, panning, dark, white, black, wall = [], [], [], [], [], [], []
     for i in range(count):
         track = simulate(training_world(0, i, seconds))
         revisits = track_revisits(track)
@@ -62,12 +63,14 @@ def script_stats(count: int, seconds: float) -> str:
         sink.append(np.mean([r.in_sink for r in revisits]) if revisits else 0.0)
         panning.append(np.mean(np.diff(track.latent_camera) != 0))
         dark.append(np.mean(~track.latent_lit))
+        frames = render(track)[track.lit]
+        wall.append(np.isin(frames.reshape(-1, 3) @ [1, 256, 65536], panel_colours(track.palette) @ [1, 256, 65536]).mean())
         white.append(track.spec.script.balls[0])
         black.append(track.spec.script.balls[1])
     fmt = " / ".join(f"{np.mean(per_minute[b]):.1f}" for b in BUCKETS)
     return (f"| {seconds:g} s | {count} | {fmt} | {np.mean(longest):.1f} s (max {np.max(longest):.1f} s) | "
             f"{np.mean(sink):.2f} | {np.mean(panning):.2f} | {np.mean(dark):.2f} | {np.mean(white):.2f} / "
-            f"{np.mean(black):.2f} |")
+            f"{np.mean(black):.2f} | {np.mean(wall):.2f} |")
 
 
 def main() -> int:
@@ -85,8 +88,9 @@ def main() -> int:
         cells = " | ".join(f"{r:.0f} clips/s ({r * frames / 1000:.0f}k frames/s)" for r in rates)
         print(f"| {seconds:g} s | {frames} | {cells} |", flush=True)
     print("\n| clip length | scripts | revisits per minute, fast / slow / beyond | longest revisit (mean) | "
-          "share of revisits of the first view | time panning | time dark | white / black ball |")
-    print("|---|---|---|---|---|---|---|---|")
+          "share of revisits of the first view | time panning | time dark | white / black ball | wall share of "
+          "lit pixels |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for seconds in args.seconds:
         print(script_stats(args.stats, seconds), flush=True)
     return 0

@@ -19,7 +19,7 @@ balls move, when a part of the room comes back into view.
 - movers: the balls are found by colour; per 1 s window in which the video shows a ball, its velocity in
   room coordinates (screen motion plus the estimated camera motion, the mean over the window of its
   displacements across one latent frame) must be within 8 px/s of the script's, horizontally and in
-  vertical speed.
+  vertical speed (net, unless it is near floor or ceiling, where it may bounce).
 - lighting: a latent frame is dark when its mean grey level is under 24; `lighting` is the mean of the
   fraction of lights-off latent frames shown dark and of lights-on ones shown lit.
 
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from contextforcing.data.world.panorama.geometry import (
-    BALL_COLOURS, BALL_NAMES, BALL_RADIUS, BALL_SPEEDS, BLACK_BALL_SPEED, BUCKETS, CELL, CHUNK_LATENTS, FPS,
+    BALL_COLOURS, BALL_NAMES, BALL_RADIUS, BALL_SPEEDS, BALL_Y_RANGE, BLACK_BALL_SPEED, BUCKETS, CELL, CHUNK_LATENTS, FPS,
     FRAME_SIZE, LATENT_STRIDE, OBJECT_COLOURS, OBJECT_MARGIN, OBJECT_SIZE, PAN_PX_PER_LATENT, ROOM_WIDTH, ROWS, VIEW,
     frame_latent, latent_end_frame, panel_colours,
 )
@@ -53,6 +53,7 @@ BALL_MIN_PIXELS = int(0.4 * np.pi * BALL_RADIUS**2)  # a ball is found when this
 BALL_MASK_DILATE = 1  # px around ball pixels left out of revisit comparisons (codec/mp4 blur at its edge)
 MOVER_TOLERANCE = BALL_SPEEDS["slow"] / 2  # px/s: tells still, slow and fast apart
 MOVER_WINDOW = FPS  # frames per mover window (1 s)
+BOUNCE_MARGIN = 3.0  # px: a ball this close to floor or ceiling may have bounced within its window
 MOVER_MIN_PAIRS = FPS // 2  # displacements (over one latent frame each) with the ball found, per window
 NOT_APPLICABLE = "not applicable"
 
@@ -282,10 +283,19 @@ class MoverScore:
     per_ball: dict[str, dict] = field(default_factory=dict)
 
 
+def window_velocity(dx: np.ndarray, dy: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """A ball's room velocity (px per frame) and vertical speed over one window, from its displacements across
+    one latent frame (`dx`, signed `dy`) and its heights `y` there. Away from floor and ceiling it cannot
+    turn, so its vertical speed is the *net* rate (a ball that jitters or a looping video goes nowhere);
+    where it may have bounced, the mean absolute rate."""
+    lo, hi = BALL_Y_RANGE
+    near_bound = (y.min() <= lo + BOUNCE_MARGIN) or (y.max() >= hi - BOUNCE_MARGIN)
+    return float(dx.mean()), float(np.abs(dy).mean() if near_bound else abs(dy.mean()))
+
+
 def mover_score(classes, dark, frames, track: PanoramaTrack, colours: ColourClasses) -> MoverScore:
-    """Per 1 s window where a ball is found often enough: its mean room velocity over the window's
-    displacements across one latent frame (LATENT_STRIDE pixel frames; a video that jumps back, like a
-    loop, moves the mean away)."""
+    """Per 1 s window where a ball is found often enough: its room velocity from displacements across one
+    latent frame (LATENT_STRIDE pixel frames), against the script's."""
     obeyed = windows = 0
     per_ball = {}
     lag = LATENT_STRIDE
@@ -295,7 +305,7 @@ def mover_score(classes, dark, frames, track: PanoramaTrack, colours: ColourClas
             continue
         centres = ball_centres(classes, dark, colours.balls[ball])
         dx = (centres[lag:, 0] - centres[:-lag, 0] + camera) / lag  # room motion = screen motion + camera motion
-        dy = np.abs(centres[lag:, 1] - centres[:-lag, 1]) / lag
+        dy = (centres[lag:, 1] - centres[:-lag, 1]) / lag
         vx_true, vy_true = script_ball_velocity(track, ball)
         ball_windows = ball_ok = 0
         speeds = []
@@ -304,8 +314,8 @@ def mover_score(classes, dark, frames, track: PanoramaTrack, colours: ColourClas
             valid = ~np.isnan(dx[pairs]) & ~np.isnan(dy[pairs])
             if valid.sum() < MOVER_MIN_PAIRS:
                 continue
-            vx = float(dx[pairs][valid].mean() * FPS)
-            vy = float(dy[pairs][valid].mean() * FPS)
+            heights = np.concatenate([centres[:-lag, 1][pairs][valid], centres[lag:, 1][pairs][valid]])
+            vx, vy = (v * FPS for v in window_velocity(dx[pairs][valid], dy[pairs][valid], heights))
             want_x = float(vx_true[lag:][pairs][valid].mean())
             want_y = float(vy_true[lag:][pairs][valid].mean())
             good = abs(vx - want_x) <= MOVER_TOLERANCE and abs(vy - want_y) <= MOVER_TOLERANCE

@@ -12,7 +12,7 @@ import pytest
 from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.data.world.panorama.annotations import track_to_json
 from contextforcing.data.world.panorama.generator import ScriptBuilder, chunks_for_seconds, sample_training_script
-from contextforcing.data.world.panorama.geometry import BALL_COLOURS, CELL, OBJECT_COLOURS, panel_colours
+from contextforcing.data.world.panorama.geometry import BALL_COLOURS, BALL_Y_RANGE, CELL, OBJECT_COLOURS, panel_colours
 from contextforcing.data.world.panorama.heldout import heldout_worlds
 from contextforcing.data.world.panorama.render import render
 from contextforcing.data.world.panorama.revisits import track_revisits
@@ -22,6 +22,7 @@ from contextforcing.errors import UserError
 from contextforcing.eval import oracles
 from contextforcing.eval.panorama_metrics import (
     HEADLINE, NOT_APPLICABLE, MAX_SHIFT, frame_shifts, latent_steps, panorama_metrics, panorama_scores,
+    window_velocity,
 )
 
 BAD_ERROR = 0.05  # a redrawn part of the room changes far more than 5% of its pixels
@@ -172,6 +173,15 @@ def test_balls_frozen_or_too_fast_do_not_obey(world):
     fast = simulate(PanoramaSpec(tour(white=WhiteBall("leftward", "fast")), track.seed, 40))
     s = panorama_scores(render(fast), track)
     assert s.movers.per_ball["white"]["obeyed"] == 0.0 and s.movers.per_ball["black"]["obeyed"] == 1.0
+
+
+def test_vertical_speed_is_net_away_from_floor_and_ceiling():
+    up = np.full(12, -1.0)  # 1 px per frame upwards, mid-air
+    assert window_velocity(np.zeros(12), up, np.linspace(40, 30, 24)) == (0.0, 1.0)
+    loop = np.array([-1.0] * 5 + [1.25] * 4 + [-1.0] * 3)  # plays 9 frames, jumps back: goes nowhere
+    assert window_velocity(np.zeros(12), loop, np.linspace(36, 30, 24))[1] <= 0.25
+    bounce = np.array([-1.0] * 6 + [1.0] * 6)  # turns at the ceiling: the rate of its path
+    assert window_velocity(np.zeros(12), bounce, np.linspace(20, BALL_Y_RANGE[0], 24)) == (0.0, 1.0)
 
 
 def test_lighting_counts_both_ways(world):

@@ -4,6 +4,7 @@
 
 - hold still (0.75-4.5 s);
 - pan one way (0.75-9 s; 8 s is once around the room);
+- glance: one chunk away and straight back (revisits within the fast memory);
 - look away and back: pan n chunks, hold, pan the same n chunks back (revisits from ~1 s up to ~40 s);
 - linger: stay in one part of the room for 10-60 s with small glances, so the far side is revisited
   after a long absence (the slow and beyond buckets);
@@ -88,6 +89,12 @@ def _log_uniform_chunks(rng, low_s: float, high_s: float) -> int:
     return chunks(float(np.exp(rng.uniform(np.log(low_s), np.log(high_s)))))
 
 
+def _glance(b: ScriptBuilder, rng) -> None:
+    """One chunk away and straight back: the edge comes back within the fast memory."""
+    direction = _direction(rng)
+    b.pan(direction, 1).hold(int(rng.integers(0, 2))).pan(OTHER[direction], 1)
+
+
 def _away_and_back(b: ScriptBuilder, rng) -> None:
     direction, n = _direction(rng), int(rng.integers(1, 9))
     b.pan(direction, n).hold(int(rng.integers(0, 9))).pan(OTHER[direction], n)
@@ -114,9 +121,10 @@ def _lights(b: ScriptBuilder, rng) -> None:
 
 
 MOVES = (  # (weight, move)
-    (3.0, lambda b, rng: b.hold(int(rng.integers(1, 7)))),
-    (2.0, lambda b, rng: b.pan(_direction(rng), int(rng.integers(1, 13)))),
-    (3.0, _away_and_back),
+    (2.0, lambda b, rng: b.hold(int(rng.integers(1, 7)))),
+    (3.0, lambda b, rng: b.pan(_direction(rng), int(rng.integers(1, 13)))),
+    (2.0, _glance),
+    (2.0, _away_and_back),
     (1.0, _linger),
     (2.0, _lights),
     (0.5, lambda b, rng: b.set_white(random_white(rng)) if b.current.white else None),
