@@ -38,14 +38,12 @@ WEIGHTS_PATH = {"occlusion": DEFAULT_PATH, "panorama": PANORAMA_PATH}
 def _clip(rng: np.random.Generator, seconds: float, world: str = "occlusion"):
     """A rendered training clip and its per-frame (hidden fraction, scene state, camera position)."""
     if world == "panorama":
-        from contextforcing.data.world.panorama import render as panorama_render
-        from contextforcing.data.world.panorama import simulate as panorama_sim
-        from contextforcing.data.world.panorama.generator import sample_training_script
+        from contextforcing.data.world import panorama
 
-        script = sample_training_script(rng, seconds)
-        track = panorama_sim.simulate(panorama_sim.PanoramaSpec(script, int(rng.integers(EVAL_SEED_BASE)), seconds))
+        script = panorama.sample_training_script(rng, seconds)
+        track = panorama.simulate(panorama.PanoramaSpec(script, int(rng.integers(EVAL_SEED_BASE)), seconds))
         signals = ((~track.lit).astype(np.float32), track.frame_state, track.camera_x)
-        return signals, panorama_render.render(track)
+        return signals, panorama.render(track)
     spec = WorldSpec(sample_training_prompt(rng), int(rng.integers(EVAL_SEED_BASE)), seconds)
     track = simulate(spec)
     return (track.coverage, track.frame_state, np.zeros(track.n_frames, np.int32)), render(track)

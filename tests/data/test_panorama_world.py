@@ -272,35 +272,30 @@ def test_script_from_chunks_merges_repeats():
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-def run_cli(argv):
-    import argparse
+def run_cli(argv, capsys):
+    """The real command line: exit code, stdout, and the one-line error on stderr."""
+    from contextforcing.cli import main
 
-    from contextforcing.data.world import cli as world_cli
-
-    parser = argparse.ArgumentParser(prog="contextforcing")
-    world_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args), None
-    except UserError as err:
-        return 2, str(err)
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
 
 
 def test_cli_script_render_and_heldout(tmp_path, capsys):
-    code, _ = run_cli(["world", "script", "--heldout", "1", "--out", str(tmp_path / "tour.jsonl")])
+    code, _, _ = run_cli(["world", "script", "--heldout", "1", "--out", str(tmp_path / "tour.jsonl")], capsys)
     assert code == 0 and (tmp_path / "tour.jsonl").read_text() == heldout_worlds(2)[1].script.to_jsonl()
-    code, err = run_cli(["world", "render", "--script", str(tmp_path / "tour.jsonl"), "--seed", "3", "--seconds", "90",
-                         "--out", str(tmp_path / "w"), "--npy"])
+    code, out, err = run_cli(["world", "render", "--script", str(tmp_path / "tour.jsonl"), "--seed", "3", "--seconds", "90",
+                         "--out", str(tmp_path / "w"), "--npy"], capsys)
     assert code == 0, err
     assert {p.name for p in (tmp_path / "w").iterdir()} == {"video.mp4", "annotations.json", "script.jsonl", "frames.npy"}
     track = load_panorama_annotations(tmp_path / "w" / "annotations.json")
     assert track.seed == 3 and np.array_equal(np.load(tmp_path / "w" / "frames.npy"), render(track))
-    assert "revisits fast/slow/beyond" in capsys.readouterr().out
-    code, _ = run_cli(["world", "heldout", "--world", "panorama", "--count", "2"])
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "revisits fast/slow/beyond" in out
+    code, out, _ = run_cli(["world", "heldout", "--world", "panorama", "--count", "2"], capsys)
+    lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [x["seed"] for x in lines] == [w.seed for w in heldout_worlds(2)]
-    code, _ = run_cli(["world", "dataset", "--world", "panorama", "--count", "4", "--seconds", "5",
-                       "--out", str(tmp_path / "ds")])
+    code, _, _ = run_cli(["world", "dataset", "--world", "panorama", "--count", "4", "--seconds", "5",
+                       "--out", str(tmp_path / "ds")], capsys)
     assert code == 0 and len((tmp_path / "ds" / "clips.jsonl").read_text().splitlines()) == 4
 
 
@@ -311,11 +306,11 @@ def test_cli_script_render_and_heldout(tmp_path, capsys):
     (["--script", "SCRIPT", "--seed", "1", "--seconds", "5", "--world", "occlusion"], "leave out --world occlusion"),
     (["--script", "missing.jsonl", "--seed", "1", "--seconds", "5"], "does not exist"),
 ])
-def test_cli_render_errors_are_one_line(tmp_path, argv, named):
+def test_cli_render_errors_are_one_line(tmp_path, capsys, argv, named):
     script = write(tmp_path / "s.jsonl", [{"at": 0, "prompt": "warm room, hold, lights on"}])
     argv = [str(script) if a == "SCRIPT" else str(tmp_path / a) if a.endswith(".jsonl") else a for a in argv]
     if "--script" not in argv and "--prompt" not in argv:
         argv = ["--world", "panorama", *argv]
-    code, err = run_cli(["world", "render", *argv, "--out", str(tmp_path / "out")])
+    code, _, err = run_cli(["world", "render", *argv, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and named in err and "\n" not in err
     assert not (tmp_path / "out" / "video.mp4").exists()

@@ -2,7 +2,6 @@
 hand-computed numbers, forgetting fails exactly the revisits longer than its window, a still picture never
 scores as well as the truth, and every metric whose event did not happen says "not applicable"."""
 
-import argparse
 import dataclasses
 import json
 
@@ -18,12 +17,12 @@ from contextforcing.data.world.panorama.render import render
 from contextforcing.data.world.panorama.revisits import track_revisits
 from contextforcing.data.world.panorama.script import WhiteBall
 from contextforcing.data.world.panorama.simulate import PanoramaSpec, simulate
-from contextforcing.errors import UserError
 from contextforcing.eval import oracles
 from contextforcing.eval.panorama_metrics import (
     HEADLINE, NOT_APPLICABLE, MAX_SHIFT, frame_shifts, latent_steps, panorama_metrics, panorama_scores,
     window_velocity,
 )
+from test_eval_cli import run_cli  # tests/eval: the eval subcommand as the CLI runs it
 
 BAD_ERROR = 0.05  # a redrawn part of the room changes far more than 5% of its pixels
 
@@ -279,24 +278,12 @@ def test_permanence_is_not_applicable_where_no_object_was_there(world):
         assert m["headline"][f"revisit_error_{b}"] == 0.0
 
 
-def run_cli(argv):
-    from contextforcing.eval import cli as eval_cli
-
-    parser = argparse.ArgumentParser(prog="contextforcing")
-    eval_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval", *argv])
-    try:
-        return args.func(args), None
-    except UserError as err:
-        return 2, str(err)
-
-
 def test_eval_cli_reports_panorama_metrics_and_not_applicable_everywhere(world, tmp_path, capsys):
     track, frames = world
     (tmp_path / "annotations.json").write_text(json.dumps(track_to_json(track)))
     np.save(tmp_path / "truth.npy", frames)
     np.save(tmp_path / "still.npy", oracles.still_picture(track, frames))
-    code, err = run_cli([str(tmp_path / "truth.npy"), str(tmp_path / "still.npy"), "--labels", "truth,still",
+    code, err = run_cli(["eval", str(tmp_path / "truth.npy"), str(tmp_path / "still.npy"), "--labels", "truth,still",
                          "--world-annotations", str(tmp_path / "annotations.json"), "--report", str(tmp_path / "r"),
                          "--quiet"])
     assert code == 0, err
@@ -312,6 +299,6 @@ def test_eval_cli_reports_panorama_metrics_and_not_applicable_everywhere(world, 
     assert any(p.name.startswith("strip_revisit") for p in (tmp_path / "r").iterdir())
     short = frames[:-4]
     np.save(tmp_path / "short.npy", short)
-    code, err = run_cli([str(tmp_path / "short.npy"), "--world-annotations", str(tmp_path / "annotations.json"),
+    code, err = run_cli(["eval", str(tmp_path / "short.npy"), "--world-annotations", str(tmp_path / "annotations.json"),
                          "--report", str(tmp_path / "r3")])
     assert code == 2 and "annotations of a different video" in err and "\n" not in err
