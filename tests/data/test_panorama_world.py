@@ -23,7 +23,7 @@ from contextforcing.data.world.panorama.script import (
     CAMERA_ACTIONS, HEADINGS, PALETTE_NAMES, SPEEDS, PanoramaPrompt, WhiteBall, parse_panorama_prompt, read_script,
     script_from_chunks,
 )
-from contextforcing.data.world.panorama.simulate import CELL_INDEX, PRESENT, PanoramaSpec, simulate
+from contextforcing.data.world.panorama.simulate import CELL_INDEX, PanoramaSpec, simulate
 from contextforcing.data.world.prompts import EVAL_SEED_BASE
 from contextforcing.data.world.style import SHAPE_MASKS
 from contextforcing.errors import UserError

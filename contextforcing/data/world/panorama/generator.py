@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from contextforcing.data.world.panorama.geometry import CHUNK_SECONDS, LATENTS_PER_SECOND, CHUNK_LATENTS
+from contextforcing.data.world.panorama.geometry import CHUNK_LATENTS, CHUNK_SECONDS
 from contextforcing.data.world.panorama.script import (
     HEADINGS, PALETTE_NAMES, SPEEDS, PanoramaPrompt, PanoramaScript, WhiteBall, script_from_chunks,
 )
@@ -143,7 +143,3 @@ def sample_training_script(rng: np.random.Generator, seconds: float) -> Panorama
     while len(b) < n_chunks:
         MOVES[rng.choice(len(MOVES), p=weights / weights.sum())][1](b, rng)
     return b.build(n_chunks)
-
-
-def seconds_of(latents: int) -> float:
-    return latents / LATENTS_PER_SECOND

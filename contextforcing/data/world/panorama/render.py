@@ -44,11 +44,6 @@ def room_image(track: PanoramaTrack, state: np.ndarray) -> np.ndarray:
     return image
 
 
-def view_columns(camera_x: np.ndarray) -> np.ndarray:
-    """Room columns [T, 64] each frame's view shows (wrapped)."""
-    return np.mod(np.asarray(camera_x)[:, None] + np.arange(VIEW), ROOM_WIDTH)
-
-
 def ball_pixels(centres: np.ndarray, camera_x: np.ndarray):
     """Frame index, rows and columns of every view pixel a ball disc covers; centres [T, 2] in room px
     (NaN: no ball). The disc is tested at pixel centres, so sub-pixel motion is exact."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from contextforcing.data.world.panorama.geometry import BALL_SPEEDS, CHUNK_SECONDS, PALETTES
 from contextforcing.errors import UserError
@@ -229,7 +229,3 @@ def read_script(path: str | os.PathLike, n_chunks: int) -> PanoramaScript:
             raise UserError(f"{path} line {p['line']}: {err}") from None
         parsed.append(ScriptEntry(p["chunk"], prompt, p["line"]))
     return PanoramaScript(tuple(parsed), str(path))
-
-
-def with_camera(prompt: PanoramaPrompt, camera: str) -> PanoramaPrompt:
-    return replace(prompt, camera=camera)
