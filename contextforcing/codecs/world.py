@@ -10,8 +10,9 @@ chunk equals decoding it at once, trivially.
 Latents are normalised per channel with the mean/std measured on training clips (stored with the
 weights, as Wan's VAE ships its statistics): `encode` returns `(z - mean) / std`, the decoder takes those.
 
-`load_world_codec()` loads `contextforcing/assets/world_codec.safetensors` (weights; config and latent
-statistics in the safetensors metadata). Training: `contextforcing.codecs.world_training`.
+`load_world_codec()` loads `contextforcing/assets/world_codec.safetensors` (trained on the occlusion world;
+weights, config and latent statistics in the safetensors metadata); `load_world_codec(PANORAMA_PATH)`
+the codec trained on the panorama world (same architecture). Training: `contextforcing.codecs.world_training`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from torch import nn
 from contextforcing.errors import UserError
 
 FORMAT = "contextforcing.world_codec/1"
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "world_codec.safetensors"
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "world_codec.safetensors"  # occlusion world
+PANORAMA_PATH = DEFAULT_PATH.with_name("panorama_codec.safetensors")  # the panorama world's codec
 DEFAULT_CONFIG = {"latent_channels": 16, "stride_t": 4, "stride_hw": 8, "enc_channels": [16, 32, 48, 64],
                   "dec_channels": [80, 48, 24, 16]}
 BLOCK = 4  # latent frames per forward pass, zero-padded: every frame goes through the same batch shape, so

@@ -16,12 +16,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         "eval", help="long-video consistency metrics and world metrics, with an HTML report",
         description="Score one or more videos (side by side) with VBench-style consistency, Context Forcing's "
                     "windowed first-frame similarity, clip-to-clip consistency, temporal flickering and a "
-                    "dynamic-degree proxy; with --world-annotations also restoration, permanence, drift, "
-                    "dynamics and fidelity against the synthetic world's ground truth.")
+                    "dynamic-degree proxy; with --world-annotations also the synthetic world's metrics: for the "
+                    "panorama world camera, revisit error and permanence by delay, movers and lighting against its "
+                    "script; for the occlusion world restoration, permanence, drift, dynamics and fidelity.")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4 files (or .npy uint8 [T,H,W,3] at 16 fps)")
     p.add_argument("--report", required=True, metavar="OUTDIR", help="where metrics.json, plots and report.html go")
     p.add_argument("--world-annotations", action="append", metavar="FILE",
-                   help="annotations.json from `world render`: once (all videos) or once per video")
+                   help="annotations.json from `world render` (panorama or occlusion world): once (all videos) or "
+                        "once per video")
     p.add_argument("--features", action="append", choices=EXTRACTORS, metavar="NAME",
                    help=f"feature extractor, repeatable: {', '.join(EXTRACTORS)} (default: pixel, a weight-free proxy)")
     for name in EXTRACTORS[1:]:
@@ -70,8 +72,23 @@ def publish_report(out_dir: Path, write) -> None:
         publish_files(tmp, out_dir)
 
 
+def panorama_line(m: dict) -> str:
+    """The panorama headline in one line; numbers the video gave no event for say "not applicable"."""
+    from contextforcing.data.world.panorama.geometry import BUCKETS
+
+    h = m["headline"]
+
+    def fmt(v, digits=2):
+        return v if isinstance(v, str) else f"{v:.{digits}f}"
+
+    return (f"camera pans {fmt(h['camera_pans'])} holds {fmt(h['camera_holds'])}, revisit error "
+            + " ".join(f"{b}={fmt(h[f'revisit_error_{b}'], 3)}" for b in BUCKETS)
+            + ", permanence " + " ".join(f"{b}={fmt(h[f'permanence_{b}'])}" for b in BUCKETS)
+            + f", movers {fmt(h['movers'])}, lighting {fmt(h['lighting'])}")
+
+
 def run_eval(args) -> int:
-    from contextforcing.data.world.annotations import load_annotations
+    from contextforcing.data.world.annotations import load_any_annotations
     from contextforcing.eval import generic
     from contextforcing.eval.evaluate import evaluate_video, load_frames
     from contextforcing.eval.features import load_extractor
@@ -87,7 +104,7 @@ def run_eval(args) -> int:
         raise UserError(f"--clip-seconds must be positive, got {args.clip_seconds}")
     labels = _labels(args)
     # everything cheap is checked before any model is built or video decoded
-    tracks = [load_annotations(a) for a in annotations]
+    tracks = [load_any_annotations(a) for a in annotations]
     tracks = tracks * len(args.videos) if len(tracks) == 1 else (tracks or [None] * len(args.videos))
     names = list(dict.fromkeys(args.features or ["pixel"]))
     extractors = [load_extractor(n, getattr(args, f"{n}_weights", None)) for n in names]
@@ -102,6 +119,8 @@ def run_eval(args) -> int:
         line = [f"{r.name}: flicker {r.metrics['temporal_flickering']:.4f}"]
         for n, f in r.metrics["features"].items():
             line.append(f"{n} consistency {f['vbench_consistency']:.4f}")
+        if "panorama" in r.metrics:
+            line.append(panorama_line(r.metrics["panorama"]))
         if "world" in r.metrics:
             w = r.metrics["world"]
             errs = {b: v["restoration_error"] for b, v in w["restoration"]["buckets"].items()}

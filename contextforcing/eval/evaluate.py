@@ -51,9 +51,17 @@ def load_frames(path: str | os.PathLike, fps: float | None = None) -> tuple[np.n
     return frames, float(rate)
 
 
+def _is_panorama(track) -> bool:
+    from contextforcing.data.world.panorama.simulate import PanoramaTrack
+
+    return isinstance(track, PanoramaTrack)
+
+
 def evaluate_video(name: str, path: str, frames: np.ndarray, fps: float, extractors: list[FeatureExtractor],
                    track: WorldTrack | None = None, clip_seconds: float = generic.CLIP_SECONDS,
                    progress: bool = False) -> VideoResult:
+    """Generic metrics, plus the world metrics of `track` (a `WorldTrack`, or a `PanoramaTrack` whose
+    metrics go under "panorama")."""
     result = VideoResult(name, str(path), frames, fps)
     if track is not None:  # check first: a mismatch should fail before minutes of feature extraction
         from contextforcing.eval.world_metrics import check_matches
@@ -79,7 +87,11 @@ def evaluate_video(name: str, path: str, frames: np.ndarray, fps: float, extract
         }
         if extractor.name in VBENCH_DIMENSION:
             m["vbench"][VBENCH_DIMENSION[extractor.name]] = score.score
-    if track is not None:
+    if track is not None and _is_panorama(track):
+        from contextforcing.eval.panorama_metrics import panorama_metrics
+
+        m["panorama"] = panorama_metrics(frames, track, str(path))
+    elif track is not None:
         m["world"] = world_metrics(frames, track, str(path))
     return result
 

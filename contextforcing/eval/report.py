@@ -116,6 +116,41 @@ def plot_buckets(results: list[VideoResult], path: Path) -> bool:
     return True
 
 
+def plot_panorama(results: list[VideoResult], path: Path) -> bool:
+    """Camera position (estimated vs script), revisit error against delay, and the balls' speeds."""
+    from contextforcing.data.world.panorama.geometry import FAST_MEMORY_SECONDS as FAST
+    from contextforcing.data.world.panorama.geometry import LATENTS_PER_SECOND
+    from contextforcing.data.world.panorama.geometry import SLOW_MEMORY_SECONDS as SLOW
+
+    pano = [r for r in results if "panorama" in r.metrics]
+    if not pano:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    script_x = pano[0].metrics["panorama"]["camera"]["script_x"]
+    t = np.arange(len(script_x)) / LATENTS_PER_SECOND
+    axes[0].plot(t, script_x, "k--", label="script")
+    for r in pano:
+        m = r.metrics["panorama"]
+        line, = axes[0].plot(t[: len(m["camera"]["estimated_x"])], m["camera"]["estimated_x"], label=r.name)
+        made = [v for v in m["revisits"] if v["made"]]
+        axes[1].scatter([v["delay_seconds"] for v in made], [v["error"] for v in made], s=12, color=line.get_color(),
+                        label=f"{r.name} ({len(made)}/{len(m['revisits'])} made)")
+        for ball in m["movers"]["per_ball"].values():
+            curve = ball["curve"]
+            axes[2].plot([c["t"] for c in curve], [c["vx"] for c in curve], ".", color=line.get_color())
+    for v in (FAST, SLOW):
+        axes[1].axvline(v, color="grey", lw=0.8, ls=":")
+    axes[0].set(title="camera (view's left edge, px)", xlabel="time (s)", ylabel="px")
+    axes[1].set(title="revisit error against delay (lines: fast / slow memory)", xlabel="delay (s)",
+                ylabel="fraction of pixels changed", xscale="log", ylim=(-0.02, 1.02))
+    axes[2].set(title="ball velocity in the room (dots; per 1 s window)", xlabel="time (s)", ylabel="px / s")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
 def _upscale(frame: np.ndarray) -> np.ndarray:
     return np.kron(frame, np.ones((STRIP_SCALE, STRIP_SCALE, 1), np.uint8))
 
@@ -150,6 +185,16 @@ def occlusion_strips(results: list[VideoResult], track: WorldTrack, out_dir: Pat
     return strips
 
 
+def contact_sheet(frames: np.ndarray, path: Path, every_seconds: float = 1.0, per_row: int = 15, fps: float = 16.0,
+                  first: int = 0) -> None:
+    """A PNG of one frame every `every_seconds` from `first`, `per_row` frames per row, upscaled (for looking at
+    a whole video at once)."""
+    picks = np.arange(first, len(frames), max(1, int(round(every_seconds * fps))))
+    tiles = [_upscale(frames[t]) for t in picks]
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % per_row)  # pad the last row
+    _save_image(_grid([tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]), Path(path))
+
+
 def timeline_strip(results: list[VideoResult], out_dir: Path, step_seconds: float = 10.0) -> tuple[str, str]:
     """Without annotations: frames every 10 s, a row per video."""
     fps = results[0].fps
@@ -182,6 +227,8 @@ def _summary_rows(results: list[VideoResult]) -> list[tuple[str, list[str]]]:
         for t in times:
             rows.append((f"{n}: first-frame similarity @ {t} s{tag}",
                          [fmt(r.metrics["features"].get(n, {}).get("first_frame_similarity", {}).get(t)) for r in results]))
+    if any("panorama" in r.metrics for r in results):
+        rows += _panorama_rows(results, fmt)
     if any("world" in r.metrics for r in results):
         for bucket in BUCKETS:
             for key in ("restoration_error", "permanence"):
@@ -196,6 +243,22 @@ def _summary_rows(results: list[VideoResult]) -> list[tuple[str, list[str]]]:
                            ("world: palette fidelity", lambda w: w["fidelity"]["palette"]),
                            ("world: shape validity", lambda w: w["fidelity"]["shape_validity"])):
             rows.append((label, [fmt(get(r.metrics["world"])) if "world" in r.metrics else "–" for r in results]))
+    return rows
+
+
+def _panorama_rows(results: list[VideoResult], fmt) -> list[tuple[str, list[str]]]:
+    from contextforcing.eval.panorama_metrics import HEADLINE
+
+    def cells(get):
+        return [fmt(get(r.metrics["panorama"])) if "panorama" in r.metrics else "–" for r in results]
+
+    rows = [(f"panorama: {label} ({'higher' if higher else 'lower'} is better)",
+             cells(lambda m, key=key: m["headline"][key])) for key, label, higher in HEADLINE]
+    for bucket, name in (("fast", "fast"), ("slow", "slow"), ("beyond", "beyond")):
+        rows.append((f"panorama: revisits made ({name})",
+                     cells(lambda m, b=bucket: f"{m['revisit_buckets'][b]['made']} of {m['revisit_buckets'][b]['revisits']}")))
+    rows.append(("panorama: camera step error (px per latent frame)", cells(lambda m: m["camera"]["error_px"])))
+    rows.append(("panorama: palette fidelity", cells(lambda m: m["palette"])))
     return rows
 
 
@@ -223,17 +286,68 @@ td:first-child{{text-align:left}}img{{max-width:100%;image-rendering:pixelated}}
     os.replace(tmp, out_dir / "report.html")
 
 
-def _strips(results: list[VideoResult], tracks: list[WorldTrack | None], out_dir: Path) -> list[tuple[str, str]]:
+def revisit_strips(results: list[VideoResult], track, out_dir: Path, prefix: str = "") -> list[tuple[str, str]]:
+    """Panorama world: one image per long revisit (the longest few), a row per video, frames [last seen,
+    back]; the revisited unit is boxed in each."""
+    from contextforcing.data.world.panorama.geometry import CELL
+    from contextforcing.data.world.panorama.render import render
+    from contextforcing.data.world.panorama.revisits import track_revisits
+
+    truth = render(track)
+    chosen, seen = [], set()
+    for r in sorted(track_revisits(track), key=lambda r: -r.gap):  # one strip per return, its longest unit
+        if r.back_latent not in seen and len(chosen) < MAX_STRIPS:
+            chosen.append(r)
+            seen.add(r.back_latent)
+    strips = []
+    for r in sorted(chosen, key=lambda r: r.back_latent):
+        rows = [[_boxed(v[r.frame_before], r.x_before, CELL), _boxed(v[r.frame_after], r.x_after, CELL)]
+                for v in [truth] + [res.frames for res in results]]
+        name = f"strip_{prefix}revisit_{r.back_latent:05d}_unit{r.unit:02d}.png"
+        _save_image(_grid(rows), out_dir / name)
+        strips.append((name, f"revisit ({r.cause}) after {r.delay_seconds:g} s ({r.bucket}) at "
+                             f"{r.frame_after / results[0].fps:.1f} s. Columns: last frame that showed the boxed part, "
+                             f"the frame it is back. Rows: ground truth, " + ", ".join(x.name for x in results)))
+    return strips
+
+
+def _boxed(frame: np.ndarray, x: int, width: int) -> np.ndarray:
+    """Upscaled frame with a white box around columns x .. x + width."""
+    big = _upscale(frame).copy()
+    s = STRIP_SCALE
+    big[:, x * s : x * s + 1] = 255
+    big[:, (x + width) * s - 1 : (x + width) * s] = 255
+    big[:1, x * s : (x + width) * s] = 255
+    big[-1:, x * s : (x + width) * s] = 255
+    return big
+
+
+def _world_strips(results: list[VideoResult], track, out_dir: Path, prefix: str = "") -> list[tuple[str, str]]:
+    from contextforcing.data.world.panorama.simulate import PanoramaTrack
+
+    strip = revisit_strips if isinstance(track, PanoramaTrack) else occlusion_strips
+    return strip(results, track, out_dir, prefix=prefix)
+
+
+def _world_key(track) -> tuple | None:
+    """What a world video is a function of (equal keys: the same ground truth)."""
+    if track is None:
+        return None
+    if hasattr(track, "spec") and hasattr(track.spec, "script"):  # panorama
+        return ("panorama", track.spec.script.to_jsonl(), track.seed, track.n_frames)
+    return ("occlusion", track.prompt.canonical, track.seed, track.n_frames)
+
+
+def _strips(results: list[VideoResult], tracks: list, out_dir: Path) -> list[tuple[str, str]]:
     """Side by side when all videos share one world; otherwise strips per video."""
     if all(t is None for t in tracks):
         return [timeline_strip(results, out_dir)]
-    keys = {(t.prompt.canonical, t.seed, t.n_frames) if t is not None else None for t in tracks}
-    if len(keys) == 1:
-        return occlusion_strips(results, tracks[0], out_dir)
+    if len({_world_key(t) for t in tracks}) == 1:
+        return _world_strips(results, tracks[0], out_dir)
     strips = []
     for i, (r, t) in enumerate(zip(results, tracks)):
         if t is not None:
-            strips += occlusion_strips([r], t, out_dir, prefix=f"video{i}_")
+            strips += _world_strips([r], t, out_dir, prefix=f"video{i}_")
     return strips
 
 
@@ -249,7 +363,8 @@ def write_report(out_dir: str | os.PathLike, results: list[VideoResult], extract
                                  "(dots: Context Forcing's windows at 10, 20, ... s)", plot_first_frame),
                                 ("restoration_buckets.png", "restoration error and object permanence by occlusion length",
                                  plot_buckets),
-                                ("world_curves.png", "world metrics over time", plot_world_curves)):
+                                ("world_curves.png", "world metrics over time", plot_world_curves),
+                                ("panorama.png", "panorama world: camera, revisits, balls", plot_panorama)):
         if plot(results, out_dir / name):
             images.append((name, caption))
     images += _strips(results, tracks or [None] * len(results), out_dir)

@@ -60,19 +60,23 @@ class PaletteClassifier:
         self.sprite = self.roles["sprite"]
 
     def classify(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest legal colour index [T, H, W] (uint8) and the RGB distance to it [T, H, W] (float32).
+        return nearest_colour(frames, self.colours)
 
-        A running minimum over the K colours, one pass each, never holds a [T, H, W, K] array.
-        """
-        channels = [frames[..., c].astype(np.float32) for c in range(3)]
-        best = np.full(frames.shape[:3], np.inf, np.float32)
-        classes = np.zeros(frames.shape[:3], np.uint8)
-        for k, colour in enumerate(self.colours.astype(np.float32)):
-            d = (channels[0] - colour[0]) ** 2 + (channels[1] - colour[1]) ** 2 + (channels[2] - colour[2]) ** 2
-            closer = d < best
-            best[closer] = d[closer]
-            classes[closer] = k
-        return classes, np.sqrt(best)
+
+def nearest_colour(frames: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index [T, H, W] (uint8) of the nearest of `colours` [K, 3] and the RGB distance to it [T, H, W] (float32).
+
+    A running minimum over the K colours, one pass each, never holds a [T, H, W, K] array.
+    """
+    channels = [frames[..., c].astype(np.float32) for c in range(3)]
+    best = np.full(frames.shape[:3], np.inf, np.float32)
+    classes = np.zeros(frames.shape[:3], np.uint8)
+    for k, colour in enumerate(np.asarray(colours, np.float32)):
+        d = (channels[0] - colour[0]) ** 2 + (channels[1] - colour[1]) ** 2 + (channels[2] - colour[2]) ** 2
+        closer = d < best
+        best[closer] = d[closer]
+        classes[closer] = k
+    return classes, np.sqrt(best)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The synthetic world: a procedural scene a video generator can only keep consistent by remembering it.
+"""The synthetic worlds: procedural scenes a video generator can only keep consistent by remembering them.
 
-See docs/world.md. Main entry points: `WorldSpec` + `simulate` (exact per-frame ground truth),
+See docs/world.md. The panorama world (the benchmark) lives in `panorama/`. The occlusion world's entry
+points, here: `WorldSpec` + `simulate` (exact per-frame ground truth),
 `render` (uint8 frames), `track_to_json`/`load_annotations`, `eval_worlds` (held-out set),
 `write_dataset`/`WorldClipDataset` (sharded training clips).
 """

@@ -1,0 +1,425 @@
+"""Metrics for a free-running video of the panorama world, judged against its prompt script.
+
+The generator is given the script only (no frames), so *what* the room looks like is its own choice: every
+metric reads the generated pixels and compares them with the script's instructions, or with the same
+video's earlier frames. The script says *when*: where the camera goes, when the lights are off, how the
+balls move, when a part of the room comes back into view.
+
+- camera: the shift between the last pixel frames of consecutive latent frames is found by matching them
+  (the best of -16..16 px by mean absolute difference over the overlap); a latent frame obeys the script
+  when it moved within half a latent column (4 px) of the script's step. Reported separately where the script
+  pans and where it holds, so a still picture cannot pass by holding.
+- revisits (the memory test): for each revisit of the script (`data.world.panorama.revisits`), the
+  generated frame when a unit comes back is compared with the generated frame that last showed it, at the
+  unit's place in each view, pixel by pixel as palette colour classes, with the balls masked (the only
+  thing the script moves out of sight). A revisit counts only if it *happened in the generated video*:
+  both frames lit, the unit left the estimated view or the video went dark in between, and the estimated
+  camera came back to the script's place. Error and object permanence are bucketed by delay: fast
+  (<= 1.5 s), slow (<= 20 s), beyond.
+- movers: the balls are found by colour; per 1 s window in which the video shows a ball, its velocity in
+  room coordinates (screen motion plus the estimated camera motion, the mean over the window of its
+  displacements across one latent frame) must be within 8 px/s of the script's, horizontally and in
+  vertical speed (net, unless it is near floor or ceiling, where it may bounce).
+- lighting: a latent frame is dark when its mean grey level is under 24; `lighting` is the mean of the
+  fraction of lights-off latent frames shown dark and of lights-on ones shown lit.
+
+Every number whose event did not happen is None here and "not applicable" in JSON, the report and the
+console: no pan in the script, no revisit made, no ball shown, no lights-off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from contextforcing.data.world.panorama.geometry import (
+    BALL_COLOURS, BALL_NAMES, BALL_RADIUS, BALL_SPEEDS, BALL_Y_RANGE, BLACK_BALL_SPEED, BUCKETS, CELL, CHUNK_LATENTS, FPS,
+    FRAME_SIZE, LATENT_STRIDE, OBJECT_COLOURS, OBJECT_MARGIN, OBJECT_SIZE, PAN_PX_PER_LATENT, ROOM_WIDTH, ROWS, VIEW,
+    frame_latent, latent_end_frame, panel_colours,
+)
+from contextforcing.data.world.panorama.revisits import Revisit, track_revisits
+from contextforcing.data.world.panorama.script import HEADING_SIGN
+from contextforcing.data.world.panorama.simulate import PanoramaTrack
+from contextforcing.eval.world_metrics import check_matches, nearest_colour
+
+DARK_LEVEL = 24.0  # mean grey level (0-255) under which a frame is dark
+MAX_SHIFT = 16  # px searched between consecutive frames (the script moves 2 px per frame)
+CAMERA_TOLERANCE = PAN_PX_PER_LATENT / 2  # px per latent frame, and on a revisit's return
+PALETTE_TOLERANCE = 40.0  # RGB distance within which a pixel counts as a legal colour
+MIN_OBJECT_PIXELS = 30  # of a 12x12 object window: below this, the cell holds no object
+BALL_MIN_PIXELS = int(0.4 * np.pi * BALL_RADIUS**2)  # a ball is found when this much of its disc shows (a codec
+# blurs its edge into the wall: a whole decoded ball keeps 45-80% of its pixels, a wall never shows 12)
+BALL_MASK_DILATE = 1  # px around ball pixels left out of revisit comparisons (codec/mp4 blur at its edge)
+MOVER_TOLERANCE = BALL_SPEEDS["slow"] / 2  # px/s: tells still, slow and fast apart
+MOVER_WINDOW = FPS  # frames per mover window (1 s)
+BOUNCE_MARGIN = 3.0  # px: a ball this close to floor or ceiling may have bounced within its window
+MOVER_MIN_PAIRS = FPS // 2  # displacements (over one latent frame each) with the ball found, per window
+NOT_APPLICABLE = "not applicable"
+
+
+class ColourClasses:
+    """Nearest legal colour of a palette: the 3 wall colours, the 6 object colours, the 2 balls."""
+
+    def __init__(self, palette: str):
+        names = [f"wall{i}" for i in range(3)] + [f"object:{n}" for n in OBJECT_COLOURS] + [f"ball:{n}" for n in BALL_NAMES]
+        colours = np.concatenate([panel_colours(palette), np.array(list(OBJECT_COLOURS.values()), np.uint8),
+                                  np.array([BALL_COLOURS[n] for n in BALL_NAMES], np.uint8)]).astype(np.float32)
+        self.names, self.colours = names, colours
+        self.objects = np.array([names.index(f"object:{n}") for n in OBJECT_COLOURS])
+        self.balls = np.array([names.index(f"ball:{n}") for n in BALL_NAMES])
+
+    def classify(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class index [T, H, W] uint8 and the RGB distance to that colour [T, H, W]."""
+        return nearest_colour(frames, self.colours)
+
+
+def dark_frames(frames: np.ndarray) -> np.ndarray:
+    """[T] bool: the frame is (nearly) black."""
+    return frames.reshape(len(frames), -1).mean(1) < DARK_LEVEL
+
+
+# ---------------------------------------------------------------------------------------------- camera
+def _best_shifts(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """For frame pairs [N, H, W, 3]: the shift s (px, + = the view moved right, |s| <= MAX_SHIFT) that best maps
+    `before` onto `after` (after[:, x] == before[:, x + s]), by mean absolute difference over the overlap.
+
+    Rows are averaged in blocks of 4 first (the wall is vertical panels; horizontal detail is kept whole),
+    and ties go to the smaller shift, so a flat or frozen picture reads as no motion."""
+    def rows(x):
+        return x.reshape(len(x), FRAME_SIZE // 4, 4, VIEW, 3).astype(np.float32).mean(2)
+
+    a, b = rows(before), rows(after)
+    shifts = np.arange(-MAX_SHIFT, MAX_SHIFT + 1)
+    costs = []
+    for s in shifts:
+        d = np.abs(b[:, :, : VIEW - s] - a[:, :, s:]) if s >= 0 else np.abs(b[:, :, -s:] - a[:, :, : VIEW + s])
+        costs.append(d.mean((1, 2, 3)) + 1e-3 * abs(int(s)))
+    return shifts[np.argmin(np.stack(costs, 1), 1)].astype(np.float64)
+
+
+def frame_shifts(frames: np.ndarray, dark: np.ndarray, lag: int = 1) -> np.ndarray:
+    """[T]: the camera shift from frame f - lag to frame f; NaN where either is dark, and for f < lag."""
+    out = np.full(len(frames), np.nan)
+    if len(frames) > lag:
+        out[lag:] = _best_shifts(frames[:-lag], frames[lag:])
+        out[lag:][dark[:-lag] | dark[lag:]] = np.nan
+    return out
+
+
+def latent_steps(frames: np.ndarray, dark: np.ndarray, n_latents: int) -> np.ndarray:
+    """Camera step of each latent frame: the shift between the last pixel frames of it and of the one before
+    (both on the latent grid; matching them directly, a codec's small errors within a latent frame do not add
+    up). NaN where either is dark; 0 for latent 0."""
+    ends = latent_end_frame(np.arange(n_latents))
+    steps = np.zeros(n_latents)
+    if n_latents > 1:
+        steps[1:] = _best_shifts(frames[ends[:-1]], frames[ends[1:]])
+        steps[1:][dark[ends[:-1]] | dark[ends[1:]]] = np.nan
+    return steps
+
+
+@dataclass
+class CameraScore:
+    pans: float | None  # fraction of the script's panning latent frames the video pans within tolerance
+    holds: float | None  # ... of its holding latent frames the video holds
+    error_px: float | None  # mean |estimated - script| step over latent frames where both are known
+    pan_latents: int
+    hold_latents: int
+    estimated_x: list[float] = field(default_factory=list)  # per latent, for plots
+    script_x: list[int] = field(default_factory=list)
+
+
+def camera_score(steps: np.ndarray, track: PanoramaTrack) -> tuple[CameraScore, np.ndarray]:
+    """The camera metric, and the estimated camera x per latent (script steps where the video is dark)."""
+    script_x = track.latent_camera.astype(np.float64)
+    script_steps = np.diff(script_x, prepend=script_x[0])
+    lit = track.latent_lit
+    judged = np.zeros(len(steps), bool)
+    judged[1:] = lit[1:] & lit[:-1]  # the script shows the room through the whole latent frame
+    ok = np.abs(steps - script_steps) <= CAMERA_TOLERANCE  # False where the video is dark (NaN)
+    pans, holds = judged & (script_steps != 0), judged & (script_steps == 0)
+    known = judged & ~np.isnan(steps)
+    estimated = np.cumsum(np.where(np.isnan(steps), script_steps, steps))
+    score = CameraScore(
+        pans=float(ok[pans].mean()) if pans.any() else None, holds=float(ok[holds].mean()) if holds.any() else None,
+        error_px=float(np.abs(steps - script_steps)[known].mean()) if known.any() else None,
+        pan_latents=int(pans.sum()), hold_latents=int(holds.sum()),
+        estimated_x=estimated.tolist(), script_x=script_x.astype(int).tolist())
+    return score, estimated
+
+
+# --------------------------------------------------------------------------------------------- revisits
+def _wrap_distance(d: float) -> float:
+    return abs((d + ROOM_WIDTH / 2) % ROOM_WIDTH - ROOM_WIDTH / 2)
+
+
+def revisit_happened(r: Revisit, estimated_x: np.ndarray, dark_latent: np.ndarray) -> str | None:
+    """Why a script revisit did not happen in the generated video, or None if it did."""
+    if dark_latent[r.seen_latent] or dark_latent[r.back_latent]:
+        return "not shown lit"
+    between = slice(r.seen_latent + 1, r.back_latent)
+    went_dark = r.dark and bool(dark_latent[between].any())
+    screen = np.mod(r.x_before - (estimated_x[between] - estimated_x[r.seen_latent]), ROOM_WIDTH)
+    left = r.left_view and bool((screen > VIEW - CELL).any())
+    if not (went_dark or left):
+        return "never out of sight"
+    moved = estimated_x[r.back_latent] - estimated_x[r.seen_latent]
+    if _wrap_distance(moved - (r.x_before - r.x_after)) > CAMERA_TOLERANCE:
+        return "camera did not come back"
+    return None
+
+
+def _region(x: int) -> slice:
+    return slice(x, x + CELL)
+
+
+def _objects(classes: np.ndarray, masked: np.ndarray, colours: ColourClasses) -> dict[int, int | None]:
+    """Per row of a unit's region (64 x 16): the object colour found there (None: no object); rows a ball
+    covers are left out (absent from the dict)."""
+    found = {}
+    window = slice(OBJECT_MARGIN, OBJECT_MARGIN + OBJECT_SIZE)
+    for row in range(ROWS):
+        rows = slice(row * CELL + OBJECT_MARGIN, row * CELL + OBJECT_MARGIN + OBJECT_SIZE)
+        if masked[rows, window].any():
+            continue
+        cell = classes[rows, window]
+        counts = np.array([(cell == k).sum() for k in colours.objects])
+        found[row] = int(counts.argmax()) if counts.max() >= MIN_OBJECT_PIXELS else None
+    return found
+
+
+def compare_revisit(frames, classes, r: Revisit, colours: ColourClasses) -> dict:
+    """Error, mean absolute difference and permanence of the unit's region when back, against before."""
+    b, a = r.frame_before, r.frame_after
+    cb, ca = classes[b][:, _region(r.x_before)], classes[a][:, _region(r.x_after)]
+    balls = np.isin(cb, colours.balls) | np.isin(ca, colours.balls)
+    masked = _dilate(balls, BALL_MASK_DILATE)
+    keep = ~masked
+    pb = frames[b][:, _region(r.x_before)].astype(np.int16)
+    pa = frames[a][:, _region(r.x_after)].astype(np.int16)
+    before, after = _objects(cb, masked, colours), _objects(ca, masked, colours)
+    held = [row for row, colour in before.items() if colour is not None and row in after]
+    kept = sum(after[row] == before[row] for row in held)
+    return {"error": float(np.mean(cb[keep] != ca[keep])) if keep.any() else None,
+            "mae": float(np.abs(pb - pa)[keep].mean() / 255.0) if keep.any() else None,
+            "objects_before": len(held), "objects_kept": int(kept),
+            "permanence": kept / len(held) if held else None}
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Square dilation of a 2-D mask, without wrapping at its borders."""
+    out = mask.copy()
+    for axis in (0, 1):
+        grown = out.copy()
+        for r in range(1, radius + 1):
+            lo, hi = [slice(None)] * 2, [slice(None)] * 2
+            lo[axis], hi[axis] = slice(r, None), slice(None, -r)
+            grown[tuple(lo)] |= out[tuple(hi)]
+            grown[tuple(hi)] |= out[tuple(lo)]
+        out = grown
+    return out
+
+
+@dataclass
+class BucketScore:
+    revisits: int  # in the script
+    made: int  # that happened in the generated video
+    error: float | None  # mean over those made
+    mae: float | None
+    permanence: float | None  # over made revisits with an object before
+    error_other_views: float | None  # over made revisits of units the sink did not show
+
+    @property
+    def made_rate(self) -> float | None:
+        return self.made / self.revisits if self.revisits else None
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def bucket_scores(rows: list[dict]) -> dict[str, BucketScore]:
+    out = {}
+    for bucket in BUCKETS:
+        mine = [r for r in rows if r["bucket"] == bucket]
+        made = [r for r in mine if r["made"]]
+        out[bucket] = BucketScore(
+            revisits=len(mine), made=len(made), error=_mean(r["error"] for r in made),
+            mae=_mean(r["mae"] for r in made), permanence=_mean(r["permanence"] for r in made),
+            error_other_views=_mean(r["error"] for r in made if not r["in_sink"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- movers
+def ball_centres(classes: np.ndarray, dark: np.ndarray, ball_class: int) -> np.ndarray:
+    """[T, 2] centre (x, y) of the ball of one colour, NaN where it is not shown whole enough (or dark)."""
+    mask = classes == ball_class
+    count = mask.sum((1, 2))
+    ys, xs = np.arange(FRAME_SIZE)[None, :, None] + 0.5, np.arange(VIEW)[None, None, :] + 0.5
+    with np.errstate(all="ignore"):
+        centres = np.stack([(mask * xs).sum((1, 2)) / count, (mask * ys).sum((1, 2)) / count], 1)
+    touches_side = mask[:, :, 0].any(1) | mask[:, :, -1].any(1)  # cut by the view's edge: centre biased
+    centres[(count < BALL_MIN_PIXELS) | touches_side | dark] = np.nan
+    return centres
+
+
+def script_ball_velocity(track: PanoramaTrack, ball: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, the ball's horizontal velocity and vertical speed in the script (px/s)."""
+    prompts = track.prompts()
+    chunk = frame_latent(track.n_frames) // CHUNK_LATENTS
+    if ball == 1:
+        return np.zeros(track.n_frames), np.full(track.n_frames, BLACK_BALL_SPEED)
+    vx = np.array([HEADING_SIGN[prompts[c].white.heading] * BALL_SPEEDS[prompts[c].white.speed] for c in chunk])
+    vy = np.array([BALL_SPEEDS[prompts[c].white.speed] for c in chunk])
+    return vx, vy
+
+
+@dataclass
+class MoverScore:
+    obeyed: float | None  # fraction of windows whose ball moved as the script says
+    windows: int
+    per_ball: dict[str, dict] = field(default_factory=dict)
+
+
+def window_velocity(dx: np.ndarray, dy: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """A ball's room velocity (px per frame) and vertical speed over one window, from its displacements across
+    one latent frame (`dx`, signed `dy`) and its heights `y` there. Away from floor and ceiling it cannot
+    turn, so its vertical speed is the *net* rate (a ball that jitters or a looping video goes nowhere);
+    where it may have bounced, the mean absolute rate."""
+    lo, hi = BALL_Y_RANGE
+    near_bound = (y.min() <= lo + BOUNCE_MARGIN) or (y.max() >= hi - BOUNCE_MARGIN)
+    return float(dx.mean()), float(np.abs(dy).mean() if near_bound else abs(dy.mean()))
+
+
+def mover_score(classes, dark, frames, track: PanoramaTrack, colours: ColourClasses) -> MoverScore:
+    """Per 1 s window where a ball is found often enough: its room velocity from displacements across one
+    latent frame (LATENT_STRIDE pixel frames), against the script's."""
+    obeyed = windows = 0
+    per_ball = {}
+    lag = LATENT_STRIDE
+    camera = frame_shifts(frames, dark, lag)[lag:]  # camera motion from frame f to f + lag
+    for ball, name in enumerate(BALL_NAMES):
+        if not track.spec.script.balls[ball]:
+            continue
+        centres = ball_centres(classes, dark, colours.balls[ball])
+        dx = (centres[lag:, 0] - centres[:-lag, 0] + camera) / lag  # room motion = screen motion + camera motion
+        dy = (centres[lag:, 1] - centres[:-lag, 1]) / lag
+        vx_true, vy_true = script_ball_velocity(track, ball)
+        ball_windows = ball_ok = 0
+        speeds = []
+        for start in range(0, len(dx), MOVER_WINDOW):
+            pairs = slice(start, min(len(dx), start + MOVER_WINDOW))
+            valid = ~np.isnan(dx[pairs]) & ~np.isnan(dy[pairs])
+            if valid.sum() < MOVER_MIN_PAIRS:
+                continue
+            heights = np.concatenate([centres[:-lag, 1][pairs][valid], centres[lag:, 1][pairs][valid]])
+            vx, vy = (v * FPS for v in window_velocity(dx[pairs][valid], dy[pairs][valid], heights))
+            want_x = float(vx_true[lag:][pairs][valid].mean())
+            want_y = float(vy_true[lag:][pairs][valid].mean())
+            good = abs(vx - want_x) <= MOVER_TOLERANCE and abs(vy - want_y) <= MOVER_TOLERANCE
+            ball_windows += 1
+            ball_ok += good
+            speeds.append({"t": (start + MOVER_WINDOW / 2) / FPS, "vx": vx, "vy": vy, "want_vx": want_x,
+                           "want_vy": want_y, "obeyed": bool(good)})
+        per_ball[name] = {"windows": ball_windows, "obeyed": ball_ok / ball_windows if ball_windows else None,
+                          "shown_fraction": float(np.mean(~np.isnan(centres[:, 0]))), "curve": speeds}
+        windows += ball_windows
+        obeyed += ball_ok
+    return MoverScore(obeyed / windows if windows else None, windows, per_ball)
+
+
+# -------------------------------------------------------------------------------------------- lighting
+@dataclass
+class LightingScore:
+    lighting: float | None  # mean of the two below; None without a lights-off in the script
+    dark_when_off: float | None
+    lit_when_on: float | None
+
+
+def lighting_score(dark_latent: np.ndarray, track: PanoramaTrack) -> LightingScore:
+    lit = track.latent_lit
+    off = float(dark_latent[~lit].mean()) if (~lit).any() else None
+    on = float((~dark_latent[lit]).mean()) if lit.any() else None
+    return LightingScore(None if off is None or on is None else (off + on) / 2, off, on)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+HEADLINE = (  # (key, label, higher is better)
+    ("camera_pans", "camera obeyed (pans)", True),
+    ("camera_holds", "camera obeyed (holds)", True),
+    *((f"revisit_error_{b}", f"revisit error ({b})", False) for b in BUCKETS),
+    *((f"permanence_{b}", f"object permanence ({b})", True) for b in BUCKETS),
+    ("movers", "mover motion obeyed", True),
+    ("lighting", "lighting obeyed", True),
+)
+
+
+@dataclass
+class PanoramaScores:
+    camera: CameraScore
+    buckets: dict[str, BucketScore]
+    movers: MoverScore
+    lighting: LightingScore
+    palette: float | None  # fraction of lit pixels within PALETTE_TOLERANCE of a legal colour
+    revisits: list[dict]
+
+    def headline(self) -> dict[str, float | None]:
+        """The numbers the benchmark is judged by (see HEADLINE for which way is better)."""
+        out = {"camera_pans": self.camera.pans, "camera_holds": self.camera.holds}
+        out.update({f"revisit_error_{b}": self.buckets[b].error for b in BUCKETS})
+        out.update({f"permanence_{b}": self.buckets[b].permanence for b in BUCKETS})
+        out.update({"movers": self.movers.obeyed, "lighting": self.lighting.lighting})
+        return out
+
+    def to_json(self) -> dict:
+        """JSON-ready, every missing number written as "not applicable"."""
+        data = {"headline": self.headline(), "camera": asdict(self.camera),
+                "revisit_buckets": {b: dict(asdict(s), made_rate=s.made_rate) for b, s in self.buckets.items()},
+                "movers": asdict(self.movers), "lighting": asdict(self.lighting), "palette": self.palette,
+                "revisits": self.revisits}
+        return not_applicable(data)
+
+
+def not_applicable(obj):
+    """None -> "not applicable", recursively (the JSON edge of the Python scores)."""
+    if isinstance(obj, dict):
+        return {k: not_applicable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [not_applicable(v) for v in obj]
+    return NOT_APPLICABLE if obj is None else obj
+
+
+def palette_fidelity(nearest: np.ndarray, dark: np.ndarray, stride: int = LATENT_STRIDE) -> float | None:
+    lit = np.flatnonzero(~dark)[::stride]
+    return float((nearest[lit] <= PALETTE_TOLERANCE).mean()) if lit.size else None
+
+
+def panorama_scores(frames: np.ndarray, track: PanoramaTrack, video_name: str = "video") -> PanoramaScores:
+    """All panorama metrics of `frames` (uint8 [T, 64, 64, 3]) against the world's script."""
+    check_matches(frames, track, video_name)
+    colours = ColourClasses(track.palette)
+    classes, nearest = colours.classify(frames)
+    dark = dark_frames(frames)
+    dark_latent = dark[latent_end_frame(np.arange(track.n_latents))]
+    camera, estimated_x = camera_score(latent_steps(frames, dark, track.n_latents), track)
+    rows = []
+    for r in track_revisits(track):
+        why_not = revisit_happened(r, estimated_x, dark_latent)
+        row = {"unit": r.unit, "seen_latent": r.seen_latent, "back_latent": r.back_latent,
+               "delay_seconds": r.delay_seconds, "bucket": r.bucket, "cause": r.cause, "in_sink": r.in_sink,
+               "made": why_not is None, "not_made_because": why_not}
+        row.update(compare_revisit(frames, classes, r, colours) if why_not is None else
+                   {"error": None, "mae": None, "objects_before": None, "objects_kept": None, "permanence": None})
+        rows.append(row)
+    return PanoramaScores(camera=camera, buckets=bucket_scores(rows),
+                          movers=mover_score(classes, dark, frames, track, colours),
+                          lighting=lighting_score(dark_latent, track), palette=palette_fidelity(nearest, dark),
+                          revisits=rows)
+
+
+def panorama_metrics(frames: np.ndarray, track: PanoramaTrack, video_name: str = "video") -> dict:
+    """`panorama_scores(...).to_json()`, plus what the video was judged against."""
+    scores = panorama_scores(frames, track, video_name)
+    return {"world": "panorama", "seed": track.seed, "script": track.spec.script.to_json(), **scores.to_json()}
