@@ -101,6 +101,10 @@ def embedded_prompt_check(config: dict):
         from contextforcing.data.world.prompts import parse_prompt
 
         return parse_prompt
+    if grammar == "panorama":
+        from contextforcing.data.world.panorama import parse_panorama_prompt
+
+        return parse_panorama_prompt
     raise UserError(f"embedded model config: unknown prompt_grammar {grammar!r}")
 
 
