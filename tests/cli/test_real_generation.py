@@ -279,3 +279,19 @@ def test_weight_flags_without_weights_are_refused(tmp_path, capsys, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_python_front_door_loads_a_wan_directory_and_checkpoint(wan):
+    import contextforcing as cf
+    from contextforcing.weights import read_safetensors
+
+    pipe = cf.Pipeline.from_pretrained(wan["dir"], checkpoint=str(wan["checkpoint"]), preset=str(wan["preset"]),
+                                       dtype="fp32")
+    stored = read_safetensors(wan["checkpoint"])
+    assert all(torch.equal(p, stored[name]) for name, p in pipe.model.state_dict().items())
+    assert pipe.memory == cf.Memory.slow_fast() and pipe.weights == str(wan["checkpoint"])
+    video = pipe("a red ball", seconds=1.5, seed=0, switches={0.75: "the cat sits on mat"})
+    assert video.frames.shape == (1 + 5 * 4, 32, 32, 3) and [c.prompt for c in video.chunks] == [
+        "a red ball", "the cat sits on mat"]
+    with pytest.raises(cf.UserError, match="needs the Wan2.1 directory"):
+        cf.Pipeline.from_pretrained(checkpoint=str(wan["checkpoint"]))
