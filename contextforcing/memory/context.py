@@ -135,6 +135,7 @@ class _Group:
         self.extent = policy.p.capacity or 0  # attention reads slots [0, extent); see _slot_mask
         self.key_mask: torch.Tensor | None = None  # [extent * T], True where a key is attended
         self.within_chunk: list[tuple[int, tuple[str, int]]] = []  # (promoted frame, displaced entry) this chunk
+        self.check = "no"  # what the policy allows the current chunk: 'no', 'yes' or 'ask' (the signal decides)
 
     def storage_key(self, attended) -> tuple[str, int]:
         return ("slow" if attended.copy else "main", attended.frame)
@@ -159,7 +160,7 @@ class ContextMemory:
         layer_sets = [[i] for i in range(layout.num_layers)] if params.per_layer else [list(range(layout.num_layers))]
         self.groups = [_Group(make_policy(params, layout.chunk_frames), slots, ls) for ls in layer_sets]
         self._group_of = {i: g for g in self.groups for i in g.layers}
-        self.promotion = promotion_for(params, layout.num_layers)
+        self.promotion = promotion_for(params, layout.num_layers, layout.tokens_per_frame)
         shape = (batch, slots, layout.tokens_per_frame, layout.num_heads, layout.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
@@ -212,10 +213,6 @@ class ContextMemory:
     def group_of(self, layer: int) -> _Group:
         return self._group_of[layer]
 
-    def check(self, g: _Group) -> str:
-        """The group's policy on promoting the current chunk: 'no', 'yes' or 'ask' (needs the signal)."""
-        return g.policy.promotion_check(self.chunk_index, self.start)
-
     # -- chunk lifecycle ---------------------------------------------------------------------------
     def begin_chunk(self, start: int, frames: int) -> ChunkPlan:
         """Plan chunk [start, start+frames): allocate its slots, rotate what it attends."""
@@ -224,6 +221,7 @@ class ContextMemory:
         self.promotion.begin_chunk()
         for g in self.groups:
             g.plan = g.policy.plan(self.chunk_index, start, frames)
+            g.check = g.policy.promotion_check(self.chunk_index, start)
             g.within_chunk = []
             current = [g.slots.allocate(("main", f)) for f in range(start, start + frames)]
             self._prepare_group(g, current)
@@ -294,7 +292,7 @@ class ContextMemory:
             return MemoryUpdate()
         updates = []
         for g in self.groups:
-            promote = self.promotion.at_commit(self, g)
+            promote = self.promotion.at_commit(g)
             changes = g.policy.commit(self.start, self.frames, promote)
             for f in changes.slow_evicted:  # free first, so a full slow memory has room for the new copy
                 g.slots.release(("slow", f))
@@ -378,7 +376,10 @@ class ContextMemory:
         if self._commit_pass:
             self._store(layer, k, v)
         if not self._recaching:
-            self.promotion.observe(self, layer, k, v, self._commit_pass)
+            g = self._group_of[layer]
+            taken = self.promotion.observe(layer, g, k, v, self._commit_pass)
+            if taken is not None:
+                (self._promote_now if taken.now else self._stage_copy)(g, taken.layers)
         return self.copy_read(layer) if copy else self.slot_read(layer)
 
     def slot_read(self, layer: int) -> ContextRead:
@@ -405,30 +406,23 @@ class ContextMemory:
         self.k[layer].index_copy_(1, g.current_slots, k.detach().reshape(shape).to(self.k[layer].dtype))
         self.v[layer].index_copy_(1, g.current_slots, v.detach().reshape(shape).to(self.v[layer].dtype))
 
-    # -- promotion storage (called by the promotion strategy) --------------------------------------
-    def first_frame(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chunk's first latent frame of this pass's keys and values, detached."""
-        t = self.layout.tokens_per_frame
-        return k[:, :t].detach(), v[:, :t].detach()
-
+    # -- promotions taken during a pass ------------------------------------------------------------
     def _write_slot(self, layer: int, slot: int, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
         for store, x in zip((self.k[layer], self.v[layer]), kv):
             store[:, slot] = x.reshape(store[:, slot].shape).to(store.dtype)
 
-    def stage_copy(self, g: _Group, per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _stage_copy(self, g: _Group, copies: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Store a promotion's copy of the current chunk's first frame now (attended from the next chunk)."""
         slot = g.slots.allocate(("slow", self.start))
-        for layer, kv in per_layer.items():
+        for layer, kv in copies.items():
             self._write_slot(layer, slot, kv)
 
-    def promote_now(self, g: _Group, k: torch.Tensor, v: torch.Tensor) -> None:
+    def _promote_now(self, g: _Group, copies: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Released cache: copy the chunk's first frame (this pass's K/V) into the context region and attend
         it from this pass on; the entry it displaces is gone."""
         plan, displaced = g.policy.promote(self.start)
         g.slots.release(displaced)
-        slot = g.slots.allocate(("slow", self.start))
-        for layer in g.layers:
-            self._write_slot(layer, slot, self.first_frame(k, v))
+        self._stage_copy(g, copies)
         g.within_chunk.append((self.start, displaced))
         g.plan = plan
         self._prepare_group(g, g.current)

@@ -1,10 +1,13 @@
 """When a slow_fast memory promotes a keyframe: one small strategy per rule, chosen once from the options.
 
-A strategy sees every pass's pre-RoPE keys of every layer before that layer attends (`observe`), and is
-asked at each commit whether the committed chunk is promoted (`at_commit`). Policies without a slow tier,
-and the uniform rule, need no signal at all.
+A strategy sees every pass's pre-RoPE keys of every layer before that layer attends (`observe`) and is
+asked at each commit whether the committed chunk is promoted (`at_commit`). It knows nothing of storage:
+`observe` returns a `Copy` for the memory to store (the chunk's first frame as this pass computed it). A
+`group` is any object with `layers` (the layers that decide together) and `check` (what the policy allows
+for the current chunk: 'no', 'yes' or 'ask', fixed when the chunk is planned); strategies read `check`
+only when they need it, so a compiled forward of a rule without a signal never depends on it.
 
-  NoSignal         promotion by position alone (uniform rule), or never
+  Promotion        promotion by position alone (uniform rule), or never
   CommitSurprisal  ours: one decision per chunk on the clean commit pass, cos of pooled mean keys < tau
   PassSurprisal    the released code's timing in the tiered layout (`promote_on=any_pass`): every pass is
                    compared with the previous pass; the first crossing copies that pass's first frame,
@@ -15,14 +18,20 @@ and the uniform rule, need no signal at all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from contextforcing.memory.policies import TierParams
 
-if TYPE_CHECKING:
-    from contextforcing.memory.context import ContextMemory, _Group
+
+@dataclass(frozen=True)
+class Copy:
+    """A promotion taken during a pass: store these K/V [B, T, H, D] per layer as the chunk's slow copy, either
+    attended from the next chunk (`now` False) or at once, in this very pass (`now` True)."""
+
+    layers: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    now: bool
 
 
 def mean_key(k: torch.Tensor) -> torch.Tensor:
@@ -39,44 +48,53 @@ def pooled_cosine(current: list[torch.Tensor], previous: list[torch.Tensor]) -> 
 
 
 class Promotion:
-    """The interface; also the strategy for memories whose promotions need no signal."""
+    """The interface; also the strategy for memories whose promotions need no signal.
 
-    def __init__(self, params: TierParams, num_layers: int):
-        self.tau = params.tau
+    The signal of the group holding layer 0 is the one reported (`similarity`)."""
+
+    def __init__(self, params: TierParams, num_layers: int, tokens_per_frame: int):
+        self.tau, self.tokens_per_frame = params.tau, tokens_per_frame
         self.similarity: float | None = None  # the signal of group 0's decision in this chunk, if one was taken
 
     def begin_chunk(self) -> None:
         self.similarity = None
 
-    def observe(self, memory: "ContextMemory", layer: int, k: torch.Tensor, v: torch.Tensor, commit: bool) -> None:
+    def observe(self, layer: int, group, k: torch.Tensor, v: torch.Tensor, commit: bool) -> Copy | None:
         """This pass's pre-RoPE keys and values [B, L, H, D] of `layer`, before the layer attends."""
+        return None
 
-    def at_commit(self, memory: "ContextMemory", g: "_Group") -> bool:
-        return memory.check(g) == "yes"
+    def at_commit(self, group) -> bool:
+        return group.check == "yes"
 
     def end_commit(self) -> None:
         """Every group has decided."""
 
-    def _record(self, memory: "ContextMemory", g: "_Group", sim: float) -> None:
-        if g is memory.groups[0]:
+    def _first_frame(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.tokens_per_frame
+        return k[:, :t].detach(), v[:, :t].detach()
+
+    def _record(self, group, sim: float) -> None:
+        if group.layers[0] == 0:
             self.similarity = sim if self.similarity is None else min(self.similarity, sim)
 
 
 class CommitSurprisal(Promotion):
-    def __init__(self, params: TierParams, num_layers: int):
-        super().__init__(params, num_layers)
+    def __init__(self, params: TierParams, num_layers: int, tokens_per_frame: int):
+        super().__init__(params, num_layers, tokens_per_frame)
         self.current: list[torch.Tensor | None] = [None] * num_layers
         self.previous: list[torch.Tensor | None] = [None] * num_layers
 
-    def observe(self, memory, layer, k, v, commit):
+    def observe(self, layer, group, k, v, commit):
         if commit:
             self.current[layer] = mean_key(k)
+        return None
 
-    def at_commit(self, memory, g):
-        if memory.check(g) != "ask" or any(self.previous[i] is None or self.current[i] is None for i in g.layers):
+    def at_commit(self, group):
+        layers = group.layers
+        if group.check != "ask" or any(self.previous[i] is None or self.current[i] is None for i in layers):
             return False
-        sim = float(pooled_cosine([self.current[i] for i in g.layers], [self.previous[i] for i in g.layers]))
-        self._record(memory, g, sim)  # one host read per checked chunk: the tier layout depends on it
+        sim = float(pooled_cosine([self.current[i] for i in layers], [self.previous[i] for i in layers]))
+        self._record(group, sim)  # one host read per checked chunk: the tier layout depends on it
         return sim < self.tau
 
     def end_commit(self):
@@ -84,8 +102,8 @@ class CommitSurprisal(Promotion):
 
 
 class PassSurprisal(Promotion):
-    def __init__(self, params: TierParams, num_layers: int):
-        super().__init__(params, num_layers)
+    def __init__(self, params: TierParams, num_layers: int, tokens_per_frame: int):
+        super().__init__(params, num_layers, tokens_per_frame)
         self.current: list[torch.Tensor | None] = [None] * num_layers
         self.previous: list[torch.Tensor | None] = [None] * num_layers
         self.staged: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -95,30 +113,32 @@ class PassSurprisal(Promotion):
         super().begin_chunk()
         self.promoted.clear()
 
-    def observe(self, memory, layer, k, v, commit):
-        g = memory.group_of(layer)
+    def observe(self, layer, group, k, v, commit):
         self.current[layer] = mean_key(k)
-        self.staged[layer] = memory.first_frame(k, v)
-        if layer != g.layers[-1]:  # a group decides once all its layers have their keys of this pass
-            return
-        ready = all(self.previous[i] is not None for i in g.layers)
-        if ready and g.layers[0] not in self.promoted and memory.check(g) == "ask":
-            sim = float(pooled_cosine([self.current[i] for i in g.layers], [self.previous[i] for i in g.layers]))
-            self._record(memory, g, sim)
+        self.staged[layer] = self._first_frame(k, v)
+        layers = group.layers
+        if layer != layers[-1]:  # a group decides once all its layers have their keys of this pass
+            return None
+        copy = None
+        ready = all(self.previous[i] is not None for i in layers)
+        if ready and layers[0] not in self.promoted and group.check == "ask":
+            sim = float(pooled_cosine([self.current[i] for i in layers], [self.previous[i] for i in layers]))
+            self._record(group, sim)
             if sim < self.tau:
-                memory.stage_copy(g, {i: self.staged[i] for i in g.layers})
-                self.promoted.add(g.layers[0])
-        for i in g.layers:
+                copy = Copy({i: self.staged[i] for i in layers}, now=False)
+                self.promoted.add(layers[0])
+        for i in layers:
             self.previous[i] = self.current[i]
         self.staged = {}
+        return copy
 
-    def at_commit(self, memory, g):
-        return g.layers[0] in self.promoted
+    def at_commit(self, group):
+        return group.layers[0] in self.promoted
 
 
 class ReleasedSurprisal(Promotion):
-    def __init__(self, params: TierParams, num_layers: int):
-        super().__init__(params, num_layers)
+    def __init__(self, params: TierParams, num_layers: int, tokens_per_frame: int):
+        super().__init__(params, num_layers, tokens_per_frame)
         self.previous: list[torch.Tensor | None] = [None] * num_layers
         self.promoted: set[int] = set()
 
@@ -126,27 +146,29 @@ class ReleasedSurprisal(Promotion):
         super().begin_chunk()
         self.promoted.clear()
 
-    def observe(self, memory, layer, k, v, commit):
-        g = memory.group_of(layer)  # one layer per group
+    def observe(self, layer, group, k, v, commit):  # one layer per group
         current, previous = mean_key(k), self.previous[layer]
         self.previous[layer] = current  # always the last call's, whatever it decided (as released)
-        if previous is None or layer in self.promoted or memory.check(g) != "ask":
-            return
+        if previous is None or layer in self.promoted or group.check != "ask":
+            return None
         sim = float(torch.cosine_similarity(current, previous, dim=1).mean())  # per sample, then the batch mean
-        self._record(memory, g, sim)
-        if sim < self.tau:
-            memory.promote_now(g, k, v)
-            self.promoted.add(layer)
+        self._record(group, sim)
+        if sim >= self.tau:
+            return None
+        self.promoted.add(layer)
+        return Copy({layer: self._first_frame(k, v)}, now=True)
 
-    def at_commit(self, memory, g):
+    def at_commit(self, group):
         return False  # done inside the pass
 
 
-def promotion_for(params: TierParams, num_layers: int) -> Promotion:
+def promotion_for(params: TierParams, num_layers: int, tokens_per_frame: int) -> Promotion:
     if not params.surprisal:
-        return Promotion(params, num_layers)
-    if params.layout == "released":
-        return ReleasedSurprisal(params, num_layers)
-    if params.promote_on == "any_pass":
-        return PassSurprisal(params, num_layers)
-    return CommitSurprisal(params, num_layers)
+        strategy = Promotion
+    elif params.layout == "released":
+        strategy = ReleasedSurprisal
+    elif params.promote_on == "any_pass":
+        strategy = PassSurprisal
+    else:
+        strategy = CommitSurprisal
+    return strategy(params, num_layers, tokens_per_frame)
