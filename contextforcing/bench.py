@@ -24,7 +24,7 @@ from contextforcing.config import get_preset
 from contextforcing.errors import UserError
 from contextforcing.generation import check_seed
 from contextforcing.memory.policies import MemorySpec, make_spec
-from contextforcing.pipeline import resolve_memory
+from contextforcing.pipeline import Pipeline, resolve_memory
 
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
@@ -89,8 +89,8 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     weights = dict(weights or {})
     windows_parsed = parse_windows(windows)
     spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype, weights)
-    pipe = loading.load(preset, seed=seed, device=device, dtype=dtype, random_init=weights.pop("random_init", False),
-                        **weights)
+    pipe = Pipeline.from_parts(loading.load(preset, seed=seed, device=device, dtype=dtype,
+                                            random_init=weights.pop("random_init", False), **weights))
     video = pipe.preset.video
     for a, b in windows_parsed:  # fail before the run, not after it
         if b > num_frames // video.chunk_frames:

@@ -10,17 +10,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from contextforcing import loading
 from contextforcing.config import ModelConfig, VideoConfig, from_dict, get_preset
-from contextforcing.data.video import VideoWriter, check_writable
+from contextforcing.data.video import VideoWriter, check_output, publish_video
 from contextforcing.errors import Interrupted, UserError
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec
-from contextforcing.outputs import InterruptGuard, OutputLock, json_text, publish_with
+from contextforcing.outputs import InterruptGuard, OutputLock
 from contextforcing.perf import check_memory_fits
 from contextforcing.pipeline import Generation, Pipeline, Prompt, read_init_clip, resolve_memory
 from contextforcing.prompts import placement, place_script, read_prompt_script
@@ -55,10 +53,10 @@ class GenerationRequest:
 
 
 def pipeline_for(req: GenerationRequest) -> Pipeline:
-    return loading.load(req.preset, random_init=req.random_init, wan_dir=req.wan_dir, checkpoint=req.checkpoint,
+    return Pipeline.from_parts(loading.load(req.preset, random_init=req.random_init, wan_dir=req.wan_dir, checkpoint=req.checkpoint,
                         checkpoint_format=req.checkpoint_format, use_ema=req.use_ema, lora=req.lora,
                         lora_alpha=req.lora_alpha, num_heads=req.num_heads, seed=req.seed, device=req.device,
-                        dtype=req.dtype)
+                        dtype=req.dtype))
 
 
 def is_embedded(req: GenerationRequest) -> bool:
@@ -83,19 +81,6 @@ def plan_prompts(req: GenerationRequest, video, chunks: int) -> list[dict]:
 
 
 # -- the run --------------------------------------------------------------------------------------------------
-def sidecar_path(out: Path) -> Path:
-    return out.with_suffix(".json")
-
-
-def check_output(out: str) -> Path:
-    """The mp4 and the sidecar beside it can be created; checked before any work."""
-    path = check_writable(out)
-    if path.suffix.lower() != ".mp4":
-        raise UserError(f"--out {out} must end in .mp4 (its sidecar is written beside it as {path.stem}.json)")
-    check_writable(sidecar_path(path))
-    return path
-
-
 def check_seed(seed: int) -> None:
     if not 0 <= seed < 2**64:  # torch.Generator seeds are 64-bit
         raise UserError(f"--seed must be in [0, 2**64), got {seed}")
@@ -161,7 +146,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
             interrupted = stopped or guard.interrupted
             sidecar = {**generation.record(chunks, interrupted), "prompts": plan.placed, "prompt_script": req.prompts,
                        "init": _init_record(plan, generation), "wall_seconds": time.perf_counter() - began}
-            published = _publish(writer, out, sidecar)
+            published = publish_video(writer, out, sidecar)
         except BaseException:
             writer.discard()
             raise
@@ -203,30 +188,6 @@ def _stream_into(writer: VideoWriter, generation: Generation, guard: InterruptGu
     finally:
         bar.close()
     return chunks, stopped
-
-
-def _publish(writer: VideoWriter, out: Path, sidecar: dict) -> bool:
-    """The finished mp4 and its sidecar into place as a pair; False when no frame was written (nothing kept)."""
-    video_file = writer.finish()
-    if video_file is None:
-        return False
-    publish_with(video_file, sidecar_path(out), lambda tmp: tmp.write_text(json_text(sidecar), encoding="utf-8"))
-    return True
-
-
-def save_video(path: str | Path, frames: np.ndarray, fps: int, record: dict) -> Path:
-    """Frames and their sidecar into place as a pair (`Pipeline.save`), with the CLI's lock and guards."""
-    out = check_output(str(path))
-    with OutputLock(out.with_name(f".{out.name}.lock"), f"output {out}", remove=True), InterruptGuard():
-        writer = VideoWriter(out, fps=fps)
-        try:
-            writer.write(frames)
-            if not _publish(writer, out, record):
-                raise UserError(f"no frames to write to {out}")
-        except BaseException:
-            writer.discard()
-            raise
-    return out
 
 
 def _first_pixel(frame: int, stride_t: int, primed: bool) -> int:

@@ -1,6 +1,7 @@
-"""Where a `Pipeline` comes from: the embedded world model, a Wan2.1 directory (+ a distilled checkpoint), or
-random weights of a preset. Each loader returns a ready `Pipeline` with the memory and sampling the model
-was trained with (the defaults of every call), and checks that its parts fit before the big weights are read.
+"""Where a pipeline comes from: the embedded world model, a Wan2.1 directory (+ a distilled checkpoint), or
+random weights of a preset. Each loader returns the `Parts` a `Pipeline` is made of, with the memory and
+sampling the model was trained with (the defaults of every call), and checks that the parts fit before the
+big weights are read.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,7 +17,6 @@ import torch
 from contextforcing.config import ModelConfig, Preset, SamplingConfig, VideoConfig, from_dict, get_preset
 from contextforcing.errors import UserError
 from contextforcing.memory.policies import MemorySpec, make_spec
-from contextforcing.pipeline import Pipeline
 
 REAL_DEFAULT_PRESET, RANDOM_DEFAULT_PRESET, EMBEDDED_PRESET = "wan2.1-t2v-1.3b", "tiny", "world"
 # The embedded default model (trained by `make toy-model` on the synthetic world, docs/world.md).
@@ -25,6 +26,24 @@ EMBEDDED_CONFIG = ASSETS / "world_student.json"
 # What a model of the field was trained with when nothing says otherwise: Context Forcing's memory, Self-Forcing's
 # few-step sampling.
 FIELD_MEMORY = "slow_fast"
+
+
+@dataclass
+class Parts:
+    """What a pipeline is made of: the model and the parts around it, and what it was trained with."""
+
+    preset_name: str
+    preset: Preset
+    model: torch.nn.Module
+    text_encoder: object
+    codec: object
+    device: torch.device
+    weights: str  # where the weights came from
+    memory: MemorySpec  # the memory the model was trained with: the default of every call
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    weights_choice: dict | None = None  # which checkpoint entry and LoRA scale were used
+    prompt_check: object = None  # callable(prompt) raising UserError for prompts the model cannot read
+    example_prompt: str = "a benchmark prompt"  # one the model reads (benchmarks, smoke tests)
 
 
 def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
@@ -45,7 +64,7 @@ def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device,
     return dev, getattr(torch, name)
 
 
-def load_random(preset_name: str, seed: int = 0, device: str | None = None, dtype: str | None = None) -> Pipeline:
+def load_random(preset_name: str, seed: int = 0, device: str | None = None, dtype: str | None = None) -> Parts:
     """A randomly initialised model with the built-in hashed text encoder and the preview codec."""
     from contextforcing.codecs.preview import PreviewCodec
     from contextforcing.codecs.text import HashTextEncoder
@@ -56,7 +75,7 @@ def load_random(preset_name: str, seed: int = 0, device: str | None = None, dtyp
     model = build_model(preset.model, device=dev, dtype=dt, seed=seed)
     encoder = HashTextEncoder(preset.model.text_dim, preset.model.text_len)
     codec = PreviewCodec(preset.model.out_dim, preset.video.vae_stride_t, preset.video.vae_stride_hw)
-    return Pipeline(preset_name, preset, model, encoder, codec, dev, "random-init", make_spec(FIELD_MEMORY))
+    return Parts(preset_name, preset, model, encoder, codec, dev, "random-init", make_spec(FIELD_MEMORY))
 
 
 def embedded_config(path: Path | None = None) -> dict:
@@ -131,7 +150,7 @@ def embedded_codec(config: dict, config_path: Path, model_cfg: ModelConfig, pres
     return load_world_codec(path, device=device)
 
 
-def load_embedded(device: str | None = None, dtype: str | None = None, path: Path | None = None) -> Pipeline:
+def load_embedded(device: str | None = None, dtype: str | None = None, path: Path | None = None) -> Parts:
     """The embedded default: the shipped world student with the hashed text encoder and the codec it was
     trained with (the learned world codec, or the preview codec if it was trained on that)."""
     from contextforcing.codecs.text import HashTextEncoder
@@ -147,19 +166,19 @@ def load_embedded(device: str | None = None, dtype: str | None = None, path: Pat
     encoder = HashTextEncoder(model_cfg.text_dim, model_cfg.text_len)
     check_parts_fit(preset, encoder, codec)
     model = load_model(weights, model_cfg, device=dev, dtype=dt)  # stored fp32/fp16/bf16, cast to dt
-    return Pipeline(config["preset"], preset, model, encoder, codec, dev, f"embedded:{weights.name}",
+    return Parts(config["preset"], preset, model, encoder, codec, dev, f"embedded:{weights.name}",
                     embedded_memory(config), embedded_sampling(config), prompt_check=embedded_prompt_check(config),
                     example_prompt=config.get("example_prompt", "a benchmark prompt"))
 
 
 def load_wan(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoint_format: str | None = None,
                  use_ema: bool | None = None, lora: str | None = None, lora_alpha: float | None = None,
-                 num_heads: int | None = None, device: str | None = None, dtype: str | None = None) -> Pipeline:
+                 num_heads: int | None = None, device: str | None = None, dtype: str | None = None) -> Parts:
     """The DiT from `checkpoint` (or the base Wan weights in `wan_dir`), UMT5 and the Wan VAE from `wan_dir`.
 
     The text encoder is loaded on the CPU: `encode_prompts` moves it to the GPU only while it encodes, so
     during generation GPU memory holds the DiT, its cache and the VAE. Which weights were used is printed
-    (one line on stderr) and kept in `Pipeline.weights_choice`.
+    (one line on stderr) and kept in `Parts.weights_choice`.
     """
     from contextforcing.codecs.loading import load_text_encoder, load_vae
     from contextforcing.model.checkpoints import model_config, model_from_state, read_checkpoint
@@ -175,7 +194,7 @@ def load_wan(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoi
     print(loaded.choice.describe(), file=sys.stderr)
     preset = dataclasses.replace(preset, model=model_config(source, loaded.state, preset.model, num_heads))
     model = model_from_state(loaded.state, preset.model, dev, dt)
-    return Pipeline(preset_name, preset, model, encoder, codec, dev, str(source), make_spec(FIELD_MEMORY),
+    return Parts(preset_name, preset, model, encoder, codec, dev, str(source), make_spec(FIELD_MEMORY),
                     weights_choice=loaded.choice.to_dict())
 
 
@@ -191,7 +210,7 @@ def check_parts_fit(preset: Preset, encoder, codec) -> None:
 def load(preset: str, *, random_init: bool, wan_dir: str | None = None, checkpoint: str | None = None,
                   checkpoint_format: str | None = None, use_ema: bool | None = None, lora: str | None = None,
                   lora_alpha: float | None = None, num_heads: int | None = None, seed: int = 0,
-                  device: str | None = None, dtype: str | None = None) -> Pipeline:
+                  device: str | None = None, dtype: str | None = None) -> Parts:
     """Random init or real weights, never both (a silent choice between them would hide a typo)."""
     real = wan_dir is not None or checkpoint is not None
     check_weight_flags(real, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
@@ -228,7 +247,7 @@ def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | No
     return RANDOM_DEFAULT_PRESET if random_init else EMBEDDED_PRESET
 
 
-def encode_prompts(pipeline: Pipeline, prompts: list[str]) -> dict[str, torch.Tensor]:
+def encode_prompts(pipeline: Parts, prompts: list[str]) -> dict[str, torch.Tensor]:
     """All prompts up front, as the DiT's device/dtype; a big encoder visits the GPU only for this call."""
     encoder, model = pipeline.text_encoder, pipeline.model
     module = getattr(encoder, "model", None)

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from contextforcing.config import Preset, SamplingConfig, VideoConfig, from_dict
-from contextforcing.data.video import read_video
+from contextforcing import loading
+from contextforcing.config import SamplingConfig, VideoConfig, from_dict
+from contextforcing.data.video import read_video, save_video
 from contextforcing.errors import UserError
+from contextforcing.loading import Parts
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec, tier_params
 from contextforcing.sampling.stream import VideoStream, known_in_chunk
@@ -227,22 +229,14 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 
 
 @dataclass
-class Pipeline:
-    """A model ready to generate: its parts, and the memory and sampling it was trained with (defaults)."""
+class Pipeline(Parts):
+    """A model ready to generate: its `Parts`, and the memory and sampling it was trained with (defaults)."""
 
-    preset_name: str
-    preset: Preset
-    model: torch.nn.Module
-    text_encoder: object
-    codec: object
-    device: torch.device
-    weights: str  # where the weights came from
-    memory: MemorySpec  # the memory the model was trained with: the default of every call
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    weights_choice: dict | None = None  # which checkpoint entry and LoRA scale were used
-    prompt_check: object = None  # callable(prompt) raising UserError for prompts the model cannot read
-    example_prompt: str = "a benchmark prompt"  # one the model reads (benchmarks, smoke tests)
     _texts: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_parts(cls, parts: Parts) -> "Pipeline":
+        return cls(**{f.name: getattr(parts, f.name) for f in dataclasses.fields(Parts)})
 
     # -- sources -------------------------------------------------------------------------------------
     @classmethod
@@ -253,27 +247,23 @@ class Pipeline:
         """`source` None: the embedded world model (contextforcing/assets). Otherwise a local Wan2.1
         directory (UMT5, VAE and the base DiT), with `checkpoint` a distilled causal DiT in any format
         `model.checkpoints` reads (Self-Forcing, LongLive, Causal Forcing, Context Forcing)."""
-        from contextforcing import loading
-
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
         if source is None and checkpoint is None:
             if any(x is not None for x in (preset, use_ema, lora, lora_alpha, num_heads, checkpoint_format)):
                 raise UserError("the embedded model takes no weight options; give a Wan directory to use them")
-            return loading.load_embedded(device, dtype)
+            return cls.from_parts(loading.load_embedded(device, dtype))
         if source is None:
             raise UserError("a checkpoint needs the Wan2.1 directory too (for the UMT5 text encoder and the VAE)")
         loading.check_weight_flags(True, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
-        return loading.load_wan(str(source), checkpoint, preset or loading.REAL_DEFAULT_PRESET,
-                                checkpoint_format=checkpoint_format, use_ema=use_ema, lora=lora,
-                                lora_alpha=lora_alpha, num_heads=num_heads, device=device, dtype=dtype)
+        return cls.from_parts(loading.load_wan(str(source), checkpoint, preset or loading.REAL_DEFAULT_PRESET,
+                                               checkpoint_format=checkpoint_format, use_ema=use_ema, lora=lora,
+                                               lora_alpha=lora_alpha, num_heads=num_heads, device=device, dtype=dtype))
 
     @classmethod
     def random(cls, preset: str = "tiny", *, seed: int = 0, device: str | None = None,
                dtype: str | None = None) -> "Pipeline":
         """A randomly initialised model of `preset` (tests, benchmarks) with the weight-free parts."""
-        from contextforcing import loading
-
-        return loading.load_random(preset, seed, device, dtype)
+        return cls.from_parts(loading.load_random(preset, seed, device, dtype))
 
     # -- what a call uses ----------------------------------------------------------------------------
     def memory_for(self, memory: MemorySpec | str | dict | None = None) -> MemorySpec:
@@ -302,11 +292,9 @@ class Pipeline:
 
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Text embeddings per prompt, as the DiT's device and dtype (cached: a prompt is encoded once)."""
-        from contextforcing.loading import encode_prompts
-
         new = [p for p in dict.fromkeys(prompts) if p not in self._texts]
         if new:
-            self._texts.update(encode_prompts(self, new))
+            self._texts.update(loading.encode_prompts(self, new))
         return {p: self._texts[p] for p in prompts}
 
     def place(self, switches: Mapping[float, str] | Sequence[Prompt] | None, flush: bool = False) -> list[Prompt]:
@@ -355,8 +343,6 @@ class Pipeline:
 
     def save(self, video: Video, path: str | Path) -> Path:
         """Write `video` as an mp4 with its JSON sidecar beside it, as a pair and atomically (the CLI's writer)."""
-        from contextforcing.generation import save_video
-
         return save_video(path, video.frames, video.fps, video.record)
 
 

@@ -23,7 +23,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from contextforcing.config import SamplingConfig
-from contextforcing.loading import load_random
+from contextforcing.pipeline import Pipeline
 from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
 
@@ -72,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch._dynamo.config.recompile_limit = 10**6  # count every recompilation instead of falling back to eager
-    pipe = load_random(args.preset)
+    pipe = Pipeline.random(args.preset)
     text = pipe.text_encoder.encode(["a benchmark prompt"]).to(pipe.device)
     for view_mode in VIEW_MODES:
         run(pipe, text, args.memory, view_mode, args.chunks, args.backend)

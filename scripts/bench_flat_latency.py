@@ -16,7 +16,7 @@ import time
 import torch
 
 from contextforcing.config import SamplingConfig
-from contextforcing.loading import load_random
+from contextforcing.pipeline import Pipeline
 from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
 
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = load_random(args.preset)
+    pipe = Pipeline.random(args.preset)
     text = pipe.text_encoder.encode(["a benchmark prompt"]).to(pipe.device)
     max_frames = (args.late + args.chunks + 1) * pipe.preset.video.chunk_frames
     streams = [advanced_stream(pipe, text, args.memory, n, max_frames) for n in (args.early, args.late)]

@@ -21,7 +21,7 @@ import torch
 
 from contextforcing.bench import parse_windows
 from contextforcing.config import SamplingConfig
-from contextforcing.loading import load_random
+from contextforcing.pipeline import Pipeline
 from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
 
@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     windows = parse_windows(args.windows)
-    pipe = load_random(args.preset)
+    pipe = Pipeline.random(args.preset)
     text = pipe.text_encoder.encode(["a benchmark prompt"]).to(pipe.device)
     max_frames = args.chunks * pipe.preset.video.chunk_frames
     streams = {mode: stream_in_mode(pipe, text, args.memory, mode, max_frames) for mode in VIEW_MODES}

@@ -105,10 +105,11 @@ class Worker:
 
         from contextforcing.codecs.text import HashTextEncoder
         from contextforcing.codecs.world import load_world_codec
-        from contextforcing.loading import embedded_config, load_embedded as embedded_pipeline
+        from contextforcing.loading import embedded_config
+        from contextforcing.pipeline import Pipeline
 
         torch.set_num_threads(1)
-        self.pipeline = embedded_pipeline()
+        self.pipeline = Pipeline.from_pretrained()
         self.codec = load_world_codec()
         cfg = self.pipeline.preset.model
         self.encoder = HashTextEncoder(cfg.text_dim, cfg.text_len)

@@ -230,9 +230,9 @@ def evaluate(args, root: Path) -> dict:
     from contextforcing.eval.evaluate import load_frames
     from contextforcing.eval.world_metrics import world_metrics
     from contextforcing.generation import GenerationRequest, run_generation
-    from contextforcing.loading import load_embedded as embedded_pipeline
+    from contextforcing.pipeline import Pipeline
 
-    pipeline = embedded_pipeline(device="cpu")
+    pipeline = Pipeline.from_pretrained(device="cpu")
     out_dir = root / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []

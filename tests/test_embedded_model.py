@@ -13,7 +13,8 @@ from contextforcing.data.world.track import WorldSpec, simulate
 from contextforcing.eval.evaluate import load_frames
 from contextforcing.eval.world_metrics import world_metrics
 from contextforcing.generation import GenerationRequest, run_generation
-from contextforcing.loading import EMBEDDED_CONFIG, EMBEDDED_WEIGHTS, load_embedded, load_random
+from contextforcing.loading import EMBEDDED_CONFIG, EMBEDDED_WEIGHTS, load_embedded
+from contextforcing.pipeline import Pipeline
 
 PROMPT, SEED, SECONDS = "plain warm room, blackout occlusions, circle sprite", 3, 10.0
 # Palette fidelity: the fraction of pixels within RGB distance 40 of a colour of the prompt's palette (the
@@ -39,7 +40,7 @@ def test_shipped_files_exist_and_fit_the_budget():
 
 def test_embedded_model_generates_the_world_with_fidelity(tmp_path):
     torch.manual_seed(0)
-    pipeline = load_embedded(device="cpu")
+    pipeline = Pipeline.from_pretrained(device="cpu")
     assert pipeline.weights.startswith("embedded:") and pipeline.preset_name == "world"
     frames = _generate(pipeline, tmp_path / "v.mp4")
     track = simulate(WorldSpec(PROMPT, SEED, SECONDS))
@@ -51,8 +52,8 @@ def test_embedded_model_generates_the_world_with_fidelity(tmp_path):
 
 def test_random_weights_fail_the_same_threshold(tmp_path):
     """The threshold discriminates: a model of the same shape with random weights does not pass it."""
-    pipeline = load_embedded(device="cpu")
-    random = load_random("world", 0, "cpu")
+    pipeline = Pipeline.from_pretrained(device="cpu")
+    random = Pipeline.random("world", seed=0, device="cpu")
     random.codec, random.preset_name = pipeline.codec, "world"
     frames = _generate(random, tmp_path / "r.mp4")
     fidelity = world_metrics(frames, simulate(WorldSpec(PROMPT, SEED, SECONDS)))["fidelity"]

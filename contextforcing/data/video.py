@@ -9,7 +9,8 @@ import numpy as np
 
 from contextforcing import outputs
 from contextforcing.errors import UserError, first_line
-from contextforcing.outputs import StagedFile, check_writable, seal, temp_beside, write_error
+from contextforcing.outputs import (InterruptGuard, OutputLock, StagedFile, check_writable, json_text, publish_with,
+                                    seal, temp_beside, write_error)
 
 
 class VideoWriter:
@@ -133,3 +134,41 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     """Write JSON whole or not at all (`outputs.write_json_atomic`)."""
     outputs.write_json_atomic(path, obj)
+
+
+# -- a video and its JSON sidecar, as a pair ------------------------------------------------------------
+def sidecar_path(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def check_output(out: str) -> Path:
+    """The mp4 and the sidecar beside it can be created; checked before any work."""
+    path = check_writable(out)
+    if path.suffix.lower() != ".mp4":
+        raise UserError(f"--out {out} must end in .mp4 (its sidecar is written beside it as {path.stem}.json)")
+    check_writable(sidecar_path(path))
+    return path
+
+
+def publish_video(writer: VideoWriter, out: Path, sidecar: dict) -> bool:
+    """The finished mp4 and its sidecar into place as a pair; False when no frame was written (nothing kept)."""
+    video_file = writer.finish()
+    if video_file is None:
+        return False
+    publish_with(video_file, sidecar_path(out), lambda tmp: tmp.write_text(json_text(sidecar), encoding="utf-8"))
+    return True
+
+
+def save_video(path: str | Path, frames: np.ndarray, fps: int, record: dict) -> Path:
+    """Frames and their sidecar into place as a pair (`Pipeline.save`), with the CLI's lock and guards."""
+    out = check_output(str(path))
+    with OutputLock(out.with_name(f".{out.name}.lock"), f"output {out}", remove=True), InterruptGuard():
+        writer = VideoWriter(out, fps=fps)
+        try:
+            writer.write(frames)
+            if not publish_video(writer, out, record):
+                raise UserError(f"no frames to write to {out}")
+        except BaseException:
+            writer.discard()
+            raise
+    return out

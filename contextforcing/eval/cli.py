@@ -88,7 +88,7 @@ def panorama_line(m: dict) -> str:
 
 
 def run_eval(args) -> int:
-    from contextforcing.data.world.annotations import load_any_annotations
+    from contextforcing.data.world.reading import load_any_annotations
     from contextforcing.eval import generic
     from contextforcing.eval.evaluate import evaluate_video, load_frames
     from contextforcing.eval.features import load_extractor

@@ -96,7 +96,7 @@ def track_from_json(data: dict, where: str = "annotations") -> WorldTrack:
     return track
 
 
-def _read_json(path: Path) -> dict:
+def read_annotation_json(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"world annotations {path} do not exist")
     try:
@@ -107,18 +107,4 @@ def _read_json(path: Path) -> dict:
 
 def load_annotations(path: str | os.PathLike) -> WorldTrack:
     path = Path(path)
-    return track_from_json(_read_json(path), where=str(path))
-
-
-def load_any_annotations(path: str | os.PathLike):
-    """A `WorldTrack` (occlusion world) or a `PanoramaTrack`, whichever world wrote the file."""
-    from contextforcing.data.world.panorama.annotations import FORMAT as PANORAMA_FORMAT
-    from contextforcing.data.world.panorama.annotations import track_from_json as panorama_from_json
-
-    path = Path(path)
-    data = _read_json(path)
-    if isinstance(data, dict) and data.get("format") == PANORAMA_FORMAT:
-        return panorama_from_json(data, where=str(path))
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"{path} is not a world annotation file (expected format {FORMAT!r} or {PANORAMA_FORMAT!r})")
-    return track_from_json(data, where=str(path))
+    return track_from_json(read_annotation_json(path), where=str(path))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
-from contextforcing.config import SamplingConfig, VideoConfig, from_dict, get_preset
+from contextforcing.config import SamplingConfig, VideoConfig, get_preset
 from contextforcing.errors import UserError
 from contextforcing.memory.plan import ChunkPlan
 from contextforcing.memory.policies import MemorySpec, make_policy, make_spec, tier_params

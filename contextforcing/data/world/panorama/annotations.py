@@ -10,6 +10,7 @@ silently misread.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -91,9 +92,9 @@ def track_from_json(data: dict, where: str = "annotations") -> PanoramaTrack:
 
 
 def load_panorama_annotations(path: str | os.PathLike) -> PanoramaTrack:
-    from contextforcing.data.world.annotations import load_any_annotations
+    from contextforcing.data.world.annotations import read_annotation_json
 
-    track = load_any_annotations(path)
-    if not isinstance(track, PanoramaTrack):
-        raise UserError(f"{path} annotates an occlusion-world video, not a panorama one")
-    return track
+    data = read_annotation_json(Path(path))
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{path} is not a panorama annotation file (expected format {FORMAT!r})")
+    return track_from_json(data, where=str(path))
