@@ -173,6 +173,16 @@ def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
     }
 
 
+def switched_at(chunk: DecodedChunk, generation: Generation) -> dict | None:
+    """The prompt switch that took effect at `chunk`, with the frames it re-encoded (None: no switch there)."""
+    prompt = next((p for p in generation.prompts[1:] if p.chunk == chunk.index), None)
+    if prompt is None:
+        return None
+    event = next((e for e in reversed(generation.stream.events)
+                  if e.get("event") == "switch" and e.get("frame") == chunk.start), {})
+    return {"prompt": prompt.text, "flush": prompt.flush, "recached": list(event.get("recached", []))}
+
+
 class StreamHub:
     """What every tab shares: the pipeline, the worker threads, the stream slots and the open sessions."""
 
@@ -314,13 +324,18 @@ class StreamSession:
         self._wake.set()
 
     def close(self) -> None:
-        """The tab is gone: stop at once (a chunk in progress finishes in its thread, unseen) and free it all."""
+        """The tab is gone: stop at once (a chunk in progress finishes in its thread, unseen) and free it all.
+
+        The references to the stream's state are dropped here, not left to the garbage collector: the cancelled
+        task's traceback holds this session in a reference cycle that only a full collection would free."""
         self.closed = True
         if self.task is not None:
             self.task.cancel()
         if self.generation is not None:
             self.generation.close()
         self._free_spool()
+        with self._lock:
+            self.generation, self.store, self.chunks, self.spool = None, None, [], None
 
     def _free_spool(self) -> None:
         with self._lock:
@@ -340,7 +355,7 @@ class StreamSession:
 
     # -- the stream ------------------------------------------------------------------------------------
     async def _run(self) -> None:
-        reason = "finished"
+        generation, reason = self.generation, "finished"
         limit = self.hub.limits.max_seconds * self.hub.pipe.preset.video.fps
         try:
             while True:
@@ -351,14 +366,16 @@ class StreamSession:
                 if self._frames_sent >= limit:
                     reason = "limit"
                     break
-                await self._apply_switches()
-                payload = await asyncio.get_running_loop().run_in_executor(self.hub.executor, self._next_chunk)
+                await self._apply_switches(generation)
+                payload = await asyncio.get_running_loop().run_in_executor(
+                    self.hub.executor, self._next_chunk, generation, self.store)
                 if payload is None:
                     break
                 await self._deliver(self._send_bytes, payload)
         except asyncio.CancelledError:
+            # Only `close()` cancels: the tab is gone. Not re-raised, so that no exception keeps this frame (and
+            # the stream it references) alive in a reference cycle until the next full garbage collection.
             reason = "closed"
-            raise
         except UserError as err:
             reason = "error"
             await self.send({"type": "error", "message": str(err)})
@@ -367,7 +384,7 @@ class StreamSession:
             log.exception("stream %s failed", self.id)
             await self.send({"type": "error", "message": f"internal error: {first_line(err)}"})
         finally:
-            self.generation.close()
+            generation.close()
             self.hub.release()
             if reason != "closed":
                 await self.send({"type": "ended", "reason": reason, "frames": self._frames_sent})
@@ -379,51 +396,42 @@ class StreamSession:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _apply_switches(self) -> None:
+    async def _apply_switches(self, generation: Generation) -> None:
         while self._switches:
             prompt, flush = self._switches.pop(0)
             try:
-                chunk = self.generation.switch(prompt, flush)
+                chunk = generation.switch(prompt, flush)
             except UserError as err:
                 await self.send({"type": "error", "message": str(err)})
                 continue
             await self.send({"type": "switch", "prompt": prompt, "flush": flush, "chunk": chunk})
 
-    def _next_chunk(self) -> bytes | None:
+    def _next_chunk(self, generation: Generation, store: ThumbnailStore) -> bytes | None:
         """In the worker thread: the next chunk, kept (spool, sidecar, thumbnails) and packed for the page."""
-        chunk = next(self.generation, None)
+        chunk = next(generation, None)
         with self._lock:
             if chunk is None or self.closed:
                 return None
             self.spool.append(chunk.frames)
             self.chunks.append(slim(chunk))
-        new, dropped = self.store.add(chunk)
-        header = self._header(chunk)
+        new, dropped = store.add(chunk)
+        header = self._header(chunk, generation, store)
         header.update(thumbs={str(t.frame): t.png for t in new}, drop=dropped)
         self._frames_sent += len(chunk.frames)
         return pack_chunk(header, chunk.frames)
 
-    def _header(self, chunk: DecodedChunk) -> dict:
+    def _header(self, chunk: DecodedChunk, generation: Generation, store: ThumbnailStore) -> dict:
         video = self.hub.pipe.preset.video
         n, height, width = chunk.frames.shape[:3]
         compute = chunk.seconds + chunk.decode_seconds
         return {
             "type": "chunk", "index": chunk.index, "start": chunk.start, "latent_frames": chunk.plan.frames,
             "first_frame": chunk.first_frame, "count": n, "height": height, "width": width,
-            "prompt": chunk.prompt, "switched": self._switched_at(chunk),
+            "prompt": chunk.prompt, "switched": switched_at(chunk, generation),
             "seconds": chunk.seconds, "decode_seconds": chunk.decode_seconds,
             "video_seconds": n / video.fps, "rtf": (n / video.fps) / compute if compute > 0 else None,
-            "memory": chunk_view(chunk, self.store, video),
+            "memory": chunk_view(chunk, store, video),
         }
-
-    def _switched_at(self, chunk: DecodedChunk) -> dict | None:
-        """The prompt switch that took effect at this chunk, with the frames it re-encoded (None: no switch)."""
-        prompt = next((p for p in self.generation.prompts[1:] if p.chunk == chunk.index), None)
-        if prompt is None:
-            return None
-        event = next((e for e in reversed(self.generation.stream.events)
-                      if e.get("event") == "switch" and e.get("frame") == chunk.start), {})
-        return {"prompt": prompt.text, "flush": prompt.flush, "recached": list(event.get("recached", []))}
 
     # -- download ------------------------------------------------------------------------------------------
     def snapshot(self) -> tuple[np.ndarray, dict]:

@@ -2,9 +2,11 @@
 and plans, exactly), switches land at the next chunk boundary, the server paces itself by what was played,
 bad input is one line and changes nothing, the stream limit, closing a tab, and Download."""
 
+import gc
 import json
 import urllib.error
 import urllib.request
+import weakref
 
 import numpy as np
 import pytest
@@ -127,6 +129,20 @@ def test_a_tab_beyond_the_limit_is_told_busy_and_a_closed_tab_frees_its_stream(p
         for tab in tabs:
             tab.close()
     wait_until(lambda: server.hub.status() == {"streams": 0, "sessions": 0, "max_streams": 2}, 1.0, "tabs left behind")
+
+
+def test_a_closed_tabs_stream_is_freed_at_once_not_by_the_garbage_collector(pipe, server):
+    tab = PageClient(server)
+    tab.send(type="start", prompt=pipe.example_prompt, seed=9)
+    started(tab)
+    tab.chunks(2)
+    generation = weakref.ref(server.hub.sessions[tab.session].generation)
+    gc.disable()  # a reference cycle would keep the stream (its memory, its frames) until a full collection
+    try:
+        tab.close()
+        wait_until(lambda: generation() is None, 5.0, "the closed tab's generation is still alive")
+    finally:
+        gc.enable()
 
 
 def test_stop_ends_the_stream_and_download_is_the_stream_so_far(pipe, server, client):
