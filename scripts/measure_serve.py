@@ -22,13 +22,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serve"))
-from serve_harness import CHROME_FLAGS, chromium_paths, wait_until  # noqa: E402  (one set of browser flags)
+from serve_harness import chromium_paths, js, start_chromium, type_prompt, wait_until  # noqa: E402
 
 
 def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
@@ -42,36 +41,15 @@ def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 def open_browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     paths = chromium_paths()
     if paths is None:
         raise SystemExit("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="cf-measure-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.binary_location = paths[0]
-    return webdriver.Chrome(options=options, service=Service(paths[1])), profile
-
-
-def js(driver, expression: str):
-    return driver.execute_script(f"return {expression}")
+    return start_chromium(paths)
 
 
 def load(driver, url: str) -> None:
     driver.get(url)
     wait_until(lambda: js(driver, "window.cf && cf.info !== null && cf.session !== null"), 30, "the page did not load")
-
-
-def type_prompt(driver, prompt: str) -> None:
-    from selenium.webdriver.common.keys import Keys
-
-    box = driver.find_element("id", "prompt")
-    box.clear()
-    box.send_keys(prompt, Keys.ENTER)
 
 
 def status(url: str) -> dict:

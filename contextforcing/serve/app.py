@@ -25,7 +25,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from contextforcing.errors import UserError
 from contextforcing.pipeline import Pipeline
-from contextforcing.serve.session import ServeLimits, StreamHub, StreamSession, page_info
+from contextforcing.serve.session import ServeLimits, StreamHub, page_info
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 

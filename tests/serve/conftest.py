@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 
 import pytest
 
 pytest.importorskip("uvicorn", reason="the [serve] extra is not installed: pip install -e '.[serve]'")
 
-from serve_harness import CHROME_FLAGS, PageClient, ServerThread, chromium_paths  # noqa: E402
+from serve_harness import PageClient, ServerThread, chromium_paths, start_chromium  # noqa: E402
 
 from contextforcing.pipeline import Pipeline  # noqa: E402
 from contextforcing.serve.session import ServeLimits  # noqa: E402
@@ -36,19 +35,11 @@ def client(server):
 
 @pytest.fixture(scope="package")
 def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the [test] extra)")
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the [test] extra)")
     paths = chromium_paths()
     if paths is None:
         pytest.skip("headless Chromium is not installed: apt-get install -y chromium chromium-driver (.ci/run does)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="cf-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.binary_location = paths[0]
-    driver = webdriver.Chrome(options=options, service=Service(paths[1]))
+    driver, profile = start_chromium(paths)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -59,6 +60,33 @@ def chromium_paths() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     return (browser, driver) if browser and driver else None
+
+
+def start_chromium(paths: tuple[str, str]):
+    """Headless Chromium driven by selenium, with a fresh profile; returns (driver, profile directory)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="cf-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    options.binary_location = paths[0]
+    return webdriver.Chrome(options=options, service=Service(paths[1])), profile
+
+
+def js(driver, expression: str):
+    return driver.execute_script(f"return {expression}")
+
+
+def type_prompt(driver, prompt: str) -> None:
+    """Type into the page's prompt box and press Enter (Start, or a switch while streaming)."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element("id", "prompt")
+    box.clear()
+    box.send_keys(prompt, Keys.ENTER)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_harness import plan_tuples, reference, second_prompt, wait_until
+from serve_harness import js, plan_tuples, reference, second_prompt, type_prompt, wait_until
 
 from contextforcing.pipeline import Prompt
 
@@ -49,23 +49,11 @@ def page(browser, server):
     wait_until(lambda: server.hub.status()["sessions"] == 0, 5, "a tab's session outlived it")
 
 
-def js(driver, expression: str):
-    return driver.execute_script(f"return {expression}")
-
-
 def start(driver, prompt: str, seed: int, options: dict | None = None) -> None:
     driver.execute_script("document.getElementById('seed').value = arguments[0];", str(seed))
     for key, value in (options or {}).items():
         driver.execute_script("document.getElementById('opt-' + arguments[0]).value = arguments[1];", key, str(value))
     type_prompt(driver, prompt)
-
-
-def type_prompt(driver, prompt: str) -> None:
-    from selenium.webdriver.common.keys import Keys
-
-    box = driver.find_element("id", "prompt")
-    box.clear()
-    box.send_keys(prompt, Keys.ENTER)
 
 
 def shown_frame(driver) -> tuple[int, np.ndarray]:
