@@ -17,10 +17,12 @@ _PLUGGED_COMMANDS = (
     "contextforcing.data.world.cli",
     "contextforcing.eval.cli",
     "contextforcing.training.cli",
+    "contextforcing.serve.cli",
 )
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def add_weight_args(p: argparse.ArgumentParser) -> None:
+    """The flags that choose the model and where it runs (generate, bench, serve)."""
     from contextforcing.model.checkpoints_cli import add_lora_alpha_arg, add_weight_choice_args
 
     p.add_argument("--preset", default=None,
@@ -36,12 +38,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     add_lora_alpha_arg(p)
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads of the --checkpoint/--wan-dir DiT (default: the preset's)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    add_weight_args(p)
     p.add_argument("--seconds", type=float, required=True, help="video length; Wan counts 4 latent frames per second")
     p.add_argument("--memory", default="slow_fast", help="full, rolling, sink, relative, ema_sink or slow_fast")
     p.add_argument("--memory-opt", action="append", metavar="KEY=VALUE", help="memory policy option, repeatable")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
 
 
 def _generate(args) -> int:

@@ -1,0 +1,95 @@
+"""`contextforcing serve`: the live viewer's command (flags checked, port bound and model loaded before the
+server starts, so each failure is one line and exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+from contextforcing.errors import UserError, first_line
+
+EXTRA_HINT = "pip install 'contextforcing[serve]'"
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    from contextforcing.cli import add_weight_args
+
+    p = subparsers.add_parser(
+        "serve", help="a live, interactive stream in the browser, with the memory made visible",
+        description="Serve a page that streams the model live: type a prompt, Start, switch prompts with Enter, and "
+                    "watch which frames each chunk attends (sink / slow / fast). With no weight flags: the "
+                    "embedded world model.")
+    add_weight_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port; default 7860)")
+    p.add_argument("--max-streams", type=int, default=2,
+                   help="streams generating at once; a tab beyond them is told the server is busy (default 2)")
+    p.add_argument("--max-seconds", type=float, default=600.0,
+                   help="longest stream in video seconds; its frames are kept on disk for Download mp4 (default 600)")
+    p.add_argument("--lead-chunks", type=int, default=2,
+                   help="chunks generated ahead of what the page has played (default 2): fewer = a prompt switch "
+                        "shows sooner, more = fewer stalls when a chunk is slow")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from contextforcing.serve.session import ServeLimits
+
+    limits = ServeLimits(args.max_streams, args.max_seconds, args.lead_chunks).check()
+    uvicorn = require_extra()
+    sock = bind(args.host, args.port)
+    try:
+        pipe = load_pipeline(args)
+        from contextforcing.serve.app import build_app
+
+        app = build_app(pipe, limits)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"contextforcing: serving {pipe.weights} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=2)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def require_extra():
+    """The web libraries of the `[serve]` extra, or a one-line error naming it."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+        import websockets  # noqa: F401  (uvicorn's WebSocket protocol)
+    except ImportError as err:
+        raise UserError(f"serve needs the [serve] extra ({err.name or first_line(err)} is missing): {EXTRA_HINT}") from None
+    return uvicorn
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a one-line error (bad address, port taken, no permission)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be in 0..65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise UserError(f"--host {host!r} is not an address this machine can listen on ({first_line(err)})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or first_line(err)}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def load_pipeline(args):
+    from contextforcing import loading
+
+    preset = loading.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
+    return loading.load(preset, random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
+                        checkpoint_format=args.checkpoint_format, use_ema=args.use_ema, lora=args.lora,
+                        lora_alpha=args.lora_alpha, num_heads=args.num_heads, device=args.device, dtype=args.dtype)

@@ -1,0 +1,457 @@
+"""One browser tab's stream: a `Generation` of the Python API driven chunk by chunk in a worker thread.
+
+The tab talks over one WebSocket (see `app.py`): JSON messages in (start, switch, stop, played), JSON and
+one binary message per chunk out. The binary message is a little-endian uint32 header length, the header
+(JSON: the chunk, its timings, its memory-panel row, new thumbnails) and the chunk's uint8 RGB frames.
+
+Pacing: the page plays at the video's frame rate and reports how many frames it has shown; the next chunk
+is generated only while fewer than `lead_chunks` chunks are waiting to be played, so a prompt switch is
+seen within about that many chunks, and Pause (the page stops playing) stops the work soon after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import mmap
+import secrets
+import struct
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import numpy as np
+import torch
+
+from contextforcing.errors import UserError, first_line
+from contextforcing.memory.policies import _CHOICES, POLICY_OPTIONS, make_spec
+from contextforcing.pipeline import DecodedChunk, Generation, Pipeline
+from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chunk_view
+
+log = logging.getLogger("contextforcing.serve")
+
+RECACHE_MODES = ("window", "longlive")
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one server allows; set by `contextforcing serve`'s flags."""
+
+    max_streams: int = 2  # streams generating at once (a tab beyond them is told the server is busy)
+    max_seconds: float = 600.0  # longest stream; its frames are kept (on disk) for Download mp4
+    lead_chunks: int = 2  # chunks generated ahead of playback
+    panel_rows: int = 6  # memory-panel rows a page shows (and whose thumbnails are kept)
+
+    def check(self) -> "ServeLimits":
+        if self.max_streams < 1:
+            raise UserError(f"--max-streams must be at least 1, got {self.max_streams}")
+        if not 0 < self.max_seconds < math.inf:
+            raise UserError(f"--max-seconds must be positive and finite, got {self.max_seconds}")
+        if self.lead_chunks < 1:
+            raise UserError(f"--lead-chunks must be at least 1, got {self.lead_chunks}")
+        return self
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """A page's Start: what to stream (the page's JSON, checked here)."""
+
+    prompt: str
+    seed: int = 0
+    seconds: float | None = None  # None: until Stop (or the server's --max-seconds)
+    memory: dict | None = None  # {"policy": name, option: value, ...}; None: the model's trained memory
+    recache: str = "window"
+    flush: bool = False  # flush sink and slow memory on prompt switches (the page's keep / flush)
+
+    @classmethod
+    def from_json(cls, data: dict, limits: ServeLimits) -> "StartRequest":
+        prompt = data.get("prompt")
+        if not isinstance(prompt, str):
+            raise UserError("the prompt must be text")
+        seed = _integer(data.get("seed", 0), "seed")
+        if not 0 <= seed < 2**64:
+            raise UserError(f"seed must be in [0, 2**64), got {seed}")
+        seconds = data.get("seconds")
+        if seconds in (None, ""):
+            seconds = None
+        else:
+            seconds = _number(seconds, "seconds")
+            if not 0 < seconds <= limits.max_seconds:
+                raise UserError(f"seconds must be in (0, {limits.max_seconds:g}] (the server's --max-seconds), "
+                                f"got {seconds:g}")
+        memory = data.get("memory")
+        if memory is not None and not isinstance(memory, dict):
+            raise UserError("memory must be a policy and its options")
+        recache = data.get("recache", "window")
+        if recache not in RECACHE_MODES:
+            raise UserError(f"recache must be one of {', '.join(RECACHE_MODES)}, got {recache!r}")
+        return cls(prompt, seed, seconds, memory, recache, bool(data.get("flush", False)))
+
+
+def _number(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _integer(value, what: str) -> int:
+    number = _number(value, what)
+    if number != int(number):
+        raise UserError(f"{what} must be a whole number, got {value!r}")
+    return int(number)
+
+
+class FrameSpool:
+    """The stream's frames so far, in an unnamed temporary file (for Download mp4): the server's memory stays
+    flat however long a stream runs. Appended by the stream's worker thread, read through `mmap` (no shared
+    file position) by a download."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile(prefix="contextforcing-serve-")
+        self.count = 0
+        self.shape: tuple[int, ...] | None = None
+
+    def append(self, frames: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = frames.shape[1:]
+        if frames.shape[1:] != self.shape or frames.dtype != np.uint8:
+            raise ValueError(f"frames {frames.dtype} {frames.shape[1:]} after {self.shape}")
+        self.file.write(np.ascontiguousarray(frames).tobytes())
+        self.file.flush()
+        self.count += len(frames)
+
+    def frames(self, count: int) -> np.ndarray:
+        """The first `count` frames, read-only, mapped from the file (not copied into memory)."""
+        if count == 0:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        size = count * math.prod(self.shape)
+        view = mmap.mmap(self.file.fileno(), size, access=mmap.ACCESS_READ)
+        return np.frombuffer(view, np.uint8).reshape(count, *self.shape)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def slim(chunk: DecodedChunk) -> DecodedChunk:
+    """A chunk without its pixels and latents: what `Generation.record` reads (frame count, plan, timings)."""
+    return dataclasses.replace(chunk, frames=np.empty((len(chunk.frames), 0, 0, 3), np.uint8),
+                               latents=torch.empty(0))
+
+
+def pack_chunk(header: dict, frames: np.ndarray) -> bytes:
+    """One chunk as the page reads it: uint32 LE header length, JSON header, raw uint8 RGB frames."""
+    head = json.dumps(header).encode()
+    return struct.pack("<I", len(head)) + head + np.ascontiguousarray(frames).tobytes()
+
+
+def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
+    """What the page needs before Start: the model, the video's rates, an example prompt, every memory
+    policy with its options (the trained memory's values for its own policy) and the choices of each."""
+    video = pipe.preset.video
+    trained = pipe.memory.to_dict()
+    policies = {}
+    for name in POLICY_OPTIONS:
+        options = trained if name == trained["policy"] else make_spec(name).to_dict()
+        policies[name] = {k: v for k, v in options.items() if k != "policy"}
+    return {
+        "model": pipe.weights, "preset": pipe.preset_name, "example_prompt": pipe.example_prompt,
+        "fps": video.fps, "chunk_frames": video.chunk_frames, "stride_t": video.vae_stride_t,
+        "height": video.latent_height * video.vae_stride_hw, "width": video.latent_width * video.vae_stride_hw,
+        "trained_memory": trained, "policies": policies, "choices": {k: list(v) for k, v in _CHOICES.items()},
+        "recache": list(RECACHE_MODES), "max_streams": limits.max_streams, "max_seconds": limits.max_seconds,
+        "panel_rows": limits.panel_rows,
+    }
+
+
+def switched_at(chunk: DecodedChunk, generation: Generation) -> dict | None:
+    """The prompt switch that took effect at `chunk`, with the frames it re-encoded (None: no switch there)."""
+    prompt = next((p for p in generation.prompts[1:] if p.chunk == chunk.index), None)
+    if prompt is None:
+        return None
+    event = next((e for e in reversed(generation.stream.events)
+                  if e.get("event") == "switch" and e.get("frame") == chunk.start), {})
+    return {"prompt": prompt.text, "flush": prompt.flush, "recached": list(event.get("recached", []))}
+
+
+class StreamHub:
+    """What every tab shares: the pipeline, the worker threads, the stream slots and the open sessions."""
+
+    def __init__(self, pipe: Pipeline, limits: ServeLimits):
+        self.pipe, self.limits = pipe, limits.check()
+        # One more worker than streams: a closed tab's last chunk may still be finishing when a new stream starts.
+        self.executor = ThreadPoolExecutor(max_workers=limits.max_streams + 1, thread_name_prefix="cf-stream")
+        self.sessions: dict[str, "StreamSession"] = {}
+        self.streams = 0
+
+    def open(self, send_json: Callable[[dict], Awaitable], send_bytes: Callable[[bytes], Awaitable]) -> "StreamSession":
+        session = StreamSession(self, send_json, send_bytes)
+        self.sessions[session.id] = session
+        return session
+
+    def close(self, session: "StreamSession") -> None:
+        session.close()
+        self.sessions.pop(session.id, None)
+
+    def acquire(self) -> bool:
+        if self.streams >= self.limits.max_streams:
+            return False
+        self.streams += 1
+        return True
+
+    def release(self) -> None:
+        self.streams -= 1
+
+    def status(self) -> dict:
+        return {"streams": self.streams, "sessions": len(self.sessions), "max_streams": self.limits.max_streams}
+
+    def shutdown(self) -> None:
+        for session in list(self.sessions.values()):
+            self.close(session)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class StreamSession:
+    """One tab: at most one running stream at a time, its frames so far (for Download) and its thumbnails."""
+
+    def __init__(self, hub: StreamHub, send_json: Callable[[dict], Awaitable], send_bytes: Callable[[bytes], Awaitable]):
+        self.id = secrets.token_urlsafe(12)
+        self.hub, self._send_json, self._send_bytes = hub, send_json, send_bytes
+        self.generation: Generation | None = None
+        self.task: asyncio.Task | None = None
+        self.spool: FrameSpool | None = None
+        self.chunks: list[DecodedChunk] = []  # slim: plans and timings, for the sidecar
+        self.store: ThumbnailStore | None = None
+        self._lock = threading.Lock()  # the worker appends what a download snapshots, and a close frees
+        self._switches: list[tuple[str, bool]] = []
+        self._played = 0
+        self._frames_sent = 0
+        self._wake = asyncio.Event()
+        self._stop = False
+        self.closed = False
+
+    # -- messages from the page ------------------------------------------------------------------------
+    async def receive(self, text: str) -> None:
+        """One message from the page; bad input is answered with a one-line error, never raised."""
+        try:
+            message = json.loads(text)
+            if not isinstance(message, dict):
+                raise UserError("a message must be a JSON object")
+            await self._dispatch(message)
+        except UserError as err:
+            await self.send({"type": "error", "message": str(err)})
+        except ValueError as err:
+            await self.send({"type": "error", "message": f"unreadable message: {first_line(err)}"})
+        except Exception as err:  # a bug: logged with its traceback; the page and the server go on
+            log.exception("message %.80r failed", text)
+            await self.send({"type": "error", "message": f"internal error: {first_line(err)}"})
+
+    async def _dispatch(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "start":
+            await self.start(StartRequest.from_json(message, self.hub.limits))
+        elif kind == "switch":
+            self.switch(message.get("prompt"), bool(message.get("flush", False)))
+            await self.send({"type": "switch_queued", "prompt": message["prompt"].strip()})
+        elif kind == "stop":
+            self.stop()
+        elif kind == "played":
+            self._played = max(self._played, _integer(message.get("frames", 0), "played frames"))
+            self._wake.set()
+        else:
+            raise UserError(f"unknown message type {kind!r}")
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    async def start(self, request: StartRequest) -> None:
+        if self.running:
+            raise UserError("a stream is already running in this tab: Stop it first")
+        pipe = self.hub.pipe
+        pipe.check_prompt(request.prompt)
+        memory = pipe.memory_for(request.memory)  # impossible options fail here, before a slot is taken
+        if not self.hub.acquire():
+            await self.send({"type": "busy", "message": f"busy: {self.hub.limits.max_streams} stream(s) already "
+                                                        f"running (the server's --max-streams); try again when one ends"})
+            return
+        try:
+            generation = await asyncio.get_running_loop().run_in_executor(
+                self.hub.executor, lambda: pipe.stream(request.prompt, request.seconds, seed=request.seed,
+                                                       memory=memory, flush_on_switch=request.flush,
+                                                       recache=request.recache))
+        except BaseException:
+            self.hub.release()
+            raise
+        if self.closed:  # the tab went away while the stream was being set up
+            self.hub.release()
+            return
+        self._reset(generation)
+        video = pipe.preset.video
+        rule = SurprisalRule.of(memory, video.chunk_frames)
+        await self.send({"type": "started", "session": self.id, "prompt": generation.prompt, "seed": request.seed,
+                         "memory": memory.to_dict(), "tau": None if rule is None else rule.tau,
+                         "flush": request.flush, "recache": request.recache, "fps": video.fps})
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def _reset(self, generation: Generation) -> None:
+        self._free_spool()
+        self.generation = generation
+        self.spool = FrameSpool()
+        self.chunks = []
+        self.store = ThumbnailStore(self.hub.pipe.preset.video.vae_stride_t, self.hub.limits.panel_rows)
+        self._switches, self._played, self._frames_sent, self._stop = [], 0, 0, False
+
+    def switch(self, prompt, flush: bool) -> None:
+        """Queue a prompt switch; it takes effect at the next chunk boundary."""
+        if not self.running:
+            raise UserError("no stream is running: press Start")
+        self.hub.pipe.check_prompt(prompt)
+        self._switches.append((prompt.strip(), flush))
+
+    def stop(self) -> None:
+        """End the stream after the chunk in progress; its frames stay for Download."""
+        self._stop = True
+        self._wake.set()
+
+    def close(self) -> None:
+        """The tab is gone: stop at once (a chunk in progress finishes in its thread, unseen) and free it all.
+
+        The references to the stream's state are dropped here, not left to the garbage collector: the cancelled
+        task's traceback holds this session in a reference cycle that only a full collection would free."""
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+        if self.generation is not None:
+            self.generation.close()
+        self._free_spool()
+        with self._lock:
+            self.generation, self.store, self.chunks, self.spool = None, None, [], None
+
+    def _free_spool(self) -> None:
+        with self._lock:
+            if self.spool is not None:
+                self.spool.close()
+
+    async def send(self, message: dict) -> None:
+        await self._deliver(self._send_json, message)
+
+    async def _deliver(self, send, payload) -> None:
+        if self.closed:
+            return
+        try:
+            await send(payload)
+        except Exception as err:  # the socket went away between our check and the send
+            log.debug("send failed: %s", first_line(err))
+
+    # -- the stream ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        generation, reason = self.generation, "finished"
+        limit = self.hub.limits.max_seconds * self.hub.pipe.preset.video.fps
+        try:
+            while True:
+                await self._room_for_next_chunk()
+                if self._stop:
+                    reason = "stopped"
+                    break
+                if self._frames_sent >= limit:
+                    reason = "limit"
+                    break
+                await self._apply_switches(generation)
+                payload = await asyncio.get_running_loop().run_in_executor(
+                    self.hub.executor, self._next_chunk, generation, self.store)
+                if payload is None:
+                    break
+                await self._deliver(self._send_bytes, payload)
+        except asyncio.CancelledError:
+            # Only `close()` cancels: the tab is gone. Not re-raised, so that no exception keeps this frame (and
+            # the stream it references) alive in a reference cycle until the next full garbage collection.
+            reason = "closed"
+        except UserError as err:
+            reason = "error"
+            await self.send({"type": "error", "message": str(err)})
+        except Exception as err:  # a bug: logged with its traceback; the page and the server go on
+            reason = "error"
+            log.exception("stream %s failed", self.id)
+            await self.send({"type": "error", "message": f"internal error: {first_line(err)}"})
+        finally:
+            generation.close()
+            self.hub.release()
+            if reason != "closed":
+                await self.send({"type": "ended", "reason": reason, "frames": self._frames_sent})
+
+    async def _room_for_next_chunk(self) -> None:
+        video = self.hub.pipe.preset.video
+        lead = self.hub.limits.lead_chunks * video.chunk_frames * video.vae_stride_t
+        while not self._stop and self._frames_sent - self._played >= lead:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _apply_switches(self, generation: Generation) -> None:
+        while self._switches:
+            prompt, flush = self._switches.pop(0)
+            try:
+                chunk = generation.switch(prompt, flush)
+            except UserError as err:
+                await self.send({"type": "error", "message": str(err)})
+                continue
+            await self.send({"type": "switch", "prompt": prompt, "flush": flush, "chunk": chunk})
+
+    def _next_chunk(self, generation: Generation, store: ThumbnailStore) -> bytes | None:
+        """In the worker thread: the next chunk, kept (spool, sidecar, thumbnails) and packed for the page."""
+        chunk = next(generation, None)
+        with self._lock:
+            if chunk is None or self.closed:
+                return None
+            self.spool.append(chunk.frames)
+            self.chunks.append(slim(chunk))
+        new, dropped = store.add(chunk)
+        header = self._header(chunk, generation, store)
+        header.update(thumbs={str(t.frame): t.png for t in new}, drop=dropped)
+        self._frames_sent += len(chunk.frames)
+        return pack_chunk(header, chunk.frames)
+
+    def _header(self, chunk: DecodedChunk, generation: Generation, store: ThumbnailStore) -> dict:
+        video = self.hub.pipe.preset.video
+        n, height, width = chunk.frames.shape[:3]
+        compute = chunk.seconds + chunk.decode_seconds
+        return {
+            "type": "chunk", "index": chunk.index, "start": chunk.start, "latent_frames": chunk.plan.frames,
+            "first_frame": chunk.first_frame, "count": n, "height": height, "width": width,
+            "prompt": chunk.prompt, "switched": switched_at(chunk, generation),
+            "seconds": chunk.seconds, "decode_seconds": chunk.decode_seconds,
+            "video_seconds": n / video.fps, "rtf": (n / video.fps) / compute if compute > 0 else None,
+            "memory": chunk_view(chunk, store, video),
+        }
+
+    # -- download ------------------------------------------------------------------------------------------
+    def snapshot(self) -> tuple[np.ndarray, dict]:
+        """The frames so far and their sidecar, as one consistent pair (the stream may go on meanwhile)."""
+        if self.generation is None or self.spool is None:
+            raise UserError("nothing streamed yet in this tab")
+        with self._lock:
+            count, chunks = self.spool.count, list(self.chunks)
+            record = json.loads(json.dumps(self.generation.record(chunks, interrupted=self.running)))
+        # The record names every switch the generation has taken; keep those of the chunks in this snapshot.
+        latent = record["latent_frames"]
+        record["switches"] = [s for s in record["switches"] if s["chunk"] < len(chunks)]
+        record["events"] = [e for e in record["events"] if e.get("frame", 0) < latent]
+        return self.spool.frames(count), record
+
+    def write_mp4(self, directory: Path) -> Path:
+        """Download mp4: the frames so far through the CLI's paired atomic writer (mp4 + sidecar)."""
+        from contextforcing.generation import save_video
+
+        frames, record = self.snapshot()
+        if not len(frames):
+            raise UserError("no frames yet: wait for the first chunk")
+        return save_video(directory / "contextforcing-stream.mp4", frames, record["fps"], record)
