@@ -40,6 +40,8 @@ from contextforcing.sampling.stream import VideoStream, known_in_chunk
 # An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
 # the memory keeps only a bounded context anyway, and the VAE encode of a long clip would dominate.
 MAX_INIT_PIXEL_FRAMES = 81
+# Text embeddings kept per pipeline (UMT5's are 4 MiB each): enough for any prompt script, bounded for a server.
+MAX_CACHED_PROMPTS = 64
 
 
 @dataclass
@@ -295,7 +297,12 @@ class Pipeline(Parts):
         new = [p for p in dict.fromkeys(prompts) if p not in self._texts]
         if new:
             self._texts.update(loading.encode_prompts(self, new))
-        return {p: self._texts[p] for p in prompts}
+        out = {p: self._texts[p] for p in prompts}
+        for p in out:  # most recently used last; a long-running server keeps only the newest prompts
+            self._texts[p] = self._texts.pop(p)
+        while len(self._texts) > MAX_CACHED_PROMPTS:
+            self._texts.pop(next(iter(self._texts)))
+        return out
 
     def place(self, switches: Mapping[float, str] | Sequence[Prompt] | None, flush: bool = False) -> list[Prompt]:
         """Prompt switches at video seconds onto the nearest chunk boundaries (half rounds up)."""

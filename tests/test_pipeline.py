@@ -120,3 +120,16 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "out.mp4").is_file() and (tmp_path / "out.json").is_file()
+
+
+def test_text_embeddings_are_cached_and_bounded(pipe, monkeypatch):
+    from contextforcing import pipeline as module
+
+    monkeypatch.setattr(module, "MAX_CACHED_PROMPTS", 3)
+    pipe._texts.clear()
+    prompts = ["plain warm room", "plain cool room", "striped cool room", "checkered forest room"]
+    first = pipe.encode(prompts[:1])[prompts[0]]
+    for p in prompts[1:]:
+        pipe.encode([p])
+    assert list(pipe._texts) == prompts[1:]  # the least recently used went
+    assert torch.equal(pipe.encode(prompts[:1])[prompts[0]], first)

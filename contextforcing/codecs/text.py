@@ -19,20 +19,18 @@ class HashTextEncoder:
         self.text_dim, self.text_len, self.vocab_size = text_dim, text_len, vocab_size
         gen = torch.Generator().manual_seed(seed)
         self.table = torch.randn(vocab_size, text_dim, generator=gen)
-        self._cache: dict[str, torch.Tensor] = {}
 
     def token_ids(self, prompt: str) -> list[int]:
         words = re.findall(r"[\w']+", prompt.lower())[: self.text_len]
         return [zlib.crc32(w.encode()) % self.vocab_size for w in words]
 
     def encode_one(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._cache:
-            out = torch.zeros(self.text_len, self.text_dim)
-            ids = self.token_ids(prompt)
-            if ids:
-                out[: len(ids)] = self.table[ids]
-            self._cache[prompt] = out
-        return self._cache[prompt]
+        """A table lookup, cheap enough not to cache (callers that reuse prompts cache, e.g. `Pipeline.encode`)."""
+        out = torch.zeros(self.text_len, self.text_dim)
+        ids = self.token_ids(prompt)
+        if ids:
+            out[: len(ids)] = self.table[ids]
+        return out
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         return torch.stack([self.encode_one(p) for p in prompts])

@@ -89,7 +89,7 @@ POLICY_OPTIONS = {
     "slow_fast": SlowFastOptions,
 }
 
-_CHOICES = {
+OPTION_CHOICES = {
     "rule": ("surprisal", "uniform"),
     "positions": ("bounded", "absolute"),
     "promote_on": ("commit", "any_pass"),
@@ -152,7 +152,7 @@ def make_spec(name: str, overrides: dict | None = None, chunk_frames: int | None
     if name == "slow_fast" and values.get("layout") == "released":
         values = _released(values)
     options = from_dict(POLICY_OPTIONS[name], values, where=f"memory policy {name!r}")
-    for key, allowed in _CHOICES.items():
+    for key, allowed in OPTION_CHOICES.items():
         value = getattr(options, key, None)
         if value is not None and value not in allowed:
             raise UserError(f"memory option {key}={value!r} is not one of {', '.join(allowed)}")

@@ -88,8 +88,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def load_pipeline(args):
     from contextforcing import loading
+    from contextforcing.pipeline import Pipeline
 
     preset = loading.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
-    return loading.load(preset, random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
-                        checkpoint_format=args.checkpoint_format, use_ema=args.use_ema, lora=args.lora,
-                        lora_alpha=args.lora_alpha, num_heads=args.num_heads, device=args.device, dtype=args.dtype)
+    return Pipeline.from_parts(loading.load(
+        preset, random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
+        checkpoint_format=args.checkpoint_format, use_ema=args.use_ema, lora=args.lora, lora_alpha=args.lora_alpha,
+        num_heads=args.num_heads, device=args.device, dtype=args.dtype))

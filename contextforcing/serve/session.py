@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from contextforcing.errors import UserError, first_line
-from contextforcing.memory.policies import _CHOICES, POLICY_OPTIONS, make_spec
+from contextforcing.memory.policies import OPTION_CHOICES, POLICY_OPTIONS, make_spec
 from contextforcing.pipeline import DecodedChunk, Generation, Pipeline
 from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chunk_view
 
@@ -167,7 +167,7 @@ def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
         "model": pipe.weights, "preset": pipe.preset_name, "example_prompt": pipe.example_prompt,
         "fps": video.fps, "chunk_frames": video.chunk_frames, "stride_t": video.vae_stride_t,
         "height": video.latent_height * video.vae_stride_hw, "width": video.latent_width * video.vae_stride_hw,
-        "trained_memory": trained, "policies": policies, "choices": {k: list(v) for k, v in _CHOICES.items()},
+        "trained_memory": trained, "policies": policies, "choices": {k: list(v) for k, v in OPTION_CHOICES.items()},
         "recache": list(RECACHE_MODES), "max_streams": limits.max_streams, "max_seconds": limits.max_seconds,
         "panel_rows": limits.panel_rows,
     }
@@ -449,7 +449,7 @@ class StreamSession:
 
     def write_mp4(self, directory: Path) -> Path:
         """Download mp4: the frames so far through the CLI's paired atomic writer (mp4 + sidecar)."""
-        from contextforcing.generation import save_video
+        from contextforcing.data.video import save_video
 
         frames, record = self.snapshot()
         if not len(frames):
