@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from contextforcing.errors import UserError, first_line
-from contextforcing.memory.policies import OPTION_CHOICES, POLICY_OPTIONS, make_spec
+from contextforcing.memory.policies import OPTION_CHOICES, POLICY_OPTIONS, RECACHE_MODES, make_spec
 from contextforcing.pipeline import DecodedChunk, Generation, Pipeline
 from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chunk_view
 
 log = logging.getLogger("contextforcing.serve")
 
-RECACHE_MODES = ("window", "longlive")
+
 
 
 @dataclass(frozen=True)
