@@ -110,7 +110,7 @@ def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPla
         video, model_cfg = preset.video, preset.model
         trained = pipeline.memory if pipeline else make_spec(loading.FIELD_MEMORY)
     spec = resolve_memory(trained, {"policy": req.memory, **req.memory_options}, video.chunk_frames)
-    check_recache(spec, req.recache)
+    check_recache(spec, req.recache, req.flush_on_switch)
     num_frames = video.latent_frames_for(req.seconds)
     placed = plan_prompts(req, video, num_frames // video.chunk_frames)
     init_pixels, init = read_init_clip(video, req.init_video, req.init_image)

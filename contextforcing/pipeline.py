@@ -103,7 +103,7 @@ class Generation:
         self.chunks_total = None if num_frames is None else -(-num_frames // video.chunk_frames)
         if num_frames is None and tier_params(memory, video.chunk_frames).capacity is None:
             raise UserError(f"memory {memory.name!r} grows with the video: give a length (seconds)")
-        check_recache(memory, recache)
+        check_recache(memory, recache, flush_on_switch or any(p.flush for p in switches))
         self.flush_on_switch = flush_on_switch
         self.prompts = [Prompt(prompt, 0)]
         self._pending = list(switches)
@@ -147,10 +147,12 @@ class Generation:
     def switch(self, prompt: str, flush: bool | None = None) -> int:
         """Switch to `prompt` from the next chunk on; returns the chunk it takes effect from."""
         prompt = self.pipe.check_prompt(prompt)
+        flush = self.flush_on_switch if flush is None else flush
+        check_recache(self.memory, self.stream.recache, flush)
         chunk = max([self.index] + [p.chunk + 1 for p in self._pending])
         if self.chunks_total is not None and chunk >= self.chunks_total:
             raise UserError("the video has no chunk left to switch prompts at")
-        self._pending.append(Prompt(prompt, chunk, self.flush_on_switch if flush is None else flush))
+        self._pending.append(Prompt(prompt, chunk, flush))
         return chunk
 
     def close(self) -> None:

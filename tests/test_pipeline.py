@@ -66,6 +66,15 @@ def test_stream_yields_chunks_live_and_takes_switches(pipe):
     assert [s["chunk"] for s in record["switches"]] == [2, 3] and len(record["memory_trace"]) == 8
 
 
+def test_a_refused_switch_changes_nothing(pipe):
+    """The released cache has no flush: asking for one is refused before the stream changes, which goes on."""
+    generation = pipe.stream(PROMPT, seconds=3, seed=1, memory={"layout": "released"})
+    next(generation)
+    with pytest.raises(cf.UserError, match="has no flush"):
+        generation.switch("plain cool room", flush=True)
+    assert [c.prompt for c in generation] == [PROMPT] * 3
+
+
 def test_sampling_is_settable_per_call(pipe):
     base = pipe(PROMPT, seconds=1, seed=2)
     shifted = pipe(PROMPT, seconds=1, seed=2, sampling={"shift": 3.0})

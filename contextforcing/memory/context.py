@@ -242,15 +242,15 @@ class ContextMemory:
 
         They become the 'current' frames of one commit pass (no mask among them) that overwrites their
         stored K/V in place; frames no longer stored get scratch slots for the pass. `commit()` ends it."""
-        check_recache(self.spec, mode)
+        check_recache(self.spec, mode, flush)
+        if flush and mode == "window":
+            self.flush()  # ours: sink and slow go; the sink refills from the next chunk
         self._recaching = True
         plans = []
         for g in self.groups:
-            plan = g.policy.recache(self.chunk_index + 1, next_start, mode, flush)
+            plan = g.policy.recache(self.chunk_index + 1, next_start, mode, clear=flush and mode == "longlive")
             for key in (g.policy.adopt_sink(plan.new_sink, next_start) if plan.new_sink is not None else []):
                 g.slots.release(key)
-            if mode == "window" and flush:
-                self._release_unheld(g)
             frames = plan.frames
             first = frames[0] if frames else next_start
             assert frames == list(range(first, first + len(frames))), "recached frames must be contiguous"
@@ -260,13 +260,6 @@ class ContextMemory:
         self._recache = plans
         self._after_plan()
         return plans[0].frames
-
-    def _release_unheld(self, g: _Group) -> None:
-        """Free the storage of every entry the group's policy no longer holds (after a flush)."""
-        tiers = g.policy.tiers()
-        held = {("main", f) for f in tiers["sink"] + tiers["fast"]} | {("slow", f) for f in tiers["slow"]}
-        for key in [k for k in g.slots.slot if k not in held]:
-            g.slots.release(key)
 
     def flush(self) -> None:
         """Drop sink and slow memory (prompt switch with flush); the sink refills from the next commits."""

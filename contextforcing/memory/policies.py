@@ -286,8 +286,11 @@ def window_recache(policy, chunk: int, next_start: int) -> RecachePlan:
     return RecachePlan(frames, [own[f] for f in frames], context, list(frames))
 
 
-def check_recache(spec: MemorySpec, mode: str) -> None:
-    """A prompt-switch recache mode this memory can run (before any work is done)."""
+def check_recache(spec: MemorySpec, mode: str, flush: bool = False) -> None:
+    """A prompt-switch recache mode (and flush) this memory can run, checked before any work is done."""
+    if flush and spec.name == "slow_fast" and spec.options.layout == "released":
+        raise UserError("the released Context Forcing cache has no flush; switch prompts without flushing or use "
+                        "layout=tiered")
     if mode not in RECACHE_MODES:
         raise UserError(f"unknown recache mode {mode!r}; choose one of {', '.join(RECACHE_MODES)}")
     if mode == "longlive" and spec.name != "sink":
@@ -339,31 +342,24 @@ class TieredPolicy:
             return self.recent_frames(next_start)
         return list(range(max(0, next_start - self.p.capacity), next_start))
 
-    def recache(self, chunk: int, next_start: int, mode: str, flush: bool) -> RecachePlan:
+    def recache(self, chunk: int, next_start: int, mode: str, clear: bool = False) -> RecachePlan:
         """The recache of a prompt switch before chunk `chunk` at `next_start`.
 
         window (ours): the cached fast frames the next chunk attends, attending what else it attends (sink,
-          slow) at the positions it will give them; `flush` drops sink and slow first (the sink refills from
-          the next chunk).
+          slow) at the positions it will give them (`window_recache`; a flush is done before, by the memory).
         longlive (LongLive 1.0's recache, `sink` policy): its cache holds the sink and the last `window`
           frames; a switch at t re-encodes the last min(capacity, t) frames in one unmasked pass at their
-          frame indices. With its global sink kept (no flush) and t > capacity, the first `sink` of those
-          would land on the protected sink and are discarded, so the last `window` frames are re-encoded
-          attending the old sink; with t <= capacity the sink frames are re-encoded too (LongLive's code does
-          so, against its own comment). `flush` is its `global_sink: false`: the cache is cleared and the
-          first `sink` recached frames become the new sink.
+          frame indices. With its global sink kept and t > capacity, the first `sink` of those would land on
+          the protected sink and are discarded, so the last `window` frames are re-encoded attending the old
+          sink; with t <= capacity the sink frames are re-encoded too (LongLive's code does so, against its
+          own comment). `clear` is its `global_sink: false`: the cache is cleared and the first `sink`
+          recached frames become the new sink.
         """
         if mode == "window":
-            if flush:
-                self.flush()
-            upcoming = self.plan(chunk, next_start, self.chunk_frames)
-            frames = self.recent_frames(next_start)
-            own = {a.frame: a.position for a in upcoming.context if not a.copy and a.frame in frames}
-            context = tuple(a for a in upcoming.context if a.frame not in own)
-            return RecachePlan(frames, [own[f] for f in frames], context, list(frames))
+            return window_recache(self, chunk, next_start)
         count = min(self.p.capacity, next_start)
         stored = set(self.sink) | set(self.recent_frames(next_start))
-        if flush:
+        if clear:
             frames = list(range(next_start - count, next_start))
             new_sink = frames[: self.p.sink]
             return RecachePlan(frames, frames, (), [f for f in frames if f in stored or f in new_sink], new_sink)
@@ -490,11 +486,9 @@ class ReleasedPolicy:
     def recache_frames(self, next_start: int, mode: str) -> list[int]:
         return self.recent_frames(next_start)
 
-    def recache(self, chunk: int, next_start: int, mode: str, flush: bool) -> RecachePlan:
+    def recache(self, chunk: int, next_start: int, mode: str, clear: bool = False) -> RecachePlan:
         """The recent frames, attending the rest of what the next chunk attends (the released code has no
         prompt switch; this is our window recache on its layout)."""
-        if flush:
-            self.flush()
         return window_recache(self, chunk, next_start)
 
     def promotion_check(self, chunk: int, start: int) -> str:

@@ -176,8 +176,8 @@ class VideoStream:
         once under the new prompt (`recache`: our window, or LongLive's); sink and slow memory are kept, or
         dropped with `flush` (with LongLive's recache: its `global_sink: false`)."""
         branch = self.branches[0]
+        frames = branch.memory.begin_recache(self.frame, self.recache, flush)  # checks first: may refuse the flush
         branch.text = self._text(text)
-        frames = branch.memory.begin_recache(self.frame, self.recache, flush)
         if frames:
             window = torch.cat([self.recent[f] for f in frames], dim=2)
             ts = torch.full((window.shape[0], len(frames)), self.sampling.commit_timestep, device=window.device)

@@ -61,6 +61,7 @@ def test_same_seed_same_video(tmp_path):
         (["--seconds", "-2"], "--seconds must be positive"),
         (["--switch", "99:late"], "outside the video"),
         (["--memory", "slow_fast", "--recache", "longlive"], "sink policy"),
+        (["--memory-opt", "layout=released", "--switch", "1:q", "--flush-on-switch"], "has no flush"),
         (["--memory", "slow_fast", "--memory-opt", "layout=released", "--memory-opt", "interval=2"], "layout=released fixes"),
         (["--seconds", "inf"], "--seconds must be positive and finite"),
         (["--device", "tpu"], "unknown --device 'tpu'"),
