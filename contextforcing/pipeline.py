@@ -196,10 +196,11 @@ class Generation:
     def record(self, chunks: Sequence[DecodedChunk], interrupted: bool = False) -> dict:
         """The sidecar of this generation so far (the JSON edge of plans, prompts and timings)."""
         pipe, video = self.pipe, self.pipe.preset.video
+        end = chunks[-1].start + chunks[-1].plan.frames if chunks else self.init_frames  # what `chunks` reach
         return {
             "prompt": self.prompts[0].text,
             "switches": [{"chunk": p.chunk, "frame": p.chunk * video.chunk_frames, "prompt": p.text, "flush": p.flush}
-                         for p in self.prompts[1:]],
+                         for p in self.prompts[1:] if p.chunk < len(chunks)],
             "seed": self.seed,
             "weights": pipe.weights,
             "weights_choice": pipe.weights_choice,
@@ -219,7 +220,7 @@ class Generation:
             "interrupted": interrupted,
             "chunk_seconds": [c.seconds for c in chunks],
             "decode_seconds": [c.decode_seconds for c in chunks],
-            "events": self.stream.events,
+            "events": [e for e in self.stream.events if e.get("frame", 0) < end],
             "memory_trace": [c.trace() for c in chunks],
         }
 
