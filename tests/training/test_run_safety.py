@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from contextforcing.errors import Interrupted, UserError
 from contextforcing.training import checkpoint
 from contextforcing.training.checkpoint import list_checkpoints
-from contextforcing.training.config import load_train_config
+from contextforcing.training.config import check_resume_config, load_train_config, save_resolved
 
 FAST = ("stage.critic=false",)
 
@@ -179,6 +179,16 @@ def test_a_resume_refuses_other_settings_and_logs_the_allowed_ones(tmp_path, cap
     assert (f"contextforcing: resuming {tmp_path} with trainer.log_every 1 -> 5, trainer.max_steps 2 -> 3"
             in capsys.readouterr().err)
     assert OmegaConf.load(tmp_path / "config.yaml").trainer.max_steps == 3
+
+
+@pytest.mark.parametrize("stage", ["teacher", "dmd", "cdmd"])
+def test_an_unchanged_config_with_tuples_resumes(tmp_path, stage):
+    # the DMD stages' betas and denoising steps are tuples in memory and lists in config.yaml
+    cfg = load_train_config(stage, None, [f"trainer.run_dir={tmp_path}"])
+    save_resolved(cfg)
+    assert check_resume_config(cfg) == []
+    changed = load_train_config(stage, None, [f"trainer.run_dir={tmp_path}", "trainer.max_steps=7"])
+    assert check_resume_config(changed) == [f"trainer.max_steps {cfg.trainer.max_steps} -> 7"]
 
 
 def test_bad_settings_stop_before_the_run_directory_is_made(tmp_path):
