@@ -411,13 +411,19 @@ class ContextMemory:
         t = self.layout.tokens_per_frame
         return k[:, :t].detach(), v[:, :t].detach()
 
+    def kept_frame(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent frame of this pass's keys and values that a promotion copies (`keep`), detached."""
+        t = self.layout.tokens_per_frame
+        first = (self.params.kept_frame(self.start, self.frames) - self.start) * t
+        return k[:, first : first + t].detach(), v[:, first : first + t].detach()
+
     def _write_slot(self, layer: int, slot: int, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
         for store, x in zip((self.k[layer], self.v[layer]), kv):
             store[:, slot] = x.reshape(store[:, slot].shape).to(store.dtype)
 
     def stage_copy(self, g: _Group, per_layer: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Store a promotion's copy of the current chunk's first frame now (attended from the next chunk)."""
-        slot = g.slots.allocate(("slow", self.start))
+        """Store a promotion's copy of the current chunk's kept frame now (attended from the next chunk)."""
+        slot = g.slots.allocate(("slow", self.params.kept_frame(self.start, self.frames)))
         for layer, kv in per_layer.items():
             self._write_slot(layer, slot, kv)
 

@@ -5,7 +5,9 @@ asked at each commit whether the committed chunk is promoted (`at_commit`). Poli
 and the uniform rule, need no signal at all.
 
   NoSignal         promotion by position alone (uniform rule), or never
-  CommitSurprisal  ours: one decision per chunk on the clean commit pass, cos of pooled mean keys < tau
+  CommitSurprisal  ours: one decision per chunk on the clean commit pass, cos of pooled mean keys < tau,
+                   against the previous chunk (`compare=previous`, the paper) or the last checked chunk
+                   (`compare=checked`), keys pooled over every layer or the first layer's only (`key_layers`)
   PassSurprisal    the released code's timing in the tiered layout (`promote_on=any_pass`): every pass is
                    compared with the previous pass; the first crossing copies that pass's first frame,
                    attended from the next chunk
@@ -30,12 +32,36 @@ def mean_key(k: torch.Tensor) -> torch.Tensor:
     return k.detach().float().mean(dim=1).flatten(1)
 
 
+def pooled_key(keys: list[torch.Tensor]) -> torch.Tensor:
+    """One chunk's representation from its mean keys of some layers ([B, H*D] each): averaged over the layers and
+    the batch ([H*D]; one representation, one cosine, not a mean of per-layer cosines)."""
+    return torch.stack(keys).mean(dim=(0, 1))
+
+
 def pooled_cosine(current: list[torch.Tensor], previous: list[torch.Tensor]) -> torch.Tensor:
-    """cos between two pooled representations: each averaged over layers and the batch first (one
-    representation, one cosine; not a mean of per-layer cosines)."""
-    a = torch.stack(current).mean(dim=(0, 1))
-    b = torch.stack(previous).mean(dim=(0, 1))
-    return torch.cosine_similarity(a, b, dim=0)
+    """cos between two pooled representations (`pooled_key`)."""
+    return torch.cosine_similarity(pooled_key(current), pooled_key(previous), dim=0)
+
+
+class SurprisalTrack:
+    """The commit-pass surprisal rule on a sequence of chunk representations, in plain host logic: what a chunk
+    is compared with, and whether it is promoted. `ContextMemory` runs it on the keys its commit passes see;
+    training replays it on keys computed for a whole clip at once (`key_layers=first`, `training.stages.common`)."""
+
+    def __init__(self, tau: float, compare: str):
+        self.tau, self.compare = tau, compare
+        self.previous: torch.Tensor | None = None
+
+    def decide(self, current: torch.Tensor | None, check: str) -> tuple[bool, float | None]:
+        """`check` is the policy's answer for the chunk ('no', 'ask'); returns (promote, similarity or None)."""
+        checked = check == "ask"
+        promote, sim = False, None
+        if checked and current is not None and self.previous is not None:
+            sim = float(torch.cosine_similarity(current, self.previous, dim=0))  # one host read per checked chunk
+            promote = sim < self.tau
+        if current is not None and (checked or self.compare == "previous"):
+            self.previous = current
+        return promote, sim
 
 
 class Promotion:
@@ -65,22 +91,24 @@ class Promotion:
 class CommitSurprisal(Promotion):
     def __init__(self, params: TierParams, num_layers: int):
         super().__init__(params, num_layers)
+        self.first_layer = params.first_layer_keys
         self.current: list[torch.Tensor | None] = [None] * num_layers
-        self.previous: list[torch.Tensor | None] = [None] * num_layers
+        self.tracks: dict[int, SurprisalTrack] = {}  # per group (by its first layer)
+        self.params = params
 
     def observe(self, memory, layer, k, v, commit):
         if commit:
             self.current[layer] = mean_key(k)
 
     def at_commit(self, memory, g):
-        if memory.check(g) != "ask" or any(self.previous[i] is None or self.current[i] is None for i in g.layers):
-            return False
-        sim = float(pooled_cosine([self.current[i] for i in g.layers], [self.previous[i] for i in g.layers]))
-        self._record(memory, g, sim)  # one host read per checked chunk: the tier layout depends on it
-        return sim < self.tau
-
-    def end_commit(self):
-        self.previous = list(self.current)
+        layers = g.layers[:1] if self.first_layer else g.layers
+        keys = [self.current[i] for i in layers]
+        current = None if any(k is None for k in keys) else pooled_key(keys)
+        track = self.tracks.setdefault(g.layers[0], SurprisalTrack(self.params.tau, self.params.compare))
+        promote, sim = track.decide(current, memory.check(g))
+        if sim is not None:
+            self._record(memory, g, sim)  # the tier layout depends on it
+        return promote
 
 
 class PassSurprisal(Promotion):
@@ -98,7 +126,7 @@ class PassSurprisal(Promotion):
     def observe(self, memory, layer, k, v, commit):
         g = memory.group_of(layer)
         self.current[layer] = mean_key(k)
-        self.staged[layer] = memory.first_frame(k, v)
+        self.staged[layer] = memory.kept_frame(k, v)
         if layer != g.layers[-1]:  # a group decides once all its layers have their keys of this pass
             return
         ready = all(self.previous[i] is not None for i in g.layers)
