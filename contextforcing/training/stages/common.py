@@ -129,6 +129,8 @@ def chunk_signals(model: CausalWanModel, latents: torch.Tensor, sampling: Sampli
     H, W]: the chunk's commit-pass keys of the first block, averaged over its tokens, then over the batch. The
     memory computes the same from the keys its commit passes see; here a whole history is one pass."""
     b, _, f = latents.shape[:3]
+    if f < chunk_frames:
+        return []
     t = torch.full((b,), float(sampling.commit_timestep), device=latents.device)
     keys = model.first_block_keys(latents, t)  # [B, F*T, H, D]
     per_frame = keys.shape[1] // f
