@@ -106,7 +106,7 @@ class PromptSource:
         if chunks > spec.n_chunks:
             raise UserError(f"data.seconds={self.options.seconds:g} gives scripts of {spec.n_chunks} chunks; "
                             f"{chunks} are needed")
-        return [p.canonical for p in spec.script.chunk_prompts(chunks)]
+        return [p.canonical for p in spec.script.chunk_prompts(spec.n_chunks)[:chunks]]
 
     def prompt(self, sample: int) -> str:
         o = self.options
