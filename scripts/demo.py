@@ -45,7 +45,7 @@ def tour():
     b = ScriptBuilder("cool", WhiteBall("rightward", "slow"), black=True, source="demo tour")
     b.hold(4)  # A, in the sink
     b.pan("right", 1).pan("left", 1).hold(2)  # a glance: fast revisits
-    b.pan("right", 4).hold(4)  # B
+    b.pan("right", 4).hold(3).lights_off(1).hold(2)  # B, and a one-chunk blackout: fast revisits
     b.lights_off(chunks(4.5)).hold(3)  # a blackout at B: revisited from the slow memory
     b.pan("right", 4).hold(3)  # C
     b.pan("left", 8).hold(3)  # back past B to A (10-20 s later)

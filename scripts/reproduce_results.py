@@ -111,6 +111,7 @@ class Worker:
 
         torch.set_num_threads(1)
         self.pipes: dict = {}
+        self.codec = None  # the panorama codec, for the oracles (a model's latents are decoded by it)
 
     def pipe(self, weights: str):
         from contextforcing.eval.panorama_runs import world_pipeline
@@ -131,7 +132,11 @@ class Worker:
         video = {"truth": lambda: truth, "forgets": lambda: oracles.forgetting(track, truth, 0.0),
                  "sink_view": lambda: oracles.forgetting(track, truth, 0.0, keep_sink=True),
                  "still": lambda: oracles.still_picture(track, truth)}[row.oracle]()
-        return through_codec(self.pipe(SHIPPED).codec, video)
+        if self.codec is None:
+            from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
+
+            self.codec = load_world_codec(PANORAMA_PATH)
+        return through_codec(self.codec, video)
 
     def run(self, row: Row, index: int, spec, path: Path) -> None:
         from contextforcing.data.world.panorama import simulate
