@@ -144,18 +144,24 @@ class Worker:
         from contextforcing.eval.panorama_runs import generate
 
         began = time.perf_counter()
+        track = simulate(spec)
+        promoted = None
         if row.kind == "oracle":
             frames, memory = self.oracle(row, spec), None
         else:
             pipe = self.pipe(row.weights)
             video = generate(pipe, spec, memory=row.memory, sampling=row.sampling)
             frames, memory = video.frames, video.record["config"]["memory"]
+            promoted = [f for chunk in video.record["memory_trace"] for f in chunk["promoted"]]
         seconds = time.perf_counter() - began
-        scores = panorama_scores(frames, simulate(spec))
+        scores = panorama_scores(frames, track)
         made = [r for r in scores.revisits if r["made"]]
         record = {"commit": _commit(), "row": row.key, "seed": spec.seed, "seconds": spec.seconds, "world": index,
                   "generation_seconds": seconds, "memory": memory, "headline": scores.headline(),
                   "made": {b: [s.made, s.revisits] for b, s in scores.buckets.items()},
+                  # the slow memory's promotions (layer group 0) and how many were of frames the script keeps dark
+                  "promoted": promoted, "promoted_dark": None if promoted is None else
+                  sum(not bool(track.latent_lit[f]) for f in promoted),
                   "revisits": [{"delay": r["delay_seconds"], "bucket": r["bucket"], "error": r["error"],
                                 "permanence": r["permanence"], "in_sink": r["in_sink"]} for r in made]}
         if made:  # frames before / when back of its longest made revisit, for the strips
@@ -338,6 +344,19 @@ def headline_table(args) -> str:
     return "\n".join(lines)
 
 
+def promotion_table(args) -> str:
+    """For the rows whose memory promotes: how often, and how many promoted frames the script keeps dark."""
+    lines = ["| row | promotions per video (90 s) | share of promoted frames dark in the script |", "|---|---|---|"]
+    for key in args.rows:
+        cells = [c for c in load_cells(args.out, args.seconds, key, args.worlds) if c.get("promoted")]
+        if not cells:
+            continue
+        count = sum(len(c["promoted"]) for c in cells)
+        dark = sum(c["promoted_dark"] for c in cells)
+        lines.append(f"| {ROW_BY_KEY[key].label} | {count / len(cells):.1f} | {dark / count:.2f} |")
+    return "\n".join(lines)
+
+
 PAIRED = (("revisit error beyond the fast memory", lambda c: beyond_fast(c)),
           ("permanence beyond the fast memory", lambda c: beyond_fast(c, "permanence")),
           ("movers obeyed", lambda c: c["headline"]["movers"]),
@@ -445,7 +464,7 @@ def environment(args) -> str:
             f"worker process(es) x 1 torch thread, {time.strftime('%Y-%m-%d')}.")
 
 
-BLOCKS = ("headline", "paired", "environment")  # what write_doc fills
+BLOCKS = ("headline", "promotion", "paired", "environment")  # what write_doc fills
 
 
 def _block(name: str) -> re.Pattern:
@@ -501,7 +520,8 @@ def main(argv=None) -> int:
         tasks = plan(args)
         print(f"{len(tasks)} cells to generate ({args.workers} workers)", flush=True)
         run_cells(tasks, args.workers)
-    blocks = {"headline": headline_table(args), "paired": paired_table(args), "environment": environment(args)}
+    blocks = {"headline": headline_table(args), "promotion": promotion_table(args), "paired": paired_table(args),
+              "environment": environment(args)}
     figs = figures(args)
     write_doc(args.doc, blocks)
     print(f"wrote {args.doc} and {', '.join(figs)}")

@@ -180,8 +180,10 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _as_saved(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    """A config dict as it reads back from config.yaml (tuples become lists, and so on)."""
-    return OmegaConf.to_container(OmegaConf.create(cfg_dict), resolve=True)  # type: ignore[return-value]
+    """A config dict as it reads back from config.yaml: written and parsed as YAML text, as `save_resolved` does,
+    because OmegaConf keeps a tuple a tuple in memory (a stage's betas) but it reads back from YAML as a list."""
+    text = OmegaConf.to_yaml(OmegaConf.create(cfg_dict))
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)  # type: ignore[return-value]
 
 
 def _defaults(cfg: TrainConfig) -> dict[str, Any]:
