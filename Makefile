@@ -1,14 +1,12 @@
 # Entry points: `make demo`, `make test` (both create .venv on first use) and `make toy-model` (trains the
-# embedded default model on the synthetic world and ships it in contextforcing/assets).
+# embedded default model on the panorama world and ships it in contextforcing/assets).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU wheel on machines without a GPU; override (e.g. TORCH_SPEC=torch) to keep a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-DEMO_OUT ?= out/demo.mp4
-DEMO_PROMPT ?= striped cool room, curtain occlusions, circle sprite
+DEMO_DIR ?= out/demo/
 DEMO_SEED ?= 7
-DEMO_DIR := $(dir $(DEMO_OUT))
 
 .PHONY: demo test test-slow bench clean toy-model results
 
@@ -32,21 +30,22 @@ $(VENV)/.train-installed: $(VENV)/.eval-installed
 	$(PY) -m pip install -q -e ".[train,eval]"
 	touch $@
 
-# The shipped model (no model flags), 60 s with slow_fast memory on CPU; then the same (prompt, seed) world
-# rendered as ground truth, whose annotations let `eval` compute the world metrics (docs/evaluation.md).
+# A 2-minute scripted tour of the panorama world (scripts/demo.py) streamed twice by the shipped model, with its
+# trained memory and with a 3 s rolling window, same seed; both videos, a side-by-side mp4 with the ground truth,
+# contact sheets, then `eval` of both against the tour: out/demo/report (revisit error against delay for both).
 demo: $(VENV)/.eval-installed
-	mkdir -p $(DEMO_DIR)
-	$(VENV)/bin/contextforcing generate --prompt "$(DEMO_PROMPT)" --seconds 60 --memory slow_fast --seed $(DEMO_SEED) --device cpu --out $(DEMO_OUT)
-	$(VENV)/bin/contextforcing world render --prompt "$(DEMO_PROMPT)" --seed $(DEMO_SEED) --seconds 60 --out $(DEMO_DIR)demo_truth
-	$(VENV)/bin/contextforcing eval $(DEMO_OUT) --labels generated --world-annotations $(DEMO_DIR)demo_truth/annotations.json --report $(DEMO_DIR)demo_report --quiet
+	$(PY) scripts/demo.py --out $(DEMO_DIR) --seed $(DEMO_SEED)
+	$(VENV)/bin/contextforcing eval $(DEMO_DIR)slow_fast.npy $(DEMO_DIR)rolling.npy --labels "slow_fast (trained memory),rolling window 3 s" --world-annotations $(DEMO_DIR)truth/annotations.json --report $(DEMO_DIR)report
 
-# The whole Context Forcing recipe on the synthetic world (teacher -> ODE -> DMD -> Contextual DMD), run
-# directories under runs/toy; rerun to resume. Ships contextforcing/assets/world_student.* and MODEL_CARD.md.
+# The whole Context Forcing recipe on the panorama world (teacher -> ODE -> DMD -> Contextual DMD, each gated on
+# held-out scripts), run directories under runs/toy; rerun to resume. Ships contextforcing/assets/world_student.*
+# and MODEL_CARD.md.
 toy-model: $(VENV)/.train-installed
 	$(PY) scripts/train_toy_model.py
 
-# The ablation table of docs/results.md: every row x protocol x held-out world, resumable (rerun to
-# continue), then the tables, figures and frame strips. Needs `make toy-model`'s run directory (runs/toy).
+# docs/results.md: oracles, every memory policy, the promotion rules and the ablations x the 16 held-out panorama
+# worlds, resumable (rerun to continue), then the tables, figures and frame strips. Needs `make toy-model`'s run
+# directory (runs/toy).
 results: $(VENV)/.train-installed
 	$(PY) scripts/reproduce_results.py
 

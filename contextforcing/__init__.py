@@ -2,7 +2,7 @@
 
     import contextforcing as cf
     pipe = cf.Pipeline.from_pretrained()                     # the embedded world model
-    video = pipe("plain warm room", seconds=20, seed=0)      # frames [T, H, W, 3] uint8, plans, timings
+    video = pipe("warm room, pan left, lights on, black ball", seconds=20)  # frames [T, H, W, 3] uint8
     pipe.save(video, "out.mp4")
 
 Names are imported on first use, so that `import contextforcing` (and the command line's start) does not

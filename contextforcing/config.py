@@ -94,6 +94,11 @@ class SamplingConfig:
     warp_denoising_steps: bool = True
     commit_timestep: float = 0.0  # timestep label of the clean commit pass
     guidance_scale: float = 1.0  # only for multi-step teacher sampling (standard CFG form)
+    euler_steps: int = 0  # > 0: multi-step Euler sampling with this many steps (a non-distilled teacher)
+
+    def __post_init__(self):
+        if self.euler_steps < 0:
+            raise UserError(f"sampling euler_steps must be >= 0 (0: the few-step list), got {self.euler_steps}")
 
 
 @dataclass(frozen=True)

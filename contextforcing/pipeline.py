@@ -114,7 +114,7 @@ class Generation:
         max_frames = None if num_frames is None else num_frames + (0 if init is None else init.shape[2])
         self.stream = VideoStream(pipe.model, texts[prompt], memory, video, sampling, max_frames=max_frames,
                                   uncond_text=texts.get(negative) if sampling.guidance_scale != 1.0 else None,
-                                  recache=recache)
+                                  euler_num_steps=sampling.euler_steps or None, recache=recache)
         self.decoder = pipe.codec.stream_decoder()
         self.init_frames = 0
         if init is not None:

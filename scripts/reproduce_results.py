@@ -1,18 +1,20 @@
-"""Regenerate every number, curve and frame strip of docs/results.md (the ablation table).
+"""Regenerate every number, curve and frame strip of docs/results.md: the panorama benchmark's held-out worlds, every
+memory policy on the shipped model, the promotion rules, the ablations, and the oracles.
 
-    python scripts/reproduce_results.py                 # all cells, then tables, figures and the document
+    python scripts/reproduce_results.py                 # = make results: all cells, then tables, figures, document
     python scripts/reproduce_results.py --report-only   # tables, figures and document from the cells on disk
 
-One *cell* is one (protocol, row, held-out world): a generated video scored with the world metrics and
-the generic consistency metrics, written to OUT/cells/PROTOCOL/SECONDS/ROW/INDEX.json (+ .npz frame strips)
-atomically, so an interrupted run resumes where it stopped. Rows are the memory policies and ablations
-below; worlds are `heldout_pairs` (seed-major held-out prompts x seeds, docs/world.md); protocols are
-`contextforcing.eval.protocols` (the world's occlusions are given to the generator). Generation seed =
-world seed. Every cell runs on CPU with one torch thread per worker process.
+One *cell* is one (row, held-out world): a video generated from the world's script alone (no frames given;
+`contextforcing.eval.panorama_runs`, a thin layer over the Python API) and scored with
+`eval.panorama_metrics`, written to OUT/cells/SECONDS/ROW/INDEX.json (+ .npz frames at its longest revisit)
+atomically, so an interrupted run resumes where it stopped. Worlds are `heldout_worlds` (scripts and seeds
+never used in training, docs/world.md); the generation seed is the world seed. Every cell runs on CPU with one
+torch thread per worker process.
 
-Needs the toy-model run (`make toy-model`: runs/toy/exports/{teacher,dmd}.safetensors) for the teacher and
-the no-CDMD rows; the contiguous-teacher and trained-absolute-positions rows train their own Stage 2
-students first (runs/toy/cdmd_contiguous, runs/toy/cdmd_absolute: about 4-8 min each, resumable).
+Needs the shipped model (contextforcing/assets/world_student.*) and the toy-model run's exports
+(runs/toy/exports: teacher, dmd) for the teacher and the no-CDMD rows; the contiguous-teacher and
+trained-absolute-positions rows train their own Stage 2 students first (configs/toy/cdmd.yaml with one change
+each, from the same Stage 1 export: runs/toy/cdmd_contiguous, runs/toy/cdmd_absolute; resumable).
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ import re
 import subprocess
 import sys
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,54 +41,59 @@ from contextforcing.data.video import write_json_atomic  # noqa: E402
 
 EXPORTS = Path(os.environ.get("CF_TOY_EXPORTS", REPO / "runs" / "toy" / "exports"))  # make toy-model's exports
 SHIPPED = "shipped"  # the packaged student (EMA of Stage 2, contextforcing/assets/world_student.safetensors)
-SLOW_FAST = {"sink": 3, "slow": 6, "fast": 6, "rule": "surprisal", "tau": 0.95, "interval": 2}
-TEACHER_EULER_STEPS = 16  # the grid the ODE pairs were drawn on (configs/toy/ode.yaml)
-CONTIGUOUS_WINDOW = 15  # frames the contiguous teacher sees: the student's memory budget (3 + 6 + 6)
-# Stage 2 students the script trains itself: the shipped recipe (configs/toy/cdmd.yaml from the Stage 1
-# export, same seed and steps) with one ablated choice each, so the row differs from `full` in that choice only.
+CONTIGUOUS_WINDOW = 17  # frames the contiguous teacher sees: the student's memory budget (3 + 8 + 6)
+TEACHER_SAMPLING = {"euler_steps": 16, "guidance_scale": 3.0}  # the grid and CFG the ODE pairs were drawn with
+# Stage 2 students the script trains itself: the shipped recipe (configs/toy/cdmd.yaml from the Stage 1 export,
+# same seed and steps) with one ablated choice each, so the row differs from the shipped one in that choice only.
 STAGE2_VARIANTS = {
     "cdmd_contiguous": ("stage.teacher_context=contiguous", f"stage.context_window={CONTIGUOUS_WINDOW}"),
     "cdmd_absolute": ("stage.memory.positions=absolute",),
 }
+PAPER_RULE = {"compare": "previous", "key_layers": "all", "keep": "first", "tau": 0.95}
 
 
 @dataclass(frozen=True)
 class Row:
     key: str
     label: str
-    source: str = "model"  # model | render (the ground truth) | codec (the ground truth through the codec)
+    kind: str = "model"  # model | oracle
     weights: str = SHIPPED  # SHIPPED or an export name under runs/toy/exports
-    policy: str = "slow_fast"
-    options: dict = field(default_factory=lambda: dict(SLOW_FAST))
-    euler_steps: int | None = None  # multi-step sampling (the teacher); None: the 4-step student sampler
+    memory: dict | None = None  # over the trained memory (None: as trained); "policy" names another policy
+    sampling: dict | None = None
+    oracle: str | None = None  # oracle rows: which (see ORACLES)
 
 
 ROWS = [
-    Row("ground_truth", "ground truth (rendered)", source="render"),
-    Row("codec", "ground truth through the world codec (ceiling)", source="codec"),
-    Row("teacher", f"context teacher ({TEACHER_EULER_STEPS} Euler steps, slow_fast memory)", weights="teacher",
-        euler_steps=TEACHER_EULER_STEPS),
-    Row("rolling", "rolling window, 12 frames = 3 s (Self-Forcing)", policy="rolling", options={}),
-    Row("sink", "sink 3 + window 9 (LongLive)", policy="sink", options={}),
-    Row("relative", "sink 3 + window 9, relative positions (Infinity-RoPE)", policy="relative", options={}),
-    Row("ema_sink", "EMA sink 3 + window 6 (Reward Forcing)", policy="ema_sink", options={}),
-    Row("uniform1", "slow_fast, uniform promotion every chunk", options={**SLOW_FAST, "rule": "uniform", "interval": 1}),
-    Row("uniform2", "slow_fast, uniform promotion every 2 chunks", options={**SLOW_FAST, "rule": "uniform", "interval": 2}),
-    Row("full", "**Context Forcing: slow_fast, surprisal promotion (full method)**"),
-    Row("no_cdmd", "without Contextual DMD (Stage 1 student, slow_fast at inference)", weights="dmd"),
-    Row("absolute", "without bounded positions (slow_fast, absolute positions)",
-        options={**SLOW_FAST, "positions": "absolute"}),
-    Row("any_pass", "promotion per layer on any pass (released code)",
-        options={**SLOW_FAST, "promote_on": "any_pass", "promote_scope": "per_layer"}),
+    Row("truth_codec", "perfect memory: the ground truth through the codec", kind="oracle", oracle="truth"),
+    Row("forgets", "forgets: follows the script, redraws every revisit", kind="oracle", oracle="forgets"),
+    Row("sink_view", "remembers the first view only (what a sink holds)", kind="oracle", oracle="sink_view"),
+    Row("still", "still picture (first frame)", kind="oracle", oracle="still"),
+    Row("full", "full: every past frame, absolute positions (CausVid / Self-Forcing as trained)", memory={"policy": "full"}),
+    Row("rolling", "rolling window, 12 frames = 3 s (Self-Forcing)", memory={"policy": "rolling", "window": 12}),
+    Row("sink", "sink 3 + window 9 (LongLive)", memory={"policy": "sink", "sink": 3, "window": 9}),
+    Row("relative", "sink 3 + window 9, relative positions (Infinity-RoPE)",
+        memory={"policy": "relative", "sink": 3, "window": 9}),
+    Row("ema_sink", "EMA sink 3 + window 6 (Reward Forcing)", memory={"policy": "ema_sink", "sink": 3, "window": 6}),
+    Row("slow_fast", "**Context Forcing: slow_fast as trained** (surprisal against the last checked chunk, "
+        "first-block keys, last frame kept)"),
+    Row("paper_rule", "slow_fast, the paper's surprisal rule (against the previous chunk, keys of all layers, first "
+        "frame kept, tau 0.95)", memory=PAPER_RULE),
+    Row("compare_previous", "slow_fast, surprisal against the previous chunk (else as trained)",
+        memory={"compare": "previous"}),
+    Row("keep_first", "slow_fast, first frame kept (else as trained)", memory={"keep": "first"}),
+    Row("uniform", "slow_fast, uniform promotion every 2 chunks", memory={"rule": "uniform", "interval": 2}),
+    Row("released", "slow_fast, the released cache exactly (`layout=released`)", memory={"layout": "released"}),
+    Row("absolute", "without bounded positions, at inference only", memory={"positions": "absolute"}),
+    Row("absolute_trained", "without bounded positions, trained so (Stage 2 and inference at absolute positions)",
+        weights="cdmd_absolute", memory={"positions": "absolute"}),
     Row("contiguous", f"Stage 2 teacher on a contiguous {CONTIGUOUS_WINDOW}-frame window (released code)",
         weights="cdmd_contiguous"),
-    Row("absolute_trained", "without bounded positions, trained so (Stage 2 and inference at absolute positions)",
-        weights="cdmd_absolute", options={**SLOW_FAST, "positions": "absolute"}),
+    Row("no_cdmd", "without Contextual DMD (the Stage 1 student, trained memory)", weights="dmd"),
+    Row("teacher", "context teacher (16 Euler steps, CFG 3, trained memory)", weights="teacher", sampling=TEACHER_SAMPLING),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
-# the main rows and both bounded-position ablations, at 120 s
-LONG_ROWS = ("codec", "rolling", "sink", "full", "absolute", "absolute_trained")
-PROTOCOLS = ("occlusion", "recall")
+BASELINE = "slow_fast"
+BUCKETS = ("fast", "slow", "beyond")
 
 
 def die(message: str) -> None:
@@ -98,100 +104,89 @@ def die(message: str) -> None:
 
 # -- one cell -------------------------------------------------------------------------------------------------
 class Worker:
-    """Per-process state: models, codec and text encoder are loaded once and reused across cells."""
+    """Per-process state: pipelines (models, codec, text encoder) are loaded once and reused across cells."""
 
     def __init__(self):
         import torch
 
-        from contextforcing.codecs.text import HashTextEncoder
-        from contextforcing.codecs.world import load_world_codec
-        from contextforcing.loading import embedded_config
-        from contextforcing.pipeline import Pipeline
-
         torch.set_num_threads(1)
-        self.pipeline = Pipeline.from_pretrained()
-        self.codec = load_world_codec()
-        cfg = self.pipeline.preset.model
-        self.encoder = HashTextEncoder(cfg.text_dim, cfg.text_len)
-        self.models = {SHIPPED: self.pipeline.model}
-        assert embedded_config()["memory"]["options"] == SLOW_FAST, "the shipped model's memory changed"
+        self.pipes: dict = {}
+        self.codec = None  # the panorama codec, for the oracles (a model's latents are decoded by it)
 
-    def model(self, weights: str):
-        from contextforcing.model.checkpoints import load_model
+    def pipe(self, weights: str):
+        from contextforcing.eval.panorama_runs import world_pipeline
 
-        if weights not in self.models:
-            self.models[weights] = load_model(EXPORTS / f"{weights}.safetensors", self.pipeline.preset.model)
-        return self.models[weights]
+        if weights not in self.pipes:
+            shipped = self.pipes.get(SHIPPED) or world_pipeline()
+            self.pipes[SHIPPED] = shipped
+            if weights != SHIPPED:  # an export: the shipped model's trained memory is its default too
+                self.pipes[weights] = world_pipeline(EXPORTS / f"{weights}.safetensors", memory=shipped.memory)
+        return self.pipes[weights]
 
-    def world_latents(self, track, cache: Path):
-        """The world's ground truth through the codec, computed once per world and shared by its cells."""
-        import torch
+    def oracle(self, row: Row, spec) -> np.ndarray:
+        from contextforcing.data.world.panorama import render, simulate
+        from contextforcing.eval import oracles
 
-        from contextforcing.eval.protocols import world_latents
+        track = simulate(spec)
+        truth = render(track)
+        video = {"truth": lambda: truth, "forgets": lambda: oracles.forgetting(track, truth, 0.0),
+                 "sink_view": lambda: oracles.forgetting(track, truth, 0.0, keep_sink=True),
+                 "still": lambda: oracles.still_picture(track, truth)}[row.oracle]()
+        if self.codec is None:
+            from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
 
-        if cache.is_file():
-            return torch.load(cache)
-        latents = world_latents(self.codec, track)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(latents, tmp)
-        os.replace(tmp, cache)
-        return latents
+            self.codec = load_world_codec(PANORAMA_PATH)
+        return through_codec(self.codec, video)
 
-    def frames(self, row: Row, protocol: str, track, seed: int, latents) -> np.ndarray:
-        from contextforcing.codecs.preview import to_uint8_frames
-        from contextforcing.config import SamplingConfig
-        from contextforcing.data.world.render import render
-        from contextforcing.eval.protocols import generate_world
-        from contextforcing.memory.policies import make_spec
-        from contextforcing.sampling.stream import VideoStream
+    def run(self, row: Row, index: int, spec, path: Path) -> None:
+        from contextforcing.data.world.panorama import simulate
+        from contextforcing.eval.panorama_metrics import panorama_scores
+        from contextforcing.eval.panorama_runs import generate
 
-        if row.source == "render":
-            return render(track)
-        if row.source == "codec":
-            return to_uint8_frames(self.codec.stream_decoder().decode(latents)[0])
-        video = self.pipeline.preset.video
-        stream = VideoStream(self.model(row.weights), self.encoder.encode([track.prompt.canonical]),
-                             make_spec(row.policy, row.options), video, SamplingConfig(),
-                             euler_num_steps=row.euler_steps, max_frames=video.latent_frames_for(track.spec.seconds))
-        return generate_world(stream, self.codec, track, protocol, seed, latents)
-
-    def run(self, protocol: str, row: Row, world, path: Path, latents_cache: Path) -> None:
-        from contextforcing.data.world.style import FPS
-        from contextforcing.data.world.track import simulate
-        from contextforcing.eval.evaluate import evaluate_video
-        from contextforcing.eval.features import pixel_extractor
-
-        track = simulate(world)
-        latents = self.world_latents(track, latents_cache) if row.source != "render" else None
         began = time.perf_counter()
-        frames = self.frames(row, protocol, track, world.seed, latents)
+        track = simulate(spec)
+        promoted = None
+        if row.kind == "oracle":
+            frames, memory = self.oracle(row, spec), None
+        else:
+            pipe = self.pipe(row.weights)
+            video = generate(pipe, spec, memory=row.memory, sampling=row.sampling)
+            frames, memory = video.frames, video.record["config"]["memory"]
+            promoted = [f for chunk in video.record["memory_trace"] for f in chunk["promoted"]]
         seconds = time.perf_counter() - began
-        metrics = evaluate_video(row.key, "", frames, FPS, [pixel_extractor()], track).metrics
-        record = {"commit": _commit(), "protocol": protocol, "row": row.key, "prompt": world.prompt, "seed": world.seed,
-                  "seconds": world.seconds, "occlusion_seconds": list(world.occlusion_seconds),
-                  "generation_seconds": seconds, "metrics": _compact(metrics)}
-        strips = {f"occlusion{i}": frames[[o["before_frame"], o["after_frame"], min(len(frames) - 1, o["after_frame"] + FPS)]]
-                  for i, o in enumerate(metrics["world"]["restoration"]["occlusions"])}
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **strips)
-        os.replace(tmp, path.with_suffix(".npz"))
+        scores = panorama_scores(frames, track)
+        made = [r for r in scores.revisits if r["made"]]
+        record = {"commit": _commit(), "row": row.key, "seed": spec.seed, "seconds": spec.seconds, "world": index,
+                  "generation_seconds": seconds, "memory": memory, "headline": scores.headline(),
+                  "made": {b: [s.made, s.revisits] for b, s in scores.buckets.items()},
+                  # the slow memory's promotions (layer group 0) and how many were of frames the script keeps dark
+                  "promoted": promoted, "promoted_dark": None if promoted is None else
+                  sum(not bool(track.latent_lit[f]) for f in promoted),
+                  "revisits": [{"delay": r["delay_seconds"], "bucket": r["bucket"], "error": r["error"],
+                                "permanence": r["permanence"], "in_sink": r["in_sink"]} for r in made]}
+        if made:  # frames before / when back of its longest made revisit, for the strips
+            longest = max((r for r in scores.revisits if r["made"]), key=lambda r: r["delay_seconds"])
+            picks = _revisit_frames(longest)
+            np.savez_compressed(path.with_suffix(".tmp.npz"), frames=frames[picks], delay=longest["delay_seconds"])
+            os.replace(path.with_suffix(".tmp.npz"), path.with_suffix(".npz"))
         write_json_atomic(path, record)
 
 
-def _compact(m: dict) -> dict:
-    w, pix = m["world"], m["features"]["pixel"]
-    return {
-        "restoration": w["restoration"], "permanence": w["permanence"],
-        "palette": w["fidelity"]["palette"], "shape_validity": w["fidelity"]["shape_validity"],
-        "fidelity_curve_t": w["fidelity"]["curve_t"], "fidelity_curve": w["fidelity"]["curve"],
-        "drift": w["drift"]["mean"], "drift_increase": w["drift"]["increase"],
-        "drift_curve_t": w["drift"]["curve_t"], "drift_curve": w["drift"]["curve"],
-        "moving_fraction": w["dynamics"]["moving_fraction"], "speed_ratio": w["dynamics"]["speed_ratio"],
-        "subject_consistency_pixel": pix["vbench_consistency"], "clip_to_clip_pixel": pix["clip_to_clip"],
-        "first_frame_similarity_pixel": pix["first_frame_similarity"],
-        "temporal_flickering": m["temporal_flickering"],
-    }
+def _revisit_frames(revisit: dict) -> list[int]:
+    from contextforcing.data.world.panorama.geometry import latent_end_frame
+
+    return [int(latent_end_frame(revisit["seen_latent"])), int(latent_end_frame(revisit["back_latent"]))]
+
+
+def through_codec(codec, frames: np.ndarray) -> np.ndarray:
+    """Frames encoded and decoded as a model's latents would be (the oracles' videos)."""
+    import torch
+
+    from contextforcing.pipeline import to_uint8_frames
+
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        return to_uint8_frames(codec.stream_decoder().decode(codec.encode(video))[0])
 
 
 _WORKER: Worker | None = None
@@ -201,39 +196,42 @@ def _run_cell(task) -> tuple[str, float]:
     global _WORKER
     if _WORKER is None:
         _WORKER = Worker()
-    protocol, key, world, path, latents_cache = task
+    key, index, spec, path = task
     began = time.perf_counter()
-    _WORKER.run(protocol, ROW_BY_KEY[key], world, Path(path), Path(latents_cache))
+    _WORKER.run(ROW_BY_KEY[key], index, spec, Path(path))
     return str(path), time.perf_counter() - began
 
 
 # -- planning and running -----------------------------------------------------------------------------------
-def cell_path(out: Path, protocol: str, seconds: float, key: str, index: int) -> Path:
-    return out / "cells" / protocol / f"{seconds:g}s" / key / f"{index:03d}.json"
+def cell_path(out: Path, seconds: float, key: str, index: int) -> Path:
+    return out / "cells" / f"{seconds:g}s" / key / f"{index:03d}.json"
+
+
+def worlds(args) -> list:
+    from contextforcing.data.world.panorama import heldout_worlds
+    from contextforcing.eval.panorama_runs import shortened
+
+    return [shortened(w, args.seconds) for w in heldout_worlds(args.worlds)]
 
 
 def plan(args) -> list[tuple]:
-    from contextforcing.data.world.heldout import heldout_pairs
-
     tasks = []
-    for seconds, count, keys in ((args.seconds, args.pairs, args.rows), (args.long_seconds, args.long_pairs, args.long_rows)):
-        if not count:
-            continue
-        for index, world in enumerate(heldout_pairs(count, seconds)):
-            latents = args.out / "world_latents" / f"{seconds:g}s" / f"{index:03d}.pt"
-            for protocol in args.protocols:
-                for key in keys:
-                    path = cell_path(args.out, protocol, seconds, key, index)
-                    if key == "teacher" and args.teacher_pairs is not None and index >= args.teacher_pairs:
-                        continue  # the teacher samples 4x longer than the student: a smaller set when time is short
-                    if not path.is_file():
-                        tasks.append((protocol, key, world, str(path), str(latents)))
+    for index, spec in enumerate(worlds(args)):  # world-major: every row advances together
+        for key in args.rows:
+            limit = args.teacher_worlds if key == "teacher" and args.teacher_worlds is not None else args.worlds
+            path = cell_path(args.out, args.seconds, key, index)
+            if index < limit and not path.is_file():
+                tasks.append((key, index, spec, str(path)))
     return tasks
 
 
 def ensure_weights(keys: list[str]) -> None:
     """Exports the rows need; the Stage 2 variants are trained here if missing (resumable)."""
-    needed = {ROW_BY_KEY[k].weights for k in keys if ROW_BY_KEY[k].source == "model"} - {SHIPPED}
+    from contextforcing.loading import EMBEDDED_WEIGHTS
+
+    if any(ROW_BY_KEY[k].kind == "model" for k in keys) and not EMBEDDED_WEIGHTS.is_file():
+        die(f"{EMBEDDED_WEIGHTS} missing; run `make toy-model` first")
+    needed = {ROW_BY_KEY[k].weights for k in keys if ROW_BY_KEY[k].kind == "model"} - {SHIPPED}
     for name in sorted(needed & STAGE2_VARIANTS.keys()):
         if not (EXPORTS / f"{name}.safetensors").is_file():
             train_stage2_variant(name)
@@ -246,18 +244,19 @@ def train_stage2_variant(name: str) -> None:
     for prerequisite in ("dmd", "teacher"):
         if not (EXPORTS / f"{prerequisite}.safetensors").is_file():
             die(f"{EXPORTS / prerequisite}.safetensors missing; run `make toy-model` first")
-    run_dir = REPO / "runs" / "toy" / name
+    run_dir = EXPORTS.parent / name
     cli = [sys.executable, "-m", "contextforcing.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cli + ["train", "cdmd", "--config", str(REPO / "configs/toy/cdmd.yaml"), f"trainer.run_dir={run_dir}",
                           f"stage.init={EXPORTS / 'dmd.safetensors'}", f"stage.real_init={EXPORTS / 'teacher.safetensors'}",
-                          *STAGE2_VARIANTS[name]], check=True)
-    subprocess.run(cli + ["export", str(run_dir), str(EXPORTS / f"{name}.safetensors")], check=True)
+                          *STAGE2_VARIANTS[name]], check=True, env=env)
+    subprocess.run(cli + ["export", str(run_dir), str(EXPORTS / f"{name}.safetensors")], check=True, env=env)
 
 
 def run_cells(tasks: list[tuple], workers: int) -> None:
     from tqdm import tqdm
 
-    for _, _, _, path, _ in tasks:
+    for _, _, _, path in tasks:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(tasks), unit="cell", desc="cells") as bar:
         if workers <= 1:
@@ -270,107 +269,30 @@ def run_cells(tasks: list[tuple], workers: int) -> None:
                 bar.update()
 
 
-# -- report ---------------------------------------------------------------------------------------------------
-LIMITS: dict[float, int] = {}  # seconds -> how many worlds (the first N) the report uses; set by main
+# -- statistics -----------------------------------------------------------------------------------------------
+def load_cells(out: Path, seconds: float, key: str, limit: int | None = None) -> list[dict]:
+    folder = out / "cells" / f"{seconds:g}s" / key
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return [json.loads(p.read_text()) for p in paths if limit is None or int(p.stem) < limit]
 
 
-def load_cells(out: Path, protocol: str, seconds: float, key: str) -> list[dict]:
-    """The cells on disk among the first LIMITS[seconds] worlds (so a partial run reports the same worlds
-    for every row when given the count every row has reached)."""
-    folder = out / "cells" / protocol / f"{seconds:g}s" / key
-    limit = LIMITS.get(seconds)
-    paths = [p for p in sorted(folder.glob("*.json")) if limit is None or int(p.stem) < limit] if folder.is_dir() else []
-    return [json.loads(p.read_text()) for p in paths]
-
-
-def bucket_values(cells: list[dict], bucket: str, what: str = "restoration_error") -> list[float]:
-    """Per world: the mean of `what` over its occlusions in `bucket`."""
-    values = []
-    for c in cells:
-        v = c["metrics"]["restoration"]["buckets"][bucket][what]
-        if v is not None:
-            values.append(v)
-    return values
-
-
-def summary(values: list[float], digits: int = 3) -> str:
-    """Median [25th-75th percentile] over worlds, or 'n/a' if nothing was measured."""
+def mean(values) -> float | None:
     values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return f"{med:.{digits}f} [{q1:.{digits}f}-{q3:.{digits}f}]"
+    return float(np.mean(values)) if values else None
 
 
-def metric(cells: list[dict], name: str) -> list[float]:
-    return [c["metrics"][name] for c in cells]
-
-
-def table(out: Path, protocol: str, seconds: float, keys, columns) -> str:
-    head = "| row | n | " + " | ".join(c[0] for c in columns) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 2)]
-    for key in keys:
-        cells = load_cells(out, protocol, seconds, key)
-        if not cells:
-            lines.append(f"| {ROW_BY_KEY[key].label} | 0 | " + " | ".join("not measured" for _ in columns) + " |")
-            continue
-        lines.append(f"| {ROW_BY_KEY[key].label} | {len(cells)} | " + " | ".join(c[1](cells) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def when_back(cells: list[dict], bucket: str, what: str) -> list[float]:
-    """Per world: the mean of `what` over its occlusions in `bucket` after which the view came back
-    (worlds where it never came back in that bucket give no value). `returned` gives the fraction."""
-    values = []
-    for c in cells:
-        rows = [o for o in c["metrics"]["restoration"]["occlusions"] if o["bucket"] == bucket]
-        if what == "returned":
-            values += [float(np.mean([o["returned"] for o in rows]))] if rows else []
-            continue
-        back = [o[what] for o in rows if o["returned"] and o[what] is not None]
-        values += [float(np.mean(back))] if back else []
-    return values
-
-
-BUCKETS = ("short", "mid", "long")
-RETURN_COLUMNS = [(f"error when back, {b}", lambda cells, b=b: summary(when_back(cells, b, "return_error")))
-                  for b in BUCKETS]
-RETURN_PERMANENCE_COLUMNS = [(f"permanence when back, {b}", lambda cells, b=b: summary(when_back(cells, b, "return_permanence"), 2))
-                             for b in BUCKETS]
-RETURNED_COLUMNS = [(f"came back, {b}", lambda cells, b=b: summary(when_back(cells, b, "returned"), 2)) for b in BUCKETS]
-FIXED_COLUMNS = [(f"error at the annotated end, {b}", lambda cells, b=b: summary(bucket_values(cells, b)))
-                 for b in BUCKETS]
-PENALISED_COLUMNS = [(f"error at return, no return = 1, {b}", lambda cells, b=b: summary(bucket_values(cells, b, "return_error")))
-                     for b in BUCKETS]
-QUALITY_COLUMNS = [
-    ("palette fidelity", lambda c: summary(metric(c, "palette"))),
-    ("shape validity", lambda c: summary(metric(c, "shape_validity"), 2)),
-    ("drift", lambda c: summary(metric(c, "drift"))),
-    ("sprite moving", lambda c: summary(metric(c, "moving_fraction"), 2)),
-    ("subject consistency (pixel)", lambda c: summary(metric(c, "subject_consistency_pixel"))),
-    ("clip-to-clip (pixel)", lambda c: summary(metric(c, "clip_to_clip_pixel"))),
-    ("s per video", lambda c: f"{np.median([x['generation_seconds'] for x in c]):.1f}"),
-]
+def beyond_fast(cell: dict, what: str = "error") -> float | None:
+    """A world's mean over its made revisits of the slow and beyond buckets: what only memory beyond the fast
+    frames can serve."""
+    return mean([r[what] for r in cell["revisits"] if r["bucket"] != "fast"])
 
 
 BOOTSTRAP_RESAMPLES = 2000
-BASELINE = "full"
 
 
-def per_world(cells: list[dict], bucket: str) -> dict[tuple, float]:
-    """World (prompt, seed) -> its mean error at return in `bucket`, a missing return scored as 1: defined
-    for every world that has the bucket, so two rows can be compared world by world."""
-    values = {}
-    for c in cells:
-        v = c["metrics"]["restoration"]["buckets"][bucket]["return_error"]
-        if v is not None:
-            values[(c["prompt"], c["seed"])] = v
-    return values
-
-
-def paired_difference(row: dict[tuple, float], base: dict[tuple, float]) -> str:
+def paired_difference(row: dict, base: dict) -> str:
     """Median over the shared worlds of (row - baseline), its 95% bootstrap interval (worlds resampled,
-    fixed seed), and in how many worlds the row's error is lower / higher than the baseline's."""
+    fixed seed), and in how many worlds the row's value is lower / higher than the baseline's."""
     shared = sorted(row.keys() & base.keys())
     if not shared:
         return "n/a"
@@ -391,35 +313,70 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
-def paired_table(out: Path, protocols, seconds: float, keys) -> str:
-    """Every row against the full method, world by world (mid and long occlusions)."""
-    buckets = ("mid", "long")
-    head = "| row | " + " | ".join(f"{p}, {b}" for p in protocols for b in buckets) + " |"
-    lines = [head, "|" + "---|" * (len(protocols) * len(buckets) + 1)]
-    for key in keys:
-        if key == BASELINE:
+# -- report ---------------------------------------------------------------------------------------------------
+def _fmt(v, digits=3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def headline_table(args) -> str:
+    cols = ["n", "camera obeyed, pans / holds", "revisit error, fast / slow / beyond", "object permanence, fast / slow / beyond",
+            "revisits made, fast / slow / beyond", "revisit error beyond the fast memory", "movers obeyed",
+            "lighting obeyed", "s per video"]
+    lines = ["| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for key in args.rows:
+        cells = load_cells(args.out, args.seconds, key, args.worlds)
+        label = ROW_BY_KEY[key].label
+        if not cells:
+            lines.append(f"| {label} | 0 | " + " | ".join("not measured" for _ in cols[1:]) + " |")
             continue
-        cols = []
-        for protocol in protocols:
-            base_cells, cells = (load_cells(out, protocol, seconds, k) for k in (BASELINE, key))
-            cols += [paired_difference(per_world(cells, b), per_world(base_cells, b)) for b in buckets]
-        lines.append(f"| {ROW_BY_KEY[key].label} | " + " | ".join(cols) + " |")
+
+        def col(name, digits=2):
+            return _fmt(mean([c["headline"][name] for c in cells]), digits)
+
+        made = " / ".join(_fmt(sum(c["made"][b][0] for c in cells) / max(1, sum(c["made"][b][1] for c in cells)), 2)
+                          for b in BUCKETS)
+        seconds = np.median([c["generation_seconds"] for c in cells])
+        lines.append(" | ".join([
+            f"| {label}", str(len(cells)), f"{col('camera_pans')} / {col('camera_holds')}",
+            " / ".join(col(f"revisit_error_{b}", 3) for b in BUCKETS),
+            " / ".join(col(f"permanence_{b}") for b in BUCKETS), made,
+            _fmt(mean([beyond_fast(c) for c in cells])), col("movers"), col("lighting"), f"{seconds:.1f} |"]))
     return "\n".join(lines)
 
 
-def tables(args) -> dict[str, str]:
-    s, ls = args.seconds, args.long_seconds
-    return {
-        "recall": table(args.out, "recall", s, args.rows, RETURN_COLUMNS + RETURN_PERMANENCE_COLUMNS + RETURNED_COLUMNS),
-        "occlusion": table(args.out, "occlusion", s, args.rows, RETURN_COLUMNS + RETURN_PERMANENCE_COLUMNS + RETURNED_COLUMNS),
-        "quality": table(args.out, "occlusion", s, args.rows, QUALITY_COLUMNS),
-        "fixed": "\n\n".join(f"*{p}*\n\n" + table(args.out, p, s, args.rows, FIXED_COLUMNS + PENALISED_COLUMNS)
-                              for p in args.protocols),
-        "paired": f"*{s:g} s*\n\n" + paired_table(args.out, args.protocols, s, args.rows)
-                  + f"\n\n*{ls:g} s*\n\n" + paired_table(args.out, args.protocols, ls, args.long_rows),
-        "long": "\n\n".join(f"*{p}, {ls:g} s*\n\n" + table(args.out, p, ls, args.long_rows, RETURN_COLUMNS + RETURNED_COLUMNS + QUALITY_COLUMNS[:1])
-                            for p in args.protocols),
-    }
+def promotion_table(args) -> str:
+    """For the rows whose memory promotes: how often, and how many promoted frames the script keeps dark."""
+    lines = ["| row | promotions per video (90 s) | share of promoted frames dark in the script |", "|---|---|---|"]
+    for key in args.rows:
+        cells = [c for c in load_cells(args.out, args.seconds, key, args.worlds) if c.get("promoted")]
+        if not cells:
+            continue
+        count = sum(len(c["promoted"]) for c in cells)
+        dark = sum(c["promoted_dark"] for c in cells)
+        lines.append(f"| {ROW_BY_KEY[key].label} | {count / len(cells):.1f} | {dark / count:.2f} |")
+    return "\n".join(lines)
+
+
+PAIRED = (("revisit error beyond the fast memory", lambda c: beyond_fast(c)),
+          ("permanence beyond the fast memory", lambda c: beyond_fast(c, "permanence")),
+          ("movers obeyed", lambda c: c["headline"]["movers"]),
+          ("camera obeyed (pans)", lambda c: c["headline"]["camera_pans"]))
+
+
+def per_world(cells: list[dict], get) -> dict:
+    return {c["seed"]: v for c in cells if (v := get(c)) is not None}
+
+
+def paired_table(args) -> str:
+    lines = ["| row | " + " | ".join(name for name, _ in PAIRED) + " |", "|---" * (len(PAIRED) + 1) + "|"]
+    base = load_cells(args.out, args.seconds, BASELINE, args.worlds)
+    for key in args.rows:
+        if key == BASELINE:
+            continue
+        cells = load_cells(args.out, args.seconds, key, args.worlds)
+        cols = [paired_difference(per_world(cells, get), per_world(base, get)) for _, get in PAIRED]
+        lines.append(f"| {ROW_BY_KEY[key].label} | " + " | ".join(cols) + " |")
+    return "\n".join(lines)
 
 
 def figures(args) -> list[str]:
@@ -431,86 +388,57 @@ def figures(args) -> list[str]:
     fig_dir = args.doc.parent / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    shown = [k for k in ("codec", "teacher", "rolling", "sink", "ema_sink", "no_cdmd", "absolute", "full") if k in args.rows]
-    # 1. restoration error against occlusion length, both protocols
-    fig, axes = plt.subplots(1, len(args.protocols), figsize=(6 * len(args.protocols), 4), squeeze=False)
-    edges = np.array([0.4, 0.8, 1.5, 4, 8, 20, 30])
-    for ax, protocol in zip(axes[0], args.protocols):
-        for key in shown:
-            rows = [o for c in load_cells(args.out, protocol, args.seconds, key)
-                    for o in c["metrics"]["restoration"]["occlusions"] if o["returned"]]
-            if not rows:
-                continue
-            secs = np.array([o["seconds"] for o in rows])
-            errs = np.array([o["return_error"] for o in rows])
-            mids, meds = [], []
-            for lo, hi in zip(edges[:-1], edges[1:]):
-                pick = (secs >= lo) & (secs < hi)
-                if pick.any():
-                    mids.append(np.sqrt(lo * hi))
-                    meds.append(np.median(errs[pick]))
-            ax.plot(mids, meds, marker="o", label=key, lw=2.5 if key == "full" else 1.2)
-        for x in (1.5, 20):
-            ax.axvline(x, color="grey", ls=":", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("occlusion length (s)")
-        ax.set_ylabel("restoration error when back (median)")
-        ax.set_title(f"protocol: {protocol}, {args.seconds:g} s worlds")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    written.append(_save(fig, fig_dir / "restoration_by_length.png"))
-    # 2. fidelity and drift over time (occlusion protocol)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    shown = [k for k in ("truth_codec", "forgets", "teacher", "rolling", "sink", "ema_sink", "no_cdmd", "paper_rule",
+                         "slow_fast") if k in args.rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    edges = np.array([0.75, 1.5, 3, 6, 12, 20, 35, 80])
     for key in shown:
-        cells = load_cells(args.out, "occlusion", args.seconds, key)
-        if not cells:
+        rows = [r for c in load_cells(args.out, args.seconds, key, args.worlds) for r in c["revisits"] if r["error"] is not None]
+        if not rows:
             continue
-        for ax, name in zip(axes, ("fidelity", "drift")):
-            curves = np.array([[np.nan if v is None else v for v in c["metrics"][f"{name}_curve"]] for c in cells], float)
-            t = cells[0]["metrics"][f"{name}_curve_t"]
-            with warnings.catch_warnings():  # a time where every world is hidden has no value: a gap
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ax.plot(t, np.nanmedian(curves, axis=0), label=key, lw=2.5 if key == "full" else 1.2)
-    axes[0].set_ylabel("palette fidelity (median over worlds)")
-    axes[1].set_ylabel("background drift (median over worlds)")
-    for ax in axes:
-        ax.set_xlabel("time (s)")
-    axes[1].legend(fontsize=8)
+        delays, errors = np.array([r["delay"] for r in rows]), np.array([r["error"] for r in rows])
+        mids, means = [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            pick = (delays > lo) & (delays <= hi)
+            if pick.any():
+                mids.append(np.sqrt(lo * hi))
+                means.append(errors[pick].mean())
+        ax.plot(mids, means, marker="o", label=key, lw=2.5 if key == BASELINE else 1.2,
+                ls="--" if ROW_BY_KEY[key].kind == "oracle" else "-")
+    for x in (1.5, 20):
+        ax.axvline(x, color="grey", ls=":", lw=0.8)
+    ax.set(xscale="log", xlabel="revisit delay (s)", ylabel="revisit error (mean over made revisits)",
+           title=f"revisit error against delay, {args.worlds} held-out worlds of {args.seconds:g} s", ylim=(0, 1))
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    written.append(_save(fig, fig_dir / "quality_over_time.png"))
-    # 3. frame strips around the longest occlusion of world 0
-    for protocol in args.protocols:
-        written.append(strip(args, protocol, fig_dir, plt))
+    written.append(_save(fig, fig_dir / "revisit_by_delay.png"))
+    written.append(strip(args, fig_dir, plt))
     return [w for w in written if w]
 
 
-def strip(args, protocol: str, fig_dir: Path, plt) -> str | None:
-    keys = [k for k in ("codec", "teacher", "rolling", "sink", "no_cdmd", "absolute", "full") if k in args.rows]
-    path0 = cell_path(args.out, protocol, args.seconds, "codec", 0)
-    if not path0.is_file():
-        return None
-    occ = json.loads(path0.read_text())["metrics"]["restoration"]["occlusions"]
-    if not occ:
-        return None
-    longest = int(np.argmax([o["seconds"] for o in occ]))
+def strip(args, fig_dir: Path, plt) -> str | None:
+    """Before / when back at world 0's longest made revisit, per row."""
     rows = []
-    for key in keys:
-        npz = cell_path(args.out, protocol, args.seconds, key, 0).with_suffix(".npz")
+    for key in args.rows:
+        npz = cell_path(args.out, args.seconds, key, 0).with_suffix(".npz")
         if npz.is_file():
-            rows.append((key, np.load(npz)[f"occlusion{longest}"]))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(4.5, 1.6 * len(rows)), squeeze=False)
-    for (key, frames), ax_row in zip(rows, axes):
-        for j, (ax, title) in enumerate(zip(ax_row, ("before", "due back", "due back + 1 s"))):
+            data = np.load(npz)
+            rows.append((key, data["frames"], float(data["delay"])))
+    if not rows:
+        return None
+    fig, axes = plt.subplots(len(rows), 2, figsize=(3.2, 1.5 * len(rows)), squeeze=False)
+    for (key, frames, delay), ax_row in zip(rows, axes):
+        for j, (ax, title) in enumerate(zip(ax_row, ("last seen", "back"))):
             ax.imshow(frames[j], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if key == rows[0][0]:
                 ax.set_title(title, fontsize=8)
             if j == 0:
-                ax.set_ylabel(key, fontsize=8)
-    fig.suptitle(f"{protocol}: {occ[longest]['seconds']:g} s occlusion, world 0", fontsize=9)
+                ax.set_ylabel(f"{key}\n{delay:.0f} s", fontsize=7)
+    fig.suptitle("world 0: each row's longest revisit it made", fontsize=8)
     fig.tight_layout()
-    return _save(fig, fig_dir / f"strip_{protocol}.png")
+    return _save(fig, fig_dir / "strip_longest_revisit.png")
 
 
 def _save(fig, path: Path) -> str:
@@ -532,12 +460,11 @@ def environment(args) -> str:
 
     commits = sorted({json.loads(p.read_text()).get("commit", "unrecorded") for p in (args.out / "cells").rglob("*.json")})
     return (f"Cells generated by `python scripts/reproduce_results.py` at commit(s) {', '.join(f'`{c}`' for c in commits)}; "
-            f"report written at `{_commit()}`: torch "
-            f"{torch.__version__}, {platform.machine()} CPU, {args.workers} worker process(es) x 1 torch thread, "
-            f"{time.strftime('%Y-%m-%d')}.")
+            f"report written at `{_commit()}`: torch {torch.__version__}, {platform.machine()} CPU, {args.workers} "
+            f"worker process(es) x 1 torch thread, {time.strftime('%Y-%m-%d')}.")
 
 
-BLOCKS = ("recall", "occlusion", "quality", "paired", "fixed", "long", "environment")  # what write_doc fills
+BLOCKS = ("headline", "promotion", "paired", "environment")  # what write_doc fills
 
 
 def _block(name: str) -> re.Pattern:
@@ -552,20 +479,6 @@ def check_doc(doc: Path) -> None:
     missing = [name for name in BLOCKS if not _block(name).search(text)]
     if missing:
         die(f"{doc} has no '<!-- BEGIN {missing[0]} -->' ... '<!-- END {missing[0]} -->' block")
-
-
-def check_worlds(args) -> None:
-    """Before any generation: every world's occlusion schedule fits its length."""
-    from contextforcing.data.world.heldout import heldout_pairs
-    from contextforcing.data.world.track import simulate
-    from contextforcing.errors import UserError
-
-    for seconds, count in ((args.seconds, args.pairs), (args.long_seconds, args.long_pairs)):
-        for world in heldout_pairs(min(count, 1), seconds):
-            try:
-                simulate(world)
-            except UserError as e:
-                die(f"held-out worlds of {seconds:g} s: {e}")
 
 
 def write_doc(doc: Path, blocks: dict[str, str]) -> None:
@@ -583,40 +496,33 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "results")
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "results.md")
-    p.add_argument("--pairs", type=int, default=50, help="held-out worlds at --seconds")
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--long-pairs", type=int, default=16, help="held-out worlds at --long-seconds (main rows)")
-    p.add_argument("--long-seconds", type=float, default=120.0)
-    p.add_argument("--teacher-pairs", type=int, default=None,
-                   help="worlds the (slow) teacher row is run on (default: all --pairs)")
+    p.add_argument("--worlds", type=int, default=16, help="held-out worlds (the first N: 16 is the standard set)")
+    p.add_argument("--seconds", type=float, default=90.0, help="each world cut to this length (90: whole)")
+    p.add_argument("--teacher-worlds", type=int, default=None, help="worlds the (slow) teacher row runs on")
     p.add_argument("--rows", default=",".join(r.key for r in ROWS))
-    p.add_argument("--long-rows", default=",".join(LONG_ROWS))
-    p.add_argument("--protocols", default=",".join(PROTOCOLS))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--report-only", action="store_true", help="no generation: tables, figures, document")
     args = p.parse_args(argv)
-    for name in ("rows", "long_rows", "protocols"):
-        setattr(args, name, [x for x in getattr(args, name).split(",") if x])
-    unknown = [k for k in args.rows + args.long_rows if k not in ROW_BY_KEY] + [p for p in args.protocols if p not in PROTOCOLS]
+    args.rows = [x for x in args.rows.split(",") if x]
+    unknown = [k for k in args.rows if k not in ROW_BY_KEY]
     if unknown:
-        die(f"unknown row or protocol: {', '.join(unknown)} (rows: {', '.join(ROW_BY_KEY)})")
+        die(f"unknown row: {', '.join(unknown)} (rows: {', '.join(ROW_BY_KEY)})")
+    if args.worlds < 1 or not 0 < args.seconds <= 90:
+        die(f"--worlds must be >= 1 and --seconds in (0, 90], got {args.worlds} and {args.seconds:g}")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    LIMITS.update({args.seconds: args.pairs, args.long_seconds: args.long_pairs})
     check_doc(args.doc)
     if not args.report_only:
-        check_worlds(args)
-        ensure_weights(args.rows + (args.long_rows if args.long_pairs else []))
+        ensure_weights(args.rows)
         tasks = plan(args)
         print(f"{len(tasks)} cells to generate ({args.workers} workers)", flush=True)
         run_cells(tasks, args.workers)
-    blocks = tables(args)
+    blocks = {"headline": headline_table(args), "promotion": promotion_table(args), "paired": paired_table(args),
+              "environment": environment(args)}
     figs = figures(args)
-    blocks["environment"] = environment(args)
-    assert blocks.keys() == set(BLOCKS), "tables() and BLOCKS disagree"
     write_doc(args.doc, blocks)
     print(f"wrote {args.doc} and {', '.join(figs)}")
     return 0

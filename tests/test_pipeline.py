@@ -15,7 +15,9 @@ from contextforcing.data.video import read_video
 from contextforcing.loading import embedded_config
 from contextforcing.sampling.stream import VideoStream, stream_video
 
-PROMPT = "plain warm room, blackout occlusions, circle sprite"
+PROMPT = "warm room, hold, lights on, black ball"  # the embedded model reads the panorama grammar
+PAN = "warm room, pan left, lights on, black ball"
+DARK = "warm room, hold, lights off, black ball"
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +56,12 @@ def test_the_default_memory_is_the_one_the_model_was_trained_with(pipe):
 
 
 def test_stream_yields_chunks_live_and_takes_switches(pipe):
-    generation = pipe.stream(PROMPT, seconds=6, seed=1, switches={1.6: "plain cool room"})
+    generation = pipe.stream(PROMPT, seconds=6, seed=1, switches={1.6: PAN})
     first = next(generation)
     assert first.index == 0 and first.prompt == PROMPT and len(first.frames) == 9  # 1 + 2 x 4 pixel frames
-    assert generation.switch("checkered forest room") == 3  # after the scheduled switch at chunk 2 (1.5 s)
+    assert generation.switch(DARK) == 3  # after the scheduled switch at chunk 2 (1.5 s)
     chunks = [first, *generation]
-    assert [c.prompt for c in chunks] == [PROMPT, PROMPT, "plain cool room"] + ["checkered forest room"] * 5
+    assert [c.prompt for c in chunks] == [PROMPT, PROMPT, PAN] + [DARK] * 5
     events = [e for e in generation.stream.events if e["event"] == "switch"]
     assert [e["frame"] for e in events] == [6, 9]
     record = generation.record(chunks)
@@ -71,7 +73,7 @@ def test_a_refused_switch_changes_nothing(pipe):
     generation = pipe.stream(PROMPT, seconds=3, seed=1, memory={"layout": "released"})
     next(generation)
     with pytest.raises(cf.UserError, match="has no flush"):
-        generation.switch("plain cool room", flush=True)
+        generation.switch(DARK, flush=True)
     assert [c.prompt for c in generation] == [PROMPT] * 3
 
 
@@ -96,8 +98,8 @@ def test_save_writes_the_pair(pipe, tmp_path):
 
 @pytest.mark.parametrize("call, message", [
     (lambda p: p.stream("  ", seconds=1), "empty prompt"),
-    (lambda p: p.stream(PROMPT, seconds=3, switches={9.0: "plain cool room"}), "past the video"),
-    (lambda p: p.stream(PROMPT, seconds=3, switches={-1.0: "plain cool room"}), "positive number of seconds"),
+    (lambda p: p.stream(PROMPT, seconds=3, switches={9.0: PAN}), "past the video"),
+    (lambda p: p.stream(PROMPT, seconds=3, switches={-1.0: PAN}), "positive number of seconds"),
     (lambda p: p.stream(PROMPT, seconds=1, memory="full"), None),
     (lambda p: p.stream(PROMPT, memory="full"), "grows with the video"),
     (lambda p: p.stream(PROMPT, seconds=0), "--seconds must be positive"),

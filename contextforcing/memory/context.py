@@ -405,8 +405,8 @@ class ContextMemory:
             store[:, slot] = x.reshape(store[:, slot].shape).to(store.dtype)
 
     def _stage_copy(self, g: _Group, copies: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Store a promotion's copy of the current chunk's first frame now (attended from the next chunk)."""
-        slot = g.slots.allocate(("slow", self.start))
+        """Store a promotion's copy of the current chunk's kept frame now (attended from the next chunk)."""
+        slot = g.slots.allocate(("slow", self.params.kept_frame(self.start, self.frames)))
         for layer, kv in copies.items():
             self._write_slot(layer, slot, kv)
 

@@ -71,8 +71,11 @@ class SlowFastOptions:
     slow: int = 12
     fast: int = 6
     rule: str = "surprisal"  # surprisal | uniform
-    tau: float = 0.95  # promote when cos(mean key of this chunk, of the previous chunk) < tau
+    tau: float = 0.95  # promote when cos(mean key of this chunk, of the chunk it is compared with) < tau
     interval: int = 2  # surprisal: check every `interval` chunks; uniform: promote every `interval` chunks
+    compare: str = "previous"  # surprisal: compare with the previous chunk (paper) | the last checked chunk
+    keep: str = "first"  # which latent frame of a promoted chunk is copied: first (paper) | last
+    key_layers: str = "all"  # surprisal, global scope: keys pooled over all layers (paper) | the first layer only
     positions: str = "bounded"  # bounded | absolute (the "w/o bounded PE" ablation)
     promote_on: str = "commit"  # commit: decide on the clean commit pass; any_pass: noisy passes too (released)
     promote_scope: str = "global"  # global: one decision for all layers; per_layer: released code
@@ -95,12 +98,19 @@ OPTION_CHOICES = {
     "promote_on": ("commit", "any_pass"),
     "promote_scope": ("global", "per_layer"),
     "layout": ("tiered", "released"),
+    "compare": ("previous", "checked"),
+    "keep": ("first", "last"),
+    "key_layers": ("all", "first"),
 }
 
 # What `layout=released` fixes: the released code decides on every pass (noisy ones too), per layer,
 # every chunk, attends a promoted frame's copy beside the frame itself, with bounded positions.
 RELEASED_SWITCHES = {"rule": "surprisal", "promote_on": "any_pass", "promote_scope": "per_layer", "interval": 1,
                      "dedupe": False, "positions": "bounded"}
+# Options of the tiered layout's own rule that the released cache has no place for: it compares every pass
+# with the previous pass of its layer and copies the chunk's first frame. They take those values whatever a
+# trained memory set (so `layout=released` can be asked for on top of any trained memory).
+TIERED_RULE_OPTIONS = {"compare": "previous", "key_layers": "all", "keep": "first"}
 
 
 @dataclass(frozen=True)
@@ -168,7 +178,7 @@ def _released(values: dict) -> dict:
     if clashes:
         raise UserError(f"memory option layout=released fixes {', '.join(f'{k}={v}' for k, v in RELEASED_SWITCHES.items())}; "
                         f"drop {', '.join(clashes)}")
-    return {**values, **RELEASED_SWITCHES}
+    return {**values, **RELEASED_SWITCHES, **TIERED_RULE_OPTIONS}
 
 
 # -- the mechanism: what the options mean ----------------------------------------------------------------
@@ -188,6 +198,9 @@ class TierParams:
     promote_on: str = "commit"  # commit | any_pass
     per_layer: bool = False  # promotion decided per layer
     layout: str = "tiered"  # tiered | released
+    compare: str = "previous"  # commit-pass surprisal: previous | checked
+    keep_last: bool = False  # a promotion copies the chunk's last latent frame (else its first)
+    first_layer_keys: bool = False  # commit-pass surprisal, global scope: the first layer's keys only
 
     @property
     def capacity(self) -> int | None:
@@ -197,6 +210,10 @@ class TierParams:
     @property
     def surprisal(self) -> bool:
         return self.slow > 0 and self.rule == "surprisal"
+
+    def kept_frame(self, start: int, frames: int) -> int:
+        """The latent frame of the chunk [start, start + frames) that a promotion copies."""
+        return start + frames - 1 if self.keep_last else start
 
 
 def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
@@ -215,9 +232,12 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
         if not 0.0 <= o.alpha <= 1.0:
             raise UserError(f"ema_sink alpha must be in [0, 1], got {o.alpha}")
     else:
+        commit_rule = o.promote_on == "commit" and o.layout == "tiered"  # compare and key_layers apply to it only
         p = TierParams(sink=o.sink, slow=o.slow, window=o.fast, bounded=o.positions == "bounded", rule=o.rule,
                        tau=o.tau, interval=o.interval, dedupe=o.dedupe, promote_on=o.promote_on,
-                       per_layer=o.promote_scope == "per_layer", layout=o.layout)
+                       per_layer=o.promote_scope == "per_layer", layout=o.layout,
+                       compare=o.compare if commit_rule else "previous", keep_last=o.keep == "last",
+                       first_layer_keys=commit_rule and o.key_layers == "first" and o.promote_scope == "global")
         if o.slow > 0 and o.sink < 1:
             raise UserError("slow_fast with a slow memory needs a sink of at least 1 frame (sink=0 given)")
         if o.interval < 1:
@@ -403,8 +423,9 @@ class TieredPolicy:
                 self.fast.append(f)
         self._sink_open = self._sink_open and len(self.sink) < self.p.sink
         if promote:
-            self.slow.append(start)
-            changes.promoted.append(start)
+            kept = self.p.kept_frame(start, frames)
+            self.slow.append(kept)
+            changes.promoted.append(kept)
             while len(self.slow) > self.p.slow:
                 changes.slow_evicted.append(self.slow.pop(0))
         if self.p.window is not None:

@@ -2,13 +2,15 @@
 
 A strategy sees every pass's pre-RoPE keys of every layer before that layer attends (`observe`) and is
 asked at each commit whether the committed chunk is promoted (`at_commit`). It knows nothing of storage:
-`observe` returns a `Copy` for the memory to store (the chunk's first frame as this pass computed it). A
+`observe` returns a `Copy` for the memory to store (the chunk's kept frame as this pass computed it). A
 `group` is any object with `layers` (the layers that decide together) and `check` (what the policy allows
 for the current chunk: 'no', 'yes' or 'ask', fixed when the chunk is planned); strategies read `check`
 only when they need it, so a compiled forward of a rule without a signal never depends on it.
 
   Promotion        promotion by position alone (uniform rule), or never
-  CommitSurprisal  ours: one decision per chunk on the clean commit pass, cos of pooled mean keys < tau
+  CommitSurprisal  ours: one decision per chunk on the clean commit pass, cos of pooled mean keys < tau,
+                   against the previous chunk (`compare=previous`, the paper) or the last checked chunk
+                   (`compare=checked`), keys pooled over every layer or the first layer's only (`key_layers`)
   PassSurprisal    the released code's timing in the tiered layout (`promote_on=any_pass`): every pass is
                    compared with the previous pass; the first crossing copies that pass's first frame,
                    attended from the next chunk
@@ -39,12 +41,36 @@ def mean_key(k: torch.Tensor) -> torch.Tensor:
     return k.detach().float().mean(dim=1).flatten(1)
 
 
+def pooled_key(keys: list[torch.Tensor]) -> torch.Tensor:
+    """One chunk's representation from its mean keys of some layers ([B, H*D] each): averaged over the layers and
+    the batch ([H*D]; one representation, one cosine, not a mean of per-layer cosines)."""
+    return torch.stack(keys).mean(dim=(0, 1))
+
+
 def pooled_cosine(current: list[torch.Tensor], previous: list[torch.Tensor]) -> torch.Tensor:
-    """cos between two pooled representations: each averaged over layers and the batch first (one
-    representation, one cosine; not a mean of per-layer cosines)."""
-    a = torch.stack(current).mean(dim=(0, 1))
-    b = torch.stack(previous).mean(dim=(0, 1))
-    return torch.cosine_similarity(a, b, dim=0)
+    """cos between two pooled representations (`pooled_key`)."""
+    return torch.cosine_similarity(pooled_key(current), pooled_key(previous), dim=0)
+
+
+class SurprisalTrack:
+    """The commit-pass surprisal rule on a sequence of chunk representations, in plain host logic: what a chunk
+    is compared with, and whether it is promoted. `CommitSurprisal` runs it on the keys the commit passes see;
+    training replays it on keys computed for a whole clip at once (`key_layers=first`, `training.stages.common`)."""
+
+    def __init__(self, tau: float, compare: str):
+        self.tau, self.compare = tau, compare
+        self.previous: torch.Tensor | None = None
+
+    def decide(self, current: torch.Tensor | None, check: str) -> tuple[bool, float | None]:
+        """`check` is the policy's answer for the chunk ('no', 'ask'); returns (promote, similarity or None)."""
+        checked = check == "ask"
+        promote, sim = False, None
+        if checked and current is not None and self.previous is not None:
+            sim = float(torch.cosine_similarity(current, self.previous, dim=0))  # one host read per checked chunk
+            promote = sim < self.tau
+        if current is not None and (checked or self.compare == "previous"):
+            self.previous = current
+        return promote, sim
 
 
 class Promotion:
@@ -53,7 +79,7 @@ class Promotion:
     The signal of the group holding layer 0 is the one reported (`similarity`)."""
 
     def __init__(self, params: TierParams, num_layers: int, tokens_per_frame: int):
-        self.tau, self.tokens_per_frame = params.tau, tokens_per_frame
+        self.tau, self.tokens_per_frame, self.keep_last = params.tau, tokens_per_frame, params.keep_last
         self.similarity: float | None = None  # the signal of group 0's decision in this chunk, if one was taken
 
     def begin_chunk(self) -> None:
@@ -69,9 +95,12 @@ class Promotion:
     def end_commit(self) -> None:
         """Every group has decided."""
 
-    def _first_frame(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kept_frame(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent frame of this pass's chunk keys and values [B, frames*T, H, D] that a promotion copies
+        (`keep`: the first, or the last), detached."""
         t = self.tokens_per_frame
-        return k[:, :t].detach(), v[:, :t].detach()
+        first = k.shape[1] - t if self.keep_last else 0
+        return k[:, first : first + t].detach(), v[:, first : first + t].detach()
 
     def _record(self, group, sim: float) -> None:
         if group.layers[0] == 0:
@@ -81,8 +110,9 @@ class Promotion:
 class CommitSurprisal(Promotion):
     def __init__(self, params: TierParams, num_layers: int, tokens_per_frame: int):
         super().__init__(params, num_layers, tokens_per_frame)
+        self.first_layer, self.compare = params.first_layer_keys, params.compare
         self.current: list[torch.Tensor | None] = [None] * num_layers
-        self.previous: list[torch.Tensor | None] = [None] * num_layers
+        self.tracks: dict[int, SurprisalTrack] = {}  # per group (by its first layer)
 
     def observe(self, layer, group, k, v, commit):
         if commit:
@@ -90,15 +120,14 @@ class CommitSurprisal(Promotion):
         return None
 
     def at_commit(self, group):
-        layers = group.layers
-        if group.check != "ask" or any(self.previous[i] is None or self.current[i] is None for i in layers):
-            return False
-        sim = float(pooled_cosine([self.current[i] for i in layers], [self.previous[i] for i in layers]))
-        self._record(group, sim)  # one host read per checked chunk: the tier layout depends on it
-        return sim < self.tau
-
-    def end_commit(self):
-        self.previous = list(self.current)
+        layers = group.layers[:1] if self.first_layer else group.layers
+        keys = [self.current[i] for i in layers]
+        current = None if any(k is None for k in keys) else pooled_key(keys)
+        track = self.tracks.setdefault(group.layers[0], SurprisalTrack(self.tau, self.compare))
+        promote, sim = track.decide(current, group.check)
+        if sim is not None:
+            self._record(group, sim)  # the tier layout depends on it
+        return promote
 
 
 class PassSurprisal(Promotion):
@@ -115,7 +144,7 @@ class PassSurprisal(Promotion):
 
     def observe(self, layer, group, k, v, commit):
         self.current[layer] = mean_key(k)
-        self.staged[layer] = self._first_frame(k, v)
+        self.staged[layer] = self._kept_frame(k, v)
         layers = group.layers
         if layer != layers[-1]:  # a group decides once all its layers have their keys of this pass
             return None
@@ -156,7 +185,7 @@ class ReleasedSurprisal(Promotion):
         if sim >= self.tau:
             return None
         self.promoted.add(layer)
-        return Copy({layer: self._first_frame(k, v)}, now=True)
+        return Copy({layer: self._kept_frame(k, v)}, now=True)
 
     def at_commit(self, group):
         return False  # done inside the pass

@@ -105,7 +105,7 @@ class WanBlock(nn.Module):
         dtype = self.ffn[0].weight.dtype
 
         # 1. Self-attention over [memory context ; this clip], adaLN per frame.
-        h = (self.norm1(x) * (1 + scale1) + shift1).to(dtype).reshape(b, f * t, dim)
+        h = self._attention_input(x, shift1, scale1)
         q = self.self_attn.project_query(h)
         k, v = self.self_attn.project_key_value(h)
         q_rot, k_rot = apply_rope(q, inputs.freqs), apply_rope(k, inputs.freqs)
@@ -127,6 +127,16 @@ class WanBlock(nn.Module):
         h = (self.norm2(x) * (1 + scale2) + shift2).to(dtype)
         x = x + self.ffn(h).float() * gate2
         return x, text_kv
+
+
+    def _attention_input(self, x, shift, scale) -> torch.Tensor:
+        b, f, t, dim = x.shape
+        return (self.norm1(x) * (1 + scale) + shift).to(self.ffn[0].weight.dtype).reshape(b, f * t, dim)
+
+    def keys(self, x, e0) -> torch.Tensor:
+        """The pre-RoPE self-attention keys [B, F*T, H, D] this block computes for residual stream x."""
+        shift1, scale1 = (self.modulation.float().unsqueeze(1) + e0).chunk(6, dim=2)[:2]
+        return self.self_attn.project_key_value(self._attention_input(x, shift1, scale1))[0]
 
 
 class Head(nn.Module):
@@ -202,6 +212,19 @@ class CausalWanModel(nn.Module):
         e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()
         return e, e0.unflatten(-1, (6, self.config.dim))  # [B, F, dim], [B, F, 6, dim]
 
+    def _embed_latents(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.patch_embedding(x.to(self.dtype))  # [B, dim, F, gh, gw]
+        return h.flatten(3).transpose(1, 2).transpose(2, 3).float()  # [B, F, T, dim]
+
+    def first_block_keys(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The first block's pre-RoPE keys [B, F*T, H, D] for latents x [B, C, F, H, W] at timesteps t ([B] or
+        [B, F]): what any forward computes there, whatever it attends. No attention has run before them, so
+        each frame's keys depend on that frame alone and a whole clip's are one cheap pass (the surprisal rule
+        with `key_layers=first` reads them)."""
+        if t.dim() == 1:
+            t = t[:, None].expand(x.shape[0], x.shape[2])
+        return self.blocks[0].keys(self._embed_latents(x), self._embed_time(t)[1])
+
     def _unpatchify(self, out: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
         b, f = out.shape[:2]
         pt, ph, pw = self.config.patch_size
@@ -242,8 +265,7 @@ class CausalWanModel(nn.Module):
         text_cache = None if isinstance(text, torch.Tensor) else text
         text_emb = self.embed_text(text)
 
-        h = self.patch_embedding(x.to(self.dtype))  # [B, dim, F, gh, gw]
-        h = h.flatten(3).transpose(1, 2).transpose(2, 3).float()  # [B, F, T, dim]
+        h = self._embed_latents(x)
         e, e0 = self._embed_time(t)
         for i, block in enumerate(self.blocks):
             text_kv = text_cache.key_values.get(i) if text_cache is not None else None

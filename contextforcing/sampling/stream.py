@@ -131,6 +131,17 @@ class VideoStream:
         self._commit(x0.detach())
         return x0
 
+    def teacher_forced(self, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """A chunk whose clean latents are known (regression onto a teacher's trajectory): the model's flow at
+        noisy x [B, C, frames, H, W] and timesteps t [B, frames] against the memory as it stands (under grad
+        when enabled), then `clean` is committed as the chunk, as `step` commits a generated one."""
+        for branch in self.branches:
+            branch.memory.begin_chunk(self.frame, x.shape[2])
+        self.last_plan = self.memory.plan
+        flow = self.model(x, t, self.branches[0].text, memory=self.memory)
+        self._commit(clean.detach())
+        return flow
+
     def _denoiser(self):
         def for_branch(branch: Branch):
             def denoise(x, t):

@@ -11,6 +11,7 @@ raise a one-line UserError naming the key. The resolved config is written to RUN
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from contextforcing.errors import UserError
 from contextforcing.outputs import write_text_atomic
 
 _SECTIONS = ("name", "trainer", "stage")
+LR_SCHEDULES = ("constant", "cosine")
 _DEVICES = ("auto", "cpu", "cuda")
 RESOLVED_NAME = "config.yaml"
 
@@ -46,6 +48,20 @@ class TrainerConfig:
     activation_checkpointing: bool = False  # recompute each transformer block in backward
     wandb: bool = False  # also log to wandb, offline (needs `pip install wandb`)
     device: str = "auto"  # auto (cuda:LOCAL_RANK if available, else cpu), cpu or cuda
+    lr_warmup: int = 0  # steps of linear learning-rate warm-up (from lr / lr_warmup to lr)
+    lr_schedule: str = "constant"  # after the warm-up: constant, or cosine down to lr * lr_min_ratio
+    lr_decay_steps: int = 0  # cosine: steps from the end of the warm-up to the minimum (then it stays there)
+    lr_min_ratio: float = 0.1  # cosine: the final lr as a fraction of the configured one
+
+    def lr_factor(self, step: int) -> float:
+        """The multiplier of every group's configured lr at `step` (0-based): a pure function of the step, so a
+        resumed run continues the schedule exactly."""
+        if step < self.lr_warmup:
+            return (step + 1) / self.lr_warmup
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.lr_warmup) / self.lr_decay_steps)
+        return self.lr_min_ratio + (1.0 - self.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def validate(self) -> "TrainerConfig":
         checks = [
@@ -59,6 +75,12 @@ class TrainerConfig:
             (self.sample_every >= 0, f"trainer.sample_every must be >= 0, got {self.sample_every}"),
             (self.device in _DEVICES, f"trainer.device must be one of {', '.join(_DEVICES)}, got {self.device!r}"),
             (0 <= self.seed < 2**64, f"trainer.seed must be in [0, 2**64), got {self.seed}"),
+            (self.lr_warmup >= 0, f"trainer.lr_warmup must be >= 0, got {self.lr_warmup}"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+            (self.lr_schedule != "cosine" or self.lr_decay_steps >= 1,
+             "trainer.lr_schedule cosine needs trainer.lr_decay_steps >= 1 (its length, independent of max_steps)"),
+            (0.0 <= self.lr_min_ratio <= 1.0, f"trainer.lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}"),
         ]
         for ok, message in checks:
             if not ok:

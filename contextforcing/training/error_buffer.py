@@ -4,7 +4,10 @@ The teacher's own past prediction errors e = x0_hat - x0 are banked by timestep 
 inputs, X~ = X + I * e_drift (I a Bernoulli indicator), so it learns to recover the clean velocity from
 drifted inputs (the student's drifted contexts at CDMD time). Buckets are the nearest of the
 `num_buckets` inference timesteps (Wan's shifted grid); each bucket holds up to `capacity` entries on
-the CPU; a full bucket replaces its entry nearest (L2) to the new one, as SVI's `l2_batch` does.
+the CPU; a full bucket replaces its entry nearest (L2) to the new one, as SVI's `l2_batch` does
+(`replace: nearest`), or its oldest (`replace: oldest`: the bank holds the model's most recent errors).
+Recycling starts at `start_step` (nothing is banked or injected before): the errors of a model that is
+still warming up describe a model that no longer exists.
 
 Injection decisions are drawn through `StepContext.shared_uniform` (identical on all ranks, replayed on
 resume); which entry is sampled uses the per-rank generator (it changes values, not control flow).
@@ -35,6 +38,8 @@ class ErrorRecyclingOptions:
     num_buckets: int = 50  # nearest of 50 inference timesteps (at the schedule's shift)
     capacity: int = 500  # entries per bucket
     storage_dtype: str = "float32"  # float32 | bfloat16: CPU memory is capacity * buckets * latent size
+    replace: str = "nearest"  # a full bucket replaces its entry nearest to the new one (SVI) | its oldest
+    start_step: int = 0  # first training step that banks and injects errors (e.g. the end of the lr warm-up)
 
     def validate(self) -> "ErrorRecyclingOptions":
         for name in ("latent_prob", "context_prob", "noise_prob", "clean_prob", "clean_update_prob"):
@@ -44,7 +49,14 @@ class ErrorRecyclingOptions:
             raise UserError("error_recycling.num_buckets and capacity must be at least 1")
         if self.storage_dtype not in ("float32", "bfloat16"):
             raise UserError(f"error_recycling.storage_dtype must be float32 or bfloat16, got {self.storage_dtype!r}")
+        if self.replace not in ("nearest", "oldest"):
+            raise UserError(f"error_recycling.replace must be nearest or oldest, got {self.replace!r}")
+        if self.start_step < 0:
+            raise UserError(f"error_recycling.start_step must be >= 0, got {self.start_step}")
         return self
+
+    def active(self, step: int) -> bool:
+        return self.enabled and step >= self.start_step
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,7 @@ class Injection:
 def draw_injection(options: ErrorRecyclingOptions, ctx: StepContext) -> Injection:
     """Four shared uniforms are always drawn (a fixed number of draws per step keeps replay exact)."""
     clean, latent, context, noise = (ctx.shared_uniform() for _ in range(4))
-    if not options.enabled or clean < options.clean_prob:
+    if not options.active(ctx.step) or clean < options.clean_prob:
         return Injection()
     return Injection(latent < options.latent_prob, context < options.context_prob, noise < options.noise_prob)
 
@@ -72,14 +84,15 @@ class ErrorBuffer:
     """Errors [C, F, H, W] banked by timestep bucket; CPU-resident."""
 
     def __init__(self, schedule: FlowMatchSchedule, num_buckets: int, capacity: int,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, replace: str = "nearest"):
         self.grid = torch.tensor(euler_steps(num_buckets, schedule), dtype=torch.float64)
-        self.capacity, self.dtype = capacity, dtype
+        self.capacity, self.dtype, self.replace = capacity, dtype, replace
         self.entries: list[list[torch.Tensor]] = [[] for _ in range(num_buckets)]
 
     @classmethod
     def from_options(cls, options: ErrorRecyclingOptions, schedule: FlowMatchSchedule) -> "ErrorBuffer":
-        return cls(schedule, options.num_buckets, options.capacity, getattr(torch, options.storage_dtype))
+        return cls(schedule, options.num_buckets, options.capacity, getattr(torch, options.storage_dtype),
+                   options.replace)
 
     def bucket(self, t: float) -> int:
         return int((self.grid - float(t)).abs().argmin())
@@ -96,6 +109,10 @@ class ErrorBuffer:
         for t, e in zip(timesteps.reshape(-1).tolist(), errors.detach().to("cpu", self.dtype)):
             bucket = self.entries[self.bucket(t)]
             if len(bucket) < self.capacity:
+                bucket.append(e.clone())
+                continue
+            if self.replace == "oldest":  # entries are kept oldest first
+                bucket.pop(0)
                 bucket.append(e.clone())
                 continue
             stacked = torch.stack(bucket).float().flatten(1)

@@ -5,6 +5,12 @@ random exit step (drawn through `ctx.shared_randint`, so every rank runs the sam
 step's forward keeps its graph; context chunks before the window are fully denoised under no_grad
 (Context Forcing's clean context policy). The memory stores detached K/V (commit passes are no_grad),
 so a target chunk's gradient comes only from its own exit-step forward.
+
+Prompts follow a `Timeline` (one text per chunk): where it changes, the rollout switches prompts before the
+chunk exactly as inference does (`VideoStream.switch_prompt`: the new text, the recent frames re-encoded
+under it). A batch whose samples change prompts at different chunks switches all of them there (a sample
+whose prompt did not change gets its recent frames re-encoded under the same text); the toy recipe rolls out
+one sample per micro-batch, so its rollouts are inference's exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +25,37 @@ from contextforcing.memory.policies import MemorySpec
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.stage import StepContext
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The text of every chunk of a batch ([B, chunks, L, D]) and the chunks before which some prompt changes."""
+
+    texts: torch.Tensor
+    switches: tuple[int, ...] = ()
+
+    @classmethod
+    def constant(cls, text: torch.Tensor, chunks: int) -> "Timeline":
+        """One text [B, L, D] for every chunk."""
+        return cls(text[:, None].expand(-1, chunks, -1, -1))
+
+    @classmethod
+    def from_scripts(cls, encoder, scripts: list[list[str]]) -> "Timeline":
+        """Encode per-sample chunk prompts (equal lengths); a switch wherever any sample's prompt changes."""
+        chunks = len(scripts[0])
+        texts = torch.stack([encoder.encode(script) for script in scripts])
+        switches = tuple(c for c in range(1, chunks) if any(s[c] != s[c - 1] for s in scripts))
+        return cls(texts, switches)
+
+    @property
+    def chunks(self) -> int:
+        return self.texts.shape[1]
+
+    def at(self, chunk: int) -> torch.Tensor:
+        return self.texts[:, chunk]
+
+    def to(self, device) -> "Timeline":
+        return Timeline(self.texts.to(device), self.switches)
 
 
 @dataclass
@@ -49,7 +86,7 @@ def draw_exits(ctx: StepContext, chunks: int, num_steps: int, same_across_chunks
 
 def self_rollout(
     model: CausalWanModel,
-    text: torch.Tensor,
+    timeline: Timeline | torch.Tensor,
     memory: MemorySpec,
     video: VideoConfig,
     sampling: SamplingConfig,
@@ -59,15 +96,22 @@ def self_rollout(
     *,
     same_exit_across_chunks: bool = False,
 ) -> Rollout:
-    """Roll out `num_frames` latent frames; the last `target_frames` are the target window."""
+    """Roll out `num_frames` latent frames under `timeline` (a text [B, L, D]: one prompt throughout); the last
+    `target_frames` are the target window."""
     chunk = video.chunk_frames
     if num_frames % chunk or target_frames % chunk or not 0 < target_frames <= num_frames:
         raise ValueError(f"rollout of {num_frames} frames with a {target_frames}-frame target: not whole chunks")
-    stream = VideoStream(model, text, memory, video, sampling, max_frames=num_frames, trainable=True)
+    if isinstance(timeline, torch.Tensor):
+        timeline = Timeline.constant(timeline, num_frames // chunk)
+    if timeline.chunks < num_frames // chunk:
+        raise ValueError(f"a timeline of {timeline.chunks} chunks cannot prompt a {num_frames}-frame rollout")
+    stream = VideoStream(model, timeline.at(0), memory, video, sampling, max_frames=num_frames, trainable=True)
     target_start = num_frames - target_frames
     exits = draw_exits(ctx, target_frames // chunk, len(stream.steps), same_exit_across_chunks)
     chunks, plans = [], []
     for start in range(0, num_frames, chunk):
+        if start // chunk in timeline.switches:
+            stream.switch_prompt(timeline.at(start // chunk))
         noise = stream.noise(chunk, ctx.generator)
         if start < target_start:
             with torch.no_grad():  # context: the full few-step schedule, no graph

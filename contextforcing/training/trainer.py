@@ -85,6 +85,7 @@ class TrainResult:
     steps: int  # steps run by this call (0 when the run was already complete)
     final_step: int  # global step count at the end
     losses: list[dict[str, float]] = field(default_factory=list)  # per step run: {group: mean loss over ranks}
+    lrs: list[dict[str, float]] = field(default_factory=list)  # per step run: {group: learning rate used}
     steps_per_second: float = 0.0
 
 
@@ -244,6 +245,7 @@ class Trainer:
                 scalars = self.train_step(step, batches)
                 self.state.step = step + 1
                 result.losses.append({k[: -len("/loss")]: v for k, v in scalars.items() if k.endswith("/loss")})
+                result.lrs.append({k[: -len("/lr")]: v for k, v in scalars.items() if k.endswith("/lr")})
                 logger.step(step + 1, scalars)
                 self._after_step(step + 1)
                 if dist.any_rank(guard.interrupted, self.device):
@@ -296,11 +298,19 @@ class Trainer:
         norm = dist.clip_grad_norm(params, self.cfg.grad_clip)
         if not math.isfinite(norm):
             raise NonFiniteError(f"non-finite {group} gradient norm at step {step}")
+        lr = self._set_lr(group, step)
         optimizer.step()
         if group == GENERATOR and self.ema is not None:
             self.ema.update(step)
         scalars = {f"{group}/{k}": v / acc for k, v in metric_sums.items()}
-        return {**scalars, f"{group}/loss": mean_loss, f"{group}/grad_norm": norm}
+        return {**scalars, f"{group}/loss": mean_loss, f"{group}/grad_norm": norm, f"{group}/lr": lr}
+
+    def _set_lr(self, group: str, step: int) -> float:
+        """The group's lr at `step` (the schedule times its configured lr), set on the optimizer; returns it."""
+        lr = self.stage.optimizer_settings(group)["lr"] * self.cfg.lr_factor(step)
+        for param_group in self.optimizers[group].param_groups:
+            param_group["lr"] = lr
+        return lr
 
     def _micro(self, step: int, index: int, micro: int, update: Update, batch: Any):
         seed = self.cfg.seed

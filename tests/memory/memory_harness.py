@@ -47,19 +47,28 @@ def noisy_random(chunk, tag, layer, item):
     return [rng.uniform(-10, 10) for _ in range(4)]
 
 
-def scene_directions(seed=1, change_prob=0.4, chunks=200):
-    """Commit-pass mean key: one of three orthogonal directions, changing at random chunks."""
+def _scene_sequence(seed, change_prob, chunks):
     rng = random.Random(seed)
     scenes, current = [], 0
     for _ in range(chunks + 1):
         if rng.random() < change_prob:
             current = (current + rng.choice([1, 2])) % 3
         scenes.append(current)
+    return scenes
+
+
+def scene_directions(seed=1, change_prob=0.4, chunks=200, layered=False):
+    """Commit-pass mean key: one of three orthogonal directions, changing at random chunks. `layered`: each
+    layer's scenes change at its own chunks (so a rule reading one layer decides unlike one pooling all)."""
+    per_layer = {}
 
     def direction(chunk, tag, layer, item):
         if tag != COMMIT:
             return noisy_random(chunk, tag, layer, item)
-        return SCENES[scenes[chunk]]
+        key = layer if layered else 0
+        if key not in per_layer:
+            per_layer[key] = _scene_sequence(seed + 1000 * key, change_prob, chunks)
+        return SCENES[per_layer[key][chunk]]
 
     return direction
 
@@ -215,7 +224,7 @@ class Harness:
         self.ref.commit(chunk, start)
         for layer in range(self.layers):
             slow = self.mem.tiers(layer)["slow"]
-            if slow != slow_before[layer] and slow[-1:] == [start]:
+            if slow != slow_before[layer] and slow and start <= slow[-1] < start + C:
                 self.promoted[layer].append(chunk)  # the library promoted this chunk in this layer
         self.chunk += 1
 

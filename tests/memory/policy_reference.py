@@ -4,7 +4,9 @@ It is deliberately independent of `contextforcing.memory`: no shared code, no in
 copied from the library. Each policy is described by what a chunk that starts at frame `s` must attend:
 
 * sink   -- the first `sink` frames committed since the start (or the last flush), pinned;
-* slow   -- (slow_fast) a FIFO of promoted keyframes, one latent frame (the chunk's first) per promotion;
+* slow   -- (slow_fast) a FIFO of promoted keyframes, one latent frame per promotion (the chunk's first, or its
+            last with keep=last); surprisal compares a chunk's pooled key with the previous chunk's, or with the
+            last chunk that was checked (compare=checked), pooled over all layers or the first (key_layers=first);
 * fast   -- the committed non-sink frames inside the window [s - (window - C), s); the window counts
             the current chunk too, so a chunk sees `window - C` cached frames; `full` has no window.
 
@@ -31,6 +33,7 @@ DEFAULTS = {
     "slow_fast": {
         "sink": 3, "slow": 12, "fast": 6, "rule": "surprisal", "tau": 0.95, "interval": 2,
         "positions": "bounded", "promote_on": "commit", "promote_scope": "global", "dedupe": True,
+        "compare": "previous", "keep": "first", "key_layers": "all",
     },
 }
 
@@ -155,6 +158,18 @@ class Reference:
         self.chunk_key = [None for _ in self.groups]
         self.promoted_now = [None for _ in self.groups]
 
+    def kept(self, start: int) -> int:
+        """The frame of the chunk starting at `start` that a promotion copies."""
+        return start + self.C - 1 if self.o["keep"] == "last" else start
+
+    def signal_layers(self, group: list[int]) -> list[int]:
+        """The layers whose keys the commit-pass rule pools: all of the group's, or (key_layers=first, one
+        decision for all layers) only layer 0. Noisy-pass promotion always uses the whole group."""
+        o = self.o
+        if o["promote_on"] == "commit" and o["key_layers"] == "first" and o["promote_scope"] == "global":
+            return [0]
+        return group
+
     def pooled_key(self, layer_keys: dict, group: list[int]) -> list[float]:
         """One representation for a group: per layer and batch item the mean key over the chunk's tokens
         (flattened over heads), then averaged over the group's layers and the batch."""
@@ -169,17 +184,18 @@ class Reference:
         if self.policy != "slow_fast" or self.o["rule"] != "surprisal":
             return
         for gi, group in enumerate(self.groups):
-            key = self.pooled_key(layer_keys, group)
             if self.o["promote_on"] == "commit":
+                key = self.pooled_key(layer_keys, self.signal_layers(group))
                 if tag == COMMIT:
                     self.chunk_key[gi] = key
                 continue
             # any_pass: compare with the previous call, whatever it was; the first crossing promotes.
+            key = self.pooled_key(layer_keys, group)
             prev, self.prev_key[gi] = self.prev_key[gi], key
             if prev is None or self.promoted_now[gi] is not None or not self.eligible(chunk, start):
                 continue
             if _cosine(key, prev) < self.o["tau"]:
-                self.promoted_now[gi] = {(start, tag): 1.0}
+                self.promoted_now[gi] = {(self.kept(start), tag): 1.0}
 
     def commit(self, chunk: int, start: int) -> None:
         frames = list(range(start, start + self.C))
@@ -193,8 +209,8 @@ class Reference:
             for gi in range(len(self.groups)):
                 promote = self._decide(chunk, start, gi)
                 if promote is not None:
-                    self.slow[gi].append((start, promote))
-                    self.promotions[gi].append((chunk, start))
+                    self.slow[gi].append((self.kept(start), promote))
+                    self.promotions[gi].append((chunk, self.kept(start)))
                     while len(self.slow[gi]) > self.N:
                         self.slow[gi].pop(0)
         if self.policy == "ema_sink":
@@ -217,7 +233,7 @@ class Reference:
         if not self.eligible(chunk, start):
             decision = None
         elif o["rule"] == "uniform":
-            decision = {(start, COMMIT): 1.0}
+            decision = {(self.kept(start), COMMIT): 1.0}
         elif o["promote_on"] == "any_pass":
             decision = self.promoted_now[gi]
         else:
@@ -227,8 +243,10 @@ class Reference:
                 sim = _cosine(cur, prev)
                 self.sims[(chunk, gi)] = sim
                 if sim < o["tau"]:
-                    decision = {(start, COMMIT): 1.0}
-        if o["rule"] == "surprisal" and o["promote_on"] == "commit":
+                    decision = {(self.kept(start), COMMIT): 1.0}
+        # compare=previous: every chunk becomes the next one's reference; compare=checked: only checked chunks.
+        checked = self.eligible(chunk, start)
+        if o["rule"] == "surprisal" and o["promote_on"] == "commit" and (o["compare"] == "previous" or checked):
             self.prev_key[gi] = self.chunk_key[gi]
         return decision
 

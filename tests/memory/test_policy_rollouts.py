@@ -38,6 +38,16 @@ ROLLOUTS = [
     ("slow_fast", {"promote_on": "any_pass"}, 21),
     ("slow_fast", {"promote_scope": "per_layer"}, 21),
     ("slow_fast", {"rule": "uniform", "promote_on": "any_pass"}, 21),
+    # surprisal that promotes scene content: compare with the last checked chunk, keep the last frame, keys
+    # of the first layer only (layered scenes: layers change at different chunks)
+    ("slow_fast", {"compare": "checked"}, 21),
+    ("slow_fast", {"keep": "last"}, 21),
+    ("slow_fast", {"key_layers": "first"}, 21),
+    ("slow_fast", {"compare": "checked", "keep": "last", "key_layers": "first", "slow": 6}, 15),
+    ("slow_fast", {"compare": "checked", "interval": 1, "dedupe": False}, 21),
+    ("slow_fast", {"rule": "uniform", "keep": "last", "interval": 1}, 21),
+    ("slow_fast", {"keep": "last", "promote_on": "any_pass"}, 21),
+    ("slow_fast", {"key_layers": "first", "compare": "checked", "promote_scope": "per_layer"}, 21),
 ]
 
 
@@ -55,7 +65,7 @@ CASES = [(c, "slots") for c in ROLLOUTS] + [(c, "gather") for c in GATHER]
 @pytest.mark.parametrize("case, view_mode", CASES, ids=[f"{_id(c)}-{m}" for c, m in CASES])
 def test_rollout_matches_reference(case, view_mode):
     policy, options, bound = case
-    direction = scene_directions() if policy == "slow_fast" else noisy_random
+    direction = scene_directions(layered="key_layers" in options) if policy == "slow_fast" else noisy_random
     h = Harness(policy, options, chunks=CHUNKS, direction=direction, view_mode=view_mode).run()  # overflow raises here
 
     # One rotation per layer per chunk with context, never one per pass.

@@ -132,3 +132,40 @@ def test_similarity_is_taken_on_the_pooled_mean_key(axis):
                 direction=direction).run()
     assert h.promoted == [[], []]
     assert all(s > 0.99 for s in h.ref.sims.values())
+
+
+def _scene(chunk, changes):
+    return sum(1 for c in changes if c <= chunk) % 3
+
+
+def test_compare_checked_compares_with_the_last_checked_chunk():
+    """interval 2: chunks 2, 4, 6, ... are checked. compare=previous sets chunk k against chunk k-1 (a change at
+    an odd chunk is missed, one at k is caught); compare=checked sets it against chunk k-2 (every scene
+    change since the last check is caught); the first checked chunk has nothing to compare with."""
+    changes = [3, 7, 12, 20, 21, 40, 41, 42, 55]
+    h = Harness("slow_fast", {"compare": "checked"}, chunks=60, direction=scenes_changing_at(changes)).run()
+    expected = [k for k in range(4, 60, 2) if _scene(k, changes) != _scene(k - 2, changes)]
+    assert [c for c, _ in h.ref.promotions[0]] == expected == [4, 8, 12, 20, 22, 40, 42, 56]
+    assert h.promoted == [expected, expected]
+    previous = Harness("slow_fast", {}, chunks=60, direction=scenes_changing_at(changes)).run()
+    assert previous.promoted[0] == [k for k in range(2, 60, 2) if k in changes] == [12, 20, 40, 42]
+
+
+def test_keep_last_copies_the_chunks_last_frame():
+    h = Harness("slow_fast", {"rule": "uniform", "interval": 2, "keep": "last"}, chunks=41).run()
+    t = h.traces[-1]
+    assert t["slow"] == [3 * c + 2 for c in range(16, 39, 2)]  # frames 3k+2 of the promoted (even) chunks
+    pos = t["positions"]
+    assert [pos[str(f)] for f in t["slow"]] == list(range(3, 15))
+    # keep=first on the same rollout: the chunks' first frames
+    first = Harness("slow_fast", {"rule": "uniform", "interval": 2}, chunks=41).run()
+    assert first.traces[-1]["slow"] == [3 * c for c in range(16, 39, 2)]
+
+
+@pytest.mark.parametrize("key_layers, expected", [("all", [4, 6, 10, 20, 30]), ("first", [4, 10, 20])])
+def test_key_layers_first_reads_the_first_layers_keys_only(key_layers, expected):
+    """Layer 0 changes at 4, 10, 20 and layer 1 at 6, 10, 30: pooled over both, every change promotes; with
+    key_layers=first only layer 0's do (one decision for every layer either way)."""
+    direction = scenes_changing_at(None, layer_changes={0: [4, 10, 20], 1: [6, 10, 30]})
+    h = Harness("slow_fast", {"key_layers": key_layers}, chunks=40, direction=direction).run()
+    assert h.promoted == [expected, expected]

@@ -170,7 +170,6 @@ def test_ema_sink_fold_by_hand(alpha):
 
 def test_chunk_refilling_the_sink_after_flush_is_not_also_promoted():
     """After a flush the next chunk refills the sink; promoting it too would attend its first frame twice."""
-    import torch
 
     from contextforcing.memory.context import ContextMemory, MemoryLayout
     from contextforcing.memory.policies import make_spec

@@ -127,3 +127,28 @@ def test_cross_attention_cache_is_exact_and_training_streams_never_cut_gradients
     assert model.blocks[0].cross_attn.k.weight.grad.abs().sum() > 0
     inference = VideoStream(model, text, make_spec("rolling"), tiny_video_cfg)
     assert isinstance(inference.branches[0].text, CrossAttentionCache)
+
+
+@torch.no_grad()
+def test_first_block_keys_are_what_every_pass_hands_the_memory(setup, tiny_video_cfg):
+    """`first_block_keys` of a whole clip == the first block's pre-RoPE keys of each cached chunk pass, whatever
+    the chunk attends (the surprisal rule with key_layers=first reads them; training computes them at once)."""
+    model, x, t, text, c = setup
+    whole = model.first_block_keys(x, t)
+    memory = _memory(model, tiny_video_cfg, "slow_fast", {"slow": 2})
+    seen = []
+    original = memory.exchange
+
+    def record(layer, k, v, copy):
+        if layer == 0:
+            seen.append(k.clone())
+        return original(layer, k, v, copy=copy)
+
+    memory.exchange = record
+    for i in range(CHUNKS):
+        memory.begin_chunk(i * c, c)
+        model(x[:, :, i * c : (i + 1) * c], t[:, i * c : (i + 1) * c], text, memory=memory, commit=True)
+        memory.commit()
+    tokens = whole.shape[1] // x.shape[2]
+    for i, k in enumerate(seen):
+        assert torch.allclose(k, whole[:, i * c * tokens : (i + 1) * c * tokens], atol=1e-5)

@@ -39,7 +39,7 @@ def run_script(tmp_path, *args):
                            *args], capture_output=True, text=True, cwd=tmp_path)
 
 
-SMALL = ("--pairs", "1", "--seconds", "45", "--long-pairs", "0", "--rows", "ground_truth,codec,full", "--workers", "1")
+SMALL = ("--worlds", "1", "--seconds", "12", "--rows", "truth_codec,still,slow_fast,rolling", "--workers", "1")
 
 
 def test_small_run_writes_cells_resumes_and_fills_the_document(tmp_path):
@@ -47,14 +47,18 @@ def test_small_run_writes_cells_resumes_and_fills_the_document(tmp_path):
     first = run_script(tmp_path, *SMALL)
     assert first.returncode == 0, first.stderr[-2000:]
     cells = sorted((tmp_path / "out" / "cells").rglob("*.json"))
-    assert len(cells) == 2 * 3  # protocols x rows x 1 world
-    truth = json.loads((tmp_path / "out/cells/recall/45s/ground_truth/000.json").read_text())
-    occlusions = truth["metrics"]["restoration"]["occlusions"]
-    assert occlusions and all(o["returned"] and o["return_error"] == 0.0 for o in occlusions)  # the ceiling is exact
+    assert len(cells) == 4  # rows x 1 world
+    truth = json.loads((tmp_path / "out/cells/12s/truth_codec/000.json").read_text())
+    assert truth["headline"]["camera_pans"] == 1.0 and truth["made"]["fast"][0] > 0  # the ceiling follows the script
+    still = json.loads((tmp_path / "out/cells/12s/still/000.json").read_text())
+    assert still["headline"]["camera_pans"] == 0.0 and still["revisits"] == []  # never leaves the view: n/a
+    model = json.loads((tmp_path / "out/cells/12s/rolling/000.json").read_text())
+    assert model["memory"]["policy"] == "rolling" and model["memory"]["window"] == 12
     doc = (tmp_path / "doc.md").read_text()
-    assert "| ground truth (rendered) | 1 | 0.000 [0.000-0.000]" in doc
-    assert "| **Context Forcing: slow_fast, surprisal promotion (full method)** | 1 |" in doc
-    assert (tmp_path / "results" / "strip_recall.png").is_file()
+    assert "| perfect memory: the ground truth through the codec | 1 | 1.00 / 1.00 |" in doc
+    assert "| still picture (first frame) | 1 | 0.00 / 1.00 | n/a / n/a / n/a |" in doc
+    assert "| rolling window, 12 frames = 3 s (Self-Forcing) | " in doc and "not measured" not in doc
+    assert (tmp_path / "results" / "revisit_by_delay.png").is_file()
 
     stamps = [p.stat().st_mtime_ns for p in cells]
     again = run_script(tmp_path, *SMALL)
@@ -63,9 +67,9 @@ def test_small_run_writes_cells_resumes_and_fills_the_document(tmp_path):
 
 
 @pytest.mark.parametrize("args,doc_text,message", [
-    (("--rows", "full,nonsense"), None, "unknown row or protocol: nonsense"),
-    (("--seconds", "5"), None, "held-out worlds of 5 s: forced occlusion schedule does not fit"),
-    ((), "# no markers here\n", "has no '<!-- BEGIN recall -->'"),
+    (("--rows", "slow_fast,nonsense"), None, "unknown row: nonsense"),
+    (("--seconds", "100"), None, "--seconds in (0, 90]"),
+    ((), "# no markers here\n", "has no '<!-- BEGIN headline -->'"),
 ])
 def test_bad_input_is_one_line_exit_2_before_any_cell(tmp_path, args, doc_text, message):
     (tmp_path / "doc.md").write_text(doc_text or (REPO / "docs" / "results.md").read_text())

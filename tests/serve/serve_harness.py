@@ -146,10 +146,14 @@ class PageClient:
 
 
 def second_prompt(pipe: Pipeline) -> tuple[str, bool]:
-    """A prompt to switch to, and whether to flush: another world prompt for the synthetic-world model; for any
-    other model its example prompt again with a flush (a switch that still changes what the memory holds)."""
+    """A prompt to switch to, and whether to flush: another prompt of the grammar a synthetic-world model reads
+    (the panorama world's: the camera pans; the occlusion world's: a blackout); for any other model its example
+    prompt again with a flush (a switch that still changes what the memory holds)."""
+    from contextforcing.data.world.panorama import parse_panorama_prompt
     from contextforcing.data.world.prompts import parse_prompt
 
+    if pipe.prompt_check is parse_panorama_prompt:
+        return pipe.example_prompt.replace("hold", "pan left", 1), False
     if pipe.prompt_check is parse_prompt:
         return "plain warm room, blackout occlusions", False
     return pipe.example_prompt, True

@@ -23,7 +23,7 @@ def started(client: PageClient) -> dict:
 
 
 def test_a_tab_receives_the_python_api_stream_exactly(pipe, client):
-    memory = {"tau": 1.0, "slow": 3}  # promote at every decision: the slow tier fills and turns over
+    memory = {"tau": 1.0, "slow": 3, "interval": 1}  # promote at every check: the slow tier fills and turns over
     client.send(type="start", prompt=pipe.example_prompt, seed=3, memory=memory)
     info = started(client)
     assert info["memory"] == pipe.memory_for(memory).to_dict() and info["tau"] == 1.0

@@ -13,10 +13,10 @@ SCHEDULE = FlowMatchSchedule(shift=5.0)
 class SharedDraws:
     """The part of StepContext the buffer uses: seeded shared draws."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, step: int = 0):
         self._gen = torch.Generator().manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed + 1)
-        self.uniforms = 0
+        self.uniforms, self.step = 0, step
 
     def shared_uniform(self) -> float:
         self.uniforms += 1
@@ -83,6 +83,20 @@ def test_injection_frequencies_match_the_configured_probabilities():
     assert close(freq(lambda d: d.latent and d.context), 0.5 * 0.81)
     disabled = [draw_injection(ErrorRecyclingOptions(enabled=False), ctx) for _ in range(100)]
     assert all(d.clean for d in disabled)
+    # before start_step nothing is injected, from it on as configured; the draws are made either way
+    late = ErrorRecyclingOptions(enabled=True, start_step=10)
+    early = SharedDraws(1, step=9)
+    assert all(draw_injection(late, early).clean for _ in range(200)) and early.uniforms == 800
+    assert not all(draw_injection(late, SharedDraws(1, step=10)).clean for _ in range(200))
+
+
+def test_oldest_replacement_keeps_the_most_recent_errors():
+    schedule = FlowMatchSchedule(5.0)
+    buffer = ErrorBuffer(schedule, num_buckets=4, capacity=3, replace="oldest")
+    t = torch.tensor([float(buffer.grid[1])])
+    for value in range(6):
+        buffer.add(t, torch.full((1, 2, 1, 1, 1), float(value)))
+    assert [float(e.mean()) for e in buffer.entries[1]] == [3.0, 4.0, 5.0]
 
 
 def test_fit_frames_cuts_or_tiles():

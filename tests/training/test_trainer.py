@@ -138,3 +138,34 @@ def test_cli_train_with_config_then_overrides(tmp_path, capsys):
     assert cli(["train", "debug", "--config", str(path), f"trainer.run_dir={run}", "trainer.max_stepz=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("contextforcing: error: unknown trainer option(s) max_stepz") and "\n" not in err
+
+
+def test_lr_schedule_warmup_then_cosine_values():
+    from contextforcing.training.config import TrainerConfig
+
+    cfg = TrainerConfig(lr_warmup=4, lr_schedule="cosine", lr_decay_steps=10, lr_min_ratio=0.2).validate()
+    assert [cfg.lr_factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cfg.lr_factor(4) == pytest.approx(1.0)  # the decay starts where the warm-up ends
+    assert cfg.lr_factor(9) == pytest.approx(0.2 + 0.8 * 0.5)  # half way down the cosine
+    assert cfg.lr_factor(14) == pytest.approx(0.2) and cfg.lr_factor(1000) == pytest.approx(0.2)
+    assert TrainerConfig().lr_factor(123) == 1.0  # constant, no warm-up: the configured lr
+    with pytest.raises(UserError, match="lr_decay_steps"):
+        TrainerConfig(lr_schedule="cosine").validate()
+
+
+SCHEDULE = ("trainer.lr_warmup=2", "trainer.lr_schedule=cosine", "trainer.lr_decay_steps=3", "trainer.lr_min_ratio=0.5")
+
+
+def test_trainer_uses_the_schedule_and_resume_continues_it_exactly(tmp_path):
+    full = train(tmp_path / "full", *RUN, *SCHEDULE)
+    base = 1e-4  # debug stage lr
+    expected = [base * f for f in (0.5, 1.0, 1.0, 0.875, 0.625)]  # cos(pi/3), cos(2 pi/3)
+    assert [r["generator"] for r in full.lrs] == pytest.approx(expected)
+    with pytest.raises(RuntimeError, match="simulated crash at step 4"):
+        train(tmp_path / "cut", *RUN, *SCHEDULE, "stage.crash_at_step=4")
+    resumed = train(tmp_path / "cut", *RUN, *SCHEDULE)
+    assert [r["generator"] for r in resumed.lrs] == pytest.approx(expected[3:])
+    _same(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+    flat = train(tmp_path / "flat", *RUN)
+    assert not torch.equal(weights(tmp_path / "flat")["blocks.0.ffn.0.weight"], weights(tmp_path / "full")["blocks.0.ffn.0.weight"])
+    assert [r["generator"] for r in flat.lrs] == pytest.approx([base] * 5)

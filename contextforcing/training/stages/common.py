@@ -12,6 +12,7 @@ from contextforcing.config import SamplingConfig, VideoConfig, get_preset
 from contextforcing.errors import UserError
 from contextforcing.memory.plan import ChunkPlan
 from contextforcing.memory.policies import MemorySpec, make_policy, make_spec, tier_params
+from contextforcing.memory.promotion import SurprisalTrack, mean_key, pooled_key
 from contextforcing.model.wan import CausalWanModel, build_model
 from contextforcing.sampling.scheduler import FlowMatchSchedule
 
@@ -100,19 +101,41 @@ def memory_spec(values: dict) -> MemorySpec:
     return make_spec(values.pop("policy", "slow_fast"), values)
 
 
-def plan_after_history(spec: MemorySpec, chunk_frames: int, history: int, decide) -> ChunkPlan:
+def plan_after_history(spec: MemorySpec, chunk_frames: int, history: int,
+                       signals: list[torch.Tensor] | None = None) -> ChunkPlan:
     """Host-only replay of the student's policy over `history` committed frames (whole chunks), then the
     plan of the chunk that starts right after: which sink / slow / fast frames it attends, at which
-    positions (the policy's one position rule). `decide(chunk_index)` answers 'ask' (surprisal) checks;
-    only layouts that promote at commit can be replayed without the model's keys."""
-    policy = make_policy(tier_params(spec, chunk_frames), chunk_frames)
+    positions (the policy's one position rule). A surprisal rule runs on `signals`, one representation per
+    chunk (`chunk_signals`); only layouts that promote at commit can be replayed without the model."""
+    params = tier_params(spec, chunk_frames)
+    policy = make_policy(params, chunk_frames)
     if policy.promotes_within_chunk:
         raise UserError("a memory that promotes inside a pass (layout=released) needs the model's keys; "
                         "use slow_rule=surprisal for it")
+    track = SurprisalTrack(params.tau, params.compare) if params.surprisal else None
+    if track is not None and (signals is None or len(signals) < history // chunk_frames):
+        raise ValueError("a surprisal rule needs one signal per history chunk")
     for index, start in enumerate(range(0, history, chunk_frames)):
         check = policy.promotion_check(index, start)
-        policy.commit(start, chunk_frames, check == "yes" or (check == "ask" and decide(index)))
+        promote = track.decide(signals[index], check)[0] if track is not None else check == "yes"
+        policy.commit(start, chunk_frames, promote)
     return policy.plan(history // chunk_frames, history, chunk_frames)
+
+
+@torch.no_grad()
+def chunk_signals(model: CausalWanModel, latents: torch.Tensor, sampling: SamplingConfig,
+                  chunk_frames: int) -> list[torch.Tensor]:
+    """What the surprisal rule with `key_layers=first` compares, for every whole chunk of clean latents [B, C, F,
+    H, W]: the chunk's commit-pass keys of the first block, averaged over its tokens, then over the batch. The
+    memory computes the same from the keys its commit passes see; here a whole history is one pass."""
+    b, _, f = latents.shape[:3]
+    if f < chunk_frames:
+        return []
+    t = torch.full((b,), float(sampling.commit_timestep), device=latents.device)
+    keys = model.first_block_keys(latents, t)  # [B, F*T, H, D]
+    per_frame = keys.shape[1] // f
+    return [pooled_key([mean_key(keys[:, c * per_frame : (c + chunk_frames) * per_frame])])
+            for c in range(0, f - f % chunk_frames, chunk_frames)]
 
 
 @dataclass(frozen=True)

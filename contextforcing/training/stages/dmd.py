@@ -7,8 +7,17 @@ update, then always a critic update, each on its own fresh self-rollout.
              loss = 0.5 ||x - sg(x - g)||^2, g = (x0_fake - x0_real) / mean|x - x0_real|   (losses.py)
   critic     no-grad rollout -> x; flow matching of the critic on x (the fake score tracks p_theta)
 
-`ScoreMatchingStage` holds everything both DMD stages share; Stage 2 (cdmd.py) overrides how long the
-rollout is and how the scores are conditioned.
+Rollouts follow the prompts of a script chunk by chunk (`rollout.Timeline`, switches as inference makes them).
+The target window (the last `target_frames` frames) is scored in one call (`score_window: target`, the
+paper's and the released code's window) or chunk by chunk (`score_window: chunk`: each chunk under the prompt
+it was generated with, which a script that switches prompts inside the window needs, and what a context
+teacher trained on one-chunk targets reads, configs/toy/teacher.yaml). A window is scored given the clean
+context the scores read for its first chunk (`teacher_context`): the frames the student's memory attended
+there at their positions (default, the paper), or the `context_window` frames before it (the released code);
+a window that starts the video has none, and is then scored bidirectionally on its own (Stage 1 as
+released).
+
+`ScoreMatchingStage` holds everything both DMD stages share; Stage 2 (cdmd.py) draws how long the rollout is.
 """
 
 from __future__ import annotations
@@ -26,13 +35,16 @@ from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import guided
 from contextforcing.sampling.scheduler import add_noise, x0_from_flow
 from contextforcing.training import losses
-from contextforcing.training.rollout import Rollout, self_rollout
+from contextforcing.training.rollout import Rollout, Timeline, self_rollout
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
-    OptimizerOptions, TextOptions, frozen_copy, guidance_standard, load_or_build, memory_spec,
-    schedule_of, text_encoder, video_config,
+    ContextLayout, OptimizerOptions, TextOptions, contiguous_layout, frozen_copy, gather_frames, guidance_standard,
+    layout_from_plan, load_or_build, memory_spec, schedule_of, text_encoder, video_config,
 )
+
+CONTEXT_MODES = ("memory", "contiguous")
+SCORE_WINDOWS = ("target", "chunk")
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
 
 
@@ -55,10 +67,17 @@ class ScoreMatchingOptions:
     critic_optimizer: OptimizerOptions = field(default_factory=lambda: OptimizerOptions(4e-7, (0.5, 0.95)))
     text: TextOptions = field(default_factory=TextOptions)
     data: DataOptions = field(default_factory=DataOptions)
+    teacher_context: str = "memory"  # memory (the paper) | contiguous (the released code)
+    context_window: int = 21  # contiguous mode: frames before each scored window
+    score_window: str = "target"  # one score call over the target window | one per chunk
 
     def __post_init__(self):
         if self.dfake_gen_update_ratio < 1:
             raise UserError("dfake_gen_update_ratio must be at least 1")
+        if self.teacher_context not in CONTEXT_MODES:
+            raise UserError(f"teacher_context must be memory or contiguous, got {self.teacher_context!r}")
+        if self.score_window not in SCORE_WINDOWS:
+            raise UserError(f"score_window must be target or chunk, got {self.score_window!r}")
         low, high = self.timestep_clamp
         if not 0 <= low < high:
             raise UserError(f"timestep_clamp must be (low, high) with 0 <= low < high, got {self.timestep_clamp}")
@@ -71,12 +90,15 @@ class ScoreMatchingOptions:
 
 @dataclass(frozen=True)
 class DMDOptions(ScoreMatchingOptions):
-    num_frames: int = 21  # rollout length (latent frames); all of it is scored
+    num_frames: int = 21  # rollout length (latent frames)
+    target_frames: int = 0  # scored window at the end of the rollout (0: all of it)
 
     def __post_init__(self):
         super().__post_init__()
         if self.num_frames <= 0 or self.num_frames % self.chunk_frames:
             raise UserError(f"num_frames={self.num_frames} must be a positive multiple of the chunk ({self.chunk_frames})")
+        if self.target_frames < 0 or self.target_frames % self.chunk_frames or self.target_frames > self.num_frames:
+            raise UserError(f"target_frames={self.target_frames} must be whole chunks, at most num_frames")
 
 
 class ScoreMatchingStage:
@@ -120,31 +142,52 @@ class ScoreMatchingStage:
 
     def batches(self, rank: int, world_size: int, start: int) -> Iterator[dict]:
         prompts = PromptSource(self.options.data)
+        chunks = self.max_rollout_frames() // self.video.chunk_frames
         for ids in sample_ids(rank, world_size, start, self.options.data.micro_batch):
-            batch = [prompts.prompt(i) for i in ids]
-            yield {"prompts": batch, "text": self.encoder.encode(batch)}
+            scripts = [prompts.script(i, chunks) for i in ids]
+            yield {"scripts": scripts, "timeline": Timeline.from_scripts(self.encoder, scripts)}
 
     # -- what Stage 2 overrides ------------------------------------------------------------------------
+    def max_rollout_frames(self) -> int:
+        return self.options.num_frames
+
     def rollout_lengths(self, ctx: StepContext) -> tuple[int, int]:
         """(frames rolled out, frames of the scored target window at the end)."""
-        return self.options.num_frames, self.options.num_frames
+        o = self.options
+        return o.num_frames, o.target_frames or o.num_frames
 
-    def condition(self, rollout: Rollout):
-        """What the scores see besides the noisy target (Stage 1: nothing; the clip is the target)."""
-        return None
+    # -- conditioning ----------------------------------------------------------------------------------
+    def layout(self, rollout: Rollout, start: int, frames: int) -> ContextLayout:
+        """What the scores read for the window of `frames` at `start`: the student's memory at its first chunk, or
+        the frames before it."""
+        o = self.options
+        if o.teacher_context == "contiguous":
+            return contiguous_layout(start, o.context_window, frames)
+        return layout_from_plan(rollout.chunk_plan(start), frames)
 
-    def score(self, model: CausalWanModel, x_t, t, text, condition) -> torch.Tensor:
-        """Flow of a score network on the noisy target: bidirectional over the clip (mode (b), no mask)."""
-        return model(x_t, t, text)
+    def score(self, model: CausalWanModel, x_t, t, text, layout: ContextLayout, context: torch.Tensor) -> torch.Tensor:
+        """Flow of a score network on one noisy target chunk given its clean context."""
+        if not layout.frames:
+            return model(x_t, t, text, positions=layout.target_positions)
+        return model.forward_with_context(x_t, t, text, context, layout.positions, layout.target_positions)
+
+    def scored_windows(self, rollout: Rollout, timeline: Timeline):
+        """(slice of the target, its text, layout and clean context) for every window scored in one call."""
+        chunk, clean, end = self.video.chunk_frames, rollout.latents.detach(), rollout.latents.shape[2]
+        size = chunk if self.options.score_window == "chunk" else end - rollout.target_start
+        for start in range(rollout.target_start, end, size):
+            lay = self.layout(rollout, start, size)
+            local = slice(start - rollout.target_start, start - rollout.target_start + size)
+            yield local, timeline.at(start // chunk), lay, gather_frames(clean, lay.frames)
 
     # -- losses ----------------------------------------------------------------------------------------
-    def rollout(self, batch: dict, ctx: StepContext) -> tuple[Rollout, torch.Tensor]:
-        text = batch["text"].to(ctx.device)
+    def rollout(self, batch: dict, ctx: StepContext) -> tuple[Rollout, Timeline]:
+        timeline = batch["timeline"].to(ctx.device)
         frames, target = self.rollout_lengths(ctx)
-        rollout = self_rollout(self.generator, text, self.spec, self.video, self.sampling, frames, target, ctx,
+        rollout = self_rollout(self.generator, timeline, self.spec, self.video, self.sampling, frames, target, ctx,
                                same_exit_across_chunks=self.options.same_exit_across_chunks)
         self.last_rollout = Rollout(rollout.latents.detach(), rollout.target_start, rollout.exits, rollout.plans)
-        return rollout, text
+        return rollout, timeline
 
     def noised(self, x: torch.Tensor, ctx: StepContext):
         t = losses.dmd_timesteps(x.shape[0], self.schedule, tuple(self.options.timestep_clamp), ctx.generator,
@@ -154,29 +197,35 @@ class ScoreMatchingStage:
         return t, sigma, noise, add_noise(x.detach(), noise, sigma)
 
     def generator_loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
-        rollout, text = self.rollout(batch, ctx)
-        condition = self.condition(rollout)
+        rollout, timeline = self.rollout(batch, ctx)
         x = rollout.target
-        t, sigma, _, x_t = self.noised(x, ctx)
+        real_parts, fake_parts, timesteps = [], [], []
         with torch.no_grad():
             uncond = self.uncond.to(ctx.device).expand(x.shape[0], -1, -1)
-            real = guided(lambda y, _: self.score(self.real_score, y, t, text, condition),
-                          lambda y, _: self.score(self.real_score, y, t, uncond, condition), self.guidance)(x_t, None)
-            x0_real = x0_from_flow(x_t, real, sigma)
-            x0_fake = x0_from_flow(x_t, self.score(self.critic, x_t, t, text, condition), sigma)
+            for local, text, lay, context in self.scored_windows(rollout, timeline):
+                t, sigma, _, x_t = self.noised(x[:, :, local], ctx)
+                real = guided(lambda y, _: self.score(self.real_score, y, t, text, lay, context),
+                              lambda y, _: self.score(self.real_score, y, t, uncond, lay, context),
+                              self.guidance)(x_t, None)
+                real_parts.append(x0_from_flow(x_t, real, sigma))
+                fake_parts.append(x0_from_flow(x_t, self.score(self.critic, x_t, t, text, lay, context), sigma))
+                timesteps.append(t)
+        x0_real, x0_fake = torch.cat(real_parts, dim=2), torch.cat(fake_parts, dim=2)
         loss = losses.dmd_generator_loss(x, x0_fake, x0_real)
         g = losses.dmd_gradient(x, x0_fake, x0_real)
         metrics = {"generator_loss": float(loss.detach().mean()), "dmd_gradient_norm": float(g.norm()),
-                   "rollout_frames": float(rollout.latents.shape[2]), "timestep": float(t.mean())}
+                   "rollout_frames": float(rollout.latents.shape[2]), "timestep": float(torch.stack(timesteps).mean())}
         return loss.mean(), metrics
 
     def critic_loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
-            rollout, text = self.rollout(batch, ctx)
-            condition = self.condition(rollout)
+            rollout, timeline = self.rollout(batch, ctx)
         x = rollout.target.detach()
-        t, _, noise, x_t = self.noised(x, ctx)
-        loss = losses.critic_loss(self.score(self.critic, x_t, t, text, condition), noise, x)
+        parts = []
+        for local, text, lay, context in self.scored_windows(rollout, timeline):
+            t, _, noise, x_t = self.noised(x[:, :, local], ctx)
+            parts.append(losses.critic_loss(self.score(self.critic, x_t, t, text, lay, context), noise, x[:, :, local]))
+        loss = torch.stack(parts).mean(0)
         metrics = {"critic_loss": float(loss.detach().mean()), "rollout_frames": float(rollout.latents.shape[2])}
         return loss.mean(), metrics
 

@@ -1,8 +1,9 @@
 """ODE initialisation: teacher trajectories, then regression of the causal student onto them.
 
 Pairs (CausVid Sec. 3.3 / Self-Forcing `generate_ode_pairs`): the multi-step teacher samples with Euler and
-CFG through `VideoStream(euler_num_steps=..., full memory)`; for each prompt we store the noise, the ODE
-states at the student's few-step timesteps and the final latents, in sharded safetensors files.
+CFG through `VideoStream(euler_num_steps=...)` with the student's memory, following a script's prompts chunk
+by chunk (prompt switches as inference makes them); for each script we store its chunk prompts, the noise,
+the ODE states at the student's few-step timesteps and the final latents, in sharded safetensors files.
 
 The known bug of the reference code (states stored at indices [0, 12, 24, 36] of a shift-8 trajectory
 while the student's list is warped at shift 5) cannot happen here: the stored indices are *derived* from
@@ -10,8 +11,11 @@ the student's own warped list on the teacher's Euler grid (same schedule, same s
 a grid that does not contain every student step, and training refuses pairs whose timesteps or shift
 differ from its own.
 
-Regression: each chunk of each sample picks one stored state k; one block-causal parallel forward with
-per-frame timesteps t_k predicts x0, regressed onto the final latents (ode_regression_loss).
+Regression: the student streams the trajectory chunk by chunk through its own memory, teacher-forced
+(`VideoStream.teacher_forced`): each chunk of each sample picks one stored state k, the student predicts x0
+from it at t_k attending the clean final latents of the chunks before (as its memory keeps them, under the
+script's prompts), and the chunk's final latents are committed; the predictions are regressed onto the final
+latents (ode_regression_loss). A batch switches prompts where any of its scripts does (`rollout.Timeline`).
 """
 
 from __future__ import annotations
@@ -30,18 +34,17 @@ from safetensors.torch import save_file
 
 from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import make_spec
-from contextforcing.model.attention import block_causal_mask
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import euler_steps
 from contextforcing.sampling.scheduler import x0_from_flow
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training import distributed, losses
 from contextforcing.training.registry import BuildContext
+from contextforcing.training.rollout import Timeline
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
     OptimizerOptions, TextOptions, few_step_timesteps, frozen_copy, guidance_standard,
-    load_or_build, schedule_of, text_encoder, video_config,
+    load_or_build, memory_spec, schedule_of, text_encoder, video_config,
 )
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
 
@@ -54,6 +57,7 @@ class ODEOptions:
     model: str = "tiny"
     init: str | None = None  # student start (random init when unset)
     teacher_init: str | None = None  # the multi-step teacher that makes the pairs
+    memory: dict = field(default_factory=lambda: {"policy": "slow_fast"})  # the student's (the teacher samples with it too)
     pairs_dir: str = "ode_pairs"  # generated there when it holds no manifest
     num_pairs: int = 16
     pairs_per_shard: int = 8
@@ -129,18 +133,21 @@ def generate_pairs(options: ODEOptions, teacher: CausalWanModel, encoder, rank: 
     out.mkdir(parents=True, exist_ok=True)
     prompts, device = PromptSource(options.data), next(teacher.parameters()).device
     uncond = encoder.encode([options.text.negative_prompt]).to(device)
+    chunks = options.num_frames // video.chunk_frames
     shards = math.ceil(options.num_pairs / options.pairs_per_shard)
     meta = {"format": FORMAT, "timesteps": student, "euler_indices": indices, "shift": schedule.shift,
-            "euler_num_steps": options.euler_num_steps, "guidance_scale": guide, "num_frames": options.num_frames}
+            "euler_num_steps": options.euler_num_steps, "guidance_scale": guide, "num_frames": options.num_frames,
+            "memory": memory_spec(options.memory).to_dict()}
     for shard in range(rank, shards, world_size):
         ids = range(shard * options.pairs_per_shard, min((shard + 1) * options.pairs_per_shard, options.num_pairs))
-        batch = [prompts.prompt(i) for i in ids]
+        scripts = [prompts.script(i, chunks) for i in ids]
         generator = torch.Generator(device).manual_seed(seed * 1_000_003 + shard)
-        parts = [_trajectories(teacher, encoder, batch[i : i + options.generation_batch], uncond, run_sampling, video,
-                               options, student, generator) for i in range(0, len(batch), options.generation_batch)]
+        parts = [_trajectories(teacher, Timeline.from_scripts(encoder, scripts[i : i + options.generation_batch]),
+                               uncond, run_sampling, video, options, student, generator)
+                 for i in range(0, len(scripts), options.generation_batch)]
         tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         save_file(tensors, str(out / f"shard-{shard:05d}.safetensors"),
-                  metadata={"prompts": json.dumps(batch), **_meta_strings(meta)})
+                  metadata={"prompts": json.dumps(scripts), **_meta_strings(meta)})
     distributed.barrier()  # every shard is on disk before rank 0 writes the manifest
     if rank == 0:
         meta.update(count=options.num_pairs, pairs_per_shard=options.pairs_per_shard,
@@ -152,15 +159,19 @@ def _meta_strings(meta: dict) -> dict[str, str]:
     return {k: json.dumps(v) for k, v in meta.items()}
 
 
-def _trajectories(teacher, encoder, prompts, uncond, sampling, video, options, student, generator) -> dict:
+def _trajectories(teacher, timeline: Timeline, uncond, sampling, video, options, student, generator) -> dict:
     """Sample one batch of trajectories chunk by chunk; returns CPU tensors noise, states, final."""
-    text = encoder.encode(prompts).to(uncond.device)
-    stream = VideoStream(teacher, text, make_spec("full"), video, sampling,
-                         uncond_text=uncond.expand(len(prompts), -1, -1), euler_num_steps=options.euler_num_steps, max_frames=options.num_frames)
+    timeline = timeline.to(uncond.device)
+    batch = timeline.texts.shape[0]
+    stream = VideoStream(teacher, timeline.at(0), memory_spec(options.memory), video, sampling,
+                         uncond_text=uncond.expand(batch, -1, -1), euler_num_steps=options.euler_num_steps,
+                         max_frames=options.num_frames)
     recorder = StateRecorder(teacher, student)
     noise, states, final = [], [], []
     try:
-        for _ in range(options.num_frames // video.chunk_frames):
+        for c in range(options.num_frames // video.chunk_frames):
+            if c in timeline.switches:
+                stream.switch_prompt(timeline.at(c))
             n = stream.noise(video.chunk_frames, generator)
             final.append(stream.step(n, generator))
             noise.append(n)
@@ -206,7 +217,7 @@ class ODEPairs:
         i %= len(self)
         shard, row = divmod(i, int(self.meta["pairs_per_shard"]))
         data = self._shard(shard)
-        return {"prompt": data["prompts"][row], "states": data["states"][row], "final": data["final"][row]}
+        return {"prompts": data["prompts"][row], "states": data["states"][row], "final": data["final"][row]}
 
 
 class ODEStage:
@@ -225,6 +236,7 @@ class ODEStage:
             del teacher
         self.pairs = ODEPairs(options.pairs_dir, self.steps, self.schedule.shift)
         self.student = load_or_build(options.model, options.init, seed, device)
+        self.spec = memory_spec(options.memory)
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"generator": self.student}
@@ -241,14 +253,14 @@ class ODEStage:
     def batches(self, rank: int, world_size: int, start: int) -> Iterator[dict]:
         for ids in sample_ids(rank, world_size, start, self.options.data.micro_batch):
             rows = [self.pairs[i] for i in ids]
-            prompts = [r["prompt"] for r in rows]
-            yield {"prompts": prompts, "text": self.encoder.encode(prompts),
+            scripts = [r["prompts"] for r in rows]
+            yield {"scripts": scripts, "timeline": Timeline.from_scripts(self.encoder, scripts),
                    "states": torch.stack([r["states"] for r in rows]).float(),
                    "final": torch.stack([r["final"] for r in rows]).float()}
 
     def loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         states, final = batch["states"].to(ctx.device), batch["final"].to(ctx.device)
-        text = batch["text"].to(ctx.device)
+        timeline = batch["timeline"].to(ctx.device)
         b, k_states, _, frames = states.shape[:4]
         chunk = self.video.chunk_frames
         # One stored state per chunk per sample (values only, not control flow: per-rank generator).
@@ -257,9 +269,15 @@ class ODEStage:
         index = k[:, None, None, :, None, None].expand(b, 1, *states.shape[2:])
         x = states.gather(1, index).squeeze(1)  # [B, C, F, H, W]
         t = torch.tensor(self.steps, device=ctx.device, dtype=torch.float32)[k]
-        mask = block_causal_mask(frames, chunk, device=ctx.device)
-        flow = self.student(x, t, text, frame_mask=mask)
-        x0 = x0_from_flow(x, flow, self.schedule.sigma(t))
+        stream = VideoStream(self.student, timeline.at(0), self.spec, self.video, self.sampling, max_frames=frames,
+                             trainable=True)
+        flows = []
+        for c, start in enumerate(range(0, frames, chunk)):
+            if c in timeline.switches:
+                stream.switch_prompt(timeline.at(c))
+            part = slice(start, start + chunk)
+            flows.append(stream.teacher_forced(x[:, :, part], t[:, part], final[:, :, part]))
+        x0 = x0_from_flow(x, torch.cat(flows, dim=2), self.schedule.sigma(t))
         loss = losses.ode_regression_loss(x0, final)
         metrics = {"loss": float(loss.detach().mean())}
         for i, step in enumerate(self.steps):  # loss per stored timestep (on frames that drew it)

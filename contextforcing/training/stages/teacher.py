@@ -1,16 +1,24 @@
 """Context teacher: flow matching of a target window given a clean context in the student's memory layout.
 
 One sample (Context Forcing Sec. 3.1 / 4; the released teacher's data layout):
-  history  the clip's first `history` latent frames (drawn per step through ctx.shared_randint, whole
-           chunks between history_min and history_max: the paper samples 5-20 s of context)
+  history  the clip's first `history` latent frames (drawn per sample through ctx.shared_randint, whole
+           chunks between history_min and history_max: the paper samples 5-20 s of context); with
+           `memory_windows` > 0, that share of samples is drawn among the targets that show a part of the
+           room last seen before the cached fast frames (panorama world: `Clip.memory_starts`)
   context  the frames the student's memory would attend when its next chunk starts right after the
            history -- sink, slow, cached fast -- at the student's bounded positions (TieredPolicy.plan)
   target   `target_frames` frames after the history, noised at one timestep; positions continue the
            first target chunk's, exactly as Contextual DMD will lay out the student's rollout
+  text     the prompt of the target's first chunk (a script switches prompts chunk by chunk; the context is
+           read under it, as a prompt switch re-encodes the recent frames under the new prompt), or with
+           probability `text_dropout` the negative prompt: the unconditional branch that CFG needs
 
-Slow frames follow `slow_rule`: `surprisal` (default) streams the clean history through the teacher's own
-memory (VideoStream.prefill), so the student's surprisal rule runs on the teacher's pre-RoPE keys;
-`stride` promotes every `slow_stride_chunks` chunks (the released teacher: every 1.5 s over up to 18 s).
+Slow frames follow `slow_rule`: `surprisal` (default) applies the student's surprisal rule to the teacher's
+own pre-RoPE keys -- with `key_layers=first` on the first block's keys of the whole history at once
+(`common.chunk_signals`, exact and cheap), otherwise by streaming the clean history through the teacher's
+memory (VideoStream.prefill); `stride` promotes every `slow_stride_chunks` chunks (the released teacher:
+every 1.5 s over up to 18 s). Every sample has its own layout; samples whose layouts place the same
+positions share one forward.
 
 Error recycling (ERFT, Stable Video Infinity): see training/error_buffer.py.
 LoRA (`lora_rank` > 0): the base is frozen and adapters train on `lora_targets` (training/lora.py); the
@@ -37,11 +45,12 @@ from contextforcing.training.error_buffer import (
 )
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext, Update
+from contextforcing.memory.policies import tier_params
 from contextforcing.training.stages.common import (
-    ContextLayout, OptimizerOptions, TextOptions, gather_frames, layout_from_plan, load_or_build,
+    ContextLayout, OptimizerOptions, TextOptions, chunk_signals, gather_frames, layout_from_plan, load_or_build,
     memory_spec, plan_after_history, schedule_of, text_encoder, video_config,
 )
-from contextforcing.training.stages.data import ClipSource, DataOptions, sample_ids
+from contextforcing.training.stages.data import Clip, ClipSource, DataOptions, sample_ids
 
 SLOW_RULES = ("surprisal", "stride")
 
@@ -56,6 +65,8 @@ class TeacherOptions:
     target_frames: int = 21  # noisy target window (latent frames)
     history_min: int = 21  # clean history before the target, latent frames (5 s)
     history_max: int = 81  # (20 s)
+    memory_windows: float = 0.0  # share of samples whose target needs memory beyond the fast frames
+    text_dropout: float = 0.0  # probability that a sample's text is the negative prompt (CFG's unconditional)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # shift, num_train_timesteps
     optimizer: OptimizerOptions = field(default_factory=OptimizerOptions)
     error_recycling: ErrorRecyclingOptions = field(default_factory=ErrorRecyclingOptions)
@@ -79,6 +90,9 @@ class TeacherOptions:
         if not 0 <= self.history_min <= self.history_max or self.history_max == 0:
             raise UserError(f"teacher needs 0 <= history_min <= history_max, history_max > 0, got "
                             f"{self.history_min}, {self.history_max}")
+        for name in ("memory_windows", "text_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UserError(f"teacher {name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class TeacherStage:
@@ -97,6 +111,7 @@ class TeacherStage:
         if options.lora_rank:
             apply_lora(self.teacher, options.lora_rank, options.lora_alpha, options.lora_targets)
         self.encoder = text_encoder(options.text, options.model)
+        self.uncond = self.encoder.encode([options.text.negative_prompt])
         er = options.error_recycling
         self.latent_errors = ErrorBuffer.from_options(er, self.schedule)
         self.noise_errors = ErrorBuffer.from_options(er, self.schedule)
@@ -124,46 +139,79 @@ class TeacherStage:
 
     def batches(self, rank: int, world_size: int, start: int) -> Iterator[dict]:
         o = self.options
-        source = ClipSource(o.data, self.video, self.teacher.config.in_dim, o.history_max + o.target_frames)
+        cached_fast = tier_params(self.spec, self.video.chunk_frames).window
+        source = ClipSource(o.data, self.video, self.teacher.config.in_dim, o.history_max + o.target_frames,
+                            cached_fast=(cached_fast or 0) - self.video.chunk_frames)
         for ids in sample_ids(rank, world_size, start, o.data.micro_batch):
-            prompts, clips = zip(*(source.clip(i) for i in ids))
-            yield {"prompts": list(prompts), "text": self.encoder.encode(list(prompts)), "latents": torch.stack(clips)}
+            clips = [source.clip(i) for i in ids]
+            frames = min(c.latents.shape[1] for c in clips)
+            yield {"clips": clips, "latents": torch.stack([c.latents[:, :frames] for c in clips])}
 
     # -- layout ----------------------------------------------------------------------------------------
-    def draw_history(self, ctx: StepContext) -> int:
-        chunk = self.video.chunk_frames
-        return chunk * ctx.shared_randint(self.options.history_min // chunk, self.options.history_max // chunk + 1)
+    def draw_history(self, ctx: StepContext, clip: Clip | None = None, frames: int | None = None) -> int:
+        """A history length (whole chunks) for one sample: a target that needs memory (with probability
+        `memory_windows`, where the clip has one in range), else uniform in [history_min, history_max]."""
+        o, chunk = self.options, self.video.chunk_frames
+        high = o.history_max if frames is None else min(o.history_max, frames - o.target_frames)
+        needs_memory = [h for h in (clip.memory_starts if clip else ()) if o.history_min <= h <= high]
+        pick_memory = ctx.shared_uniform() < o.memory_windows  # always drawn: a fixed number of draws per sample
+        if pick_memory and needs_memory:
+            return needs_memory[ctx.shared_randint(0, len(needs_memory))]
+        return chunk * ctx.shared_randint(o.history_min // chunk, high // chunk + 1)
 
     @torch.no_grad()
     def layout(self, history: int, text: torch.Tensor, latents: torch.Tensor) -> ContextLayout:
+        """The student's memory at the chunk after `history` clean frames of `latents` [B, ...] (one layout)."""
         chunk = self.video.chunk_frames
-        if self.options.slow_rule == "stride":
-            plan = plan_after_history(self.spec, chunk, history, decide=lambda _: False)
+        params = tier_params(self.spec, chunk)
+        if self.options.slow_rule == "stride" or not params.surprisal:
+            plan = plan_after_history(self.spec, chunk, history)
+        elif params.first_layer_keys:
+            signals = chunk_signals(self.teacher, latents[:, :, :history], self.sampling, chunk)
+            plan = plan_after_history(self.spec, chunk, history, signals)
         else:
             stream = VideoStream(self.teacher, text, self.spec, self.video, self.sampling, max_frames=history + chunk)
             stream.prefill(latents[:, :, :history])
             plan = stream.memory.begin_chunk(history, chunk)
         return layout_from_plan(plan, self.options.target_frames)
 
+    def texts(self, prompts: list[str], ctx: StepContext) -> torch.Tensor:
+        """[B, L, D]: each prompt, or the negative prompt with probability text_dropout (a value, not control flow)."""
+        text = self.encoder.encode(prompts).to(ctx.device)
+        if self.options.text_dropout > 0:
+            drop = torch.rand(len(prompts), generator=ctx.generator, device=ctx.device) < self.options.text_dropout
+            text = torch.where(drop[:, None, None], self.uncond.to(ctx.device).expand_as(text), text)
+        return text
+
     # -- loss ------------------------------------------------------------------------------------------
     def loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
-        latents, text = batch["latents"].to(ctx.device), batch["text"].to(ctx.device)
-        history = self.draw_history(ctx)
-        layout = self.layout(history, text, latents)
-        context = gather_frames(latents, layout.frames)
-        target = gather_frames(latents, layout.target_frames)
+        latents, clips = batch["latents"].to(ctx.device), batch["clips"]
+        chunk = self.video.chunk_frames
+        histories = [self.draw_history(ctx, c, latents.shape[2]) for c in clips]
+        text = self.texts([c.prompt_at(h, chunk) for c, h in zip(clips, histories)], ctx)
+        layouts = [self.layout(h, text[i : i + 1], latents[i : i + 1]) for i, h in enumerate(histories)]
+        target = torch.cat([gather_frames(latents[i : i + 1], lay.target_frames) for i, lay in enumerate(layouts)])
         b = target.shape[0]
         t = losses.training_timesteps(b, self.schedule, ctx.generator, ctx.device)
         sigma = self.schedule.sigma(t)
         noise = torch.randn(target.shape, generator=ctx.generator, device=ctx.device)
         injection = draw_injection(self.options.error_recycling, ctx)
-        target_in, context, noise_in = self.inject(injection, t, target, context, noise, layout, ctx)
+        target_in = target + self._errors(self.latent_errors, t, target, ctx) if injection.latent else target
+        noise_in = noise + self._errors(self.noise_errors, t, noise, ctx) if injection.noise else noise
         x_t = add_noise(target_in, noise_in, sigma)
-        flow = self.teacher.forward_with_context(x_t, t, text, context, layout.positions, layout.target_positions)
+        flow = torch.empty_like(x_t)
+        for members in _same_positions(layouts):
+            lay, index = layouts[members[0]], torch.tensor(members, device=ctx.device)
+            context = torch.cat([gather_frames(latents[i : i + 1], layouts[i].frames) for i in members])
+            context = self.inject_context(injection, context, lay, ctx)
+            flow[index] = self.teacher.forward_with_context(x_t[index], t[index], text[index], context,
+                                                            lay.positions, lay.target_positions)
         # The velocity toward the *clean* target from the error-carrying noise (SVI's ERFT target).
         loss = losses.flow_matching_loss(flow, noise_in, target)
         self.bank_errors(injection, ctx, t, x_t, flow, sigma, target, noise_in)
-        metrics = {"loss": float(loss.detach().mean()), "history": float(history), "context": float(len(layout.frames)),
+        metrics = {"loss": float(loss.detach().mean()), "history": sum(histories) / b,
+                   "context": sum(len(lay.frames) for lay in layouts) / b,
+                   "slow": sum(lay.tiers.count("slow") for lay in layouts) / b,
                    "inject_latent": float(injection.latent), "inject_context": float(injection.context),
                    "inject_noise": float(injection.noise), "error_bank": float(len(self.latent_errors))}
         return loss.mean(), metrics
@@ -177,30 +225,35 @@ class TeacherStage:
                 out[i] = fit_frames(e, like.shape[2]).to(out)
         return out
 
-    def inject(self, injection: Injection, t, target, context, noise, layout: ContextLayout, ctx):
-        if injection.latent:
-            target = target + self._errors(self.latent_errors, t, target, ctx)
+    def inject_context(self, injection: Injection, context, layout: ContextLayout, ctx):
+        """Recycled errors on the fast (motion) context frames only; sink and slow stay clean."""
         fast = layout.fast_indices()
-        if injection.context and fast:  # only the fast (motion) frames; sink and slow stay clean
-            index = torch.tensor(fast, device=context.device)
-            drift = self._errors(self.latent_errors, None, context.index_select(2, index), ctx)
-            context = context.index_add(2, index, drift)
-        if injection.noise:
-            noise = noise + self._errors(self.noise_errors, t, noise, ctx)
-        return target, context, noise
+        if not (injection.context and fast):
+            return context
+        index = torch.tensor(fast, device=context.device)
+        drift = self._errors(self.latent_errors, None, context.index_select(2, index), ctx)
+        return context.index_add(2, index, drift)
 
     @torch.no_grad()
     def bank_errors(self, injection: Injection, ctx, t, x_t, flow, sigma, target, noise) -> None:
         """Bank this step's errors: x0_hat - x0 and eps_hat - eps, with eps_hat = x_t + (1 - sigma) v."""
         options = self.options.error_recycling
         allowed = ctx.shared_uniform() < options.clean_update_prob or not injection.clean
-        if not options.enabled or not allowed:
+        if not options.active(ctx.step) or not allowed:
             return
         x0_hat = x0_from_flow(x_t, flow.detach(), sigma)
         s = sigma.to(x_t.device).reshape(-1, 1, 1, 1, 1)
         eps_hat = x_t.double() + (1 - s) * flow.detach().double()
         self.latent_errors.add(t, x0_hat - target)
         self.noise_errors.add(t, (eps_hat - noise.double()).float())
+
+
+def _same_positions(layouts: list[ContextLayout]) -> list[list[int]]:
+    """Sample indices grouped by identical context and target positions (one forward per group)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, lay in enumerate(layouts):
+        groups.setdefault((tuple(lay.positions), tuple(lay.target_positions)), []).append(i)
+    return list(groups.values())
 
 
 def build(options: TeacherOptions, bctx: BuildContext) -> TeacherStage:

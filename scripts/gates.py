@@ -1,0 +1,165 @@
+"""The gates of the toy recipe (scripts/train_toy_model.py): each stage shows on held-out scripts that it earned
+its place before the next stage runs. Cheap by design: a few held-out worlds, cut to `GATE_SECONDS`.
+
+    teacher  uses its memory: on the targets of held-out worlds that show a part of the room last seen before
+             the fast frames, its flow-matching loss (fixed noise, timesteps 250 / 500 / 750) given its memory
+             layout is lower than given the fast frames alone (same positions): ratio < TEACHER_MAX_RATIO
+    ode      follows the script: its videos obey the lights (> ODE_MIN_LIGHTING; a still picture scores 0.50)
+             and pan with the camera (> ODE_MIN_PANS; a still picture scores 0)
+    dmd      the context teacher (16 Euler steps, CFG) beats the Stage 1 student at revisit error beyond the
+             fast memory (slow and beyond buckets, made revisits pooled over the worlds)
+    cdmd     the Stage 2 student beats the Stage 1 student at that revisit error, with camera (pans) and movers no
+             worse than Stage 1's by more than CDMD_MAX_LOSS
+
+Every generation goes through the Python API (`contextforcing.eval.panorama_runs`), with the memory the stage
+was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contextforcing.errors import UserError
+
+GATE_SECONDS = 45.0  # held-out tours: 5-8 fast and 16-19 slow revisits per world in their first 45 s
+TEACHER_MAX_RATIO = 0.95
+ODE_MIN_LIGHTING, ODE_MIN_PANS = 0.6, 0.1
+CDMD_MAX_LOSS = 0.1
+TEACHER_SAMPLING = {"euler_steps": 16, "guidance_scale": 3.0}  # the grid and CFG the ODE pairs were drawn with
+EXPORTS = {"teacher": ["teacher"], "ode": ["ode"], "dmd": ["teacher", "dmd"], "cdmd": ["dmd", "cdmd"]}
+
+
+class GateFailed(UserError):
+    """A stage did not earn its place (one line naming the numbers)."""
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    line: str
+    numbers: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"passed": self.passed, "line": self.line, "numbers": self.numbers}
+
+
+def worlds(count: int):
+    from contextforcing.data.world.panorama import heldout_worlds
+    from contextforcing.eval.panorama_runs import shortened
+
+    return [shortened(w, GATE_SECONDS) for w in heldout_worlds(count)]
+
+
+def _fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+# -- teacher ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def teacher_gate(exports: Path, cfg, count: int) -> GateResult:
+    from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
+    from contextforcing.data.world.panorama import render, simulate
+    from contextforcing.sampling.scheduler import add_noise
+    from contextforcing.training import losses
+    from contextforcing.training.stages.common import ContextLayout, gather_frames
+    from contextforcing.training.stages.data import memory_starts
+    from contextforcing.training.stages.teacher import TeacherStage
+
+    stage = TeacherStage(dataclasses.replace(cfg.stage, init=str(exports / "teacher.safetensors")), torch.device("cpu"))
+    model, codec, chunk = stage.teacher.eval(), load_world_codec(PANORAMA_PATH), stage.video.chunk_frames
+    cached_fast = stage.spec.options.fast - chunk
+    with_memory, fast_only = [], []
+    generator = torch.Generator().manual_seed(0)
+    for spec in worlds(count):
+        track = simulate(spec)
+        pixels = torch.from_numpy(render(track)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        latents = codec.encode(pixels).float()
+        prompts = track.chunk_prompts()
+        for start in memory_starts(track, chunk, cached_fast):
+            text = stage.encoder.encode([prompts[start // chunk]])
+            full = stage.layout(start, text, latents)
+            keep = full.fast_indices()
+            fast = ContextLayout([full.frames[i] for i in keep], ["fast"] * len(keep), [full.positions[i] for i in keep],
+                                 full.target_frames, full.target_positions)
+            target = gather_frames(latents, full.target_frames)
+            for t in (250.0, 500.0, 750.0):
+                noise = torch.randn(target.shape, generator=generator)
+                tt = torch.tensor([t])
+                x_t = add_noise(target, noise, stage.schedule.sigma(tt))
+                for layout, out in ((full, with_memory), (fast, fast_only)):
+                    flow = model.forward_with_context(x_t, tt, text, gather_frames(latents, layout.frames),
+                                                      layout.positions, layout.target_positions)
+                    out.append(float(losses.flow_matching_loss(flow, noise, target).mean()))
+    if not with_memory:
+        return GateResult(False, "no held-out target needs memory beyond the fast frames (gate worlds too short)")
+    a, b = float(np.mean(with_memory)), float(np.mean(fast_only))
+    ratio = a / b
+    line = (f"teacher flow-matching loss on {len(with_memory) // 3} held-out targets that need memory: {a:.4f} with "
+            f"its memory, {b:.4f} with the fast frames only (ratio {ratio:.3f}; must be < {TEACHER_MAX_RATIO})")
+    return GateResult(ratio < TEACHER_MAX_RATIO, line, {"loss_memory": a, "loss_fast_only": b, "ratio": ratio,
+                                                       "targets": len(with_memory) // 3})
+
+
+# -- students --------------------------------------------------------------------------------------------------
+def behaviour(weights: Path, memory: dict, count: int, sampling: dict | None = None) -> dict:
+    """Headline numbers of `weights` on the gate worlds: per-world means, and the revisit error beyond the fast
+    memory pooled over the made revisits of all worlds."""
+    from contextforcing.eval.panorama_runs import generate, score, world_pipeline
+
+    pipe = world_pipeline(weights, memory=memory)
+    heads, beyond = [], []
+    for spec in worlds(count):
+        scores = score(generate(pipe, spec, sampling=sampling), spec)
+        heads.append(scores.headline())
+        beyond += [r["error"] for r in scores.revisits if r["made"] and r["bucket"] != "fast" and r["error"] is not None]
+    out = {key: _mean([h[key] for h in heads]) for key in heads[0]}
+    out["revisit_error_beyond_fast"] = float(np.mean(beyond)) if beyond else None
+    out["revisits_beyond_fast_made"] = len(beyond)
+    return out
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def ode_gate(exports: Path, cfg, count: int) -> GateResult:
+    m = behaviour(exports / "ode.safetensors", cfg.stage.memory, count)
+    lighting, pans = m["lighting"], m["camera_pans"]
+    ok = lighting is not None and pans is not None and lighting > ODE_MIN_LIGHTING and pans > ODE_MIN_PANS
+    line = (f"ODE student on {count} held-out scripts ({GATE_SECONDS:g} s): lighting obeyed {_fmt(lighting, 2)} (must be > "
+            f"{ODE_MIN_LIGHTING}), camera pans obeyed {_fmt(pans, 2)} (must be > {ODE_MIN_PANS})")
+    return GateResult(ok, line, {"ode": m})
+
+
+def dmd_gate(exports: Path, cfg, count: int) -> GateResult:
+    student = behaviour(exports / "dmd.safetensors", cfg.stage.memory, count)
+    teacher = behaviour(exports / "teacher.safetensors", cfg.stage.memory, count, sampling=TEACHER_SAMPLING)
+    t, s = teacher["revisit_error_beyond_fast"], student["revisit_error_beyond_fast"]
+    ok = t is not None and (s is None or t < s)
+    line = (f"revisit error beyond the fast memory on {count} held-out scripts ({GATE_SECONDS:g} s): teacher {_fmt(t)} "
+            f"({teacher['revisits_beyond_fast_made']} revisits made), Stage 1 student {_fmt(s)} "
+            f"({student['revisits_beyond_fast_made']} made); the teacher must be lower")
+    return GateResult(ok, line, {"teacher": teacher, "stage1": student})
+
+
+def cdmd_gate(exports: Path, cfg, count: int) -> GateResult:
+    stage1 = behaviour(exports / "dmd.safetensors", cfg.stage.memory, count)
+    stage2 = behaviour(exports / "cdmd.safetensors", cfg.stage.memory, count)
+    e1, e2 = stage1["revisit_error_beyond_fast"], stage2["revisit_error_beyond_fast"]
+    worse = [k for k in ("camera_pans", "movers") if stage1[k] is not None and
+             (stage2[k] is None or stage2[k] < stage1[k] - CDMD_MAX_LOSS)]
+    ok = e2 is not None and (e1 is None or e2 < e1) and not worse
+    line = (f"revisit error beyond the fast memory on {count} held-out scripts ({GATE_SECONDS:g} s): Stage 2 {_fmt(e2)} "
+            f"({stage2['revisits_beyond_fast_made']} made), Stage 1 {_fmt(e1)} ({stage1['revisits_beyond_fast_made']} "
+            f"made), must be lower; camera pans {_fmt(stage2['camera_pans'], 2)} vs {_fmt(stage1['camera_pans'], 2)}, "
+            f"movers {_fmt(stage2['movers'], 2)} vs {_fmt(stage1['movers'], 2)} (at most {CDMD_MAX_LOSS} worse)")
+    return GateResult(ok, line, {"stage2": stage2, "stage1": stage1})
+
+
+GATES = {"teacher": teacher_gate, "ode": ode_gate, "dmd": dmd_gate, "cdmd": cdmd_gate}
