@@ -49,7 +49,10 @@ toy-model: $(VENV)/.train-installed
 results: $(VENV)/.train-installed
 	$(PY) scripts/reproduce_results.py
 
+# Lint and format checks first (seconds), then every test but the slow ones.
 test: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check contextforcing tests scripts
+	$(VENV)/bin/ruff format --check contextforcing tests scripts
 	$(PY) -m pytest -q -m "not slow"
 
 test-slow: $(VENV)/.test-installed

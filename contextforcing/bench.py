@@ -79,9 +79,20 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
     return windows
 
 
-def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *, seed: int = 0,
-              device: str | None = None, dtype: str | None = None, windows: str = "", decode: bool = False,
-              weights: dict | None = None, peak_tflops: float | None = None) -> dict:
+def run_bench(
+    preset: str,
+    seconds: float,
+    memory: str,
+    memory_options: dict,
+    *,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    windows: str = "",
+    decode: bool = False,
+    weights: dict | None = None,
+    peak_tflops: float | None = None,
+) -> dict:
     """`weights` (`loading.load`'s keywords): random init, real weights (--wan-dir/--checkpoint), or, with
     neither, the embedded model as `generate` uses it (with the memory it was trained with).
     With `decode`, each chunk's time includes its streaming decode (Wan VAE, world codec or preview decoder).
@@ -89,8 +100,11 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     weights = dict(weights or {})
     windows_parsed = parse_windows(windows)
     spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype, weights)
-    pipe = Pipeline.from_parts(loading.load(preset, seed=seed, device=device, dtype=dtype,
-                                            random_init=weights.pop("random_init", False), **weights))
+    pipe = Pipeline.from_parts(
+        loading.load(
+            preset, seed=seed, device=device, dtype=dtype, random_init=weights.pop("random_init", False), **weights
+        )
+    )
     video = pipe.preset.video
     for a, b in windows_parsed:  # fail before the run, not after it
         if b > num_frames // video.chunk_frames:
@@ -107,34 +121,62 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
         model_times.append(chunk.seconds)
         peaks.append(peak_memory_bytes(pipe.device))
         attended.append(chunk.plan.attended_frames)
-        cost = perf.chunk_cost(pipe.model.config, video, attended[-1], steps=len(stream.steps),
-                               frames=chunk.latents.shape[2], batch=stream.batch)
-        flops.append(cost.total * len(stream.branches) + (perf.prompt_flops(pipe.model.config) if chunk.index == 0 else 0))
+        cost = perf.chunk_cost(
+            pipe.model.config,
+            video,
+            attended[-1],
+            steps=len(stream.steps),
+            frames=chunk.latents.shape[2],
+            batch=stream.batch,
+        )
+        flops.append(
+            cost.total * len(stream.branches) + (perf.prompt_flops(pipe.model.config) if chunk.index == 0 else 0)
+        )
     total = time.perf_counter() - began
     steady = latencies[1:] or latencies
     latent_fps = video.chunk_frames / statistics.median(steady)
     steady_flops, steady_times = flops[1:] or flops, model_times[1:] or model_times
     achieved = sum(steady_flops) / sum(steady_times) / 1e12
     result = {
-        "preset": pipe.preset_name, "weights": pipe.weights, "memory": spec.to_dict(), "device": str(pipe.device),
-        "dtype": str(pipe.model.dtype).replace("torch.", ""), "chunks": len(latencies),
-        "latent_frames": num_frames, "first_chunk_s": latencies[0], "median_chunk_s": statistics.median(steady),
-        "last_chunk_s": latencies[-1], "latent_fps": latent_fps, "pixel_fps": latent_fps * video.vae_stride_t,
-        "wall_s": total, "peak_memory_bytes": max(peaks), "kv_memory_bytes": stream.memory.nbytes(),
-        "kv_view_bytes": stream.memory.view_nbytes(), "key_frames_last": stream.memory.key_frames(),
+        "preset": pipe.preset_name,
+        "weights": pipe.weights,
+        "memory": spec.to_dict(),
+        "device": str(pipe.device),
+        "dtype": str(pipe.model.dtype).replace("torch.", ""),
+        "chunks": len(latencies),
+        "latent_frames": num_frames,
+        "first_chunk_s": latencies[0],
+        "median_chunk_s": statistics.median(steady),
+        "last_chunk_s": latencies[-1],
+        "latent_fps": latent_fps,
+        "pixel_fps": latent_fps * video.vae_stride_t,
+        "wall_s": total,
+        "peak_memory_bytes": max(peaks),
+        "kv_memory_bytes": stream.memory.nbytes(),
+        "kv_view_bytes": stream.memory.view_nbytes(),
+        "key_frames_last": stream.memory.key_frames(),
         "peak_memory_first_quarter_bytes": max(peaks[: max(1, len(peaks) // 4)]),
         "context_rotations": stream.memory.rotations,
         "included": _included(decode, pipe.weights),
         "median_decode_s": statistics.median(decode_times[1:] or decode_times) if decode else None,
         "median_transformer_s": statistics.median(steady_times),
-        "attended_frames_first": attended[0], "attended_frames_last": attended[-1],
-        "flops_first_chunk": flops[0], "flops_median_chunk": statistics.median(steady_flops), "flops_last_chunk": flops[-1],
-        "achieved_tflops": achieved, "peak_tflops": peak, "peak_source": peak_source,
+        "attended_frames_first": attended[0],
+        "attended_frames_last": attended[-1],
+        "flops_first_chunk": flops[0],
+        "flops_median_chunk": statistics.median(steady_flops),
+        "flops_last_chunk": flops[-1],
+        "achieved_tflops": achieved,
+        "peak_tflops": peak,
+        "peak_source": peak_source,
         "floor_median_chunk_s": statistics.median(steady_flops) / (peak * 1e12),
         "floor_percent": 100.0 * achieved / peak,
-        "peak_memory_scope": ("CUDA bytes allocated by torch" if pipe.device.type == "cuda" else
-                              "process peak RSS since the run began" if peak_resettable else
-                              "process peak RSS since start (could not reset)"),
+        "peak_memory_scope": (
+            "CUDA bytes allocated by torch"
+            if pipe.device.type == "cuda"
+            else "process peak RSS since the run began"
+            if peak_resettable
+            else "process peak RSS since start (could not reset)"
+        ),
         "threads": torch.get_num_threads() if pipe.device.type == "cpu" else None,
         "chunk_seconds": latencies,
         "windows": {},
@@ -144,8 +186,16 @@ def run_bench(preset: str, seconds: float, memory: str, memory_options: dict, *,
     return result
 
 
-def _check_request(preset: str, seconds: float, memory: str, memory_options: dict, seed: int, device: str | None,
-                   dtype: str | None, weights: dict) -> tuple[MemorySpec, int]:
+def _check_request(
+    preset: str,
+    seconds: float,
+    memory: str,
+    memory_options: dict,
+    seed: int,
+    device: str | None,
+    dtype: str | None,
+    weights: dict,
+) -> tuple[MemorySpec, int]:
     """Memory spec and latent frames, with every check (sizes against the device too) before a model is built."""
     cfg = get_preset(preset)
     if weights.get("random_init") or weights.get("wan_dir") or weights.get("checkpoint"):
@@ -178,21 +228,35 @@ def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:
 def _included(decode: bool, weights: str) -> str:
     if not decode:
         return "transformer denoising + commit passes; no text encoding, no decode, no file output"
-    decoder = ("preview decoder (random init has no VAE)" if weights == "random-init" else
-               "world codec" if weights.startswith("embedded:") else "Wan VAE")
-    return (f"transformer denoising + commit passes + streaming {decoder} decode per chunk; "
-            "no text encoding, no uint8 conversion, no file output")
+    decoder = (
+        "preview decoder (random init has no VAE)"
+        if weights == "random-init"
+        else "world codec"
+        if weights.startswith("embedded:")
+        else "Wan VAE"
+    )
+    return (
+        f"transformer denoising + commit passes + streaming {decoder} decode per chunk; "
+        "no text encoding, no uint8 conversion, no file output"
+    )
 
 
 def format_table(r: dict) -> str:
     rows = [
-        ("preset / device / dtype", f"{r['preset']} / {r['device']} / {r['dtype']}"
-                                    + (f" / {r['threads']} threads" if r.get("threads") else "")),
+        (
+            "preset / device / dtype",
+            f"{r['preset']} / {r['device']} / {r['dtype']}"
+            + (f" / {r['threads']} threads" if r.get("threads") else ""),
+        ),
         ("memory", json.dumps(r["memory"])),
         ("chunks (latent frames)", f"{r['chunks']} ({r['latent_frames']})"),
         ("first chunk latency", f"{r['first_chunk_s'] * 1e3:.2f} ms"),
         ("median chunk latency", f"{r['median_chunk_s'] * 1e3:.2f} ms"),
-        *([("  of which decode (median)", f"{r['median_decode_s'] * 1e3:.2f} ms")] if r.get("median_decode_s") is not None else []),
+        *(
+            [("  of which decode (median)", f"{r['median_decode_s'] * 1e3:.2f} ms")]
+            if r.get("median_decode_s") is not None
+            else []
+        ),
         ("last chunk latency", f"{r['last_chunk_s'] * 1e3:.2f} ms"),
         ("latent frames / s", f"{r['latent_fps']:.2f}"),
         ("pixel frames / s", f"{r['pixel_fps']:.2f}"),
@@ -203,8 +267,10 @@ def format_table(r: dict) -> str:
         ("context rotations", str(r["context_rotations"])),
         ("attended latent frames (first / last chunk)", f"{r['attended_frames_first']} / {r['attended_frames_last']}"),
         ("key frames computed per pass (last chunk)", str(r["key_frames_last"])),
-        ("analytic FLOPs per chunk (first / median / last)",
-         f"{perf._si(r['flops_first_chunk'])} / {perf._si(r['flops_median_chunk'])} / {perf._si(r['flops_last_chunk'])}"),
+        (
+            "analytic FLOPs per chunk (first / median / last)",
+            f"{perf._si(r['flops_first_chunk'])} / {perf._si(r['flops_median_chunk'])} / {perf._si(r['flops_last_chunk'])}",
+        ),
         ("median transformer time per chunk", f"{r['median_transformer_s'] * 1e3:.2f} ms"),
         ("achieved TFLOP/s (transformer, warm-up excluded)", f"{r['achieved_tflops']:.4g}"),
         ("peak TFLOP/s", f"{r['peak_tflops']:.4g} ({r['peak_source']})"),
@@ -242,15 +308,25 @@ def format_policy_table(results: list[dict]) -> str:
         return "\n".join(f"{r['memory']['policy']}: {r['error']}" for r in results)
     first = ran[0]
     header = [name for name, _ in _POLICY_COLUMNS]
-    rows = [[get(r) for _, get in _POLICY_COLUMNS] if "error" not in r else
-            [r["memory"]["policy"], *["-"] * (len(header) - 1)] for r in results]
+    rows = [
+        [get(r) for _, get in _POLICY_COLUMNS]
+        if "error" not in r
+        else [r["memory"]["policy"], *["-"] * (len(header) - 1)]
+        for r in results
+    ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     lines = [
         f"{first['preset']} / {first['device']} / {first['dtype']}"
-        + (f" / {first['threads']} threads" if first.get("threads") else "") + f", {first['chunks']} chunks "
+        + (f" / {first['threads']} threads" if first.get("threads") else "")
+        + f", {first['chunks']} chunks "
         f"({first['latent_frames']} latent frames) per policy, default policy options",
-        fmt(header), fmt(["-" * w for w in widths]), *(fmt(row) for row in rows),
+        fmt(header),
+        fmt(["-" * w for w in widths]),
+        *(fmt(row) for row in rows),
         "frames: latent frames the last chunk attended (itself included); first ms: first chunk (time to first "
         "frame); median ms / fps: median over chunks after the first; view MiB: rotated-key buffers",
         "FLOP/chunk: analytic, median chunk after the first; % floor: (analytic FLOPs / peak) / measured "
@@ -262,6 +338,8 @@ def format_policy_table(results: list[dict]) -> str:
         if "error" in r:
             lines.append(f"{r['memory']['policy']}: {r['error']}")
         elif r["windows"]:
-            lines.append(f"{r['memory']['policy']}: median latency " +
-                         ", ".join(f"chunks {w} {s * 1e3:.2f} ms" for w, s in r["windows"].items()))
+            lines.append(
+                f"{r['memory']['policy']}: median latency "
+                + ", ".join(f"chunks {w} {s * 1e3:.2f} ms" for w, s in r["windows"].items())
+            )
     return "\n".join(lines)

@@ -25,19 +25,31 @@ def add_weight_args(p: argparse.ArgumentParser) -> None:
     """The flags that choose the model and where it runs (generate, bench, serve)."""
     from contextforcing.model.checkpoints_cli import add_lora_alpha_arg, add_weight_choice_args
 
-    p.add_argument("--preset", default=None,
-                   help="model size preset (tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b) or a YAML/JSON file with model: and "
-                        "video: sections; default wan2.1-t2v-1.3b with --wan-dir, tiny with --random-init")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="model size preset (tiny, wan2.1-t2v-1.3b, wan2.1-t2v-14b) or a YAML/JSON file with model: and "
+        "video: sections; default wan2.1-t2v-1.3b with --wan-dir, tiny with --random-init",
+    )
     p.add_argument("--random-init", action="store_true", help="random weights (no checkpoint needed)")
     p.add_argument("--wan-dir", help="local Wan2.1 directory: UMT5 text encoder, VAE, and the base DiT")
-    p.add_argument("--checkpoint", help="DiT weights (Wan, diffusers or training .pt); default: the base DiT in --wan-dir")
+    p.add_argument(
+        "--checkpoint", help="DiT weights (Wan, diffusers or training .pt); default: the base DiT in --wan-dir"
+    )
     p.add_argument("--checkpoint-format", help="override format detection of --checkpoint")
     add_weight_choice_args(p)
-    p.add_argument("--lora", help="LoRA merged into the DiT at load time: peft file or directory, LongLive lora.pt "
-                                  "or checkpoint_model_* directory")
+    p.add_argument(
+        "--lora",
+        help="LoRA merged into the DiT at load time: peft file or directory, LongLive lora.pt "
+        "or checkpoint_model_* directory",
+    )
     add_lora_alpha_arg(p)
-    p.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads of the --checkpoint/--wan-dir DiT (default: the preset's)")
+    p.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="attention heads of the --checkpoint/--wan-dir DiT (default: the preset's)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
 
@@ -61,14 +73,21 @@ def _generate(args) -> int:
 def _bench(args) -> int:
     from contextforcing.bench import format_table, run_bench
     from contextforcing.config import parse_overrides
-
     from contextforcing.loading import check_weight_flags, default_preset
 
-    weights = dict(random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
-                   checkpoint_format=args.checkpoint_format, use_ema=args.use_ema, lora=args.lora,
-                   lora_alpha=args.lora_alpha, num_heads=args.num_heads)
-    check_weight_flags(bool(args.wan_dir or args.checkpoint), lora=args.lora, lora_alpha=args.lora_alpha,
-                       num_heads=args.num_heads)
+    weights = dict(
+        random_init=args.random_init,
+        wan_dir=args.wan_dir,
+        checkpoint=args.checkpoint,
+        checkpoint_format=args.checkpoint_format,
+        use_ema=args.use_ema,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        num_heads=args.num_heads,
+    )
+    check_weight_flags(
+        bool(args.wan_dir or args.checkpoint), lora=args.lora, lora_alpha=args.lora_alpha, num_heads=args.num_heads
+    )
     preset = default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     options = parse_overrides(args.memory_opt or [])
     if args.threads is not None:
@@ -79,13 +98,22 @@ def _bench(args) -> int:
         torch.set_num_threads(args.threads)
     if args.floor_only:
         return _floor_only(args, preset, options)
-    common = dict(seed=args.seed, device=args.device, dtype=args.dtype, windows=args.windows, decode=args.decode,
-                  weights=weights, peak_tflops=args.peak_tflops)
+    common = dict(
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        windows=args.windows,
+        decode=args.decode,
+        weights=weights,
+        peak_tflops=args.peak_tflops,
+    )
     if args.all_policies:
         from contextforcing.bench import format_policy_table, run_all_policies
 
         if options:
-            raise UserError("--memory-opt sets one policy's options; --all-policies runs every policy with its defaults")
+            raise UserError(
+                "--memory-opt sets one policy's options; --all-policies runs every policy with its defaults"
+            )
         results = run_all_policies(preset, args.seconds, **common)
         print(json.dumps(results, indent=1) if args.json else format_policy_table(results))
         return 0
@@ -122,17 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate a video, streaming it to an mp4 as chunks finish")
     _add_model_args(gen)
     gen.add_argument("--prompt", help="starting prompt (optional when --prompts starts at 0 s)")
-    gen.add_argument("--prompts", metavar="SCRIPT.jsonl",
-                     help='prompt script, one {"at": SECONDS, "prompt": TEXT} per line; switches land on chunk boundaries')
+    gen.add_argument(
+        "--prompts",
+        metavar="SCRIPT.jsonl",
+        help='prompt script, one {"at": SECONDS, "prompt": TEXT} per line; switches land on chunk boundaries',
+    )
     gen.add_argument("--init-video", help="continue this video: its last frames are encoded and prefilled into memory")
     gen.add_argument("--init-image", help="start from this image: encoded and prefilled into memory")
     gen.add_argument("--out", required=True, help="output .mp4; a .json sidecar is written beside it")
     gen.add_argument("--switch", action="append", metavar="CHUNK:PROMPT", help="switch prompt at a chunk, repeatable")
-    gen.add_argument("--flush-on-switch", action="store_true",
-                     help="drop sink and slow memory at a switch (with --recache longlive: LongLive's global_sink false)")
-    gen.add_argument("--recache", choices=("window", "longlive"), default="window",
-                     help="what a switch re-encodes: the recent frames the next chunk attends (window), or exactly "
-                          "what LongLive 1.0 re-encodes (longlive; --memory sink)")
+    gen.add_argument(
+        "--flush-on-switch",
+        action="store_true",
+        help="drop sink and slow memory at a switch (with --recache longlive: LongLive's global_sink false)",
+    )
+    gen.add_argument(
+        "--recache",
+        choices=("window", "longlive"),
+        default="window",
+        help="what a switch re-encodes: the recent frames the next chunk attends (window), or exactly "
+        "what LongLive 1.0 re-encodes (longlive; --memory sink)",
+    )
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
@@ -140,18 +178,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(bench)
     bench.add_argument("--windows", default="", help="chunk ranges to report median latency for, e.g. 20:40,400:420")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
-    bench.add_argument("--decode", action="store_true",
-                       help="include the streaming VAE decode (preview decoder with --random-init) in each chunk's time")
-    bench.add_argument("--peak-tflops", type=float, default=None,
-                       help="peak rate for the floor and %% of floor, e.g. 790 for an H100's measured bf16 matmul rate; "
-                            "default: measure a square matmul on the device at startup (stated in the output)")
-    bench.add_argument("--all-policies", action="store_true",
-                       help="run the bench once per memory policy (default options) and print one row per policy")
-    bench.add_argument("--threads", type=int, default=None,
-                       help="CPU threads for torch (default: torch's); 1 avoids thread oversubscription on a busy machine")
-    bench.add_argument("--floor-only", action="store_true",
-                       help="print the analytic FLOP floor of --preset/--memory (at the last chunk of --seconds) "
-                            "without running a model")
+    bench.add_argument(
+        "--decode",
+        action="store_true",
+        help="include the streaming VAE decode (preview decoder with --random-init) in each chunk's time",
+    )
+    bench.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak rate for the floor and %% of floor, e.g. 790 for an H100's measured bf16 matmul rate; "
+        "default: measure a square matmul on the device at startup (stated in the output)",
+    )
+    bench.add_argument(
+        "--all-policies",
+        action="store_true",
+        help="run the bench once per memory policy (default options) and print one row per policy",
+    )
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's); 1 avoids thread oversubscription on a busy machine",
+    )
+    bench.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="print the analytic FLOP floor of --preset/--memory (at the last chunk of --seconds) "
+        "without running a model",
+    )
     bench.set_defaults(func=_bench)
 
     for name in _PLUGGED_COMMANDS:

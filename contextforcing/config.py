@@ -121,8 +121,15 @@ PRESETS: dict[str, Preset] = {
     # codec (16 channels, strides 4/8) at 64x64 px = an 8x8 latent grid. Patch (1, 2, 2) makes each token one
     # 16-px object cell of the world (16 tokens per latent frame); text from the built-in HashTextEncoder.
     "world": Preset(
-        ModelConfig(dim=WORLD_DIM, ffn_dim=WORLD_FFN, num_layers=WORLD_LAYERS, num_heads=WORLD_HEADS,
-                    text_dim=64, text_len=24, freq_dim=64),
+        ModelConfig(
+            dim=WORLD_DIM,
+            ffn_dim=WORLD_FFN,
+            num_layers=WORLD_LAYERS,
+            num_heads=WORLD_HEADS,
+            text_dim=64,
+            text_len=24,
+            freq_dim=64,
+        ),
         VideoConfig(latent_height=8, latent_width=8, chunk_frames=3, fps=16),
     ),
 }

@@ -11,8 +11,11 @@ from contextforcing.errors import UserError
 # extra -> (import name, what needs it) of each optional package
 EXTRAS = {
     "wan": {"diffusers": "the Wan2.1 VAE", "transformers": "the UMT5 text encoder"},
-    "eval": {"cv2": "the dynamic-degree flow proxy", "matplotlib": "evaluation plots",
-             "transformers": "DINO / DINOv2 / CLIP features"},
+    "eval": {
+        "cv2": "the dynamic-degree flow proxy",
+        "matplotlib": "evaluation plots",
+        "transformers": "DINO / DINOv2 / CLIP features",
+    },
     "train": {"tensorboard": "training logs"},
 }
 
@@ -22,5 +25,6 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f"{feature} needs the [{extra}] extra: pip install 'contextforcing[{extra}]' "
-                        f"(missing: {module})") from None
+        raise UserError(
+            f"{feature} needs the [{extra}] extra: pip install 'contextforcing[{extra}]' (missing: {module})"
+        ) from None

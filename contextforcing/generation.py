@@ -21,7 +21,7 @@ from contextforcing.memory.policies import MemorySpec, check_recache, make_spec
 from contextforcing.outputs import InterruptGuard, OutputLock
 from contextforcing.perf import check_memory_fits
 from contextforcing.pipeline import Generation, Pipeline, Prompt, read_init_clip, resolve_memory
-from contextforcing.prompts import placement, place_script, read_prompt_script
+from contextforcing.prompts import place_script, placement, read_prompt_script
 
 
 @dataclass
@@ -51,12 +51,23 @@ class GenerationRequest:
     init_image: str | None = None
 
 
-
 def pipeline_for(req: GenerationRequest) -> Pipeline:
-    return Pipeline.from_parts(loading.load(req.preset, random_init=req.random_init, wan_dir=req.wan_dir, checkpoint=req.checkpoint,
-                        checkpoint_format=req.checkpoint_format, use_ema=req.use_ema, lora=req.lora,
-                        lora_alpha=req.lora_alpha, num_heads=req.num_heads, seed=req.seed, device=req.device,
-                        dtype=req.dtype))
+    return Pipeline.from_parts(
+        loading.load(
+            req.preset,
+            random_init=req.random_init,
+            wan_dir=req.wan_dir,
+            checkpoint=req.checkpoint,
+            checkpoint_format=req.checkpoint_format,
+            use_ema=req.use_ema,
+            lora=req.lora,
+            lora_alpha=req.lora_alpha,
+            num_heads=req.num_heads,
+            seed=req.seed,
+            device=req.device,
+            dtype=req.dtype,
+        )
+    )
 
 
 def is_embedded(req: GenerationRequest) -> bool:
@@ -114,7 +125,9 @@ def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPla
     num_frames = video.latent_frames_for(req.seconds)
     placed = plan_prompts(req, video, num_frames // video.chunk_frames)
     init_pixels, init = read_init_clip(video, req.init_video, req.init_image)
-    device, dtype = (pipeline.device, pipeline.model.dtype) if pipeline else loading.resolve_device(req.device, req.dtype)
+    device, dtype = (
+        (pipeline.device, pipeline.model.dtype) if pipeline else loading.resolve_device(req.device, req.dtype)
+    )
     init_frames = 0 if init_pixels is None else 1 + (init_pixels.shape[2] - 1) // video.vae_stride_t
     check_memory_fits(spec, model_cfg, video, dtype, device, num_frames + init_frames)
     for p in placed:  # where each prompt starts in the written mp4
@@ -144,23 +157,37 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
             began = time.perf_counter()
             chunks, stopped = _stream_into(writer, generation, guard, progress)
             interrupted = stopped or guard.interrupted
-            sidecar = {**generation.record(chunks, interrupted), "prompts": plan.placed, "prompt_script": req.prompts,
-                       "init": _init_record(plan, generation), "wall_seconds": time.perf_counter() - began}
+            sidecar = {
+                **generation.record(chunks, interrupted),
+                "prompts": plan.placed,
+                "prompt_script": req.prompts,
+                "init": _init_record(plan, generation),
+                "wall_seconds": time.perf_counter() - began,
+            }
             published = publish_video(writer, out, sidecar)
         except BaseException:
             writer.discard()
             raise
     if interrupted or guard.interrupted:
-        raise Interrupted(f"kept {out} ({writer.frames_written} frames) and its sidecar" if published
-                          else "nothing was written")
+        raise Interrupted(
+            f"kept {out} ({writer.frames_written} frames) and its sidecar" if published else "nothing was written"
+        )
     return sidecar
 
 
 def _start(pipeline: Pipeline, plan: RunPlan, req: GenerationRequest) -> Generation:
     switches = [Prompt(p["prompt"], p["chunk"], req.flush_on_switch) for p in plan.placed[1:]]
-    return pipeline.stream(plan.placed[0]["prompt"], req.seconds, seed=req.seed, memory=plan.spec, switches=switches,
-                           flush_on_switch=req.flush_on_switch, recache=req.recache, init_video=req.init_video,
-                           init_image=req.init_image)
+    return pipeline.stream(
+        plan.placed[0]["prompt"],
+        req.seconds,
+        seed=req.seed,
+        memory=plan.spec,
+        switches=switches,
+        flush_on_switch=req.flush_on_switch,
+        recache=req.recache,
+        init_video=req.init_video,
+        init_image=req.init_image,
+    )
 
 
 def _init_record(plan: RunPlan, generation: Generation) -> dict | None:

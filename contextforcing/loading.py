@@ -82,8 +82,10 @@ def embedded_config(path: Path | None = None) -> dict:
     """The shipped student's config (preset, model/video shapes, memory defaults, codec), without its weights."""
     path = Path(path or EMBEDDED_CONFIG)
     if not path.is_file() or not (path.parent / path.name.replace(".json", ".safetensors")).is_file():
-        raise UserError(f"the embedded model is missing ({path.with_suffix('.safetensors')}); build it with "
-                        f"`make toy-model`, or pass --random-init or --wan-dir [--checkpoint FILE]")
+        raise UserError(
+            f"the embedded model is missing ({path.with_suffix('.safetensors')}); build it with "
+            f"`make toy-model`, or pass --random-init or --wan-dir [--checkpoint FILE]"
+        )
     try:
         config = json.loads(path.read_text())
     except ValueError as err:
@@ -96,8 +98,10 @@ def embedded_config(path: Path | None = None) -> dict:
 
 def check_embedded_preset(preset: str) -> None:
     if preset != EMBEDDED_PRESET:
-        raise UserError(f"the embedded model is the {EMBEDDED_PRESET!r} preset; preset {preset!r} needs "
-                        f"--random-init or --wan-dir [--checkpoint FILE]")
+        raise UserError(
+            f"the embedded model is the {EMBEDDED_PRESET!r} preset; preset {preset!r} needs "
+            f"--random-init or --wan-dir [--checkpoint FILE]"
+        )
 
 
 def embedded_memory(config: dict) -> MemorySpec:
@@ -145,8 +149,10 @@ def embedded_codec(config: dict, config_path: Path, model_cfg: ModelConfig, pres
         import hashlib
 
         if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-            raise UserError(f"{path} is not the codec the embedded model was trained with (sha256 {expected[:12]}...); "
-                            f"retrain the model with `make toy-model`")
+            raise UserError(
+                f"{path} is not the codec the embedded model was trained with (sha256 {expected[:12]}...); "
+                f"retrain the model with `make toy-model`"
+            )
     return load_world_codec(path, device=device)
 
 
@@ -166,14 +172,34 @@ def load_embedded(device: str | None = None, dtype: str | None = None, path: Pat
     encoder = HashTextEncoder(model_cfg.text_dim, model_cfg.text_len)
     check_parts_fit(preset, encoder, codec)
     model = load_model(weights, model_cfg, device=dev, dtype=dt)  # stored fp32/fp16/bf16, cast to dt
-    return Parts(config["preset"], preset, model, encoder, codec, dev, f"embedded:{weights.name}",
-                    embedded_memory(config), embedded_sampling(config), prompt_check=embedded_prompt_check(config),
-                    example_prompt=config.get("example_prompt", "a benchmark prompt"))
+    return Parts(
+        config["preset"],
+        preset,
+        model,
+        encoder,
+        codec,
+        dev,
+        f"embedded:{weights.name}",
+        embedded_memory(config),
+        embedded_sampling(config),
+        prompt_check=embedded_prompt_check(config),
+        example_prompt=config.get("example_prompt", "a benchmark prompt"),
+    )
 
 
-def load_wan(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoint_format: str | None = None,
-                 use_ema: bool | None = None, lora: str | None = None, lora_alpha: float | None = None,
-                 num_heads: int | None = None, device: str | None = None, dtype: str | None = None) -> Parts:
+def load_wan(
+    wan_dir: str,
+    checkpoint: str | None,
+    preset_name: str,
+    *,
+    checkpoint_format: str | None = None,
+    use_ema: bool | None = None,
+    lora: str | None = None,
+    lora_alpha: float | None = None,
+    num_heads: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Parts:
     """The DiT from `checkpoint` (or the base Wan weights in `wan_dir`), UMT5 and the Wan VAE from `wan_dir`.
 
     The text encoder is loaded on the CPU: `encode_prompts` moves it to the GPU only while it encodes, so
@@ -194,23 +220,47 @@ def load_wan(wan_dir: str, checkpoint: str | None, preset_name: str, *, checkpoi
     print(loaded.choice.describe(), file=sys.stderr)
     preset = dataclasses.replace(preset, model=model_config(source, loaded.state, preset.model, num_heads))
     model = model_from_state(loaded.state, preset.model, dev, dt)
-    return Parts(preset_name, preset, model, encoder, codec, dev, str(source), make_spec(FIELD_MEMORY),
-                    weights_choice=loaded.choice.to_dict())
+    return Parts(
+        preset_name,
+        preset,
+        model,
+        encoder,
+        codec,
+        dev,
+        str(source),
+        make_spec(FIELD_MEMORY),
+        weights_choice=loaded.choice.to_dict(),
+    )
 
 
 def check_parts_fit(preset: Preset, encoder, codec) -> None:
     m, v = preset.model, preset.video
     if encoder.text_dim != m.text_dim:
-        raise UserError(f"the text encoder gives {encoder.text_dim}-wide embeddings, the preset's model takes {m.text_dim}")
+        raise UserError(
+            f"the text encoder gives {encoder.text_dim}-wide embeddings, the preset's model takes {m.text_dim}"
+        )
     if (codec.latent_channels, codec.stride_t, codec.stride_hw) != (m.in_dim, v.vae_stride_t, v.vae_stride_hw):
-        raise UserError(f"the VAE ({codec.latent_channels} channels, strides {codec.stride_t}/{codec.stride_hw}) does not "
-                        f"fit the preset ({m.in_dim} channels, strides {v.vae_stride_t}/{v.vae_stride_hw})")
+        raise UserError(
+            f"the VAE ({codec.latent_channels} channels, strides {codec.stride_t}/{codec.stride_hw}) does not "
+            f"fit the preset ({m.in_dim} channels, strides {v.vae_stride_t}/{v.vae_stride_hw})"
+        )
 
 
-def load(preset: str, *, random_init: bool, wan_dir: str | None = None, checkpoint: str | None = None,
-                  checkpoint_format: str | None = None, use_ema: bool | None = None, lora: str | None = None,
-                  lora_alpha: float | None = None, num_heads: int | None = None, seed: int = 0,
-                  device: str | None = None, dtype: str | None = None) -> Parts:
+def load(
+    preset: str,
+    *,
+    random_init: bool,
+    wan_dir: str | None = None,
+    checkpoint: str | None = None,
+    checkpoint_format: str | None = None,
+    use_ema: bool | None = None,
+    lora: str | None = None,
+    lora_alpha: float | None = None,
+    num_heads: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> Parts:
     """Random init or real weights, never both (a silent choice between them would hide a typo)."""
     real = wan_dir is not None or checkpoint is not None
     check_weight_flags(real, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
@@ -223,8 +273,18 @@ def load(preset: str, *, random_init: bool, wan_dir: str | None = None, checkpoi
         return load_embedded(device, dtype)
     if wan_dir is None:
         raise UserError("--checkpoint needs --wan-dir too (for the UMT5 text encoder and the VAE)")
-    return load_wan(wan_dir, checkpoint, preset, checkpoint_format=checkpoint_format, use_ema=use_ema,
-                        lora=lora, lora_alpha=lora_alpha, num_heads=num_heads, device=device, dtype=dtype)
+    return load_wan(
+        wan_dir,
+        checkpoint,
+        preset,
+        checkpoint_format=checkpoint_format,
+        use_ema=use_ema,
+        lora=lora,
+        lora_alpha=lora_alpha,
+        num_heads=num_heads,
+        device=device,
+        dtype=dtype,
+    )
 
 
 def check_weight_flags(real: bool, *, lora=None, lora_alpha=None, num_heads=None) -> None:
@@ -233,8 +293,10 @@ def check_weight_flags(real: bool, *, lora=None, lora_alpha=None, num_heads=None
         raise UserError("--lora-alpha needs --lora")
     given = [flag for flag, value in (("--lora", lora), ("--num-heads", num_heads)) if value is not None]
     if given and not real:
-        raise UserError(f"{' and '.join(given)}: only for --wan-dir/--checkpoint weights (the random-init and "
-                        f"embedded models take no LoRA, and their head count from the preset)")
+        raise UserError(
+            f"{' and '.join(given)}: only for --wan-dir/--checkpoint weights (the random-init and "
+            f"embedded models take no LoRA, and their head count from the preset)"
+        )
 
 
 def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | None, random_init: bool = True) -> str:

@@ -63,8 +63,11 @@ def write_error(dest: str | os.PathLike, err: BaseException | str) -> UserError:
     """A failed write as one line: the file, the reason, the free space left (a full disk is the usual cause),
     and what became of the file that was there before."""
     dest = Path(dest)
-    reason = err if isinstance(err, str) else (err.strerror if isinstance(err, OSError) and err.strerror
-                                               else first_line(err))
+    reason = (
+        err
+        if isinstance(err, str)
+        else (err.strerror if isinstance(err, OSError) and err.strerror else first_line(err))
+    )
     free = free_bytes(dest.parent)
     room = f" ({format_bytes(free)} free in {dest.parent})" if free is not None else ""
     kept = f"the previous {dest.name} is untouched" if dest.exists() else "nothing was written"
@@ -169,8 +172,9 @@ def seal(tmp: Path, dest: Path) -> StagedFile:
     return StagedFile(tmp, dest)
 
 
-def stage(dest: str | os.PathLike, write: Callable[[Path], Any],
-          errors: tuple[type[BaseException], ...] = (OSError,)) -> StagedFile:
+def stage(
+    dest: str | os.PathLike, write: Callable[[Path], Any], errors: tuple[type[BaseException], ...] = (OSError,)
+) -> StagedFile:
     """`write(tmp)` into a fresh temporary file beside `dest`, flushed to disk. On any failure the temporary
     file is removed; `errors` (OSError by default; add a library's own I/O error) become a one-line UserError."""
     dest = Path(dest)
@@ -188,8 +192,9 @@ def stage(dest: str | os.PathLike, write: Callable[[Path], Any],
         raise
 
 
-def write_atomic(dest: str | os.PathLike, write: Callable[[Path], Any],
-                 errors: tuple[type[BaseException], ...] = (OSError,)) -> Path:
+def write_atomic(
+    dest: str | os.PathLike, write: Callable[[Path], Any], errors: tuple[type[BaseException], ...] = (OSError,)
+) -> Path:
     """Write `dest` whole or not at all (see `stage`)."""
     return stage(dest, write, errors).commit()
 
@@ -324,8 +329,9 @@ class OutputLock:
             except BlockingIOError:
                 holder = _holder(fd)
                 os.close(fd)
-                raise UserError(f"{self.what} is in use by {holder} (lock {self.path}); wait for it to finish "
-                                f"or stop it") from None
+                raise UserError(
+                    f"{self.what} is in use by {holder} (lock {self.path}); wait for it to finish or stop it"
+                ) from None
             except OSError as err:
                 if err.errno not in _NO_LOCKS:
                     os.close(fd)

@@ -70,8 +70,15 @@ class ChunkCost:
         return self.passes * self.forward.total
 
     def to_dict(self) -> dict:
-        return {"frames": self.frames, "tokens": self.tokens, "keys": self.keys, "attended_frames": self.attended_frames,
-                "passes": self.passes, "forward": self.forward.to_dict(), "total": self.total}
+        return {
+            "frames": self.frames,
+            "tokens": self.tokens,
+            "keys": self.keys,
+            "attended_frames": self.attended_frames,
+            "passes": self.passes,
+            "forward": self.forward.to_dict(),
+            "total": self.total,
+        }
 
 
 # -- sizes -------------------------------------------------------------------------------------------------
@@ -103,8 +110,9 @@ def linear_flops_per_token(model: ModelConfig) -> float:
     return 2.0 * model.num_layers * (4 * d * d + 2 * d * d + 2 * d * f)
 
 
-def forward_flops(model: ModelConfig, video: VideoConfig, attended_frames: int, *,
-                  frames: int | None = None, batch: int = 1) -> ForwardFlops:
+def forward_flops(
+    model: ModelConfig, video: VideoConfig, attended_frames: int, *, frames: int | None = None, batch: int = 1
+) -> ForwardFlops:
     """One forward on a chunk of `frames` latent frames attending `attended_frames` frames (itself included)."""
     frames = video.chunk_frames if frames is None else frames
     t = video.tokens_per_frame(model)
@@ -125,8 +133,15 @@ def prompt_flops(model: ModelConfig, batch: int = 1) -> float:
     return batch * (2.0 * p * (model.text_dim * d + d * d) + model.num_layers * 2.0 * p * 2 * d * d)
 
 
-def chunk_cost(model: ModelConfig, video: VideoConfig, attended_frames: int, *, steps: int | None = None,
-               frames: int | None = None, batch: int = 1) -> ChunkCost:
+def chunk_cost(
+    model: ModelConfig,
+    video: VideoConfig,
+    attended_frames: int,
+    *,
+    steps: int | None = None,
+    frames: int | None = None,
+    batch: int = 1,
+) -> ChunkCost:
     """`steps` denoising passes (default: SamplingConfig's 4) plus one commit pass, same keys each."""
     frames = video.chunk_frames if frames is None else frames
     steps = len(SamplingConfig().denoising_steps) if steps is None else steps
@@ -136,8 +151,9 @@ def chunk_cost(model: ModelConfig, video: VideoConfig, attended_frames: int, *, 
 
 
 # -- memory ------------------------------------------------------------------------------------------------
-def kv_bytes(spec: MemorySpec | str, model: ModelConfig, video: VideoConfig, dtype: torch.dtype,
-             max_frames: int | None = None) -> dict:
+def kv_bytes(
+    spec: MemorySpec | str, model: ModelConfig, video: VideoConfig, dtype: torch.dtype, max_frames: int | None = None
+) -> dict:
     """Bytes of the context memory of one stream (batch 1).
 
     `attended`: the capacity the policy attends (itself included) x frame bytes x layers.
@@ -157,13 +173,24 @@ def kv_bytes(spec: MemorySpec | str, model: ModelConfig, video: VideoConfig, dty
     cap = params.capacity if params.capacity is not None else max_frames
     out = {"frame_bytes_all_layers": per_frame, "capacity_frames": params.capacity}
     if cap is None:
-        return {**out, **dict.fromkeys(("attended", "allocated", "views_gather", "views_slots", "resident_gather",
-                                        "resident_slots"))}
+        return {
+            **out,
+            **dict.fromkeys(
+                ("attended", "allocated", "views_gather", "views_slots", "resident_gather", "resident_slots")
+            ),
+        }
     slots = ContextMemory.slot_count(spec, video.chunk_frames, max_frames)
     allocated = slots * per_frame
     gather, rotated = (cap - video.chunk_frames) * per_frame, slots * per_frame // 2
-    return {**out, "attended": cap * per_frame, "allocated": allocated, "views_gather": gather,
-            "views_slots": rotated, "resident_gather": allocated + gather, "resident_slots": allocated + rotated}
+    return {
+        **out,
+        "attended": cap * per_frame,
+        "allocated": allocated,
+        "views_gather": gather,
+        "views_slots": rotated,
+        "resident_gather": allocated + gather,
+        "resident_slots": allocated + rotated,
+    }
 
 
 class MemoryTooLarge(UserError):
@@ -187,8 +214,9 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def check_memory_fits(spec: MemorySpec, model: ModelConfig, video: VideoConfig, dtype: torch.dtype,
-                      device: torch.device, max_frames: int) -> int:
+def check_memory_fits(
+    spec: MemorySpec, model: ModelConfig, video: VideoConfig, dtype: torch.dtype, device: torch.device, max_frames: int
+) -> int:
     """The bytes of a stream's context memory (its K/V store and the view it is read through), refused with
     one line, before anything is allocated, when they exceed what the device has free. Weights and
     activations come on top, so passing is necessary, not sufficient."""
@@ -196,9 +224,11 @@ def check_memory_fits(spec: MemorySpec, model: ModelConfig, video: VideoConfig, 
     need, have = kv["resident_slots"], available_bytes(device)
     if have is not None and need > have:
         frames = kv["allocated"] // kv["frame_bytes_all_layers"]
-        raise MemoryTooLarge(f"the {spec.name} memory holds up to {frames:,} latent frames of "
-                        f"{format_bytes(kv['frame_bytes_all_layers'])} each: {format_bytes(need)} ({need:,} bytes) "
-                        f"of K/V, more than the {format_bytes(have)} available on {device}; lower the memory sizes or --seconds")
+        raise MemoryTooLarge(
+            f"the {spec.name} memory holds up to {frames:,} latent frames of "
+            f"{format_bytes(kv['frame_bytes_all_layers'])} each: {format_bytes(need)} ({need:,} bytes) "
+            f"of K/V, more than the {format_bytes(have)} available on {device}; lower the memory sizes or --seconds"
+        )
     return need
 
 
@@ -206,8 +236,11 @@ def check_memory_fits(spec: MemorySpec, model: ModelConfig, video: VideoConfig, 
 def floor(cost: ChunkCost, video: VideoConfig, peak_tflops: float) -> dict:
     """Time the chunk's FLOPs take at `peak_tflops`, and the frame rates that time allows."""
     seconds = cost.total / (peak_tflops * 1e12)
-    return {"seconds": seconds, "latent_fps": cost.frames / seconds,
-            "pixel_fps": cost.frames * video.vae_stride_t / seconds}
+    return {
+        "seconds": seconds,
+        "latent_fps": cost.frames / seconds,
+        "pixel_fps": cost.frames * video.vae_stride_t / seconds,
+    }
 
 
 def measure_peak_tflops(device: torch.device | str, dtype: torch.dtype, budget_s: float = 1.0) -> tuple[float, str]:
@@ -245,8 +278,15 @@ def measure_peak_tflops(device: torch.device | str, dtype: torch.dtype, budget_s
     return best, f"measured: best of {repeats} {n}x{n} {str(dtype).replace('torch.', '')} matmuls on {device}{threads}"
 
 
-def report(preset: Preset, spec: MemorySpec | str = "slow_fast", *, peak_tflops: float | None = None,
-           steps: int | None = None, dtype: torch.dtype = torch.bfloat16, chunk_index: int | None = None) -> str:
+def report(
+    preset: Preset,
+    spec: MemorySpec | str = "slow_fast",
+    *,
+    peak_tflops: float | None = None,
+    steps: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    chunk_index: int | None = None,
+) -> str:
     """The floor arithmetic as text (the benchmark prints it; docs/performance.md quotes it)."""
     spec = make_spec(spec) if isinstance(spec, str) else spec
     model, video = preset.model, preset.video
@@ -277,16 +317,22 @@ def report(preset: Preset, spec: MemorySpec | str = "slow_fast", *, peak_tflops:
         f"once per prompt         {_si(prompt_flops(model))} (text embedding + cross-attn K/V)",
     ]
     if kv["attended"] is not None:
-        lines.append(f"KV cache ({str(dtype).replace('torch.', '')})       {kv['capacity_frames'] or frames} frames x "
-                     f"{_bytes(kv['frame_bytes_all_layers'])} = {_bytes(kv['attended'])}; allocated "
-                     f"{_bytes(kv['allocated'])}")
-        lines.append(f"reading it               slots view: rotated-key buffers {_bytes(kv['views_slots'])}, store + "
-                     f"buffers {_bytes(kv['resident_slots'])} (gather reference: copies per chunk "
-                     f"{_bytes(kv['views_gather'])}, store + copies {_bytes(kv['resident_gather'])})")
+        lines.append(
+            f"KV cache ({str(dtype).replace('torch.', '')})       {kv['capacity_frames'] or frames} frames x "
+            f"{_bytes(kv['frame_bytes_all_layers'])} = {_bytes(kv['attended'])}; allocated "
+            f"{_bytes(kv['allocated'])}"
+        )
+        lines.append(
+            f"reading it               slots view: rotated-key buffers {_bytes(kv['views_slots'])}, store + "
+            f"buffers {_bytes(kv['resident_slots'])} (gather reference: copies per chunk "
+            f"{_bytes(kv['views_gather'])}, store + copies {_bytes(kv['resident_gather'])})"
+        )
     if peak_tflops:
         fl = floor(cost, video, peak_tflops)
-        lines.append(f"floor at {peak_tflops:g} TFLOP/s   {fl['seconds'] * 1e3:.4g} ms per chunk = "
-                     f"{fl['latent_fps']:.4g} latent / {fl['pixel_fps']:.4g} pixel frames per second (transformer only)")
+        lines.append(
+            f"floor at {peak_tflops:g} TFLOP/s   {fl['seconds'] * 1e3:.4g} ms per chunk = "
+            f"{fl['latent_fps']:.4g} latent / {fl['pixel_fps']:.4g} pixel frames per second (transformer only)"
+        )
     return "\n".join(lines)
 
 

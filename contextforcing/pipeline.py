@@ -93,10 +93,23 @@ class Generation:
     `switch(prompt)` changes the prompt from the next chunk on (the live viewer types into it);
     `seconds=None` streams until `close()`. The memory's plan of each chunk comes with its pixels."""
 
-    def __init__(self, pipe: "Pipeline", prompt: str, num_frames: int | None, *, seed: int, memory: MemorySpec,
-                 sampling: SamplingConfig, negative_prompt: str | None, switches: Sequence[Prompt], recache: str,
-                 flush_on_switch: bool, init_pixels: torch.Tensor | None, known_frames: Mapping | None,
-                 decode: bool):
+    def __init__(
+        self,
+        pipe: "Pipeline",
+        prompt: str,
+        num_frames: int | None,
+        *,
+        seed: int,
+        memory: MemorySpec,
+        sampling: SamplingConfig,
+        negative_prompt: str | None,
+        switches: Sequence[Prompt],
+        recache: str,
+        flush_on_switch: bool,
+        init_pixels: torch.Tensor | None,
+        known_frames: Mapping | None,
+        decode: bool,
+    ):
         video = pipe.preset.video
         self.pipe, self.memory, self.sampling, self.seed, self.decode = pipe, memory, sampling, seed, decode
         self.num_frames = num_frames
@@ -109,12 +122,22 @@ class Generation:
         self._pending = list(switches)
         self._check_switches()
         negative = negative_prompt or ""
-        texts = pipe.encode([prompt, *(p.text for p in self._pending)] + ([negative] if sampling.guidance_scale != 1.0 else []))
+        texts = pipe.encode(
+            [prompt, *(p.text for p in self._pending)] + ([negative] if sampling.guidance_scale != 1.0 else [])
+        )
         init = None if init_pixels is None else pipe.codec.encode(init_pixels.to(pipe.device)).float()
         max_frames = None if num_frames is None else num_frames + (0 if init is None else init.shape[2])
-        self.stream = VideoStream(pipe.model, texts[prompt], memory, video, sampling, max_frames=max_frames,
-                                  uncond_text=texts.get(negative) if sampling.guidance_scale != 1.0 else None,
-                                  euler_num_steps=sampling.euler_steps or None, recache=recache)
+        self.stream = VideoStream(
+            pipe.model,
+            texts[prompt],
+            memory,
+            video,
+            sampling,
+            max_frames=max_frames,
+            uncond_text=texts.get(negative) if sampling.guidance_scale != 1.0 else None,
+            euler_num_steps=sampling.euler_steps or None,
+            recache=recache,
+        )
         self.decoder = pipe.codec.stream_decoder()
         self.init_frames = 0
         if init is not None:
@@ -133,11 +156,14 @@ class Generation:
         last = 0
         for p in self._pending:
             if p.chunk <= last:
-                raise UserError(f"prompt switch to {p.text!r} lands on chunk {p.chunk}, not after chunk {last}; "
-                                f"switches land on chunk boundaries, space them further apart")
+                raise UserError(
+                    f"prompt switch to {p.text!r} lands on chunk {p.chunk}, not after chunk {last}; "
+                    f"switches land on chunk boundaries, space them further apart"
+                )
             if self.chunks_total is not None and p.chunk >= self.chunks_total:
-                raise UserError(f"prompt switch to {p.text!r} at chunk {p.chunk} is past the video's "
-                                f"{self.chunks_total} chunks")
+                raise UserError(
+                    f"prompt switch to {p.text!r} at chunk {p.chunk} is past the video's {self.chunks_total} chunks"
+                )
             last = p.chunk
 
     @property
@@ -187,8 +213,18 @@ class Generation:
         generated = time.perf_counter()
         pixels = to_uint8_frames(self.decoder.decode(latents.float())[0]) if self.decode else _NO_FRAMES
         done = time.perf_counter()
-        chunk = DecodedChunk(self.index, start, self.prompt, pixels, self.frames_emitted, latents,
-                             self.stream.last_plan, self.stream.last_update, generated - began, done - generated)
+        chunk = DecodedChunk(
+            self.index,
+            start,
+            self.prompt,
+            pixels,
+            self.frames_emitted,
+            latents,
+            self.stream.last_plan,
+            self.stream.last_update,
+            generated - began,
+            done - generated,
+        )
         self.index += 1
         self.frames_emitted += len(pixels)
         return chunk
@@ -199,8 +235,11 @@ class Generation:
         end = chunks[-1].start + chunks[-1].plan.frames if chunks else self.init_frames  # what `chunks` reach
         return {
             "prompt": self.prompts[0].text,
-            "switches": [{"chunk": p.chunk, "frame": p.chunk * video.chunk_frames, "prompt": p.text, "flush": p.flush}
-                         for p in self.prompts[1:] if p.chunk < len(chunks)],
+            "switches": [
+                {"chunk": p.chunk, "frame": p.chunk * video.chunk_frames, "prompt": p.text, "flush": p.flush}
+                for p in self.prompts[1:]
+                if p.chunk < len(chunks)
+            ],
             "seed": self.seed,
             "weights": pipe.weights,
             "weights_choice": pipe.weights_choice,
@@ -245,10 +284,20 @@ class Pipeline(Parts):
 
     # -- sources -------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, source: str | Path | None = None, *, checkpoint: str | None = None,
-                        preset: str | None = None, device: str | None = None, dtype: str | None = None,
-                        use_ema: bool | None = None, lora: str | None = None, lora_alpha: float | None = None,
-                        num_heads: int | None = None, checkpoint_format: str | None = None) -> "Pipeline":
+    def from_pretrained(
+        cls,
+        source: str | Path | None = None,
+        *,
+        checkpoint: str | None = None,
+        preset: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        use_ema: bool | None = None,
+        lora: str | None = None,
+        lora_alpha: float | None = None,
+        num_heads: int | None = None,
+        checkpoint_format: str | None = None,
+    ) -> "Pipeline":
         """`source` None: the embedded world model (contextforcing/assets). Otherwise a local Wan2.1
         directory (UMT5, VAE and the base DiT), with `checkpoint` a distilled causal DiT in any format
         `model.checkpoints` reads (Self-Forcing, LongLive, Causal Forcing, Context Forcing)."""
@@ -260,13 +309,25 @@ class Pipeline(Parts):
         if source is None:
             raise UserError("a checkpoint needs the Wan2.1 directory too (for the UMT5 text encoder and the VAE)")
         loading.check_weight_flags(True, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
-        return cls.from_parts(loading.load_wan(str(source), checkpoint, preset or loading.REAL_DEFAULT_PRESET,
-                                               checkpoint_format=checkpoint_format, use_ema=use_ema, lora=lora,
-                                               lora_alpha=lora_alpha, num_heads=num_heads, device=device, dtype=dtype))
+        return cls.from_parts(
+            loading.load_wan(
+                str(source),
+                checkpoint,
+                preset or loading.REAL_DEFAULT_PRESET,
+                checkpoint_format=checkpoint_format,
+                use_ema=use_ema,
+                lora=lora,
+                lora_alpha=lora_alpha,
+                num_heads=num_heads,
+                device=device,
+                dtype=dtype,
+            )
+        )
 
     @classmethod
-    def random(cls, preset: str = "tiny", *, seed: int = 0, device: str | None = None,
-               dtype: str | None = None) -> "Pipeline":
+    def random(
+        cls, preset: str = "tiny", *, seed: int = 0, device: str | None = None, dtype: str | None = None
+    ) -> "Pipeline":
         """A randomly initialised model of `preset` (tests, benchmarks) with the weight-free parts."""
         return cls.from_parts(loading.load_random(preset, seed, device, dtype))
 
@@ -323,12 +384,23 @@ class Pipeline(Parts):
         return placed
 
     # -- generating ----------------------------------------------------------------------------------
-    def stream(self, prompt: str, seconds: float | None = None, *, seed: int = 0,
-               memory: MemorySpec | str | dict | None = None, sampling: SamplingConfig | dict | None = None,
-               negative_prompt: str | None = None, switches: Mapping[float, str] | Sequence[Prompt] | None = None,
-               flush_on_switch: bool = False, recache: str = "window", init_video: str | Path | None = None,
-               init_image: str | Path | None = None, known_frames: Mapping[int, torch.Tensor] | None = None,
-               decode: bool = True) -> Generation:
+    def stream(
+        self,
+        prompt: str,
+        seconds: float | None = None,
+        *,
+        seed: int = 0,
+        memory: MemorySpec | str | dict | None = None,
+        sampling: SamplingConfig | dict | None = None,
+        negative_prompt: str | None = None,
+        switches: Mapping[float, str] | Sequence[Prompt] | None = None,
+        flush_on_switch: bool = False,
+        recache: str = "window",
+        init_video: str | Path | None = None,
+        init_image: str | Path | None = None,
+        known_frames: Mapping[int, torch.Tensor] | None = None,
+        decode: bool = True,
+    ) -> Generation:
         """A live generation of `seconds` (None: until closed) from `prompt`.
 
         `switches` maps video seconds to prompts (each lands on the nearest chunk boundary); `init_video` /
@@ -338,11 +410,21 @@ class Pipeline(Parts):
         prompt = self.check_prompt(prompt)
         num_frames = None if seconds is None else self.preset.video.latent_frames_for(seconds)
         init_pixels, _ = read_init_clip(self.preset.video, init_video, init_image)
-        return Generation(self, prompt, num_frames, seed=seed, memory=self.memory_for(memory),
-                          sampling=self.sampling_for(sampling), negative_prompt=negative_prompt,
-                          switches=self.place(switches, flush_on_switch), recache=recache,
-                          flush_on_switch=flush_on_switch, init_pixels=init_pixels, known_frames=known_frames,
-                          decode=decode)
+        return Generation(
+            self,
+            prompt,
+            num_frames,
+            seed=seed,
+            memory=self.memory_for(memory),
+            sampling=self.sampling_for(sampling),
+            negative_prompt=negative_prompt,
+            switches=self.place(switches, flush_on_switch),
+            recache=recache,
+            flush_on_switch=flush_on_switch,
+            init_pixels=init_pixels,
+            known_frames=known_frames,
+            decode=decode,
+        )
 
     def __call__(self, prompt: str, seconds: float, **kwargs) -> Video:
         """Generate `seconds` of video at once (see `stream` for the options)."""
@@ -381,8 +463,9 @@ def _non_default(spec: MemorySpec) -> dict:
 
 
 # -- init video / image --------------------------------------------------------------------------------------
-def read_init_clip(video: VideoConfig, init_video: str | Path | None = None,
-                   init_image: str | Path | None = None) -> tuple[torch.Tensor | None, dict | None]:
+def read_init_clip(
+    video: VideoConfig, init_video: str | Path | None = None, init_image: str | Path | None = None
+) -> tuple[torch.Tensor | None, dict | None]:
     """The init video or image as [1, 3, T, H, W] in [-1, 1] at the preset's pixel size, and what was used."""
     if init_video and init_image:
         raise UserError("use either --init-video or --init-image, not both")
@@ -394,7 +477,7 @@ def read_init_clip(video: VideoConfig, init_video: str | Path | None = None,
         frames, kind, path = read_video(init_video)[0], "video", init_video
         # The end of the clip is what the generation continues; keep 1 + k * stride_t whole frames of it.
         keep = min(len(frames), MAX_INIT_PIXEL_FRAMES)
-        frames = frames[-(1 + (keep - 1) // video.vae_stride_t * video.vae_stride_t):]
+        frames = frames[-(1 + (keep - 1) // video.vae_stride_t * video.vae_stride_t) :]
     height, width = video.latent_height * video.vae_stride_hw, video.latent_width * video.vae_stride_hw
     pixels = _fit(torch.from_numpy(frames).permute(0, 3, 1, 2), height, width) / 127.5 - 1.0
     info = {"kind": kind, "path": str(path), "source_size": list(frames.shape[1:3]), "pixel_frames": len(frames)}

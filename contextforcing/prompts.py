@@ -43,17 +43,23 @@ def _script_entry(line: str, where: str, number: int, before: list) -> tuple[int
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError(f"{where}: empty prompt")
     if before and at <= before[-1][1]:
-        raise UserError(f"{where}: at {at:g} s is not after line {before[-1][0]} ({before[-1][1]:g} s); times must increase")
+        raise UserError(
+            f"{where}: at {at:g} s is not after line {before[-1][0]} ({before[-1][1]:g} s); times must increase"
+        )
     return number, float(at), prompt.strip()
 
 
-def place_script(start: str | None, entries: list[tuple[int, float, str]], video, chunks: int, source: str) -> list[dict]:
+def place_script(
+    start: str | None, entries: list[tuple[int, float, str]], video, chunks: int, source: str
+) -> list[dict]:
     """Each prompt on the nearest chunk boundary (half rounds up); the first takes effect at chunk 0."""
     first_line, first_at, _ = entries[0]
     if first_at == 0 and start is not None:
         raise UserError(f"{source} line {first_line}: sets the starting prompt at 0 s, so leave out --prompt")
     if first_at != 0 and start is None:
-        raise UserError(f"{source} line {first_line}: the first prompt must be at 0 s (or give the start with --prompt)")
+        raise UserError(
+            f"{source} line {first_line}: the first prompt must be at 0 s (or give the start with --prompt)"
+        )
     if first_at != 0:
         entries = [(None, 0.0, start), *entries]
     chunk_s = video.chunk_frames / video.latent_fps
@@ -63,11 +69,15 @@ def place_script(start: str | None, entries: list[tuple[int, float, str]], video
         chunk = math.floor(at / chunk_s + 0.5)
         where = f"{source} line {number}: at {at:g} s"
         if chunk >= chunks:
-            raise UserError(f"{where} is past the end of the video ({chunks} chunks of {chunk_s:g} s; "
-                            f"the last switch can be at {(chunks - 1) * chunk_s:g} s)")
+            raise UserError(
+                f"{where} is past the end of the video ({chunks} chunks of {chunk_s:g} s; "
+                f"the last switch can be at {(chunks - 1) * chunk_s:g} s)"
+            )
         if chunk <= placed[-1]["chunk"]:
-            raise UserError(f"{where} lands on chunk {chunk} like the prompt before it; "
-                            f"switches land on {chunk_s:g} s chunk boundaries, space them further apart")
+            raise UserError(
+                f"{where} lands on chunk {chunk} like the prompt before it; "
+                f"switches land on {chunk_s:g} s chunk boundaries, space them further apart"
+            )
         placed.append(placement(entry, chunk, video))
     return placed
 
@@ -75,4 +85,11 @@ def place_script(start: str | None, entries: list[tuple[int, float, str]], video
 def placement(entry: tuple, chunk: int, video) -> dict:
     line, at, prompt = entry
     frame = chunk * video.chunk_frames
-    return {"prompt": prompt, "line": line, "at": at, "chunk": chunk, "frame": frame, "seconds": frame / video.latent_fps}
+    return {
+        "prompt": prompt,
+        "line": line,
+        "at": at,
+        "chunk": chunk,
+        "frame": frame,
+        "seconds": frame / video.latent_fps,
+    }

@@ -203,9 +203,7 @@ def load_strict(
     device never exists in full twice.
     """
     check_state_dict(module, state, source)
-    cast = {
-        name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for name, t in state.items()
-    }
+    cast = {name: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for name, t in state.items()}
     module.load_state_dict(cast, strict=True, assign=True)
     leftover = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftover:  # non-persistent buffers are not in a state dict; our models have none

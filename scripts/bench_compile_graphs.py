@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,8 +22,8 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from contextforcing.config import SamplingConfig
-from contextforcing.pipeline import Pipeline
 from contextforcing.memory.policies import make_spec
+from contextforcing.pipeline import Pipeline
 from contextforcing.sampling.stream import VideoStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "memory"))
@@ -38,8 +37,10 @@ def run(pipe, text, memory: str, view_mode: str, chunks: int, backend: str) -> N
     counters.clear()
     video = pipe.preset.video
     compiled = torch.compile(pipe.model, backend=backend, dynamic=False)
-    streams = [VideoStream(m, text, make_spec(memory), video, SamplingConfig(), max_frames=chunks * video.chunk_frames)
-               for m in (pipe.model, compiled)]
+    streams = [
+        VideoStream(m, text, make_spec(memory), video, SamplingConfig(), max_frames=chunks * video.chunk_frames)
+        for m in (pipe.model, compiled)
+    ]
     for stream in streams:
         if view_mode == "gather":
             use_gather(stream)
@@ -56,8 +57,10 @@ def run(pipe, text, memory: str, view_mode: str, chunks: int, backend: str) -> N
                 outs.append(stream.step(noise, generator))
                 out.append(time.perf_counter() - began)
             if chunk in report:
-                print(f"  after chunk {chunk:3d}: {counters['stats']['unique_graphs']:3d} graphs traced, "
-                      f"max |compiled - eager| {(outs[0] - outs[1]).abs().max().item():.2g}")
+                print(
+                    f"  after chunk {chunk:3d}: {counters['stats']['unique_graphs']:3d} graphs traced, "
+                    f"max |compiled - eager| {(outs[0] - outs[1]).abs().max().item():.2g}"
+                )
     eager, compiled_ms = (statistics.median(t[1:]) * 1e3 for t in times)
     print(f"  median chunk latency after the first: eager {eager:.2f} ms, compiled {compiled_ms:.2f} ms")
 

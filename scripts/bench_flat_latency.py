@@ -16,13 +16,15 @@ import time
 import torch
 
 from contextforcing.config import SamplingConfig
-from contextforcing.pipeline import Pipeline
 from contextforcing.memory.policies import make_spec
+from contextforcing.pipeline import Pipeline
 from contextforcing.sampling.stream import VideoStream
 
 
 def advanced_stream(pipe, text, memory: str, chunks: int, max_frames: int):
-    stream = VideoStream(pipe.model, text, make_spec(memory), pipe.preset.video, SamplingConfig(), max_frames=max_frames)
+    stream = VideoStream(
+        pipe.model, text, make_spec(memory), pipe.preset.video, SamplingConfig(), max_frames=max_frames
+    )
     generator = torch.Generator(pipe.device).manual_seed(0)
     with torch.no_grad():
         for _ in range(chunks):

@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 from contextforcing.data.world.panorama.dataset import PanoramaDatasetConfig, training_world  # noqa: E402
 from contextforcing.data.world.panorama.geometry import BUCKETS, panel_colours  # noqa: E402
@@ -64,13 +63,17 @@ def script_stats(count: int, seconds: float) -> str:
         panning.append(np.mean(np.diff(track.latent_camera) != 0))
         dark.append(np.mean(~track.latent_lit))
         frames = render(track)[track.lit]
-        wall.append(np.isin(frames.reshape(-1, 3) @ [1, 256, 65536], panel_colours(track.palette) @ [1, 256, 65536]).mean())
+        wall.append(
+            np.isin(frames.reshape(-1, 3) @ [1, 256, 65536], panel_colours(track.palette) @ [1, 256, 65536]).mean()
+        )
         white.append(track.spec.script.balls[0])
         black.append(track.spec.script.balls[1])
     fmt = " / ".join(f"{np.mean(per_minute[b]):.1f}" for b in BUCKETS)
-    return (f"| {seconds:g} s | {count} | {fmt} | {np.mean(longest):.1f} s (max {np.max(longest):.1f} s) | "
-            f"{np.mean(sink):.2f} | {np.mean(panning):.2f} | {np.mean(dark):.2f} | {np.mean(white):.2f} / "
-            f"{np.mean(black):.2f} | {np.mean(wall):.2f} |")
+    return (
+        f"| {seconds:g} s | {count} | {fmt} | {np.mean(longest):.1f} s (max {np.max(longest):.1f} s) | "
+        f"{np.mean(sink):.2f} | {np.mean(panning):.2f} | {np.mean(dark):.2f} | {np.mean(white):.2f} / "
+        f"{np.mean(black):.2f} | {np.mean(wall):.2f} |"
+    )
 
 
 def main() -> int:
@@ -87,9 +90,11 @@ def main() -> int:
         rates = [world_only(args.clips, seconds), loader(args.clips, seconds, 0), loader(args.clips, seconds, 2)]
         cells = " | ".join(f"{r:.0f} clips/s ({r * frames / 1000:.0f}k frames/s)" for r in rates)
         print(f"| {seconds:g} s | {frames} | {cells} |", flush=True)
-    print("\n| clip length | scripts | revisits per minute, fast / slow / beyond | longest revisit (mean) | "
-          "share of revisits of the first view | time panning | time dark | white / black ball | wall share of "
-          "lit pixels |")
+    print(
+        "\n| clip length | scripts | revisits per minute, fast / slow / beyond | longest revisit (mean) | "
+        "share of revisits of the first view | time panning | time dark | white / black ball | wall share of "
+        "lit pixels |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for seconds in args.seconds:
         print(script_stats(args.stats, seconds), flush=True)

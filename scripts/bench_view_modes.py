@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from contextforcing.bench import parse_windows
 from contextforcing.config import SamplingConfig
-from contextforcing.pipeline import Pipeline
 from contextforcing.memory.policies import make_spec
+from contextforcing.pipeline import Pipeline
 from contextforcing.sampling.stream import VideoStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "memory"))
@@ -33,7 +32,9 @@ VIEW_MODES = ("slots", "gather")  # the library's slots view, and the gather ref
 
 def stream_in_mode(pipe, text, memory: str, view_mode: str, max_frames: int) -> VideoStream:
     """A VideoStream whose memory reads its store in `view_mode` (the stream builds the default mode)."""
-    stream = VideoStream(pipe.model, text, make_spec(memory), pipe.preset.video, SamplingConfig(), max_frames=max_frames)
+    stream = VideoStream(
+        pipe.model, text, make_spec(memory), pipe.preset.video, SamplingConfig(), max_frames=max_frames
+    )
     if view_mode == "gather":
         use_gather(stream)
     return stream
@@ -66,13 +67,17 @@ def main() -> None:
                     torch.cuda.synchronize(pipe.device)
                 times[mode].append(time.perf_counter() - began)
                 view_bytes[mode] = stream.memory.view_nbytes()
-    print(f"{args.memory} on {args.preset} ({pipe.device}, {pipe.model.dtype}, {torch.get_num_threads()} threads): "
-          "median chunk latency, the two view modes interleaved")
+    print(
+        f"{args.memory} on {args.preset} ({pipe.device}, {pipe.model.dtype}, {torch.get_num_threads()} threads): "
+        "median chunk latency, the two view modes interleaved"
+    )
     for a, b in windows:
         slots, gather = (statistics.median(times[m][a:b]) * 1e3 for m in ("slots", "gather"))
         print(f"  chunks {a}-{b}: slots {slots:.2f} ms, gather {gather:.2f} ms, slots / gather {slots / gather:.3f}")
-    print(f"  bytes held to read the store: slots {view_bytes['slots'] / 2**20:.3f} MiB (rotated-key buffers), "
-          f"gather {view_bytes['gather'] / 2**20:.3f} MiB (copies kept for the last chunk)")
+    print(
+        f"  bytes held to read the store: slots {view_bytes['slots'] / 2**20:.3f} MiB (rotated-key buffers), "
+        f"gather {view_bytes['gather'] / 2**20:.3f} MiB (copies kept for the last chunk)"
+    )
 
 
 if __name__ == "__main__":

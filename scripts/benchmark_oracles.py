@@ -96,9 +96,11 @@ def world_cell(index: int, spec, codec, sheets: Path | None) -> dict:
         if coded and codec is not None:
             video = through(codec, video)
         scores = panorama_scores(video, track)
-        rows[label] = {"headline": scores.headline(),
-                       "made": {b: [s.made, s.revisits] for b, s in scores.buckets.items()},
-                       "psnr": min(psnr_uint8(video, truth), 99.0)}  # identical frames: 99 (JSON has no inf)
+        rows[label] = {
+            "headline": scores.headline(),
+            "made": {b: [s.made, s.revisits] for b, s in scores.buckets.items()},
+            "psnr": min(psnr_uint8(video, truth), 99.0),
+        }  # identical frames: 99 (JSON has no inf)
         if sheets is not None:
             write_sheet(video, sheets / f"world{index:02d}_{len(rows):02d}.png", label)
     return {"seed": spec.seed, "rows": rows}
@@ -117,9 +119,14 @@ def _fmt(values: list, digits: int) -> str:
     return f"{np.mean(values):.{digits}f}" if values else "n/a"
 
 
-COLUMNS = ("camera obeyed, pans / holds", "revisit error, fast / slow / beyond",
-           "object permanence, fast / slow / beyond", "revisits made, fast / slow / beyond", "movers obeyed",
-           "lighting obeyed")
+COLUMNS = (
+    "camera obeyed, pans / holds",
+    "revisit error, fast / slow / beyond",
+    "object permanence, fast / slow / beyond",
+    "revisits made, fast / slow / beyond",
+    "movers obeyed",
+    "lighting obeyed",
+)
 
 
 def table(cells: list[dict]) -> str:
@@ -135,10 +142,15 @@ def table(cells: list[dict]) -> str:
             got = sum(c["rows"][label]["made"][b][0] for c in cells)
             total = sum(c["rows"][label]["made"][b][1] for c in cells)
             made.append(f"{got / total:.2f}" if total else "n/a")
-        lines.append(f"| {label} | {col('camera_pans')} / {col('camera_holds')} | "
-                     + " / ".join(col(f"revisit_error_{b}", 3) for b in ("fast", "slow", "beyond")) + " | "
-                     + " / ".join(col(f"permanence_{b}") for b in ("fast", "slow", "beyond")) + " | "
-                     + " / ".join(made) + f" | {col('movers')} | {col('lighting')} |")
+        lines.append(
+            f"| {label} | {col('camera_pans')} / {col('camera_holds')} | "
+            + " / ".join(col(f"revisit_error_{b}", 3) for b in ("fast", "slow", "beyond"))
+            + " | "
+            + " / ".join(col(f"permanence_{b}") for b in ("fast", "slow", "beyond"))
+            + " | "
+            + " / ".join(made)
+            + f" | {col('movers')} | {col('lighting')} |"
+        )
     return "\n".join(lines)
 
 
@@ -163,10 +175,15 @@ def occlusion_world_check() -> str:
     from contextforcing.eval.protocols import latent_pixel_frames, recall_latents
     from contextforcing.eval.world_metrics import world_metrics
 
-    fills = {"copy the sink (first chunk in a loop)": lambda truth, f: truth[f % SINK_FRAMES],
-             "still picture (first frame)": lambda truth, f: truth[0]}
-    lines = ["| oracle in the occlusion world, recall protocol | error when back, short / mid / long | "
-             "permanence when back, short / mid / long |", "|---|---|---|"]
+    fills = {
+        "copy the sink (first chunk in a loop)": lambda truth, f: truth[f % SINK_FRAMES],
+        "still picture (first frame)": lambda truth, f: truth[0],
+    }
+    lines = [
+        "| oracle in the occlusion world, recall protocol | error when back, short / mid / long | "
+        "permanence when back, short / mid / long |",
+        "|---|---|---|",
+    ]
     for label, fill in fills.items():
         errors, perms = {b: [] for b in OCCLUSION_BUCKETS}, {b: [] for b in OCCLUSION_BUCKETS}
         for spec in eval_worlds():
@@ -179,8 +196,13 @@ def occlusion_world_check() -> str:
             for b, v in world_metrics(video, track)["restoration"]["buckets"].items():
                 errors[b].append(v["error_when_back"])
                 perms[b].append(v["permanence_when_back"])
-        lines.append(f"| {label} | " + " / ".join(_fmt(errors[b], 3) for b in OCCLUSION_BUCKETS) + " | "
-                     + " / ".join(_fmt(perms[b], 2) for b in OCCLUSION_BUCKETS) + " |")
+        lines.append(
+            f"| {label} | "
+            + " / ".join(_fmt(errors[b], 3) for b in OCCLUSION_BUCKETS)
+            + " | "
+            + " / ".join(_fmt(perms[b], 2) for b in OCCLUSION_BUCKETS)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -233,8 +255,10 @@ def run(args) -> int:
         print(f"world {i} (seed {spec.seed}) scored, {time.perf_counter() - start:.0f} s", flush=True)
     psnr = np.mean([c["rows"]["**perfect memory**: ground truth through the codec"]["psnr"] for c in cells])
     seconds = heldout_worlds(1)[0].seconds
-    text = (f"{table(cells)}\n\nCodec: `{tag}`; {len(cells)} held-out worlds of {seconds:g} s; ground truth through "
-            f"the codec: {psnr:.1f} dB PSNR.")
+    text = (
+        f"{table(cells)}\n\nCodec: `{tag}`; {len(cells)} held-out worlds of {seconds:g} s; ground truth through "
+        f"the codec: {psnr:.1f} dB PSNR."
+    )
     print(text)
     if not args.no_doc:
         write_doc(text, doc)

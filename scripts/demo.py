@@ -70,7 +70,7 @@ def side_by_side(videos: list[np.ndarray], gap: int = 4) -> np.ndarray:
     t, h, w, _ = videos[0].shape
     out = np.full((t, h, len(videos) * w + (len(videos) - 1) * gap, 3), 255, np.uint8)
     for i, v in enumerate(videos):
-        out[:, :, i * (w + gap): i * (w + gap) + w] = v
+        out[:, :, i * (w + gap) : i * (w + gap) + w] = v
     return out
 
 
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     p.add_argument("--seed", type=int, default=7, help="world seed and generation seed")
     args = p.parse_args(argv)
-    from contextforcing.data.world.panorama import PanoramaSpec, render, simulate, track_revisits, track_to_json
     from contextforcing.data.video import write_json_atomic
+    from contextforcing.data.world.panorama import PanoramaSpec, render, simulate, track_revisits, track_to_json
     from contextforcing.eval.panorama_runs import generate, world_pipeline
     from contextforcing.eval.report import contact_sheet
 
@@ -98,7 +98,10 @@ def main(argv=None) -> int:
         buckets = {}
         for r in track_revisits(track):
             buckets[r.bucket] = buckets.get(r.bucket, 0) + 1
-        print(f"demo: tour of {SECONDS:g} s, {len(spec.script.entries)} prompts, revisits per bucket {buckets}", flush=True)
+        print(
+            f"demo: tour of {SECONDS:g} s, {len(spec.script.entries)} prompts, revisits per bucket {buckets}",
+            flush=True,
+        )
         pipe = world_pipeline()
         videos = {}
         for name, memory in (("slow_fast", None), ("rolling", ROLLING)):
@@ -107,13 +110,22 @@ def main(argv=None) -> int:
             np.save(args.out / f"{name}.npy", video.frames)
             videos[name] = video.frames
             seconds = sum(video.record["chunk_seconds"]) + sum(video.record["decode_seconds"])
-            print(f"demo: {name}: {len(video.frames)} frames in {seconds:.1f} s ({SECONDS / seconds:.1f}x real time), "
-                  f"memory {json.dumps(video.record['config']['memory'])}", flush=True)
-        write_video(args.out / "side_by_side.mp4", side_by_side([truth, videos["slow_fast"], videos["rolling"]]), 16,
-                    "truth | slow_fast (trained memory) | rolling window 12")
+            print(
+                f"demo: {name}: {len(video.frames)} frames in {seconds:.1f} s ({SECONDS / seconds:.1f}x real time), "
+                f"memory {json.dumps(video.record['config']['memory'])}",
+                flush=True,
+            )
+        write_video(
+            args.out / "side_by_side.mp4",
+            side_by_side([truth, videos["slow_fast"], videos["rolling"]]),
+            16,
+            "truth | slow_fast (trained memory) | rolling window 12",
+        )
         for name, frames in (("truth", truth), *videos.items()):
             contact_sheet(frames, args.out / f"sheet_{name}.png", every_seconds=2.0, per_row=15)
-        print(f"demo: wrote {args.out}/{{tour.jsonl, truth/, slow_fast.mp4, rolling.mp4, side_by_side.mp4, sheet_*.png}}")
+        print(
+            f"demo: wrote {args.out}/{{tour.jsonl, truth/, slow_fast.mp4, rolling.mp4, side_by_side.mp4, sheet_*.png}}"
+        )
     except UserError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2

@@ -84,25 +84,36 @@ def teacher_gate(exports: Path, cfg, count: int) -> GateResult:
             text = stage.encoder.encode([prompts[start // chunk]])
             full = stage.layout(start, text, latents)
             keep = full.fast_indices()
-            fast = ContextLayout([full.frames[i] for i in keep], ["fast"] * len(keep), [full.positions[i] for i in keep],
-                                 full.target_frames, full.target_positions)
+            fast = ContextLayout(
+                [full.frames[i] for i in keep],
+                ["fast"] * len(keep),
+                [full.positions[i] for i in keep],
+                full.target_frames,
+                full.target_positions,
+            )
             target = gather_frames(latents, full.target_frames)
             for t in (250.0, 500.0, 750.0):
                 noise = torch.randn(target.shape, generator=generator)
                 tt = torch.tensor([t])
                 x_t = add_noise(target, noise, stage.schedule.sigma(tt))
                 for layout, out in ((full, with_memory), (fast, fast_only)):
-                    flow = model.forward_with_context(x_t, tt, text, gather_frames(latents, layout.frames),
-                                                      layout.positions, layout.target_positions)
+                    flow = model.forward_with_context(
+                        x_t, tt, text, gather_frames(latents, layout.frames), layout.positions, layout.target_positions
+                    )
                     out.append(float(losses.flow_matching_loss(flow, noise, target).mean()))
     if not with_memory:
         return GateResult(False, "no held-out target needs memory beyond the fast frames (gate worlds too short)")
     a, b = float(np.mean(with_memory)), float(np.mean(fast_only))
     ratio = a / b
-    line = (f"teacher flow-matching loss on {len(with_memory) // 3} held-out targets that need memory: {a:.4f} with "
-            f"its memory, {b:.4f} with the fast frames only (ratio {ratio:.3f}; must be < {TEACHER_MAX_RATIO})")
-    return GateResult(ratio < TEACHER_MAX_RATIO, line, {"loss_memory": a, "loss_fast_only": b, "ratio": ratio,
-                                                       "targets": len(with_memory) // 3})
+    line = (
+        f"teacher flow-matching loss on {len(with_memory) // 3} held-out targets that need memory: {a:.4f} with "
+        f"its memory, {b:.4f} with the fast frames only (ratio {ratio:.3f}; must be < {TEACHER_MAX_RATIO})"
+    )
+    return GateResult(
+        ratio < TEACHER_MAX_RATIO,
+        line,
+        {"loss_memory": a, "loss_fast_only": b, "ratio": ratio, "targets": len(with_memory) // 3},
+    )
 
 
 # -- students --------------------------------------------------------------------------------------------------
@@ -116,7 +127,9 @@ def behaviour(weights: Path, memory: dict, count: int, sampling: dict | None = N
     for spec in worlds(count):
         scores = score(generate(pipe, spec, sampling=sampling), spec)
         heads.append(scores.headline())
-        beyond += [r["error"] for r in scores.revisits if r["made"] and r["bucket"] != "fast" and r["error"] is not None]
+        beyond += [
+            r["error"] for r in scores.revisits if r["made"] and r["bucket"] != "fast" and r["error"] is not None
+        ]
     out = {key: _mean([h[key] for h in heads]) for key in heads[0]}
     out["revisit_error_beyond_fast"] = float(np.mean(beyond)) if beyond else None
     out["revisits_beyond_fast_made"] = len(beyond)
@@ -132,8 +145,10 @@ def ode_gate(exports: Path, cfg, count: int) -> GateResult:
     m = behaviour(exports / "ode.safetensors", cfg.stage.memory, count)
     lighting, pans = m["lighting"], m["camera_pans"]
     ok = lighting is not None and pans is not None and lighting > ODE_MIN_LIGHTING and pans > ODE_MIN_PANS
-    line = (f"ODE student on {count} held-out scripts ({GATE_SECONDS:g} s): lighting obeyed {_fmt(lighting, 2)} (must be > "
-            f"{ODE_MIN_LIGHTING}), camera pans obeyed {_fmt(pans, 2)} (must be > {ODE_MIN_PANS})")
+    line = (
+        f"ODE student on {count} held-out scripts ({GATE_SECONDS:g} s): lighting obeyed {_fmt(lighting, 2)} (must be > "
+        f"{ODE_MIN_LIGHTING}), camera pans obeyed {_fmt(pans, 2)} (must be > {ODE_MIN_PANS})"
+    )
     return GateResult(ok, line, {"ode": m})
 
 
@@ -142,9 +157,11 @@ def dmd_gate(exports: Path, cfg, count: int) -> GateResult:
     teacher = behaviour(exports / "teacher.safetensors", cfg.stage.memory, count, sampling=TEACHER_SAMPLING)
     t, s = teacher["revisit_error_beyond_fast"], student["revisit_error_beyond_fast"]
     ok = t is not None and (s is None or t < s)
-    line = (f"revisit error beyond the fast memory on {count} held-out scripts ({GATE_SECONDS:g} s): teacher {_fmt(t)} "
-            f"({teacher['revisits_beyond_fast_made']} revisits made), Stage 1 student {_fmt(s)} "
-            f"({student['revisits_beyond_fast_made']} made); the teacher must be lower")
+    line = (
+        f"revisit error beyond the fast memory on {count} held-out scripts ({GATE_SECONDS:g} s): teacher {_fmt(t)} "
+        f"({teacher['revisits_beyond_fast_made']} revisits made), Stage 1 student {_fmt(s)} "
+        f"({student['revisits_beyond_fast_made']} made); the teacher must be lower"
+    )
     return GateResult(ok, line, {"teacher": teacher, "stage1": student})
 
 
@@ -152,13 +169,18 @@ def cdmd_gate(exports: Path, cfg, count: int) -> GateResult:
     stage1 = behaviour(exports / "dmd.safetensors", cfg.stage.memory, count)
     stage2 = behaviour(exports / "cdmd.safetensors", cfg.stage.memory, count)
     e1, e2 = stage1["revisit_error_beyond_fast"], stage2["revisit_error_beyond_fast"]
-    worse = [k for k in ("camera_pans", "movers") if stage1[k] is not None and
-             (stage2[k] is None or stage2[k] < stage1[k] - CDMD_MAX_LOSS)]
+    worse = [
+        k
+        for k in ("camera_pans", "movers")
+        if stage1[k] is not None and (stage2[k] is None or stage2[k] < stage1[k] - CDMD_MAX_LOSS)
+    ]
     ok = e2 is not None and (e1 is None or e2 < e1) and not worse
-    line = (f"revisit error beyond the fast memory on {count} held-out scripts ({GATE_SECONDS:g} s): Stage 2 {_fmt(e2)} "
-            f"({stage2['revisits_beyond_fast_made']} made), Stage 1 {_fmt(e1)} ({stage1['revisits_beyond_fast_made']} "
-            f"made), must be lower; camera pans {_fmt(stage2['camera_pans'], 2)} vs {_fmt(stage1['camera_pans'], 2)}, "
-            f"movers {_fmt(stage2['movers'], 2)} vs {_fmt(stage1['movers'], 2)} (at most {CDMD_MAX_LOSS} worse)")
+    line = (
+        f"revisit error beyond the fast memory on {count} held-out scripts ({GATE_SECONDS:g} s): Stage 2 {_fmt(e2)} "
+        f"({stage2['revisits_beyond_fast_made']} made), Stage 1 {_fmt(e1)} ({stage1['revisits_beyond_fast_made']} "
+        f"made), must be lower; camera pans {_fmt(stage2['camera_pans'], 2)} vs {_fmt(stage1['camera_pans'], 2)}, "
+        f"movers {_fmt(stage2['movers'], 2)} vs {_fmt(stage1['movers'], 2)} (at most {CDMD_MAX_LOSS} worse)"
+    )
     return GateResult(ok, line, {"stage2": stage2, "stage1": stage1})
 
 

@@ -31,8 +31,9 @@ from serve_harness import chromium_paths, js, start_chromium, type_prompt, wait_
 
 
 def start_server(extra: list[str]) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "contextforcing.cli", "serve", "--port", "0", *extra],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "contextforcing.cli", "serve", "--port", "0", *extra], stdout=subprocess.PIPE, text=True
+    )
     line = process.stdout.readline()
     if " at http" not in line:
         process.kill()
@@ -88,7 +89,8 @@ def measure_stream(driver, url: str, seconds: float, switches: int, switch_promp
         "stalled_ms": m.get("stalledMs", 0.0),
         "chunks": len(stats),
         "fps": info["fps"],
-        "switch_to_chunk_ms": [], "switch_to_frame_ms": [],
+        "switch_to_chunk_ms": [],
+        "switch_to_frame_ms": [],
     }
     for n in range(switches):
         type_prompt(driver, prompts[(n + 1) % 2])
@@ -123,17 +125,23 @@ def print_tables(stream: dict, cycles: list[dict], cores: int) -> None:
     print()
     print("| measure | value |")
     print("| --- | --- |")
-    print(f"| generator's own rate (pixel frames per second of chunk compute, decode included) | {stream['generator_fps']:.1f} fps |")
+    print(
+        f"| generator's own rate (pixel frames per second of chunk compute, decode included) | {stream['generator_fps']:.1f} fps |"
+    )
     print(f"| frames delivered to the browser per second (first to last chunk) | {stream['delivered_fps']:.1f} fps |")
     print(f"| frames displayed per second (video rate {stream['fps']} fps) | {stream['shown_fps']:.1f} fps |")
     print(f"| playback waiting for frames (stalls) | {stream['stalled_ms']:.0f} ms |")
     print(f"| Start to first frame on screen | {stream['start_to_first_frame_ms']:.0f} ms |")
-    for key, name in (("switch_to_chunk_ms", "first chunk under the new prompt arrives"),
-                      ("switch_to_frame_ms", "first frame under the new prompt on screen")):
+    for key, name in (
+        ("switch_to_chunk_ms", "first chunk under the new prompt arrives"),
+        ("switch_to_frame_ms", "first frame under the new prompt on screen"),
+    ):
         values = stream[key]
         if values:
-            print(f"| prompt switch (Enter) to {name}: median / max of {len(values)} | "
-                  f"{statistics.median(values):.0f} / {max(values):.0f} ms |")
+            print(
+                f"| prompt switch (Enter) to {name}: median / max of {len(values)} | "
+                f"{statistics.median(values):.0f} / {max(values):.0f} ms |"
+            )
         else:
             print(f"| prompt switch to {name} | not applicable (no switch) |")
     if not cycles:
@@ -145,18 +153,23 @@ def print_tables(stream: dict, cycles: list[dict], cores: int) -> None:
         print(f"| {row['cycle']} | {row['freed_ms']:.0f} ms | {row['rss_mib']:.1f} MiB |")
     settled = cycles[min(4, len(cycles) - 1)]
     print()
-    print(f"RSS growth from cycle {settled['cycle']} to {cycles[-1]['cycle']}: "
-          f"{cycles[-1]['rss_mib'] - settled['rss_mib']:+.1f} MiB; from cycle 1: "
-          f"{cycles[-1]['rss_mib'] - cycles[0]['rss_mib']:+.1f} MiB; slowest free: "
-          f"{max(r['freed_ms'] for r in cycles):.0f} ms")
+    print(
+        f"RSS growth from cycle {settled['cycle']} to {cycles[-1]['cycle']}: "
+        f"{cycles[-1]['rss_mib'] - settled['rss_mib']:+.1f} MiB; from cycle 1: "
+        f"{cycles[-1]['rss_mib'] - cycles[0]['rss_mib']:+.1f} MiB; slowest free: "
+        f"{max(r['freed_ms'] for r in cycles):.0f} ms"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="wall seconds of the measured stream")
     parser.add_argument("--switches", type=int, default=5)
-    parser.add_argument("--switch-prompt", default=None,
-                        help="prompt to switch to and back from (default: the model's example prompt again)")
+    parser.add_argument(
+        "--switch-prompt",
+        default=None,
+        help="prompt to switch to and back from (default: the model's example prompt again)",
+    )
     parser.add_argument("--cycles", type=int, default=20, help="tab open/close cycles for the memory measurement")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `contextforcing serve` flag")
     args = parser.parse_args()

@@ -68,28 +68,57 @@ ROWS = [
     Row("forgets", "forgets: follows the script, redraws every revisit", kind="oracle", oracle="forgets"),
     Row("sink_view", "remembers the first view only (what a sink holds)", kind="oracle", oracle="sink_view"),
     Row("still", "still picture (first frame)", kind="oracle", oracle="still"),
-    Row("full", "full: every past frame, absolute positions (CausVid / Self-Forcing as trained)", memory={"policy": "full"}),
+    Row(
+        "full",
+        "full: every past frame, absolute positions (CausVid / Self-Forcing as trained)",
+        memory={"policy": "full"},
+    ),
     Row("rolling", "rolling window, 12 frames = 3 s (Self-Forcing)", memory={"policy": "rolling", "window": 12}),
     Row("sink", "sink 3 + window 9 (LongLive)", memory={"policy": "sink", "sink": 3, "window": 9}),
-    Row("relative", "sink 3 + window 9, relative positions (Infinity-RoPE)",
-        memory={"policy": "relative", "sink": 3, "window": 9}),
+    Row(
+        "relative",
+        "sink 3 + window 9, relative positions (Infinity-RoPE)",
+        memory={"policy": "relative", "sink": 3, "window": 9},
+    ),
     Row("ema_sink", "EMA sink 3 + window 6 (Reward Forcing)", memory={"policy": "ema_sink", "sink": 3, "window": 6}),
-    Row("slow_fast", "**Context Forcing: slow_fast as trained** (surprisal against the last checked chunk, "
-        "first-block keys, last frame kept)"),
-    Row("paper_rule", "slow_fast, the paper's surprisal rule (against the previous chunk, keys of all layers, first "
-        "frame kept, tau 0.95)", memory=PAPER_RULE),
-    Row("compare_previous", "slow_fast, surprisal against the previous chunk (else as trained)",
-        memory={"compare": "previous"}),
+    Row(
+        "slow_fast",
+        "**Context Forcing: slow_fast as trained** (surprisal against the last checked chunk, "
+        "first-block keys, last frame kept)",
+    ),
+    Row(
+        "paper_rule",
+        "slow_fast, the paper's surprisal rule (against the previous chunk, keys of all layers, first "
+        "frame kept, tau 0.95)",
+        memory=PAPER_RULE,
+    ),
+    Row(
+        "compare_previous",
+        "slow_fast, surprisal against the previous chunk (else as trained)",
+        memory={"compare": "previous"},
+    ),
     Row("keep_first", "slow_fast, first frame kept (else as trained)", memory={"keep": "first"}),
     Row("uniform", "slow_fast, uniform promotion every 2 chunks", memory={"rule": "uniform", "interval": 2}),
     Row("released", "slow_fast, the released cache exactly (`layout=released`)", memory={"layout": "released"}),
     Row("absolute", "without bounded positions, at inference only", memory={"positions": "absolute"}),
-    Row("absolute_trained", "without bounded positions, trained so (Stage 2 and inference at absolute positions)",
-        weights="cdmd_absolute", memory={"positions": "absolute"}),
-    Row("contiguous", f"Stage 2 teacher on a contiguous {CONTIGUOUS_WINDOW}-frame window (released code)",
-        weights="cdmd_contiguous"),
+    Row(
+        "absolute_trained",
+        "without bounded positions, trained so (Stage 2 and inference at absolute positions)",
+        weights="cdmd_absolute",
+        memory={"positions": "absolute"},
+    ),
+    Row(
+        "contiguous",
+        f"Stage 2 teacher on a contiguous {CONTIGUOUS_WINDOW}-frame window (released code)",
+        weights="cdmd_contiguous",
+    ),
     Row("no_cdmd", "without Contextual DMD (the Stage 1 student, trained memory)", weights="dmd"),
-    Row("teacher", "context teacher (16 Euler steps, CFG 3, trained memory)", weights="teacher", sampling=TEACHER_SAMPLING),
+    Row(
+        "teacher",
+        "context teacher (16 Euler steps, CFG 3, trained memory)",
+        weights="teacher",
+        sampling=TEACHER_SAMPLING,
+    ),
 ]
 ROW_BY_KEY = {r.key: r for r in ROWS}
 BASELINE = "slow_fast"
@@ -129,9 +158,12 @@ class Worker:
 
         track = simulate(spec)
         truth = render(track)
-        video = {"truth": lambda: truth, "forgets": lambda: oracles.forgetting(track, truth, 0.0),
-                 "sink_view": lambda: oracles.forgetting(track, truth, 0.0, keep_sink=True),
-                 "still": lambda: oracles.still_picture(track, truth)}[row.oracle]()
+        video = {
+            "truth": lambda: truth,
+            "forgets": lambda: oracles.forgetting(track, truth, 0.0),
+            "sink_view": lambda: oracles.forgetting(track, truth, 0.0, keep_sink=True),
+            "still": lambda: oracles.still_picture(track, truth),
+        }[row.oracle]()
         if self.codec is None:
             from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
 
@@ -156,14 +188,30 @@ class Worker:
         seconds = time.perf_counter() - began
         scores = panorama_scores(frames, track)
         made = [r for r in scores.revisits if r["made"]]
-        record = {"commit": _commit(), "row": row.key, "seed": spec.seed, "seconds": spec.seconds, "world": index,
-                  "generation_seconds": seconds, "memory": memory, "headline": scores.headline(),
-                  "made": {b: [s.made, s.revisits] for b, s in scores.buckets.items()},
-                  # the slow memory's promotions (layer group 0) and how many were of frames the script keeps dark
-                  "promoted": promoted, "promoted_dark": None if promoted is None else
-                  sum(not bool(track.latent_lit[f]) for f in promoted),
-                  "revisits": [{"delay": r["delay_seconds"], "bucket": r["bucket"], "error": r["error"],
-                                "permanence": r["permanence"], "in_sink": r["in_sink"]} for r in made]}
+        record = {
+            "commit": _commit(),
+            "row": row.key,
+            "seed": spec.seed,
+            "seconds": spec.seconds,
+            "world": index,
+            "generation_seconds": seconds,
+            "memory": memory,
+            "headline": scores.headline(),
+            "made": {b: [s.made, s.revisits] for b, s in scores.buckets.items()},
+            # the slow memory's promotions (layer group 0) and how many were of frames the script keeps dark
+            "promoted": promoted,
+            "promoted_dark": None if promoted is None else sum(not bool(track.latent_lit[f]) for f in promoted),
+            "revisits": [
+                {
+                    "delay": r["delay_seconds"],
+                    "bucket": r["bucket"],
+                    "error": r["error"],
+                    "permanence": r["permanence"],
+                    "in_sink": r["in_sink"],
+                }
+                for r in made
+            ],
+        }
         if made:  # frames before / when back of its longest made revisit, for the strips
             longest = max((r for r in scores.revisits if r["made"]), key=lambda r: r["delay_seconds"])
             picks = _revisit_frames(longest)
@@ -247,9 +295,21 @@ def train_stage2_variant(name: str) -> None:
     run_dir = EXPORTS.parent / name
     cli = [sys.executable, "-m", "contextforcing.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cli + ["train", "cdmd", "--config", str(REPO / "configs/toy/cdmd.yaml"), f"trainer.run_dir={run_dir}",
-                          f"stage.init={EXPORTS / 'dmd.safetensors'}", f"stage.real_init={EXPORTS / 'teacher.safetensors'}",
-                          *STAGE2_VARIANTS[name]], check=True, env=env)
+    subprocess.run(
+        cli
+        + [
+            "train",
+            "cdmd",
+            "--config",
+            str(REPO / "configs/toy/cdmd.yaml"),
+            f"trainer.run_dir={run_dir}",
+            f"stage.init={EXPORTS / 'dmd.safetensors'}",
+            f"stage.real_init={EXPORTS / 'teacher.safetensors'}",
+            *STAGE2_VARIANTS[name],
+        ],
+        check=True,
+        env=env,
+    )
     subprocess.run(cli + ["export", str(run_dir), str(EXPORTS / f"{name}.safetensors")], check=True, env=env)
 
 
@@ -301,8 +361,10 @@ def paired_difference(row: dict, base: dict) -> str:
     boot = np.median(d[rng.integers(0, len(d), (BOOTSTRAP_RESAMPLES, len(d)))], axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     lower, higher = int((d < 0).sum()), int((d > 0).sum())
-    return (f"{np.median(d):+.3f} [{lo:+.3f}, {hi:+.3f}]; lower in {lower}/{len(d)}, higher in {higher} "
-            f"(p = {sign_test(lower, higher):.2g})")
+    return (
+        f"{np.median(d):+.3f} [{lo:+.3f}, {hi:+.3f}]; lower in {lower}/{len(d)}, higher in {higher} "
+        f"(p = {sign_test(lower, higher):.2g})"
+    )
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -310,7 +372,7 @@ def sign_test(wins: int, losses: int) -> float:
     n, k = wins + losses, min(wins, losses)
     if n == 0:
         return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 # -- report ---------------------------------------------------------------------------------------------------
@@ -319,9 +381,17 @@ def _fmt(v, digits=3) -> str:
 
 
 def headline_table(args) -> str:
-    cols = ["n", "camera obeyed, pans / holds", "revisit error, fast / slow / beyond", "object permanence, fast / slow / beyond",
-            "revisits made, fast / slow / beyond", "revisit error beyond the fast memory", "movers obeyed",
-            "lighting obeyed", "s per video"]
+    cols = [
+        "n",
+        "camera obeyed, pans / holds",
+        "revisit error, fast / slow / beyond",
+        "object permanence, fast / slow / beyond",
+        "revisits made, fast / slow / beyond",
+        "revisit error beyond the fast memory",
+        "movers obeyed",
+        "lighting obeyed",
+        "s per video",
+    ]
     lines = ["| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for key in args.rows:
         cells = load_cells(args.out, args.seconds, key, args.worlds)
@@ -333,14 +403,26 @@ def headline_table(args) -> str:
         def col(name, digits=2):
             return _fmt(mean([c["headline"][name] for c in cells]), digits)
 
-        made = " / ".join(_fmt(sum(c["made"][b][0] for c in cells) / max(1, sum(c["made"][b][1] for c in cells)), 2)
-                          for b in BUCKETS)
+        made = " / ".join(
+            _fmt(sum(c["made"][b][0] for c in cells) / max(1, sum(c["made"][b][1] for c in cells)), 2) for b in BUCKETS
+        )
         seconds = np.median([c["generation_seconds"] for c in cells])
-        lines.append(" | ".join([
-            f"| {label}", str(len(cells)), f"{col('camera_pans')} / {col('camera_holds')}",
-            " / ".join(col(f"revisit_error_{b}", 3) for b in BUCKETS),
-            " / ".join(col(f"permanence_{b}") for b in BUCKETS), made,
-            _fmt(mean([beyond_fast(c) for c in cells])), col("movers"), col("lighting"), f"{seconds:.1f} |"]))
+        lines.append(
+            " | ".join(
+                [
+                    f"| {label}",
+                    str(len(cells)),
+                    f"{col('camera_pans')} / {col('camera_holds')}",
+                    " / ".join(col(f"revisit_error_{b}", 3) for b in BUCKETS),
+                    " / ".join(col(f"permanence_{b}") for b in BUCKETS),
+                    made,
+                    _fmt(mean([beyond_fast(c) for c in cells])),
+                    col("movers"),
+                    col("lighting"),
+                    f"{seconds:.1f} |",
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
@@ -357,10 +439,12 @@ def promotion_table(args) -> str:
     return "\n".join(lines)
 
 
-PAIRED = (("revisit error beyond the fast memory", lambda c: beyond_fast(c)),
-          ("permanence beyond the fast memory", lambda c: beyond_fast(c, "permanence")),
-          ("movers obeyed", lambda c: c["headline"]["movers"]),
-          ("camera obeyed (pans)", lambda c: c["headline"]["camera_pans"]))
+PAIRED = (
+    ("revisit error beyond the fast memory", lambda c: beyond_fast(c)),
+    ("permanence beyond the fast memory", lambda c: beyond_fast(c, "permanence")),
+    ("movers obeyed", lambda c: c["headline"]["movers"]),
+    ("camera obeyed (pans)", lambda c: c["headline"]["camera_pans"]),
+)
 
 
 def per_world(cells: list[dict], get) -> dict:
@@ -388,12 +472,30 @@ def figures(args) -> list[str]:
     fig_dir = args.doc.parent / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    shown = [k for k in ("truth_codec", "forgets", "teacher", "rolling", "sink", "ema_sink", "no_cdmd", "paper_rule",
-                         "slow_fast") if k in args.rows]
+    shown = [
+        k
+        for k in (
+            "truth_codec",
+            "forgets",
+            "teacher",
+            "rolling",
+            "sink",
+            "ema_sink",
+            "no_cdmd",
+            "paper_rule",
+            "slow_fast",
+        )
+        if k in args.rows
+    ]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     edges = np.array([0.75, 1.5, 3, 6, 12, 20, 35, 80])
     for key in shown:
-        rows = [r for c in load_cells(args.out, args.seconds, key, args.worlds) for r in c["revisits"] if r["error"] is not None]
+        rows = [
+            r
+            for c in load_cells(args.out, args.seconds, key, args.worlds)
+            for r in c["revisits"]
+            if r["error"] is not None
+        ]
         if not rows:
             continue
         delays, errors = np.array([r["delay"] for r in rows]), np.array([r["error"] for r in rows])
@@ -403,12 +505,23 @@ def figures(args) -> list[str]:
             if pick.any():
                 mids.append(np.sqrt(lo * hi))
                 means.append(errors[pick].mean())
-        ax.plot(mids, means, marker="o", label=key, lw=2.5 if key == BASELINE else 1.2,
-                ls="--" if ROW_BY_KEY[key].kind == "oracle" else "-")
+        ax.plot(
+            mids,
+            means,
+            marker="o",
+            label=key,
+            lw=2.5 if key == BASELINE else 1.2,
+            ls="--" if ROW_BY_KEY[key].kind == "oracle" else "-",
+        )
     for x in (1.5, 20):
         ax.axvline(x, color="grey", ls=":", lw=0.8)
-    ax.set(xscale="log", xlabel="revisit delay (s)", ylabel="revisit error (mean over made revisits)",
-           title=f"revisit error against delay, {args.worlds} held-out worlds of {args.seconds:g} s", ylim=(0, 1))
+    ax.set(
+        xscale="log",
+        xlabel="revisit delay (s)",
+        ylabel="revisit error (mean over made revisits)",
+        title=f"revisit error against delay, {args.worlds} held-out worlds of {args.seconds:g} s",
+        ylim=(0, 1),
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     written.append(_save(fig, fig_dir / "revisit_by_delay.png"))
@@ -452,16 +565,23 @@ def _save(fig, path: Path) -> str:
 
 
 def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "unknown"
+    return (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
 
 
 def environment(args) -> str:
     import torch
 
-    commits = sorted({json.loads(p.read_text()).get("commit", "unrecorded") for p in (args.out / "cells").rglob("*.json")})
-    return (f"Cells generated by `python scripts/reproduce_results.py` at commit(s) {', '.join(f'`{c}`' for c in commits)}; "
-            f"report written at `{_commit()}`: torch {torch.__version__}, {platform.machine()} CPU, {args.workers} "
-            f"worker process(es) x 1 torch thread, {time.strftime('%Y-%m-%d')}.")
+    commits = sorted(
+        {json.loads(p.read_text()).get("commit", "unrecorded") for p in (args.out / "cells").rglob("*.json")}
+    )
+    return (
+        f"Cells generated by `python scripts/reproduce_results.py` at commit(s) {', '.join(f'`{c}`' for c in commits)}; "
+        f"report written at `{_commit()}`: torch {torch.__version__}, {platform.machine()} CPU, {args.workers} "
+        f"worker process(es) x 1 torch thread, {time.strftime('%Y-%m-%d')}."
+    )
 
 
 BLOCKS = ("headline", "promotion", "paired", "environment")  # what write_doc fills
@@ -520,8 +640,12 @@ def main(argv=None) -> int:
         tasks = plan(args)
         print(f"{len(tasks)} cells to generate ({args.workers} workers)", flush=True)
         run_cells(tasks, args.workers)
-    blocks = {"headline": headline_table(args), "promotion": promotion_table(args), "paired": paired_table(args),
-              "environment": environment(args)}
+    blocks = {
+        "headline": headline_table(args),
+        "promotion": promotion_table(args),
+        "paired": paired_table(args),
+        "environment": environment(args),
+    }
     figs = figures(args)
     write_doc(args.doc, blocks)
     print(f"wrote {args.doc} and {', '.join(figs)}")

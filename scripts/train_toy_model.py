@@ -95,7 +95,9 @@ def scaled(cfg, scale: float):
 def load_config(stage: str, args, root: Path):
     from contextforcing.training.config import load_train_config
 
-    return scaled(load_train_config(stage, args.configs / f"{stage}.yaml", stage_overrides(stage, args, root)), args.scale)
+    return scaled(
+        load_train_config(stage, args.configs / f"{stage}.yaml", stage_overrides(stage, args, root)), args.scale
+    )
 
 
 def latest_step(run_dir: Path, stage: str) -> int:
@@ -133,14 +135,22 @@ def check_pairs(cfg, root: Path, record: dict) -> None:
     """ODE pairs must come from this recipe's teacher export with this config's shapes: pairs left in the
     directory by another run (another teacher, another frame count) are removed, with an ODE run trained on them."""
     pairs, teacher = Path(cfg.stage.pairs_dir), root / "exports" / "teacher.safetensors"
-    source = {"teacher_sha256": sha256(teacher), "num_frames": cfg.stage.num_frames, "num_pairs": cfg.stage.num_pairs,
-              "memory": cfg.stage.memory, "guidance_scale": cfg.stage.guidance_scale}
+    source = {
+        "teacher_sha256": sha256(teacher),
+        "num_frames": cfg.stage.num_frames,
+        "num_pairs": cfg.stage.num_pairs,
+        "memory": cfg.stage.memory,
+        "guidance_scale": cfg.stage.guidance_scale,
+    }
     marker = pairs / PAIRS_SOURCE
     if (pairs / "manifest.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == source:
         return
     if (pairs / "manifest.json").is_file() or cfg.run_dir.is_dir():
-        print(f"[toy-model] ode: pairs in {pairs} are not from this teacher export; regenerating them and "
-              f"restarting the ode run", flush=True)
+        print(
+            f"[toy-model] ode: pairs in {pairs} are not from this teacher export; regenerating them and "
+            f"restarting the ode run",
+            flush=True,
+        )
         shutil.rmtree(pairs, ignore_errors=True)
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
         (root / "exports" / "ode.safetensors").unlink(missing_ok=True)
@@ -163,8 +173,11 @@ def run_stage(stage: str, args, root: Path, record: dict) -> None:
     if done >= cfg.trainer.max_steps and out.is_file():
         print(f"[toy-model] {stage}: complete ({done}/{cfg.trainer.max_steps} steps), skipped", flush=True)
         return
-    print(f"[toy-model] {stage}: {'resuming at step ' + str(done) if done else 'starting'}, "
-          f"{cfg.trainer.max_steps} steps, run directory {cfg.run_dir}", flush=True)
+    print(
+        f"[toy-model] {stage}: {'resuming at step ' + str(done) if done else 'starting'}, "
+        f"{cfg.trainer.max_steps} steps, run directory {cfg.run_dir}",
+        flush=True,
+    )
     began = time.perf_counter()
     result = None
     try:
@@ -185,8 +198,11 @@ def run_stage(stage: str, args, root: Path, record: dict) -> None:
     entry["export"] = str(path)
     entry["exported"] = which
     save_record(root, record)
-    print(f"[toy-model] {stage}: {entry['seconds'] / 60:.1f} min, final losses {entry.get('final_losses')}; "
-          f"exported {which} to {path}", flush=True)
+    print(
+        f"[toy-model] {stage}: {entry['seconds'] / 60:.1f} min, final losses {entry.get('final_losses')}; "
+        f"exported {which} to {path}",
+        flush=True,
+    )
 
 
 def sha256(path: Path) -> str:
@@ -251,14 +267,22 @@ def ship(args, root: Path, record: dict) -> dict:
         "sampling": to_dict(cdmd.stage.sampling),
         "prompt_grammar": "panorama",  # the prompts it was trained on: contextforcing/data/world/panorama/script.py
         "example_prompt": heldout_worlds(1)[0].script.entries[0].prompt.canonical,
-        "weights": {"file": weights.name, "stored_dtype": stored, "bytes": weights.stat().st_size,
-                    "what": "EMA generator of Stage 2 Contextual DMD"},
-        "recipe": {s: {k: v for k, v in e.items() if k in ("steps", "seconds", "final_losses")}
-                   for s, e in record["stages"].items()},
+        "weights": {
+            "file": weights.name,
+            "stored_dtype": stored,
+            "bytes": weights.stat().st_size,
+            "what": "EMA generator of Stage 2 Contextual DMD",
+        },
+        "recipe": {
+            s: {k: v for k, v in e.items() if k in ("steps", "seconds", "final_losses")}
+            for s, e in record["stages"].items()
+        },
     }
     (ASSETS / "world_student.json").write_text(json.dumps(config, indent=1) + "\n")
-    print(f"[toy-model] shipped {weights} ({weights.stat().st_size / 1e6:.2f} MB, {stored}) and world_student.json",
-          flush=True)
+    print(
+        f"[toy-model] shipped {weights} ({weights.stat().st_size / 1e6:.2f} MB, {stored}) and world_student.json",
+        flush=True,
+    )
     return config
 
 
@@ -268,8 +292,12 @@ def main(argv=None) -> int:
     p.add_argument("--configs", type=Path, default=REPO / "configs" / "toy")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every stage's max_steps (smoke tests)")
     p.add_argument("--set", action="append", default=[], metavar="STAGE:key=value", help="extra override for one stage")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran 6x slower)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine 2 threads ran 6x slower)",
+    )
     p.add_argument("--stages", default=",".join(STAGES), help="comma list of stages to run (default: all)")
     p.add_argument("--gate-worlds", type=int, default=4, help="held-out scripts each gate generates (shortened)")
     p.add_argument("--no-gates", action="store_true", help="skip the gates (smoke tests only)")

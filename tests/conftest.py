@@ -59,8 +59,13 @@ def small_disk(tmp_path):
     test skips elsewhere; each full-disk case also has a fake-writer twin that runs everywhere."""
     path = tmp_path / "disk"
     path.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("cannot mount a tmpfs here (needs root); the fake-writer twin of this test covers the same path")
     try:

@@ -67,8 +67,22 @@ def test_random_weights_fail_the_same_thresholds():
 def test_generate_without_model_flags_uses_the_embedded_model(tmp_path, capsys):
     out = tmp_path / "d.mp4"
     prompt = json.loads(EMBEDDED_CONFIG.read_text())["example_prompt"]
-    code = main(["generate", "--prompt", prompt, "--seconds", "1", "--seed", "0", "--device", "cpu",
-                 "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            prompt,
+            "--seconds",
+            "1",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["weights"].startswith("embedded:") and sidecar["preset"] == "world"
@@ -77,8 +91,20 @@ def test_generate_without_model_flags_uses_the_embedded_model(tmp_path, capsys):
 
 
 def test_the_embedded_model_refuses_prompts_of_another_world(capsys):
-    code = main(["generate", "--prompt", "striped cool room, curtain occlusions", "--seconds", "1", "--device", "cpu",
-                 "--out", "never.mp4", "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "striped cool room, curtain occlusions",
+            "--seconds",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            "never.mp4",
+            "--quiet",
+        ]
+    )
     assert code == 2 and "bad panorama prompt" in capsys.readouterr().err
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from gather_reference import GatherMemory
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -10,7 +11,6 @@ from contextforcing.config import PRESETS, SamplingConfig
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.cross import CrossAttentionCache
 from contextforcing.memory.policies import make_spec
-from gather_reference import GatherMemory
 from contextforcing.model.wan import CausalWanModel, build_model
 from contextforcing.sampling.stream import VideoStream
 
@@ -106,8 +106,9 @@ def test_kv_bytes_match_the_tensors_a_memory_holds(view_mode):
         assert kv["allocated"] == memory.nbytes(), name
         assert kv[f"views_{view_mode}"] == memory.view_nbytes(), name
         assert kv["frame_bytes_all_layers"] == 2 * 16 * 64 * 4 * 2
-    full = MEMORY_CLASSES[view_mode](make_spec("full"), layout, key_rotation=lambda k, p: k.flatten(1, 2),
-                                     max_frames=30)
+    full = MEMORY_CLASSES[view_mode](
+        make_spec("full"), layout, key_rotation=lambda k, p: k.flatten(1, 2), max_frames=30
+    )
     assert perf.kv_bytes("full", m, v, torch.float32, max_frames=30)["allocated"] == full.nbytes()
     assert perf.kv_bytes("full", m, v, torch.float32)["allocated"] is None  # unbounded without a length
 
@@ -163,8 +164,13 @@ def test_counted_flops_of_one_cached_forward_on_wan_1_3b_shapes():
     with torch.device("meta"):
         model = CausalWanModel(cfg).to(torch.bfloat16).eval()
     spec = make_spec("slow_fast", {"rule": "uniform"})  # no surprisal read-back: meta tensors hold no values
-    memory = ContextMemory(spec, MemoryLayout.for_model(cfg, video), key_rotation=model.key_rotation(60, 104),
-                           device="meta", dtype=torch.bfloat16)
+    memory = ContextMemory(
+        spec,
+        MemoryLayout.for_model(cfg, video),
+        key_rotation=model.key_rotation(60, 104),
+        device="meta",
+        dtype=torch.bfloat16,
+    )
     start = 0
     while True:  # bookkeeping only: run the policy until a chunk attends its full capacity
         plan = memory.begin_chunk(start, 3)
@@ -175,8 +181,13 @@ def test_counted_flops_of_one_cached_forward_on_wan_1_3b_shapes():
     text = CrossAttentionCache(torch.zeros(1, cfg.text_len, cfg.text_dim, device="meta", dtype=torch.bfloat16))
     x = torch.zeros(1, 16, 3, 60, 104, device="meta")
     t = torch.full((1, 3), 500.0, device="meta")
-    assert counted(lambda: model(x, t, text, memory=memory)) == perf.prompt_flops(cfg) + perf.forward_flops(cfg, video, 21).total
-    assert counted(lambda: model(x, t, text, memory=memory)) == perf.forward_flops(cfg, video, 21).total  # text K/V cached
+    assert (
+        counted(lambda: model(x, t, text, memory=memory))
+        == perf.prompt_flops(cfg) + perf.forward_flops(cfg, video, 21).total
+    )
+    assert (
+        counted(lambda: model(x, t, text, memory=memory)) == perf.forward_flops(cfg, video, 21).total
+    )  # text K/V cached
 
 
 def test_measured_peak_is_positive_and_says_what_it_is():
@@ -187,4 +198,6 @@ def test_measured_peak_is_positive_and_says_what_it_is():
 def test_report_prints_the_arithmetic():
     text = perf.report(WAN, "slow_fast", peak_tflops=790)
     assert "32760" in text and "202 TFLOP" in text and "441.7 GFLOP" in text and "46.92 pixel" in text
-    assert "full grows" in perf.report(WAN, "full", chunk_index=159) and "748800" in perf.report(WAN, "full", chunk_index=159)
+    assert "full grows" in perf.report(WAN, "full", chunk_index=159) and "748800" in perf.report(
+        WAN, "full", chunk_index=159
+    )

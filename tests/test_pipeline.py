@@ -96,14 +96,17 @@ def test_save_writes_the_pair(pipe, tmp_path):
         pipe.save(video, tmp_path / "v.avi")
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda p: p.stream("  ", seconds=1), "empty prompt"),
-    (lambda p: p.stream(PROMPT, seconds=3, switches={9.0: PAN}), "past the video"),
-    (lambda p: p.stream(PROMPT, seconds=3, switches={-1.0: PAN}), "positive number of seconds"),
-    (lambda p: p.stream(PROMPT, seconds=1, memory="full"), None),
-    (lambda p: p.stream(PROMPT, memory="full"), "grows with the video"),
-    (lambda p: p.stream(PROMPT, seconds=0), "--seconds must be positive"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p: p.stream("  ", seconds=1), "empty prompt"),
+        (lambda p: p.stream(PROMPT, seconds=3, switches={9.0: PAN}), "past the video"),
+        (lambda p: p.stream(PROMPT, seconds=3, switches={-1.0: PAN}), "positive number of seconds"),
+        (lambda p: p.stream(PROMPT, seconds=1, memory="full"), None),
+        (lambda p: p.stream(PROMPT, memory="full"), "grows with the video"),
+        (lambda p: p.stream(PROMPT, seconds=0), "--seconds must be positive"),
+    ],
+)
 def test_bad_calls_are_one_line_errors(pipe, call, message):
     if message is None:
         call(pipe)

@@ -78,8 +78,13 @@ def _tokenizer_dir(wan_dir: Path, layout: str) -> Path:
     raise UserError(f"{wan_dir}: no tokenizer folder (expected {WAN_T5_TOKENIZER}/ or {DIFFUSERS_TOKENIZER}/)")
 
 
-def load_text_encoder(wan_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                      layout: str | None = None, **kwargs):
+def load_text_encoder(
+    wan_dir: Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    layout: str | None = None,
+    **kwargs,
+):
     """The UMT5 encoder + tokenizer of a Wan2.1 directory as a `UMT5TextEncoder`.
 
     `layout` forces "original" or "diffusers" (default: detected). kwargs (`text_len`, `cache_size`) go to
@@ -98,8 +103,9 @@ def load_text_encoder(wan_dir: Path, device: torch.device | str = "cpu", dtype: 
     return umt5.load_umt5_diffusers(wan_dir / DIFFUSERS_TEXT_ENCODER, tokenizer, device, dtype, **kwargs)
 
 
-def load_vae(wan_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-             layout: str | None = None):
+def load_vae(
+    wan_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, layout: str | None = None
+):
     """The VAE of a Wan2.1 directory as a `WanVideoCodec`.
 
     `wan_dir` may also be a VAE weight file with original names (`Wan2.1_VAE.pth` or a `.safetensors`).

@@ -7,8 +7,8 @@ gives one pixel frame and each later one gives `stride_t` frames.
 
 from __future__ import annotations
 
-import torch
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 
@@ -19,7 +19,9 @@ class PreviewCodec:
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """video [B, 3, T, H, W] in [-1, 1] -> latents [B, C, 1 + (T-1)//stride_t, H/s, W/s]."""
         b, _, t, h, w = video.shape
-        frames = torch.cat([video[:, :, :1], video[:, :, 1 :: self.stride_t]], dim=2)[:, :, : 1 + (t - 1) // self.stride_t]
+        frames = torch.cat([video[:, :, :1], video[:, :, 1 :: self.stride_t]], dim=2)[
+            :, :, : 1 + (t - 1) // self.stride_t
+        ]
         pooled = F.avg_pool3d(frames, (1, self.stride_hw, self.stride_hw))
         latents = torch.zeros(b, self.latent_channels, pooled.shape[2], *pooled.shape[3:], dtype=video.dtype)
         latents[:, :3] = pooled

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from contextforcing.weights import find_safetensors, load_strict, read_state_dict
 from contextforcing.errors import UserError
+from contextforcing.weights import find_safetensors, load_strict, read_state_dict
 
 WAN_TEXT_LEN = 512  # Wan pads/truncates every prompt to this many tokens
 # Wan's T5 does not store these; they are fixed by its T5RelativeEmbedding and T5LayerNorm.
@@ -177,8 +177,9 @@ class UMT5TextEncoder:
     prompt (least recently used evicted past `cache_size`), so switching back to a prompt costs nothing.
     """
 
-    def __init__(self, model: UMT5EncoderModel, tokenizer, text_len: int = WAN_TEXT_LEN,
-                 cache_size: int = DEFAULT_CACHE_SIZE):
+    def __init__(
+        self, model: UMT5EncoderModel, tokenizer, text_len: int = WAN_TEXT_LEN, cache_size: int = DEFAULT_CACHE_SIZE
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.text_len, self.text_dim = text_len, model.config.d_model
         self.cache_size = cache_size

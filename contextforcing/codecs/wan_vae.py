@@ -25,8 +25,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
-from contextforcing.weights import check_names, find_safetensors, load_strict, read_state_dict
 from contextforcing.errors import UserError
+from contextforcing.weights import check_names, find_safetensors, load_strict, read_state_dict
 
 
 def wan21_latent_stats() -> tuple[list[float], list[float]]:
@@ -39,8 +39,13 @@ def wan21_latent_stats() -> tuple[list[float], list[float]]:
 # Key names: diffusers <-> original Wan2.1. One function (diffusers -> original) is the single source of
 # truth; the other direction is built from it over the model's own key list.
 
-_RESNET_LEAF = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
-                "conv_shortcut": "shortcut"}
+_RESNET_LEAF = {
+    "norm1": "residual.0",
+    "conv1": "residual.2",
+    "norm2": "residual.3",
+    "conv2": "residual.6",
+    "conv_shortcut": "shortcut",
+}
 _RESNET = r"(?P<leaf>norm1|conv1|norm2|conv2|conv_shortcut)\.(?P<param>\w+)"
 _STATIC = {
     "quant_conv": "conv1",
@@ -140,8 +145,13 @@ def _build_on_meta(config: dict) -> AutoencoderKLWan:
         return AutoencoderKLWan(**config)
 
 
-def load_vae_original(path: Path, device="cpu", dtype=torch.float32, latents_mean: Sequence[float] | None = None,
-                      latents_std: Sequence[float] | None = None) -> "WanVideoCodec":
+def load_vae_original(
+    path: Path,
+    device="cpu",
+    dtype=torch.float32,
+    latents_mean: Sequence[float] | None = None,
+    latents_std: Sequence[float] | None = None,
+) -> "WanVideoCodec":
     """Original Wan2.1 `Wan2.1_VAE.pth` (or a `.safetensors` with the same names).
 
     The file carries no latent statistics: Wan2.1's 16-channel ones are used unless others are given.
@@ -152,8 +162,10 @@ def load_vae_original(path: Path, device="cpu", dtype=torch.float32, latents_mea
     if latents_mean is None or latents_std is None:
         latents_mean, latents_std = wan21_latent_stats()
         if len(latents_mean) != config["z_dim"]:
-            raise UserError(f"{path}: {config['z_dim']} latent channels, but Wan2.1's latent statistics have "
-                            f"{len(latents_mean)}; pass latents_mean/latents_std")
+            raise UserError(
+                f"{path}: {config['z_dim']} latent channels, but Wan2.1's latent statistics have "
+                f"{len(latents_mean)}; pass latents_mean/latents_std"
+            )
     vae = _build_on_meta({**config, "latents_mean": list(latents_mean), "latents_std": list(latents_std)})
     load_strict(vae, original_to_diffusers(state, vae, str(path)), str(path), device, dtype)
     return WanVideoCodec(vae)

@@ -29,8 +29,13 @@ from contextforcing.errors import UserError
 FORMAT = "contextforcing.world_codec/1"
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "world_codec.safetensors"  # occlusion world
 PANORAMA_PATH = DEFAULT_PATH.with_name("panorama_codec.safetensors")  # the panorama world's codec
-DEFAULT_CONFIG = {"latent_channels": 16, "stride_t": 4, "stride_hw": 8, "enc_channels": [16, 32, 48, 64],
-                  "dec_channels": [80, 48, 24, 16]}
+DEFAULT_CONFIG = {
+    "latent_channels": 16,
+    "stride_t": 4,
+    "stride_hw": 8,
+    "enc_channels": [16, 32, 48, 64],
+    "dec_channels": [80, 48, 24, 16],
+}
 BLOCK = 4  # latent frames per forward pass, zero-padded: every frame goes through the same batch shape, so
 # results do not depend on how a stream is chunked (a conv's float rounding can depend on the batch size)
 
@@ -75,9 +80,12 @@ class WorldEncoder(nn.Module):
         act = nn.SiLU
         self.patch = nn.Sequential(nn.PixelUnshuffle(stride_hw), nn.Conv2d(3 * frames * stride_hw**2, c3, 1))
         self.conv = nn.Sequential(
-            nn.Conv2d(3 * frames, c0, 3, padding=1), act(),
-            nn.Conv2d(c0, c1, 4, stride=2, padding=1), act(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), act(),
+            nn.Conv2d(3 * frames, c0, 3, padding=1),
+            act(),
+            nn.Conv2d(c0, c1, 4, stride=2, padding=1),
+            act(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            act(),
             nn.Conv2d(c2, c3, 4, stride=2, padding=1),
         )
         self.head = nn.Sequential(act(), nn.Conv2d(c3, c3, 3, padding=1), act(), nn.Conv2d(c3, latent_channels, 1))
@@ -100,9 +108,14 @@ class WorldDecoder(nn.Module):
         self.trunk = nn.Sequential(nn.Conv2d(latent_channels, c0, 3, padding=1), _Res(c0), act())
         self.patch = nn.Sequential(nn.Conv2d(c0, 3 * frames * stride_hw**2, 1), nn.PixelShuffle(stride_hw))
         self.up = nn.Sequential(
-            _up(c0, c1), nn.Conv2d(c1, c1, 3, padding=1), act(),
-            _up(c1, c2), nn.Conv2d(c2, c2, 3, padding=1), act(),
-            _up(c2, c3), nn.Conv2d(c3, 3 * frames, 3, padding=1),
+            _up(c0, c1),
+            nn.Conv2d(c1, c1, 3, padding=1),
+            act(),
+            _up(c1, c2),
+            nn.Conv2d(c2, c2, 3, padding=1),
+            act(),
+            _up(c2, c3),
+            nn.Conv2d(c3, 3 * frames, 3, padding=1),
         )
 
     def forward(self, z):
@@ -157,7 +170,9 @@ class WorldCodec:
         if video.ndim != 5 or video.shape[1] != 3 or video.shape[2] < 1:
             raise UserError(f"the world codec encodes video [B, 3, T, H, W], got shape {tuple(video.shape)}")
         if video.shape[3] % self.stride_hw or video.shape[4] % self.stride_hw:
-            raise UserError(f"the world codec needs H and W divisible by {self.stride_hw}, got {tuple(video.shape[3:])}")
+            raise UserError(
+                f"the world codec needs H and W divisible by {self.stride_hw}, got {tuple(video.shape[3:])}"
+            )
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -174,8 +189,10 @@ class WorldCodec:
     def decode_groups(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, C, F, h, w] -> all stride_t frames of every latent frame [B, 3, 4F, H, W]."""
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
-            raise UserError(f"the world codec decodes latents [B, {self.latent_channels}, F, h, w], "
-                            f"got shape {tuple(latents.shape)}")
+            raise UserError(
+                f"the world codec decodes latents [B, {self.latent_channels}, F, h, w], "
+                f"got shape {tuple(latents.shape)}"
+            )
         b, c, f, h, w = latents.shape
         z = latents.to(self.device, torch.float32).permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
         z = z * self.model.latent_std[:, None, None] + self.model.latent_mean[:, None, None]
@@ -223,15 +240,19 @@ def load_world_codec(path: str | os.PathLike | None = None, device: str | torch.
 
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
-        raise UserError(f"world codec weights not found at {path} (train them with "
-                        f"`python -m contextforcing.codecs.world_training`)")
+        raise UserError(
+            f"world codec weights not found at {path} (train them with "
+            f"`python -m contextforcing.codecs.world_training`)"
+        )
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             state = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as exc:  # safetensors raises several types for truncated/garbled files
         text = str(exc).strip().splitlines()
-        raise UserError(f"{path}: corrupted or unreadable world codec file ({text[0] if text else type(exc).__name__})") from None
+        raise UserError(
+            f"{path}: corrupted or unreadable world codec file ({text[0] if text else type(exc).__name__})"
+        ) from None
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a world codec file (format {meta.get('format')!r}, expected {FORMAT!r})")
     try:
@@ -239,7 +260,9 @@ def load_world_codec(path: str | os.PathLike | None = None, device: str | torch.
         model.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         text = str(exc).strip().splitlines()
-        raise UserError(f"{path}: world codec weights do not match their config ({text[0] if text else exc!r})") from None
+        raise UserError(
+            f"{path}: world codec weights do not match their config ({text[0] if text else exc!r})"
+        ) from None
     return WorldCodec(model, device)
 
 

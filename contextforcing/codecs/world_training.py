@@ -24,7 +24,12 @@ import numpy as np
 import torch
 
 from contextforcing.codecs.world import (
-    DEFAULT_PATH, PANORAMA_PATH, WorldCodec, WorldCodecModel, load_world_codec, save_world_codec,
+    DEFAULT_PATH,
+    PANORAMA_PATH,
+    WorldCodec,
+    WorldCodecModel,
+    load_world_codec,
+    save_world_codec,
 )
 from contextforcing.data.world.prompts import EVAL_SEED_BASE, sample_training_prompt
 from contextforcing.data.world.render import render
@@ -95,8 +100,9 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def latent_stats(model: WorldCodecModel, rng: np.random.Generator, clips: int = 64, seconds: float = 10.0,
-                 world: str = "occlusion"):
+def latent_stats(
+    model: WorldCodecModel, rng: np.random.Generator, clips: int = 64, seconds: float = 10.0, world: str = "occlusion"
+):
     model.eval()
     zs = []
     pool = ClipPool(rng, clips, seconds, world)
@@ -108,17 +114,32 @@ def latent_stats(model: WorldCodecModel, rng: np.random.Generator, clips: int = 
     return z.mean(1), z.std(1).clamp_min(1e-4)
 
 
-def train(out: str | None = None, steps: int = 4000, minutes: float = 14.0, batch: int = 24, lr: float = 2e-3,
-          clips: int = 48, seconds: float = 10.0, refresh: int = 100, latent_noise: float = 0.05,
-          latent_l2: float = 1e-3, seed: int = 0, threads: int = 1, log_every: int = 100,
-          world: str = "occlusion") -> WorldCodecModel:
+def train(
+    out: str | None = None,
+    steps: int = 4000,
+    minutes: float = 14.0,
+    batch: int = 24,
+    lr: float = 2e-3,
+    clips: int = 48,
+    seconds: float = 10.0,
+    refresh: int = 100,
+    latent_noise: float = 0.05,
+    latent_l2: float = 1e-3,
+    seed: int = 0,
+    threads: int = 1,
+    log_every: int = 100,
+    world: str = "occlusion",
+) -> WorldCodecModel:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 1])
     model = WorldCodecModel()
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"world codec ({world} world): {n_params} parameters ({n_params * 4 / 1e6:.2f} MB fp32); {steps} steps or "
-          f"{minutes} min, batch {batch}, {threads} threads", flush=True)
+    print(
+        f"world codec ({world} world): {n_params} parameters ({n_params * 4 / 1e6:.2f} MB fp32); {steps} steps or "
+        f"{minutes} min, batch {batch}, {threads} threads",
+        flush=True,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     pool = ClipPool(rng, clips, seconds, world)
     start, step, done_frac = time.time(), 0, 0.0
@@ -147,21 +168,40 @@ def train(out: str | None = None, steps: int = 4000, minutes: float = 14.0, batc
         run_loss += float(loss.detach())
         run_psnr += 10 * math.log10(4.0 / max(float(torch.mean((y.detach().clamp(-1, 1) - x) ** 2)), 1e-10))
         if step % log_every == 0:
-            print(f"step {step:5d}  {time.time() - start:6.0f} s  loss {run_loss / log_every:.4f}  "
-                  f"batch PSNR {run_psnr / log_every:.2f} dB  |z| {float(z.detach().pow(2).mean().sqrt()):.2f}  "
-                  f"lr {opt.param_groups[0]['lr']:.2e}", flush=True)
+            print(
+                f"step {step:5d}  {time.time() - start:6.0f} s  loss {run_loss / log_every:.4f}  "
+                f"batch PSNR {run_psnr / log_every:.2f} dB  |z| {float(z.detach().pow(2).mean().sqrt()):.2f}  "
+                f"lr {opt.param_groups[0]['lr']:.2e}",
+                flush=True,
+            )
             run_loss = run_psnr = 0.0
     train_s = time.time() - start
     mean, std = latent_stats(model, np.random.default_rng([seed, 2]), world=world)
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)
     model.eval()
-    print(f"trained {step} steps in {train_s:.0f} s; latent std per channel {[round(float(s), 3) for s in std]}", flush=True)
+    print(
+        f"trained {step} steps in {train_s:.0f} s; latent std per channel {[round(float(s), 3) for s in std]}",
+        flush=True,
+    )
     path = out or WEIGHTS_PATH[world]
-    save_world_codec(model, path, extra={"world": world,
-        "steps": step, "train_seconds": round(train_s, 1), "batch": batch, "lr": lr, "latent_noise": latent_noise,
-        "latent_l2": latent_l2, "seed": seed, "clips_per_pool": clips, "clip_seconds": seconds,
-        "data": f"{world} world clips from training prompts/scripts and seeds only (seeds < EVAL_SEED_BASE)"})
+    save_world_codec(
+        model,
+        path,
+        extra={
+            "world": world,
+            "steps": step,
+            "train_seconds": round(train_s, 1),
+            "batch": batch,
+            "lr": lr,
+            "latent_noise": latent_noise,
+            "latent_l2": latent_l2,
+            "seed": seed,
+            "clips_per_pool": clips,
+            "clip_seconds": seconds,
+            "data": f"{world} world clips from training prompts/scripts and seeds only (seeds < EVAL_SEED_BASE)",
+        },
+    )
     print(f"saved {path}", flush=True)
     return model
 
@@ -176,8 +216,14 @@ def _round_trip(codec: WorldCodec, truth: np.ndarray) -> tuple[np.ndarray, dict]
     dec = codec.stream_decoder().decode(z)
     t2 = time.perf_counter()
     frames = to_uint8_frames(dec[0])
-    return frames, {"frames": len(truth), "psnr": psnr_uint8(frames, truth), "encode_s": t1 - t0, "decode_s": t2 - t1,
-                    "latent_mean": float(z.mean()), "latent_std": float(z.std())}
+    return frames, {
+        "frames": len(truth),
+        "psnr": psnr_uint8(frames, truth),
+        "encode_s": t1 - t0,
+        "decode_s": t2 - t1,
+        "latent_mean": float(z.mean()),
+        "latent_std": float(z.std()),
+    }
 
 
 def _occlusion_row(codec: WorldCodec, spec, metrics: bool) -> dict:
@@ -190,8 +236,14 @@ def _occlusion_row(codec: WorldCodec, spec, metrics: bool) -> dict:
         m = world_metrics(frames, track)
         row.update({f"restoration_{b}": v["restoration_error"] for b, v in m["restoration"]["buckets"].items()})
         row.update({f"permanence_{b}": v["permanence"] for b, v in m["restoration"]["buckets"].items()})
-        row.update({"drift": m["drift"]["mean"], "moving": m["dynamics"]["moving_fraction"],
-                    "palette": m["fidelity"]["palette"], "shape_validity": m["fidelity"]["shape_validity"]})
+        row.update(
+            {
+                "drift": m["drift"]["mean"],
+                "moving": m["dynamics"]["moving_fraction"],
+                "palette": m["fidelity"]["palette"],
+                "shape_validity": m["fidelity"]["shape_validity"],
+            }
+        )
     return row
 
 
@@ -204,8 +256,12 @@ def _panorama_row(codec: WorldCodec, spec, metrics: bool) -> dict:
     truth = panorama_render(track)
     frames, row = _round_trip(codec, truth)
     panning = np.diff(track.camera_x, prepend=track.camera_x[0]) != 0
-    row = {"seed": spec.seed, **row, "psnr_panning": psnr_uint8(frames[panning], truth[panning]),
-           "psnr_still": psnr_uint8(frames[~panning & track.lit], truth[~panning & track.lit])}
+    row = {
+        "seed": spec.seed,
+        **row,
+        "psnr_panning": psnr_uint8(frames[panning], truth[panning]),
+        "psnr_still": psnr_uint8(frames[~panning & track.lit], truth[~panning & track.lit]),
+    }
     if metrics:
         row.update(panorama_scores(frames, track).headline())
     return row
@@ -231,7 +287,9 @@ def evaluate(codec: WorldCodec | None = None, worlds: int = 8, metrics: bool = T
     summary = {}
     for k in keys:
         vals = [r[k] for r in rows if r[k] is not None]
-        summary[k] = {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals))} if vals else None
+        summary[k] = (
+            {"mean": float(np.mean(vals)), "min": float(np.min(vals)), "max": float(np.max(vals))} if vals else None
+        )
     return {"worlds": rows, "summary": summary}
 
 
@@ -240,8 +298,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the world codec on rendered training clips and save it")
     t.add_argument("--world", choices=WORLDS, default="occlusion", help="which world's clips to train on")
-    t.add_argument("--out", default=None, help=f"weights file (default: the shipped {DEFAULT_PATH.name} for the "
-                                               f"occlusion world, {PANORAMA_PATH.name} for the panorama world)")
+    t.add_argument(
+        "--out",
+        default=None,
+        help=f"weights file (default: the shipped {DEFAULT_PATH.name} for the "
+        f"occlusion world, {PANORAMA_PATH.name} for the panorama world)",
+    )
     t.add_argument("--steps", type=int, default=4000)
     t.add_argument("--minutes", type=float, default=14.0, help="wall-clock cap on the optimisation loop")
     t.add_argument("--batch", type=int, default=24)
@@ -256,8 +318,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.cmd == "train":
-        train(args.out, args.steps, args.minutes, args.batch, args.lr, seed=args.seed, threads=args.threads,
-              world=args.world)
+        train(
+            args.out,
+            args.steps,
+            args.minutes,
+            args.batch,
+            args.lr,
+            seed=args.seed,
+            threads=args.threads,
+            world=args.world,
+        )
         return 0
     result = evaluate(load_world_codec(args.weights or WEIGHTS_PATH[args.world]), args.worlds, world=args.world)
     print("summary (mean / min / max over worlds):")

@@ -9,8 +9,17 @@ import numpy as np
 
 from contextforcing import outputs
 from contextforcing.errors import UserError, first_line
-from contextforcing.outputs import (InterruptGuard, OutputLock, StagedFile, check_writable, json_text, publish_with,
-                                    seal, temp_beside, write_error)
+from contextforcing.outputs import (
+    InterruptGuard,
+    OutputLock,
+    StagedFile,
+    check_writable,
+    json_text,
+    publish_with,
+    seal,
+    temp_beside,
+    write_error,
+)
 
 
 class VideoWriter:
@@ -36,8 +45,14 @@ class VideoWriter:
         try:
             # quiet: a failure is reported once, by us, as one line (ffmpeg would print its own lines too)
             self._writer = imageio.get_writer(
-                self.tmp, format="FFMPEG", fps=fps, codec="libx264", quality=quality, macro_block_size=1,
-                pixelformat="yuv420p", ffmpeg_log_level="quiet",
+                self.tmp,
+                format="FFMPEG",
+                fps=fps,
+                codec="libx264",
+                quality=quality,
+                macro_block_size=1,
+                pixelformat="yuv420p",
+                ffmpeg_log_level="quiet",
             )
         except BaseException:
             self.tmp.unlink(missing_ok=True)
@@ -67,8 +82,10 @@ class VideoWriter:
         readable = count_frames(self.tmp)
         if readable != self.frames_written:
             self.discard()
-            raise write_error(self.path, f"the encoder could not finish the file ({readable} of "
-                                         f"{self.frames_written} frames readable)")
+            raise write_error(
+                self.path,
+                f"the encoder could not finish the file ({readable} of {self.frames_written} frames readable)",
+            )
         try:
             return seal(self.tmp, self.path)
         except OSError as err:
@@ -106,8 +123,22 @@ def count_frames(path: str | os.PathLike) -> int:
 
     from imageio_ffmpeg import get_ffmpeg_exe
 
-    cmd = [get_ffmpeg_exe(), "-nostdin", "-v", "error", "-stats", "-i", str(path), "-map", "0:v:0", "-c", "copy",
-           "-f", "null", "-"]
+    cmd = [
+        get_ffmpeg_exe(),
+        "-nostdin",
+        "-v",
+        "error",
+        "-stats",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-f",
+        "null",
+        "-",
+    ]
     # its own session, so a Ctrl-C meant for us does not kill the check and throw away a good file
     proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
     counts = re.findall(r"frame=\s*(\d+)", proc.stderr)

@@ -22,7 +22,7 @@ from contextforcing.data.world.track import CELL, COLOUR, SHAPE, WorldSpec, Worl
 
 def _redraw_start(track: WorldTrack, occ) -> int:
     """First frame after the occlusion's fully hidden stretch: where the re-drawn scene starts showing."""
-    full = np.flatnonzero(track.coverage[occ.start_frame:occ.end_frame] >= 1)
+    full = np.flatnonzero(track.coverage[occ.start_frame : occ.end_frame] >= 1)
     return occ.start_frame + (int(full[-1]) + 1 if full.size else 0)
 
 
@@ -33,9 +33,14 @@ def forgetful(track: WorldTrack, window_seconds: float, seed: int = 0) -> np.nda
     for occ in track.occlusions():
         if occ.seconds > window_seconds:
             cells, colours, shapes = maps[-1]
-            maps.append((rng.permutation(N_CELLS)[cells], rng.permutation(len(OBJECT_COLOUR_NAMES))[colours],
-                         rng.permutation(len(SHAPES))[shapes]))
-            segment[_redraw_start(track, occ):] = len(maps) - 1
+            maps.append(
+                (
+                    rng.permutation(N_CELLS)[cells],
+                    rng.permutation(len(OBJECT_COLOUR_NAMES))[colours],
+                    rng.permutation(len(SHAPES))[shapes],
+                )
+            )
+            segment[_redraw_start(track, occ) :] = len(maps) - 1
     keys, frame_state = np.unique(np.stack([track.frame_state, segment], 1), axis=0, return_inverse=True)
     objects = track.objects[keys[:, 0]].copy()
     for k, (_, seg) in enumerate(keys):

@@ -13,24 +13,39 @@ from contextforcing.outputs import InterruptGuard, check_creatable, publish_file
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "eval", help="long-video consistency metrics and world metrics, with an HTML report",
+        "eval",
+        help="long-video consistency metrics and world metrics, with an HTML report",
         description="Score one or more videos (side by side) with VBench-style consistency, Context Forcing's "
-                    "windowed first-frame similarity, clip-to-clip consistency, temporal flickering and a "
-                    "dynamic-degree proxy; with --world-annotations also the synthetic world's metrics: for the "
-                    "panorama world camera, revisit error and permanence by delay, movers and lighting against its "
-                    "script; for the occlusion world restoration, permanence, drift, dynamics and fidelity.")
+        "windowed first-frame similarity, clip-to-clip consistency, temporal flickering and a "
+        "dynamic-degree proxy; with --world-annotations also the synthetic world's metrics: for the "
+        "panorama world camera, revisit error and permanence by delay, movers and lighting against its "
+        "script; for the occlusion world restoration, permanence, drift, dynamics and fidelity.",
+    )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4 files (or .npy uint8 [T,H,W,3] at 16 fps)")
     p.add_argument("--report", required=True, metavar="OUTDIR", help="where metrics.json, plots and report.html go")
-    p.add_argument("--world-annotations", action="append", metavar="FILE",
-                   help="annotations.json from `world render` (panorama or occlusion world): once (all videos) or "
-                        "once per video")
-    p.add_argument("--features", action="append", choices=EXTRACTORS, metavar="NAME",
-                   help=f"feature extractor, repeatable: {', '.join(EXTRACTORS)} (default: pixel, a weight-free proxy)")
+    p.add_argument(
+        "--world-annotations",
+        action="append",
+        metavar="FILE",
+        help="annotations.json from `world render` (panorama or occlusion world): once (all videos) or once per video",
+    )
+    p.add_argument(
+        "--features",
+        action="append",
+        choices=EXTRACTORS,
+        metavar="NAME",
+        help=f"feature extractor, repeatable: {', '.join(EXTRACTORS)} (default: pixel, a weight-free proxy)",
+    )
     for name in EXTRACTORS[1:]:
-        p.add_argument(f"--{name}-weights", metavar="PATH",
-                       help=f"local {name} weights: a Hugging Face directory or the original checkpoint file")
+        p.add_argument(
+            f"--{name}-weights",
+            metavar="PATH",
+            help=f"local {name} weights: a Hugging Face directory or the original checkpoint file",
+        )
     p.add_argument("--labels", metavar="A,B,...", help="names for the videos in the report (default: file names)")
-    p.add_argument("--clip-seconds", type=float, default=None, help="clip length for clip-to-clip consistency (default 2)")
+    p.add_argument(
+        "--clip-seconds", type=float, default=None, help="clip length for clip-to-clip consistency (default 2)"
+    )
     p.add_argument("--fps", type=float, default=None, help="override the videos' frame rate")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
@@ -81,10 +96,13 @@ def panorama_line(m: dict) -> str:
     def fmt(v, digits=2):
         return v if isinstance(v, str) else f"{v:.{digits}f}"
 
-    return (f"camera pans {fmt(h['camera_pans'])} holds {fmt(h['camera_holds'])}, revisit error "
-            + " ".join(f"{b}={fmt(h[f'revisit_error_{b}'], 3)}" for b in BUCKETS)
-            + ", permanence " + " ".join(f"{b}={fmt(h[f'permanence_{b}'])}" for b in BUCKETS)
-            + f", movers {fmt(h['movers'])}, lighting {fmt(h['lighting'])}")
+    return (
+        f"camera pans {fmt(h['camera_pans'])} holds {fmt(h['camera_holds'])}, revisit error "
+        + " ".join(f"{b}={fmt(h[f'revisit_error_{b}'], 3)}" for b in BUCKETS)
+        + ", permanence "
+        + " ".join(f"{b}={fmt(h[f'permanence_{b}'])}" for b in BUCKETS)
+        + f", movers {fmt(h['movers'])}, lighting {fmt(h['lighting'])}"
+    )
 
 
 def run_eval(args) -> int:
@@ -99,7 +117,9 @@ def run_eval(args) -> int:
         raise UserError(f"--fps must be a positive number of frames per second, got {args.fps}")
     annotations = args.world_annotations or []
     if len(annotations) not in (0, 1, len(args.videos)):
-        raise UserError(f"give --world-annotations once or once per video ({len(args.videos)}), not {len(annotations)} times")
+        raise UserError(
+            f"give --world-annotations once or once per video ({len(args.videos)}), not {len(annotations)} times"
+        )
     if args.clip_seconds is not None and not args.clip_seconds > 0:
         raise UserError(f"--clip-seconds must be positive, got {args.clip_seconds}")
     labels = _labels(args)
@@ -110,9 +130,19 @@ def run_eval(args) -> int:
     extractors = [load_extractor(n, getattr(args, f"{n}_weights", None)) for n in names]
     loaded = [load_frames(video, args.fps) for video in args.videos]
     check_same_size(args.videos, [frames for frames, _ in loaded])
-    results = [evaluate_video(label, video, frames, fps, extractors, track,
-                              clip_seconds=args.clip_seconds or generic.CLIP_SECONDS, progress=not args.quiet)
-               for label, video, track, (frames, fps) in zip(labels, args.videos, tracks, loaded)]
+    results = [
+        evaluate_video(
+            label,
+            video,
+            frames,
+            fps,
+            extractors,
+            track,
+            clip_seconds=args.clip_seconds or generic.CLIP_SECONDS,
+            progress=not args.quiet,
+        )
+        for label, video, track, (frames, fps) in zip(labels, args.videos, tracks, loaded)
+    ]
     notes = [f"{e.name}: {e.description}" + (" [PROXY]" if e.proxy else "") for e in extractors]
     publish_report(out_dir, lambda tmp: write_report(tmp, results, notes, tracks))
     for r in results:
@@ -124,7 +154,9 @@ def run_eval(args) -> int:
         if "world" in r.metrics:
             w = r.metrics["world"]
             errs = {b: v["restoration_error"] for b, v in w["restoration"]["buckets"].items()}
-            line.append("restoration error " + " ".join(f"{b}={'-' if v is None else f'{v:.3f}'}" for b, v in errs.items()))
+            line.append(
+                "restoration error " + " ".join(f"{b}={'-' if v is None else f'{v:.3f}'}" for b, v in errs.items())
+            )
             if w["permanence"] is not None:
                 line.append(f"permanence {w['permanence']:.3f}")
         print(", ".join(line))

@@ -57,9 +57,16 @@ def _is_panorama(track) -> bool:
     return isinstance(track, PanoramaTrack)
 
 
-def evaluate_video(name: str, path: str, frames: np.ndarray, fps: float, extractors: list[FeatureExtractor],
-                   track: WorldTrack | None = None, clip_seconds: float = generic.CLIP_SECONDS,
-                   progress: bool = False) -> VideoResult:
+def evaluate_video(
+    name: str,
+    path: str,
+    frames: np.ndarray,
+    fps: float,
+    extractors: list[FeatureExtractor],
+    track: WorldTrack | None = None,
+    clip_seconds: float = generic.CLIP_SECONDS,
+    progress: bool = False,
+) -> VideoResult:
     """Generic metrics, plus the world metrics of `track` (a `WorldTrack`, or a `PanoramaTrack` whose
     metrics go under "panorama")."""
     result = VideoResult(name, str(path), frames, fps)
@@ -68,11 +75,20 @@ def evaluate_video(name: str, path: str, frames: np.ndarray, fps: float, extract
 
         check_matches(frames, track, str(path))
     m = result.metrics
-    m.update({"path": str(path), "frames": len(frames), "fps": fps, "seconds": len(frames) / fps,
-              "height": int(frames.shape[1]), "width": int(frames.shape[2]),
-              "temporal_flickering": generic.temporal_flickering(frames),
-              "dynamic_degree_proxy": generic.dynamic_degree_proxy(frames, fps) if len(frames) > 1 else None,
-              "features": {}, "vbench": {}})
+    m.update(
+        {
+            "path": str(path),
+            "frames": len(frames),
+            "fps": fps,
+            "seconds": len(frames) / fps,
+            "height": int(frames.shape[1]),
+            "width": int(frames.shape[2]),
+            "temporal_flickering": generic.temporal_flickering(frames),
+            "dynamic_degree_proxy": generic.dynamic_degree_proxy(frames, fps) if len(frames) > 1 else None,
+            "features": {},
+            "vbench": {},
+        }
+    )
     for extractor in extractors:
         feats = extractor(frames, progress=progress)
         score = generic.vbench_consistency(feats)
@@ -80,10 +96,13 @@ def evaluate_video(name: str, path: str, frames: np.ndarray, fps: float, extract
         curve_t, curve = generic.first_frame_curve(feats, fps)
         result.consistency[extractor.name] = score
         m["features"][extractor.name] = {
-            "proxy": extractor.proxy, "vbench_consistency": score.score,
+            "proxy": extractor.proxy,
+            "vbench_consistency": score.score,
             "first_frame_similarity": generic.first_frame_similarity(feats, fps),
-            "clip_to_clip": clips.score, "clip_seconds": clip_seconds,
-            "first_frame_curve_t": curve_t.tolist(), "first_frame_curve": curve.tolist(),
+            "clip_to_clip": clips.score,
+            "clip_seconds": clip_seconds,
+            "first_frame_curve_t": curve_t.tolist(),
+            "first_frame_curve": curve.tolist(),
         }
         if extractor.name in VBENCH_DIMENSION:
             m["vbench"][VBENCH_DIMENSION[extractor.name]] = score.score
@@ -99,5 +118,6 @@ def evaluate_video(name: str, path: str, frames: np.ndarray, fps: float, extract
 def aggregate(results: list[VideoResult]) -> dict:
     """Frame-weighted consistency over all videos, as VBench aggregates a dataset."""
     names = sorted({n for r in results for n in r.consistency})
-    return {n: generic.ConsistencyScore.aggregate([r.consistency[n] for r in results if n in r.consistency])
-            for n in names}
+    return {
+        n: generic.ConsistencyScore.aggregate([r.consistency[n] for r in results if n in r.consistency]) for n in names
+    }

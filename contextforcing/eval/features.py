@@ -54,8 +54,10 @@ class FeatureExtractor:
     def __call__(self, frames: np.ndarray, progress: bool = False) -> np.ndarray:
         from tqdm import tqdm
 
-        chunks = [self.embed(frames[i:i + BATCH])
-                  for i in tqdm(range(0, len(frames), BATCH), desc=f"{self.name} features", disable=not progress)]
+        chunks = [
+            self.embed(frames[i : i + BATCH])
+            for i in tqdm(range(0, len(frames), BATCH), desc=f"{self.name} features", disable=not progress)
+        ]
         feats = np.concatenate(chunks).astype(np.float32)
         return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
 
@@ -70,7 +72,9 @@ def pixel_embed(frames: np.ndarray) -> np.ndarray:
 
 
 def pixel_extractor() -> FeatureExtractor:
-    return FeatureExtractor("pixel", True, "weight-free proxy: 16x16 RGB thumbnail (not a learned feature)", pixel_embed)
+    return FeatureExtractor(
+        "pixel", True, "weight-free proxy: 16x16 RGB thumbnail (not a learned feature)", pixel_embed
+    )
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -107,7 +111,7 @@ def clip_transform(frames: np.ndarray, size: int):
     x = _resize_short_side(_to_tensor(frames), size, "bicubic").clamp(0, 255)
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
-    return _normalise(x[..., top:top + size, left:left + size], CLIP_MEAN, CLIP_STD)
+    return _normalise(x[..., top : top + size, left : left + size], CLIP_MEAN, CLIP_STD)
 
 
 # ---------------------------------------------------------------- loading
@@ -117,7 +121,7 @@ def _strip_prefixes(state: dict) -> dict:
     """Training checkpoints wrap keys as module./backbone./teacher.; the released files do not."""
     for prefix in ("module.", "backbone.", "teacher.", "student."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -138,7 +142,9 @@ def _load_state_file(path: Path) -> dict:
                 warnings.simplefilter("ignore")
                 obj = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception:
-            raise UserError(f"cannot read weights file {path}: {str(first).splitlines()[0] if str(first) else type(first).__name__}")
+            raise UserError(
+                f"cannot read weights file {path}: {str(first).splitlines()[0] if str(first) else type(first).__name__}"
+            )
     for key in ("teacher", "model", "state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -170,15 +176,24 @@ def _need(state: dict, *keys: str, what: str) -> None:
 def _timm_vit_keys(state: dict, depth: int, layers: str, norms: tuple[str, str]) -> dict:
     """The keys a timm-style ViT (blocks.N.*) shares with transformers' ViT and DINOv2 models: embeddings,
     final norm, and per block the attention, MLP and the two norms (named `norms` in the target)."""
-    new = {"embeddings.cls_token": state["cls_token"], "embeddings.position_embeddings": state["pos_embed"],
-           "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
-           "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
-           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"]}
+    new = {
+        "embeddings.cls_token": state["cls_token"],
+        "embeddings.position_embeddings": state["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "layernorm.weight": state["norm.weight"],
+        "layernorm.bias": state["norm.bias"],
+    }
     for i in range(depth):
         src, dst = f"blocks.{i}", f"{layers}.{i}"
         new.update(_split_qkv(state[f"{src}.attn.qkv.weight"], state[f"{src}.attn.qkv.bias"], f"{dst}.attention"))
-        for a, b in (("attn.proj", "attention.o_proj"), ("norm1", norms[0]), ("norm2", norms[1]),
-                     ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+        for a, b in (
+            ("attn.proj", "attention.o_proj"),
+            ("norm1", norms[0]),
+            ("norm2", norms[1]),
+            ("mlp.fc1", "mlp.fc1"),
+            ("mlp.fc2", "mlp.fc2"),
+        ):
             new[f"{dst}.{b}.weight"], new[f"{dst}.{b}.bias"] = state[f"{src}.{a}.weight"], state[f"{src}.{a}.bias"]
     return new
 
@@ -191,9 +206,16 @@ def _vit_from_original(state: dict):
     dim, patch = state["cls_token"].shape[-1], state["patch_embed.proj.weight"].shape[-1]
     depth = _depth(state, r"blocks\.(\d+)\.")
     grid = math.isqrt(state["pos_embed"].shape[1] - 1)
-    config = ViTConfig(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=max(1, dim // HEAD_DIM),
-                       intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0], patch_size=patch,
-                       image_size=grid * patch, layer_norm_eps=1e-6, qkv_bias=True)
+    config = ViTConfig(
+        hidden_size=dim,
+        num_hidden_layers=depth,
+        num_attention_heads=max(1, dim // HEAD_DIM),
+        intermediate_size=state["blocks.0.mlp.fc1.weight"].shape[0],
+        patch_size=patch,
+        image_size=grid * patch,
+        layer_norm_eps=1e-6,
+        qkv_bias=True,
+    )
     new = _timm_vit_keys(state, depth, "layers", ("layernorm_before", "layernorm_after"))
     model = ViTModel(config, add_pooling_layer=False)
     _load_exact(model, new)
@@ -209,13 +231,21 @@ def _dinov2_from_original(state: dict):
     """facebookresearch/dinov2 ViT -> transformers Dinov2Model."""
     from transformers import Dinov2Config, Dinov2Model
 
-    _need(state, "cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight", "blocks.0.ls1.gamma", what="DINOv2")
+    _need(
+        state, "cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight", "blocks.0.ls1.gamma", what="DINOv2"
+    )
     dim, patch = state["cls_token"].shape[-1], state["patch_embed.proj.weight"].shape[-1]
     depth = _depth(state, r"blocks\.(\d+)\.")
     grid = math.isqrt(state["pos_embed"].shape[1] - 1)
-    config = Dinov2Config(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=max(1, dim // HEAD_DIM),
-                          mlp_ratio=_ratio(state["blocks.0.mlp.fc1.weight"].shape[0], dim), patch_size=patch,
-                          image_size=grid * patch, layer_norm_eps=1e-6)
+    config = Dinov2Config(
+        hidden_size=dim,
+        num_hidden_layers=depth,
+        num_attention_heads=max(1, dim // HEAD_DIM),
+        mlp_ratio=_ratio(state["blocks.0.mlp.fc1.weight"].shape[0], dim),
+        patch_size=patch,
+        image_size=grid * patch,
+        layer_norm_eps=1e-6,
+    )
     new = _timm_vit_keys(state, depth, "encoder.layer", ("norm1", "norm2"))
     new["embeddings.mask_token"] = state.get("mask_token", state["cls_token"].new_zeros(1, dim)).reshape(1, dim)
     for i in range(depth):
@@ -231,27 +261,49 @@ def _clip_from_original(state: dict):
     """OpenAI CLIP (visual.*) -> transformers CLIPVisionModelWithProjection."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    _need(state, "visual.class_embedding", "visual.positional_embedding", "visual.conv1.weight", "visual.proj",
-          what="OpenAI CLIP")
+    _need(
+        state,
+        "visual.class_embedding",
+        "visual.positional_embedding",
+        "visual.conv1.weight",
+        "visual.proj",
+        what="OpenAI CLIP",
+    )
     dim, patch = state["visual.class_embedding"].shape[0], state["visual.conv1.weight"].shape[-1]
     depth = _depth(state, r"visual\.transformer\.resblocks\.(\d+)\.")
     grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
-    config = CLIPVisionConfig(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=max(1, dim // HEAD_DIM),
-                              intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                              patch_size=patch, image_size=grid * patch, projection_dim=state["visual.proj"].shape[1],
-                              hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    config = CLIPVisionConfig(
+        hidden_size=dim,
+        num_hidden_layers=depth,
+        num_attention_heads=max(1, dim // HEAD_DIM),
+        intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        patch_size=patch,
+        image_size=grid * patch,
+        projection_dim=state["visual.proj"].shape[1],
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
     v = "vision_model"
-    new = {f"{v}.embeddings.class_embedding": state["visual.class_embedding"],
-           f"{v}.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
-           f"{v}.embeddings.position_embedding.weight": state["visual.positional_embedding"],
-           "visual_projection.weight": state["visual.proj"].t().contiguous()}
+    new = {
+        f"{v}.embeddings.class_embedding": state["visual.class_embedding"],
+        f"{v}.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
+        f"{v}.embeddings.position_embedding.weight": state["visual.positional_embedding"],
+        "visual_projection.weight": state["visual.proj"].t().contiguous(),
+    }
     for a, b in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
         new[f"{v}.{b}.weight"], new[f"{v}.{b}.bias"] = state[f"visual.{a}.weight"], state[f"visual.{a}.bias"]
     for i in range(depth):
         src, dst = f"visual.transformer.resblocks.{i}", f"{v}.encoder.layers.{i}"
-        new.update(_split_qkv(state[f"{src}.attn.in_proj_weight"], state[f"{src}.attn.in_proj_bias"], f"{dst}.self_attn"))
-        for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-                     ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+        new.update(
+            _split_qkv(state[f"{src}.attn.in_proj_weight"], state[f"{src}.attn.in_proj_bias"], f"{dst}.self_attn")
+        )
+        for a, b in (
+            ("attn.out_proj", "self_attn.out_proj"),
+            ("ln_1", "layer_norm1"),
+            ("ln_2", "layer_norm2"),
+            ("mlp.c_fc", "mlp.fc1"),
+            ("mlp.c_proj", "mlp.fc2"),
+        ):
             new[f"{dst}.{b}.weight"], new[f"{dst}.{b}.bias"] = state[f"{src}.{a}.weight"], state[f"{src}.{a}.bias"]
     model = CLIPVisionModelWithProjection(config)
     _load_exact(model, new)
@@ -264,8 +316,10 @@ def _load_exact(model, state: dict) -> None:
     missing = sorted(params - set(state))
     unknown = sorted(set(state) - set(model.state_dict()))
     if missing or unknown:
-        raise UserError(f"converted weights do not match the {type(model).__name__} built for them "
-                        f"(missing {missing[:3]}, unexpected {unknown[:3]}); is this transformers version supported?")
+        raise UserError(
+            f"converted weights do not match the {type(model).__name__} built for them "
+            f"(missing {missing[:3]}, unexpected {unknown[:3]}); is this transformers version supported?"
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -274,8 +328,11 @@ def _from_hf_dir(name: str, path: Path):
 
     import transformers
 
-    cls = {"dino": transformers.ViTModel, "dinov2": transformers.Dinov2Model,
-           "clip": transformers.CLIPVisionModelWithProjection}[name]
+    cls = {
+        "dino": transformers.ViTModel,
+        "dinov2": transformers.Dinov2Model,
+        "clip": transformers.CLIPVisionModelWithProjection,
+    }[name]
     kwargs = {"add_pooling_layer": False} if name == "dino" else {}
     try:
         raw = json.loads((path / "config.json").read_text())
@@ -290,8 +347,9 @@ def _from_hf_dir(name: str, path: Path):
         raise UserError(f"cannot load {name} weights from {path}: {str(err).splitlines()[0]}")
     # transformers re-initialises missing or mis-shaped weights with a warning; features from random
     # weights would be silently meaningless, so refuse instead
-    bad = list(info.get("missing_keys", [])) + [str(m[0]) if isinstance(m, tuple) else str(m)
-                                                 for m in info.get("mismatched_keys", [])]
+    bad = list(info.get("missing_keys", [])) + [
+        str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", [])
+    ]
     if bad:
         raise UserError(f"{name} weights in {path} do not fit the {name} architecture (e.g. {bad[0]})")
     return model
@@ -303,8 +361,10 @@ def _load_model(name: str, weights: str | os.PathLike):
         raise UserError(f"{name} weights path {path} does not exist")
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"{name} weights directory {path} has no config.json (Hugging Face layout); "
-                            "for the original layout pass the checkpoint file itself")
+            raise UserError(
+                f"{name} weights directory {path} has no config.json (Hugging Face layout); "
+                "for the original layout pass the checkpoint file itself"
+            )
         model = _from_hf_dir(name, path)
     else:
         convert = {"dino": _vit_from_original, "dinov2": _dinov2_from_original, "clip": _clip_from_original}[name]
@@ -321,8 +381,10 @@ def load_extractor(name: str, weights: str | os.PathLike | None = None) -> Featu
     if name == "pixel":
         return pixel_extractor()
     if weights is None:
-        raise UserError(f"--features {name} needs a local weights path (--{name}-weights PATH); nothing is "
-                        "downloaded. Use --features pixel for the weight-free proxy")
+        raise UserError(
+            f"--features {name} needs a local weights path (--{name}-weights PATH); nothing is "
+            "downloaded. Use --features pixel for the weight-free proxy"
+        )
     require("transformers", "eval", f"--features {name}")
     model = _load_model(name, weights)
 
@@ -332,6 +394,7 @@ def load_extractor(name: str, weights: str | os.PathLike | None = None) -> Featu
         def embed(frames):
             with torch.no_grad():
                 return model(pixel_values=clip_transform(frames, size)).image_embeds.numpy()
+
         return FeatureExtractor(name, False, f"CLIP image embedding from {weights}", embed)
 
     size = model.config.image_size if name == "dino" else EVAL_IMAGE_SIZE
@@ -345,4 +408,5 @@ def load_extractor(name: str, weights: str | os.PathLike | None = None) -> Featu
             if name == "dino":
                 return model(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state[:, 0].numpy()
             return model(pixel_values=x).pooler_output.numpy()
+
     return FeatureExtractor(name, False, f"{name} CLS feature from {weights}", embed)

@@ -55,8 +55,9 @@ def vbench_consistency(features: np.ndarray) -> ConsistencyScore:
     return ConsistencyScore(float(terms.mean()), float(terms.sum()), len(terms))
 
 
-def first_frame_similarity(features: np.ndarray, fps: float, times=FIRST_FRAME_TIMES,
-                           half_window: float = FIRST_FRAME_HALF_WINDOW) -> dict[str, float]:
+def first_frame_similarity(
+    features: np.ndarray, fps: float, times=FIRST_FRAME_TIMES, half_window: float = FIRST_FRAME_HALF_WINDOW
+) -> dict[str, float]:
     """{"10": mean cos to frame 0 over [9.5, 10.5] s, ...}, for the times the video reaches."""
     seconds = np.arange(len(features)) / fps
     cos = features @ features[0]
@@ -91,8 +92,9 @@ def temporal_flickering(frames: np.ndarray) -> float:
 def _flow_magnitudes(prev_gray: np.ndarray, next_gray: np.ndarray) -> np.ndarray:
     cv2 = require("cv2", "eval", "the dynamic-degree flow proxy")
 
-    flow = cv2.calcOpticalFlowFarneback(prev_gray, next_gray, None, pyr_scale=0.5, levels=3, winsize=15,
-                                        iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+    flow = cv2.calcOpticalFlowFarneback(
+        prev_gray, next_gray, None, pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0
+    )
     return np.linalg.norm(flow, axis=-1)
 
 
@@ -108,11 +110,17 @@ def dynamic_degree_proxy(frames: np.ndarray, fps: float) -> dict:
     scores = []
     for a, b in zip(gray[:-1], gray[1:]):
         mags = np.sort(_flow_magnitudes(a, b).ravel())
-        top = mags[-max(1, int(len(mags) * DYNAMIC_TOP_FRACTION)):]
+        top = mags[-max(1, int(len(mags) * DYNAMIC_TOP_FRACTION)) :]
         scores.append(float(top.mean()))
     threshold = DYNAMIC_THRESHOLD_PX_AT_256 * min(frames.shape[1:3]) / 256.0
     needed = round(DYNAMIC_PAIRS_PER_16 * len(sampled) / 16.0)
     above = int(np.sum(np.array(scores) > threshold))
-    return {"proxy": "OpenCV Farneback flow (VBench uses RAFT)", "dynamic": bool(above >= needed),
-            "pairs_above_threshold": above, "pairs_needed": int(needed), "pairs": len(scores),
-            "threshold_px": threshold, "mean_top5_flow_px": float(np.mean(scores))}
+    return {
+        "proxy": "OpenCV Farneback flow (VBench uses RAFT)",
+        "dynamic": bool(above >= needed),
+        "pairs_above_threshold": above,
+        "pairs_needed": int(needed),
+        "pairs": len(scores),
+        "threshold_px": threshold,
+        "mean_top5_flow_px": float(np.mean(scores)),
+    }

@@ -53,12 +53,13 @@ def unit_versions(track: PanoramaTrack, window_seconds: float, keep_sink: bool =
         if r.delay_seconds <= window_seconds or (keep_sink and r.in_sink):
             continue
         redraws[r.unit] += 1
-        versions[r.frame_before + 1:, r.unit] = 1 + (redraws[r.unit] + r.unit) % ALTERNATE_ROOMS
+        versions[r.frame_before + 1 :, r.unit] = 1 + (redraws[r.unit] + r.unit) % ALTERNATE_ROOMS
     return versions
 
 
-def forgetting(track: PanoramaTrack, frames: np.ndarray, window_seconds: float = 0.0,
-               keep_sink: bool = False) -> np.ndarray:
+def forgetting(
+    track: PanoramaTrack, frames: np.ndarray, window_seconds: float = 0.0, keep_sink: bool = False
+) -> np.ndarray:
     spec = track.spec
     rooms = [render(track, balls=False)]
     for k in range(1, ALTERNATE_ROOMS + 1):

@@ -34,9 +34,28 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from contextforcing.data.world.panorama.geometry import (
-    BALL_COLOURS, BALL_NAMES, BALL_RADIUS, BALL_SPEEDS, BALL_Y_RANGE, BLACK_BALL_SPEED, BUCKETS, CELL, CHUNK_LATENTS, FPS,
-    FRAME_SIZE, LATENT_STRIDE, OBJECT_COLOURS, OBJECT_MARGIN, OBJECT_SIZE, PAN_PX_PER_LATENT, ROOM_WIDTH, ROWS, VIEW,
-    frame_latent, latent_end_frame, panel_colours,
+    BALL_COLOURS,
+    BALL_NAMES,
+    BALL_RADIUS,
+    BALL_SPEEDS,
+    BALL_Y_RANGE,
+    BLACK_BALL_SPEED,
+    BUCKETS,
+    CELL,
+    CHUNK_LATENTS,
+    FPS,
+    FRAME_SIZE,
+    LATENT_STRIDE,
+    OBJECT_COLOURS,
+    OBJECT_MARGIN,
+    OBJECT_SIZE,
+    PAN_PX_PER_LATENT,
+    ROOM_WIDTH,
+    ROWS,
+    VIEW,
+    frame_latent,
+    latent_end_frame,
+    panel_colours,
 )
 from contextforcing.data.world.panorama.revisits import Revisit, track_revisits
 from contextforcing.data.world.panorama.script import HEADING_SIGN
@@ -62,9 +81,16 @@ class ColourClasses:
     """Nearest legal colour of a palette: the 3 wall colours, the 6 object colours, the 2 balls."""
 
     def __init__(self, palette: str):
-        names = [f"wall{i}" for i in range(3)] + [f"object:{n}" for n in OBJECT_COLOURS] + [f"ball:{n}" for n in BALL_NAMES]
-        colours = np.concatenate([panel_colours(palette), np.array(list(OBJECT_COLOURS.values()), np.uint8),
-                                  np.array([BALL_COLOURS[n] for n in BALL_NAMES], np.uint8)]).astype(np.float32)
+        names = (
+            [f"wall{i}" for i in range(3)] + [f"object:{n}" for n in OBJECT_COLOURS] + [f"ball:{n}" for n in BALL_NAMES]
+        )
+        colours = np.concatenate(
+            [
+                panel_colours(palette),
+                np.array(list(OBJECT_COLOURS.values()), np.uint8),
+                np.array([BALL_COLOURS[n] for n in BALL_NAMES], np.uint8),
+            ]
+        ).astype(np.float32)
         self.names, self.colours = names, colours
         self.objects = np.array([names.index(f"object:{n}") for n in OBJECT_COLOURS])
         self.balls = np.array([names.index(f"ball:{n}") for n in BALL_NAMES])
@@ -86,6 +112,7 @@ def _best_shifts(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
     Rows are averaged in blocks of 4 first (the wall is vertical panels; horizontal detail is kept whole),
     and ties go to the smaller shift, so a flat or frozen picture reads as no motion."""
+
     def rows(x):
         return x.reshape(len(x), FRAME_SIZE // 4, 4, VIEW, 3).astype(np.float32).mean(2)
 
@@ -142,10 +169,14 @@ def camera_score(steps: np.ndarray, track: PanoramaTrack) -> tuple[CameraScore, 
     known = judged & ~np.isnan(steps)
     estimated = np.cumsum(np.where(np.isnan(steps), script_steps, steps))
     score = CameraScore(
-        pans=float(ok[pans].mean()) if pans.any() else None, holds=float(ok[holds].mean()) if holds.any() else None,
+        pans=float(ok[pans].mean()) if pans.any() else None,
+        holds=float(ok[holds].mean()) if holds.any() else None,
         error_px=float(np.abs(steps - script_steps)[known].mean()) if known.any() else None,
-        pan_latents=int(pans.sum()), hold_latents=int(holds.sum()),
-        estimated_x=estimated.tolist(), script_x=script_x.astype(int).tolist())
+        pan_latents=int(pans.sum()),
+        hold_latents=int(holds.sum()),
+        estimated_x=estimated.tolist(),
+        script_x=script_x.astype(int).tolist(),
+    )
     return score, estimated
 
 
@@ -201,10 +232,13 @@ def compare_revisit(frames, classes, r: Revisit, colours: ColourClasses) -> dict
     before, after = _objects(cb, masked, colours), _objects(ca, masked, colours)
     held = [row for row, colour in before.items() if colour is not None and row in after]
     kept = sum(after[row] == before[row] for row in held)
-    return {"error": float(np.mean(cb[keep] != ca[keep])) if keep.any() else None,
-            "mae": float(np.abs(pb - pa)[keep].mean() / 255.0) if keep.any() else None,
-            "objects_before": len(held), "objects_kept": int(kept),
-            "permanence": kept / len(held) if held else None}
+    return {
+        "error": float(np.mean(cb[keep] != ca[keep])) if keep.any() else None,
+        "mae": float(np.abs(pb - pa)[keep].mean() / 255.0) if keep.any() else None,
+        "objects_before": len(held),
+        "objects_kept": int(kept),
+        "permanence": kept / len(held) if held else None,
+    }
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -246,9 +280,13 @@ def bucket_scores(rows: list[dict]) -> dict[str, BucketScore]:
         mine = [r for r in rows if r["bucket"] == bucket]
         made = [r for r in mine if r["made"]]
         out[bucket] = BucketScore(
-            revisits=len(mine), made=len(made), error=_mean(r["error"] for r in made),
-            mae=_mean(r["mae"] for r in made), permanence=_mean(r["permanence"] for r in made),
-            error_other_views=_mean(r["error"] for r in made if not r["in_sink"]))
+            revisits=len(mine),
+            made=len(made),
+            error=_mean(r["error"] for r in made),
+            mae=_mean(r["mae"] for r in made),
+            permanence=_mean(r["permanence"] for r in made),
+            error_other_views=_mean(r["error"] for r in made if not r["in_sink"]),
+        )
     return out
 
 
@@ -321,10 +359,22 @@ def mover_score(classes, dark, frames, track: PanoramaTrack, colours: ColourClas
             good = abs(vx - want_x) <= MOVER_TOLERANCE and abs(vy - want_y) <= MOVER_TOLERANCE
             ball_windows += 1
             ball_ok += good
-            speeds.append({"t": (start + MOVER_WINDOW / 2) / FPS, "vx": vx, "vy": vy, "want_vx": want_x,
-                           "want_vy": want_y, "obeyed": bool(good)})
-        per_ball[name] = {"windows": ball_windows, "obeyed": ball_ok / ball_windows if ball_windows else None,
-                          "shown_fraction": float(np.mean(~np.isnan(centres[:, 0]))), "curve": speeds}
+            speeds.append(
+                {
+                    "t": (start + MOVER_WINDOW / 2) / FPS,
+                    "vx": vx,
+                    "vy": vy,
+                    "want_vx": want_x,
+                    "want_vy": want_y,
+                    "obeyed": bool(good),
+                }
+            )
+        per_ball[name] = {
+            "windows": ball_windows,
+            "obeyed": ball_ok / ball_windows if ball_windows else None,
+            "shown_fraction": float(np.mean(~np.isnan(centres[:, 0]))),
+            "curve": speeds,
+        }
         windows += ball_windows
         obeyed += ball_ok
     return MoverScore(obeyed / windows if windows else None, windows, per_ball)
@@ -375,10 +425,15 @@ class PanoramaScores:
 
     def to_json(self) -> dict:
         """JSON-ready, every missing number written as "not applicable"."""
-        data = {"headline": self.headline(), "camera": asdict(self.camera),
-                "revisit_buckets": {b: dict(asdict(s), made_rate=s.made_rate) for b, s in self.buckets.items()},
-                "movers": asdict(self.movers), "lighting": asdict(self.lighting), "palette": self.palette,
-                "revisits": self.revisits}
+        data = {
+            "headline": self.headline(),
+            "camera": asdict(self.camera),
+            "revisit_buckets": {b: dict(asdict(s), made_rate=s.made_rate) for b, s in self.buckets.items()},
+            "movers": asdict(self.movers),
+            "lighting": asdict(self.lighting),
+            "palette": self.palette,
+            "revisits": self.revisits,
+        }
         return not_applicable(data)
 
 
@@ -407,16 +462,31 @@ def panorama_scores(frames: np.ndarray, track: PanoramaTrack, video_name: str = 
     rows = []
     for r in track_revisits(track):
         why_not = revisit_happened(r, estimated_x, dark_latent)
-        row = {"unit": r.unit, "seen_latent": r.seen_latent, "back_latent": r.back_latent,
-               "delay_seconds": r.delay_seconds, "bucket": r.bucket, "cause": r.cause, "in_sink": r.in_sink,
-               "made": why_not is None, "not_made_because": why_not}
-        row.update(compare_revisit(frames, classes, r, colours) if why_not is None else
-                   {"error": None, "mae": None, "objects_before": None, "objects_kept": None, "permanence": None})
+        row = {
+            "unit": r.unit,
+            "seen_latent": r.seen_latent,
+            "back_latent": r.back_latent,
+            "delay_seconds": r.delay_seconds,
+            "bucket": r.bucket,
+            "cause": r.cause,
+            "in_sink": r.in_sink,
+            "made": why_not is None,
+            "not_made_because": why_not,
+        }
+        row.update(
+            compare_revisit(frames, classes, r, colours)
+            if why_not is None
+            else {"error": None, "mae": None, "objects_before": None, "objects_kept": None, "permanence": None}
+        )
         rows.append(row)
-    return PanoramaScores(camera=camera, buckets=bucket_scores(rows),
-                          movers=mover_score(classes, dark, frames, track, colours),
-                          lighting=lighting_score(dark_latent, track), palette=palette_fidelity(nearest, dark),
-                          revisits=rows)
+    return PanoramaScores(
+        camera=camera,
+        buckets=bucket_scores(rows),
+        movers=mover_score(classes, dark, frames, track, colours),
+        lighting=lighting_score(dark_latent, track),
+        palette=palette_fidelity(nearest, dark),
+        revisits=rows,
+    )
 
 
 def panorama_metrics(frames: np.ndarray, track: PanoramaTrack, video_name: str = "video") -> dict:

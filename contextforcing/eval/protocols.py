@@ -76,8 +76,9 @@ def known_frames(protocol: str, track: WorldTrack, latents: torch.Tensor) -> dic
     """`stream_video(known_frames=...)` for `protocol`: the world's latents [B, C, F, H, W] (its frames
     through the model's codec) at the given latent frames."""
     if latents.shape[2] != latents_for_frames(track.n_frames):
-        raise UserError(f"world latents have {latents.shape[2]} frames, the world needs "
-                        f"{latents_for_frames(track.n_frames)}")
+        raise UserError(
+            f"world latents have {latents.shape[2]} frames, the world needs {latents_for_frames(track.n_frames)}"
+        )
     return {lat: latents[:, :, lat : lat + 1] for lat in given_latents(protocol, track)}
 
 
@@ -90,8 +91,9 @@ def world_latents(codec, track: WorldTrack) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_world(stream, codec, track: WorldTrack, protocol: str, seed: int,
-                   latents: torch.Tensor | None = None) -> np.ndarray:
+def generate_world(
+    stream, codec, track: WorldTrack, protocol: str, seed: int, latents: torch.Tensor | None = None
+) -> np.ndarray:
     """Stream a video of the world's length under `protocol`; uint8 frames [T, H, W, 3].
 
     `stream` is a fresh `VideoStream` (model, text of the world's prompt, memory policy, sampler);
@@ -103,6 +105,8 @@ def generate_world(stream, codec, track: WorldTrack, protocol: str, seed: int,
     known = known_frames(protocol, track, latents)
     decoder = codec.stream_decoder()
     generator = torch.Generator(stream.device).manual_seed(seed)
-    parts = [to_uint8_frames(decoder.decode(chunk.latents.float())[0])
-             for chunk in stream_video(stream, latents.shape[2], generator=generator, known_frames=known)]
+    parts = [
+        to_uint8_frames(decoder.decode(chunk.latents.float())[0])
+        for chunk in stream_video(stream, latents.shape[2], generator=generator, known_frames=known)
+    ]
     return np.concatenate(parts)[: track.n_frames]

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from contextforcing.data.video import write_json_atomic
-from contextforcing.extras import require
 from contextforcing.data.world.track import BUCKETS, FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS, WorldTrack
 from contextforcing.eval.evaluate import VideoResult, aggregate
+from contextforcing.extras import require
 
 MAX_STRIPS = 6  # strips for the longest occlusions only
 STRIP_SCALE = 3  # nearest-neighbour upscaling of 64-px frames in strips
@@ -59,7 +59,7 @@ def plot_first_frame(results: list[VideoResult], path: Path) -> bool:
         for r in results:
             f = r.metrics["features"].get(name)
             if f:
-                line, = ax.plot(f["first_frame_curve_t"], f["first_frame_curve"], label=r.name)
+                (line,) = ax.plot(f["first_frame_curve_t"], f["first_frame_curve"], label=r.name)
                 pts = f["first_frame_similarity"]
                 ax.plot([float(t) for t in pts], list(pts.values()), "o", color=line.get_color())
         proxy = " (weight-free proxy)" if any(r.metrics["features"].get(name, {}).get("proxy") for r in results) else ""
@@ -78,7 +78,9 @@ def plot_world_curves(results: list[VideoResult], path: Path) -> bool:
     for r in worlds:
         w = r.metrics["world"]
         axes[0].plot(w["drift"]["curve_t"], [np.nan if v is None else v for v in w["drift"]["curve"]], label=r.name)
-        axes[1].plot(w["fidelity"]["curve_t"], [np.nan if v is None else v for v in w["fidelity"]["curve"]], label=r.name)
+        axes[1].plot(
+            w["fidelity"]["curve_t"], [np.nan if v is None else v for v in w["fidelity"]["curve"]], label=r.name
+        )
         axes[2].plot(w["dynamics"]["curve_t"], w["dynamics"]["speed"], label=r.name)
     if worlds[0].metrics["world"]["dynamics"]["curve_t"]:
         d = worlds[0].metrics["world"]["dynamics"]
@@ -106,7 +108,11 @@ def plot_buckets(results: list[VideoResult], path: Path) -> bool:
         perm = [np.nan if b[k]["permanence"] is None else b[k]["permanence"] for k in BUCKETS]
         axes[0].bar(x + i * width, err, width, label=r.name)
         axes[1].bar(x + i * width, perm, width, label=r.name)
-    labels = [f"short\n< {FAST_MEMORY_SECONDS} s", f"mid\n<= {SLOW_MEMORY_SECONDS:g} s", f"long\n> {SLOW_MEMORY_SECONDS:g} s"]
+    labels = [
+        f"short\n< {FAST_MEMORY_SECONDS} s",
+        f"mid\n<= {SLOW_MEMORY_SECONDS:g} s",
+        f"long\n> {SLOW_MEMORY_SECONDS:g} s",
+    ]
     for ax, title in zip(axes, ("restoration error (lower is better)", "object permanence (higher is better)")):
         ax.set_xticks(x + width * (len(worlds) - 1) / 2, labels)
         ax.set_title(title)
@@ -132,18 +138,28 @@ def plot_panorama(results: list[VideoResult], path: Path) -> bool:
     axes[0].plot(t, script_x, "k--", label="script")
     for r in pano:
         m = r.metrics["panorama"]
-        line, = axes[0].plot(t[: len(m["camera"]["estimated_x"])], m["camera"]["estimated_x"], label=r.name)
+        (line,) = axes[0].plot(t[: len(m["camera"]["estimated_x"])], m["camera"]["estimated_x"], label=r.name)
         made = [v for v in m["revisits"] if v["made"]]
-        axes[1].scatter([v["delay_seconds"] for v in made], [v["error"] for v in made], s=12, color=line.get_color(),
-                        label=f"{r.name} ({len(made)}/{len(m['revisits'])} made)")
+        axes[1].scatter(
+            [v["delay_seconds"] for v in made],
+            [v["error"] for v in made],
+            s=12,
+            color=line.get_color(),
+            label=f"{r.name} ({len(made)}/{len(m['revisits'])} made)",
+        )
         for ball in m["movers"]["per_ball"].values():
             curve = ball["curve"]
             axes[2].plot([c["t"] for c in curve], [c["vx"] for c in curve], ".", color=line.get_color())
     for v in (FAST, SLOW):
         axes[1].axvline(v, color="grey", lw=0.8, ls=":")
     axes[0].set(title="camera (view's left edge, px)", xlabel="time (s)", ylabel="px")
-    axes[1].set(title="revisit error against delay (lines: fast / slow memory)", xlabel="delay (s)",
-                ylabel="fraction of pixels changed", xscale="log", ylim=(-0.02, 1.02))
+    axes[1].set(
+        title="revisit error against delay (lines: fast / slow memory)",
+        xlabel="delay (s)",
+        ylabel="fraction of pixels changed",
+        xscale="log",
+        ylim=(-0.02, 1.02),
+    )
     axes[2].set(title="ball velocity in the room (dots; per 1 s window)", xlabel="time (s)", ylabel="px / s")
     for ax in axes[:2]:
         ax.legend(fontsize=8)
@@ -160,11 +176,13 @@ def _grid(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
     out = np.full((len(rows) * (h + gap) - gap, len(rows[0]) * (w + gap) - gap, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
-            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = img
+            out[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = img
     return out
 
 
-def occlusion_strips(results: list[VideoResult], track: WorldTrack, out_dir: Path, prefix: str = "") -> list[tuple[str, str]]:
+def occlusion_strips(
+    results: list[VideoResult], track: WorldTrack, out_dir: Path, prefix: str = ""
+) -> list[tuple[str, str]]:
     """One image per long occlusion: a row per video, frames [before, after, after + 1 s]."""
     from contextforcing.data.world.render import render
 
@@ -178,21 +196,24 @@ def occlusion_strips(results: list[VideoResult], track: WorldTrack, out_dir: Pat
         rows = [[_upscale(truth[t]) for t in picks]] + [[_upscale(r.frames[t]) for t in picks] for r in results]
         name = f"strip_{prefix}occlusion_{occ.start_frame:05d}.png"
         _save_image(_grid(rows), out_dir / name)
-        caption = (f"{occ.kind} occlusion of {occ.seconds:g} s ({occ.bucket}) at {occ.start_frame / results[0].fps:.1f} s. "
-                   f"Columns: last frame before, first frame after, 1 s later. Rows: ground truth, "
-                   + ", ".join(r.name for r in results))
+        caption = (
+            f"{occ.kind} occlusion of {occ.seconds:g} s ({occ.bucket}) at {occ.start_frame / results[0].fps:.1f} s. "
+            f"Columns: last frame before, first frame after, 1 s later. Rows: ground truth, "
+            + ", ".join(r.name for r in results)
+        )
         strips.append((name, caption))
     return strips
 
 
-def contact_sheet(frames: np.ndarray, path: Path, every_seconds: float = 1.0, per_row: int = 15, fps: float = 16.0,
-                  first: int = 0) -> None:
+def contact_sheet(
+    frames: np.ndarray, path: Path, every_seconds: float = 1.0, per_row: int = 15, fps: float = 16.0, first: int = 0
+) -> None:
     """A PNG of one frame every `every_seconds` from `first`, `per_row` frames per row, upscaled (for looking at
     a whole video at once)."""
     picks = np.arange(first, len(frames), max(1, int(round(every_seconds * fps))))
     tiles = [_upscale(frames[t]) for t in picks]
     tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % per_row)  # pad the last row
-    _save_image(_grid([tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]), Path(path))
+    _save_image(_grid([tiles[i : i + per_row] for i in range(0, len(tiles), per_row)]), Path(path))
 
 
 def timeline_strip(results: list[VideoResult], out_dir: Path, step_seconds: float = 10.0) -> tuple[str, str]:
@@ -212,36 +233,70 @@ def _upscale_any(frame: np.ndarray) -> np.ndarray:
 
 def _summary_rows(results: list[VideoResult]) -> list[tuple[str, list[str]]]:
     def fmt(v):
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.4f}" if isinstance(v, float) else str(v))
+        return (
+            "–"
+            if v is None or (isinstance(v, float) and math.isnan(v))
+            else (f"{v:.4f}" if isinstance(v, float) else str(v))
+        )
 
-    rows = [("frames / seconds", [f"{r.metrics['frames']} / {r.metrics['seconds']:.1f}" for r in results]),
-            ("temporal flickering (VBench, exact)", [fmt(r.metrics["temporal_flickering"]) for r in results]),
-            ("dynamic degree (proxy: Farneback flow)",
-             [fmt(r.metrics["dynamic_degree_proxy"]["dynamic"]) if r.metrics["dynamic_degree_proxy"] else "–" for r in results])]
+    rows = [
+        ("frames / seconds", [f"{r.metrics['frames']} / {r.metrics['seconds']:.1f}" for r in results]),
+        ("temporal flickering (VBench, exact)", [fmt(r.metrics["temporal_flickering"]) for r in results]),
+        (
+            "dynamic degree (proxy: Farneback flow)",
+            [
+                fmt(r.metrics["dynamic_degree_proxy"]["dynamic"]) if r.metrics["dynamic_degree_proxy"] else "–"
+                for r in results
+            ],
+        ),
+    ]
     names = sorted({n for r in results for n in r.metrics["features"]})
     for n in names:
         tag = " [proxy]" if any(r.metrics["features"].get(n, {}).get("proxy") for r in results) else ""
-        rows.append((f"{n}: VBench consistency{tag}", [fmt(r.metrics["features"].get(n, {}).get("vbench_consistency")) for r in results]))
-        rows.append((f"{n}: clip-to-clip{tag}", [fmt(r.metrics["features"].get(n, {}).get("clip_to_clip")) for r in results]))
-        times = sorted({t for r in results for t in r.metrics["features"].get(n, {}).get("first_frame_similarity", {})}, key=float)
+        rows.append(
+            (
+                f"{n}: VBench consistency{tag}",
+                [fmt(r.metrics["features"].get(n, {}).get("vbench_consistency")) for r in results],
+            )
+        )
+        rows.append(
+            (f"{n}: clip-to-clip{tag}", [fmt(r.metrics["features"].get(n, {}).get("clip_to_clip")) for r in results])
+        )
+        times = sorted(
+            {t for r in results for t in r.metrics["features"].get(n, {}).get("first_frame_similarity", {})}, key=float
+        )
         for t in times:
-            rows.append((f"{n}: first-frame similarity @ {t} s{tag}",
-                         [fmt(r.metrics["features"].get(n, {}).get("first_frame_similarity", {}).get(t)) for r in results]))
+            rows.append(
+                (
+                    f"{n}: first-frame similarity @ {t} s{tag}",
+                    [fmt(r.metrics["features"].get(n, {}).get("first_frame_similarity", {}).get(t)) for r in results],
+                )
+            )
     if any("panorama" in r.metrics for r in results):
         rows += _panorama_rows(results, fmt)
     if any("world" in r.metrics for r in results):
         for bucket in BUCKETS:
             for key in ("restoration_error", "permanence"):
-                rows.append((f"world: {key} ({bucket})",
-                             [fmt(r.metrics["world"]["restoration"]["buckets"][bucket][key]) if "world" in r.metrics else "–"
-                              for r in results]))
-        for label, get in (("world: permanence (all)", lambda w: w["permanence"]),
-                           ("world: drift mean", lambda w: w["drift"]["mean"]),
-                           ("world: drift increase (last 5 s - first 5 s)", lambda w: w["drift"]["increase"]),
-                           ("world: sprite moving fraction", lambda w: w["dynamics"]["moving_fraction"]),
-                           ("world: sprite speed ratio", lambda w: w["dynamics"]["speed_ratio"]),
-                           ("world: palette fidelity", lambda w: w["fidelity"]["palette"]),
-                           ("world: shape validity", lambda w: w["fidelity"]["shape_validity"])):
+                rows.append(
+                    (
+                        f"world: {key} ({bucket})",
+                        [
+                            fmt(r.metrics["world"]["restoration"]["buckets"][bucket][key])
+                            if "world" in r.metrics
+                            else "–"
+                            for r in results
+                        ],
+                    )
+                )
+        for label, get in (
+            ("world: permanence (all)", lambda w: w["permanence"]),
+            ("world: drift mean", lambda w: w["drift"]["mean"]),
+            ("world: drift increase (last 5 s - first 5 s)", lambda w: w["drift"]["increase"]),
+            ("world: sprite moving fraction", lambda w: w["dynamics"]["moving_fraction"]),
+            ("world: sprite speed ratio", lambda w: w["dynamics"]["speed_ratio"]),
+            ("world: palette fidelity", lambda w: w["fidelity"]["palette"]),
+            ("world: shape validity", lambda w: w["fidelity"]["shape_validity"]),
+        ):
             rows.append((label, [fmt(get(r.metrics["world"])) if "world" in r.metrics else "–" for r in results]))
     return rows
 
@@ -252,11 +307,22 @@ def _panorama_rows(results: list[VideoResult], fmt) -> list[tuple[str, list[str]
     def cells(get):
         return [fmt(get(r.metrics["panorama"])) if "panorama" in r.metrics else "–" for r in results]
 
-    rows = [(f"panorama: {label} ({'higher' if higher else 'lower'} is better)",
-             cells(lambda m, key=key: m["headline"][key])) for key, label, higher in HEADLINE]
+    rows = [
+        (
+            f"panorama: {label} ({'higher' if higher else 'lower'} is better)",
+            cells(lambda m, key=key: m["headline"][key]),
+        )
+        for key, label, higher in HEADLINE
+    ]
     for bucket, name in (("fast", "fast"), ("slow", "slow"), ("beyond", "beyond")):
-        rows.append((f"panorama: revisits made ({name})",
-                     cells(lambda m, b=bucket: f"{m['revisit_buckets'][b]['made']} of {m['revisit_buckets'][b]['revisits']}")))
+        rows.append(
+            (
+                f"panorama: revisits made ({name})",
+                cells(
+                    lambda m, b=bucket: f"{m['revisit_buckets'][b]['made']} of {m['revisit_buckets'][b]['revisits']}"
+                ),
+            )
+        )
     rows.append(("panorama: camera step error (px per latent frame)", cells(lambda m: m["camera"]["error_px"])))
     rows.append(("panorama: palette fidelity", cells(lambda m: m["palette"])))
     return rows
@@ -266,13 +332,19 @@ def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def write_html(out_dir: Path, results: list[VideoResult], images: list[tuple[str, str]], extractor_notes: list[str]) -> None:
+def write_html(
+    out_dir: Path, results: list[VideoResult], images: list[tuple[str, str]], extractor_notes: list[str]
+) -> None:
     esc = html.escape
     head = "".join(f"<th>{esc(r.name)}</th>" for r in results)
-    body = "".join(f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{esc(v)}</td>" for v in vals) + "</tr>"
-                   for label, vals in _summary_rows(results))
-    figures = "".join(f"<figure><img src='{_embed(out_dir / name)}' alt='{esc(name)}'><figcaption>{esc(caption)}</figcaption></figure>"
-                      for name, caption in images)
+    body = "".join(
+        f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{esc(v)}</td>" for v in vals) + "</tr>"
+        for label, vals in _summary_rows(results)
+    )
+    figures = "".join(
+        f"<figure><img src='{_embed(out_dir / name)}' alt='{esc(name)}'><figcaption>{esc(caption)}</figcaption></figure>"
+        for name, caption in images
+    )
     notes = "".join(f"<li>{esc(n)}</li>" for n in extractor_notes)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>contextforcing eval report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
@@ -301,13 +373,20 @@ def revisit_strips(results: list[VideoResult], track, out_dir: Path, prefix: str
             seen.add(r.back_latent)
     strips = []
     for r in sorted(chosen, key=lambda r: r.back_latent):
-        rows = [[_boxed(v[r.frame_before], r.x_before, CELL), _boxed(v[r.frame_after], r.x_after, CELL)]
-                for v in [truth] + [res.frames for res in results]]
+        rows = [
+            [_boxed(v[r.frame_before], r.x_before, CELL), _boxed(v[r.frame_after], r.x_after, CELL)]
+            for v in [truth] + [res.frames for res in results]
+        ]
         name = f"strip_{prefix}revisit_{r.back_latent:05d}_unit{r.unit:02d}.png"
         _save_image(_grid(rows), out_dir / name)
-        strips.append((name, f"revisit ({r.cause}) after {r.delay_seconds:g} s ({r.bucket}) at "
-                             f"{r.frame_after / results[0].fps:.1f} s. Columns: last frame that showed the boxed part, "
-                             f"the frame it is back. Rows: ground truth, " + ", ".join(x.name for x in results)))
+        strips.append(
+            (
+                name,
+                f"revisit ({r.cause}) after {r.delay_seconds:g} s ({r.bucket}) at "
+                f"{r.frame_after / results[0].fps:.1f} s. Columns: last frame that showed the boxed part, "
+                f"the frame it is back. Rows: ground truth, " + ", ".join(x.name for x in results),
+            )
+        )
     return strips
 
 
@@ -351,20 +430,30 @@ def _strips(results: list[VideoResult], tracks: list, out_dir: Path) -> list[tup
     return strips
 
 
-def write_report(out_dir: str | os.PathLike, results: list[VideoResult], extractor_notes: list[str],
-                 tracks: list[WorldTrack | None] | None = None) -> dict:
+def write_report(
+    out_dir: str | os.PathLike,
+    results: list[VideoResult],
+    extractor_notes: list[str],
+    tracks: list[WorldTrack | None] | None = None,
+) -> dict:
     out_dir = Path(out_dir)
-    metrics = {"videos": {r.name: r.metrics for r in results},
-               "aggregate_frame_weighted_consistency": aggregate(results),
-               "extractors": extractor_notes}
+    metrics = {
+        "videos": {r.name: r.metrics for r in results},
+        "aggregate_frame_weighted_consistency": aggregate(results),
+        "extractors": extractor_notes,
+    }
     write_json_atomic(out_dir / "metrics.json", _jsonable(metrics))
     images = []
-    for name, caption, plot in (("first_frame_similarity.png", "cosine similarity to the first frame per second "
-                                 "(dots: Context Forcing's windows at 10, 20, ... s)", plot_first_frame),
-                                ("restoration_buckets.png", "restoration error and object permanence by occlusion length",
-                                 plot_buckets),
-                                ("world_curves.png", "world metrics over time", plot_world_curves),
-                                ("panorama.png", "panorama world: camera, revisits, balls", plot_panorama)):
+    for name, caption, plot in (
+        (
+            "first_frame_similarity.png",
+            "cosine similarity to the first frame per second (dots: Context Forcing's windows at 10, 20, ... s)",
+            plot_first_frame,
+        ),
+        ("restoration_buckets.png", "restoration error and object permanence by occlusion length", plot_buckets),
+        ("world_curves.png", "world metrics over time", plot_world_curves),
+        ("panorama.png", "panorama world: camera, revisits, balls", plot_panorama),
+    ):
         if plot(results, out_dir / name):
             images.append((name, caption))
     images += _strips(results, tracks or [None] * len(results), out_dir)

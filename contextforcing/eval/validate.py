@@ -62,21 +62,29 @@ def validation_rows() -> list[tuple[str, list[float]]]:
             cells.append(_mean(m["restoration"]["buckets"][bucket]["restoration_error"] for m in ms))
         for bucket in BUCKETS:
             cells.append(_mean(m["restoration"]["buckets"][bucket]["permanence"] for m in ms))
-        cells += [_mean(m["drift"]["mean"] for m in ms), _mean(m["dynamics"]["moving_fraction"] for m in ms),
-                  _mean(m["fidelity"]["palette"] for m in ms), _mean(m["fidelity"]["shape_validity"] for m in ms)]
+        cells += [
+            _mean(m["drift"]["mean"] for m in ms),
+            _mean(m["dynamics"]["moving_fraction"] for m in ms),
+            _mean(m["fidelity"]["palette"] for m in ms),
+            _mean(m["fidelity"]["shape_validity"] for m in ms),
+        ]
         rows.append((name, cells))
     return rows
 
 
-HEADER = ("| video | restoration error short / mid / long | permanence short / mid / long | drift | "
-          "sprite moving | palette fidelity | shape validity |\n|---|---|---|---|---|---|---|")
+HEADER = (
+    "| video | restoration error short / mid / long | permanence short / mid / long | drift | "
+    "sprite moving | palette fidelity | shape validity |\n|---|---|---|---|---|---|---|"
+)
 
 
 def markdown(rows) -> str:
     lines = [HEADER]
     for name, c in rows:
-        lines.append(f"| {name} | {c[0]:.3f} / {c[1]:.3f} / {c[2]:.3f} | {c[3]:.2f} / {c[4]:.2f} / {c[5]:.2f} | "
-                     f"{c[6]:.4f} | {c[7]:.2f} | {c[8]:.3f} | {c[9]:.2f} |")
+        lines.append(
+            f"| {name} | {c[0]:.3f} / {c[1]:.3f} / {c[2]:.3f} | {c[3]:.2f} / {c[4]:.2f} / {c[5]:.2f} | "
+            f"{c[6]:.4f} | {c[7]:.2f} | {c[8]:.3f} | {c[9]:.2f} |"
+        )
     return "\n".join(lines)
 
 

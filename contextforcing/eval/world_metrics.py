@@ -29,8 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from contextforcing.data.world.style import (
-    CELL, FPS, FRAME_SIZE, GRID, N_CELLS, OBJECT_COLOUR_NAMES, OBJECT_MARGIN, OBJECT_SIZE, SHAPE_MASKS,
-    background_image, palette_table,
+    CELL,
+    FPS,
+    FRAME_SIZE,
+    GRID,
+    N_CELLS,
+    OBJECT_COLOUR_NAMES,
+    OBJECT_MARGIN,
+    OBJECT_SIZE,
+    SHAPE_MASKS,
+    background_image,
+    palette_table,
 )
 from contextforcing.data.world.track import BUCKETS, WorldTrack
 from contextforcing.errors import UserError
@@ -49,8 +58,10 @@ RETURNED_MAX_HIDDEN = 0.5  # a frame shows the view again when less than this mu
 def check_matches(frames: np.ndarray, track: WorldTrack, video_name: str = "video") -> None:
     t, h, w = frames.shape[:3]
     if (t, h, w) != (track.n_frames, FRAME_SIZE, FRAME_SIZE):
-        raise UserError(f"{video_name} has {t} frames of {h}x{w}, but the world annotations describe "
-                        f"{track.n_frames} frames of {FRAME_SIZE}x{FRAME_SIZE}: annotations of a different video?")
+        raise UserError(
+            f"{video_name} has {t} frames of {h}x{w}, but the world annotations describe "
+            f"{track.n_frames} frames of {FRAME_SIZE}x{FRAME_SIZE}: annotations of a different video?"
+        )
 
 
 class PaletteClassifier:
@@ -90,7 +101,7 @@ class DetectedObject:
 def _object_windows(class_map: np.ndarray) -> np.ndarray:
     """[N_CELLS, 12, 12] class windows where objects are drawn."""
     cells = class_map.reshape(GRID, CELL, GRID, CELL).transpose(0, 2, 1, 3).reshape(N_CELLS, CELL, CELL)
-    return cells[:, OBJECT_MARGIN:OBJECT_MARGIN + OBJECT_SIZE, OBJECT_MARGIN:OBJECT_MARGIN + OBJECT_SIZE]
+    return cells[:, OBJECT_MARGIN : OBJECT_MARGIN + OBJECT_SIZE, OBJECT_MARGIN : OBJECT_MARGIN + OBJECT_SIZE]
 
 
 def detect_objects(class_map: np.ndarray, classifier: PaletteClassifier) -> list[DetectedObject]:
@@ -140,9 +151,13 @@ def _compare(frames, classes, b: int, a: int, classifier: PaletteClassifier) -> 
     # subsampling can round a 12-px disc's corners into a square's, so shape is the noisier call)
     after = {(o.cell, o.colour) for o in detect_objects(classes[a], classifier)}
     kept = sum((o.cell, o.colour) in after for o in before)
-    return {"error": float(np.mean(classes[b][keep] != classes[a][keep])),
-            "mae": float(np.abs(frames[b].astype(np.int16) - frames[a].astype(np.int16))[keep].mean() / 255.0),
-            "objects_before": len(before), "objects_kept": kept, "permanence": kept / len(before) if before else None}
+    return {
+        "error": float(np.mean(classes[b][keep] != classes[a][keep])),
+        "mae": float(np.abs(frames[b].astype(np.int16) - frames[a].astype(np.int16))[keep].mean() / 255.0),
+        "objects_before": len(before),
+        "objects_kept": kept,
+        "permanence": kept / len(before) if before else None,
+    }
 
 
 def return_frame(classes, occ, track: WorldTrack, classifier: PaletteClassifier) -> int | None:
@@ -175,14 +190,26 @@ def restoration(frames, classes, track: WorldTrack, classifier: PaletteClassifie
         fixed = _compare(frames, classes, b, a, classifier)
         back = return_frame(classes, occ, track, classifier)
         late = _compare(frames, classes, b, back, classifier) if back is not None else None
-        rows.append({"start_frame": occ.start_frame, "end_frame": occ.end_frame, "kind": occ.kind,
-                     "seconds": occ.seconds, "bucket": occ.bucket, "before_frame": b, "after_frame": a,
-                     "restoration_error": fixed["error"], "restoration_mae": fixed["mae"],
-                     "objects_before": fixed["objects_before"], "objects_kept": fixed["objects_kept"],
-                     "permanence": fixed["permanence"],
-                     "return_frame": back, "returned": back is not None,
-                     "return_error": late["error"] if late else 1.0,
-                     "return_permanence": (late["permanence"] if late else 0.0) if fixed["objects_before"] else None})
+        rows.append(
+            {
+                "start_frame": occ.start_frame,
+                "end_frame": occ.end_frame,
+                "kind": occ.kind,
+                "seconds": occ.seconds,
+                "bucket": occ.bucket,
+                "before_frame": b,
+                "after_frame": a,
+                "restoration_error": fixed["error"],
+                "restoration_mae": fixed["mae"],
+                "objects_before": fixed["objects_before"],
+                "objects_kept": fixed["objects_kept"],
+                "permanence": fixed["permanence"],
+                "return_frame": back,
+                "returned": back is not None,
+                "return_error": late["error"] if late else 1.0,
+                "return_permanence": (late["permanence"] if late else 0.0) if fixed["objects_before"] else None,
+            }
+        )
     return rows
 
 
@@ -219,17 +246,21 @@ def drift(frames, classes, track: WorldTrack, classifier: PaletteClassifier) -> 
     times, curve = _per_second(per_frame)
     valid = curve[~np.isnan(curve)]
     edge = max(1, min(5, len(valid) // 2))  # compare the first and last 5 s
-    return {"mean": float(np.nanmean(per_frame)) if valid.size else None,
-            "increase": float(valid[-edge:].mean() - valid[:edge].mean()) if valid.size else None,
-            "curve_t": times.tolist(), "curve": [None if np.isnan(v) else float(v) for v in curve]}
+    return {
+        "mean": float(np.nanmean(per_frame)) if valid.size else None,
+        "increase": float(valid[-edge:].mean() - valid[:edge].mean()) if valid.size else None,
+        "curve_t": times.tolist(),
+        "curve": [None if np.isnan(v) else float(v) for v in curve],
+    }
 
 
 def _per_second(per_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     second = np.arange(len(per_frame)) // FPS
     bins = np.unique(second)
     with np.errstate(all="ignore"):
-        vals = np.array([np.nanmean(per_frame[second == s]) if np.isfinite(per_frame[second == s]).any() else np.nan
-                         for s in bins])
+        vals = np.array(
+            [np.nanmean(per_frame[second == s]) if np.isfinite(per_frame[second == s]).any() else np.nan for s in bins]
+        )
     return bins + 0.5, vals
 
 
@@ -264,21 +295,29 @@ def dynamics(classes, track: WorldTrack, classifier: PaletteClassifier) -> dict:
         gen_total += gen_path
         true_total += true_path
         speeds.append((float(start / FPS), gen_path, float(true_path)))
-    return {"moving_fraction": moving / windows if windows else None,
-            "speed_ratio": float(gen_total / true_total) if true_total else None,
-            "windows": windows, "curve_t": [s[0] + 0.5 for s in speeds],
-            "speed": [s[1] for s in speeds], "true_speed": [s[2] for s in speeds]}  # px per 1 s window
+    return {
+        "moving_fraction": moving / windows if windows else None,
+        "speed_ratio": float(gen_total / true_total) if true_total else None,
+        "windows": windows,
+        "curve_t": [s[0] + 0.5 for s in speeds],
+        "speed": [s[1] for s in speeds],
+        "true_speed": [s[2] for s in speeds],
+    }  # px per 1 s window
 
 
 def fidelity(classes, nearest, track: WorldTrack, classifier: PaletteClassifier, stride: int = 4) -> dict:
     settled = (track.coverage == 0) | (track.coverage >= 1)  # skip curtain/pan transitions
     per_frame = np.where(settled, (nearest <= PALETTE_TOLERANCE).mean((1, 2)), np.nan)
-    ious = [o.iou for t in np.flatnonzero(track.coverage == 0)[::stride]
-            for o in detect_objects(classes[t], classifier)]
+    ious = [
+        o.iou for t in np.flatnonzero(track.coverage == 0)[::stride] for o in detect_objects(classes[t], classifier)
+    ]
     times, curve = _per_second(per_frame)
-    return {"palette": float(np.nanmean(per_frame)),
-            "shape_validity": float(np.mean(np.array(ious) >= SHAPE_MIN_IOU)) if ious else None,
-            "curve_t": times.tolist(), "curve": [None if np.isnan(v) else float(v) for v in curve]}
+    return {
+        "palette": float(np.nanmean(per_frame)),
+        "shape_validity": float(np.mean(np.array(ious) >= SHAPE_MIN_IOU)) if ious else None,
+        "curve_t": times.tolist(),
+        "curve": [None if np.isnan(v) else float(v) for v in curve],
+    }
 
 
 def world_metrics(frames: np.ndarray, track: WorldTrack, video_name: str = "video") -> dict:
@@ -289,9 +328,13 @@ def world_metrics(frames: np.ndarray, track: WorldTrack, video_name: str = "vide
     rows = restoration(frames, classes, track, classifier)
     perms = [r["permanence"] for r in rows if r["permanence"] is not None]
     return {
-        "prompt": track.prompt.canonical, "seed": track.seed,
-        "restoration": {"buckets": _bucket_summary(rows), "occlusions": rows,
-                        "mean_error": float(np.mean([r["restoration_error"] for r in rows])) if rows else None},
+        "prompt": track.prompt.canonical,
+        "seed": track.seed,
+        "restoration": {
+            "buckets": _bucket_summary(rows),
+            "occlusions": rows,
+            "mean_error": float(np.mean([r["restoration_error"] for r in rows])) if rows else None,
+        },
         "permanence": float(np.mean(perms)) if perms else None,
         "drift": drift(frames, classes, track, classifier),
         "dynamics": dynamics(classes, track, classifier),

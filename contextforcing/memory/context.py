@@ -206,8 +206,14 @@ class ContextMemory:
         """The current chunk's plan (layer group 0, with every layer's slow frames when they differ)."""
         plan = self.groups[0].plan
         if len(self.groups) > 1:
-            plan = ChunkPlan(plan.chunk, plan.start, plan.frames, plan.context, plan.current_positions,
-                             tuple(tuple(g.plan.tier("slow")) for g in self.groups))
+            plan = ChunkPlan(
+                plan.chunk,
+                plan.start,
+                plan.frames,
+                plan.context,
+                plan.current_positions,
+                tuple(tuple(g.plan.tier("slow")) for g in self.groups),
+            )
         return plan
 
     def group_of(self, layer: int) -> _Group:
@@ -249,7 +255,7 @@ class ContextMemory:
         plans = []
         for g in self.groups:
             plan = g.policy.recache(self.chunk_index + 1, next_start, mode, clear=flush and mode == "longlive")
-            for key in (g.policy.adopt_sink(plan.new_sink, next_start) if plan.new_sink is not None else []):
+            for key in g.policy.adopt_sink(plan.new_sink, next_start) if plan.new_sink is not None else []:
                 g.slots.release(key)
             frames = plan.frames
             first = frames[0] if frames else next_start
@@ -390,8 +396,10 @@ class ContextMemory:
         g = self._group_of[layer]
         if g.view_index is None:
             return None
-        return (self.k_rot[layer].index_select(1, g.view_index).flatten(1, 2),
-                self.v[layer].index_select(1, g.view_index).flatten(1, 2))
+        return (
+            self.k_rot[layer].index_select(1, g.view_index).flatten(1, 2),
+            self.v[layer].index_select(1, g.view_index).flatten(1, 2),
+        )
 
     def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         g = self._group_of[layer]

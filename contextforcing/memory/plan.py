@@ -87,6 +87,10 @@ class MemoryUpdate:
     similarity: float | None = None
 
     def to_json(self) -> dict:
-        return {"promoted": list(self.promoted), "slow_evicted": list(self.slow_evicted),
-                "evicted": list(self.evicted), "folded": [list(p) for p in self.folded],
-                "similarity": self.similarity}
+        return {
+            "promoted": list(self.promoted),
+            "slow_evicted": list(self.slow_evicted),
+            "evicted": list(self.evicted),
+            "folded": [list(p) for p in self.folded],
+            "similarity": self.similarity,
+        }

@@ -105,8 +105,14 @@ OPTION_CHOICES = {
 
 # What `layout=released` fixes: the released code decides on every pass (noisy ones too), per layer,
 # every chunk, attends a promoted frame's copy beside the frame itself, with bounded positions.
-RELEASED_SWITCHES = {"rule": "surprisal", "promote_on": "any_pass", "promote_scope": "per_layer", "interval": 1,
-                     "dedupe": False, "positions": "bounded"}
+RELEASED_SWITCHES = {
+    "rule": "surprisal",
+    "promote_on": "any_pass",
+    "promote_scope": "per_layer",
+    "interval": 1,
+    "dedupe": False,
+    "positions": "bounded",
+}
 # Options of the tiered layout's own rule that the released cache has no place for: it compares every pass
 # with the previous pass of its layer and copies the chunk's first frame. They take those values whatever a
 # trained memory set (so `layout=released` can be asked for on top of any trained memory).
@@ -176,8 +182,10 @@ def _released(values: dict) -> dict:
     """`layout=released` sets every released switch; giving one of them another value is a contradiction."""
     clashes = [f"{k}={values[k]}" for k, v in RELEASED_SWITCHES.items() if k in values and values[k] != v]
     if clashes:
-        raise UserError(f"memory option layout=released fixes {', '.join(f'{k}={v}' for k, v in RELEASED_SWITCHES.items())}; "
-                        f"drop {', '.join(clashes)}")
+        raise UserError(
+            f"memory option layout=released fixes {', '.join(f'{k}={v}' for k, v in RELEASED_SWITCHES.items())}; "
+            f"drop {', '.join(clashes)}"
+        )
     return {**values, **RELEASED_SWITCHES, **TIERED_RULE_OPTIONS}
 
 
@@ -233,11 +241,22 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
             raise UserError(f"ema_sink alpha must be in [0, 1], got {o.alpha}")
     else:
         commit_rule = o.promote_on == "commit" and o.layout == "tiered"  # compare and key_layers apply to it only
-        p = TierParams(sink=o.sink, slow=o.slow, window=o.fast, bounded=o.positions == "bounded", rule=o.rule,
-                       tau=o.tau, interval=o.interval, dedupe=o.dedupe, promote_on=o.promote_on,
-                       per_layer=o.promote_scope == "per_layer", layout=o.layout,
-                       compare=o.compare if commit_rule else "previous", keep_last=o.keep == "last",
-                       first_layer_keys=commit_rule and o.key_layers == "first" and o.promote_scope == "global")
+        p = TierParams(
+            sink=o.sink,
+            slow=o.slow,
+            window=o.fast,
+            bounded=o.positions == "bounded",
+            rule=o.rule,
+            tau=o.tau,
+            interval=o.interval,
+            dedupe=o.dedupe,
+            promote_on=o.promote_on,
+            per_layer=o.promote_scope == "per_layer",
+            layout=o.layout,
+            compare=o.compare if commit_rule else "previous",
+            keep_last=o.keep == "last",
+            first_layer_keys=commit_rule and o.key_layers == "first" and o.promote_scope == "global",
+        )
         if o.slow > 0 and o.sink < 1:
             raise UserError("slow_fast with a slow memory needs a sink of at least 1 frame (sink=0 given)")
         if o.interval < 1:
@@ -257,7 +276,9 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
     return p
 
 
-def bounded_positions(sink: int, others: int, frames: int, start: int, capacity: int | None) -> tuple[list[int], list[int]]:
+def bounded_positions(
+    sink: int, others: int, frames: int, start: int, capacity: int | None
+) -> tuple[list[int], list[int]]:
     """Bounded RoPE positions: the sink at 0..sink-1, then `others` attended frames and the current chunk
     contiguously, ending at min(start + frames - 1, capacity - 1). Returns (context positions, current)."""
     anchor = start + frames - 1 if capacity is None else min(start + frames - 1, capacity - 1)
@@ -309,13 +330,16 @@ def window_recache(policy, chunk: int, next_start: int) -> RecachePlan:
 def check_recache(spec: MemorySpec, mode: str, flush: bool = False) -> None:
     """A prompt-switch recache mode (and flush) this memory can run, checked before any work is done."""
     if flush and spec.name == "slow_fast" and spec.options.layout == "released":
-        raise UserError("the released Context Forcing cache has no flush; switch prompts without flushing or use "
-                        "layout=tiered")
+        raise UserError(
+            "the released Context Forcing cache has no flush; switch prompts without flushing or use layout=tiered"
+        )
     if mode not in RECACHE_MODES:
         raise UserError(f"unknown recache mode {mode!r}; choose one of {', '.join(RECACHE_MODES)}")
     if mode == "longlive" and spec.name != "sink":
-        raise UserError(f"recache=longlive reproduces LongLive 1.0, whose cache is the sink policy "
-                        f"(--memory sink); not {spec.name!r}")
+        raise UserError(
+            f"recache=longlive reproduces LongLive 1.0, whose cache is the sink policy "
+            f"(--memory sink); not {spec.name!r}"
+        )
 
 
 class TieredPolicy:
@@ -338,8 +362,9 @@ class TieredPolicy:
         entries = [("sink", f, False) for f in self.sink] + [("slow", f, True) for f in slow]
         entries += [("fast", f, False) for f in fast]
         if self.p.bounded:
-            positions, current = bounded_positions(len(self.sink), len(entries) - len(self.sink), frames, start,
-                                                   self.p.capacity)
+            positions, current = bounded_positions(
+                len(self.sink), len(entries) - len(self.sink), frames, start, self.p.capacity
+            )
         else:
             positions, current = [f for _, f, _ in entries], list(range(start, start + frames))
         context = tuple(Attended(t, f, p, c) for (t, f, c), p in zip(entries, positions))
@@ -406,8 +431,9 @@ class TieredPolicy:
         if self.p.slow == 0 or self.p.rule == "none":
             return "no"
         # A chunk that (re)fills the sink is never also promoted: it would be attended twice.
-        eligible = (not self._sink_open and start >= max(self.p.sink, self.p.window or 0)
-                    and chunk % self.p.interval == 0)
+        eligible = (
+            not self._sink_open and start >= max(self.p.sink, self.p.window or 0) and chunk % self.p.interval == 0
+        )
         if not eligible:
             return "no"
         return "yes" if self.p.rule == "uniform" else "ask"
@@ -540,8 +566,10 @@ class ReleasedPolicy:
         return changes
 
     def flush(self) -> list[tuple[str, int]]:
-        raise UserError("the released Context Forcing cache has no flush; switch prompts without --flush-on-switch "
-                        "or use layout=tiered")
+        raise UserError(
+            "the released Context Forcing cache has no flush; switch prompts without --flush-on-switch "
+            "or use layout=tiered"
+        )
 
     def tiers(self) -> dict[str, list[int]]:
         out = {"sink": [], "slow": [], "fast": []}
@@ -552,4 +580,3 @@ class ReleasedPolicy:
 
 def make_policy(params: TierParams, chunk_frames: int) -> TieredPolicy | ReleasedPolicy:
     return ReleasedPolicy(params, chunk_frames) if params.layout == "released" else TieredPolicy(params, chunk_frames)
-

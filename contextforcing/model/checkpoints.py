@@ -31,6 +31,12 @@ from torch import nn
 
 from contextforcing.config import PRESETS, ModelConfig
 from contextforcing.errors import UserError
+from contextforcing.model.convert import (
+    diffusers_config,
+    diffusers_key_to_original,
+    model_config_from_diffusers,
+    original_key_to_diffusers,
+)
 from contextforcing.outputs import publish_with
 from contextforcing.weights import (
     first_line,
@@ -42,12 +48,6 @@ from contextforcing.weights import (
     shard_map,
     stage_safetensors,
     write_safetensors,
-)
-from contextforcing.model.convert import (
-    diffusers_config,
-    diffusers_key_to_original,
-    model_config_from_diffusers,
-    original_key_to_diffusers,
 )
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ _RAW_KEYS = ("generator", "model", "state_dict")
 _PREFIX_SEGMENTS = frozenset({"model", "diffusion_model", "module", "base_model", "transformer", "generator"})
 # Segments inserted *inside* names by FSDP, activation checkpointing and torch.compile.
 _WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-_ORIGINAL_ROOTS = frozenset({"patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head"})
+_ORIGINAL_ROOTS = frozenset(
+    {"patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head"}
+)
 _DIFFUSERS_ROOTS = frozenset({"patch_embedding", "condition_embedder", "blocks", "proj_out", "scale_shift_table"})
 _DIFFUSERS_MARKERS = ("condition_embedder.", "proj_out.", ".attn1.", ".attn2.", "scale_shift_table")
 
@@ -79,7 +81,9 @@ _DIFFUSERS_MARKERS = ("condition_embedder.", "proj_out.", ".attn1.", ".attn2.", 
 # -- small helpers -------------------------------------------------------------------------------------
 def _check_format(fmt: str | None) -> None:
     if fmt is not None and fmt not in FORMATS:
-        raise UserError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave it to detection)")
+        raise UserError(
+            f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)} (or leave it to detection)"
+        )
 
 
 # -- locating and reading files ------------------------------------------------------------------------
@@ -149,7 +153,9 @@ def _to_original_names(state: Mapping[str, torch.Tensor], naming: str, source: s
             raise UserError(f"{source}: two weights map to {name!r} once prefixes are removed")
         out[name] = tensor
     if unmapped:
-        raise UserError(f"{source}: {len(unmapped)} diffusers weight(s) have no Wan2.1 equivalent: {name_list(unmapped)}")
+        raise UserError(
+            f"{source}: {len(unmapped)} diffusers weight(s) have no Wan2.1 equivalent: {name_list(unmapped)}"
+        )
     return out
 
 
@@ -165,7 +171,9 @@ def _select_generator(
     present = [k for k in (*_EMA_KEYS, *_RAW_KEYS) if isinstance(raw.get(k), Mapping)]
     if not present:
         stored = sorted(k for k, v in raw.items() if isinstance(v, Mapping))
-        raise UserError(f"{source}: no generator weights in this training checkpoint (entries: {', '.join(stored) or 'none'})")
+        raise UserError(
+            f"{source}: no generator weights in this training checkpoint (entries: {', '.join(stored) or 'none'})"
+        )
     ema = [k for k in present if k in _EMA_KEYS]
     plain = [k for k in present if k in _RAW_KEYS]
     if use_ema is False:
@@ -272,7 +280,9 @@ def read_checkpoint(
     elif detected == "training":
         raise UserError(f"{source}: this is a training checkpoint (generator entries), not {fmt!r} weights")
     elif any(isinstance(raw.get(k), Mapping) for k in _LORA_ONLY_ENTRIES):
-        raise UserError(f"{source}: holds only LoRA weights; pass it with --lora and the base weights with --checkpoint")
+        raise UserError(
+            f"{source}: holds only LoRA weights; pass it with --lora and the base weights with --checkpoint"
+        )
     raw = _tensors_only(raw, source)
     naming = fmt if fmt in SAVE_LAYOUTS else _naming(strip_prefixes(k) for k in raw)
     state = _to_original_names(raw, naming, source)
@@ -408,7 +418,9 @@ def parse_lora(tensors: Mapping[str, torch.Tensor], source: str = "LoRA") -> dic
         else:
             unknown.append(key)
     if unknown:
-        raise UserError(f"{source}: {len(unknown)} key(s) are not LoRA weights (lora_A/lora_B/alpha): {name_list(unknown)}")
+        raise UserError(
+            f"{source}: {len(unknown)} key(s) are not LoRA weights (lora_A/lora_B/alpha): {name_list(unknown)}"
+        )
     if len(adapters) > 1:
         raise UserError(f"{source}: holds several adapters ({', '.join(sorted(adapters))}); save one at a time")
     incomplete = sorted(m for m, p in pairs.items() if p.down is None or p.up is None)
@@ -487,7 +499,9 @@ def merge_lora(
             continue
         base = state[name]
         if pair.up[0].numel() != pair.rank or pair.up.shape[0] * pair.down[0].numel() != base.numel():
-            bad_shapes.append(f"{module} A {list(pair.down.shape)} B {list(pair.up.shape)} vs weight {list(base.shape)}")
+            bad_shapes.append(
+                f"{module} A {list(pair.down.shape)} B {list(pair.up.shape)} vs weight {list(base.shape)}"
+            )
             continue
         merged[name] = (base.float() + lora_delta(pair, adapter.scale(pair, alpha), base.shape)).to(base.dtype)
     if unmatched:
@@ -499,7 +513,12 @@ def merge_lora(
 
 
 # -- model configs ------------------------------------------------------------------------------------------
-_REQUIRED_FOR_SHAPES = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight", "head.head.weight")
+_REQUIRED_FOR_SHAPES = (
+    "patch_embedding.weight",
+    "text_embedding.0.weight",
+    "time_embedding.0.weight",
+    "head.head.weight",
+)
 _BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -538,8 +557,10 @@ def _heads_for(dim: int, base: ModelConfig | None) -> int:
     if len(known) == 1:
         return known.pop()
     reason = f"presets of this width disagree ({sorted(known)})" if known else "not a Wan2.1 or preset width"
-    raise UserError(f"cannot tell the attention head count of a {dim}-wide model ({reason}); pass --num-heads "
-                    f"(num_heads= in Python) or a config.json beside the weights")
+    raise UserError(
+        f"cannot tell the attention head count of a {dim}-wide model ({reason}); pass --num-heads "
+        f"(num_heads= in Python) or a config.json beside the weights"
+    )
 
 
 def _check_heads(num_heads: int) -> int:
@@ -707,7 +728,9 @@ def model_config(
 
 
 def model_from_state(
-    state: Mapping[str, torch.Tensor], cfg: ModelConfig, device: torch.device | str = "cpu",
+    state: Mapping[str, torch.Tensor],
+    cfg: ModelConfig,
+    device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ):
     """A CausalWanModel of `cfg` holding `state` (checked first), on `device` in `dtype`, in eval mode."""

@@ -13,7 +13,6 @@ import torch
 
 from contextforcing.config import PRESETS, get_preset
 from contextforcing.errors import UserError
-from contextforcing.outputs import check_creatable
 from contextforcing.model.checkpoints import (
     FORMATS,
     SAVE_LAYOUTS,
@@ -24,6 +23,7 @@ from contextforcing.model.checkpoints import (
     read_checkpoint,
     save_safetensors,
 )
+from contextforcing.outputs import check_creatable
 
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,17 +39,31 @@ def add_weight_choice_args(parser: argparse.ArgumentParser) -> None:
     """--ema / --no-ema: which generator of a training .pt; neither means EMA, unless the LoRA was trained on
     the raw generator (LongLive), and either one always wins."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--ema", dest="use_ema", action="store_const", const=True, default=None,
-                       help="training checkpoints: `generator_ema` (the default unless a LongLive LoRA asks for "
-                            "`generator`)")
-    group.add_argument("--no-ema", dest="use_ema", action="store_const", const=False,
-                       help="training checkpoints: the raw `generator`, not `generator_ema`")
+    group.add_argument(
+        "--ema",
+        dest="use_ema",
+        action="store_const",
+        const=True,
+        default=None,
+        help="training checkpoints: `generator_ema` (the default unless a LongLive LoRA asks for `generator`)",
+    )
+    group.add_argument(
+        "--no-ema",
+        dest="use_ema",
+        action="store_const",
+        const=False,
+        help="training checkpoints: the raw `generator`, not `generator_ema`",
+    )
 
 
 def add_lora_alpha_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lora-alpha", type=float, default=None,
-                        help="LoRA alpha, scale = alpha / rank (default: stored in the adapter, else alpha = rank; "
-                             "LongLive's lora.pt stores none)")
+    parser.add_argument(
+        "--lora-alpha",
+        type=float,
+        default=None,
+        help="LoRA alpha, scale = alpha / rank (default: stored in the adapter, else alpha = rank; "
+        "LongLive's lora.pt stores none)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -65,8 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add("--to", choices=SAVE_LAYOUTS, default="original", help="parameter names to write (default: original)")
     add("--checkpoint-format", choices=FORMATS, default=None, help="input format (default: detected)")
     add_weight_choice_args(parser)
-    add("--lora", type=Path, default=None,
-        help="LoRA to merge in: peft file or directory, LongLive lora.pt or checkpoint_model_* directory")
+    add(
+        "--lora",
+        type=Path,
+        default=None,
+        help="LoRA to merge in: peft file or directory, LongLive lora.pt or checkpoint_model_* directory",
+    )
     add_lora_alpha_arg(parser)
     add("--preset", choices=sorted(PRESETS), default=None, help="check the weights against this preset")
     add("--num-heads", type=int, default=None, help="attention heads, for the config.json of a directory OUT")

@@ -115,10 +115,14 @@ def model_config_from_diffusers(config: dict, base: ModelConfig | None = None) -
     Image-conditioned (I2V) variants are rejected: this model has no image branch.
     """
     if config.get("image_dim") or config.get("added_kv_proj_dim"):
-        raise UserError("diffusers config describes an image-conditioned (I2V) Wan model; only text-to-video is supported")
+        raise UserError(
+            "diffusers config describes an image-conditioned (I2V) Wan model; only text-to-video is supported"
+        )
     qk_norm = config.get("qk_norm", "rms_norm_across_heads")
     if qk_norm not in (None, "rms_norm_across_heads"):
-        raise UserError(f"diffusers config has qk_norm={qk_norm!r}; only 'rms_norm_across_heads' (Wan's) or none is supported")
+        raise UserError(
+            f"diffusers config has qk_norm={qk_norm!r}; only 'rms_norm_across_heads' (Wan's) or none is supported"
+        )
     heads = int(config.get("num_attention_heads", 40))  # diffusers' own defaults are the 14B model's
     values = dict(
         dim=heads * int(config.get("attention_head_dim", 128)),

@@ -89,7 +89,9 @@ class WanBlock(nn.Module):
         self.norm3 = WanLayerNorm(cfg.dim, cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = Attention(cfg)
         self.norm2 = WanLayerNorm(cfg.dim, cfg.eps)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
+        )
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x, e0, text_emb, inputs: AttentionInputs, memory: "LayerView | None" = None, text_kv=None):
@@ -128,7 +130,6 @@ class WanBlock(nn.Module):
         x = x + self.ffn(h).float() * gate2
         return x, text_kv
 
-
     def _attention_input(self, x, shift, scale) -> torch.Tensor:
         b, f, t, dim = x.shape
         return (self.norm1(x) * (1 + scale) + shift).to(self.ffn[0].weight.dtype).reshape(b, f * t, dim)
@@ -165,7 +166,9 @@ class CausalWanModel(nn.Module):
         super().__init__()
         self.config = cfg.validate()
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim))
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
@@ -195,7 +198,9 @@ class CausalWanModel(nn.Module):
             key = (tuple(positions), keys.device)
             if key not in last:
                 last.clear()
-                last[key] = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, keys.device)
+                last[key] = rope_frequencies(
+                    positions, gh, gw, self.config.head_dim, self.config.rope_theta, keys.device
+                )
             return apply_rope(keys.flatten(1, 2), last[key])
 
         return rotate
@@ -208,7 +213,9 @@ class CausalWanModel(nn.Module):
         return text.embedded
 
     def _embed_time(self, t: torch.Tensor):
-        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(self.time_embedding[0].weight.dtype)).float()
+        e = self.time_embedding(
+            sinusoidal_embedding(self.config.freq_dim, t).to(self.time_embedding[0].weight.dtype)
+        ).float()
         e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()
         return e, e0.unflatten(-1, (6, self.config.dim))  # [B, F, dim], [B, F, 6, dim]
 

@@ -73,7 +73,10 @@ def sample_few_step(
 
 
 def sample_euler(
-    denoise: Denoise, noise: torch.Tensor, steps: Sequence[float], schedule: FlowMatchSchedule,
+    denoise: Denoise,
+    noise: torch.Tensor,
+    steps: Sequence[float],
+    schedule: FlowMatchSchedule,
     known: KnownFrames | None = None,
 ) -> torch.Tensor:
     """Multi-step Euler integration of the flow ODE (for non-distilled teachers):

@@ -104,16 +104,28 @@ class VideoStream:
     def _new_memory(self) -> ContextMemory:
         layout = MemoryLayout.for_model(self.model.config, self.video)
         rotation = self.model.key_rotation(self.video.latent_height, self.video.latent_width)
-        return ContextMemory(self.spec, layout, key_rotation=rotation, batch=self.batch, device=self.device,
-                             dtype=self.dtype, max_frames=self.max_frames)
+        return ContextMemory(
+            self.spec,
+            layout,
+            key_rotation=rotation,
+            batch=self.batch,
+            device=self.device,
+            dtype=self.dtype,
+            max_frames=self.max_frames,
+        )
 
     def noise(self, frames: int, generator: torch.Generator | None) -> torch.Tensor:
         shape = (self.batch, self.model.config.in_dim, frames, self.video.latent_height, self.video.latent_width)
         return torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
 
     # -- the chunk routine -------------------------------------------------------------------------
-    def step(self, noise: torch.Tensor, generator: torch.Generator | None = None, exit_step: int | None = None,
-             known: KnownFrames | None = None) -> torch.Tensor:
+    def step(
+        self,
+        noise: torch.Tensor,
+        generator: torch.Generator | None = None,
+        exit_step: int | None = None,
+        known: KnownFrames | None = None,
+    ) -> torch.Tensor:
         """Generate the next chunk from `noise` [B, C, frames, H, W] and commit it to memory.
 
         `known` gives some frames of the chunk (replacement conditioning); a chunk that is wholly known
@@ -194,8 +206,9 @@ class VideoStream:
             ts = torch.full((window.shape[0], len(frames)), self.sampling.commit_timestep, device=window.device)
             self.model(window, ts, branch.text, memory=branch.memory, commit=True)
         branch.memory.commit()
-        self.events.append({"event": "switch", "frame": self.frame, "recached": frames, "flush": flush,
-                            "recache": self.recache})
+        self.events.append(
+            {"event": "switch", "frame": self.frame, "recached": frames, "flush": flush, "recache": self.recache}
+        )
 
 
 def stream_video(
@@ -237,6 +250,11 @@ def known_in_chunk(known_frames: Mapping[int, torch.Tensor], first: int, noise: 
     mask = [f in known_frames for f in frames]
     if not any(mask):
         return None
-    latents = torch.cat([known_frames[f].to(noise.device, noise.dtype) if m else noise[:, :, i : i + 1]
-                         for i, (f, m) in enumerate(zip(frames, mask))], dim=2)
+    latents = torch.cat(
+        [
+            known_frames[f].to(noise.device, noise.dtype) if m else noise[:, :, i : i + 1]
+            for i, (f, m) in enumerate(zip(frames, mask))
+        ],
+        dim=2,
+    )
     return KnownFrames(latents, tuple(mask))

@@ -1,11 +1,11 @@
 """The web app: the page, its info, one WebSocket per tab, and the downloads of each tab's stream so far.
 
-    GET  /                        the page (static/index.html: plain JS, canvas and SVG, no build step)
-    GET  /api/info                the model, frame rate, example prompt, memory policies and their options
-    GET  /api/status              streams running, tabs open, the maximum
-    WS   /ws                      a tab's stream (protocol: `session.py`)
-    GET  /download/{id}.mp4       the stream so far, written by the CLI's paired atomic writer
-    GET  /download/{id}.json      its sidecar
+GET  /                        the page (static/index.html: plain JS, canvas and SVG, no build step)
+GET  /api/info                the model, frame rate, example prompt, memory policies and their options
+GET  /api/status              streams running, tabs open, the maximum
+WS   /ws                      a tab's stream (protocol: `session.py`)
+GET  /download/{id}.mp4       the stream so far, written by the CLI's paired atomic writer
+GET  /download/{id}.json      its sidecar
 """
 
 from __future__ import annotations
@@ -76,20 +76,27 @@ def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits()) -> Starlette:
         except UserError as err:
             shutil.rmtree(directory, ignore_errors=True)
             return PlainTextResponse(str(err), status_code=409)
-        return FileResponse(path, media_type="video/mp4", filename=path.name,
-                            background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True))
+        return FileResponse(
+            path,
+            media_type="video/mp4",
+            filename=path.name,
+            background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         hub.shutdown()
 
-    app = Starlette(routes=[
-        Route("/", page),
-        Route("/api/info", api_info),
-        Route("/api/status", api_status),
-        WebSocketRoute("/ws", stream_socket),
-        Route("/download/{session}.{kind:str}", download),
-    ], lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            Route("/api/info", api_info),
+            Route("/api/status", api_status),
+            WebSocketRoute("/ws", stream_socket),
+            Route("/download/{session}.{kind:str}", download),
+        ],
+        lifespan=lifespan,
+    )
     app.state.hub = hub
     return app

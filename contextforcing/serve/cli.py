@@ -15,20 +15,34 @@ def register(subparsers) -> argparse.ArgumentParser:
     from contextforcing.cli import add_weight_args
 
     p = subparsers.add_parser(
-        "serve", help="a live, interactive stream in the browser, with the memory made visible",
+        "serve",
+        help="a live, interactive stream in the browser, with the memory made visible",
         description="Serve a page that streams the model live: type a prompt, Start, switch prompts with Enter, and "
-                    "watch which frames each chunk attends (sink / slow / fast). With no weight flags: the "
-                    "embedded world model.")
+        "watch which frames each chunk attends (sink / slow / fast). With no weight flags: the "
+        "embedded world model.",
+    )
     add_weight_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port; default 7860)")
-    p.add_argument("--max-streams", type=int, default=2,
-                   help="streams generating at once; a tab beyond them is told the server is busy (default 2)")
-    p.add_argument("--max-seconds", type=float, default=600.0,
-                   help="longest stream in video seconds; its frames are kept on disk for Download mp4 (default 600)")
-    p.add_argument("--lead-chunks", type=int, default=2,
-                   help="chunks generated ahead of what the page has played (default 2): fewer = a prompt switch "
-                        "shows sooner, more = fewer stalls when a chunk is slow")
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=2,
+        help="streams generating at once; a tab beyond them is told the server is busy (default 2)",
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=600.0,
+        help="longest stream in video seconds; its frames are kept on disk for Download mp4 (default 600)",
+    )
+    p.add_argument(
+        "--lead-chunks",
+        type=int,
+        default=2,
+        help="chunks generated ahead of what the page has played (default 2): fewer = a prompt switch "
+        "shows sooner, more = fewer stalls when a chunk is slow",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -47,8 +61,7 @@ def run(args) -> int:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"contextforcing: serving {pipe.weights} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
@@ -62,7 +75,9 @@ def require_extra():
         import uvicorn
         import websockets  # noqa: F401  (uvicorn's WebSocket protocol)
     except ImportError as err:
-        raise UserError(f"serve needs the [serve] extra ({err.name or first_line(err)} is missing): {EXTRA_HINT}") from None
+        raise UserError(
+            f"serve needs the [serve] extra ({err.name or first_line(err)} is missing): {EXTRA_HINT}"
+        ) from None
     return uvicorn
 
 
@@ -91,7 +106,18 @@ def load_pipeline(args):
     from contextforcing.pipeline import Pipeline
 
     preset = loading.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
-    return Pipeline.from_parts(loading.load(
-        preset, random_init=args.random_init, wan_dir=args.wan_dir, checkpoint=args.checkpoint,
-        checkpoint_format=args.checkpoint_format, use_ema=args.use_ema, lora=args.lora, lora_alpha=args.lora_alpha,
-        num_heads=args.num_heads, device=args.device, dtype=args.dtype))
+    return Pipeline.from_parts(
+        loading.load(
+            preset,
+            random_init=args.random_init,
+            wan_dir=args.wan_dir,
+            checkpoint=args.checkpoint,
+            checkpoint_format=args.checkpoint_format,
+            use_ema=args.use_ema,
+            lora=args.lora,
+            lora_alpha=args.lora_alpha,
+            num_heads=args.num_heads,
+            device=args.device,
+            dtype=args.dtype,
+        )
+    )

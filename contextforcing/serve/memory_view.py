@@ -107,8 +107,13 @@ def chunk_view(chunk: DecodedChunk, store: ThumbnailStore, video: VideoConfig) -
 
     def entry(tier: str, frame: int, position: int, copy: bool = False) -> dict:
         thumb = store.thumbnails.get(frame)
-        return {"tier": tier, "frame": frame, "position": position, "copy": copy,
-                "time": None if thumb is None else thumb.pixel / video.fps}
+        return {
+            "tier": tier,
+            "frame": frame,
+            "position": position,
+            "copy": copy,
+            "time": None if thumb is None else thumb.pixel / video.fps,
+        }
 
     plan, update = chunk.plan, chunk.update
     view = {

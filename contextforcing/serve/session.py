@@ -37,8 +37,6 @@ from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chun
 log = logging.getLogger("contextforcing.serve")
 
 
-
-
 @dataclass(frozen=True)
 class ServeLimits:
     """What one server allows; set by `contextforcing serve`'s flags."""
@@ -83,8 +81,9 @@ class StartRequest:
         else:
             seconds = _number(seconds, "seconds")
             if not 0 < seconds <= limits.max_seconds:
-                raise UserError(f"seconds must be in (0, {limits.max_seconds:g}] (the server's --max-seconds), "
-                                f"got {seconds:g}")
+                raise UserError(
+                    f"seconds must be in (0, {limits.max_seconds:g}] (the server's --max-seconds), got {seconds:g}"
+                )
         memory = data.get("memory")
         if memory is not None and not isinstance(memory, dict):
             raise UserError("memory must be a policy and its options")
@@ -144,8 +143,7 @@ class FrameSpool:
 
 def slim(chunk: DecodedChunk) -> DecodedChunk:
     """A chunk without its pixels and latents: what `Generation.record` reads (frame count, plan, timings)."""
-    return dataclasses.replace(chunk, frames=np.empty((len(chunk.frames), 0, 0, 3), np.uint8),
-                               latents=torch.empty(0))
+    return dataclasses.replace(chunk, frames=np.empty((len(chunk.frames), 0, 0, 3), np.uint8), latents=torch.empty(0))
 
 
 def pack_chunk(header: dict, frames: np.ndarray) -> bytes:
@@ -164,11 +162,20 @@ def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
         options = trained if name == trained["policy"] else make_spec(name).to_dict()
         policies[name] = {k: v for k, v in options.items() if k != "policy"}
     return {
-        "model": pipe.weights, "preset": pipe.preset_name, "example_prompt": pipe.example_prompt,
-        "fps": video.fps, "chunk_frames": video.chunk_frames, "stride_t": video.vae_stride_t,
-        "height": video.latent_height * video.vae_stride_hw, "width": video.latent_width * video.vae_stride_hw,
-        "trained_memory": trained, "policies": policies, "choices": {k: list(v) for k, v in OPTION_CHOICES.items()},
-        "recache": list(RECACHE_MODES), "max_streams": limits.max_streams, "max_seconds": limits.max_seconds,
+        "model": pipe.weights,
+        "preset": pipe.preset_name,
+        "example_prompt": pipe.example_prompt,
+        "fps": video.fps,
+        "chunk_frames": video.chunk_frames,
+        "stride_t": video.vae_stride_t,
+        "height": video.latent_height * video.vae_stride_hw,
+        "width": video.latent_width * video.vae_stride_hw,
+        "trained_memory": trained,
+        "policies": policies,
+        "choices": {k: list(v) for k, v in OPTION_CHOICES.items()},
+        "recache": list(RECACHE_MODES),
+        "max_streams": limits.max_streams,
+        "max_seconds": limits.max_seconds,
         "panel_rows": limits.panel_rows,
     }
 
@@ -178,8 +185,10 @@ def switched_at(chunk: DecodedChunk, generation: Generation) -> dict | None:
     prompt = next((p for p in generation.prompts[1:] if p.chunk == chunk.index), None)
     if prompt is None:
         return None
-    event = next((e for e in reversed(generation.stream.events)
-                  if e.get("event") == "switch" and e.get("frame") == chunk.start), {})
+    event = next(
+        (e for e in reversed(generation.stream.events) if e.get("event") == "switch" and e.get("frame") == chunk.start),
+        {},
+    )
     return {"prompt": prompt.text, "flush": prompt.flush, "recached": list(event.get("recached", []))}
 
 
@@ -223,7 +232,9 @@ class StreamHub:
 class StreamSession:
     """One tab: at most one running stream at a time, its frames so far (for Download) and its thumbnails."""
 
-    def __init__(self, hub: StreamHub, send_json: Callable[[dict], Awaitable], send_bytes: Callable[[bytes], Awaitable]):
+    def __init__(
+        self, hub: StreamHub, send_json: Callable[[dict], Awaitable], send_bytes: Callable[[bytes], Awaitable]
+    ):
         self.id = secrets.token_urlsafe(12)
         self.hub, self._send_json, self._send_bytes = hub, send_json, send_bytes
         self.generation: Generation | None = None
@@ -281,14 +292,26 @@ class StreamSession:
         pipe.check_prompt(request.prompt)
         memory = pipe.memory_for(request.memory)  # impossible options fail here, before a slot is taken
         if not self.hub.acquire():
-            await self.send({"type": "busy", "message": f"busy: {self.hub.limits.max_streams} stream(s) already "
-                                                        f"running (the server's --max-streams); try again when one ends"})
+            await self.send(
+                {
+                    "type": "busy",
+                    "message": f"busy: {self.hub.limits.max_streams} stream(s) already "
+                    f"running (the server's --max-streams); try again when one ends",
+                }
+            )
             return
         try:
             generation = await asyncio.get_running_loop().run_in_executor(
-                self.hub.executor, lambda: pipe.stream(request.prompt, request.seconds, seed=request.seed,
-                                                       memory=memory, flush_on_switch=request.flush,
-                                                       recache=request.recache))
+                self.hub.executor,
+                lambda: pipe.stream(
+                    request.prompt,
+                    request.seconds,
+                    seed=request.seed,
+                    memory=memory,
+                    flush_on_switch=request.flush,
+                    recache=request.recache,
+                ),
+            )
         except BaseException:
             self.hub.release()
             raise
@@ -298,9 +321,19 @@ class StreamSession:
         self._reset(generation)
         video = pipe.preset.video
         rule = SurprisalRule.of(memory, video.chunk_frames)
-        await self.send({"type": "started", "session": self.id, "prompt": generation.prompt, "seed": request.seed,
-                         "memory": memory.to_dict(), "tau": None if rule is None else rule.tau,
-                         "flush": request.flush, "recache": request.recache, "fps": video.fps})
+        await self.send(
+            {
+                "type": "started",
+                "session": self.id,
+                "prompt": generation.prompt,
+                "seed": request.seed,
+                "memory": memory.to_dict(),
+                "tau": None if rule is None else rule.tau,
+                "flush": request.flush,
+                "recache": request.recache,
+                "fps": video.fps,
+            }
+        )
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def _reset(self, generation: Generation) -> None:
@@ -368,7 +401,8 @@ class StreamSession:
                     break
                 await self._apply_switches(generation)
                 payload = await asyncio.get_running_loop().run_in_executor(
-                    self.hub.executor, self._next_chunk, generation, self.store)
+                    self.hub.executor, self._next_chunk, generation, self.store
+                )
                 if payload is None:
                     break
                 await self._deliver(self._send_bytes, payload)
@@ -425,11 +459,20 @@ class StreamSession:
         n, height, width = chunk.frames.shape[:3]
         compute = chunk.seconds + chunk.decode_seconds
         return {
-            "type": "chunk", "index": chunk.index, "start": chunk.start, "latent_frames": chunk.plan.frames,
-            "first_frame": chunk.first_frame, "count": n, "height": height, "width": width,
-            "prompt": chunk.prompt, "switched": switched_at(chunk, generation),
-            "seconds": chunk.seconds, "decode_seconds": chunk.decode_seconds,
-            "video_seconds": n / video.fps, "rtf": (n / video.fps) / compute if compute > 0 else None,
+            "type": "chunk",
+            "index": chunk.index,
+            "start": chunk.start,
+            "latent_frames": chunk.plan.frames,
+            "first_frame": chunk.first_frame,
+            "count": n,
+            "height": height,
+            "width": width,
+            "prompt": chunk.prompt,
+            "switched": switched_at(chunk, generation),
+            "seconds": chunk.seconds,
+            "decode_seconds": chunk.decode_seconds,
+            "video_seconds": n / video.fps,
+            "rtf": (n / video.fps) / compute if compute > 0 else None,
             "memory": chunk_view(chunk, store, video),
         }
 

@@ -123,7 +123,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and (p / META).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
 
 
 def read_meta(step_dir: Path) -> dict[str, Any]:
@@ -217,8 +217,10 @@ class CheckpointManager:
     def _claim_on_main(self) -> None:
         owner = self._owner()
         if owner is not None and owner != self.stage:
-            raise UserError(f"run directory {self.run_dir} belongs to stage {owner!r}, not {self.stage!r}; "
-                            f"give this stage its own trainer.run_dir")
+            raise UserError(
+                f"run directory {self.run_dir} belongs to stage {owner!r}, not {self.stage!r}; "
+                f"give this stage its own trainer.run_dir"
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.run_dir / RUN_MARKER
         if not marker.exists():
@@ -255,8 +257,11 @@ class CheckpointManager:
         if not error:
             error = dist.first_error(self._write_parts(tmp, parts, per_rank))
         if not error:
-            error = _on_main(lambda: self._publish(tmp, final, {**meta, "step": step, "stage": self.stage,
-                                                                 "world_size": dist.world_size()}))
+            error = _on_main(
+                lambda: self._publish(
+                    tmp, final, {**meta, "step": step, "stage": self.stage, "world_size": dist.world_size()}
+                )
+            )
         if error:
             self._abandon(tmp, step, error)
         if dist.is_main():
@@ -281,8 +286,10 @@ class CheckpointManager:
         free = free_bytes(self.root)
         room = f" ({format_bytes(free)} free)" if free is not None else ""
         kept = self.latest()
-        raise UserError(f"cannot save checkpoint step {step} in {self.root}: {error}{room}; "
-                        + (f"{kept.name} is kept, rerun to resume from it" if kept else "no checkpoint is kept"))
+        raise UserError(
+            f"cannot save checkpoint step {step} in {self.root}: {error}{room}; "
+            + (f"{kept.name} is kept, rerun to resume from it" if kept else "no checkpoint is kept")
+        )
 
     def _publish(self, tmp: Path, final: Path, meta: dict[str, Any]) -> None:
         # Every rank's files are complete here (after the collective write), so their sizes go in meta.json.
@@ -406,16 +413,15 @@ def _read_generator(step_dir: Path, use_ema: bool) -> tuple[dict[str, torch.Tens
         which = "ema"
     with _quiet_single_process():
         dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
-    weights = {k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)}
+    weights = {k[len(model_prefix) :]: v for k, v in state.items() if k.startswith(model_prefix)}
     if which == "ema":  # EMA covers the trainable parameters; buffers and frozen weights stay as saved
-        weights.update({k[len("ema.shadow."):]: v for k, v in state.items() if k.startswith("ema.shadow.")})
+        weights.update({k[len("ema.shadow.") :]: v for k, v in state.items() if k.startswith("ema.shadow.")})
     return weights, f"{which} {group} of {step_dir.name}"
 
 
 def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> tuple[Path, str]:
     """Write the run's generator (EMA if any) as one safetensors file with original Wan2.1 names."""
     from contextforcing.model.checkpoints import check_complete, infer_model_config, save_safetensors, strip_prefixes
-
     from contextforcing.training.lora import merge_lora_state
 
     check_creatable(out, directory=Path(out).suffix != ".safetensors", what="OUT")

@@ -22,9 +22,13 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         dist.destroy()
     if main:
-        done = "already complete" if not result.steps else f"{result.steps} steps, {result.steps_per_second:.3g} steps/s"
-        print(f"{cfg.name}: step {result.final_step}/{cfg.trainer.max_steps} ({done}); run directory {cfg.run_dir}",
-              file=sys.stderr)
+        done = (
+            "already complete" if not result.steps else f"{result.steps} steps, {result.steps_per_second:.3g} steps/s"
+        )
+        print(
+            f"{cfg.name}: step {result.final_step}/{cfg.trainer.max_steps} ({done}); run directory {cfg.run_dir}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -47,13 +51,26 @@ class _ConfigThenOverrides(argparse.Action):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train", help="train a stage (teacher, ode, dmd, cdmd); rerun to resume",
-                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = subparsers.add_parser(
+        "train",
+        help="train a stage (teacher, ode, dmd, cdmd); rerun to resume",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("stage", help="stage name")
-    train.add_argument("--config", nargs="+", action=_ConfigThenOverrides, metavar="FILE",
-                       help="YAML with trainer: and stage: sections (default: all defaults)")
-    train.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="dotted overrides, e.g. trainer.max_steps=10 stage.guidance=5.0")
+    train.add_argument(
+        "--config",
+        nargs="+",
+        action=_ConfigThenOverrides,
+        metavar="FILE",
+        help="YAML with trainer: and stage: sections (default: all defaults)",
+    )
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. trainer.max_steps=10 stage.guidance=5.0",
+    )
     train.set_defaults(func=_train)
 
     export = subparsers.add_parser("export", help="write a run's EMA generator as one Wan2.1 safetensors file")

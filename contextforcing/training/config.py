@@ -76,10 +76,14 @@ class TrainerConfig:
             (self.device in _DEVICES, f"trainer.device must be one of {', '.join(_DEVICES)}, got {self.device!r}"),
             (0 <= self.seed < 2**64, f"trainer.seed must be in [0, 2**64), got {self.seed}"),
             (self.lr_warmup >= 0, f"trainer.lr_warmup must be >= 0, got {self.lr_warmup}"),
-            (self.lr_schedule in LR_SCHEDULES,
-             f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
-            (self.lr_schedule != "cosine" or self.lr_decay_steps >= 1,
-             "trainer.lr_schedule cosine needs trainer.lr_decay_steps >= 1 (its length, independent of max_steps)"),
+            (
+                self.lr_schedule in LR_SCHEDULES,
+                f"trainer.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+            ),
+            (
+                self.lr_schedule != "cosine" or self.lr_decay_steps >= 1,
+                "trainer.lr_schedule cosine needs trainer.lr_decay_steps >= 1 (its length, independent of max_steps)",
+            ),
             (0.0 <= self.lr_min_ratio <= 1.0, f"trainer.lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}"),
         ]
         for ok, message in checks:
@@ -164,8 +168,16 @@ def save_resolved(cfg: TrainConfig) -> Path:
 # device it runs on. Anything else would change the model, the optimisation or the data stream of a run that
 # is already part-trained, so it is refused. A stage's options may name more of their own (relative to
 # `stage.`) in a `resume_changeable` class attribute.
-RESUME_CHANGEABLE = ("trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_last", "trainer.log_every",
-                     "trainer.sample_every", "trainer.wandb", "trainer.device", "trainer.activation_checkpointing")
+RESUME_CHANGEABLE = (
+    "trainer.max_steps",
+    "trainer.checkpoint_every",
+    "trainer.keep_last",
+    "trainer.log_every",
+    "trainer.sample_every",
+    "trainer.wandb",
+    "trainer.device",
+    "trainer.activation_checkpointing",
+)
 _ABSENT = "<absent>"
 
 
@@ -218,11 +230,15 @@ def check_resume_config(cfg: TrainConfig) -> list[str]:
     try:
         saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as err:  # yaml and OmegaConf raise many types for broken files
-        raise UserError(f"{path} is unreadable ({str(err).splitlines()[0]}); fix it, or delete it to resume "
-                        f"with the config given now") from None
+        raise UserError(
+            f"{path} is unreadable ({str(err).splitlines()[0]}); fix it, or delete it to resume "
+            f"with the config given now"
+        ) from None
     allowed, refused = resume_changes(saved if isinstance(saved, dict) else {}, cfg)
     if refused:
-        raise UserError(f"run directory {cfg.run_dir} has checkpoints of another config: {', '.join(refused)}; "
-                        f"a resume may change only {', '.join(RESUME_CHANGEABLE)} (start a new trainer.run_dir "
-                        f"for the rest)")
+        raise UserError(
+            f"run directory {cfg.run_dir} has checkpoints of another config: {', '.join(refused)}; "
+            f"a resume may change only {', '.join(RESUME_CHANGEABLE)} (start a new trainer.run_dir "
+            f"for the rest)"
+        )
     return allowed

@@ -158,7 +158,11 @@ def parallelize(module: nn.Module, *, mesh, mixed_precision: bool, activation_ch
         return module
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_precision
+        else MixedPrecisionPolicy()
+    )
     for blocks in _block_lists(module):
         for block in blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)

@@ -83,16 +83,23 @@ def draw_injection(options: ErrorRecyclingOptions, ctx: StepContext) -> Injectio
 class ErrorBuffer:
     """Errors [C, F, H, W] banked by timestep bucket; CPU-resident."""
 
-    def __init__(self, schedule: FlowMatchSchedule, num_buckets: int, capacity: int,
-                 dtype: torch.dtype = torch.float32, replace: str = "nearest"):
+    def __init__(
+        self,
+        schedule: FlowMatchSchedule,
+        num_buckets: int,
+        capacity: int,
+        dtype: torch.dtype = torch.float32,
+        replace: str = "nearest",
+    ):
         self.grid = torch.tensor(euler_steps(num_buckets, schedule), dtype=torch.float64)
         self.capacity, self.dtype, self.replace = capacity, dtype, replace
         self.entries: list[list[torch.Tensor]] = [[] for _ in range(num_buckets)]
 
     @classmethod
     def from_options(cls, options: ErrorRecyclingOptions, schedule: FlowMatchSchedule) -> "ErrorBuffer":
-        return cls(schedule, options.num_buckets, options.capacity, getattr(torch, options.storage_dtype),
-                   options.replace)
+        return cls(
+            schedule, options.num_buckets, options.capacity, getattr(torch, options.storage_dtype), options.replace
+        )
 
     def bucket(self, t: float) -> int:
         return int((self.grid - float(t)).abs().argmin())

@@ -67,7 +67,7 @@ class Rollout:
 
     @property
     def target(self) -> torch.Tensor:
-        return self.latents[:, :, self.target_start:]
+        return self.latents[:, :, self.target_start :]
 
     def chunk_plan(self, frame: int) -> ChunkPlan:
         """The memory plan of the chunk whose first frame is `frame`."""

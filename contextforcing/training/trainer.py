@@ -33,15 +33,23 @@ import torch.nn as nn
 from contextforcing.errors import Interrupted, UserError, note
 from contextforcing.outputs import InterruptGuard
 from contextforcing.training import distributed as dist
-from contextforcing.training.checkpoint import (CheckpointManager, ModelOptimizer, TrainState, list_checkpoints,
-                                                rng_state, set_rng_state)
+from contextforcing.training.checkpoint import (
+    CheckpointManager,
+    ModelOptimizer,
+    TrainState,
+    list_checkpoints,
+    rng_state,
+    set_rng_state,
+)
 from contextforcing.training.config import TrainConfig, TrainerConfig, check_resume_config, save_resolved
 from contextforcing.training.ema import EMA
 from contextforcing.training.stage import Stage, Update
 
 GENERATOR = "generator"  # the group that is EMA-tracked and exported
-_STOP_NOTICE = ("interrupted: saving a checkpoint after the current step (further Ctrl-C are ignored until it is "
-                "saved; Ctrl-\\ quits without saving)")
+_STOP_NOTICE = (
+    "interrupted: saving a checkpoint after the current step (further Ctrl-C are ignored until it is "
+    "saved; Ctrl-\\ quits without saving)"
+)
 
 
 class NonFiniteError(UserError):
@@ -140,13 +148,17 @@ def _wandb_module():
     try:
         import wandb
     except ImportError:
-        raise UserError("trainer.wandb=true but wandb is not installed (pip install wandb, or set trainer.wandb=false)") from None
+        raise UserError(
+            "trainer.wandb=true but wandb is not installed (pip install wandb, or set trainer.wandb=false)"
+        ) from None
     return wandb
 
 
 def _wandb_run(run_dir: Path, stage: str):
     """Only ever offline here (no network, no login); sync later with `wandb sync RUN/wandb/...`."""
-    return _wandb_module().init(mode="offline", dir=str(run_dir), project="contextforcing", name=f"{stage}-{run_dir.name}")
+    return _wandb_module().init(
+        mode="offline", dir=str(run_dir), project="contextforcing", name=f"{stage}-{run_dir.name}"
+    )
 
 
 class Trainer:
@@ -180,8 +192,12 @@ class Trainer:
                 continue
             seen.add(id(module))
             module.to(self.device)
-            dist.parallelize(module, mesh=self.mesh, mixed_precision=self.cfg.mixed_precision,
-                             activation_checkpointing=self.cfg.activation_checkpointing)
+            dist.parallelize(
+                module,
+                mesh=self.mesh,
+                mixed_precision=self.cfg.mixed_precision,
+                activation_checkpointing=self.cfg.activation_checkpointing,
+            )
 
     def _optimizer(self, group: str, module: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in module.parameters() if p.requires_grad]
@@ -218,8 +234,11 @@ class Trainer:
         if self._saved_step == self.state.step:
             return
         per_rank = {"rng": rng_state(), "stage": self.stage.state_dict() if self._has_stage_state() else None}
-        meta = {"groups": sorted(self.trainable), "ema_initialized": bool(self.ema and self.ema.initialized),
-                "data_position": self.state.data_position}
+        meta = {
+            "groups": sorted(self.trainable),
+            "ema_initialized": bool(self.ema and self.ema.initialized),
+            "data_position": self.state.data_position,
+        }
         self.checkpoints.save(self.state.step, self._parts(), per_rank, meta)
         self._saved_step = self.state.step
 
@@ -260,8 +279,9 @@ class Trainer:
 
     def _stop(self) -> None:
         self.save()
-        raise Interrupted(f"saved checkpoint step {self.state.step} in {self.checkpoints.root}; rerun the same "
-                          f"command to resume")
+        raise Interrupted(
+            f"saved checkpoint step {self.state.step} in {self.checkpoints.root}; rerun the same command to resume"
+        )
 
     def _after_step(self, done: int) -> None:
         every = self.cfg.checkpoint_every

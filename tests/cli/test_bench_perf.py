@@ -15,7 +15,9 @@ def test_bench_reports_flops_from_what_was_attended_and_an_honest_floor(capsys):
     assert main(BASE + ["--peak-tflops", "0.5"]) == 0
     r = json.loads(capsys.readouterr().out)
     tiny = PRESETS["tiny"]
-    assert r["chunks"] == 4 and r["attended_frames_first"] == 3 and r["attended_frames_last"] == 9  # sink 3 + fast 6 (slow still empty)
+    assert (
+        r["chunks"] == 4 and r["attended_frames_first"] == 3 and r["attended_frames_last"] == 9
+    )  # sink 3 + fast 6 (slow still empty)
     assert r["flops_first_chunk"] == perf.chunk_cost(tiny.model, tiny.video, 3).total + perf.prompt_flops(tiny.model)
     assert r["flops_last_chunk"] == perf.chunk_cost(tiny.model, tiny.video, 9).total
     assert r["peak_tflops"] == 0.5 and r["peak_source"] == "given by --peak-tflops"
@@ -32,14 +34,45 @@ def test_bench_measures_a_peak_when_none_is_given(capsys):
 
 
 def test_all_policies_one_row_each(capsys):
-    assert main(["bench", "--preset", "tiny", "--random-init", "--seconds", "1.5", "--all-policies",
-                 "--peak-tflops", "1", "--windows", "0:2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--preset",
+                "tiny",
+                "--random-init",
+                "--seconds",
+                "1.5",
+                "--all-policies",
+                "--peak-tflops",
+                "1",
+                "--windows",
+                "0:2",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     rows = [line.split()[0] for line in table.splitlines()[3:9]]
     assert rows == list(perf.POLICIES)
     assert "% floor" in table and "KV MiB" in table and "first ms" in table and "given by --peak-tflops" in table
-    assert main(["bench", "--preset", "tiny", "--random-init", "--seconds", "1.5", "--all-policies",
-                 "--peak-tflops", "1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--preset",
+                "tiny",
+                "--random-init",
+                "--seconds",
+                "1.5",
+                "--all-policies",
+                "--peak-tflops",
+                "1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert [r["memory"]["policy"] for r in results] == list(perf.POLICIES)
     kv = {r["memory"]["policy"]: r["kv_memory_bytes"] for r in results}
@@ -48,7 +81,9 @@ def test_all_policies_one_row_each(capsys):
 
 
 def test_floor_only_prints_the_wan_arithmetic_without_a_model(capsys):
-    assert main(["bench", "--preset", "wan2.1-t2v-1.3b", "--seconds", "120", "--floor-only", "--peak-tflops", "790"]) == 0
+    assert (
+        main(["bench", "--preset", "wan2.1-t2v-1.3b", "--seconds", "120", "--floor-only", "--peak-tflops", "790"]) == 0
+    )
     out = capsys.readouterr().out
     assert "32760" in out and "202 TFLOP" in out and "46.92 pixel frames per second" in out
     assert main(["bench", "--preset", "wan2.1-t2v-1.3b", "--seconds", "120", "--floor-only", "--all-policies"]) == 0
@@ -56,12 +91,15 @@ def test_floor_only_prints_the_wan_arithmetic_without_a_model(capsys):
     assert out.count("policy ") == len(perf.POLICIES) and "748800" in out  # full at chunk 159: 480 frames
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--peak-tflops", "0"], "--peak-tflops must be positive"),
-    (["--all-policies", "--memory-opt", "sink=2"], "--all-policies"),
-    (["--windows", "1:9"], "reaches past"),
-    (["--threads", "0"], "--threads must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--peak-tflops", "0"], "--peak-tflops must be positive"),
+        (["--all-policies", "--memory-opt", "sink=2"], "--all-policies"),
+        (["--windows", "1:9"], "reaches past"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ],
+)
 def test_bench_bad_input(capsys, extra, message):
     assert main(["bench", "--preset", "tiny", "--random-init", "--seconds", "1.5", *extra]) == 2
     err = capsys.readouterr().err
@@ -94,7 +132,9 @@ def test_all_policies_reports_a_policy_that_runs_out_of_memory(capsys, monkeypat
         return real(preset, seconds, memory, options, **kw)
 
     monkeypatch.setattr(bench, "run_bench", run)
-    assert main(["bench", "--preset", "tiny", "--random-init", "--seconds", "1.5", "--all-policies",
-                 "--peak-tflops", "1"]) == 0
+    assert (
+        main(["bench", "--preset", "tiny", "--random-init", "--seconds", "1.5", "--all-policies", "--peak-tflops", "1"])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "full: out of memory: CUDA out of memory" in table and "slow_fast" in table

@@ -10,8 +10,24 @@ from contextforcing.data.video import read_video
 
 def _generate(tmp_path, *extra, name="v.mp4", seconds="3"):
     out = tmp_path / name
-    code = main(["generate", "--preset", "tiny", "--random-init", "--prompt", "a red ball", "--seconds", seconds,
-                 "--seed", "1", "--out", str(out), "--quiet", *extra])
+    code = main(
+        [
+            "generate",
+            "--preset",
+            "tiny",
+            "--random-init",
+            "--prompt",
+            "a red ball",
+            "--seconds",
+            seconds,
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -36,7 +52,9 @@ def test_generate_writes_readable_mp4_and_sidecar_within_policy_limits(tmp_path)
 
 
 def test_longlive_recache_on_a_switch(tmp_path):
-    code, out = _generate(tmp_path, "--memory", "sink", "--recache", "longlive", "--switch", "6:a blue cube", seconds="6")
+    code, out = _generate(
+        tmp_path, "--memory", "sink", "--recache", "longlive", "--switch", "6:a blue cube", seconds="6"
+    )
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert code == 0 and sidecar["config"]["switch"] == {"recache": "longlive", "flush": False}
     assert sidecar["events"][0]["recached"] == list(range(9, 18))  # t = 18 > 12: the last 9 frames
@@ -62,7 +80,10 @@ def test_same_seed_same_video(tmp_path):
         (["--switch", "99:late"], "outside the video"),
         (["--memory", "slow_fast", "--recache", "longlive"], "sink policy"),
         (["--memory-opt", "layout=released", "--switch", "1:q", "--flush-on-switch"], "has no flush"),
-        (["--memory", "slow_fast", "--memory-opt", "layout=released", "--memory-opt", "interval=2"], "layout=released fixes"),
+        (
+            ["--memory", "slow_fast", "--memory-opt", "layout=released", "--memory-opt", "interval=2"],
+            "layout=released fixes",
+        ),
         (["--seconds", "inf"], "--seconds must be positive and finite"),
         (["--device", "tpu"], "unknown --device 'tpu'"),
         (["--seed", str(2**64)], "--seed must be in [0, 2**64)"),
@@ -74,7 +95,19 @@ def test_same_seed_same_video(tmp_path):
 )
 def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, args, message):
     out = tmp_path / "bad.mp4"
-    base = ["generate", "--preset", "tiny", "--random-init", "--prompt", "p", "--seconds", "2", "--out", str(out), "--quiet"]
+    base = [
+        "generate",
+        "--preset",
+        "tiny",
+        "--random-init",
+        "--prompt",
+        "p",
+        "--seconds",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     code = main(base + args)
     err = capsys.readouterr().err.strip()
     assert code == 2
@@ -82,11 +115,14 @@ def test_bad_input_one_line_exit_2_no_output(tmp_path, capsys, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name, message", [
-    ("o", "--out {out} must end in .mp4 (its sidecar is written beside it as o.json)"),
-    ("v.json", "--out {out} must end in .mp4"),
-    ("side.mp4", "output path {side} is a directory"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("o", "--out {out} must end in .mp4 (its sidecar is written beside it as o.json)"),
+        ("v.json", "--out {out} must end in .mp4"),
+        ("side.mp4", "output path {side} is a directory"),
+    ],
+)
 def test_outputs_that_cannot_be_a_video_and_its_sidecar(tmp_path, capsys, name, message):
     (tmp_path / "side.json").mkdir()  # where side.mp4's sidecar would go
     out = tmp_path / name
@@ -98,7 +134,9 @@ def test_outputs_that_cannot_be_a_video_and_its_sidecar(tmp_path, capsys, name, 
 
 
 def test_unwritable_output_path(tmp_path, capsys):
-    code = main(["generate", "--random-init", "--prompt", "p", "--seconds", "1", "--out", str(tmp_path / "no" / "v.mp4")])
+    code = main(
+        ["generate", "--random-init", "--prompt", "p", "--seconds", "1", "--out", str(tmp_path / "no" / "v.mp4")]
+    )
     assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
@@ -124,15 +162,44 @@ def test_interrupt_keeps_a_playable_file_and_says_so(tmp_path, monkeypatch):
 
 
 def test_console_script_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "contextforcing.cli", "generate", "--random-init", "--prompt", "p",
-                           "--seconds", "1", "--memory", "bogus", "--out", str(tmp_path / "x.mp4")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "contextforcing.cli",
+            "generate",
+            "--random-init",
+            "--prompt",
+            "p",
+            "--seconds",
+            "1",
+            "--memory",
+            "bogus",
+            "--out",
+            str(tmp_path / "x.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
 def test_bench_json(capsys):
-    code = main(["bench", "--preset", "tiny", "--random-init", "--seconds", "6", "--memory", "relative",
-                 "--windows", "1:4", "--json"])
+    code = main(
+        [
+            "bench",
+            "--preset",
+            "tiny",
+            "--random-init",
+            "--seconds",
+            "6",
+            "--memory",
+            "relative",
+            "--windows",
+            "1:4",
+            "--json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["chunks"] == 8 and "1:4" in result["windows"]
     assert result["context_rotations"] == 7 * 2  # one per layer per chunk with context

@@ -17,8 +17,24 @@ from contextforcing.data.video import read_video
 
 
 def _generate(out, *extra, seconds="3", seed="1"):
-    return main(["generate", "--preset", "tiny", "--random-init", "--prompt", "a red ball", "--seconds", seconds,
-                 "--seed", seed, "--out", str(out), "--quiet", *extra])
+    return main(
+        [
+            "generate",
+            "--preset",
+            "tiny",
+            "--random-init",
+            "--prompt",
+            "a red ball",
+            "--seconds",
+            seconds,
+            "--seed",
+            seed,
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def _previous_run(directory):
@@ -158,8 +174,23 @@ def test_a_second_ctrl_c_cannot_split_a_video_from_its_sidecar(tmp_path, monkeyp
 
 
 def test_ctrl_c_while_starting_up_is_one_line_and_leaves_nothing(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "contextforcing.cli", "generate", "--random-init", "--prompt", "p",
-                             "--seconds", "1", "--out", str(tmp_path / "v.mp4")], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "contextforcing.cli",
+            "generate",
+            "--random-init",
+            "--prompt",
+            "p",
+            "--seconds",
+            "1",
+            "--out",
+            str(tmp_path / "v.mp4"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # torch is being imported (about 2 s), or the model built
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1].strip()

@@ -25,8 +25,9 @@ tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
 # Widths must agree with the tiny UMT5 (d_model 16) and VAE (16 latent channels, strides 4 and 8).
-TINY_MODEL = dict(dim=32, ffn_dim=64, num_layers=2, num_heads=4, text_dim=tiny.TINY_UMT5["d_model"], text_len=16,
-                  freq_dim=32)
+TINY_MODEL = dict(
+    dim=32, ffn_dim=64, num_layers=2, num_heads=4, text_dim=tiny.TINY_UMT5["d_model"], text_len=16, freq_dim=32
+)
 TINY_VIDEO = dict(latent_height=4, latent_width=4)  # 32 x 32 pixels
 
 
@@ -81,12 +82,34 @@ def _script(path: Path, *lines) -> Path:
 
 
 def test_generate_from_wan_dir_with_prompt_script_and_init_image(wan, tmp_path):
-    script = _script(tmp_path / "script.jsonl", {"at": 0, "prompt": "a red ball"}, "",
-                     {"at": 1.4, "prompt": "the cat sits on mat"}, {"at": 2.2, "prompt": "a red ball"})
+    script = _script(
+        tmp_path / "script.jsonl",
+        {"at": 0, "prompt": "a red ball"},
+        "",
+        {"at": 1.4, "prompt": "the cat sits on mat"},
+        {"at": 2.2, "prompt": "a red ball"},
+    )
     out = tmp_path / "v.mp4"
-    code = main(["generate", "--wan-dir", str(wan["dir"]), "--checkpoint", str(wan["checkpoint"]),
-                 "--preset", str(wan["preset"]), "--prompts", str(script), "--init-image", str(wan["image"]),
-                 "--seconds", "3", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--wan-dir",
+            str(wan["dir"]),
+            "--checkpoint",
+            str(wan["checkpoint"]),
+            "--preset",
+            str(wan["preset"]),
+            "--prompts",
+            str(script),
+            "--init-image",
+            str(wan["image"]),
+            "--seconds",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     frames, fps = read_video(out)
     sidecar = json.loads(out.with_suffix(".json").read_text())
@@ -105,13 +128,30 @@ def test_generate_from_wan_dir_with_prompt_script_and_init_image(wan, tmp_path):
 
 def test_base_dit_from_wan_dir_and_bench_decode_with_the_wan_vae(wan, tmp_path, capsys):
     out = tmp_path / "base.mp4"
-    code = main(["generate", "--wan-dir", str(wan["dir"]), "--preset", str(wan["preset"]), "--prompt", "a red ball",
-                 "--seconds", "1", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--wan-dir",
+            str(wan["dir"]),
+            "--preset",
+            str(wan["preset"]),
+            "--prompt",
+            "a red ball",
+            "--seconds",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert len(read_video(out)[0]) == 1 + (6 - 1) * 4  # no init: the first latent frame gives one pixel frame
     assert json.loads(out.with_suffix(".json").read_text())["weights"] == str(wan["dir"])
     capsys.readouterr()
-    assert main(["bench", "--wan-dir", str(wan["dir"]), "--preset", str(wan["preset"]), "--seconds", "1.5", "--decode"]) == 0
+    assert (
+        main(["bench", "--wan-dir", str(wan["dir"]), "--preset", str(wan["preset"]), "--seconds", "1.5", "--decode"])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "included: transformer denoising + commit passes + streaming Wan VAE decode" in table
     assert "of which decode" in table
@@ -144,8 +184,21 @@ def test_random_init_continues_an_init_video(tmp_path):
     with VideoWriter(clip, fps=16) as writer:  # 10 frames: the last 9 = 1 + 2 * 4 are used (3 latent frames)
         writer.write(np.random.default_rng(1).integers(0, 255, (10, 48, 80, 3), dtype=np.uint8))
     out = tmp_path / "v.mp4"
-    code = main(["generate", "--random-init", "--prompt", "a red ball", "--init-video", str(clip), "--seconds", "1.5",
-                 "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--random-init",
+            "--prompt",
+            "a red ball",
+            "--init-video",
+            str(clip),
+            "--seconds",
+            "1.5",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["init"]["pixel_frames"] == 9 and sidecar["init"]["latent_frames"] == 3
@@ -158,7 +211,11 @@ def test_placement_rounds_to_the_nearest_chunk_boundary():
     entries = [(1, 0.0, "a"), (2, 0.375, "b"), (3, 1.2, "c"), (4, 59.0, "d")]  # half a chunk rounds up
     placed = place_script(None, entries, video, chunks=80, source="s.jsonl")
     assert [(p["line"], p["chunk"], p["frame"], p["seconds"]) for p in placed] == [
-        (1, 0, 0, 0.0), (2, 1, 3, 0.75), (3, 2, 6, 1.5), (4, 79, 237, 59.25)]
+        (1, 0, 0, 0.0),
+        (2, 1, 3, 0.75),
+        (3, 2, 6, 1.5),
+        (4, 79, 237, 59.25),
+    ]
 
 
 def test_start_prompt_from_flag_when_the_script_starts_later():
@@ -170,7 +227,11 @@ def test_start_prompt_from_flag_when_the_script_starts_later():
 @pytest.mark.parametrize(
     "lines, extra, message",
     [
-        ([{"at": 0, "prompt": "a"}, {"at": 2, "prompt": "b"}, {"at": 1, "prompt": "c"}], [], "line 3: at 1 s is not after line 2"),
+        (
+            [{"at": 0, "prompt": "a"}, {"at": 2, "prompt": "b"}, {"at": 1, "prompt": "c"}],
+            [],
+            "line 3: at 1 s is not after line 2",
+        ),
         ([{"at": 0, "prompt": "a"}, {"at": 9, "prompt": "b"}], [], "line 2: at 9 s is past the end"),
         ([{"at": 0, "prompt": "a"}, {"at": 2.9, "prompt": "b"}], [], "line 2: at 2.9 s is past the end"),
         ([{"at": 0, "prompt": "a"}, {"at": 1, "prompt": "  "}], [], "line 2: empty prompt"),
@@ -181,7 +242,11 @@ def test_start_prompt_from_flag_when_the_script_starts_later():
         ([{"at": "soon", "prompt": "a"}], [], "line 1: 'at' must be a number"),
         ([{"at": 1, "prompt": "a"}], [], "line 1: the first prompt must be at 0 s"),
         ([{"at": 0, "prompt": "a"}], ["--prompt", "p"], "line 1: sets the starting prompt at 0 s"),
-        ([{"at": 0, "prompt": "a"}, {"at": 0.9, "prompt": "b"}, {"at": 1.0, "prompt": "c"}], [], "line 3: at 1 s lands on chunk 1"),
+        (
+            [{"at": 0, "prompt": "a"}, {"at": 0.9, "prompt": "b"}, {"at": 1.0, "prompt": "c"}],
+            [],
+            "line 3: at 1 s lands on chunk 1",
+        ),
         ([{"at": 0, "prompt": "a"}], ["--switch", "1:b"], "either --prompts or --switch"),
         (["", "  "], [], "has no prompts"),
     ],
@@ -190,8 +255,20 @@ def test_bad_prompt_scripts_one_line_exit_2_no_output(tmp_path, capsys, lines, e
     script = _script(tmp_path / "script.jsonl", *lines)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code = main(["generate", "--random-init", "--prompts", str(script), "--seconds", "3",
-                 "--out", str(out_dir / "v.mp4"), "--quiet", *extra])
+    code = main(
+        [
+            "generate",
+            "--random-init",
+            "--prompts",
+            str(script),
+            "--seconds",
+            "3",
+            "--out",
+            str(out_dir / "v.mp4"),
+            "--quiet",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert message in err and ("line" not in message or f"{script} line" in err)
@@ -218,8 +295,20 @@ def test_bad_weight_and_init_flags(tmp_path, capsys, monkeypatch, args, message)
 
 
 def test_wan_dir_that_does_not_fit_the_preset(wan, tmp_path, capsys):
-    code = main(["generate", "--wan-dir", str(wan["dir"]), "--prompt", "p", "--seconds", "1",
-                 "--out", str(tmp_path / "v.mp4"), "--quiet"])  # default preset: the real 1.3B
+    code = main(
+        [
+            "generate",
+            "--wan-dir",
+            str(wan["dir"]),
+            "--prompt",
+            "p",
+            "--seconds",
+            "1",
+            "--out",
+            str(tmp_path / "v.mp4"),
+            "--quiet",
+        ]
+    )  # default preset: the real 1.3B
     err = capsys.readouterr().err.strip()
     assert code == 2 and "text encoder gives 16-wide embeddings, the preset's model takes 4096" in err
 
@@ -236,8 +325,13 @@ def test_longlive_base_and_lora_directory_with_alpha_and_heads(wan, tmp_path, ca
     `generator_lora` (peft names, no alpha). The LoRA lands on `generator`, the scale is alpha / rank, and the
     console and sidecar say so; an explicit --ema wins."""
     base = tmp_path / "longlive_base.pt"
-    torch.save({"generator": {"model." + k: v for k, v in _dit_state(5).items()},
-                "generator_ema": {"model." + k: v for k, v in _dit_state(6).items()}}, base)
+    torch.save(
+        {
+            "generator": {"model." + k: v for k, v in _dit_state(5).items()},
+            "generator_ema": {"model." + k: v for k, v in _dit_state(6).items()},
+        },
+        base,
+    )
     rank, gen = 4, torch.Generator().manual_seed(0)
     lora = {}
     for module in ("blocks.0.self_attn.q", "blocks.1.cross_attn.o"):
@@ -246,8 +340,21 @@ def test_longlive_base_and_lora_directory_with_alpha_and_heads(wan, tmp_path, ca
     run = tmp_path / "checkpoint_model_000100"
     run.mkdir()
     torch.save({"generator_lora": lora, "critic_lora": lora, "step": 100}, run / "model.pt")
-    common = ["--wan-dir", str(wan["dir"]), "--checkpoint", str(base), "--preset", str(wan["preset"]),
-              "--lora", str(run), "--prompt", "a red ball", "--seconds", "0.75", "--quiet"]
+    common = [
+        "--wan-dir",
+        str(wan["dir"]),
+        "--checkpoint",
+        str(base),
+        "--preset",
+        str(wan["preset"]),
+        "--lora",
+        str(run),
+        "--prompt",
+        "a red ball",
+        "--seconds",
+        "0.75",
+        "--quiet",
+    ]
     out = tmp_path / "v.mp4"
     assert main(["generate", *common, "--lora-alpha", "2", "--num-heads", "2", "--out", str(out)]) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("weights:")]
@@ -259,15 +366,22 @@ def test_longlive_base_and_lora_directory_with_alpha_and_heads(wan, tmp_path, ca
     assert sidecar["config"]["model"]["num_heads"] == 2
     assert main(["generate", *common, "--ema", "--out", str(tmp_path / "ema.mp4")]) == 0
     choice = json.loads((tmp_path / "ema.json").read_text())["weights_choice"]
-    assert (choice["entry"], choice["entry_reason"], choice["lora_scales"]) == ("generator_ema", "explicit --ema", [1.0])
+    assert (choice["entry"], choice["entry_reason"], choice["lora_scales"]) == (
+        "generator_ema",
+        "explicit --ema",
+        [1.0],
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--random-init", "--lora", "x.pt"], "--lora: only for --wan-dir/--checkpoint weights"),
-    (["--random-init", "--num-heads", "2"], "--num-heads: only for --wan-dir/--checkpoint weights"),
-    (["--random-init", "--lora-alpha", "8"], "--lora-alpha needs --lora"),
-    (["--random-init", "--ema", "--no-ema"], "not allowed with argument"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--random-init", "--lora", "x.pt"], "--lora: only for --wan-dir/--checkpoint weights"),
+        (["--random-init", "--num-heads", "2"], "--num-heads: only for --wan-dir/--checkpoint weights"),
+        (["--random-init", "--lora-alpha", "8"], "--lora-alpha needs --lora"),
+        (["--random-init", "--ema", "--no-ema"], "not allowed with argument"),
+    ],
+)
 @pytest.mark.parametrize("command", ["generate", "bench"])
 def test_weight_flags_without_weights_are_refused(tmp_path, capsys, monkeypatch, command, args, message):
     monkeypatch.chdir(tmp_path)
@@ -285,13 +399,16 @@ def test_python_front_door_loads_a_wan_directory_and_checkpoint(wan):
     import contextforcing as cf
     from contextforcing.weights import read_safetensors
 
-    pipe = cf.Pipeline.from_pretrained(wan["dir"], checkpoint=str(wan["checkpoint"]), preset=str(wan["preset"]),
-                                       dtype="fp32")
+    pipe = cf.Pipeline.from_pretrained(
+        wan["dir"], checkpoint=str(wan["checkpoint"]), preset=str(wan["preset"]), dtype="fp32"
+    )
     stored = read_safetensors(wan["checkpoint"])
     assert all(torch.equal(p, stored[name]) for name, p in pipe.model.state_dict().items())
     assert pipe.memory == cf.Memory.slow_fast() and pipe.weights == str(wan["checkpoint"])
     video = pipe("a red ball", seconds=1.5, seed=0, switches={0.75: "the cat sits on mat"})
     assert video.frames.shape == (1 + 5 * 4, 32, 32, 3) and [c.prompt for c in video.chunks] == [
-        "a red ball", "the cat sits on mat"]
+        "a red ball",
+        "the cat sits on mat",
+    ]
     with pytest.raises(cf.UserError, match="needs the Wan2.1 directory"):
         cf.Pipeline.from_pretrained(checkpoint=str(wan["checkpoint"]))

@@ -8,8 +8,16 @@ import torch
 # z_dim 16 so the original layout (which stores no latent statistics) gets Wan2.1's real mean/std, as the
 # diffusers config does by default; num_res_blocks 1 differs from the real 2, to exercise the key mapping.
 TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-TINY_UMT5 = dict(d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                 relative_attention_max_distance=128, dropout_rate=0.0)
+TINY_UMT5 = dict(
+    d_model=16,
+    d_kv=4,
+    d_ff=24,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=128,
+    dropout_rate=0.0,
+)
 WORDS = "a red ball bouncing in blue room the cat sits on mat green dog runs through park".split()
 
 

@@ -84,8 +84,10 @@ def _wan_t5_reference(state, ids, mask, num_heads, max_distance=128, eps=1e-6):
         out = (rel > 0).long() * half
         rel = rel.abs()
         exact = half // 2
-        large = exact + (torch.log(rel.float().clamp(min=1) / exact) / math.log(max_distance / exact)
-                         * (half - exact)).long()
+        large = (
+            exact
+            + (torch.log(rel.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (half - exact)).long()
+        )
         return out + torch.where(rel < exact, rel, large.clamp(max=half - 1))
 
     x = state["token_embedding.weight"][ids]
@@ -95,8 +97,7 @@ def _wan_t5_reference(state, ids, mask, num_heads, max_distance=128, eps=1e-6):
     for i in range(layers):
         p = f"blocks.{i}."
         h = rms(x, state[p + "norm1.weight"])
-        q, k, v = ((h @ state[p + f"attn.{n}.weight"].T).view(b, length, num_heads, -1).transpose(1, 2)
-                   for n in "qkv")
+        q, k, v = ((h @ state[p + f"attn.{n}.weight"].T).view(b, length, num_heads, -1).transpose(1, 2) for n in "qkv")
         table = state[p + "pos_embedding.embedding.weight"]
         bias = table[buckets(length, table.shape[0])].permute(2, 0, 1)[None]
         attn = torch.softmax(q @ k.transpose(-1, -2) + bias + masked, dim=-1)

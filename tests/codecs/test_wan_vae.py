@@ -41,8 +41,15 @@ def test_both_layouts_load_identical_weights(vae_dirs, tiny_vae, layout):
     loaded, source = codec.vae.state_dict(), tiny_vae.state_dict()
     assert loaded.keys() == source.keys()
     assert all(torch.equal(loaded[k], source[k]) for k in source)
-    for field in ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "temperal_downsample", "latents_mean",
-                  "latents_std"):
+    for field in (
+        "base_dim",
+        "z_dim",
+        "dim_mult",
+        "num_res_blocks",
+        "temperal_downsample",
+        "latents_mean",
+        "latents_std",
+    ):
         assert str(codec.vae.config[field]) == str(tiny_vae.config[field]), field
     assert (codec.latent_channels, codec.stride_t, codec.stride_hw) == (16, 4, 8)
 

@@ -13,14 +13,33 @@ from contextforcing.data.world.panorama.annotations import load_panorama_annotat
 from contextforcing.data.world.panorama.dataset import PanoramaDatasetConfig, training_world, write_panorama_dataset
 from contextforcing.data.world.panorama.generator import ScriptBuilder, chunks_for_seconds, sample_training_script
 from contextforcing.data.world.panorama.geometry import (
-    BALL_COLOURS, BALL_RADIUS, BALL_SPEEDS, BALL_Y_RANGE, CELL, COLUMN, FPS, N_PANELS, PANEL_MAX_RUN, ROOM_WIDTH,
-    UNITS, VIEW, latent_end_frame, panel_colours,
+    BALL_COLOURS,
+    BALL_RADIUS,
+    BALL_SPEEDS,
+    BALL_Y_RANGE,
+    CELL,
+    COLUMN,
+    FPS,
+    N_PANELS,
+    PANEL_MAX_RUN,
+    ROOM_WIDTH,
+    UNITS,
+    VIEW,
+    latent_end_frame,
+    panel_colours,
 )
 from contextforcing.data.world.panorama.heldout import HELDOUT_SECONDS, TOURS, heldout_worlds, tour_script
 from contextforcing.data.world.panorama.render import render, room_image
 from contextforcing.data.world.panorama.revisits import track_revisits
 from contextforcing.data.world.panorama.script import (
-    CAMERA_ACTIONS, HEADINGS, PALETTE_NAMES, SPEEDS, PanoramaPrompt, WhiteBall, parse_panorama_prompt, read_script,
+    CAMERA_ACTIONS,
+    HEADINGS,
+    PALETTE_NAMES,
+    SPEEDS,
+    PanoramaPrompt,
+    WhiteBall,
+    parse_panorama_prompt,
+    read_script,
     script_from_chunks,
 )
 from contextforcing.data.world.panorama.simulate import CELL_INDEX, PanoramaSpec, simulate
@@ -50,18 +69,24 @@ def test_prompt_grammar_accepts_the_documented_forms():
     assert q.canonical == "sand room, hold, lights off, white ball bouncing slow"
 
 
-@pytest.mark.parametrize("prompt, named", [
-    ("teal room, hold, lights on", "unknown palette 'teal'; choose one of warm, cool"),
-    ("warm room, pan up, lights on", "unknown camera action 'pan up'; choose one of hold, pan left, pan right"),
-    ("warm room, hold, lights dim", "unknown light state 'dim'; choose one of on, off"),
-    ("warm room, hold, lights on, white ball bouncing upward fast", "unknown ball heading 'upward'"),
-    ("warm room, hold, lights on, white ball bouncing leftward quick", "unknown ball speed 'quick'; choose one of slow, fast"),
-    ("warm room, hold, lights on, red ball", "cannot parse clause 'red ball'"),
-    ("warm room, hold, pan left, lights on", "repeats the camera"),
-    ("warm room, lights on", "missing the camera action"),
-    ("warm room, hold", "missing the light state"),
-    ("a red ball in a room", "expected '<palette> room"),
-])
+@pytest.mark.parametrize(
+    "prompt, named",
+    [
+        ("teal room, hold, lights on", "unknown palette 'teal'; choose one of warm, cool"),
+        ("warm room, pan up, lights on", "unknown camera action 'pan up'; choose one of hold, pan left, pan right"),
+        ("warm room, hold, lights dim", "unknown light state 'dim'; choose one of on, off"),
+        ("warm room, hold, lights on, white ball bouncing upward fast", "unknown ball heading 'upward'"),
+        (
+            "warm room, hold, lights on, white ball bouncing leftward quick",
+            "unknown ball speed 'quick'; choose one of slow, fast",
+        ),
+        ("warm room, hold, lights on, red ball", "cannot parse clause 'red ball'"),
+        ("warm room, hold, pan left, lights on", "repeats the camera"),
+        ("warm room, lights on", "missing the camera action"),
+        ("warm room, hold", "missing the light state"),
+        ("a red ball in a room", "expected '<palette> room"),
+    ],
+)
 def test_bad_prompts_are_one_line_errors_naming_the_bad_word(prompt, named):
     with pytest.raises(UserError) as err:
         parse_panorama_prompt(prompt)
@@ -73,19 +98,41 @@ def write(path, lines):
     return path
 
 
-@pytest.mark.parametrize("lines, named", [
-    ([{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 3, "prompt": "cool room, hold, lights on"}],
-     "line 2: room 'cool' differs from the first prompt's 'warm'"),
-    ([{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 3, "prompt": "warm room, hold, lights on, black ball"}],
-     "line 2: the balls (black) differ from the first prompt's (none)"),
-    ([{"at": 1.5, "prompt": "warm room, hold, lights on"}], "line 1: the first prompt must be at 0 s"),
-    ([{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 30, "prompt": "warm room, hold, lights off"}],
-     "past the end of the video"),
-    ([{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 3, "prompt": "warm room, pan sideways, lights on"}],
-     "line 2: bad panorama prompt"),
-    ([{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 0.3, "prompt": "warm room, pan left, lights on"}],
-     "lands on chunk 0"),
-])
+@pytest.mark.parametrize(
+    "lines, named",
+    [
+        (
+            [{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 3, "prompt": "cool room, hold, lights on"}],
+            "line 2: room 'cool' differs from the first prompt's 'warm'",
+        ),
+        (
+            [
+                {"at": 0, "prompt": "warm room, hold, lights on"},
+                {"at": 3, "prompt": "warm room, hold, lights on, black ball"},
+            ],
+            "line 2: the balls (black) differ from the first prompt's (none)",
+        ),
+        ([{"at": 1.5, "prompt": "warm room, hold, lights on"}], "line 1: the first prompt must be at 0 s"),
+        (
+            [{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 30, "prompt": "warm room, hold, lights off"}],
+            "past the end of the video",
+        ),
+        (
+            [
+                {"at": 0, "prompt": "warm room, hold, lights on"},
+                {"at": 3, "prompt": "warm room, pan sideways, lights on"},
+            ],
+            "line 2: bad panorama prompt",
+        ),
+        (
+            [
+                {"at": 0, "prompt": "warm room, hold, lights on"},
+                {"at": 0.3, "prompt": "warm room, pan left, lights on"},
+            ],
+            "lands on chunk 0",
+        ),
+    ],
+)
 def test_bad_scripts_are_one_line_errors_naming_the_line(tmp_path, lines, named):
     with pytest.raises(UserError) as err:
         read_script(write(tmp_path / "s.jsonl", lines), chunks_for_seconds(10))
@@ -94,15 +141,32 @@ def test_bad_scripts_are_one_line_errors_naming_the_line(tmp_path, lines, named)
 
 def test_script_times_land_on_chunks_as_generate_places_them(tmp_path):
     # 1.9 s rounds to chunk 3 (2.25 s) exactly as `generate --prompts` rounds it (0.75 s chunks, half up)
-    lines = [{"at": 0, "prompt": "warm room, hold, lights on"}, {"at": 1.9, "prompt": "warm room, pan right, lights on"}]
+    lines = [
+        {"at": 0, "prompt": "warm room, hold, lights on"},
+        {"at": 1.9, "prompt": "warm room, pan right, lights on"},
+    ]
     script = read_script(write(tmp_path / "s.jsonl", lines), chunks_for_seconds(10))
     assert [e.chunk for e in script.entries] == [0, 3]
     assert script.to_jsonl().splitlines()[1] == json.dumps({"at": 2.25, "prompt": "warm room, pan right, lights on"})
 
 
 def test_every_grammar_word_is_its_own_token_for_the_bag_of_words_encoder():
-    words = {"room", "hold", "pan", "lights", "on", "off", "white", "ball", "bouncing", "black", *PALETTE_NAMES,
-             *HEADINGS, *SPEEDS, *(a.split()[-1] for a in CAMERA_ACTIONS)}
+    words = {
+        "room",
+        "hold",
+        "pan",
+        "lights",
+        "on",
+        "off",
+        "white",
+        "ball",
+        "bouncing",
+        "black",
+        *PALETTE_NAMES,
+        *HEADINGS,
+        *SPEEDS,
+        *(a.split()[-1] for a in CAMERA_ACTIONS),
+    }
     model = PRESETS["world"].model
     encoder = HashTextEncoder(model.text_dim, model.text_len)
     ids = {w: encoder.token_ids(w)[0] for w in words}
@@ -162,7 +226,9 @@ def test_events_happen_only_where_the_camera_sees_them():
     assert sum(len(t.events) for t in tracks) > 20
     for track in tracks:
         for e in track.events:
-            cells = [e.new] if e.type == "appear" else [int(track.objects[track.frame_state[e.frame], e.slot, CELL_INDEX])]
+            cells = (
+                [e.new] if e.type == "appear" else [int(track.objects[track.frame_state[e.frame], e.slot, CELL_INDEX])]
+            )
             if e.type == "move":
                 cells.append(e.old)
             for f in range(latent_end_frame(e.latent - 1), min(track.n_frames, latent_end_frame(e.latent + 1) + 1)):
@@ -176,9 +242,9 @@ def test_the_wall_is_aperiodic():
     for seed in range(20):
         panels = simulate(PanoramaSpec(small_script(), seed, 12)).panels
         doubled = np.concatenate([panels, panels])
-        runs = [len(set(doubled[i:i + PANEL_MAX_RUN + 1])) > 1 for i in range(N_PANELS)]
+        runs = [len(set(doubled[i : i + PANEL_MAX_RUN + 1])) > 1 for i in range(N_PANELS)]
         assert all(runs)
-        views = {tuple(doubled[i:i + VIEW // COLUMN]) for i in range(N_PANELS)}
+        views = {tuple(doubled[i : i + VIEW // COLUMN]) for i in range(N_PANELS)}
         assert len(views) == N_PANELS  # no view-wide stretch of wall repeats
 
 
@@ -284,28 +350,55 @@ def run_cli(argv, capsys):
 def test_cli_script_render_and_heldout(tmp_path, capsys):
     code, _, _ = run_cli(["world", "script", "--heldout", "1", "--out", str(tmp_path / "tour.jsonl")], capsys)
     assert code == 0 and (tmp_path / "tour.jsonl").read_text() == heldout_worlds(2)[1].script.to_jsonl()
-    code, out, err = run_cli(["world", "render", "--script", str(tmp_path / "tour.jsonl"), "--seed", "3", "--seconds", "90",
-                         "--out", str(tmp_path / "w"), "--npy"], capsys)
+    code, out, err = run_cli(
+        [
+            "world",
+            "render",
+            "--script",
+            str(tmp_path / "tour.jsonl"),
+            "--seed",
+            "3",
+            "--seconds",
+            "90",
+            "--out",
+            str(tmp_path / "w"),
+            "--npy",
+        ],
+        capsys,
+    )
     assert code == 0, err
-    assert {p.name for p in (tmp_path / "w").iterdir()} == {"video.mp4", "annotations.json", "script.jsonl", "frames.npy"}
+    assert {p.name for p in (tmp_path / "w").iterdir()} == {
+        "video.mp4",
+        "annotations.json",
+        "script.jsonl",
+        "frames.npy",
+    }
     track = load_panorama_annotations(tmp_path / "w" / "annotations.json")
     assert track.seed == 3 and np.array_equal(np.load(tmp_path / "w" / "frames.npy"), render(track))
     assert "revisits fast/slow/beyond" in out
     code, out, _ = run_cli(["world", "heldout", "--world", "panorama", "--count", "2"], capsys)
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [x["seed"] for x in lines] == [w.seed for w in heldout_worlds(2)]
-    code, _, _ = run_cli(["world", "dataset", "--world", "panorama", "--count", "4", "--seconds", "5",
-                       "--out", str(tmp_path / "ds")], capsys)
+    code, _, _ = run_cli(
+        ["world", "dataset", "--world", "panorama", "--count", "4", "--seconds", "5", "--out", str(tmp_path / "ds")],
+        capsys,
+    )
     assert code == 0 and len((tmp_path / "ds" / "clips.jsonl").read_text().splitlines()) == 4
 
 
-@pytest.mark.parametrize("argv, named", [
-    (["--seed", "1", "--seconds", "5"], "--script"),
-    (["--script", "SCRIPT", "--seconds", "5"], "--seed"),
-    (["--script", "SCRIPT", "--seed", "1", "--seconds", "5", "--prompt", "plain warm room"], "occlusion world"),
-    (["--script", "SCRIPT", "--seed", "1", "--seconds", "5", "--world", "occlusion"], "leave out --world occlusion"),
-    (["--script", "missing.jsonl", "--seed", "1", "--seconds", "5"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--seed", "1", "--seconds", "5"], "--script"),
+        (["--script", "SCRIPT", "--seconds", "5"], "--seed"),
+        (["--script", "SCRIPT", "--seed", "1", "--seconds", "5", "--prompt", "plain warm room"], "occlusion world"),
+        (
+            ["--script", "SCRIPT", "--seed", "1", "--seconds", "5", "--world", "occlusion"],
+            "leave out --world occlusion",
+        ),
+        (["--script", "missing.jsonl", "--seed", "1", "--seconds", "5"], "does not exist"),
+    ],
+)
 def test_cli_render_errors_are_one_line(tmp_path, capsys, argv, named):
     script = write(tmp_path / "s.jsonl", [{"at": 0, "prompt": "warm room, hold, lights on"}])
     argv = [str(script) if a == "SCRIPT" else str(tmp_path / a) if a.endswith(".jsonl") else a for a in argv]

@@ -9,15 +9,36 @@ import pytest
 from contextforcing.data.world.annotations import load_annotations, track_from_json, track_to_json
 from contextforcing.data.world.heldout import eval_worlds, heldout_pairs
 from contextforcing.data.world.prompts import (
-    EVAL_SEED_BASE, HELD_OUT_COMBOS, PromptSpec, parse_prompt, sample_training_prompt,
+    EVAL_SEED_BASE,
+    HELD_OUT_COMBOS,
+    PromptSpec,
+    parse_prompt,
+    sample_training_prompt,
 )
 from contextforcing.data.world.render import render, visible_objects
 from contextforcing.data.world.style import (
-    BLACKOUT_COLOUR, CURTAIN_COLOUR, FPS, OBJECT_COLOURS, OBJECT_COLOUR_NAMES, OBJECT_SIZE, PALETTES, SHAPE_MASKS,
-    SPRITE_COLOUR, cell_origin, frames_for_seconds,
+    BLACKOUT_COLOUR,
+    CURTAIN_COLOUR,
+    FPS,
+    OBJECT_COLOUR_NAMES,
+    OBJECT_COLOURS,
+    OBJECT_SIZE,
+    PALETTES,
+    SHAPE_MASKS,
+    SPRITE_COLOUR,
+    cell_origin,
+    frames_for_seconds,
 )
 from contextforcing.data.world.track import (
-    CELL, COLOUR, PRESENT, SHAPE, FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS, WorldSpec, bucket_for, simulate,
+    CELL,
+    COLOUR,
+    FAST_MEMORY_SECONDS,
+    PRESENT,
+    SHAPE,
+    SLOW_MEMORY_SECONDS,
+    WorldSpec,
+    bucket_for,
+    simulate,
 )
 from contextforcing.errors import UserError
 
@@ -30,14 +51,17 @@ def test_prompt_grammar_accepts_the_documented_forms():
     assert parse_prompt(spec.canonical) == spec
 
 
-@pytest.mark.parametrize("prompt, named", [
-    ("stripy cool room", "'stripy'"),
-    ("striped teal room", "'teal'"),
-    ("striped cool room, fog occlusions", "'fog'"),
-    ("striped cool room, circle sprite, circle sprite", "'circle sprite'"),
-    ("a red ball in a blue room", "expected"),
-    ("", "expected"),
-])
+@pytest.mark.parametrize(
+    "prompt, named",
+    [
+        ("stripy cool room", "'stripy'"),
+        ("striped teal room", "'teal'"),
+        ("striped cool room, fog occlusions", "'fog'"),
+        ("striped cool room, circle sprite, circle sprite", "'circle sprite'"),
+        ("a red ball in a blue room", "expected"),
+        ("", "expected"),
+    ],
+)
 def test_bad_prompts_are_user_errors_naming_the_problem(prompt, named):
     with pytest.raises(UserError) as err:
         parse_prompt(prompt)
@@ -71,8 +95,8 @@ def test_schedule_invariants(seed):
     for occ in occs:
         assert 0.5 <= occ.seconds <= 60 and (occ.seconds * 4) % 1 == 0  # whole latent frames
         assert occ.start_frame % 4 == 1 and occ.end_frame % 4 == 1  # latent boundaries
-        assert visible[occ.end_frame: occ.end_frame + 2 * FPS].all() or occ.end_frame + 2 * FPS > track.n_frames
-        assert (track.coverage[occ.start_frame:occ.end_frame] > 0).all()
+        assert visible[occ.end_frame : occ.end_frame + 2 * FPS].all() or occ.end_frame + 2 * FPS > track.n_frames
+        assert (track.coverage[occ.start_frame : occ.end_frame] > 0).all()
     for event in track.events():
         assert event.frame % 4 == 1
         near = slice(event.frame - FPS // 2, event.frame + FPS // 2)
@@ -94,15 +118,21 @@ def test_occlusion_buckets():
     assert bucket_for(20.25) == bucket_for(60) == "long"
 
 
-@pytest.mark.parametrize("prompt", ["striped cool room, blackout occlusions", "checkered warm room, curtain occlusions",
-                                    "columned forest room, turn-away occlusions"])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "striped cool room, blackout occlusions",
+        "checkered warm room, curtain occlusions",
+        "columned forest room, turn-away occlusions",
+    ],
+)
 def test_rendering_matches_ground_truth_exactly(prompt):
     track = simulate(WorldSpec(prompt, 3, 30, (1.0, 6.0)))
     frames = render(track)
     bg1, bg2, away = PALETTES[track.prompt.palette]
     hidden_colour = {"blackout": BLACKOUT_COLOUR, "curtain": CURTAIN_COLOUR, "turn-away": away}
     for occ in track.occlusions():
-        full = np.flatnonzero(track.coverage[occ.start_frame:occ.end_frame] >= 1) + occ.start_frame
+        full = np.flatnonzero(track.coverage[occ.start_frame : occ.end_frame] >= 1) + occ.start_frame
         assert (frames[full] == hidden_colour[occ.kind]).all(), "fully hidden frames are uniform"
         # the scene comes back exactly as it was; only the sprite (which kept moving) differs
         before, after = frames[occ.before_frame], frames[occ.end_frame]
@@ -112,12 +142,13 @@ def test_rendering_matches_ground_truth_exactly(prompt):
         state = track.state_at(t)
         for slot in visible_objects(track, t):
             y, x = cell_origin(int(state[slot, CELL]))
-            window = frames[t, y:y + OBJECT_SIZE, x:x + OBJECT_SIZE]
+            window = frames[t, y : y + OBJECT_SIZE, x : x + OBJECT_SIZE]
             colour = OBJECT_COLOURS[OBJECT_COLOUR_NAMES[state[slot, COLOUR]]]
             assert (window[SHAPE_MASKS[state[slot, SHAPE]]] == colour).all()
         sx, sy = track.sprite_xy[t].astype(int)
         assert tuple(frames[t, sy, sx]) == SPRITE_COLOUR or any(
-            (frames[t, sy, sx] == OBJECT_COLOURS[n]).all() for n in OBJECT_COLOURS), "sprite, or an object in front"
+            (frames[t, sy, sx] == OBJECT_COLOURS[n]).all() for n in OBJECT_COLOURS
+        ), "sprite, or an object in front"
 
 
 def test_visible_objects_respect_the_curtain():
@@ -157,7 +188,8 @@ def test_heldout_pairs_extend_the_evaluation_set_with_more_seeds():
     pairs = heldout_pairs(50)
     assert len({(w.prompt, w.seed) for w in pairs}) == 50 and all(w.seed >= EVAL_SEED_BASE for w in pairs)
     assert {(w.prompt, w.seed, w.occlusion_seconds) for w in pairs[:16]} == {
-        (w.prompt, w.seed, w.occlusion_seconds) for w in eval_worlds()}
+        (w.prompt, w.seed, w.occlusion_seconds) for w in eval_worlds()
+    }
     for long, short in zip(heldout_pairs(8, 120.0), pairs):  # twice as long: the profile twice
         assert (long.prompt, long.seed) == (short.prompt, short.seed)
         assert long.occlusion_seconds == short.occlusion_seconds * 2

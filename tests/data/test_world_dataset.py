@@ -71,8 +71,23 @@ def test_dataset_errors(tmp_path):
 
 
 def test_cli_dataset(tmp_path, capsys):
-    code = run_cli(["world", "dataset", "--count", "5", "--seconds", "3", "--out", str(tmp_path / "d"),
-                    "--shard-size", "2", "--workers", "1", "--quiet"])
+    code = run_cli(
+        [
+            "world",
+            "dataset",
+            "--count",
+            "5",
+            "--seconds",
+            "3",
+            "--out",
+            str(tmp_path / "d"),
+            "--shard-size",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0
     manifest = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert manifest["count"] == 5 and len(manifest["shards"]) == 3
@@ -81,8 +96,23 @@ def test_cli_dataset(tmp_path, capsys):
 
 def test_cli_render_writes_video_and_annotations(tmp_path):
     out = tmp_path / "w"
-    code = run_cli(["world", "render", "--prompt", "striped cool room, curtain occlusions", "--seed", "4",
-                    "--seconds", "16", "--occlusions", "1,2", "--out", str(out), "--npy"])
+    code = run_cli(
+        [
+            "world",
+            "render",
+            "--prompt",
+            "striped cool room, curtain occlusions",
+            "--seed",
+            "4",
+            "--seconds",
+            "16",
+            "--occlusions",
+            "1,2",
+            "--out",
+            str(out),
+            "--npy",
+        ]
+    )
     assert code == 0
     data = json.loads((out / "annotations.json").read_text())
     frames, fps = read_video(out / "video.mp4")
@@ -99,8 +129,10 @@ def training_like(data):
 
 
 def test_cli_render_errors(tmp_path, capsys):
-    assert run_cli(["world", "render", "--prompt", "a blue room", "--seed", "1", "--seconds", "2",
-                    "--out", str(tmp_path)]) == 2
+    assert (
+        run_cli(["world", "render", "--prompt", "a blue room", "--seed", "1", "--seconds", "2", "--out", str(tmp_path)])
+        == 2
+    )
     assert run_cli(["world", "render", "--seed", "1", "--out", str(tmp_path)]) == 2
     assert run_cli(["world", "render", "--heldout", "99", "--out", str(tmp_path)]) == 2
     assert run_cli(["world", "render", "--heldout", "0", "--out", str(tmp_path / "h")]) == 0

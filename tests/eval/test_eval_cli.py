@@ -42,9 +42,20 @@ def world_files(tmp_path_factory):
 
 def test_report_compares_videos_side_by_side(world_files, tmp_path):
     d = world_files
-    code, err = run_cli(["eval", str(d / "truth.mp4"), str(d / "forgetful.npy"), "--world-annotations",
-                         str(d / "annotations.json"), "--report", str(tmp_path / "r"), "--quiet",
-                         "--labels", "truth,forgetful"])
+    code, err = run_cli(
+        [
+            "eval",
+            str(d / "truth.mp4"),
+            str(d / "forgetful.npy"),
+            "--world-annotations",
+            str(d / "annotations.json"),
+            "--report",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--labels",
+            "truth,forgetful",
+        ]
+    )
     assert (code, err) == (0, None)
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     truth, forgetful = metrics["videos"]["truth"], metrics["videos"]["forgetful"]
@@ -54,8 +65,13 @@ def test_report_compares_videos_side_by_side(world_files, tmp_path):
     assert truth["features"]["pixel"]["proxy"] is True and "10" in truth["features"]["pixel"]["first_frame_similarity"]
     assert 0 < metrics["aggregate_frame_weighted_consistency"]["pixel"] <= 1
     files = {p.name for p in (tmp_path / "r").iterdir()}
-    assert {"metrics.json", "report.html", "first_frame_similarity.png", "restoration_buckets.png",
-            "world_curves.png"} <= files
+    assert {
+        "metrics.json",
+        "report.html",
+        "first_frame_similarity.png",
+        "restoration_buckets.png",
+        "world_curves.png",
+    } <= files
     assert len([f for f in files if f.startswith("strip_occlusion")]) == 1  # only the 3 s occlusion is >= 1.5 s
     page = (tmp_path / "r" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == sum(f.endswith(".png") for f in files)
@@ -71,17 +87,20 @@ def test_report_without_annotations(world_files, tmp_path):
     assert (tmp_path / "r" / "strip_timeline.png").is_file()
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("garbage", "cannot read video"),
-    ("missing_video", "does not exist"),
-    ("mismatch", "annotations of a different video"),
-    ("bad_annotations", "not a world annotation file"),
-    ("missing_weights", "does not exist"),
-    ("no_weights", "needs a local weights path"),
-    ("annotation_count", "once per video"),
-    ("fps_0", "--fps must be a positive number"),
-    ("sizes", "the videos differ in resolution"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("garbage", "cannot read video"),
+        ("missing_video", "does not exist"),
+        ("mismatch", "annotations of a different video"),
+        ("bad_annotations", "not a world annotation file"),
+        ("missing_weights", "does not exist"),
+        ("no_weights", "needs a local weights path"),
+        ("annotation_count", "once per video"),
+        ("fps_0", "--fps must be a positive number"),
+        ("sizes", "the videos differ in resolution"),
+    ],
+)
 def test_bad_input_is_a_one_line_error_with_exit_code_2(world_files, tmp_path, case, needle):
     d = world_files
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x01 definitely not a video")
@@ -93,8 +112,15 @@ def test_bad_input_is_a_one_line_error_with_exit_code_2(world_files, tmp_path, c
         "bad_annotations": [str(d / "truth.mp4"), "--world-annotations", str(tmp_path / "bad.json")],
         "missing_weights": [str(d / "truth.mp4"), "--features", "dino", "--dino-weights", str(tmp_path / "x.pth")],
         "no_weights": [str(d / "truth.mp4"), "--features", "clip"],
-        "annotation_count": [str(d / "truth.mp4"), str(d / "truth.mp4"), str(d / "truth.mp4"), "--world-annotations",
-                             str(d / "annotations.json"), "--world-annotations", str(d / "annotations.json")],
+        "annotation_count": [
+            str(d / "truth.mp4"),
+            str(d / "truth.mp4"),
+            str(d / "truth.mp4"),
+            "--world-annotations",
+            str(d / "annotations.json"),
+            "--world-annotations",
+            str(d / "annotations.json"),
+        ],
         "fps_0": [str(d / "forgetful.npy"), "--fps", "0"],
         "sizes": [str(d / "forgetful.npy"), str(tmp_path / "small.npy")],
     }[case]

@@ -36,29 +36,59 @@ def _copy(sd, out, pairs, src, dst):
 def dino_original_layout(model):
     """What facebookresearch/dino's ViT state dict looks like for this model (written independently here)."""
     sd = model.state_dict()
-    out = {"cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
-           "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
-           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
-           "norm.weight": sd["layernorm.weight"], "norm.bias": sd["layernorm.bias"]}
+    out = {
+        "cls_token": sd["embeddings.cls_token"],
+        "pos_embed": sd["embeddings.position_embeddings"],
+        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": sd["layernorm.weight"],
+        "norm.bias": sd["layernorm.bias"],
+    }
     for i in range(LAYERS):
         out[f"blocks.{i}.attn.qkv.weight"], out[f"blocks.{i}.attn.qkv.bias"] = _qkv(sd, f"layers.{i}.attention")
-        _copy(sd, out, [("attention.o_proj", "attn.proj"), ("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
-                        ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")], f"layers.{i}", f"blocks.{i}")
+        _copy(
+            sd,
+            out,
+            [
+                ("attention.o_proj", "attn.proj"),
+                ("layernorm_before", "norm1"),
+                ("layernorm_after", "norm2"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+            ],
+            f"layers.{i}",
+            f"blocks.{i}",
+        )
     return out
 
 
 def dinov2_original_layout(model):
     sd = model.state_dict()
-    out = {"cls_token": sd["embeddings.cls_token"], "pos_embed": sd["embeddings.position_embeddings"],
-           "mask_token": sd["embeddings.mask_token"],
-           "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
-           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
-           "norm.weight": sd["layernorm.weight"], "norm.bias": sd["layernorm.bias"]}
+    out = {
+        "cls_token": sd["embeddings.cls_token"],
+        "pos_embed": sd["embeddings.position_embeddings"],
+        "mask_token": sd["embeddings.mask_token"],
+        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": sd["layernorm.weight"],
+        "norm.bias": sd["layernorm.bias"],
+    }
     for i in range(LAYERS):
         src = f"encoder.layer.{i}"
         out[f"blocks.{i}.attn.qkv.weight"], out[f"blocks.{i}.attn.qkv.bias"] = _qkv(sd, f"{src}.attention")
-        _copy(sd, out, [("attention.o_proj", "attn.proj"), ("norm1", "norm1"), ("norm2", "norm2"),
-                        ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")], src, f"blocks.{i}")
+        _copy(
+            sd,
+            out,
+            [
+                ("attention.o_proj", "attn.proj"),
+                ("norm1", "norm1"),
+                ("norm2", "norm2"),
+                ("mlp.fc1", "mlp.fc1"),
+                ("mlp.fc2", "mlp.fc2"),
+            ],
+            src,
+            f"blocks.{i}",
+        )
         out[f"blocks.{i}.ls1.gamma"] = sd[f"{src}.layer_scale1.lambda1"]
         out[f"blocks.{i}.ls2.gamma"] = sd[f"{src}.layer_scale2.lambda1"]
     return out
@@ -68,16 +98,29 @@ def clip_original_layout(model):
     """OpenAI CLIP's visual.* keys (the text tower is irrelevant to image features and left out)."""
     sd = {k: v for k, v in model.state_dict().items()}
     v = "vision_model"
-    out = {"visual.class_embedding": sd[f"{v}.embeddings.class_embedding"],
-           "visual.conv1.weight": sd[f"{v}.embeddings.patch_embedding.weight"],
-           "visual.positional_embedding": sd[f"{v}.embeddings.position_embedding.weight"],
-           "visual.proj": sd["visual_projection.weight"].t().contiguous()}
+    out = {
+        "visual.class_embedding": sd[f"{v}.embeddings.class_embedding"],
+        "visual.conv1.weight": sd[f"{v}.embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": sd[f"{v}.embeddings.position_embedding.weight"],
+        "visual.proj": sd["visual_projection.weight"].t().contiguous(),
+    }
     _copy(sd, out, [("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")], v, "visual")
     for i in range(LAYERS):
         src, dst = f"{v}.encoder.layers.{i}", f"visual.transformer.resblocks.{i}"
         out[f"{dst}.attn.in_proj_weight"], out[f"{dst}.attn.in_proj_bias"] = _qkv(sd, f"{src}.self_attn")
-        _copy(sd, out, [("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                        ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")], src, dst)
+        _copy(
+            sd,
+            out,
+            [
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ],
+            src,
+            dst,
+        )
     return out
 
 
@@ -90,8 +133,15 @@ def _randomise(model):
 
 
 def make_dino(tmp_path):
-    cfg = transformers.ViTConfig(hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=DIM // 64,
-                                 intermediate_size=MLP, patch_size=16, image_size=32, layer_norm_eps=1e-6)
+    cfg = transformers.ViTConfig(
+        hidden_size=DIM,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=DIM // 64,
+        intermediate_size=MLP,
+        patch_size=16,
+        image_size=32,
+        layer_norm_eps=1e-6,
+    )
     model = _randomise(transformers.ViTModel(cfg, add_pooling_layer=False))
     model.save_pretrained(tmp_path / "dino-hf")
     torch.save(dino_original_layout(model), tmp_path / "dino_vit_tiny.pth")
@@ -99,8 +149,15 @@ def make_dino(tmp_path):
 
 
 def make_dinov2(tmp_path):
-    cfg = transformers.Dinov2Config(hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=DIM // 64,
-                                    mlp_ratio=MLP // DIM, patch_size=14, image_size=28, layer_norm_eps=1e-6)
+    cfg = transformers.Dinov2Config(
+        hidden_size=DIM,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=DIM // 64,
+        mlp_ratio=MLP // DIM,
+        patch_size=14,
+        image_size=28,
+        layer_norm_eps=1e-6,
+    )
     model = _randomise(transformers.Dinov2Model(cfg))
     model.save_pretrained(tmp_path / "dinov2-hf")
     torch.save(dinov2_original_layout(model), tmp_path / "dinov2_tiny.pth")
@@ -108,10 +165,22 @@ def make_dinov2(tmp_path):
 
 
 def make_clip(tmp_path):
-    vision = dict(hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=DIM // 64, intermediate_size=MLP,
-                  patch_size=16, image_size=32)
-    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=1, intermediate_size=64, vocab_size=100,
-                max_position_embeddings=16)
+    vision = dict(
+        hidden_size=DIM,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=DIM // 64,
+        intermediate_size=MLP,
+        patch_size=16,
+        image_size=32,
+    )
+    text = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=16,
+    )
     cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
     model = _randomise(transformers.CLIPModel(cfg))  # the released HF checkpoint is a full CLIPModel
     model.save_pretrained(tmp_path / "clip-hf")
@@ -119,7 +188,9 @@ def make_clip(tmp_path):
     return tmp_path / "clip-hf", tmp_path / "ViT-tiny.pt"
 
 
-@pytest.mark.parametrize("name, make, dim", [("dino", make_dino, DIM), ("dinov2", make_dinov2, DIM), ("clip", make_clip, 24)])
+@pytest.mark.parametrize(
+    "name, make, dim", [("dino", make_dino, DIM), ("dinov2", make_dinov2, DIM), ("clip", make_clip, 24)]
+)
 def test_both_layouts_give_identical_features(tmp_path, frames, name, make, dim):
     hf_dir, original = make(tmp_path)
     hf, orig = load_extractor(name, hf_dir), load_extractor(name, original)

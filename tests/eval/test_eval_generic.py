@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from contextforcing.eval.generic import (
-    ConsistencyScore, clip_to_clip, dynamic_degree_proxy, first_frame_similarity, temporal_flickering,
+    ConsistencyScore,
+    clip_to_clip,
+    dynamic_degree_proxy,
+    first_frame_similarity,
+    temporal_flickering,
     vbench_consistency,
 )
 
@@ -80,8 +84,8 @@ def test_dynamic_degree_proxy_separates_motion_from_stillness():
     moving = frames.copy()
     for t in range(33):  # a textured block moving 1 px per frame, 2 px per sampled pair
         x = 5 + t
-        moving[t, 20:40, x:x + 20] = 120
-        moving[t, 20:40:4, x:x + 20] = 250
+        moving[t, 20:40, x : x + 20] = 120
+        moving[t, 20:40:4, x : x + 20] = 250
     fast, calm = dynamic_degree_proxy(moving, 16), dynamic_degree_proxy(still, 16)
     assert fast["dynamic"] and not calm["dynamic"]
     assert calm["mean_top5_flow_px"] < 0.1 < 1.5 < fast["mean_top5_flow_px"]

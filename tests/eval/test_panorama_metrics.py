@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from test_eval_cli import run_cli  # tests/eval: the eval subcommand as the CLI runs it
 
 from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.data.world.panorama.annotations import track_to_json
@@ -19,10 +20,15 @@ from contextforcing.data.world.panorama.script import WhiteBall
 from contextforcing.data.world.panorama.simulate import PanoramaSpec, simulate
 from contextforcing.eval import oracles
 from contextforcing.eval.panorama_metrics import (
-    HEADLINE, NOT_APPLICABLE, MAX_SHIFT, frame_shifts, latent_steps, panorama_metrics, panorama_scores,
+    HEADLINE,
+    MAX_SHIFT,
+    NOT_APPLICABLE,
+    frame_shifts,
+    latent_steps,
+    panorama_metrics,
+    panorama_scores,
     window_velocity,
 )
-from test_eval_cli import run_cli  # tests/eval: the eval subcommand as the CLI runs it
 
 BAD_ERROR = 0.05  # a redrawn part of the room changes far more than 5% of its pixels
 
@@ -79,7 +85,7 @@ def test_frame_shifts_recover_known_motion():
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 255, (64, 400, 3)).astype(np.uint8)
     x = np.cumsum([0, 2, 2, -3, 0, 7, -16, 1, 5])
-    frames = np.stack([texture[:, 100 + s: 164 + s] for s in x])
+    frames = np.stack([texture[:, 100 + s : 164 + s] for s in x])
     none_dark = np.zeros(len(x), bool)
     shifts = frame_shifts(frames, none_dark)
     assert np.isnan(shifts[0]) and shifts[1:].tolist() == np.diff(x).tolist()
@@ -108,7 +114,7 @@ def test_revisit_error_counts_changed_pixels_outside_the_balls(world, truth_scor
     track, frames = world
     r = next(r for r in track_revisits(track) if r.bucket == "slow")
     video = frames.copy()
-    region = video[r.frame_after][:, r.x_after:r.x_after + CELL]
+    region = video[r.frame_after][:, r.x_after : r.x_after + CELL]
     wall = [tuple(c) for c in panel_colours(track.palette)]
     # repaint 4 full columns of the unit with a wall colour none of them had, and add a white ball blob
     for col in range(4):
@@ -116,9 +122,10 @@ def test_revisit_error_counts_changed_pixels_outside_the_balls(world, truth_scor
         other = next(c for c in wall if not (column == c).all(-1).any())
         column[:] = other
     region[20:30, 8:14] = BALL_COLOURS["white"]
-    row = next(x for x in panorama_scores(video, track).revisits
-               if (x["unit"], x["back_latent"]) == (r.unit, r.back_latent))
-    before = frames[r.frame_before][:, r.x_before:r.x_before + CELL]
+    row = next(
+        x for x in panorama_scores(video, track).revisits if (x["unit"], x["back_latent"]) == (r.unit, r.back_latent)
+    )
+    before = frames[r.frame_before][:, r.x_before : r.x_before + CELL]
     balls = np.zeros((64, CELL), bool)
     for c in BALL_COLOURS.values():
         balls |= (before == c).all(-1) | (region == c).all(-1)
@@ -141,15 +148,19 @@ def test_permanence_is_the_share_of_objects_found_again_in_their_cell(world):
     def object_pixels(region):
         return (region[..., None, :] == colours).all(-1)  # [64, 16, colours]
 
-    r = next(r for r in track_revisits(track)
-             if object_pixels(frames[r.frame_before][:, r.x_before:r.x_before + CELL]).sum() >= 60)
+    r = next(
+        r
+        for r in track_revisits(track)
+        if object_pixels(frames[r.frame_before][:, r.x_before : r.x_before + CELL]).sum() >= 60
+    )
     video = frames.copy()
-    region = video[r.frame_after][:, r.x_after:r.x_after + CELL]
+    region = video[r.frame_after][:, r.x_after : r.x_after + CELL]
     found = object_pixels(region)
     for k in range(len(colours)):  # every object of the unit takes the next colour
         region[found[..., k]] = colours[(k + 1) % len(colours)]
-    row = next(x for x in panorama_scores(video, track).revisits
-               if (x["unit"], x["back_latent"]) == (r.unit, r.back_latent))
+    row = next(
+        x for x in panorama_scores(video, track).revisits if (x["unit"], x["back_latent"]) == (r.unit, r.back_latent)
+    )
     assert row["objects_before"] >= 1 and row["permanence"] == 0.0
     assert row["error"] > 0
 
@@ -206,10 +217,12 @@ def test_a_still_picture_never_scores_as_well_as_the_truth():
         truth = panorama_scores(frames, track).headline()
         for still in (oracles.still_picture(track, frames), oracles.copy_the_sink(track, frames)):
             got = panorama_scores(still, track).headline()
-            never_better = all(got[k] is None or truth[k] is None or _not_worse(got[k], truth[k], higher)
-                               for k, _, higher in HEADLINE)
-            worse_somewhere = any(truth[k] is not None and not _not_worse(truth[k], got[k], higher)
-                                  for k, _, higher in HEADLINE)
+            never_better = all(
+                got[k] is None or truth[k] is None or _not_worse(got[k], truth[k], higher) for k, _, higher in HEADLINE
+            )
+            worse_somewhere = any(
+                truth[k] is not None and not _not_worse(truth[k], got[k], higher) for k, _, higher in HEADLINE
+            )
             assert never_better and worse_somewhere, (spec.seed, got, truth)
 
 
@@ -283,9 +296,20 @@ def test_eval_cli_reports_panorama_metrics_and_not_applicable_everywhere(world, 
     (tmp_path / "annotations.json").write_text(json.dumps(track_to_json(track)))
     np.save(tmp_path / "truth.npy", frames)
     np.save(tmp_path / "still.npy", oracles.still_picture(track, frames))
-    code, err = run_cli(["eval", str(tmp_path / "truth.npy"), str(tmp_path / "still.npy"), "--labels", "truth,still",
-                         "--world-annotations", str(tmp_path / "annotations.json"), "--report", str(tmp_path / "r"),
-                         "--quiet"])
+    code, err = run_cli(
+        [
+            "eval",
+            str(tmp_path / "truth.npy"),
+            str(tmp_path / "still.npy"),
+            "--labels",
+            "truth,still",
+            "--world-annotations",
+            str(tmp_path / "annotations.json"),
+            "--report",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     assert code == 0, err
     out = capsys.readouterr().out
     still_line = next(line for line in out.splitlines() if line.startswith("still:"))
@@ -299,6 +323,14 @@ def test_eval_cli_reports_panorama_metrics_and_not_applicable_everywhere(world, 
     assert any(p.name.startswith("strip_revisit") for p in (tmp_path / "r").iterdir())
     short = frames[:-4]
     np.save(tmp_path / "short.npy", short)
-    code, err = run_cli(["eval", str(tmp_path / "short.npy"), "--world-annotations", str(tmp_path / "annotations.json"),
-                         "--report", str(tmp_path / "r3")])
+    code, err = run_cli(
+        [
+            "eval",
+            str(tmp_path / "short.npy"),
+            "--world-annotations",
+            str(tmp_path / "annotations.json"),
+            "--report",
+            str(tmp_path / "r3"),
+        ]
+    )
     assert code == 2 and "annotations of a different video" in err and "\n" not in err

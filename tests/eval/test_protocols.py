@@ -8,7 +8,12 @@ from contextforcing.data.world.style import FPS, latents_for_frames
 from contextforcing.data.world.track import WorldSpec, simulate
 from contextforcing.errors import UserError
 from contextforcing.eval.protocols import (
-    RECALL_SECONDS, given_latents, hidden_latents, known_frames, latent_pixel_frames, recall_latents,
+    RECALL_SECONDS,
+    given_latents,
+    hidden_latents,
+    known_frames,
+    latent_pixel_frames,
+    recall_latents,
 )
 
 
@@ -34,7 +39,9 @@ def test_occlusion_protocol_gives_exactly_the_wholly_hidden_latents(track):
         hidden = all(track.coverage[f] >= 1 for f in latent_pixel_frames(lat, track.n_frames))
         assert (lat in given) == hidden
     for occ in track.occlusions():  # each occlusion is hidden for its length, less its ramps
-        inside = [lat for lat in given if occ.start_frame <= latent_pixel_frames(lat, track.n_frames).start < occ.end_frame]
+        inside = [
+            lat for lat in given if occ.start_frame <= latent_pixel_frames(lat, track.n_frames).start < occ.end_frame
+        ]
         ramps = 0 if occ.kind == "blackout" else 2
         assert len(inside) == max(0, round(occ.seconds * 4) - ramps)
 
@@ -45,8 +52,12 @@ def test_recall_protocol_draws_the_return_of_every_occlusion_and_gives_the_rest(
     for occ in track.occlusions():
         assert _latent_of(occ.before_frame) in given  # "before" is the ground truth ...
         assert _latent_of(occ.end_frame) in drawn  # ... "after" is the model's
-        window = [lat for lat in drawn if occ.start_frame <= latent_pixel_frames(lat, track.n_frames).stop
-                  and latent_pixel_frames(lat, track.n_frames).start < occ.end_frame + RECALL_SECONDS * FPS]
+        window = [
+            lat
+            for lat in drawn
+            if occ.start_frame <= latent_pixel_frames(lat, track.n_frames).stop
+            and latent_pixel_frames(lat, track.n_frames).start < occ.end_frame + RECALL_SECONDS * FPS
+        ]
         assert len(window) <= RECALL_SECONDS * 4 + 2  # the way back (at most one ramp) and the recall second
     assert set(drawn).isdisjoint(hidden_latents(track))
 
@@ -77,7 +88,9 @@ def test_generated_world_shows_the_given_frames_exactly(protocol):
     preset, codec = get_preset("world"), load_world_codec()
     model = build_model(preset.model, seed=0)
     text = torch.randn(1, preset.model.text_len, preset.model.text_dim)
-    stream = VideoStream(model, text, make_spec("slow_fast"), preset.video, max_frames=latents_for_frames(track.n_frames))
+    stream = VideoStream(
+        model, text, make_spec("slow_fast"), preset.video, max_frames=latents_for_frames(track.n_frames)
+    )
     frames = generate_world(stream, codec, track, protocol, seed=0)
     truth = to_uint8_frames(codec.stream_decoder().decode(world_latents(codec, track))[0])
     assert frames.shape == truth.shape == (track.n_frames, 64, 64, 3)

@@ -23,9 +23,15 @@ class GatherMemory(ContextMemory):
     @classmethod
     def like(cls, memory: ContextMemory) -> "GatherMemory":
         """An empty gather-mode memory with `memory`'s policy, sizes, rotation, device and dtype."""
-        return cls(memory.spec, memory.layout, key_rotation=memory.rotate_keys, batch=memory.k[0].shape[0],
-                   device=memory.k[0].device, dtype=memory.k[0].dtype,
-                   max_frames=None if memory.bounded else memory.slots)
+        return cls(
+            memory.spec,
+            memory.layout,
+            key_rotation=memory.rotate_keys,
+            batch=memory.k[0].shape[0],
+            device=memory.k[0].device,
+            dtype=memory.k[0].dtype,
+            max_frames=None if memory.bounded else memory.slots,
+        )
 
     def view_nbytes(self) -> int:
         """The copies kept for the current plans (their size follows what the chunk attends)."""

@@ -126,13 +126,13 @@ class LongLiveCache:
     def _attended(self, end: int) -> tuple[Entry | None, ...]:
         """The sink slots, then the last local_attn_size - sink slots before `end`."""
         s, size = self.setup.sink, self.setup.local_attn_size
-        return tuple(self.slots[:s]) + tuple(self.slots[max(s, end - (size - s)):end])
+        return tuple(self.slots[:s]) + tuple(self.slots[max(s, end - (size - s)) : end])
 
     def generate_chunk(self) -> ChunkPass:
         s, size, c = self.setup.sink, self.setup.local_attn_size, self.setup.chunk
         if self.used + c > size:  # roll: shift the non-sink slots left by the overflow
             evict = self.used + c - size
-            self.slots[s:self.used - evict] = self.slots[s + evict:self.used]
+            self.slots[s : self.used - evict] = self.slots[s + evict : self.used]
             self.used -= evict
         frames = tuple(range(self.t, self.t + c))
         for i, frame in enumerate(frames):
@@ -158,8 +158,15 @@ class LongLiveCache:
             if written:
                 self.slots[slot] = Entry(frame, frame, self.prompt)
             queries.append(RecacheQuery(frame, frame, slot if written else None))
-        return RecachePass(self.t, self.prompt, cleared, first_written == 0 and count > 0, tuple(queries),
-                           self._attended(self.used) if count else (), tuple(self.slots))
+        return RecachePass(
+            self.t,
+            self.prompt,
+            cleared,
+            first_written == 0 and count > 0,
+            tuple(queries),
+            self._attended(self.used) if count else (),
+            tuple(self.slots),
+        )
 
 
 # -- the three questions for one switch, after plain generation from frame 0 --------------------------------

@@ -23,12 +23,12 @@ import random
 from types import SimpleNamespace
 
 import torch
+from gather_reference import GatherMemory
+from policy_reference import COMMIT, Reference
 
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import make_spec
 from contextforcing.model.attention import attention
-from gather_reference import GatherMemory
-from policy_reference import COMMIT, Reference
 
 C, T, H, D = 3, 2, 1, 4
 _SIGN = torch.tensor([1.0, -1.0], dtype=torch.float64)[:, None]  # token 0: +e, token 1: -e
@@ -74,8 +74,19 @@ def scene_directions(seed=1, change_prob=0.4, chunks=200, layered=False):
 
 
 class Harness:
-    def __init__(self, policy, options=None, *, layers=2, batch=1, chunks=200, direction=default_direction,
-                 noisy_passes=1, check_values=True, view_mode="slots"):
+    def __init__(
+        self,
+        policy,
+        options=None,
+        *,
+        layers=2,
+        batch=1,
+        chunks=200,
+        direction=default_direction,
+        noisy_passes=1,
+        check_values=True,
+        view_mode="slots",
+    ):
         self.policy, self.options = policy, dict(options or {})
         self.layers, self.batch, self.chunks = layers, batch, chunks
         self.direction, self.noisy_passes, self.check_values = direction, noisy_passes, check_values
@@ -83,8 +94,9 @@ class Harness:
         self.rotation_calls: list[list[int]] = []
         layout = MemoryLayout(num_layers=layers, tokens_per_frame=T, num_heads=H, head_dim=D, chunk_frames=C)
         memory_class = GatherMemory if view_mode == "gather" else ContextMemory
-        self.mem = memory_class(make_spec(policy, self.options), layout, key_rotation=self._rotate,
-                                batch=batch, max_frames=chunks * C)
+        self.mem = memory_class(
+            make_spec(policy, self.options), layout, key_rotation=self._rotate, batch=batch, max_frames=chunks * C
+        )
         self.query = torch.randn(batch, C * T, H, D, generator=torch.Generator().manual_seed(0)) * 1e-2
         self.store: dict = {}  # (layer, frame, tag) -> K and V stacked [2, B, T, H, D], float64
         self.pass_ids: dict = {}
@@ -108,8 +120,9 @@ class Harness:
         pid = float(self._pass_id(tag))
         n = len(frames)
         d = torch.tensor([self.direction(chunk, tag, layer, b) for b in range(self.batch)], dtype=torch.float64)
-        e = torch.tensor([[[f + 1.0, layer + 1.0, pid, b + 1.0] for f in frames] for b in range(self.batch)],
-                         dtype=torch.float64)
+        e = torch.tensor(
+            [[[f + 1.0, layer + 1.0, pid, b + 1.0] for f in frames] for b in range(self.batch)], dtype=torch.float64
+        )
         k = d[:, None, None, :] + _SIGN * e[:, :, None, :]  # [B, F, T, D]
         # What the memory receives is float32: keep the reference copy exactly that, in float64.
         kv32 = torch.stack([k, 3 * k - 7 * _SIGN]).reshape(2, self.batch, n, T, H, D).float()
@@ -148,7 +161,9 @@ class Harness:
             return None
         assert out is not None, f"{where}: layer {layer} view is None, expected {len(entries)} frames"
         keys, values = out
-        if not first:  # the gather reference keeps its copies; slots are read anew, the chunk's writes must not touch them
+        if (
+            not first
+        ):  # the gather reference keeps its copies; slots are read anew, the chunk's writes must not touch them
             kept = self._first_view[layer]
             same = out is kept if isinstance(self.mem, GatherMemory) else all(map(torch.equal, out, kept))
             assert same, f"{where}: layer {layer} view changed within the chunk"

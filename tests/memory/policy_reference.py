@@ -31,9 +31,19 @@ DEFAULTS = {
     "relative": {"sink": 3, "window": 9},
     "ema_sink": {"sink": 3, "window": 6, "alpha": 0.999},
     "slow_fast": {
-        "sink": 3, "slow": 12, "fast": 6, "rule": "surprisal", "tau": 0.95, "interval": 2,
-        "positions": "bounded", "promote_on": "commit", "promote_scope": "global", "dedupe": True,
-        "compare": "previous", "keep": "first", "key_layers": "all",
+        "sink": 3,
+        "slow": 12,
+        "fast": 6,
+        "rule": "surprisal",
+        "tau": 0.95,
+        "interval": 2,
+        "positions": "bounded",
+        "promote_on": "commit",
+        "promote_scope": "global",
+        "dedupe": True,
+        "compare": "previous",
+        "keep": "first",
+        "key_layers": "all",
     },
 }
 

@@ -55,7 +55,7 @@ class ReleasedReference:
         if overflow > 0:
             local = self.S + self.N
             for cache in self.cache:
-                cache[local:] = cache[local + overflow:] + [None] * overflow
+                cache[local:] = cache[local + overflow :] + [None] * overflow
             self.end -= overflow
 
     def attended(self, layer: int) -> list[tuple[int, int, object]]:
@@ -79,7 +79,7 @@ class ReleasedReference:
         if k < self.N:
             slot = self.S + k
         else:
-            cache[self.S:self.S + self.N - 1] = cache[self.S + 1:self.S + self.N]
+            cache[self.S : self.S + self.N - 1] = cache[self.S + 1 : self.S + self.N]
             slot = self.S + self.N - 1
         cache[slot] = (self.start, tag)
         self.count[layer] += 1

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from longlive_reference import LongLiveCache, LongLiveSetup
 
 from contextforcing.errors import UserError
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
-from longlive_reference import LongLiveCache, LongLiveSetup
 
 S, W, C, T = 3, 9, 3, 2  # LongLive 1.0: sink 3, 12 slots (our window 9 counts the current chunk)
 LAYOUT = MemoryLayout(num_layers=1, tokens_per_frame=T, num_heads=1, head_dim=4, chunk_frames=C)
@@ -40,8 +40,11 @@ def read(keys, mask):
     k = keys[0] if mask is None else keys[0][mask]
     k = k.reshape(-1, T, 4).double()
     half, mean = (k[:, 0] - k[:, 1]) / 2, (k[:, 0] + k[:, 1]) / 2
-    out = zip(half[:, 0].round().long().tolist(), (mean[:, 3] / 1000).round().long().tolist(),
-              half[:, 2].round().long().tolist())
+    out = zip(
+        half[:, 0].round().long().tolist(),
+        (mean[:, 3] / 1000).round().long().tolist(),
+        half[:, 2].round().long().tolist(),
+    )
     return sorted((f - 1, p, prompt - 1) for f, p, prompt in out)
 
 

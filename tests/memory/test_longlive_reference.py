@@ -5,7 +5,6 @@ before any switch."""
 from __future__ import annotations
 
 import pytest
-
 from longlive_reference import (
     Entry,
     LongLiveCache,

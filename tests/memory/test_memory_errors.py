@@ -13,8 +13,9 @@ LAYOUT = MemoryLayout(num_layers=2, tokens_per_frame=2, num_heads=1, head_dim=4,
 
 
 def build(policy, options=None, max_frames=60):
-    return ContextMemory(make_spec(policy, options), LAYOUT, key_rotation=lambda k, p: k.flatten(1, 2),
-                         max_frames=max_frames)
+    return ContextMemory(
+        make_spec(policy, options), LAYOUT, key_rotation=lambda k, p: k.flatten(1, 2), max_frames=max_frames
+    )
 
 
 BAD = [

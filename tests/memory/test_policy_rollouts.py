@@ -10,7 +10,6 @@ overflows; bounded policies stay within [0, L-1]. Both view modes (slots, and th
 from __future__ import annotations
 
 import pytest
-
 from memory_harness import Harness, noisy_random, scene_directions
 
 CHUNKS = 200

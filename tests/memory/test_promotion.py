@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from memory_harness import SCENES, Harness, noisy_random
 from policy_reference import COMMIT
 
@@ -128,8 +127,7 @@ def test_similarity_is_taken_on_the_pooled_mean_key(axis):
         which = layer if axis == "layer" else item
         return [x / 10 for x in small] if which == 0 else [100.0 * x for x in SCENES[2]]
 
-    h = Harness("slow_fast", {"interval": 1}, chunks=30, batch=2 if axis == "batch" else 1,
-                direction=direction).run()
+    h = Harness("slow_fast", {"interval": 1}, chunks=30, batch=2 if axis == "batch" else 1, direction=direction).run()
     assert h.promoted == [[], []]
     assert all(s > 0.99 for s in h.ref.sims.values())
 

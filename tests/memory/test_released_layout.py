@@ -14,12 +14,12 @@ import random
 
 import pytest
 import torch
+from memory_harness import SCENES, C, D, H, T
+from released_reference import COMMIT, ReleasedReference
 
 from contextforcing.errors import UserError
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import make_spec
-from memory_harness import C, D, H, SCENES, T
-from released_reference import COMMIT, ReleasedReference
 
 LAYERS, NOISY = 2, 2
 TAGS = [0, 1, COMMIT]  # two denoising passes, then the commit pass
@@ -48,10 +48,18 @@ class ReleasedHarness:
         """Token t of frame f: direction +- (f + 1, layer + 1, pass id, item + 1); mean key = direction."""
         pid = 100.0 if tag == COMMIT else float(tag + 1)
         sign = torch.tensor([1.0, -1.0])[:, None]
-        k = torch.stack([
-            torch.stack([torch.tensor(self.direction(chunk, tag, layer, b)) + sign * torch.tensor(
-                [f + 1.0, layer + 1.0, pid, b + 1.0]) for f in range(start, start + C)])
-            for b in range(self.batch)])  # [B, C, T, D]
+        k = torch.stack(
+            [
+                torch.stack(
+                    [
+                        torch.tensor(self.direction(chunk, tag, layer, b))
+                        + sign * torch.tensor([f + 1.0, layer + 1.0, pid, b + 1.0])
+                        for f in range(start, start + C)
+                    ]
+                )
+                for b in range(self.batch)
+            ]
+        )  # [B, C, T, D]
         k = k.reshape(self.batch, C * T, H, D)
         return k, 3 * k
 
@@ -61,8 +69,11 @@ class ReleasedHarness:
         k = keys[0].reshape(-1, T, H, D)[:, :, 0].double()
         half, mean = (k[:, 0] - k[:, 1]) / 2, (k[:, 0] + k[:, 1]) / 2
         out = []
-        for frame, pid, pos in zip(half[:, 0].round().long().tolist(), half[:, 2].round().long().tolist(),
-                                   (mean[:, 3] / 1000).round().long().tolist()):
+        for frame, pid, pos in zip(
+            half[:, 0].round().long().tolist(),
+            half[:, 2].round().long().tolist(),
+            (mean[:, 3] / 1000).round().long().tolist(),
+        ):
             out.append((frame - 1, COMMIT if pid == 100 else pid - 1, pos))
         return out
 
@@ -190,9 +201,18 @@ def test_promotion_is_attended_within_its_own_chunk():
 def test_released_layout_fixes_its_switches():
     spec = make_spec("slow_fast", {"layout": "released"})
     o = spec.options
-    assert (o.promote_on, o.promote_scope, o.interval, o.dedupe, o.positions) == ("any_pass", "per_layer", 1, False, "bounded")
+    assert (o.promote_on, o.promote_scope, o.interval, o.dedupe, o.positions) == (
+        "any_pass",
+        "per_layer",
+        1,
+        False,
+        "bounded",
+    )
     with pytest.raises(UserError, match="interval=2"):
         make_spec("slow_fast", {"layout": "released", "interval": 2})
     with pytest.raises(UserError, match="sink < fast"):
-        ContextMemory(make_spec("slow_fast", {"layout": "released", "sink": 6, "fast": 6}),
-                      MemoryLayout(1, T, H, D, C), key_rotation=lambda k, p: k.flatten(1, 2))
+        ContextMemory(
+            make_spec("slow_fast", {"layout": "released", "sink": 6, "fast": 6}),
+            MemoryLayout(1, T, H, D, C),
+            key_rotation=lambda k, p: k.flatten(1, 2),
+        )

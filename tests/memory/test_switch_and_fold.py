@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory_harness import Harness, noisy_random, scene_directions
 
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import make_spec
-from memory_harness import Harness, noisy_random, scene_directions
 
 LAYOUT = MemoryLayout(num_layers=2, tokens_per_frame=2, num_heads=1, head_dim=4, chunk_frames=3)
 
@@ -61,7 +61,14 @@ def test_recache_rewrites_exactly_the_fast_window():
 
     frames = mem.begin_recache(30)  # the next chunk starts at 30 and sees window - chunk = 6 cached frames
     assert frames == [24, 25, 26, 27, 28, 29]
-    assert list(mem.plan.current_positions) == [3, 4, 5, 6, 7, 8]  # where chunk 30 will place them (sink 0-2, current 9-11)
+    assert list(mem.plan.current_positions) == [
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+    ]  # where chunk 30 will place them (sink 0-2, current 9-11)
     keys, values = mem.view(0)  # the recache pass attends the sink, at its positions
     assert positions[-1] == [0, 1, 2] and frame_values(keys) == [0, 1, 2] and frame_values(values) == [0, -1, -2]
     commit_pass(mem, frames, lambda f: 1000.0 + f, lambda f: -1000.0 - f)
@@ -69,8 +76,10 @@ def test_recache_rewrites_exactly_the_fast_window():
 
     assert [mem.tiers(layer) for layer in range(2)] == tiers  # tiers unchanged
     after = mem.k + mem.v
-    changed = [sorted({int(s) for s in (b != a).any(-1).any(-1).any(-1).any(0).nonzero().flatten()})
-               for b, a in zip(before, after)]
+    changed = [
+        sorted({int(s) for s in (b != a).any(-1).any(-1).any(-1).any(0).nonzero().flatten()})
+        for b, a in zip(before, after)
+    ]
     window_slots = sorted(mem.groups[0].slots.slot[("main", f)] for f in frames)
     assert all(c == window_slots for c in changed)  # exactly the window's slots, K and V, every layer
 
@@ -175,8 +184,9 @@ def test_chunk_refilling_the_sink_after_flush_is_not_also_promoted():
     from contextforcing.memory.policies import make_spec
 
     layout = MemoryLayout(num_layers=1, tokens_per_frame=2, num_heads=1, head_dim=4, chunk_frames=3)
-    mem = ContextMemory(make_spec("slow_fast", {"rule": "uniform", "interval": 1}), layout,
-                        key_rotation=lambda k, pos: k.flatten(1, 2))
+    mem = ContextMemory(
+        make_spec("slow_fast", {"rule": "uniform", "interval": 1}), layout, key_rotation=lambda k, pos: k.flatten(1, 2)
+    )
     for chunk in range(40):
         if chunk == 20:
             mem.flush()

@@ -77,8 +77,10 @@ def _write_single(state, tmp_path, cfg):
 
 def _write_sharded(state, tmp_path, cfg):
     keys = sorted(state)
-    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[::2],
-              "diffusion_pytorch_model-00002-of-00002.safetensors": keys[1::2]}
+    shards = {
+        "diffusion_pytorch_model-00001-of-00002.safetensors": keys[::2],
+        "diffusion_pytorch_model-00002-of-00002.safetensors": keys[1::2],
+    }
     weight_map = {}
     for name, names in shards.items():
         save_file({k: state[k] for k in names}, str(tmp_path / name))
@@ -264,8 +266,11 @@ def test_lora_key_styles_merge_alike(state, tiny_model_cfg, tmp_path):
     # kohya / ComfyUI: lora_down / lora_up with a per-module alpha tensor.
     kohya = {}
     for module, (a, b) in factors.items():
-        kohya |= {f"diffusion_model.{module}.lora_down.weight": a, f"diffusion_model.{module}.lora_up.weight": b,
-                  f"diffusion_model.{module}.alpha": torch.tensor(LORA_ALPHA)}
+        kohya |= {
+            f"diffusion_model.{module}.lora_down.weight": a,
+            f"diffusion_model.{module}.lora_up.weight": b,
+            f"diffusion_model.{module}.alpha": torch.tensor(LORA_ALPHA),
+        }
     _assert_allclose(merge_lora(state, kohya), peft)
 
 
@@ -277,8 +282,13 @@ def _assert_allclose(got: dict, expected: dict) -> None:
 
 def test_lora_errors_are_one_line(state, tmp_path):
     with pytest.raises(UserError, match="does not have") as err:
-        merge_lora(state, {"blocks.9.self_attn.q.lora_A.weight": torch.zeros(2, 48),
-                           "blocks.9.self_attn.q.lora_B.weight": torch.zeros(48, 2)})
+        merge_lora(
+            state,
+            {
+                "blocks.9.self_attn.q.lora_A.weight": torch.zeros(2, 48),
+                "blocks.9.self_attn.q.lora_B.weight": torch.zeros(48, 2),
+            },
+        )
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="not LoRA weights"):
         merge_lora(state, {"blocks.0.self_attn.q.weight": torch.zeros(48, 48)})
@@ -337,9 +347,11 @@ def test_convert_checks_out_before_reading_anything(state, tmp_path):
     save_file(state, str(tmp_path / "in.safetensors"))
     (tmp_path / "dir.safetensors").mkdir()
     (tmp_path / "file").write_text("")
-    for out, message in ((tmp_path / "dir.safetensors", "exists and is not a file"),
-                         (tmp_path / "file" / "out.safetensors", "is not a writable directory"),
-                         (tmp_path / "file", "exists and is not a directory")):
+    for out, message in (
+        (tmp_path / "dir.safetensors", "exists and is not a file"),
+        (tmp_path / "file" / "out.safetensors", "is not a writable directory"),
+        (tmp_path / "file", "exists and is not a directory"),
+    ):
         _one_line_error(_convert, tmp_path / "in.safetensors", out, match=message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.safetensors", "file", "in.safetensors"]
 

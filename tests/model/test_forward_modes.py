@@ -61,8 +61,14 @@ def test_context_target_mode_equals_streaming(setup, tiny_video_cfg):
     k = CHUNKS - 1
     context, target = x[:, :, : k * c], x[:, :, k * c :]
     out = model.forward_with_context(
-        target, t[:, k * c :], text, context, range(k * c), range(k * c, (k + 1) * c),
-        t_context=t[:, : k * c], context_mask=block_causal_mask(k * c, c),
+        target,
+        t[:, k * c :],
+        text,
+        context,
+        range(k * c),
+        range(k * c, (k + 1) * c),
+        t_context=t[:, : k * c],
+        context_mask=block_causal_mask(k * c, c),
     )
     assert (out - parallel[:, :, k * c :]).abs().max().item() <= 1e-5
 

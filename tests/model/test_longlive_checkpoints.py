@@ -54,8 +54,11 @@ def _random_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 
 def _block_linears(cfg: ModelConfig) -> list[str]:
     """Every Linear inside the attention blocks (LongLive's LoRA targets)."""
-    return [name for name, m in build_model(cfg).named_modules() if name.startswith("blocks.")
-            and isinstance(m, torch.nn.Linear)]
+    return [
+        name
+        for name, m in build_model(cfg).named_modules()
+        if name.startswith("blocks.") and isinstance(m, torch.nn.Linear)
+    ]
 
 
 def _factors(cfg: ModelConfig, rank: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -77,8 +80,11 @@ def _peft_names(factors) -> dict[str, torch.Tensor]:
 
 
 def _save_base(path, entries: dict[str, dict]) -> None:
-    torch.save({name: {"model." + k: v for k, v in state.items()} for name, state in entries.items()}
-               | {"critic": {"model.head.head.bias": torch.zeros(1)}}, path)
+    torch.save(
+        {name: {"model." + k: v for k, v in state.items()} for name, state in entries.items()}
+        | {"critic": {"model.head.head.bias": torch.zeros(1)}},
+        path,
+    )
 
 
 def _save_longlive_lora(path, factors, critic_factors) -> None:
@@ -116,8 +122,9 @@ STORED = {"both": {EMA, RAW}, "raw only": {RAW}, "ema only": {EMA}}
 RANK, PEFT_ALPHA = 4, 8.0
 
 
-@pytest.mark.parametrize("stored, lora, use_ema",
-                         list(itertools.product(sorted(STORED), [None, "longlive", "peft"], [None, True, False])))
+@pytest.mark.parametrize(
+    "stored, lora, use_ema", list(itertools.product(sorted(STORED), [None, "longlive", "peft"], [None, True, False]))
+)
 def test_generator_entry_follows_the_rule(stored, lora, use_ema, bases, tiny_model_cfg, tmp_path):
     entries = {name: bases[name] for name in STORED[stored]}
     _save_base(tmp_path / "base.pt", entries)
@@ -154,8 +161,9 @@ def test_longlive_lora_file_is_not_a_checkpoint(tiny_model_cfg, tmp_path):
 
 # -- 2: the LoRA scale -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rank, given_alpha", [(8, None), (8, 16.0), (8, 4.0), (256 // 32, 8.0)])
-def test_longlive_lora_scale_is_alpha_over_rank_with_alpha_rank_by_default(rank, given_alpha, bases, tiny_model_cfg,
-                                                                           tmp_path):
+def test_longlive_lora_scale_is_alpha_over_rank_with_alpha_rank_by_default(
+    rank, given_alpha, bases, tiny_model_cfg, tmp_path
+):
     _save_base(tmp_path / "base.pt", bases)
     factors = _factors(tiny_model_cfg, rank, seed=7)
     _save_longlive_lora(tmp_path / "lora.pt", factors, factors)

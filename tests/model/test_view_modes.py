@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gather_reference import use_gather
 
 from contextforcing.config import ModelConfig, SamplingConfig
 from contextforcing.memory.policies import make_spec
 from contextforcing.model.wan import build_model
 from contextforcing.sampling.stream import VideoStream, stream_video
-from gather_reference import use_gather
 
 CHUNKS = 42
 TOL = 1e-5  # float32
@@ -62,8 +62,9 @@ def texts(model, batch=1, n=2):
 
 def stream_in_mode(model, text, policy, options, video, view_mode, **kwargs) -> VideoStream:
     """A VideoStream whose memories are the library's ("slots") or the gather reference ("gather")."""
-    stream = VideoStream(model, text, make_spec(policy, options), video, max_frames=CHUNKS * video.chunk_frames,
-                         **kwargs)
+    stream = VideoStream(
+        model, text, make_spec(policy, options), video, max_frames=CHUNKS * video.chunk_frames, **kwargs
+    )
     if view_mode == "gather":
         use_gather(stream)
     return stream
@@ -72,8 +73,15 @@ def stream_in_mode(model, text, policy, options, video, view_mode, **kwargs) -> 
 def rollout(model, video, policy, options, view_mode, *, switch=None, flush=False, batch=1, **kwargs):
     text, other = texts(model, batch)
     stream = stream_in_mode(model, text, policy, options, video, view_mode, **kwargs)
-    chunks = list(stream_video(stream, CHUNKS * video.chunk_frames, generator=torch.Generator().manual_seed(0),
-                               switches={switch: other} if switch is not None else None, flush_on_switch=flush))
+    chunks = list(
+        stream_video(
+            stream,
+            CHUNKS * video.chunk_frames,
+            generator=torch.Generator().manual_seed(0),
+            switches={switch: other} if switch is not None else None,
+            flush_on_switch=flush,
+        )
+    )
     return stream, chunks
 
 
@@ -88,8 +96,9 @@ def test_slots_view_equals_the_gather_reference(model, tiny_video_cfg, case):
     ref_stream, ref = rollout(model, tiny_video_cfg, policy, options, "gather", **events)
     stream, got = rollout(model, tiny_video_cfg, policy, options, "slots", **events)
     for a, b in zip(ref, got):
-        assert (a.plan, a.update.promoted, a.update.evicted) == (b.plan, b.update.promoted, b.update.evicted), \
+        assert (a.plan, a.update.promoted, a.update.evicted) == (b.plan, b.update.promoted, b.update.evicted), (
             f"chunk {a.index}: the memories planned differently"
+        )
         if a.update.similarity is not None:  # the keys it is taken from differ by float rounding
             assert abs(a.update.similarity - b.update.similarity) <= 1e-5
         err = (a.latents - b.latents).abs().max().item()
@@ -125,14 +134,17 @@ def test_autograd_gets_copies_and_the_same_gradients(model, tiny_video_cfg):
         for checkpointing in (False, True):
             model.zero_grad()
             model.gradient_checkpointing = checkpointing
-            stream = stream_in_mode(model, text, "slow_fast", {"rule": "uniform", "interval": 1}, tiny_video_cfg,
-                                    view_mode, trainable=True)
+            stream = stream_in_mode(
+                model, text, "slow_fast", {"rule": "uniform", "interval": 1}, tiny_video_cfg, view_mode, trainable=True
+            )
             generator = torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for _ in range(8):
                     stream.step(stream.noise(3, generator), generator)
             # Three chunks with a graph: later chunks rewrite the slot buffers before the backward pass.
-            loss = sum(stream.step(stream.noise(3, generator), generator, exit_step=1).square().mean() for _ in range(3))
+            loss = sum(
+                stream.step(stream.noise(3, generator), generator, exit_step=1).square().mean() for _ in range(3)
+            )
             loss.backward()
             grads[view_mode, checkpointing] = [p.grad.clone() for p in model.parameters()]
     model.gradient_checkpointing = False

@@ -22,7 +22,9 @@ def test_table_and_nearest_lookup():
     assert schedule.timesteps[0].item() == 1000.0
     assert float(schedule.sigma(937.5)) == pytest.approx(0.9375)
     # t = 0 is not in the table: the nearest entry is the smallest shifted sigma (about 0.005), as in Self-Forcing.
-    assert float(schedule.sigma(0.0)) == pytest.approx(shift_sigma(torch.tensor(0.001, dtype=torch.float64), 5.0).item())
+    assert float(schedule.sigma(0.0)) == pytest.approx(
+        shift_sigma(torch.tensor(0.001, dtype=torch.float64), 5.0).item()
+    )
 
 
 def test_sigmas_match_diffusers_flow_match_scheduler():

@@ -21,10 +21,19 @@ def _texts(cfg, n=2):
 
 
 def _run(model, video, text, switches=None, flush=False, policy="slow_fast", options=None, **kw):
-    stream = VideoStream(model, text, make_spec(policy, options or {"rule": "uniform", "interval": 1}), video,
-                         max_frames=FRAMES + 12, **kw)
-    chunks = list(stream_video(stream, FRAMES, generator=torch.Generator().manual_seed(0), switches=switches,
-                               flush_on_switch=flush))
+    stream = VideoStream(
+        model,
+        text,
+        make_spec(policy, options or {"rule": "uniform", "interval": 1}),
+        video,
+        max_frames=FRAMES + 12,
+        **kw,
+    )
+    chunks = list(
+        stream_video(
+            stream, FRAMES, generator=torch.Generator().manual_seed(0), switches=switches, flush_on_switch=flush
+        )
+    )
     return stream, chunks
 
 
@@ -103,8 +112,9 @@ def test_classifier_free_guidance_multistep_sampling(model, tiny_video_cfg):
     assert stream.steps[0] == 1000.0 and len(stream.steps) == 4
     # Guidance 1 is the conditional model alone.
     _, cond_only = _run(model, tiny_video_cfg, text, euler_num_steps=4)
-    _, scale_one = _run(model, tiny_video_cfg, text, sampling=SamplingConfig(guidance_scale=1.0), uncond_text=uncond,
-                        euler_num_steps=4)
+    _, scale_one = _run(
+        model, tiny_video_cfg, text, sampling=SamplingConfig(guidance_scale=1.0), uncond_text=uncond, euler_num_steps=4
+    )
     assert torch.equal(cond_only[-1].latents, scale_one[-1].latents)
     assert not torch.allclose(chunks[-1].latents, cond_only[-1].latents)
 
@@ -125,8 +135,9 @@ def test_known_frames_are_shown_exactly_and_condition_the_others(model, tiny_vid
     given = _latents(model, tiny_video_cfg, FRAMES, 3)
     known = {f: given[:, :, f : f + 1] for f in (4, 10, 11)}  # one frame of chunk 1, two of chunk 3
     _, plain = _run(model, tiny_video_cfg, text)
-    stream = VideoStream(model, text, make_spec("slow_fast", {"rule": "uniform", "interval": 1}), tiny_video_cfg,
-                         max_frames=FRAMES + 12)
+    stream = VideoStream(
+        model, text, make_spec("slow_fast", {"rule": "uniform", "interval": 1}), tiny_video_cfg, max_frames=FRAMES + 12
+    )
     chunks = list(stream_video(stream, FRAMES, generator=torch.Generator().manual_seed(0), known_frames=known))
     video = torch.cat([c.latents for c in chunks], dim=2)
     for f, latent in known.items():

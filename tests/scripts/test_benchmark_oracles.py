@@ -19,8 +19,18 @@ from contextforcing.data.world.panorama.simulate import PanoramaSpec  # noqa: E4
 
 @pytest.fixture
 def one_short_world(monkeypatch):
-    script = (ScriptBuilder("slate", WhiteBall("rightward", "fast"), False).hold(2).pan("right", 1).pan("left", 1)
-              .pan("right", 4).hold(2).lights_off(2).pan("left", 4).hold(2).build(chunks_for_seconds(14)))
+    script = (
+        ScriptBuilder("slate", WhiteBall("rightward", "fast"), False)
+        .hold(2)
+        .pan("right", 1)
+        .pan("left", 1)
+        .pan("right", 4)
+        .hold(2)
+        .lights_off(2)
+        .pan("left", 4)
+        .hold(2)
+        .build(chunks_for_seconds(14))
+    )
     monkeypatch.setattr(heldout, "heldout_worlds", lambda count: [PanoramaSpec(script, 5, 14)][:count])
 
 
@@ -32,8 +42,9 @@ def test_table_goes_between_the_markers_and_reruns_read_the_cache(one_short_worl
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["| ground truth, exact frames (no codec)"].endswith("| 1.00 / 1.00 | 0.000 / 0.000 / n/a | "
-                                                                    "n/a / 1.00 / n/a | 1.00 / 1.00 / n/a | 1.00 | 1.00 |")
+    assert rows["| ground truth, exact frames (no codec)"].endswith(
+        "| 1.00 / 1.00 | 0.000 / 0.000 / n/a | n/a / 1.00 / n/a | 1.00 / 1.00 / n/a | 1.00 | 1.00 |"
+    )
     assert "1 held-out worlds of 14 s" in text
     assert "| 0.00 / 1.00 | n/a / n/a / n/a |" in rows["| **still picture** (first frame)"]
     monkeypatch.setattr(bo, "world_cell", lambda *a: pytest.fail("cached world recomputed"))

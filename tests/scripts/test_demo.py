@@ -41,9 +41,19 @@ def test_side_by_side_puts_the_videos_next_to_each_other():
 
 @pytest.mark.slow
 def test_demo_writes_every_file(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("tour.jsonl", "truth/annotations.json", "slow_fast.mp4", "slow_fast.json", "rolling.mp4",
-                 "side_by_side.mp4", "sheet_slow_fast.png", "slow_fast.npy", "rolling.npy"):
+    for name in (
+        "tour.jsonl",
+        "truth/annotations.json",
+        "slow_fast.mp4",
+        "slow_fast.json",
+        "rolling.mp4",
+        "side_by_side.mp4",
+        "sheet_slow_fast.png",
+        "slow_fast.npy",
+        "rolling.npy",
+    ):
         assert (tmp_path / name).is_file(), name

@@ -35,8 +35,12 @@ def test_paired_difference_pairs_worlds_by_prompt_and_seed_not_by_order():
 
 
 def run_script(tmp_path, *args):
-    return subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--doc", str(tmp_path / "doc.md"),
-                           *args], capture_output=True, text=True, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"), "--doc", str(tmp_path / "doc.md"), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
 
 
 SMALL = ("--worlds", "1", "--seconds", "12", "--rows", "truth_codec,still,slow_fast,rolling", "--workers", "1")
@@ -66,11 +70,14 @@ def test_small_run_writes_cells_resumes_and_fills_the_document(tmp_path):
     assert [p.stat().st_mtime_ns for p in cells] == stamps  # nothing regenerated
 
 
-@pytest.mark.parametrize("args,doc_text,message", [
-    (("--rows", "slow_fast,nonsense"), None, "unknown row: nonsense"),
-    (("--seconds", "100"), None, "--seconds in (0, 90]"),
-    ((), "# no markers here\n", "has no '<!-- BEGIN headline -->'"),
-])
+@pytest.mark.parametrize(
+    "args,doc_text,message",
+    [
+        (("--rows", "slow_fast,nonsense"), None, "unknown row: nonsense"),
+        (("--seconds", "100"), None, "--seconds in (0, 90]"),
+        ((), "# no markers here\n", "has no '<!-- BEGIN headline -->'"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_before_any_cell(tmp_path, args, doc_text, message):
     (tmp_path / "doc.md").write_text(doc_text or (REPO / "docs" / "results.md").read_text())
     result = run_script(tmp_path, *SMALL, *args)

@@ -14,8 +14,19 @@ sys.path.insert(0, str(REPO / "scripts"))
 import gates  # noqa: E402
 import train_toy_model as ttm  # noqa: E402
 
-TINY = ["--scale", "0.0004", "--no-ship", "--set", "teacher:stage.data.pool=1", "--set", "teacher:stage.data.seconds=6",
-        "--set", "teacher:stage.history_max=12", "--set", "teacher:stage.data.micro_batch=1"]
+TINY = [
+    "--scale",
+    "0.0004",
+    "--no-ship",
+    "--set",
+    "teacher:stage.data.pool=1",
+    "--set",
+    "teacher:stage.data.seconds=6",
+    "--set",
+    "teacher:stage.history_max=12",
+    "--set",
+    "teacher:stage.data.micro_batch=1",
+]
 
 
 def test_a_failed_gate_stops_the_recipe_with_one_line(tmp_path, monkeypatch, capsys):
@@ -28,7 +39,9 @@ def test_a_failed_gate_stops_the_recipe_with_one_line(tmp_path, monkeypatch, cap
     monkeypatch.setitem(gates.GATES, "teacher", failing)
     code = ttm.main(["--root", str(tmp_path), "--stages", "teacher,ode", *TINY])
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("teacher:")]  # no bars
-    assert code == ttm.GATE_FAILED and len(err) == 1 and "gate after teacher failed" in err[0] and "ratio 1.000" in err[0]
+    assert (
+        code == ttm.GATE_FAILED and len(err) == 1 and "gate after teacher failed" in err[0] and "ratio 1.000" in err[0]
+    )
     record = json.loads((tmp_path / "recipe.json").read_text())
     assert record["gates"]["teacher"]["passed"] is False and "ode" not in record["stages"]  # the next stage never ran
     assert (tmp_path / "exports" / "teacher.safetensors").is_file() and len(calls) == 1
@@ -49,8 +62,9 @@ def test_a_passed_gate_is_recorded_and_not_measured_again(tmp_path, monkeypatch,
     assert gate["passed"] and gate["numbers"] == {"x": 1.0}
 
 
-@pytest.mark.parametrize("teacher, student, passed", [(0.2, 0.4, True), (0.5, 0.4, False), (None, 0.4, False),
-                                                      (0.3, None, True)])
+@pytest.mark.parametrize(
+    "teacher, student, passed", [(0.2, 0.4, True), (0.5, 0.4, False), (None, 0.4, False), (0.3, None, True)]
+)
 def test_the_stage1_gate_asks_the_teacher_to_recall_better(monkeypatch, teacher, student, passed):
     def behaviour(weights, memory, count, sampling=None):
         value = teacher if sampling else student
@@ -61,16 +75,25 @@ def test_the_stage1_gate_asks_the_teacher_to_recall_better(monkeypatch, teacher,
     assert result.passed == passed and "teacher" in result.line
 
 
-@pytest.mark.parametrize("stage2, passed", [({"e": 0.3, "camera_pans": 0.5, "movers": 0.5}, True),
-                                            ({"e": 0.5, "camera_pans": 0.5, "movers": 0.5}, False),
-                                            ({"e": 0.3, "camera_pans": 0.3, "movers": 0.5}, False)])
+@pytest.mark.parametrize(
+    "stage2, passed",
+    [
+        ({"e": 0.3, "camera_pans": 0.5, "movers": 0.5}, True),
+        ({"e": 0.5, "camera_pans": 0.5, "movers": 0.5}, False),
+        ({"e": 0.3, "camera_pans": 0.3, "movers": 0.5}, False),
+    ],
+)
 def test_the_stage2_gate_asks_for_better_recall_without_losing_motion(monkeypatch, stage2, passed):
     stage1 = {"e": 0.4, "camera_pans": 0.5, "movers": 0.5}
 
     def behaviour(weights, memory, count, sampling=None):
         m = stage2 if "cdmd" in str(weights) else stage1
-        return {"revisit_error_beyond_fast": m["e"], "revisits_beyond_fast_made": 10, "camera_pans": m["camera_pans"],
-                "movers": m["movers"]}
+        return {
+            "revisit_error_beyond_fast": m["e"],
+            "revisits_beyond_fast_made": 10,
+            "camera_pans": m["camera_pans"],
+            "movers": m["movers"],
+        }
 
     monkeypatch.setattr(gates, "behaviour", behaviour)
     result = gates.cdmd_gate(Path("exports"), type("Cfg", (), {"stage": type("S", (), {"memory": {}})()})(), 2)

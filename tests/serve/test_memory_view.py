@@ -36,8 +36,9 @@ def test_each_latent_frame_shows_its_last_pixel_frame(tiny):
     for chunk in result.chunks:
         indices = latent_pixel_frames(chunk, video.vae_stride_t)
         # Wan's causal VAE: latent frame f ends on pixel frame pixel_frames_for(f + 1) - 1 of the whole video.
-        assert [chunk.first_frame + i for i in indices] == [video.pixel_frames_for(f + 1) - 1
-                                                             for f in chunk.plan.current_frames]
+        assert [chunk.first_frame + i for i in indices] == [
+            video.pixel_frames_for(f + 1) - 1 for f in chunk.plan.current_frames
+        ]
         new, _ = store.add(chunk)
         for thumb, i in zip(new, indices):
             assert thumb.pixel == chunk.first_frame + i
@@ -71,10 +72,12 @@ def test_row_is_the_plan(tiny):
     for chunk in tiny.stream("a red ball", seconds=12, seed=3, memory={"tau": 1.0, "slow": 2}):
         store.add(chunk)
         view = chunk_view(chunk, store, video)
-        assert [(e["tier"], e["frame"], e["position"], e["copy"]) for e in view["context"]] == \
-               [(a.tier, a.frame, a.position, a.copy) for a in chunk.plan.context]
-        assert [(e["frame"], e["position"]) for e in view["current"]] == \
-               list(zip(chunk.plan.current_frames, chunk.plan.current_positions))
+        assert [(e["tier"], e["frame"], e["position"], e["copy"]) for e in view["context"]] == [
+            (a.tier, a.frame, a.position, a.copy) for a in chunk.plan.context
+        ]
+        assert [(e["frame"], e["position"]) for e in view["current"]] == list(
+            zip(chunk.plan.current_frames, chunk.plan.current_positions)
+        )
         for e in view["context"] + view["current"]:
             assert e["time"] == (video.pixel_frames_for(e["frame"] + 1) - 1) / video.fps
         assert view["promoted"] == list(chunk.update.promoted) and view["evicted"] == list(chunk.update.evicted)

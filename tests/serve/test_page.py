@@ -38,8 +38,11 @@ return Array.from(document.querySelectorAll('#panel .mrow')).map(row => ({
 def page(browser, server):
     """The page, freshly loaded in one tab; afterwards every extra tab is closed and every stream freed."""
     browser.get(server.url)
-    wait_until(lambda: browser.execute_script("return window.cf && cf.info !== null && cf.session !== null"), 20,
-               "the page did not load")
+    wait_until(
+        lambda: browser.execute_script("return window.cf && cf.info !== null && cf.session !== null"),
+        20,
+        "the page did not load",
+    )
     yield browser
     for handle in browser.window_handles[1:]:
         browser.switch_to.window(handle)
@@ -69,8 +72,11 @@ def reference_frames(pipe, last_frame: int, **stream) -> np.ndarray:
 
 
 def wait_shown(driver, frame: int = 0, chunk: int = -1, timeout: float = 40) -> None:
-    wait_until(lambda: js(driver, f"cf.shown >= {frame} && cf.shownChunk >= {chunk}"), timeout,
-               f"the page did not play up to frame {frame} / chunk {chunk}")
+    wait_until(
+        lambda: js(driver, f"cf.shown >= {frame} && cf.shownChunk >= {chunk}"),
+        timeout,
+        f"the page did not play up to frame {frame} / chunk {chunk}",
+    )
 
 
 def test_frames_play_and_are_the_python_api_frames(pipe, page):
@@ -113,8 +119,9 @@ def test_memory_panel_shows_each_chunks_plan(pipe, page, tmp_path):
     assert any(mark == "entered" for r in rows for cards in r["groups"].values() for _, _, mark, _ in cards)
     stats = js(page, "cf.stats")
     decisions = [s for s in stats if s["similarity"] is not None]
-    assert [s["similarity"] for s in decisions] == [c.update.similarity for c in expected[: len(stats)]
-                                                    if c.update.similarity is not None]
+    assert [s["similarity"] for s in decisions] == [
+        c.update.similarity for c in expected[: len(stats)] if c.update.similarity is not None
+    ]
     assert js(page, "document.querySelectorAll('#surprisal circle').length") == len(decisions)
     assert js(page, "cf.tau") == tau and f"τ = {tau:g}" in js(page, "document.getElementById('surprisal').textContent")
     assert screenshot.stat().st_size > 50_000
@@ -153,12 +160,18 @@ def test_bad_input_shows_one_line_and_a_later_good_prompt_streams(pipe, page):
         bad[unreadable] = str(err)
     for prompt, message in bad.items():
         type_prompt(page, prompt)
-        wait_until(lambda: js(page, "document.getElementById('message').textContent") == message, 10,
-                   f"the page did not show {message!r}")
+        wait_until(
+            lambda: js(page, "document.getElementById('message').textContent") == message,
+            10,
+            f"the page did not show {message!r}",
+        )
         assert js(page, "cf.state") == "idle"
     start(page, pipe.example_prompt, seed=14, options={"slow": -2})
-    wait_until(lambda: "must not be negative" in js(page, "document.getElementById('message').textContent"), 10,
-               "impossible memory options were not reported")
+    wait_until(
+        lambda: "must not be negative" in js(page, "document.getElementById('message').textContent"),
+        10,
+        "impossible memory options were not reported",
+    )
     start(page, pipe.example_prompt, seed=14, options={"slow": 6})
     wait_shown(page, frame=1)
     assert js(page, "document.getElementById('message').textContent") == ""

@@ -32,15 +32,22 @@ def test_a_tab_receives_the_python_api_stream_exactly(pipe, client):
     assert any(c.plan.tier("slow") for c in expected) and any(c.update.slow_evicted for c in expected)
     for got, want in zip(chunks, expected):
         h, m = got.header, got.header["memory"]
-        assert (h["index"], h["start"], h["first_frame"], h["count"]) == \
-               (want.index, want.start, want.first_frame, len(want.frames))
+        assert (h["index"], h["start"], h["first_frame"], h["count"]) == (
+            want.index,
+            want.start,
+            want.first_frame,
+            len(want.frames),
+        )
         assert np.array_equal(got.frames, want.frames)
         context, current = plan_tuples(want)
         assert [(e["tier"], e["frame"], e["position"], e["copy"]) for e in m["context"]] == context
         assert [(e["frame"], e["position"]) for e in m["current"]] == current
-        assert (m["promoted"], m["slow_evicted"], m["evicted"], m["similarity"]) == \
-               (list(want.update.promoted), list(want.update.slow_evicted), list(want.update.evicted),
-                want.update.similarity)
+        assert (m["promoted"], m["slow_evicted"], m["evicted"], m["similarity"]) == (
+            list(want.update.promoted),
+            list(want.update.slow_evicted),
+            list(want.update.evicted),
+            want.update.similarity,
+        )
         assert sorted(map(int, h["thumbs"])) == want.plan.current_frames
         assert h["prompt"] == pipe.example_prompt and h["switched"] is None
 
@@ -121,7 +128,9 @@ def test_a_tab_beyond_the_limit_is_told_busy_and_a_closed_tab_frees_its_stream(p
         assert busy["type"] == "busy" and "busy" in busy["message"]
         tabs[0].chunks(1)
         tabs[0].close()
-        wait_until(lambda: server.hub.streams < server.hub.limits.max_streams, 1.0, "the closed tab's stream is not freed")
+        wait_until(
+            lambda: server.hub.streams < server.hub.limits.max_streams, 1.0, "the closed tab's stream is not freed"
+        )
         tabs[-1].send(type="start", prompt=pipe.example_prompt, seed=7)
         started(tabs[-1])
         assert len(tabs[-1].chunks(1)[0]) == 1

@@ -21,17 +21,20 @@ def taken_port():
     sock.close()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--max-streams", "0"], "--max-streams must be at least 1"),
-    (["--lead-chunks", "0"], "--lead-chunks must be at least 1"),
-    (["--max-seconds", "0"], "--max-seconds must be positive"),
-    (["--max-seconds", "inf"], "--max-seconds must be positive"),
-    (["--port", "70000"], "--port must be in 0..65535"),
-    (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1"),  # TEST-NET: no interface of this machine has it
-    (["--port", "0", "--lora", "x.safetensors"], "--lora"),
-    (["--port", "0", "--preset", "tiny"], "preset 'tiny' needs --random-init"),
-    (["--port", "0", "--device", "tpu"], "unknown --device"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-streams", "0"], "--max-streams must be at least 1"),
+        (["--lead-chunks", "0"], "--lead-chunks must be at least 1"),
+        (["--max-seconds", "0"], "--max-seconds must be positive"),
+        (["--max-seconds", "inf"], "--max-seconds must be positive"),
+        (["--port", "70000"], "--port must be in 0..65535"),
+        (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1"),  # TEST-NET: no interface of this machine has it
+        (["--port", "0", "--lora", "x.safetensors"], "--lora"),
+        (["--port", "0", "--preset", "tiny"], "preset 'tiny' needs --random-init"),
+        (["--port", "0", "--device", "tpu"], "unknown --device"),
+    ],
+)
 def test_bad_flags_are_one_line_and_exit_2(capsys, args, message):
     assert main(["serve", *args]) == 2
     err = capsys.readouterr().err
@@ -52,8 +55,12 @@ def test_a_missing_extra_names_it(capsys, monkeypatch):
 
 
 def test_the_command_serves_the_page_and_stops_on_ctrl_c():
-    process = subprocess.Popen([sys.executable, "-m", "contextforcing.cli", "serve", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "contextforcing.cli", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         assert "serving embedded:" in line and "http://127.0.0.1:" in line, line + process.stderr.read()

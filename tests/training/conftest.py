@@ -3,9 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import debug_stage  # noqa: F401  (registers the "debug" stage for in-process tests)
+import pytest
 
 from contextforcing.training.checkpoint import generator_state
 from contextforcing.training.config import load_train_config
@@ -27,7 +26,15 @@ def weights(run_dir: Path, ema: bool = False):
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     """The worker under `torchrun --standalone` with `nproc` gloo processes on CPU."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(WORKER),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 

@@ -41,8 +41,13 @@ class DebugOptions:
     interrupt_rank: int = 0  # the rank that sends it
 
     # Failure injection is not part of what a run trains, so a resumed run may drop or change it.
-    resume_changeable: ClassVar[tuple[str, ...]] = ("crash_at_step", "nan_loss_at_step", "nan_grad_at_step",
-                                                   "interrupt_at_step", "interrupt_rank")
+    resume_changeable: ClassVar[tuple[str, ...]] = (
+        "crash_at_step",
+        "nan_loss_at_step",
+        "nan_grad_at_step",
+        "interrupt_at_step",
+        "interrupt_rank",
+    )
 
 
 class Critic(nn.Module):

@@ -2,13 +2,12 @@
 
 import json
 
+import debug_stage
 import pytest
 import torch
 import torch.nn as nn
 from conftest import train, weights
 from train_worker import main as cli
-
-import debug_stage
 
 from contextforcing.errors import UserError
 from contextforcing.model.checkpoints import load_model
@@ -41,7 +40,9 @@ def test_save_load_round_trip_without_process_group(tmp_path):
 
     fresh, fresh_opt, fresh_ema = _trained(1)
     state = TrainState("debug")
-    per_rank = manager.load(manager.latest(), {"generator": ModelOptimizer(fresh, fresh_opt), "ema": fresh_ema, "train": state})
+    per_rank = manager.load(
+        manager.latest(), {"generator": ModelOptimizer(fresh, fresh_opt), "ema": fresh_ema, "train": state}
+    )
     assert (state.step, state.data_position, per_rank["mine"]) == (3, 30, 3)
     for a, b in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(a, b)

@@ -35,8 +35,16 @@ def test_fsdp_two_ranks_match_one_process_and_resume(tmp_path):
 @pytest.mark.slow
 def test_fsdp_mixed_precision_with_activation_checkpointing_runs(tmp_path):
     run = tmp_path / "mp"
-    _ok(torchrun("train", "debug", f"trainer.run_dir={run}", "trainer.max_steps=2", "trainer.mixed_precision=true",
-                 "trainer.activation_checkpointing=true"))
+    _ok(
+        torchrun(
+            "train",
+            "debug",
+            f"trainer.run_dir={run}",
+            "trainer.max_steps=2",
+            "trainer.mixed_precision=true",
+            "trainer.activation_checkpointing=true",
+        )
+    )
     assert all(torch.isfinite(v).all() for v in weights(run).values())
 
 

@@ -52,9 +52,16 @@ def test_teacher_with_lora_trains_and_exports_merged_weights(tmp_path):
     from contextforcing.model.checkpoints import save_safetensors
 
     base = tmp_path / "base.safetensors"
-    overrides = [f"trainer.run_dir={tmp_path / 'run'}", "trainer.max_steps=3", "trainer.checkpoint_every=3",
-                 "trainer.ema_start=0", "stage.history_max=6", "stage.data.micro_batch=1",
-                 "stage.lora_rank=2", "stage.lora_alpha=2.0"]
+    overrides = [
+        f"trainer.run_dir={tmp_path / 'run'}",
+        "trainer.max_steps=3",
+        "trainer.checkpoint_every=3",
+        "trainer.ema_start=0",
+        "stage.history_max=6",
+        "stage.data.micro_batch=1",
+        "stage.lora_rank=2",
+        "stage.lora_alpha=2.0",
+    ]
     preset = get_preset(load_train_config("teacher", TOY_TEACHER, overrides).stage.model).model
     save_safetensors(build_model(preset, seed=3).state_dict(), base)
     run_training(load_train_config("teacher", TOY_TEACHER, [*overrides, f"stage.init={base}"]))

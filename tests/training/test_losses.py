@@ -9,8 +9,6 @@ SCHEDULE = FlowMatchSchedule(shift=5.0)
 CLAMP = (20.0, 980.0)
 
 
-
-
 def _latents(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 

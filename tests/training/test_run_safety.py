@@ -34,9 +34,12 @@ def _steps(run) -> list[str]:
 
 def test_a_second_trainer_is_refused_naming_the_holder_and_ctrl_c_saves_the_first(tmp_path):
     run = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, str(WORKER), "train", "debug", f"trainer.run_dir={run}",
-                              "trainer.max_steps=100000", *FAST], stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = subprocess.Popen(
+        [sys.executable, str(WORKER), "train", "debug", f"trainer.run_dir={run}", "trainer.max_steps=100000", *FAST],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         deadline = time.monotonic() + 120
         while not (run / "tb").exists() and first.poll() is None and time.monotonic() < deadline:
@@ -55,12 +58,20 @@ def test_a_second_trainer_is_refused_naming_the_holder_and_ctrl_c_saves_the_firs
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_replays_exactly(tmp_path):
-    common = ("trainer.max_steps=6", "trainer.ema_start=1", "stage.noise=0.1", "trainer.checkpoint_every=0")  # critic too
+    common = (
+        "trainer.max_steps=6",
+        "trainer.ema_start=1",
+        "stage.noise=0.1",
+        "trainer.checkpoint_every=0",
+    )  # critic too
     full = train(tmp_path / "full", *common)
     with pytest.raises(KeyboardInterrupt) as err:
         train(tmp_path / "cut", *common, "stage.interrupt_at_step=2")  # SIGINT while step 2 runs
     assert isinstance(err.value, Interrupted)
-    assert str(err.value) == f"saved checkpoint step 3 in {tmp_path / 'cut' / 'checkpoints'}; rerun the same command to resume"
+    assert (
+        str(err.value)
+        == f"saved checkpoint step 3 in {tmp_path / 'cut' / 'checkpoints'}; rerun the same command to resume"
+    )
     assert _steps(tmp_path / "cut") == ["step_000003"]
     resumed = train(tmp_path / "cut", *common)
     assert resumed.steps == 3 and resumed.losses == full.losses[3:]
@@ -69,8 +80,9 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_replays_exactly(tmp_path)
 
 def test_ctrl_c_under_torchrun_saves_every_ranks_part(tmp_path):
     run = tmp_path / "run"
-    proc = torchrun("train", "debug", f"trainer.run_dir={run}", "trainer.max_steps=200", "stage.interrupt_at_step=1",
-                    *FAST)  # rank 0 sends SIGINT to torchrun, which forwards it to both workers
+    proc = torchrun(
+        "train", "debug", f"trainer.run_dir={run}", "trainer.max_steps=200", "stage.interrupt_at_step=1", *FAST
+    )  # rank 0 sends SIGINT to torchrun, which forwards it to both workers
     assert proc.returncode != 0
     lines = re.findall(r"contextforcing: interrupted; saved checkpoint step \d+ in \S+", proc.stderr)
     assert len(lines) == 2 and lines[0] == lines[1], proc.stderr[-3000:]  # both ranks stopped at the same step
@@ -142,7 +154,9 @@ def test_a_full_disk_during_a_save_keeps_the_last_checkpoint_and_resume_works(tm
     run = tmp_path / "run"
     with pytest.raises(UserError) as err:
         train(run, *common)
-    assert str(err.value).startswith(f"cannot save checkpoint step 4 in {run / 'checkpoints'}: No space left on device (")
+    assert str(err.value).startswith(
+        f"cannot save checkpoint step 4 in {run / 'checkpoints'}: No space left on device ("
+    )
     assert str(err.value).endswith("step_000002 is kept, rerun to resume from it")
     assert sorted(os.listdir(run / "checkpoints")) == ["step_000002"]
     monkeypatch.setattr(checkpoint.dcp, "save", real)
@@ -167,17 +181,21 @@ def test_a_real_full_disk_during_a_save_keeps_the_last_checkpoint(tmp_path, smal
 def test_a_resume_refuses_other_settings_and_logs_the_allowed_ones(tmp_path, capsys):
     train(tmp_path, "trainer.max_steps=2", *FAST)
     saved = (tmp_path / "config.yaml").read_text()
-    for change, listed in (("stage.lr=0.01", "stage.lr 0.0001 -> 0.01"),
-                           ("stage.critic=true", "stage.critic False -> True"),
-                           ("trainer.accumulation=2", "trainer.accumulation 1 -> 2")):
+    for change, listed in (
+        ("stage.lr=0.01", "stage.lr 0.0001 -> 0.01"),
+        ("stage.critic=true", "stage.critic False -> True"),
+        ("trainer.accumulation=2", "trainer.accumulation 1 -> 2"),
+    ):
         with pytest.raises(UserError) as err:
             train(tmp_path, "trainer.max_steps=3", *FAST, change)
         assert f"run directory {tmp_path} has checkpoints of another config: {listed};" in str(err.value)
         assert "\n" not in str(err.value) and (tmp_path / "config.yaml").read_text() == saved
     capsys.readouterr()
     assert train(tmp_path, "trainer.max_steps=3", "trainer.log_every=5", *FAST).steps == 1
-    assert (f"contextforcing: resuming {tmp_path} with trainer.log_every 1 -> 5, trainer.max_steps 2 -> 3"
-            in capsys.readouterr().err)
+    assert (
+        f"contextforcing: resuming {tmp_path} with trainer.log_every 1 -> 5, trainer.max_steps 2 -> 3"
+        in capsys.readouterr().err
+    )
     assert OmegaConf.load(tmp_path / "config.yaml").trainer.max_steps == 3
 
 

@@ -18,8 +18,6 @@ CONFIGS = Path(__file__).parents[2] / "configs" / "toy"
 SMALL_MEMORY = "{policy: slow_fast, sink: 3, slow: 4, fast: 6, rule: uniform, interval: 1}"
 
 
-
-
 class Ctx:
     """A single-process StepContext: shared draws from one seeded generator, noise from another."""
 
@@ -45,8 +43,10 @@ def _stage(name: str, tmp_path: Path, *overrides: str):
 
 
 def _optimizers(stage):
-    return {g: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], **stage.optimizer_settings(g))
-            for g, m in stage.trainable().items()}
+    return {
+        g: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], **stage.optimizer_settings(g))
+        for g, m in stage.trainable().items()
+    }
 
 
 def _run(stage, steps: int, fixed_batch: bool = False, groups: tuple[str, ...] | None = None):
@@ -70,8 +70,13 @@ def _run(stage, steps: int, fixed_batch: bool = False, groups: tuple[str, ...] |
 
 SHRINK = {
     "teacher": ("stage.history_max=21", "stage.data.micro_batch=1", "stage.data.seconds=6", "stage.data.pool=2"),
-    "ode": ("stage.num_pairs=2", "stage.pairs_per_shard=1", "stage.num_frames=6", "stage.euler_num_steps=8",
-            "stage.generation_batch=1"),
+    "ode": (
+        "stage.num_pairs=2",
+        "stage.pairs_per_shard=1",
+        "stage.num_frames=6",
+        "stage.euler_num_steps=8",
+        "stage.generation_batch=1",
+    ),
     "dmd": ("stage.num_frames=6",),
     "cdmd": ("stage.min_frames=6", "stage.max_frames=12", "stage.growth_steps=2"),
 }
@@ -109,7 +114,13 @@ def test_loss_falls_when_overfitting_one_batch(name, tmp_path):
 def test_dmd_runs_the_generator_every_fifth_step(tmp_path):
     stage = _shrunk("dmd", tmp_path)
     assert [[u.group for u in stage.updates(s)] for s in range(6)] == [
-        ["generator", "critic"], ["critic"], ["critic"], ["critic"], ["critic"], ["generator", "critic"]]
+        ["generator", "critic"],
+        ["critic"],
+        ["critic"],
+        ["critic"],
+        ["critic"],
+        ["generator", "critic"],
+    ]
 
 
 def test_dmd_gradient_vanishes_when_real_equals_fake(tmp_path):
@@ -135,8 +146,9 @@ def test_rollout_gradient_only_through_target_chunks_with_shared_exits(tmp_path)
     rollout.target.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.generator.parameters())
     ctx = Ctx()
-    same = self_rollout(stage.generator, text, stage.spec, stage.video, stage.sampling, 12, 6, ctx,
-                        same_exit_across_chunks=True)
+    same = self_rollout(
+        stage.generator, text, stage.spec, stage.video, stage.sampling, 12, 6, ctx, same_exit_across_chunks=True
+    )
     assert len(ctx.randints) == 1 and same.exits[0] == same.exits[1]
 
 
@@ -144,9 +156,15 @@ def _capture(model, calls):
     original = model.forward_with_context
 
     def wrapped(target, t, text, context, context_positions, target_positions, **kw):
-        calls.append({"context": context.detach().clone(), "positions": list(context_positions),
-                      "target_positions": list(target_positions), "target": target.detach().clone(),
-                      "text": text.detach().clone()})
+        calls.append(
+            {
+                "context": context.detach().clone(),
+                "positions": list(context_positions),
+                "target_positions": list(target_positions),
+                "target": target.detach().clone(),
+                "text": text.detach().clone(),
+            }
+        )
         return original(target, t, text, context, context_positions, target_positions, **kw)
 
     model.forward_with_context = wrapped
@@ -156,8 +174,14 @@ def _capture(model, calls):
 def test_cdmd_teacher_sees_exactly_the_student_memory_frames_and_positions(tmp_path, window):
     """Each scored window (every target chunk, or the whole target) is read with the frames and positions the
     student's memory attended at its first chunk, under the prompt of that chunk."""
-    stage = _shrunk("cdmd", tmp_path, "stage.min_frames=18", "stage.max_frames=18", f"stage.memory={SMALL_MEMORY}",
-                    f"stage.score_window={window}")
+    stage = _shrunk(
+        "cdmd",
+        tmp_path,
+        "stage.min_frames=18",
+        "stage.max_frames=18",
+        f"stage.memory={SMALL_MEMORY}",
+        f"stage.score_window={window}",
+    )
     real, fake = [], []
     _capture(stage.real_score, real)
     _capture(stage.critic, fake)
@@ -184,8 +208,14 @@ def test_cdmd_teacher_sees_exactly_the_student_memory_frames_and_positions(tmp_p
 
 
 def test_cdmd_contiguous_context_is_the_window_before_each_scored_chunk(tmp_path):
-    stage = _shrunk("cdmd", tmp_path, "stage.min_frames=18", "stage.max_frames=18", "stage.teacher_context=contiguous",
-                    "stage.context_window=6")
+    stage = _shrunk(
+        "cdmd",
+        tmp_path,
+        "stage.min_frames=18",
+        "stage.max_frames=18",
+        "stage.teacher_context=contiguous",
+        "stage.context_window=6",
+    )
     calls = []
     _capture(stage.critic, calls)
     stage.generator_loss(next(stage.batches(0, 1, 0)), Ctx())
@@ -205,8 +235,9 @@ def test_cdmd_rollout_length_curriculum(tmp_path):
 
 def test_teacher_layout_replays_the_student_policy(tmp_path):
     """Host-only replay of the policy == the real ContextMemory's trace after streaming the same history."""
-    stage = _shrunk("teacher", tmp_path, "stage.slow_rule=stride", "stage.slow_stride_chunks=1",
-                    f"stage.memory={SMALL_MEMORY}")
+    stage = _shrunk(
+        "teacher", tmp_path, "stage.slow_rule=stride", "stage.slow_stride_chunks=1", f"stage.memory={SMALL_MEMORY}"
+    )
     batch = next(stage.batches(0, 1, 0))
     text = stage.encoder.encode(batch["clips"][0].prompts[:1])
     spec = stage.spec  # the config's memory (keep=last) with the stride rule: uniform promotion every chunk
@@ -219,8 +250,10 @@ def test_teacher_layout_replays_the_student_policy(tmp_path):
         assert stage.layout(history, text, batch["latents"]) == replay
 
 
-SURPRISAL = ("{policy: slow_fast, sink: 3, slow: 4, fast: 6, rule: surprisal, tau: 0.999, interval: 1, "
-             "compare: checked, keep: last, key_layers: first}")
+SURPRISAL = (
+    "{policy: slow_fast, sink: 3, slow: 4, fast: 6, rule: surprisal, tau: 0.999, interval: 1, "
+    "compare: checked, keep: last, key_layers: first}"
+)
 
 
 def test_teacher_surprisal_layout_is_the_memorys_on_the_first_block_keys(tmp_path):
@@ -270,13 +303,21 @@ def test_teacher_memory_windows_draw_targets_that_need_memory(tmp_path):
     assert clip.memory_starts  # 30 s of a training script revisit something
     histories = {stage.draw_history(Ctx(seed=s), clip, batch["latents"].shape[2]) for s in range(20)}
     assert histories <= set(clip.memory_starts) and len(histories) > 1
-    uniform = _shrunk("teacher", tmp_path / "u", "stage.memory_windows=0.0", "stage.history_max=105", "stage.data.seconds=30")
+    uniform = _shrunk(
+        "teacher", tmp_path / "u", "stage.memory_windows=0.0", "stage.history_max=105", "stage.data.seconds=30"
+    )
     drawn = {uniform.draw_history(Ctx(seed=s), clip, batch["latents"].shape[2]) for s in range(40)}
     assert not drawn <= set(clip.memory_starts)
 
 
-ER = ("stage.history_min=12", "stage.history_max=12", f"stage.memory={SMALL_MEMORY}", "stage.slow_rule=stride",
-      "stage.slow_stride_chunks=1", "stage.error_recycling.start_step=0")
+ER = (
+    "stage.history_min=12",
+    "stage.history_max=12",
+    f"stage.memory={SMALL_MEMORY}",
+    "stage.slow_rule=stride",
+    "stage.slow_stride_chunks=1",
+    "stage.error_recycling.start_step=0",
+)
 NOT_CLEAN, BANK = [0.9, 0.95, 0.95, 0.95], [0.0]  # injection draws (clean, latent, context, noise); bank update
 
 

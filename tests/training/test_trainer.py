@@ -1,10 +1,10 @@
 """The one training loop on the debug stage: exact resume, NaN guard, config errors, hooks and logs."""
 
+import debug_stage
 import pytest
 import torch
 from conftest import train, weights
 
-import debug_stage
 from contextforcing.errors import UserError
 from contextforcing.training.checkpoint import list_checkpoints
 from contextforcing.training.config import load_train_config, save_resolved
@@ -12,7 +12,13 @@ from contextforcing.training.registry import register_stage
 from contextforcing.training.trainer import NonFiniteError
 
 # Accumulation, per-rank noise, two groups and an EMA starting mid-run: every piece of state resume must restore.
-RUN = ("trainer.max_steps=5", "trainer.accumulation=2", "trainer.ema_start=2", "stage.noise=0.1", "trainer.checkpoint_every=3")
+RUN = (
+    "trainer.max_steps=5",
+    "trainer.accumulation=2",
+    "trainer.ema_start=2",
+    "stage.noise=0.1",
+    "trainer.checkpoint_every=3",
+)
 
 
 def _same(a: dict, b: dict) -> None:
@@ -44,8 +50,10 @@ def test_extending_max_steps_continues(tmp_path):
 
 @pytest.mark.parametrize(
     "option, message",
-    [("stage.nan_loss_at_step=5", "non-finite generator loss at step 5"),
-     ("stage.nan_grad_at_step=5", "non-finite generator gradient norm at step 5")],
+    [
+        ("stage.nan_loss_at_step=5", "non-finite generator loss at step 5"),
+        ("stage.nan_grad_at_step=5", "non-finite generator gradient norm at step 5"),
+    ],
 )
 def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, option, message):
     with pytest.raises(NonFiniteError) as err:
@@ -105,9 +113,14 @@ def test_a_stage_refuses_another_stages_run_dir(tmp_path):
 
 
 def test_logs_samples_and_mixed_precision(tmp_path):
-    result = train(tmp_path, "trainer.max_steps=2", "trainer.sample_every=1", "trainer.mixed_precision=true",
-                   "trainer.activation_checkpointing=true")
-    assert result.steps == 2 and all(torch.isfinite(torch.tensor(list(l.values()))).all() for l in result.losses)
+    result = train(
+        tmp_path,
+        "trainer.max_steps=2",
+        "trainer.sample_every=1",
+        "trainer.mixed_precision=true",
+        "trainer.activation_checkpointing=true",
+    )
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in result.losses)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000001.txt", "step_000002.txt"]
     assert (tmp_path / "config.yaml").is_file()
@@ -122,8 +135,14 @@ def test_wandb_asked_but_missing_is_one_line(tmp_path, monkeypatch):
 
 
 def test_loss_falls_when_overfitting(tmp_path):
-    result = train(tmp_path, "trainer.max_steps=12", "stage.samples=1", "stage.lr=0.01", "stage.critic=false",
-                   "trainer.checkpoint_every=0")
+    result = train(
+        tmp_path,
+        "trainer.max_steps=12",
+        "stage.samples=1",
+        "stage.lr=0.01",
+        "stage.critic=false",
+        "trainer.checkpoint_every=0",
+    )
     assert result.losses[-1]["generator"] < 0.5 * result.losses[0]["generator"]
 
 
@@ -167,5 +186,7 @@ def test_trainer_uses_the_schedule_and_resume_continues_it_exactly(tmp_path):
     assert [r["generator"] for r in resumed.lrs] == pytest.approx(expected[3:])
     _same(weights(tmp_path / "full"), weights(tmp_path / "cut"))
     flat = train(tmp_path / "flat", *RUN)
-    assert not torch.equal(weights(tmp_path / "flat")["blocks.0.ffn.0.weight"], weights(tmp_path / "full")["blocks.0.ffn.0.weight"])
+    assert not torch.equal(
+        weights(tmp_path / "flat")["blocks.0.ffn.0.weight"], weights(tmp_path / "full")["blocks.0.ffn.0.weight"]
+    )
     assert [r["generator"] for r in flat.lrs] == pytest.approx([base] * 5)

@@ -12,5 +12,15 @@ from contextforcing.data.world.prompts import PromptSpec, parse_prompt
 from contextforcing.data.world.render import render
 from contextforcing.data.world.track import WorldSpec, WorldTrack, simulate
 
-__all__ = ["PromptSpec", "WorldSpec", "WorldTrack", "eval_worlds", "load_annotations", "parse_prompt", "render",
-           "simulate", "track_from_json", "track_to_json"]
+__all__ = [
+    "PromptSpec",
+    "WorldSpec",
+    "WorldTrack",
+    "eval_worlds",
+    "load_annotations",
+    "parse_prompt",
+    "render",
+    "simulate",
+    "track_from_json",
+    "track_to_json",
+]

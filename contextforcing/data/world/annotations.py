@@ -16,11 +16,26 @@ import numpy as np
 from contextforcing.data.world.prompts import parse_prompt
 from contextforcing.data.world.render import visible_objects
 from contextforcing.data.world.style import (
-    FPS, FRAME_SIZE, LATENT_STRIDE, OBJECT_COLOUR_NAMES, OBJECT_COLOURS, OBJECT_SIZE, OCCLUDERS, PALETTES, SHAPES,
+    FPS,
+    FRAME_SIZE,
+    LATENT_STRIDE,
+    OBJECT_COLOUR_NAMES,
+    OBJECT_COLOURS,
+    OBJECT_SIZE,
+    OCCLUDERS,
+    PALETTES,
+    SHAPES,
     cell_origin,
 )
 from contextforcing.data.world.track import (
-    CELL, COLOUR, MAX_OBJECTS, NO_OCCLUDER, PRESENT, SHAPE, WorldSpec, WorldTrack,
+    CELL,
+    COLOUR,
+    MAX_OBJECTS,
+    NO_OCCLUDER,
+    PRESENT,
+    SHAPE,
+    WorldSpec,
+    WorldTrack,
 )
 from contextforcing.errors import UserError
 
@@ -30,28 +45,53 @@ FORMAT = "contextforcing.world/1"
 def _object_json(slot: int, row: np.ndarray) -> dict:
     y, x = cell_origin(int(row[CELL]))
     colour = OBJECT_COLOUR_NAMES[row[COLOUR]]
-    return {"id": slot, "shape": SHAPES[row[SHAPE]], "colour": colour, "rgb": list(OBJECT_COLOURS[colour]),
-            "cell": int(row[CELL]), "bbox_xywh": [int(x), int(y), OBJECT_SIZE, OBJECT_SIZE]}
+    return {
+        "id": slot,
+        "shape": SHAPES[row[SHAPE]],
+        "colour": colour,
+        "rgb": list(OBJECT_COLOURS[colour]),
+        "cell": int(row[CELL]),
+        "bbox_xywh": [int(x), int(y), OBJECT_SIZE, OBJECT_SIZE],
+    }
 
 
 def track_to_json(track: WorldTrack) -> dict:
     spec = track.spec
     states = [[_object_json(s, row) for s, row in enumerate(state) if row[PRESENT]] for state in track.objects]
-    occlusions = [{"start_frame": o.start_frame, "end_frame": o.end_frame, "kind": o.kind, "seconds": o.seconds,
-                   "bucket": o.bucket, "before_frame": o.before_frame,
-                   "after_frame": o.end_frame if o.end_frame < track.n_frames else None}
-                  for o in track.occlusions()]
-    events = [{"frame": e.frame, "time": e.time, "type": e.type, "object": e.object, "old": e.old, "new": e.new}
-              for e in track.events()]
+    occlusions = [
+        {
+            "start_frame": o.start_frame,
+            "end_frame": o.end_frame,
+            "kind": o.kind,
+            "seconds": o.seconds,
+            "bucket": o.bucket,
+            "before_frame": o.before_frame,
+            "after_frame": o.end_frame if o.end_frame < track.n_frames else None,
+        }
+        for o in track.occlusions()
+    ]
+    events = [
+        {"frame": e.frame, "time": e.time, "type": e.type, "object": e.object, "old": e.old, "new": e.new}
+        for e in track.events()
+    ]
     return {
         "format": FORMAT,
-        "prompt": track.prompt.canonical, "seed": track.seed,
+        "prompt": track.prompt.canonical,
+        "seed": track.seed,
         "seconds": spec.seconds if spec else None,
         "occlusion_seconds": list(spec.occlusion_seconds) if spec and spec.occlusion_seconds else None,
-        "scene": {"style": track.prompt.style, "palette": track.prompt.palette, "occluder": track.prompt.occluder,
-                  "sprite_path": track.sprite_path, "background_rgb": [list(c) for c in PALETTES[track.prompt.palette][:2]],
-                  "away_rgb": list(PALETTES[track.prompt.palette][2])},
-        "fps": FPS, "latent_stride": LATENT_STRIDE, "height": FRAME_SIZE, "width": FRAME_SIZE,
+        "scene": {
+            "style": track.prompt.style,
+            "palette": track.prompt.palette,
+            "occluder": track.prompt.occluder,
+            "sprite_path": track.sprite_path,
+            "background_rgb": [list(c) for c in PALETTES[track.prompt.palette][:2]],
+            "away_rgb": list(PALETTES[track.prompt.palette][2]),
+        },
+        "fps": FPS,
+        "latent_stride": LATENT_STRIDE,
+        "height": FRAME_SIZE,
+        "width": FRAME_SIZE,
         "n_frames": track.n_frames,
         "states": states,
         "events": events,
@@ -75,23 +115,36 @@ def track_from_json(data: dict, where: str = "annotations") -> WorldTrack:
         objects = np.zeros((len(data["states"]), MAX_OBJECTS, 4), np.int8)
         for s, state in enumerate(data["states"]):
             for obj in state:
-                objects[s, obj["id"]] = (1, obj["cell"], OBJECT_COLOUR_NAMES.index(obj["colour"]), SHAPES.index(obj["shape"]))
+                objects[s, obj["id"]] = (
+                    1,
+                    obj["cell"],
+                    OBJECT_COLOUR_NAMES.index(obj["colour"]),
+                    SHAPES.index(obj["shape"]),
+                )
         per_frame = data["per_frame"]
         occluder = np.array([NO_OCCLUDER if k is None else OCCLUDERS.index(k) for k in per_frame["occluder"]], np.int8)
         spec = None
         if data.get("seconds") is not None:
             forced = data.get("occlusion_seconds")
-            spec = WorldSpec(prompt.canonical, int(data["seed"]), float(data["seconds"]), tuple(forced) if forced else None)
+            spec = WorldSpec(
+                prompt.canonical, int(data["seed"]), float(data["seconds"]), tuple(forced) if forced else None
+            )
         track = WorldTrack(
-            prompt=prompt, seed=int(data["seed"]), objects=objects,
+            prompt=prompt,
+            seed=int(data["seed"]),
+            objects=objects,
             frame_state=np.array(per_frame["state"], np.int16),
-            coverage=np.array(per_frame["coverage"], np.float32), occluder=occluder,
+            coverage=np.array(per_frame["coverage"], np.float32),
+            occluder=occluder,
             sprite_xy=np.array(per_frame["sprite_xy"], np.float32).reshape(-1, 2),
-            sprite_path=data["scene"]["sprite_path"], spec=spec,
+            sprite_path=data["scene"]["sprite_path"],
+            spec=spec,
         )
     except (KeyError, ValueError, TypeError, IndexError) as err:
         raise UserError(f"{where} is a malformed world annotation file ({type(err).__name__}: {err})")
-    if not (len(track.coverage) == len(track.occluder) == len(track.sprite_xy) == track.n_frames == data.get("n_frames")):
+    if not (
+        len(track.coverage) == len(track.occluder) == len(track.sprite_xy) == track.n_frames == data.get("n_frames")
+    ):
         raise UserError(f"{where}: per-frame arrays disagree with n_frames")
     return track
 

@@ -21,38 +21,65 @@ def _occlusion_list(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("world", help="render the synthetic worlds, or write a training dataset",
-                              description="The synthetic worlds, with exact per-frame ground truth: the panorama "
-                                          "world (a prompt script drives camera, lights and balls) and the occlusion "
-                                          "world. See docs/world.md for the grammars.")
+    p = subparsers.add_parser(
+        "world",
+        help="render the synthetic worlds, or write a training dataset",
+        description="The synthetic worlds, with exact per-frame ground truth: the panorama "
+        "world (a prompt script drives camera, lights and balls) and the occlusion "
+        "world. See docs/world.md for the grammars.",
+    )
     sub = p.add_subparsers(dest="world_command", metavar="{render,dataset,heldout,script}")
     sub.required = True
 
     r = sub.add_parser("render", help="write one world video (mp4) and its annotations (json)")
-    r.add_argument("--script", metavar="FILE", help="panorama world: a jsonl prompt script ({\"at\": S, \"prompt\": ...} "
-                   "per line, as `generate --prompts` reads it)")
+    r.add_argument(
+        "--script",
+        metavar="FILE",
+        help='panorama world: a jsonl prompt script ({"at": S, "prompt": ...} '
+        "per line, as `generate --prompts` reads it)",
+    )
     r.add_argument("--prompt", help="occlusion world: e.g. 'striped cool room, curtain occlusions, circle sprite'")
     r.add_argument("--seed", type=int, help="draws the room, objects, events (and, occlusion world, the schedule)")
     r.add_argument("--seconds", type=float, help="length in seconds (rounded up to whole latent chunks)")
-    r.add_argument("--occlusions", type=_occlusion_list, metavar="S,S,...",
-                   help="force the occlusion lengths in seconds, in order (default: drawn by the seed)")
+    r.add_argument(
+        "--occlusions",
+        type=_occlusion_list,
+        metavar="S,S,...",
+        help="force the occlusion lengths in seconds, in order (default: drawn by the seed)",
+    )
     r.add_argument("--heldout", type=int, metavar="INDEX", help="render held-out evaluation world INDEX instead")
-    r.add_argument("--world", choices=WORLDS, default=None,
-                   help="which world --heldout indexes (default: occlusion; --script implies panorama)")
-    r.add_argument("--out", required=True, metavar="DIR",
-                   help="writes DIR/video.mp4 and DIR/annotations.json (panorama: also DIR/script.jsonl)")
+    r.add_argument(
+        "--world",
+        choices=WORLDS,
+        default=None,
+        help="which world --heldout indexes (default: occlusion; --script implies panorama)",
+    )
+    r.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="writes DIR/video.mp4 and DIR/annotations.json (panorama: also DIR/script.jsonl)",
+    )
     r.add_argument("--npy", action="store_true", help="also write DIR/frames.npy (lossless uint8 frames)")
     r.set_defaults(func=run_render)
 
     d = sub.add_parser("dataset", help="write training clips (fast, with a progress bar)")
-    d.add_argument("--world", choices=WORLDS, default="occlusion",
-                   help="panorama: lists random scripts and seeds (frames rendered on load); occlusion: shards")
+    d.add_argument(
+        "--world",
+        choices=WORLDS,
+        default="occlusion",
+        help="panorama: lists random scripts and seeds (frames rendered on load); occlusion: shards",
+    )
     d.add_argument("--count", type=int, required=True, help="number of clips")
     d.add_argument("--seconds", type=float, required=True, help="clip length in seconds")
     d.add_argument("--out", required=True, metavar="DIR")
-    d.add_argument("--store", choices=("state", "frames"), default="state",
-                   help="occlusion world: state: compact ground truth, frames rendered on load (default); "
-                        "frames: also store pixels")
+    d.add_argument(
+        "--store",
+        choices=("state", "frames"),
+        default="state",
+        help="occlusion world: state: compact ground truth, frames rendered on load (default); "
+        "frames: also store pixels",
+    )
     d.add_argument("--shard-size", type=int, default=100, help="occlusion world: clips per shard file")
     d.add_argument("--workers", type=int, default=0, help="occlusion world: processes (default: one per CPU core)")
     d.add_argument("--seed", type=int, default=0, help="which training clips to draw")
@@ -103,8 +130,10 @@ def run_render(args) -> int:
     _write_video(out, render(track), args.npy)
     _write_json(out / "annotations.json", track_to_json(track))
     occ = ", ".join(f"{o.seconds:g} s {o.kind}" for o in track.occlusions()) or "none"
-    print(f"{out / 'video.mp4'}: {track.n_frames} frames ({track.n_frames / FPS:.2f} s), "
-          f"{len(track.events())} events, occlusions: {occ}")
+    print(
+        f"{out / 'video.mp4'}: {track.n_frames} frames ({track.n_frames / FPS:.2f} s), "
+        f"{len(track.events())} events, occlusions: {occ}"
+    )
     return 0
 
 
@@ -146,8 +175,10 @@ def _render_panorama(args) -> int:
     _write_json(out / "annotations.json", data)
     buckets = Counter(r["bucket"] for r in data["revisits"])
     dark = sum(1 for a, b in zip(track.latent_lit, track.latent_lit[1:]) if a and not b)
-    print(f"{out / 'video.mp4'}: {track.n_frames} frames ({track.n_frames / FPS:.2f} s), {len(track.events)} events, "
-          f"{dark} times lights off, revisits fast/slow/beyond {buckets['fast']}/{buckets['slow']}/{buckets['beyond']}")
+    print(
+        f"{out / 'video.mp4'}: {track.n_frames} frames ({track.n_frames / FPS:.2f} s), {len(track.events)} events, "
+        f"{dark} times lights off, revisits fast/slow/beyond {buckets['fast']}/{buckets['slow']}/{buckets['beyond']}"
+    )
     return 0
 
 
@@ -215,15 +246,25 @@ def run_dataset(args) -> int:
         from contextforcing.data.world.panorama.dataset import PanoramaDatasetConfig, write_panorama_dataset
 
         manifest = write_panorama_dataset(args.out, PanoramaDatasetConfig(args.count, args.seconds, args.seed))
-        print(f"{args.out}: {manifest['count']} panorama clips x {manifest['n_frames']} frames (scripts and seeds; "
-              f"frames are rendered on load), {manifest['seconds_to_write']:.1f} s")
+        print(
+            f"{args.out}: {manifest['count']} panorama clips x {manifest['n_frames']} frames (scripts and seeds; "
+            f"frames are rendered on load), {manifest['seconds_to_write']:.1f} s"
+        )
         return 0
 
-    config = DatasetConfig(count=args.count, seconds=args.seconds, store=args.store, shard_size=args.shard_size,
-                           workers=args.workers, seed=args.seed)
+    config = DatasetConfig(
+        count=args.count,
+        seconds=args.seconds,
+        store=args.store,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        seed=args.seed,
+    )
     manifest = write_dataset(args.out, config, progress=not args.quiet)
-    print(f"{args.out}: {manifest['count']} clips x {manifest['n_frames']} frames in {len(manifest['shards'])} shards, "
-          f"{manifest['bytes'] / 1e6:.1f} MB, {manifest['seconds_to_write']:.1f} s")
+    print(
+        f"{args.out}: {manifest['count']} clips x {manifest['n_frames']} frames in {len(manifest['shards'])} shards, "
+        f"{manifest['bytes'] / 1e6:.1f} MB, {manifest['seconds_to_write']:.1f} s"
+    )
     return 0
 
 
@@ -243,14 +284,32 @@ def run_heldout(args) -> int:
             raise UserError(f"--count must be at least 1, got {count}")
         for i, w in enumerate(heldout_worlds(count)):
             buckets = Counter(r.bucket for r in track_revisits(simulate(w)))
-            print(json.dumps({"index": i, "seed": w.seed, "seconds": w.seconds, "revisits": dict(buckets),
-                              "script": w.script.to_json()}))
+            print(
+                json.dumps(
+                    {
+                        "index": i,
+                        "seed": w.seed,
+                        "seconds": w.seconds,
+                        "revisits": dict(buckets),
+                        "script": w.script.to_json(),
+                    }
+                )
+            )
         return 0
     if args.count is not None:
         raise UserError("--count lists held-out panorama worlds; add --world panorama")
 
     for i, w in enumerate(eval_worlds()):
-        print(json.dumps({"index": i, "prompt": w.prompt, "seed": w.seed, "seconds": w.seconds,
-                          "occlusion_seconds": list(w.occlusion_seconds),
-                          "held_out_prompt": parse_prompt(w.prompt).held_out}))
+        print(
+            json.dumps(
+                {
+                    "index": i,
+                    "prompt": w.prompt,
+                    "seed": w.seed,
+                    "seconds": w.seconds,
+                    "occlusion_seconds": list(w.occlusion_seconds),
+                    "held_out_prompt": parse_prompt(w.prompt).held_out,
+                }
+            )
+        )
     return 0

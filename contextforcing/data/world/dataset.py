@@ -131,9 +131,16 @@ def write_dataset(out_dir: str | os.PathLike, config: DatasetConfig, progress: b
                 pool.terminate()
     elapsed = time.perf_counter() - start
     manifest = {
-        "format": FORMAT, "config": asdict(config), "count": config.count,
-        "n_frames": frames_for_seconds(config.seconds), "fps": FPS, "height": FRAME_SIZE, "width": FRAME_SIZE,
-        "shards": results, "seconds_to_write": round(elapsed, 3), "workers": workers,
+        "format": FORMAT,
+        "config": asdict(config),
+        "count": config.count,
+        "n_frames": frames_for_seconds(config.seconds),
+        "fps": FPS,
+        "height": FRAME_SIZE,
+        "width": FRAME_SIZE,
+        "shards": results,
+        "seconds_to_write": round(elapsed, 3),
+        "workers": workers,
         "bytes": sum(r["bytes"] for r in results),
     }
     write_json_atomic(out_dir / MANIFEST, manifest)

@@ -53,10 +53,14 @@ class WorldClipDataset(Dataset):
         shard, k = self._index[index]
         data = self._shard(shard)
         return WorldTrack(
-            prompt=parse_prompt(str(data["prompts"][k])), seed=int(data["seeds"][k]),
-            objects=data["objects"][k, : data["n_states"][k]], frame_state=data["frame_state"][k],
-            coverage=data["coverage"][k].astype(np.float32), occluder=data["occluder"][k],
-            sprite_xy=data["sprite_xy"][k], sprite_path=str(data["sprite_paths"][k]),
+            prompt=parse_prompt(str(data["prompts"][k])),
+            seed=int(data["seeds"][k]),
+            objects=data["objects"][k, : data["n_states"][k]],
+            frame_state=data["frame_state"][k],
+            coverage=data["coverage"][k].astype(np.float32),
+            occluder=data["occluder"][k],
+            sprite_xy=data["sprite_xy"][k],
+            sprite_path=str(data["sprite_paths"][k]),
             spec=WorldSpec(str(data["prompts"][k]), int(data["seeds"][k]), float(self.manifest["config"]["seconds"])),
         )
 
@@ -72,8 +76,10 @@ class WorldClipDataset(Dataset):
         track = self.track(index)
         return {
             "frames": torch.from_numpy(np.ascontiguousarray(self.frames(index))),
-            "prompt": track.prompt.canonical, "seed": track.seed,
+            "prompt": track.prompt.canonical,
+            "seed": track.seed,
             "frame_state": torch.from_numpy(track.frame_state.astype(np.int64)),
-            "coverage": torch.from_numpy(track.coverage), "occluder": torch.from_numpy(track.occluder.astype(np.int64)),
+            "coverage": torch.from_numpy(track.coverage),
+            "occluder": torch.from_numpy(track.occluder.astype(np.int64)),
             "sprite_xy": torch.from_numpy(track.sprite_xy),
         }

@@ -79,8 +79,10 @@ def parse_prompt(prompt: str) -> PromptSpec:
         elif (m := _SPRITE.match(clause)) and sprite_path is None:
             sprite_path = _choose(m["path"], SPRITE_PATHS, "sprite path", prompt)
         else:
-            raise UserError(f"bad world prompt {prompt!r}: cannot parse clause {clause!r} "
-                            f"(expected '<occluder> occlusions' or '<path> sprite', each at most once)")
+            raise UserError(
+                f"bad world prompt {prompt!r}: cannot parse clause {clause!r} "
+                f"(expected '<occluder> occlusions' or '<path> sprite', each at most once)"
+            )
     return PromptSpec(style, palette, occluder, sprite_path)
 
 

@@ -17,6 +17,7 @@ def load_any_annotations(path: str | os.PathLike):
     if isinstance(data, dict) and data.get("format") == panorama.FORMAT:
         return panorama.track_from_json(data, where=str(path))
     if not isinstance(data, dict) or data.get("format") != occlusion.FORMAT:
-        raise UserError(f"{path} is not a world annotation file (expected format {occlusion.FORMAT!r} or "
-                        f"{panorama.FORMAT!r})")
+        raise UserError(
+            f"{path} is not a world annotation file (expected format {occlusion.FORMAT!r} or {panorama.FORMAT!r})"
+        )
     return occlusion.track_from_json(data, where=str(path))

@@ -11,8 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from contextforcing.data.world.style import (
-    BLACKOUT_COLOUR, CURTAIN_COLOUR, FRAME_SIZE, OBJECT_COLOURS, OBJECT_SIZE, OCCLUDERS, PALETTES, SHAPE_MASKS,
-    SPRITE_COLOUR, SPRITE_RADIUS, background_image, cell_origin,
+    BLACKOUT_COLOUR,
+    CURTAIN_COLOUR,
+    FRAME_SIZE,
+    OBJECT_COLOURS,
+    OBJECT_SIZE,
+    OCCLUDERS,
+    PALETTES,
+    SHAPE_MASKS,
+    SPRITE_COLOUR,
+    SPRITE_RADIUS,
+    background_image,
+    cell_origin,
 )
 from contextforcing.data.world.track import CELL, COLOUR, PRESENT, SHAPE, WorldTrack
 
@@ -52,8 +62,8 @@ def sprite_pixels(sprite_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 def _apply_occluders(frames: np.ndarray, track: WorldTrack) -> None:
     away = np.array(PALETTES[track.prompt.palette][2], np.uint8)
     for occ in track.occlusions():
-        view = frames[occ.start_frame:occ.end_frame]  # a view: edits land in `frames`
-        cover = track.coverage[occ.start_frame:occ.end_frame]
+        view = frames[occ.start_frame : occ.end_frame]  # a view: edits land in `frames`
+        cover = track.coverage[occ.start_frame : occ.end_frame]
         full = cover >= 1
         if occ.kind == "blackout":
             view[full] = BLACKOUT_COLOUR
@@ -66,7 +76,7 @@ def _apply_occluders(frames: np.ndarray, track: WorldTrack) -> None:
             for i in np.flatnonzero(~full):  # the few ramp frames
                 shift = int(round(float(cover[i]) * FRAME_SIZE))
                 view[i, :, : FRAME_SIZE - shift] = view[i, :, shift:].copy()
-                view[i, :, FRAME_SIZE - shift:] = away
+                view[i, :, FRAME_SIZE - shift :] = away
 
 
 def render(track: WorldTrack) -> np.ndarray:

@@ -71,8 +71,11 @@ def latents_for_frames(n_frames: int) -> int:
 
 def latent_start_frame(latent: int | np.ndarray) -> int | np.ndarray:
     """First pixel frame of a latent frame: latent 0 is frame 0, latent k>0 covers frames 4k-3 .. 4k."""
-    return np.maximum(0, LATENT_STRIDE * np.asarray(latent) - (LATENT_STRIDE - 1)) if isinstance(
-        latent, np.ndarray) else max(0, LATENT_STRIDE * latent - (LATENT_STRIDE - 1))
+    return (
+        np.maximum(0, LATENT_STRIDE * np.asarray(latent) - (LATENT_STRIDE - 1))
+        if isinstance(latent, np.ndarray)
+        else max(0, LATENT_STRIDE * latent - (LATENT_STRIDE - 1))
+    )
 
 
 def shape_templates() -> np.ndarray:
@@ -116,7 +119,13 @@ def palette_table(palette: str) -> tuple[np.ndarray, dict[str, int]]:
     Roles: bg1, bg2, away, blackout, curtain, sprite, then one per object colour (object:<name>).
     """
     bg1, bg2, away = PALETTES[palette]
-    roles = {"bg1": bg1, "bg2": bg2, "away": away, "blackout": BLACKOUT_COLOUR, "curtain": CURTAIN_COLOUR,
-             "sprite": SPRITE_COLOUR}
+    roles = {
+        "bg1": bg1,
+        "bg2": bg2,
+        "away": away,
+        "blackout": BLACKOUT_COLOUR,
+        "curtain": CURTAIN_COLOUR,
+        "sprite": SPRITE_COLOUR,
+    }
     roles.update({f"object:{name}": rgb for name, rgb in OBJECT_COLOURS.items()})
     return np.array(list(roles.values()), np.int16), {name: i for i, name in enumerate(roles)}

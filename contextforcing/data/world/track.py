@@ -20,8 +20,18 @@ import numpy as np
 
 from contextforcing.data.world.prompts import PromptSpec, parse_prompt
 from contextforcing.data.world.style import (
-    FPS, FRAME_SIZE, LATENTS_PER_SECOND, LATENT_STRIDE, N_CELLS, OBJECT_COLOUR_NAMES, OCCLUDERS, SHAPES,
-    SPRITE_PATHS, frames_for_seconds, latent_start_frame, latents_for_frames,
+    FPS,
+    FRAME_SIZE,
+    LATENT_STRIDE,
+    LATENTS_PER_SECOND,
+    N_CELLS,
+    OBJECT_COLOUR_NAMES,
+    OCCLUDERS,
+    SHAPES,
+    SPRITE_PATHS,
+    frames_for_seconds,
+    latent_start_frame,
+    latents_for_frames,
 )
 from contextforcing.errors import UserError
 
@@ -175,8 +185,10 @@ def _plan_segments(rng, n_latents: int, forced: tuple[float, ...] | None, spec_t
                 break
             length = _seconds_to_latents(queue.pop(0))
             if length < min_occ or length > room:
-                raise UserError(f"forced occlusion schedule does not fit in {spec_text}: each occlusion needs "
-                                f"{OCCLUSION_SECONDS[0]}-{OCCLUSION_SECONDS[1]} s and {VISIBLE_GAP_SECONDS[0]} s visible after it")
+                raise UserError(
+                    f"forced occlusion schedule does not fit in {spec_text}: each occlusion needs "
+                    f"{OCCLUSION_SECONDS[0]}-{OCCLUSION_SECONDS[1]} s and {VISIBLE_GAP_SECONDS[0]} s visible after it"
+                )
         else:
             longest = min(_seconds_to_latents(OCCLUSION_SECONDS[1]), room)
             if longest < min_occ:
@@ -287,7 +299,13 @@ def simulate(spec: WorldSpec) -> WorldTrack:
     coverage, occluder = _occlusion_frames(rng, prompt, occlusions, n_frames)
     frame_latent = np.concatenate([[0], (np.arange(1, n_frames) + LATENT_STRIDE - 1) // LATENT_STRIDE])
     return WorldTrack(
-        prompt=prompt, seed=int(spec.seed), objects=objects, frame_state=latent_state[frame_latent].astype(np.int16),
-        coverage=coverage, occluder=occluder, sprite_xy=sprite_positions(sprite_path, period, phase, n_frames),
-        sprite_path=sprite_path, spec=spec,
+        prompt=prompt,
+        seed=int(spec.seed),
+        objects=objects,
+        frame_state=latent_state[frame_latent].astype(np.int16),
+        coverage=coverage,
+        occluder=occluder,
+        sprite_xy=sprite_positions(sprite_path, period, phase, n_frames),
+        sprite_path=sprite_path,
+        spec=spec,
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from contextforcing.errors import UserError
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext

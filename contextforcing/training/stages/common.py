@@ -101,8 +101,9 @@ def memory_spec(values: dict) -> MemorySpec:
     return make_spec(values.pop("policy", "slow_fast"), values)
 
 
-def plan_after_history(spec: MemorySpec, chunk_frames: int, history: int,
-                       signals: list[torch.Tensor] | None = None) -> ChunkPlan:
+def plan_after_history(
+    spec: MemorySpec, chunk_frames: int, history: int, signals: list[torch.Tensor] | None = None
+) -> ChunkPlan:
     """Host-only replay of the student's policy over `history` committed frames (whole chunks), then the
     plan of the chunk that starts right after: which sink / slow / fast frames it attends, at which
     positions (the policy's one position rule). A surprisal rule runs on `signals`, one representation per
@@ -110,8 +111,10 @@ def plan_after_history(spec: MemorySpec, chunk_frames: int, history: int,
     params = tier_params(spec, chunk_frames)
     policy = make_policy(params, chunk_frames)
     if policy.promotes_within_chunk:
-        raise UserError("a memory that promotes inside a pass (layout=released) needs the model's keys; "
-                        "use slow_rule=surprisal for it")
+        raise UserError(
+            "a memory that promotes inside a pass (layout=released) needs the model's keys; "
+            "use slow_rule=surprisal for it"
+        )
     track = SurprisalTrack(params.tau, params.compare) if params.surprisal else None
     if track is not None and (signals is None or len(signals) < history // chunk_frames):
         raise ValueError("a surprisal rule needs one signal per history chunk")
@@ -123,8 +126,9 @@ def plan_after_history(spec: MemorySpec, chunk_frames: int, history: int,
 
 
 @torch.no_grad()
-def chunk_signals(model: CausalWanModel, latents: torch.Tensor, sampling: SamplingConfig,
-                  chunk_frames: int) -> list[torch.Tensor]:
+def chunk_signals(
+    model: CausalWanModel, latents: torch.Tensor, sampling: SamplingConfig, chunk_frames: int
+) -> list[torch.Tensor]:
     """What the surprisal rule with `key_layers=first` compares, for every whole chunk of clean latents [B, C, F,
     H, W]: the chunk's commit-pass keys of the first block, averaged over its tokens, then over the batch. The
     memory computes the same from the keys its commit passes see; here a whole history is one pass."""
@@ -134,8 +138,10 @@ def chunk_signals(model: CausalWanModel, latents: torch.Tensor, sampling: Sampli
     t = torch.full((b,), float(sampling.commit_timestep), device=latents.device)
     keys = model.first_block_keys(latents, t)  # [B, F*T, H, D]
     per_frame = keys.shape[1] // f
-    return [pooled_key([mean_key(keys[:, c * per_frame : (c + chunk_frames) * per_frame])])
-            for c in range(0, f - f % chunk_frames, chunk_frames)]
+    return [
+        pooled_key([mean_key(keys[:, c * per_frame : (c + chunk_frames) * per_frame])])
+        for c in range(0, f - f % chunk_frames, chunk_frames)
+    ]
 
 
 @dataclass(frozen=True)
@@ -156,8 +162,13 @@ def layout_from_plan(plan: ChunkPlan, target_frames: int) -> ContextLayout:
     """The student's memory at the chunk that opens the target window: the frames it attends (sink, slow,
     cached fast) at their positions; the target continues the chunk's positions."""
     first = plan.current_positions[0]
-    return ContextLayout([a.frame for a in plan.context], [a.tier for a in plan.context], plan.positions,
-                         list(range(plan.start, plan.start + target_frames)), list(range(first, first + target_frames)))
+    return ContextLayout(
+        [a.frame for a in plan.context],
+        [a.tier for a in plan.context],
+        plan.positions,
+        list(range(plan.start, plan.start + target_frames)),
+        list(range(first, first + target_frames)),
+    )
 
 
 def contiguous_layout(target_start: int, context_frames: int, target_frames: int) -> ContextLayout:
@@ -165,14 +176,18 @@ def contiguous_layout(target_start: int, context_frames: int, target_frames: int
     first = max(0, target_start - context_frames)
     frames = list(range(first, target_start))
     n = len(frames)
-    return ContextLayout(frames, ["fast"] * n, list(range(n)),
-                         list(range(target_start, target_start + target_frames)), list(range(n, n + target_frames)))
+    return ContextLayout(
+        frames,
+        ["fast"] * n,
+        list(range(n)),
+        list(range(target_start, target_start + target_frames)),
+        list(range(n, n + target_frames)),
+    )
 
 
 def gather_frames(latents: torch.Tensor, frames: list[int]) -> torch.Tensor:
     index = torch.tensor(frames, dtype=torch.long, device=latents.device)
     return latents.index_select(2, index)
-
 
 
 def few_step_timesteps(sampling: SamplingConfig) -> list[float]:

@@ -67,8 +67,10 @@ class DataOptions:
         if self.pool < 0:
             raise UserError(f"data.pool must be >= 0, got {self.pool}")
         if self.source == "panorama" and self.codec == "world":
-            raise UserError("data.source panorama needs data.codec panorama (or preview); the occlusion world's "
-                            "codec reconstructs panorama frames badly (docs/world.md)")
+            raise UserError(
+                "data.source panorama needs data.codec panorama (or preview); the occlusion world's "
+                "codec reconstructs panorama frames badly (docs/world.md)"
+            )
         if not self.seconds > 0:
             raise UserError(f"data.seconds must be positive, got {self.seconds}")
         return self
@@ -104,8 +106,9 @@ class PromptSource:
 
         spec = training_world(self.options.seed, sample, self.options.seconds)
         if chunks > spec.n_chunks:
-            raise UserError(f"data.seconds={self.options.seconds:g} gives scripts of {spec.n_chunks} chunks; "
-                            f"{chunks} are needed")
+            raise UserError(
+                f"data.seconds={self.options.seconds:g} gives scripts of {spec.n_chunks} chunks; {chunks} are needed"
+            )
         return [p.canonical for p in spec.script.chunk_prompts(spec.n_chunks)[:chunks]]
 
     def prompt(self, sample: int) -> str:
@@ -124,8 +127,7 @@ class PromptSource:
         return np.random.default_rng([self.options.seed, sample])
 
 
-def smooth_clip(pattern: int, phase: float, frames: int, channels: int, video: VideoConfig,
-                modes: int) -> torch.Tensor:
+def smooth_clip(pattern: int, phase: float, frames: int, channels: int, video: VideoConfig, modes: int) -> torch.Tensor:
     """[C, F, H, W] sum of `modes` sinusoids drifting in time; the pattern fixes frequencies and speeds."""
     g = torch.Generator().manual_seed(pattern)
     kx, ky, speed, offset = (torch.rand(modes, channels, 1, 1, 1, generator=g) for _ in range(4))
@@ -154,8 +156,10 @@ def world_video_codec(codec: str, channels: int, video: VideoConfig, path: str |
         out = load_learned_world_codec(path, codec=codec)
         shape = (out.latent_channels, out.stride_t, out.stride_hw)
         if shape != (channels, video.vae_stride_t, video.vae_stride_hw):
-            raise UserError(f"the world codec ({shape[0]} channels, strides {shape[1]}/{shape[2]}) does not fit the "
-                            f"model ({channels} channels, strides {video.vae_stride_t}/{video.vae_stride_hw})")
+            raise UserError(
+                f"the world codec ({shape[0]} channels, strides {shape[1]}/{shape[2]}) does not fit the "
+                f"model ({channels} channels, strides {video.vae_stride_t}/{video.vae_stride_hw})"
+            )
     _CODECS[key] = out
     return out
 
@@ -173,8 +177,10 @@ def world_codec_file(path: str | None = None, codec: str = "world") -> Path:
 def load_learned_world_codec(path: str | None = None, device: str = "cpu", codec: str = "world"):
     file = world_codec_file(path, codec)
     if not file.is_file():
-        raise UserError(f"the learned world codec's weights {file} are missing; train or fetch them, or set "
-                        f"stage.data.codec=preview (the weight-free preview codec)")
+        raise UserError(
+            f"the learned world codec's weights {file} are missing; train or fetch them, or set "
+            f"stage.data.codec=preview (the weight-free preview codec)"
+        )
     try:
         from contextforcing.codecs.world import load_world_codec
     except ImportError as err:
@@ -182,15 +188,24 @@ def load_learned_world_codec(path: str | None = None, device: str = "cpu", codec
     return load_world_codec(str(file), device=device)
 
 
-def world_clip(prompt: str, seed: int, frames: int, channels: int, video: VideoConfig, codec: str = "world",
-               codec_path: str | None = None) -> torch.Tensor:
+def world_clip(
+    prompt: str,
+    seed: int,
+    frames: int,
+    channels: int,
+    video: VideoConfig,
+    codec: str = "world",
+    codec_path: str | None = None,
+) -> torch.Tensor:
     """[C, F, H, W]: the world video for (prompt, seed) through the chosen codec, first `frames` latents."""
     from contextforcing.data.world import WorldSpec, render, simulate
     from contextforcing.data.world.style import FRAME_SIZE
 
     if FRAME_SIZE // video.vae_stride_hw != video.latent_height or video.latent_height != video.latent_width:
-        raise UserError(f"the world source needs a {FRAME_SIZE // video.vae_stride_hw}x"
-                        f"{FRAME_SIZE // video.vae_stride_hw} latent grid (the world or tiny preset)")
+        raise UserError(
+            f"the world source needs a {FRAME_SIZE // video.vae_stride_hw}x"
+            f"{FRAME_SIZE // video.vae_stride_hw} latent grid (the world or tiny preset)"
+        )
     coder = world_video_codec(codec, channels, video, codec_path)
     pixels = render(simulate(WorldSpec(prompt, seed, frames / video.latent_fps)))
     pixel_frames = video.pixel_frames_for(frames)
@@ -246,8 +261,10 @@ class ClipSource:
 
             clip_frames = training_world(options.seed, 0, options.seconds).n_latents
             if clip_frames < frames:
-                raise UserError(f"data.seconds={options.seconds:g} gives clips of {clip_frames} latent frames; "
-                                f"the stage needs {frames}")
+                raise UserError(
+                    f"data.seconds={options.seconds:g} gives clips of {clip_frames} latent frames; "
+                    f"the stage needs {frames}"
+                )
             self.frames = clip_frames
         self._cache: dict[int, Clip] = {}
 
@@ -264,11 +281,14 @@ class ClipSource:
             return self._panorama_clip(sample, self._encode_panorama(sample))
         prompt = self.prompts.prompt(sample)
         if o.source == "world":
-            return self._whole(prompt, world_clip(prompt, sample, self.frames, self.channels, self.video, o.codec,
-                                                  o.codec_path))
+            return self._whole(
+                prompt, world_clip(prompt, sample, self.frames, self.channels, self.video, o.codec, o.codec_path)
+            )
         pattern = int(prompt.split()[-1])
         phase = float(self.prompts._rng(sample).random())
-        return self._whole(prompt, smooth_clip(pattern, phase, self.frames, self.channels, self.video, self.options.modes))
+        return self._whole(
+            prompt, smooth_clip(pattern, phase, self.frames, self.channels, self.video, self.options.modes)
+        )
 
     def _whole(self, prompt: str, latents: torch.Tensor) -> Clip:
         chunks = -(-latents.shape[1] // self.video.chunk_frames)
@@ -278,8 +298,7 @@ class ClipSource:
         from contextforcing.data.world.panorama import simulate, training_world
 
         track = simulate(training_world(self.options.seed, sample, self.options.seconds))
-        return Clip(latents, track.chunk_prompts(),
-                    memory_starts(track, self.video.chunk_frames, self.cached_fast))
+        return Clip(latents, track.chunk_prompts(), memory_starts(track, self.video.chunk_frames, self.cached_fast))
 
     def _encode_panorama(self, sample: int) -> torch.Tensor:
         """[C, F, H, W] float32: training clip `sample` rendered and encoded (the codec's encode is per latent frame)."""

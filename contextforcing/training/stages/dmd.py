@@ -35,17 +35,28 @@ from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import guided
 from contextforcing.sampling.scheduler import add_noise, x0_from_flow
 from contextforcing.training import losses
-from contextforcing.training.rollout import Rollout, Timeline, self_rollout
 from contextforcing.training.registry import BuildContext
+from contextforcing.training.rollout import Rollout, Timeline, self_rollout
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
-    ContextLayout, OptimizerOptions, TextOptions, contiguous_layout, frozen_copy, gather_frames, guidance_standard,
-    layout_from_plan, load_or_build, memory_spec, schedule_of, text_encoder, video_config,
+    ContextLayout,
+    OptimizerOptions,
+    TextOptions,
+    contiguous_layout,
+    frozen_copy,
+    gather_frames,
+    guidance_standard,
+    layout_from_plan,
+    load_or_build,
+    memory_spec,
+    schedule_of,
+    text_encoder,
+    video_config,
 )
+from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
 
 CONTEXT_MODES = ("memory", "contiguous")
 SCORE_WINDOWS = ("target", "chunk")
-from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,9 @@ class DMDOptions(ScoreMatchingOptions):
     def __post_init__(self):
         super().__post_init__()
         if self.num_frames <= 0 or self.num_frames % self.chunk_frames:
-            raise UserError(f"num_frames={self.num_frames} must be a positive multiple of the chunk ({self.chunk_frames})")
+            raise UserError(
+                f"num_frames={self.num_frames} must be a positive multiple of the chunk ({self.chunk_frames})"
+            )
         if self.target_frames < 0 or self.target_frames % self.chunk_frames or self.target_frames > self.num_frames:
             raise UserError(f"target_frames={self.target_frames} must be whole chunks, at most num_frames")
 
@@ -116,8 +129,11 @@ class ScoreMatchingStage:
         self.generator = load_or_build(options.model, options.init, seed, device)
         real = load_or_build(options.model, options.real_init, seed + 1, device)
         # The fake score starts from its own checkpoint, else from the real score's weights (SF / CF).
-        self.critic = (load_or_build(options.model, options.critic_init, seed + 2, device) if options.critic_init
-                       else copy.deepcopy(real).train())
+        self.critic = (
+            load_or_build(options.model, options.critic_init, seed + 2, device)
+            if options.critic_init
+            else copy.deepcopy(real).train()
+        )
         self.real_score = frozen_copy(real)
         self.encoder = text_encoder(options.text, options.model)
         self.uncond = self.encoder.encode([options.text.negative_prompt])
@@ -184,14 +200,24 @@ class ScoreMatchingStage:
     def rollout(self, batch: dict, ctx: StepContext) -> tuple[Rollout, Timeline]:
         timeline = batch["timeline"].to(ctx.device)
         frames, target = self.rollout_lengths(ctx)
-        rollout = self_rollout(self.generator, timeline, self.spec, self.video, self.sampling, frames, target, ctx,
-                               same_exit_across_chunks=self.options.same_exit_across_chunks)
+        rollout = self_rollout(
+            self.generator,
+            timeline,
+            self.spec,
+            self.video,
+            self.sampling,
+            frames,
+            target,
+            ctx,
+            same_exit_across_chunks=self.options.same_exit_across_chunks,
+        )
         self.last_rollout = Rollout(rollout.latents.detach(), rollout.target_start, rollout.exits, rollout.plans)
         return rollout, timeline
 
     def noised(self, x: torch.Tensor, ctx: StepContext):
-        t = losses.dmd_timesteps(x.shape[0], self.schedule, tuple(self.options.timestep_clamp), ctx.generator,
-                                 ctx.device)
+        t = losses.dmd_timesteps(
+            x.shape[0], self.schedule, tuple(self.options.timestep_clamp), ctx.generator, ctx.device
+        )
         sigma = self.schedule.sigma(t)
         noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
         return t, sigma, noise, add_noise(x.detach(), noise, sigma)
@@ -204,17 +230,23 @@ class ScoreMatchingStage:
             uncond = self.uncond.to(ctx.device).expand(x.shape[0], -1, -1)
             for local, text, lay, context in self.scored_windows(rollout, timeline):
                 t, sigma, _, x_t = self.noised(x[:, :, local], ctx)
-                real = guided(lambda y, _: self.score(self.real_score, y, t, text, lay, context),
-                              lambda y, _: self.score(self.real_score, y, t, uncond, lay, context),
-                              self.guidance)(x_t, None)
+                real = guided(
+                    lambda y, _: self.score(self.real_score, y, t, text, lay, context),
+                    lambda y, _: self.score(self.real_score, y, t, uncond, lay, context),
+                    self.guidance,
+                )(x_t, None)
                 real_parts.append(x0_from_flow(x_t, real, sigma))
                 fake_parts.append(x0_from_flow(x_t, self.score(self.critic, x_t, t, text, lay, context), sigma))
                 timesteps.append(t)
         x0_real, x0_fake = torch.cat(real_parts, dim=2), torch.cat(fake_parts, dim=2)
         loss = losses.dmd_generator_loss(x, x0_fake, x0_real)
         g = losses.dmd_gradient(x, x0_fake, x0_real)
-        metrics = {"generator_loss": float(loss.detach().mean()), "dmd_gradient_norm": float(g.norm()),
-                   "rollout_frames": float(rollout.latents.shape[2]), "timestep": float(torch.stack(timesteps).mean())}
+        metrics = {
+            "generator_loss": float(loss.detach().mean()),
+            "dmd_gradient_norm": float(g.norm()),
+            "rollout_frames": float(rollout.latents.shape[2]),
+            "timestep": float(torch.stack(timesteps).mean()),
+        }
         return loss.mean(), metrics
 
     def critic_loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:

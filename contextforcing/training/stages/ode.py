@@ -43,8 +43,16 @@ from contextforcing.training.registry import BuildContext
 from contextforcing.training.rollout import Timeline
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
-    OptimizerOptions, TextOptions, few_step_timesteps, frozen_copy, guidance_standard,
-    load_or_build, memory_spec, schedule_of, text_encoder, video_config,
+    OptimizerOptions,
+    TextOptions,
+    few_step_timesteps,
+    frozen_copy,
+    guidance_standard,
+    load_or_build,
+    memory_spec,
+    schedule_of,
+    text_encoder,
+    video_config,
 )
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
 
@@ -57,7 +65,9 @@ class ODEOptions:
     model: str = "tiny"
     init: str | None = None  # student start (random init when unset)
     teacher_init: str | None = None  # the multi-step teacher that makes the pairs
-    memory: dict = field(default_factory=lambda: {"policy": "slow_fast"})  # the student's (the teacher samples with it too)
+    memory: dict = field(
+        default_factory=lambda: {"policy": "slow_fast"}
+    )  # the student's (the teacher samples with it too)
     pairs_dir: str = "ode_pairs"  # generated there when it holds no manifest
     num_pairs: int = 16
     pairs_per_shard: int = 8
@@ -86,9 +96,11 @@ def state_indices(student_steps: list[float], euler: list[float], tolerance: flo
     for t in student_steps:
         i = int((grid - t).abs().argmin())
         if abs(float(grid[i]) - t) > tolerance * max(1.0, abs(t)):
-            raise UserError(f"student step t={t:.4f} is not on the {len(euler)}-step Euler grid of the same shift "
-                            f"(nearest {float(grid[i]):.4f}); choose euler_num_steps so that it is (e.g. 48 for "
-                            f"[1000, 750, 500, 250])")
+            raise UserError(
+                f"student step t={t:.4f} is not on the {len(euler)}-step Euler grid of the same shift "
+                f"(nearest {float(grid[i]):.4f}); choose euler_num_steps so that it is (e.g. 48 for "
+                f"[1000, 750, 500, 250])"
+            )
         indices.append(i)
     return indices
 
@@ -119,8 +131,9 @@ class StateRecorder:
 
 
 @torch.no_grad()
-def generate_pairs(options: ODEOptions, teacher: CausalWanModel, encoder, rank: int = 0, world_size: int = 1,
-                   seed: int = 0) -> None:
+def generate_pairs(
+    options: ODEOptions, teacher: CausalWanModel, encoder, rank: int = 0, world_size: int = 1, seed: int = 0
+) -> None:
     """Write this rank's shards (shard s belongs to rank s % world_size); rank 0 writes the manifest."""
     sampling = options.sampling
     schedule = schedule_of(sampling)
@@ -135,23 +148,46 @@ def generate_pairs(options: ODEOptions, teacher: CausalWanModel, encoder, rank: 
     uncond = encoder.encode([options.text.negative_prompt]).to(device)
     chunks = options.num_frames // video.chunk_frames
     shards = math.ceil(options.num_pairs / options.pairs_per_shard)
-    meta = {"format": FORMAT, "timesteps": student, "euler_indices": indices, "shift": schedule.shift,
-            "euler_num_steps": options.euler_num_steps, "guidance_scale": guide, "num_frames": options.num_frames,
-            "memory": memory_spec(options.memory).to_dict()}
+    meta = {
+        "format": FORMAT,
+        "timesteps": student,
+        "euler_indices": indices,
+        "shift": schedule.shift,
+        "euler_num_steps": options.euler_num_steps,
+        "guidance_scale": guide,
+        "num_frames": options.num_frames,
+        "memory": memory_spec(options.memory).to_dict(),
+    }
     for shard in range(rank, shards, world_size):
         ids = range(shard * options.pairs_per_shard, min((shard + 1) * options.pairs_per_shard, options.num_pairs))
         scripts = [prompts.script(i, chunks) for i in ids]
         generator = torch.Generator(device).manual_seed(seed * 1_000_003 + shard)
-        parts = [_trajectories(teacher, Timeline.from_scripts(encoder, scripts[i : i + options.generation_batch]),
-                               uncond, run_sampling, video, options, student, generator)
-                 for i in range(0, len(scripts), options.generation_batch)]
+        parts = [
+            _trajectories(
+                teacher,
+                Timeline.from_scripts(encoder, scripts[i : i + options.generation_batch]),
+                uncond,
+                run_sampling,
+                video,
+                options,
+                student,
+                generator,
+            )
+            for i in range(0, len(scripts), options.generation_batch)
+        ]
         tensors = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        save_file(tensors, str(out / f"shard-{shard:05d}.safetensors"),
-                  metadata={"prompts": json.dumps(scripts), **_meta_strings(meta)})
+        save_file(
+            tensors,
+            str(out / f"shard-{shard:05d}.safetensors"),
+            metadata={"prompts": json.dumps(scripts), **_meta_strings(meta)},
+        )
     distributed.barrier()  # every shard is on disk before rank 0 writes the manifest
     if rank == 0:
-        meta.update(count=options.num_pairs, pairs_per_shard=options.pairs_per_shard,
-                    shards=[f"shard-{s:05d}.safetensors" for s in range(shards)])
+        meta.update(
+            count=options.num_pairs,
+            pairs_per_shard=options.pairs_per_shard,
+            shards=[f"shard-{s:05d}.safetensors" for s in range(shards)],
+        )
         (out / MANIFEST).write_text(json.dumps(meta, indent=1))
 
 
@@ -163,9 +199,16 @@ def _trajectories(teacher, timeline: Timeline, uncond, sampling, video, options,
     """Sample one batch of trajectories chunk by chunk; returns CPU tensors noise, states, final."""
     timeline = timeline.to(uncond.device)
     batch = timeline.texts.shape[0]
-    stream = VideoStream(teacher, timeline.at(0), memory_spec(options.memory), video, sampling,
-                         uncond_text=uncond.expand(batch, -1, -1), euler_num_steps=options.euler_num_steps,
-                         max_frames=options.num_frames)
+    stream = VideoStream(
+        teacher,
+        timeline.at(0),
+        memory_spec(options.memory),
+        video,
+        sampling,
+        uncond_text=uncond.expand(batch, -1, -1),
+        euler_num_steps=options.euler_num_steps,
+        max_frames=options.num_frames,
+    )
     recorder = StateRecorder(teacher, student)
     noise, states, final = [], [], []
     try:
@@ -194,10 +237,15 @@ class ODEPairs:
         if self.meta.get("format") != FORMAT:
             raise UserError(f"{path} is not an ODE pairs manifest")
         stored = self.meta["timesteps"]
-        if self.meta["shift"] != shift or len(stored) != len(student_steps) or any(
-                not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(stored, student_steps)):
-            raise UserError(f"ODE pairs in {self.root} were stored at t={stored} (shift {self.meta['shift']}), the "
-                            f"student denoises at t={student_steps} (shift {shift}); regenerate the pairs")
+        if (
+            self.meta["shift"] != shift
+            or len(stored) != len(student_steps)
+            or any(not math.isclose(a, b, rel_tol=1e-6) for a, b in zip(stored, student_steps))
+        ):
+            raise UserError(
+                f"ODE pairs in {self.root} were stored at t={stored} (shift {self.meta['shift']}), the "
+                f"student denoises at t={student_steps} (shift {shift}); regenerate the pairs"
+            )
         self._cache: dict[int, dict] = {}  # the one shard last read
 
     def __len__(self) -> int:
@@ -209,8 +257,9 @@ class ODEPairs:
             if not file.is_file():
                 raise UserError(f"ODE pairs shard {file} is missing")
             with safe_open(str(file), "pt") as f:
-                self._cache = {s: {k: f.get_tensor(k) for k in f.keys()} | {
-                    "prompts": json.loads(f.metadata()["prompts"])}}
+                self._cache = {
+                    s: {k: f.get_tensor(k) for k in f.keys()} | {"prompts": json.loads(f.metadata()["prompts"])}
+                }
         return self._cache[s]
 
     def __getitem__(self, i: int) -> dict:
@@ -254,9 +303,12 @@ class ODEStage:
         for ids in sample_ids(rank, world_size, start, self.options.data.micro_batch):
             rows = [self.pairs[i] for i in ids]
             scripts = [r["prompts"] for r in rows]
-            yield {"scripts": scripts, "timeline": Timeline.from_scripts(self.encoder, scripts),
-                   "states": torch.stack([r["states"] for r in rows]).float(),
-                   "final": torch.stack([r["final"] for r in rows]).float()}
+            yield {
+                "scripts": scripts,
+                "timeline": Timeline.from_scripts(self.encoder, scripts),
+                "states": torch.stack([r["states"] for r in rows]).float(),
+                "final": torch.stack([r["final"] for r in rows]).float(),
+            }
 
     def loss(self, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         states, final = batch["states"].to(ctx.device), batch["final"].to(ctx.device)
@@ -269,8 +321,9 @@ class ODEStage:
         index = k[:, None, None, :, None, None].expand(b, 1, *states.shape[2:])
         x = states.gather(1, index).squeeze(1)  # [B, C, F, H, W]
         t = torch.tensor(self.steps, device=ctx.device, dtype=torch.float32)[k]
-        stream = VideoStream(self.student, timeline.at(0), self.spec, self.video, self.sampling, max_frames=frames,
-                             trainable=True)
+        stream = VideoStream(
+            self.student, timeline.at(0), self.spec, self.video, self.sampling, max_frames=frames, trainable=True
+        )
         flows = []
         for c, start in enumerate(range(0, frames, chunk)):
             if c in timeline.switches:

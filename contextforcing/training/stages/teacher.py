@@ -36,19 +36,34 @@ import torch.nn as nn
 
 from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
+from contextforcing.memory.policies import tier_params
 from contextforcing.sampling.scheduler import add_noise, x0_from_flow
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training import losses
-from contextforcing.training.lora import DEFAULT_TARGETS as LORA_TARGETS, apply_lora
 from contextforcing.training.error_buffer import (
-    ErrorBuffer, ErrorRecyclingOptions, Injection, draw_injection, fit_frames,
+    ErrorBuffer,
+    ErrorRecyclingOptions,
+    Injection,
+    draw_injection,
+    fit_frames,
 )
+from contextforcing.training.lora import DEFAULT_TARGETS as LORA_TARGETS
+from contextforcing.training.lora import apply_lora
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext, Update
-from contextforcing.memory.policies import tier_params
 from contextforcing.training.stages.common import (
-    ContextLayout, OptimizerOptions, TextOptions, chunk_signals, gather_frames, layout_from_plan, load_or_build,
-    memory_spec, plan_after_history, schedule_of, text_encoder, video_config,
+    ContextLayout,
+    OptimizerOptions,
+    TextOptions,
+    chunk_signals,
+    gather_frames,
+    layout_from_plan,
+    load_or_build,
+    memory_spec,
+    plan_after_history,
+    schedule_of,
+    text_encoder,
+    video_config,
 )
 from contextforcing.training.stages.data import Clip, ClipSource, DataOptions, sample_ids
 
@@ -88,8 +103,10 @@ class TeacherOptions:
         # history_min 0 also trains the first chunk of a video (no context), which a teacher trained from
         # scratch needs before it can sample ODE pairs or score Stage 1 rollouts from the start.
         if not 0 <= self.history_min <= self.history_max or self.history_max == 0:
-            raise UserError(f"teacher needs 0 <= history_min <= history_max, history_max > 0, got "
-                            f"{self.history_min}, {self.history_max}")
+            raise UserError(
+                f"teacher needs 0 <= history_min <= history_max, history_max > 0, got "
+                f"{self.history_min}, {self.history_max}"
+            )
         for name in ("memory_windows", "text_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UserError(f"teacher {name} must be in [0, 1], got {getattr(self, name)}")
@@ -105,8 +122,10 @@ class TeacherStage:
         self.schedule = schedule_of(self.sampling)
         self.spec = memory_spec(options.memory)
         if options.slow_rule == "stride":
-            self.spec = dataclasses.replace(self.spec, options=dataclasses.replace(
-                self.spec.options, rule="uniform", interval=options.slow_stride_chunks))
+            self.spec = dataclasses.replace(
+                self.spec,
+                options=dataclasses.replace(self.spec.options, rule="uniform", interval=options.slow_stride_chunks),
+            )
         self.teacher = load_or_build(options.model, options.init, seed, device)
         if options.lora_rank:
             apply_lora(self.teacher, options.lora_rank, options.lora_alpha, options.lora_targets)
@@ -140,8 +159,13 @@ class TeacherStage:
     def batches(self, rank: int, world_size: int, start: int) -> Iterator[dict]:
         o = self.options
         cached_fast = tier_params(self.spec, self.video.chunk_frames).window
-        source = ClipSource(o.data, self.video, self.teacher.config.in_dim, o.history_max + o.target_frames,
-                            cached_fast=(cached_fast or 0) - self.video.chunk_frames)
+        source = ClipSource(
+            o.data,
+            self.video,
+            self.teacher.config.in_dim,
+            o.history_max + o.target_frames,
+            cached_fast=(cached_fast or 0) - self.video.chunk_frames,
+        )
         for ids in sample_ids(rank, world_size, start, o.data.micro_batch):
             clips = [source.clip(i) for i in ids]
             frames = min(c.latents.shape[1] for c in clips)
@@ -204,16 +228,22 @@ class TeacherStage:
             lay, index = layouts[members[0]], torch.tensor(members, device=ctx.device)
             context = torch.cat([gather_frames(latents[i : i + 1], layouts[i].frames) for i in members])
             context = self.inject_context(injection, context, lay, ctx)
-            flow[index] = self.teacher.forward_with_context(x_t[index], t[index], text[index], context,
-                                                            lay.positions, lay.target_positions)
+            flow[index] = self.teacher.forward_with_context(
+                x_t[index], t[index], text[index], context, lay.positions, lay.target_positions
+            )
         # The velocity toward the *clean* target from the error-carrying noise (SVI's ERFT target).
         loss = losses.flow_matching_loss(flow, noise_in, target)
         self.bank_errors(injection, ctx, t, x_t, flow, sigma, target, noise_in)
-        metrics = {"loss": float(loss.detach().mean()), "history": sum(histories) / b,
-                   "context": sum(len(lay.frames) for lay in layouts) / b,
-                   "slow": sum(lay.tiers.count("slow") for lay in layouts) / b,
-                   "inject_latent": float(injection.latent), "inject_context": float(injection.context),
-                   "inject_noise": float(injection.noise), "error_bank": float(len(self.latent_errors))}
+        metrics = {
+            "loss": float(loss.detach().mean()),
+            "history": sum(histories) / b,
+            "context": sum(len(lay.frames) for lay in layouts) / b,
+            "slow": sum(lay.tiers.count("slow") for lay in layouts) / b,
+            "inject_latent": float(injection.latent),
+            "inject_context": float(injection.context),
+            "inject_noise": float(injection.noise),
+            "error_bank": float(len(self.latent_errors)),
+        }
         return loss.mean(), metrics
 
     def _errors(self, bank: ErrorBuffer, t: torch.Tensor | None, like: torch.Tensor, ctx) -> torch.Tensor:

@@ -14,12 +14,36 @@ from contextforcing.data.world.panorama.heldout import heldout_worlds
 from contextforcing.data.world.panorama.render import render
 from contextforcing.data.world.panorama.revisits import Revisit, track_revisits
 from contextforcing.data.world.panorama.script import (
-    PanoramaPrompt, PanoramaScript, WhiteBall, parse_panorama_prompt, read_script, script_from_chunks,
+    PanoramaPrompt,
+    PanoramaScript,
+    WhiteBall,
+    parse_panorama_prompt,
+    read_script,
+    script_from_chunks,
 )
 from contextforcing.data.world.panorama.simulate import PanoramaSpec, PanoramaTrack, simulate
 
-__all__ = ["PanoramaDatasetConfig", "PanoramaPrompt", "PanoramaScript", "PanoramaSpec", "PanoramaTrack", "Revisit",
-           "ScriptBuilder", "WhiteBall", "chunks_for_seconds", "heldout_worlds", "load_panorama_annotations",
-           "parse_panorama_prompt", "read_script", "render", "sample_training_script", "script_from_chunks",
-           "simulate", "track_from_json", "track_revisits", "track_to_json", "training_world",
-           "write_panorama_dataset"]
+__all__ = [
+    "PanoramaDatasetConfig",
+    "PanoramaPrompt",
+    "PanoramaScript",
+    "PanoramaSpec",
+    "PanoramaTrack",
+    "Revisit",
+    "ScriptBuilder",
+    "WhiteBall",
+    "chunks_for_seconds",
+    "heldout_worlds",
+    "load_panorama_annotations",
+    "parse_panorama_prompt",
+    "read_script",
+    "render",
+    "sample_training_script",
+    "script_from_chunks",
+    "simulate",
+    "track_from_json",
+    "track_revisits",
+    "track_to_json",
+    "training_world",
+    "write_panorama_dataset",
+]

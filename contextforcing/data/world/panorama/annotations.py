@@ -15,13 +15,28 @@ from pathlib import Path
 import numpy as np
 
 from contextforcing.data.world.panorama.geometry import (
-    CHUNK_SECONDS, FPS, FRAME_SIZE, LATENT_STRIDE, OBJECT_COLOURS, OBJECT_SIZE, ROOM_WIDTH, UNITS, VIEW, panel_colours,
+    CHUNK_SECONDS,
+    FPS,
+    FRAME_SIZE,
+    LATENT_STRIDE,
+    OBJECT_COLOURS,
+    OBJECT_SIZE,
+    ROOM_WIDTH,
+    UNITS,
+    VIEW,
+    panel_colours,
 )
 from contextforcing.data.world.panorama.render import cell_origin
 from contextforcing.data.world.panorama.revisits import track_revisits
 from contextforcing.data.world.panorama.script import script_from_json
 from contextforcing.data.world.panorama.simulate import (
-    CELL_INDEX, COLOUR, PRESENT, SHAPE, PanoramaSpec, PanoramaTrack, simulate,
+    CELL_INDEX,
+    COLOUR,
+    PRESENT,
+    SHAPE,
+    PanoramaSpec,
+    PanoramaTrack,
+    simulate,
 )
 from contextforcing.data.world.style import OBJECT_COLOUR_NAMES, SHAPES
 from contextforcing.errors import UserError
@@ -32,9 +47,16 @@ FORMAT = "contextforcing.panorama/1"
 def _object_json(slot: int, row: np.ndarray) -> dict:
     y, x = cell_origin(int(row[CELL_INDEX]))
     colour = OBJECT_COLOUR_NAMES[row[COLOUR]]
-    return {"id": slot, "shape": SHAPES[row[SHAPE]], "colour": colour, "rgb": list(OBJECT_COLOURS[colour]),
-            "cell": int(row[CELL_INDEX]), "row": int(row[CELL_INDEX]) // UNITS, "unit": int(row[CELL_INDEX]) % UNITS,
-            "room_xywh": [int(x), int(y), OBJECT_SIZE, OBJECT_SIZE]}
+    return {
+        "id": slot,
+        "shape": SHAPES[row[SHAPE]],
+        "colour": colour,
+        "rgb": list(OBJECT_COLOURS[colour]),
+        "cell": int(row[CELL_INDEX]),
+        "row": int(row[CELL_INDEX]) // UNITS,
+        "unit": int(row[CELL_INDEX]) % UNITS,
+        "room_xywh": [int(x), int(y), OBJECT_SIZE, OBJECT_SIZE],
+    }
 
 
 def _ball_json(xy: np.ndarray) -> list | None:
@@ -45,35 +67,81 @@ def track_to_json(track: PanoramaTrack) -> dict:
     spec = track.spec
     return {
         "format": FORMAT,
-        "script": spec.script.to_json(), "seed": int(spec.seed), "seconds": spec.seconds,
-        "room": {"palette": track.palette, "width": ROOM_WIDTH, "panels": track.panels.tolist(),
-                 "panel_rgb": panel_colours(track.palette).tolist()},
-        "fps": FPS, "latent_stride": LATENT_STRIDE, "chunk_seconds": CHUNK_SECONDS,
-        "height": FRAME_SIZE, "width": VIEW, "n_frames": track.n_frames, "n_latents": track.n_latents,
+        "script": spec.script.to_json(),
+        "seed": int(spec.seed),
+        "seconds": spec.seconds,
+        "room": {
+            "palette": track.palette,
+            "width": ROOM_WIDTH,
+            "panels": track.panels.tolist(),
+            "panel_rgb": panel_colours(track.palette).tolist(),
+        },
+        "fps": FPS,
+        "latent_stride": LATENT_STRIDE,
+        "chunk_seconds": CHUNK_SECONDS,
+        "height": FRAME_SIZE,
+        "width": VIEW,
+        "n_frames": track.n_frames,
+        "n_latents": track.n_latents,
         "chunk_prompts": track.chunk_prompts(),
         "states": [[_object_json(s, row) for s, row in enumerate(state) if row[PRESENT]] for state in track.objects],
-        "events": [{"latent": e.latent, "frame": e.frame, "time": e.frame / FPS, "type": e.type, "object": e.slot,
-                    "old": e.old, "new": e.new} for e in track.events],
-        "revisits": [{"unit": r.unit, "seen_latent": r.seen_latent, "back_latent": r.back_latent,
-                      "frame_before": r.frame_before, "frame_after": r.frame_after,
-                      "delay_seconds": r.delay_seconds, "bucket": r.bucket, "cause": r.cause, "in_sink": r.in_sink,
-                      "x_before": r.x_before, "x_after": r.x_after} for r in track_revisits(track)],
-        "per_frame": {"state": track.frame_state.tolist(), "camera_x": track.camera_x.tolist(),
-                      "lit": track.lit.tolist(),
-                      "balls": [[_ball_json(xy) for xy in frame] for frame in track.balls]},
+        "events": [
+            {
+                "latent": e.latent,
+                "frame": e.frame,
+                "time": e.frame / FPS,
+                "type": e.type,
+                "object": e.slot,
+                "old": e.old,
+                "new": e.new,
+            }
+            for e in track.events
+        ],
+        "revisits": [
+            {
+                "unit": r.unit,
+                "seen_latent": r.seen_latent,
+                "back_latent": r.back_latent,
+                "frame_before": r.frame_before,
+                "frame_after": r.frame_after,
+                "delay_seconds": r.delay_seconds,
+                "bucket": r.bucket,
+                "cause": r.cause,
+                "in_sink": r.in_sink,
+                "x_before": r.x_before,
+                "x_after": r.x_after,
+            }
+            for r in track_revisits(track)
+        ],
+        "per_frame": {
+            "state": track.frame_state.tolist(),
+            "camera_x": track.camera_x.tolist(),
+            "lit": track.lit.tolist(),
+            "balls": [[_ball_json(xy) for xy in frame] for frame in track.balls],
+        },
     }
 
 
 def _check_same(track: PanoramaTrack, per_frame: dict, where: str) -> None:
-    stored = {"state": np.array(per_frame["state"]), "camera_x": np.array(per_frame["camera_x"]),
-              "lit": np.array(per_frame["lit"], bool)}
+    stored = {
+        "state": np.array(per_frame["state"]),
+        "camera_x": np.array(per_frame["camera_x"]),
+        "lit": np.array(per_frame["lit"], bool),
+    }
     fresh = {"state": track.frame_state, "camera_x": track.camera_x, "lit": track.lit}
-    balls = np.array([[np.nan, np.nan] if xy is None else xy for frame in per_frame["balls"] for xy in frame],
-                     np.float32).reshape(track.balls.shape) if len(per_frame["balls"]) == track.n_frames else None
+    balls = (
+        np.array(
+            [[np.nan, np.nan] if xy is None else xy for frame in per_frame["balls"] for xy in frame], np.float32
+        ).reshape(track.balls.shape)
+        if len(per_frame["balls"]) == track.n_frames
+        else None
+    )
     same = all(stored[k].shape == fresh[k].shape and np.array_equal(stored[k], fresh[k]) for k in stored)
     if not same or balls is None or not np.array_equal(balls, track.balls, equal_nan=True):
-        raise UserError(f"{where}: its per-frame ground truth differs from what this version of the panorama world "
-                        f"simulates for its script and seed; re-render it with `contextforcing world render`")
+        raise UserError(
+            f"{where}: its per-frame ground truth differs from what this version of the panorama world "
+            f"simulates for its script and seed; re-render it with `contextforcing world render`"
+        )
 
 
 def track_from_json(data: dict, where: str = "annotations") -> PanoramaTrack:

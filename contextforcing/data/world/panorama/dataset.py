@@ -73,8 +73,16 @@ def write_panorama_dataset(out_dir: str | os.PathLike, config: PanoramaDatasetCo
             spec = training_world(config.seed, i, config.seconds)
             f.write(json.dumps({"index": i, "seed": spec.seed, "script": spec.script.to_json()}) + "\n")
     os.replace(tmp, out_dir / CLIPS)
-    manifest = {"format": FORMAT, "config": asdict(config), "count": config.count,
-                "n_frames": frames_for_seconds(config.seconds), "fps": FPS, "height": FRAME_SIZE,
-                "width": FRAME_SIZE, "clips": CLIPS, "seconds_to_write": round(time.perf_counter() - start, 3)}
+    manifest = {
+        "format": FORMAT,
+        "config": asdict(config),
+        "count": config.count,
+        "n_frames": frames_for_seconds(config.seconds),
+        "fps": FPS,
+        "height": FRAME_SIZE,
+        "width": FRAME_SIZE,
+        "clips": CLIPS,
+        "seconds_to_write": round(time.perf_counter() - start, 3),
+    }
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest

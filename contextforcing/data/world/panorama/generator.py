@@ -23,7 +23,13 @@ import numpy as np
 
 from contextforcing.data.world.panorama.geometry import CHUNK_LATENTS, CHUNK_SECONDS
 from contextforcing.data.world.panorama.script import (
-    HEADINGS, PALETTE_NAMES, SPEEDS, PanoramaPrompt, PanoramaScript, WhiteBall, script_from_chunks,
+    HEADINGS,
+    PALETTE_NAMES,
+    SPEEDS,
+    PanoramaPrompt,
+    PanoramaScript,
+    WhiteBall,
+    script_from_chunks,
 )
 from contextforcing.data.world.style import frames_for_seconds, latents_for_frames
 

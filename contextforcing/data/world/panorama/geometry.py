@@ -15,11 +15,19 @@ from __future__ import annotations
 import numpy as np
 
 from contextforcing.config import PRESETS
-from contextforcing.data.world.track import FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS
 from contextforcing.data.world.style import (
-    CELL, FPS, FRAME_SIZE, LATENT_STRIDE, OBJECT_COLOURS, OBJECT_MARGIN, OBJECT_SIZE, PALETTES,
-    frames_for_seconds, latents_for_frames,
+    CELL,
+    FPS,
+    FRAME_SIZE,
+    LATENT_STRIDE,
+    OBJECT_COLOURS,
+    OBJECT_MARGIN,
+    OBJECT_SIZE,
+    PALETTES,
+    frames_for_seconds,
+    latents_for_frames,
 )
+from contextforcing.data.world.track import FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS
 
 _VIDEO = PRESETS["world"].video
 CHUNK_LATENTS: int = _VIDEO.chunk_frames  # latent frames per prompt chunk
@@ -63,13 +71,49 @@ REVISIT_MIN_SECONDS = CHUNK_SECONDS  # revisits are > 0.75 s apart
 BUCKETS = ("fast", "slow", "beyond")
 
 __all__ = [
-    "BALL_COLOURS", "BALL_NAMES", "BALL_RADIUS", "BALL_SPEEDS", "BALL_Y_RANGE", "BLACK_BALL_SPEED", "BUCKETS", "CELL",
-    "CHUNK_LATENTS", "CHUNK_SECONDS", "COLUMN", "DARK_COLOUR", "FAST_MEMORY_SECONDS", "FPS", "FRAME_SIZE",
-    "INITIAL_OBJECTS_PER_VIEW", "LATENTS_PER_SECOND", "LATENT_STRIDE", "MAX_OBJECTS", "N_PANELS", "N_ROOM_CELLS",
-    "OBJECT_COLOURS", "OBJECT_MARGIN", "OBJECT_SIZE", "PALETTES", "PAN_PX_PER_FRAME", "PAN_PX_PER_LATENT",
-    "PAN_PX_PER_SECOND", "PANEL_MAX_RUN", "REVISIT_MIN_SECONDS", "ROOM_VIEWS", "ROOM_WIDTH", "ROWS",
-    "SLOW_MEMORY_SECONDS", "UNITS", "VIEW", "bucket_for_latents", "frame_latent", "frames_for_seconds",
-    "latent_end_frame", "latents_for_frames", "panel_colours", "wrap",
+    "BALL_COLOURS",
+    "BALL_NAMES",
+    "BALL_RADIUS",
+    "BALL_SPEEDS",
+    "BALL_Y_RANGE",
+    "BLACK_BALL_SPEED",
+    "BUCKETS",
+    "CELL",
+    "CHUNK_LATENTS",
+    "CHUNK_SECONDS",
+    "COLUMN",
+    "DARK_COLOUR",
+    "FAST_MEMORY_SECONDS",
+    "FPS",
+    "FRAME_SIZE",
+    "INITIAL_OBJECTS_PER_VIEW",
+    "LATENTS_PER_SECOND",
+    "LATENT_STRIDE",
+    "MAX_OBJECTS",
+    "N_PANELS",
+    "N_ROOM_CELLS",
+    "OBJECT_COLOURS",
+    "OBJECT_MARGIN",
+    "OBJECT_SIZE",
+    "PALETTES",
+    "PAN_PX_PER_FRAME",
+    "PAN_PX_PER_LATENT",
+    "PAN_PX_PER_SECOND",
+    "PANEL_MAX_RUN",
+    "REVISIT_MIN_SECONDS",
+    "ROOM_VIEWS",
+    "ROOM_WIDTH",
+    "ROWS",
+    "SLOW_MEMORY_SECONDS",
+    "UNITS",
+    "VIEW",
+    "bucket_for_latents",
+    "frame_latent",
+    "frames_for_seconds",
+    "latent_end_frame",
+    "latents_for_frames",
+    "panel_colours",
+    "wrap",
 ]
 
 

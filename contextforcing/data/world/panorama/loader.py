@@ -11,7 +11,11 @@ import torch
 from torch.utils.data import Dataset
 
 from contextforcing.data.world.panorama.dataset import (
-    CLIPS, FORMAT, MANIFEST, PanoramaDatasetConfig, training_world,
+    CLIPS,
+    FORMAT,
+    MANIFEST,
+    PanoramaDatasetConfig,
+    training_world,
 )
 from contextforcing.data.world.panorama.render import render
 from contextforcing.data.world.panorama.script import script_from_json
@@ -47,8 +51,12 @@ class PanoramaClipDataset(Dataset):
         if not clips.is_file():
             raise UserError(f"dataset file {clips} is missing")
         lines = [json.loads(line) for line in clips.read_text().splitlines() if line.strip()]
-        self.specs = [PanoramaSpec(script_from_json(c["script"], f"{clips} clip {c['index']}"), int(c["seed"]),
-                                   self.config.seconds) for c in lines]
+        self.specs = [
+            PanoramaSpec(
+                script_from_json(c["script"], f"{clips} clip {c['index']}"), int(c["seed"]), self.config.seconds
+            )
+            for c in lines
+        ]
 
     def __len__(self) -> int:
         return len(self.specs) if self.specs is not None else self.config.count
@@ -67,7 +75,11 @@ class PanoramaClipDataset(Dataset):
             raise IndexError(index)
         track = self.track(index)
         return {
-            "frames": torch.from_numpy(render(track)), "chunk_prompts": track.chunk_prompts(), "seed": track.seed,
-            "camera_x": torch.from_numpy(track.camera_x.astype(np.int64)), "lit": torch.from_numpy(track.lit),
-            "frame_state": torch.from_numpy(track.frame_state.astype(np.int64)), "balls": torch.from_numpy(track.balls),
+            "frames": torch.from_numpy(render(track)),
+            "chunk_prompts": track.chunk_prompts(),
+            "seed": track.seed,
+            "camera_x": torch.from_numpy(track.camera_x.astype(np.int64)),
+            "lit": torch.from_numpy(track.lit),
+            "frame_state": torch.from_numpy(track.frame_state.astype(np.int64)),
+            "balls": torch.from_numpy(track.balls),
         }

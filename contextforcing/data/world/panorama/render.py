@@ -10,8 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from contextforcing.data.world.panorama.geometry import (
-    BALL_COLOURS, BALL_NAMES, BALL_RADIUS, CELL, COLUMN, DARK_COLOUR, FRAME_SIZE, OBJECT_COLOURS, OBJECT_MARGIN,
-    OBJECT_SIZE, ROOM_WIDTH, UNITS, VIEW, panel_colours,
+    BALL_COLOURS,
+    BALL_NAMES,
+    BALL_RADIUS,
+    CELL,
+    COLUMN,
+    DARK_COLOUR,
+    FRAME_SIZE,
+    OBJECT_COLOURS,
+    OBJECT_MARGIN,
+    OBJECT_SIZE,
+    ROOM_WIDTH,
+    UNITS,
+    VIEW,
+    panel_colours,
 )
 from contextforcing.data.world.panorama.simulate import CELL_INDEX, COLOUR, PRESENT, SHAPE, PanoramaTrack
 from contextforcing.data.world.style import SHAPE_MASKS
@@ -39,7 +51,7 @@ def room_image(track: PanoramaTrack, state: np.ndarray) -> np.ndarray:
     for row in state:
         if row[PRESENT]:
             y, x = cell_origin(row[CELL_INDEX])
-            window = image[y:y + OBJECT_SIZE, x:x + OBJECT_SIZE]
+            window = image[y : y + OBJECT_SIZE, x : x + OBJECT_SIZE]
             window[SHAPE_MASKS[row[SHAPE]]] = _OBJECT_RGB[row[COLOUR]]
     return image
 
@@ -65,11 +77,13 @@ def ball_pixels(centres: np.ndarray, camera_x: np.ndarray):
 def render(track: PanoramaTrack, balls: bool = True) -> np.ndarray:
     """All frames of the video, uint8 [T, 64, 64, 3]."""
     # each room image with its first view appended, so every (wrapped) view is one plain slice
-    rooms = [np.concatenate([image, image[:, :VIEW]], axis=1) for image in map(
-        lambda state: room_image(track, state), track.objects)]
+    rooms = [
+        np.concatenate([image, image[:, :VIEW]], axis=1)
+        for image in map(lambda state: room_image(track, state), track.objects)
+    ]
     frames = np.empty((track.n_frames, FRAME_SIZE, VIEW, 3), np.uint8)
     for t, (state, x) in enumerate(zip(track.frame_state, np.mod(track.camera_x, ROOM_WIDTH))):
-        frames[t] = rooms[state][:, x:x + VIEW]
+        frames[t] = rooms[state][:, x : x + VIEW]
     if balls:
         draw_balls(frames, track)
     frames[~track.lit] = DARK_COLOUR

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from contextforcing.data.world.panorama.geometry import (
-    CELL, CHUNK_LATENTS, LATENTS_PER_SECOND, ROOM_WIDTH, UNITS, VIEW, bucket_for_latents, latent_end_frame,
+    CELL,
+    CHUNK_LATENTS,
+    LATENTS_PER_SECOND,
+    ROOM_WIDTH,
+    UNITS,
+    VIEW,
+    bucket_for_latents,
+    latent_end_frame,
 )
 
 MIN_GAP_LATENTS = CHUNK_LATENTS + 1  # more than 0.75 s apart
@@ -83,9 +90,18 @@ def find_revisits(latent_camera: np.ndarray, latent_lit: np.ndarray) -> list[Rev
             if after - before < MIN_GAP_LATENTS:
                 continue
             between = slice(before + 1, after)
-            found.append(Revisit(unit, int(before), int(after), left_view=not visible[between, unit].all(),
-                                 dark=not np.asarray(latent_lit[between], bool).all(), in_sink=bool(sink[unit]),
-                                 x_before=int(screen[before, unit]), x_after=int(screen[after, unit])))
+            found.append(
+                Revisit(
+                    unit,
+                    int(before),
+                    int(after),
+                    left_view=not visible[between, unit].all(),
+                    dark=not np.asarray(latent_lit[between], bool).all(),
+                    in_sink=bool(sink[unit]),
+                    x_before=int(screen[before, unit]),
+                    x_after=int(screen[after, unit]),
+                )
+            )
     return sorted(found, key=lambda r: (r.back_latent, r.unit))
 
 

@@ -85,8 +85,10 @@ def _choose(word: str, valid: tuple[str, ...], what: str, prompt: str) -> str:
 
 _ROOM = re.compile(r"^(?:(?:a|the) )?(?P<palette>\S+) room$")
 _WHITE = re.compile(r"^white ball bouncing(?: (?P<heading>\S+))? (?P<speed>\S+)$")
-_CLAUSES = "'hold', 'pan left', 'pan right', 'lights on', 'lights off', " \
-           "'white ball bouncing [leftward|rightward] slow|fast', 'black ball'"
+_CLAUSES = (
+    "'hold', 'pan left', 'pan right', 'lights on', 'lights off', "
+    "'white ball bouncing [leftward|rightward] slow|fast', 'black ball'"
+)
 
 
 def _parse_clause(clause: str, prompt: str, found: dict) -> None:
@@ -94,7 +96,7 @@ def _parse_clause(clause: str, prompt: str, found: dict) -> None:
     if head in ("hold", "pan"):
         key, value = "camera", _choose(clause, CAMERA_ACTIONS, "camera action", prompt)
     elif head == "lights":
-        key, value = "lights_on", _choose(clause[len("lights "):], LIGHTS, "light state", prompt) == "on"
+        key, value = "lights_on", _choose(clause[len("lights ") :], LIGHTS, "light state", prompt) == "on"
     elif head == "white" and (m := _WHITE.match(clause)):
         heading = _choose(m["heading"], HEADINGS, "ball heading", prompt) if m["heading"] else None
         key, value = "white", WhiteBall(heading, _choose(m["speed"], SPEEDS, "ball speed", prompt))
@@ -113,14 +115,22 @@ def parse_panorama_prompt(prompt: str) -> PanoramaPrompt:
     clauses = [c.strip() for c in text.split(",")]
     room = _ROOM.match(clauses[0])
     if room is None:
-        raise UserError(f"bad panorama prompt {prompt!r}: expected '<palette> room, <camera>, lights on|off[, ...]', "
-                        f"e.g. {EXAMPLE!r}")
+        raise UserError(
+            f"bad panorama prompt {prompt!r}: expected '<palette> room, <camera>, lights on|off[, ...]', "
+            f"e.g. {EXAMPLE!r}"
+        )
     palette = _choose(room["palette"], PALETTE_NAMES, "palette", prompt)
     found: dict = {}
     for clause in clauses[1:]:
         _parse_clause(clause, prompt, found)
-    missing = [name for key, name in (("camera", "camera action (hold, pan left, pan right)"),
-                                      ("lights_on", "light state (lights on, lights off)")) if key not in found]
+    missing = [
+        name
+        for key, name in (
+            ("camera", "camera action (hold, pan left, pan right)"),
+            ("lights_on", "light state (lights on, lights off)"),
+        )
+        if key not in found
+    ]
     if missing:
         raise UserError(f"bad panorama prompt {prompt!r}: missing the {' and the '.join(missing)}")
     return PanoramaPrompt(palette, **found)
@@ -153,11 +163,15 @@ class PanoramaScript:
             if entry.chunk <= before.chunk:
                 raise UserError(f"{where}: prompts must be on increasing chunks")
             if entry.prompt.palette != first.prompt.palette:
-                raise UserError(f"{where}: room {entry.prompt.palette!r} differs from the first prompt's "
-                                f"{first.prompt.palette!r}; a script shows one room")
+                raise UserError(
+                    f"{where}: room {entry.prompt.palette!r} differs from the first prompt's "
+                    f"{first.prompt.palette!r}; a script shows one room"
+                )
             if entry.prompt.balls != first.prompt.balls:
-                raise UserError(f"{where}: the balls ({_ball_names(entry.prompt)}) differ from the first prompt's "
-                                f"({_ball_names(first.prompt)}); a script keeps the same balls throughout")
+                raise UserError(
+                    f"{where}: the balls ({_ball_names(entry.prompt)}) differ from the first prompt's "
+                    f"({_ball_names(first.prompt)}); a script keeps the same balls throughout"
+                )
 
     @property
     def palette(self) -> str:
@@ -174,8 +188,10 @@ class PanoramaScript:
     def chunk_prompts(self, n_chunks: int) -> list[PanoramaPrompt]:
         """The prompt in effect at every chunk 0 .. n_chunks - 1."""
         if self.last_chunk >= n_chunks:
-            raise UserError(f"{self.source}: a prompt at {self.entries[-1].at:g} s is past the end of the video "
-                            f"({n_chunks} chunks of {CHUNK_SECONDS:g} s)")
+            raise UserError(
+                f"{self.source}: a prompt at {self.entries[-1].at:g} s is past the end of the video "
+                f"({n_chunks} chunks of {CHUNK_SECONDS:g} s)"
+            )
         out, current = [], 0
         for chunk in range(n_chunks):
             if current + 1 < len(self.entries) and self.entries[current + 1].chunk == chunk:

@@ -21,9 +21,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contextforcing.data.world.panorama.geometry import (
-    BALL_SPEEDS, BALL_Y_RANGE, BLACK_BALL_SPEED, CELL, CHUNK_LATENTS, FPS, INITIAL_OBJECTS_PER_VIEW, LATENT_STRIDE,
-    MAX_OBJECTS, N_PANELS, PAN_PX_PER_FRAME, PAN_PX_PER_LATENT, PANEL_MAX_RUN, ROOM_WIDTH, ROWS, UNITS, VIEW,
-    frame_latent, frames_for_seconds, latent_end_frame, latents_for_frames,
+    BALL_SPEEDS,
+    BALL_Y_RANGE,
+    BLACK_BALL_SPEED,
+    CELL,
+    CHUNK_LATENTS,
+    FPS,
+    INITIAL_OBJECTS_PER_VIEW,
+    LATENT_STRIDE,
+    MAX_OBJECTS,
+    N_PANELS,
+    PAN_PX_PER_FRAME,
+    PAN_PX_PER_LATENT,
+    PANEL_MAX_RUN,
+    ROOM_WIDTH,
+    ROWS,
+    UNITS,
+    VIEW,
+    frame_latent,
+    frames_for_seconds,
+    latent_end_frame,
+    latents_for_frames,
 )
 from contextforcing.data.world.panorama.script import CAMERA_STEP, HEADING_SIGN, PanoramaPrompt, PanoramaScript
 from contextforcing.data.world.style import OBJECT_COLOUR_NAMES, SHAPES
@@ -147,7 +165,7 @@ def _max_cyclic_run(values: np.ndarray) -> int:
 def _views_unique(values: np.ndarray) -> bool:
     width = VIEW // (ROOM_WIDTH // N_PANELS)
     doubled = np.concatenate([values, values[:width]])
-    windows = {tuple(doubled[i:i + width]) for i in range(len(values))}
+    windows = {tuple(doubled[i : i + width]) for i in range(len(values))}
     return len(windows) == len(values)
 
 
@@ -230,7 +248,7 @@ def units_in_view(camera_x: int) -> np.ndarray:
 
 def _steady_units(camera_x: np.ndarray, lit: np.ndarray, frames: range) -> set[int] | None:
     """Units wholly in view and lit in every one of `frames` (None if any frame is dark)."""
-    if not lit[frames.start:frames.stop].all():
+    if not lit[frames.start : frames.stop].all():
         return None
     units = None
     for f in frames:
@@ -246,8 +264,11 @@ def _apply_event(rng, state: np.ndarray, units: list[int]) -> tuple[np.ndarray, 
     occupied = set(state[present, CELL_INDEX].tolist())
     free = [c for c in cells if c not in occupied]
     here = [int(s) for s in present if state[s, CELL_INDEX] in cells]
-    kinds = [k for k, ok in (("appear", free and len(present) < MAX_OBJECTS), ("move", here and free),
-                             ("recolour", here)) if ok]
+    kinds = [
+        k
+        for k, ok in (("appear", free and len(present) < MAX_OBJECTS), ("move", here and free), ("recolour", here))
+        if ok
+    ]
     if not kinds:
         return None
     kind = kinds[rng.integers(len(kinds))]
@@ -304,7 +325,16 @@ def simulate(spec: PanoramaSpec) -> PanoramaTrack:
     camera_x, _ = _camera(prompts, n_frames)
     lat = frame_latent(n_frames)
     lit = np.array([prompts[k // CHUNK_LATENTS].lights_on for k in range(n_latents)])[lat]
-    objects, latent_state, events = _schedule_events(_stream(spec.seed, _EVENT_STREAM, spec.script.palette),
-                                                     initial, camera_x, lit, n_latents)
-    return PanoramaTrack(spec=spec, panels=panels, objects=objects, frame_state=latent_state[lat].astype(np.int16),
-                         camera_x=camera_x, lit=lit, balls=balls, events=events)
+    objects, latent_state, events = _schedule_events(
+        _stream(spec.seed, _EVENT_STREAM, spec.script.palette), initial, camera_x, lit, n_latents
+    )
+    return PanoramaTrack(
+        spec=spec,
+        panels=panels,
+        objects=objects,
+        frame_state=latent_state[lat].astype(np.int16),
+        camera_x=camera_x,
+        lit=lit,
+        balls=balls,
+        events=events,
+    )
