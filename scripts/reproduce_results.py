@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from contextforcing.data.video import write_json_atomic  # noqa: E402
+from contextforcing.outputs import write_json_atomic, write_text_atomic  # noqa: E402
 
 EXPORTS = Path(os.environ.get("CF_TOY_EXPORTS", REPO / "runs" / "toy" / "exports"))  # make toy-model's exports
 SHIPPED = "shipped"  # the packaged student (EMA of Stage 2, contextforcing/assets/world_student.safetensors)
@@ -606,9 +606,7 @@ def write_doc(doc: Path, blocks: dict[str, str]) -> None:
     text = doc.read_text()
     for name, body in blocks.items():
         text = _block(name).sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-    tmp = doc.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, doc)
+    write_text_atomic(doc, text)
 
 
 # -- main -----------------------------------------------------------------------------------------------------

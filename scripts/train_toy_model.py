@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from contextforcing.errors import UserError  # noqa: E402
+from contextforcing.outputs import write_atomic, write_json_atomic  # noqa: E402
 
 STAGES = ("teacher", "ode", "dmd", "cdmd")
 ASSETS = REPO / "contextforcing" / "assets"
@@ -114,9 +114,7 @@ def load_record(root: Path) -> dict:
 
 def save_record(root: Path, record: dict) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / "recipe.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(root / "recipe.json")
+    write_json_atomic(root / "recipe.json", record)
 
 
 def final_losses(losses: list[dict[str, float]], last: int = 50) -> dict[str, float]:
@@ -156,7 +154,7 @@ def check_pairs(cfg, root: Path, record: dict) -> None:
         (root / "exports" / "ode.safetensors").unlink(missing_ok=True)
         record["stages"].pop("ode", None)
     pairs.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(source))
+    write_json_atomic(marker, source)
 
 
 def run_stage(stage: str, args, root: Path, record: dict) -> None:
@@ -249,10 +247,8 @@ def ship(args, root: Path, record: dict) -> dict:
         state, stored = {k: v.to(torch.float16) for k, v in state.items()}, "float16"
     ASSETS.mkdir(parents=True, exist_ok=True)
     weights = ASSETS / "world_student.safetensors"
-    tmp = weights.with_suffix(".partial")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt", "stored": stored})
-    tmp.replace(weights)
-    os.chmod(weights, 0o644)
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    write_atomic(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "stored": stored}))
     memory = dict(cdmd.stage.memory)
     policy = memory.pop("policy", "slow_fast")
     config = {
@@ -278,7 +274,7 @@ def ship(args, root: Path, record: dict) -> dict:
             for s, e in record["stages"].items()
         },
     }
-    (ASSETS / "world_student.json").write_text(json.dumps(config, indent=1) + "\n")
+    write_json_atomic(ASSETS / "world_student.json", config)
     print(
         f"[toy-model] shipped {weights} ({weights.stat().st_size / 1e6:.2f} MB, {stored}) and world_student.json",
         flush=True,
