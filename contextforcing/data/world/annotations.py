@@ -20,12 +20,11 @@ from contextforcing.data.world.style import (
     FRAME_SIZE,
     LATENT_STRIDE,
     OBJECT_COLOUR_NAMES,
-    OBJECT_COLOURS,
-    OBJECT_SIZE,
     OCCLUDERS,
     PALETTES,
     SHAPES,
     cell_origin,
+    object_json,
 )
 from contextforcing.data.world.track import (
     CELL,
@@ -43,16 +42,8 @@ FORMAT = "contextforcing.world/1"
 
 
 def _object_json(slot: int, row: np.ndarray) -> dict:
-    y, x = cell_origin(int(row[CELL]))
-    colour = OBJECT_COLOUR_NAMES[row[COLOUR]]
-    return {
-        "id": slot,
-        "shape": SHAPES[row[SHAPE]],
-        "colour": colour,
-        "rgb": list(OBJECT_COLOURS[colour]),
-        "cell": int(row[CELL]),
-        "bbox_xywh": [int(x), int(y), OBJECT_SIZE, OBJECT_SIZE],
-    }
+    cell = int(row[CELL])
+    return object_json(slot, row[SHAPE], row[COLOUR], cell, cell_origin(cell), "bbox_xywh")
 
 
 def track_to_json(track: WorldTrack) -> dict:

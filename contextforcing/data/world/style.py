@@ -41,6 +41,24 @@ OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 210, 220),
 }
 OBJECT_COLOUR_NAMES = tuple(OBJECT_COLOURS)
+
+
+def object_json(slot: int, shape: int, colour: int, cell: int, origin_yx: tuple[int, int], box_key: str) -> dict:
+    """One object of a scene state as annotation JSON (both worlds): what it is, its cell and its box under
+    `box_key`, from `origin_yx`, the top-left pixel of its box in the world's frame of reference (the occlusion
+    world's frame, the panorama world's whole room)."""
+    name = OBJECT_COLOUR_NAMES[colour]
+    y, x = origin_yx
+    return {
+        "id": slot,
+        "shape": SHAPES[shape],
+        "colour": name,
+        "rgb": list(OBJECT_COLOURS[name]),
+        "cell": cell,
+        box_key: [int(x), int(y), OBJECT_SIZE, OBJECT_SIZE],
+    }
+
+
 SPRITE_COLOUR = (255, 255, 255)
 BLACKOUT_COLOUR = (0, 0, 0)
 CURTAIN_COLOUR = (130, 20, 30)

@@ -19,8 +19,6 @@ from contextforcing.data.world.panorama.geometry import (
     FPS,
     FRAME_SIZE,
     LATENT_STRIDE,
-    OBJECT_COLOURS,
-    OBJECT_SIZE,
     ROOM_WIDTH,
     UNITS,
     VIEW,
@@ -38,25 +36,16 @@ from contextforcing.data.world.panorama.simulate import (
     PanoramaTrack,
     simulate,
 )
-from contextforcing.data.world.style import OBJECT_COLOUR_NAMES, SHAPES
+from contextforcing.data.world.style import object_json
 from contextforcing.errors import UserError
 
 FORMAT = "contextforcing.panorama/1"
 
 
 def _object_json(slot: int, row: np.ndarray) -> dict:
-    y, x = cell_origin(int(row[CELL_INDEX]))
-    colour = OBJECT_COLOUR_NAMES[row[COLOUR]]
-    return {
-        "id": slot,
-        "shape": SHAPES[row[SHAPE]],
-        "colour": colour,
-        "rgb": list(OBJECT_COLOURS[colour]),
-        "cell": int(row[CELL_INDEX]),
-        "row": int(row[CELL_INDEX]) // UNITS,
-        "unit": int(row[CELL_INDEX]) % UNITS,
-        "room_xywh": [int(x), int(y), OBJECT_SIZE, OBJECT_SIZE],
-    }
+    cell = int(row[CELL_INDEX])
+    described = object_json(slot, row[SHAPE], row[COLOUR], cell, cell_origin(cell), "room_xywh")
+    return {**described, "row": cell // UNITS, "unit": cell % UNITS}
 
 
 def _ball_json(xy: np.ndarray) -> list | None:
