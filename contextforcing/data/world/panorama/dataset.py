@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from contextforcing.data.video import write_json_atomic
 from contextforcing.data.world.panorama.generator import sample_training_script
 from contextforcing.data.world.panorama.geometry import FPS, FRAME_SIZE, frames_for_seconds
 from contextforcing.data.world.panorama.simulate import PanoramaSpec
 from contextforcing.data.world.prompts import EVAL_SEED_BASE
 from contextforcing.errors import UserError
+from contextforcing.outputs import write_json_atomic, write_text_atomic
 
 FORMAT = "contextforcing.panorama-dataset/1"
 MANIFEST, CLIPS = "manifest.json", "clips.jsonl"
@@ -67,12 +67,11 @@ def write_panorama_dataset(out_dir: str | os.PathLike, config: PanoramaDatasetCo
     if (out_dir / MANIFEST).exists():
         raise UserError(f"{out_dir} already holds a dataset ({MANIFEST} exists); choose another --out")
     start = time.perf_counter()
-    tmp = out_dir / f".{CLIPS}.partial"
-    with tmp.open("w") as f:
-        for i in range(config.count):
-            spec = training_world(config.seed, i, config.seconds)
-            f.write(json.dumps({"index": i, "seed": spec.seed, "script": spec.script.to_json()}) + "\n")
-    os.replace(tmp, out_dir / CLIPS)
+    lines = []
+    for i in range(config.count):
+        spec = training_world(config.seed, i, config.seconds)
+        lines.append(json.dumps({"index": i, "seed": spec.seed, "script": spec.script.to_json()}) + "\n")
+    write_text_atomic(out_dir / CLIPS, "".join(lines))
     manifest = {
         "format": FORMAT,
         "config": asdict(config),
