@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
@@ -16,6 +16,9 @@ from omegaconf import OmegaConf
 from contextforcing.errors import UserError
 
 T = TypeVar("T")
+
+
+ROPE_WIDTHS = ("screen", "room")
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,21 @@ class ModelConfig:
     qk_norm: bool = True  # RMSNorm over the full dim on q and k
     cross_attn_norm: bool = True  # affine LayerNorm before cross-attention (`norm3`)
     rope_theta: float = 10000.0
+    # Width positions of the 3D RoPE. `screen` (Wan): token columns of the frame. `room`: the column plus the
+    # camera's heading (tokens, given per frame), on a circle of `room_tokens` tokens whose frequencies are its
+    # first harmonics, so a wall seen again after a pan or a full turn has the position it had before
+    # (a camera-aware model; WorldMem and Context-as-Memory condition on pose the same way).
+    rope_width: str = "screen"
+    room_tokens: int = 0  # rope_width room: tokens once around the room
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def room_anchored(self) -> bool:
+        """Width positions follow the room (the model reads a camera heading per frame)."""
+        return self.rope_width == "room"
 
     def validate(self) -> "ModelConfig":
         if self.dim % self.num_heads:
@@ -48,6 +62,10 @@ class ModelConfig:
             raise UserError(f"head_dim {self.head_dim} must be even and at least 6 for 3D RoPE")
         if self.patch_size[0] != 1:
             raise UserError("temporal patch size must be 1 for frame-wise causal generation")
+        if self.rope_width not in ROPE_WIDTHS:
+            raise UserError(f"model rope_width must be one of {', '.join(ROPE_WIDTHS)}, got {self.rope_width!r}")
+        if self.room_anchored and self.room_tokens < 1:
+            raise UserError(f"rope_width room needs room_tokens >= 1 (tokens around the room), got {self.room_tokens}")
         return self
 
 
@@ -108,6 +126,17 @@ class Preset:
 
 
 WORLD_DIM, WORLD_FFN, WORLD_LAYERS, WORLD_HEADS = 192, 768, 6, 6
+WORLD_ROOM_TOKENS = 16
+WORLD_MODEL = ModelConfig(
+    dim=WORLD_DIM,
+    ffn_dim=WORLD_FFN,
+    num_layers=WORLD_LAYERS,
+    num_heads=WORLD_HEADS,
+    text_dim=64,
+    text_len=24,
+    freq_dim=64,
+)
+WORLD_VIDEO = VideoConfig(latent_height=8, latent_width=8, chunk_frames=3, fps=16)
 
 PRESETS: dict[str, Preset] = {
     "wan2.1-t2v-1.3b": Preset(ModelConfig()),
@@ -120,18 +149,12 @@ PRESETS: dict[str, Preset] = {
     # The embedded default model: trained on the synthetic world (docs/world.md) through the learned world
     # codec (16 channels, strides 4/8) at 64x64 px = an 8x8 latent grid. Patch (1, 2, 2) makes each token one
     # 16-px object cell of the world (16 tokens per latent frame); text from the built-in HashTextEncoder.
-    "world": Preset(
-        ModelConfig(
-            dim=WORLD_DIM,
-            ffn_dim=WORLD_FFN,
-            num_layers=WORLD_LAYERS,
-            num_heads=WORLD_HEADS,
-            text_dim=64,
-            text_len=24,
-            freq_dim=64,
-        ),
-        VideoConfig(latent_height=8, latent_width=8, chunk_frames=3, fps=16),
-    ),
+    # Width positions are anchored to the panorama room: 256 px around = 16 tokens of 16 px
+    # (data/world/panorama/geometry.py; a test checks the two agree), the heading integrated from the script's
+    # camera actions.
+    "world": Preset(replace(WORLD_MODEL, rope_width="room", room_tokens=WORLD_ROOM_TOKENS), WORLD_VIDEO),
+    # The same with Wan's screen-column width positions: the embedded model before room anchoring (an ablation).
+    "world-screen": Preset(WORLD_MODEL, WORLD_VIDEO),
 }
 
 

@@ -44,6 +44,7 @@ class Parts:
     weights_choice: dict | None = None  # which checkpoint entry and LoRA scale were used
     prompt_check: object = None  # callable(prompt) raising UserError for prompts the model cannot read
     example_prompt: str = "a benchmark prompt"  # one the model reads (benchmarks, smoke tests)
+    camera: object = None  # room-anchored model: callable(prompt) -> heading step per latent frame (tokens)
 
 
 def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
@@ -131,6 +132,21 @@ def embedded_prompt_check(config: dict):
     raise UserError(f"embedded model config: unknown prompt_grammar {grammar!r}")
 
 
+def embedded_camera(config: dict, preset: Preset):
+    """What turns the shipped model's prompts into camera headings (None: a model whose width positions are
+    screen columns). A room-anchored model names its camera in its config: `panorama`, the panorama world's."""
+    camera = config.get("camera")
+    if camera is None:
+        if preset.model.room_anchored:
+            raise UserError('embedded model config: a room-anchored model needs a camera (e.g. "camera": "panorama")')
+        return None
+    if camera != "panorama":
+        raise UserError(f"embedded model config: unknown camera {camera!r}")
+    from contextforcing.data.world.panorama.camera import PanoramaCamera
+
+    return PanoramaCamera.for_model(preset.model, preset.video)
+
+
 def embedded_codec(config: dict, config_path: Path, model_cfg: ModelConfig, preset: Preset, device):
     """The codec the shipped model was trained with: `preview`, or a learned world codec, named `world` (the
     occlusion world's, contextforcing/assets/world_codec.safetensors) or by its file name in the assets, and
@@ -184,6 +200,7 @@ def load_embedded(device: str | None = None, dtype: str | None = None, path: Pat
         embedded_sampling(config),
         prompt_check=embedded_prompt_check(config),
         example_prompt=config.get("example_prompt", "a benchmark prompt"),
+        camera=embedded_camera(config, preset),
     )
 
 

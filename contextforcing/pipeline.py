@@ -35,6 +35,7 @@ from contextforcing.errors import UserError
 from contextforcing.loading import Parts
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec, tier_params
+from contextforcing.sampling.camera import chunk_headings
 from contextforcing.sampling.stream import VideoStream, known_in_chunk
 
 # An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
@@ -147,6 +148,7 @@ class Generation:
             self.decoder.decode(init)
             self.init_frames = init.shape[2]
         self.known_frames = known_frames
+        self.heading = 0.0  # the camera's heading at the last generated frame (room-anchored models)
         self.generator = torch.Generator(pipe.device).manual_seed(seed)
         self.index = 0
         self.frames_emitted = 0
@@ -207,7 +209,7 @@ class Generation:
         if self.known_frames:
             known = known_in_chunk(self.known_frames, start - self.init_frames, noise)
         began = time.perf_counter()
-        latents = self.stream.step(noise, self.generator, known=known)
+        latents = self.stream.step(noise, self.generator, known=known, headings=self._headings(start, frames))
         if latents.is_cuda:
             torch.cuda.synchronize(latents.device)
         generated = time.perf_counter()
@@ -228,6 +230,14 @@ class Generation:
         self.index += 1
         self.frames_emitted += len(pixels)
         return chunk
+
+    def _headings(self, start: int, frames: int) -> list[list[float]] | None:
+        """The chunk's camera headings for a room-anchored model, from the prompt's camera (None: no camera)."""
+        if self.pipe.camera is None:
+            return None
+        headings = chunk_headings(self.heading, self.pipe.camera(self.prompt), start, frames)
+        self.heading = headings[-1]
+        return [headings]
 
     def record(self, chunks: Sequence[DecodedChunk], interrupted: bool = False) -> dict:
         """The sidecar of this generation so far (the JSON edge of plans, prompts and timings)."""

@@ -21,14 +21,18 @@ from contextforcing.errors import UserError
 from contextforcing.pipeline import Pipeline, Prompt, Video
 
 
-def world_pipeline(weights: str | Path | None = None, *, memory=None, device: str = "cpu") -> Pipeline:
-    """The embedded model (`weights` None), or a checkpoint of the `world` preset with the parts the panorama
-    world's models use: the hashed text encoder, the panorama codec, the panorama prompt grammar; its default
-    memory is `memory` (a `Memory`, policy name or dict; None: slow_fast's defaults) and its sampling the
-    default few-step list (a call may override both)."""
+def world_pipeline(
+    weights: str | Path | None = None, *, memory=None, device: str = "cpu", preset: str | None = None
+) -> Pipeline:
+    """The embedded model (`weights` None), or a checkpoint of the `world` preset (or `preset`, e.g. `world-screen`)
+    with the parts the panorama world's models use: the hashed text encoder, the panorama codec, the panorama
+    prompt grammar and, for a room-anchored model, the panorama camera; its default memory is `memory` (a
+    `Memory`, policy name or dict; None: slow_fast's defaults) and its sampling the default few-step list (a
+    call may override both)."""
     from contextforcing.codecs.text import HashTextEncoder
     from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
     from contextforcing.config import get_preset
+    from contextforcing.data.world.panorama.camera import PanoramaCamera
     from contextforcing.loading import EMBEDDED_PRESET, embedded_prompt_check, resolve_device
     from contextforcing.memory.policies import make_spec
     from contextforcing.model.checkpoints import load_model
@@ -38,13 +42,14 @@ def world_pipeline(weights: str | Path | None = None, *, memory=None, device: st
         return Pipeline.from_pretrained(device=device)
     if not Path(weights).is_file():
         raise UserError(f"checkpoint {weights} does not exist")
-    preset = get_preset(EMBEDDED_PRESET)
+    preset_name = preset or EMBEDDED_PRESET
+    preset = get_preset(preset_name)
     dev, dtype = resolve_device(device, None)
     model = load_model(str(weights), preset.model, device=dev, dtype=dtype).eval()
     encoder = HashTextEncoder(preset.model.text_dim, preset.model.text_len)
     spec = resolve_memory(make_spec("slow_fast"), memory, preset.video.chunk_frames)
     return Pipeline(
-        preset_name=EMBEDDED_PRESET,
+        preset_name=preset_name,
         preset=preset,
         model=model,
         text_encoder=encoder,
@@ -54,6 +59,7 @@ def world_pipeline(weights: str | Path | None = None, *, memory=None, device: st
         memory=spec,
         prompt_check=embedded_prompt_check({"prompt_grammar": "panorama"}),
         example_prompt="warm room, hold, lights on, black ball",
+        camera=PanoramaCamera.for_model(preset.model, preset.video) if preset.model.room_anchored else None,
     )
 
 

@@ -26,8 +26,9 @@ check that both give the same outputs over long rollouts of every policy.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -37,7 +38,8 @@ from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache, make_policy, tier_params
 from contextforcing.memory.promotion import promotion_for
 
-KeyRotation = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
+# (pre-RoPE keys [B, n, T, H, D], positions [n], and for a room-anchored model headings [B, n]) -> rotated keys
+KeyRotation = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,10 @@ class ContextMemory:
         device=None,
         dtype: torch.dtype = torch.float32,
         max_frames: int | None = None,
+        headings: bool = False,
     ):
+        """`headings`: the model's width positions follow a camera (room-anchored RoPE), so every stored frame
+        keeps the heading it was made at and is rotated there whenever it is attended."""
         self.spec, self.layout, self.rotate_keys = spec, layout, key_rotation
         self.params = params = tier_params(spec, layout.chunk_frames)
         self.bounded = params.capacity is not None
@@ -168,6 +173,10 @@ class ContextMemory:
         self.chunk_index = -1
         self.start = self.frames = 0
         self.current_position_ids: torch.Tensor | None = None  # the chunk's positions, as a tensor for the model
+        self.batch = batch
+        self.uses_headings = headings
+        self.frame_headings: dict[int, tuple[float, ...]] = {}  # frame -> heading per sample (host floats)
+        self.current_headings: torch.Tensor | None = None  # [B, frames] float64 for the model, or None
         self.rotations = 0  # number of context rotations, for tests and benchmarks
         self._recaching = False
         self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
@@ -203,27 +212,27 @@ class ContextMemory:
 
     @property
     def plan(self) -> ChunkPlan:
-        """The current chunk's plan (layer group 0, with every layer's slow frames when they differ)."""
+        """The current chunk's plan (layer group 0, with every layer's slow frames when they differ, and the
+        headings of its frames when the memory keeps them)."""
         plan = self.groups[0].plan
         if len(self.groups) > 1:
-            plan = ChunkPlan(
-                plan.chunk,
-                plan.start,
-                plan.frames,
-                plan.context,
-                plan.current_positions,
-                tuple(tuple(g.plan.tier("slow")) for g in self.groups),
-            )
+            plan = dataclasses.replace(plan, slow_per_layer=tuple(tuple(g.plan.tier("slow")) for g in self.groups))
+        if self.uses_headings:
+            frames = plan.context_frames + plan.current_frames
+            plan = dataclasses.replace(plan, headings={f: self.frame_headings[f][0] for f in frames})
         return plan
 
     def group_of(self, layer: int) -> _Group:
         return self._group_of[layer]
 
     # -- chunk lifecycle ---------------------------------------------------------------------------
-    def begin_chunk(self, start: int, frames: int) -> ChunkPlan:
-        """Plan chunk [start, start+frames): allocate its slots, rotate what it attends."""
+    def begin_chunk(self, start: int, frames: int, headings=None) -> ChunkPlan:
+        """Plan chunk [start, start+frames): allocate its slots, rotate what it attends. `headings`: the camera
+        heading of each of its frames per sample ([B][frames] floats, tokens) for a memory that keeps them
+        (None: 0, a camera that never turned)."""
         self.chunk_index += 1
         self.start, self.frames, self._recaching = start, frames, False
+        self._set_headings(range(start, start + frames), headings)
         self.promotion.begin_chunk()
         for g in self.groups:
             g.plan = g.policy.plan(self.chunk_index, start, frames)
@@ -264,6 +273,7 @@ class ContextMemory:
             self._prepare_group(g, [g.slots.allocate(("main", f)) for f in frames])
             plans.append(plan)
         self._recache = plans
+        self._set_headings(plans[0].frames, "stored")
         self._after_plan()
         return plans[0].frames
 
@@ -304,6 +314,7 @@ class ContextMemory:
                 g.slots.release(("main", f))
             updates.append(self._update(g, changes))
         self.promotion.end_commit()
+        self._forget_headings()
         return updates[0]
 
     def _update(self, g: _Group, changes) -> MemoryUpdate:
@@ -363,10 +374,51 @@ class ContextMemory:
         between, so a full refresh is the one rule that cannot go stale."""
         if g.view_index is None or not len(g.current_slots):  # nothing to rotate, or no pass will read it
             return
+        # A room-anchored model rotates each stored frame at its own camera heading too.
+        where = (
+            (g.plan.positions,)
+            if not self.uses_headings
+            else (g.plan.positions, self._headings_of(g.plan.context_frames))
+        )
         for layer in g.layers:
-            keys = self.rotate_keys(self.k[layer].index_select(1, g.view_index), g.plan.positions)
+            keys = self.rotate_keys(self.k[layer].index_select(1, g.view_index), *where)
             self.k_rot[layer].index_copy_(1, g.view_index, keys.unflatten(1, (-1, self.layout.tokens_per_frame)))
             self.rotations += 1
+
+    # -- camera headings (room-anchored models) ---------------------------------------------------------
+    def _set_headings(self, frames, headings) -> None:
+        """Record the headings of `frames` and make them the current pass's ("stored": a recache re-encodes
+        frames at the headings they were made at)."""
+        frames = list(frames)
+        if not self.uses_headings:
+            if headings is not None and headings != "stored":
+                raise UserError("this model's width positions are screen columns: it takes no camera headings")
+            return
+        if headings is None:
+            headings = [[0.0] * len(frames)] * self.batch
+        if headings != "stored":
+            if len(headings) != self.batch or any(len(h) != len(frames) for h in headings):
+                raise ValueError(f"headings must be [{self.batch}][{len(frames)}] floats, one per sample and frame")
+            for i, f in enumerate(frames):
+                self.frame_headings[f] = tuple(float(h[i]) for h in headings)
+        self.current_headings = self._headings_of(frames)
+
+    def _headings_of(self, frames: list[int]) -> torch.Tensor | None:
+        """[B, len(frames)] float64 headings of stored frames (None for a memory without headings)."""
+        if not self.uses_headings:
+            return None
+        rows = [[self.frame_headings[f][b] for f in frames] for b in range(self.batch)]
+        return torch.tensor(rows, dtype=torch.float64, device=self.k[0].device)
+
+    def _forget_headings(self) -> None:
+        """Keep the headings of the frames still stored and of the last `capacity` frames (a LongLive recache
+        re-encodes those), no others: bounded like the store."""
+        if not self.uses_headings:
+            return
+        stored = {f for g in self.groups for _, f in g.slots.slot}
+        capacity = self.params.capacity
+        recent = self.start + self.frames - (capacity if capacity is not None else self.start + self.frames)
+        self.frame_headings = {f: h for f, h in self.frame_headings.items() if f in stored or f >= recent}
 
     # -- what the model calls ----------------------------------------------------------------------
     def exchange(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, copy: bool) -> ContextRead:

@@ -26,7 +26,8 @@ class ChunkPlan:
     (sink, slow, cached fast), and the positions of its own frames.
 
     With promotion decided per layer, layers may hold different slow frames: `slow_per_layer` lists them
-    (None when every layer shares this plan)."""
+    (None when every layer shares this plan). A memory of a room-anchored model adds each frame's camera
+    heading (`headings`)."""
 
     chunk: int
     start: int
@@ -34,6 +35,7 @@ class ChunkPlan:
     context: tuple[Attended, ...]
     current_positions: tuple[int, ...]
     slow_per_layer: tuple[tuple[int, ...], ...] | None = None
+    headings: dict[int, float] | None = None  # room-anchored model: each frame's camera heading (tokens, sample 0)
 
     @property
     def current_frames(self) -> list[int]:
@@ -46,6 +48,11 @@ class ChunkPlan:
     @property
     def positions(self) -> list[int]:
         return [a.position for a in self.context]
+
+    @property
+    def context_frames(self) -> list[int]:
+        """The stored frames attended, in attention order (a promoted frame's copy lists its frame)."""
+        return [a.frame for a in self.context]
 
     @property
     def attended_frames(self) -> int:
@@ -71,6 +78,8 @@ class ChunkPlan:
         }
         if self.slow_per_layer is not None:
             out["slow_per_layer"] = [list(s) for s in self.slow_per_layer]
+        if self.headings is not None:
+            out["headings"] = {str(f): h for f, h in self.headings.items()}
         return out
 
 

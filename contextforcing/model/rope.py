@@ -4,10 +4,16 @@ The head dimension is split into a temporal part and two equal spatial parts: he
 2 * (head_dim // 6) dims each, time gets the rest (44/42/42 for head_dim 128). Angles are computed in
 float64 as Wan does. Positions are arbitrary integers chosen by the caller (the context memory picks
 them at read time), so there is no table and no 1024-frame wall.
+
+Width positions are screen columns (Wan), or with a room-anchored model (`ModelConfig.rope_width = "room"`)
+the column plus the camera's heading of each frame, per sample (`headings` [B, F], in tokens, may be
+fractional): the width frequencies are then the first harmonics of the room's circumference, so position
+p and p + room_tokens rotate alike and a wall keeps its position however the camera turned.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -24,32 +30,60 @@ def axis_frequencies(dims: int, theta: float, device=None) -> torch.Tensor:
     return 1.0 / theta ** (torch.arange(0, dims, 2, dtype=torch.float64, device=device) / dims)
 
 
+def room_frequencies(dims: int, room_tokens: int, device=None) -> torch.Tensor:
+    """Angular frequencies of a width axis that wraps every `room_tokens` tokens: 2 pi k / room_tokens for the
+    harmonics k = 1 .. dims/2 (the lowest ones: neighbouring positions stay alike, every offset differs)."""
+    k = torch.arange(1, dims // 2 + 1, dtype=torch.float64, device=device)
+    return 2 * math.pi * k / room_tokens
+
+
 def rope_frequencies(
-    frame_positions: Sequence[int] | torch.Tensor, height: int, width: int, head_dim: int, theta: float, device=None
+    frame_positions: Sequence[int] | torch.Tensor,
+    height: int,
+    width: int,
+    head_dim: int,
+    theta: float,
+    device=None,
+    *,
+    headings: torch.Tensor | None = None,
+    room_tokens: int = 0,
 ) -> torch.Tensor:
     """Complex rotations for tokens laid out frame-major, then row, then column.
 
-    Returns complex128 [len(frame_positions) * height * width, head_dim // 2].
+    Returns complex128 [len(frame_positions) * height * width, head_dim // 2], or with `headings` ([B, F]
+    width offsets in tokens) [B, F * height * width, head_dim // 2]. `room_tokens` > 0: width frequencies wrap
+    around a room of that many tokens (`room_frequencies`); 0: Wan's.
     """
     dt, dh, dw = rope_split(head_dim)
     frames = torch.as_tensor(frame_positions, dtype=torch.float64, device=device).reshape(-1)
+    n_f = frames.numel()
     angle_t = torch.outer(frames, axis_frequencies(dt, theta, device))  # [F, dt/2]
     angle_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), axis_frequencies(dh, theta, device))
-    angle_w = torch.outer(torch.arange(width, dtype=torch.float64, device=device), axis_frequencies(dw, theta, device))
-    n_f = frames.numel()
+    freq_w = room_frequencies(dw, room_tokens, device) if room_tokens else axis_frequencies(dw, theta, device)
+    columns = torch.arange(width, dtype=torch.float64, device=device)
+    if headings is None:
+        angle_w = torch.outer(columns, freq_w)[None, None, None]  # [1, 1, 1, w, dw/2]
+        batch = ()
+    else:
+        place = headings.to(device=device, dtype=torch.float64)[:, :, None] + columns  # [B, F, w]
+        angle_w = (place[..., None] * freq_w)[:, :, None]  # [B, F, 1, w, dw/2]
+        batch = (headings.shape[0],)
+    shape = (*batch, n_f, height, width)
     angles = torch.cat(
         [
-            angle_t[:, None, None, :].expand(n_f, height, width, -1),
-            angle_h[None, :, None, :].expand(n_f, height, width, -1),
-            angle_w[None, None, :, :].expand(n_f, height, width, -1),
+            angle_t[:, None, None, :].expand(*shape, -1),
+            angle_h[None, :, None, :].expand(*shape, -1),
+            angle_w.expand(*shape, -1) if batch else angle_w[0, 0].expand(*shape, -1),
         ],
         dim=-1,
-    )  # [F, h, w, head_dim/2]
-    return torch.polar(torch.ones_like(angles), angles).reshape(n_f * height * width, -1)
+    )  # [(B,) F, h, w, head_dim/2]
+    return torch.polar(torch.ones_like(angles), angles).reshape(*batch, n_f * height * width, -1)
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, L, H, D] by freqs [L, D/2] (adjacent pairs are the complex numbers), in float64."""
+    """Rotate x [B, L, H, D] by freqs [L, D/2] or per sample [B, L, D/2] (adjacent pairs are the complex
+    numbers), in float64."""
     b, length, heads, d = x.shape
     xc = torch.view_as_complex(x.to(torch.float64).reshape(b, length, heads, d // 2, 2))
-    return torch.view_as_real(xc * freqs[None, :, None, :]).reshape(b, length, heads, d).to(x.dtype)
+    rotation = freqs[None, :, None, :] if freqs.dim() == 2 else freqs[:, :, None, :]
+    return torch.view_as_real(xc * rotation).reshape(b, length, heads, d).to(x.dtype)

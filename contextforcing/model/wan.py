@@ -186,22 +186,31 @@ class CausalWanModel(nn.Module):
         _, ph, pw = self.config.patch_size
         return height // ph, width // pw
 
+    def rope(self, positions, height: int, width: int, device, headings: torch.Tensor | None = None) -> torch.Tensor:
+        """The RoPE rotations of frames at temporal `positions` (and, room-anchored, camera `headings` [B, F] in
+        tokens) on a latent grid of height x width: [F*T, D/2], or [B, F*T, D/2] with headings."""
+        gh, gw = self.grid(height, width)
+        cfg = self.config
+        if headings is not None and not cfg.room_anchored:
+            raise ValueError("this model's width positions are screen columns: it takes no camera headings")
+        return rope_frequencies(
+            positions, gh, gw, cfg.head_dim, cfg.rope_theta, device, headings=headings, room_tokens=cfg.room_tokens
+        )
+
     def key_rotation(self, height: int, width: int):
-        """A function (keys [B, n, T, H, D], frame positions) -> rotated keys [B, n*T, H, D] for the memory.
+        """A function (keys [B, n, T, H, D], frame positions, headings [B, n] or None) -> rotated keys [B, n*T, H, D]
+        for the memory.
 
         The memory rotates every layer of a chunk at the same positions, so the rotations of the last
         positions asked for are kept and reused (one table per chunk instead of one per layer)."""
-        gh, gw = self.grid(height, width)
         last: dict = {}
 
-        def rotate(keys: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
-            key = (tuple(positions), keys.device)
-            if key not in last:
+        def rotate(keys: torch.Tensor, positions: Sequence[int], headings: torch.Tensor | None = None) -> torch.Tensor:
+            key = (tuple(positions), keys.device, None if headings is None else id(headings))
+            if key not in last or last[key][1] is not headings:
                 last.clear()
-                last[key] = rope_frequencies(
-                    positions, gh, gw, self.config.head_dim, self.config.rope_theta, keys.device
-                )
-            return apply_rope(keys.flatten(1, 2), last[key])
+                last[key] = (self.rope(positions, height, width, keys.device, headings), headings)
+            return apply_rope(keys.flatten(1, 2), last[key][0])
 
         return rotate
 
@@ -248,13 +257,15 @@ class CausalWanModel(nn.Module):
         memory: "ContextMemory | None" = None,
         commit: bool = False,
         positions: Sequence[int] | None = None,
+        headings: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow (noise - x0) for latents x [B, C, F, H, W] at per-frame timesteps t [B, F].
 
-        With `memory`, x is the memory's current chunk: positions come from the memory, each layer's
-        self-attention reads its context, and a `commit` pass stores this chunk's keys/values. Without it, x is a whole
-        clip with frame `positions` (default 0..F-1) under `frame_mask` (default: full attention).
+        With `memory`, x is the memory's current chunk: positions (and camera headings) come from the memory,
+        each layer's self-attention reads its context, and a `commit` pass stores this chunk's keys/values.
+        Without it, x is a whole clip with frame `positions` (default 0..F-1) and, for a room-anchored model,
+        camera `headings` [B, F] in tokens (default: 0), under `frame_mask` (default: full attention).
         """
         b, _, f, height, width = x.shape
         gh, gw = self.grid(height, width)
@@ -263,9 +274,10 @@ class CausalWanModel(nn.Module):
             t = t[:, None].expand(b, f)
         if memory is not None:
             positions = memory.begin_pass(commit)  # a tensor: new positions must not mean a new compiled graph
+            headings = memory.current_headings
         elif positions is None:
             positions = range(f)
-        freqs = rope_frequencies(positions, gh, gw, self.config.head_dim, self.config.rope_theta, x.device)
+        freqs = self.rope(positions, height, width, x.device, headings)
         inputs = AttentionInputs(freqs, tokens_per_frame, frame_mask, self.attention_backend)
         # A cross-attention cache is for inference: training passes the text tensor (VideoStream(trainable=True)),
         # since a cached projection would carry a stale graph or cut the text weights out of the gradient.
@@ -296,11 +308,14 @@ class CausalWanModel(nn.Module):
         target_positions: Sequence[int],
         t_context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        context_headings: torch.Tensor | None = None,
+        target_headings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mode (c): denoise a target window that attends to a clean context laid out like the memory.
 
         context [B, C, Fc, H, W] at `context_positions` (e.g. sink, slow, fast as the student's memory
-        places them), target [B, C, Ft, H, W] at `target_positions`. Returns the target's flow prediction.
+        places them), target [B, C, Ft, H, W] at `target_positions`; a room-anchored model also takes each
+        frame's camera heading ([B, Fc] and [B, Ft], tokens). Returns the target's flow prediction.
         """
         b, fc = context.shape[0], context.shape[2]
         ft = target.shape[2]
@@ -309,14 +324,24 @@ class CausalWanModel(nn.Module):
         if t_target.dim() == 1:
             t_target = t_target[:, None].expand(b, ft)
         mask = context_target_mask(fc, ft, context_mask, device=target.device)
+        headings = None
+        if context_headings is not None or target_headings is not None:
+            headings = torch.cat(
+                [_headings_or_zeros(context_headings, b, fc), _headings_or_zeros(target_headings, b, ft)], 1
+            )
         out = self(
             torch.cat([context, target], dim=2),
             torch.cat([t_context, t_target], dim=1),
             text,
             positions=list(context_positions) + list(target_positions),
+            headings=headings,
             frame_mask=mask,
         )
         return out[:, :, fc:]
+
+
+def _headings_or_zeros(headings: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor:
+    return torch.zeros(batch, frames, dtype=torch.float64) if headings is None else headings.to(torch.float64)
 
 
 def build_model(cfg: ModelConfig, *, device=None, dtype=torch.float32, seed: int | None = None) -> CausalWanModel:

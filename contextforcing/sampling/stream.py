@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -21,6 +21,8 @@ from contextforcing.memory.policies import MemorySpec, check_recache
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
 from contextforcing.sampling.scheduler import FlowMatchSchedule
+
+Headings = Sequence[Sequence[float]]  # [B][frames]: a camera heading (tokens) per sample and latent frame
 
 
 @dataclass
@@ -112,6 +114,7 @@ class VideoStream:
             device=self.device,
             dtype=self.dtype,
             max_frames=self.max_frames,
+            headings=self.model.config.room_anchored,
         )
 
     def noise(self, frames: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -125,15 +128,15 @@ class VideoStream:
         generator: torch.Generator | None = None,
         exit_step: int | None = None,
         known: KnownFrames | None = None,
+        headings: Headings | None = None,
     ) -> torch.Tensor:
         """Generate the next chunk from `noise` [B, C, frames, H, W] and commit it to memory.
 
         `known` gives some frames of the chunk (replacement conditioning); a chunk that is wholly known
-        skips denoising and is only committed, as `prefill` does."""
+        skips denoising and is only committed, as `prefill` does. `headings`: the camera heading of each
+        frame per sample ([B][frames] floats, tokens) for a room-anchored model (None: 0)."""
         frames = noise.shape[2]
-        for branch in self.branches:
-            branch.memory.begin_chunk(self.frame, frames)
-        self.last_plan = self.memory.plan
+        self._begin_chunk(frames, headings)
         if known is not None and known.all_known:
             x0 = known.latents.to(noise.dtype)
         elif self.multistep:
@@ -143,16 +146,21 @@ class VideoStream:
         self._commit(x0.detach())
         return x0
 
-    def teacher_forced(self, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    def teacher_forced(
+        self, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor, headings: Headings | None = None
+    ) -> torch.Tensor:
         """A chunk whose clean latents are known (regression onto a teacher's trajectory): the model's flow at
         noisy x [B, C, frames, H, W] and timesteps t [B, frames] against the memory as it stands (under grad
         when enabled), then `clean` is committed as the chunk, as `step` commits a generated one."""
-        for branch in self.branches:
-            branch.memory.begin_chunk(self.frame, x.shape[2])
-        self.last_plan = self.memory.plan
+        self._begin_chunk(x.shape[2], headings)
         flow = self.model(x, t, self.branches[0].text, memory=self.memory)
         self._commit(clean.detach())
         return flow
+
+    def _begin_chunk(self, frames: int, headings: Headings | None) -> None:
+        for branch in self.branches:
+            branch.memory.begin_chunk(self.frame, frames, headings)
+        self.last_plan = self.memory.plan
 
     def _denoiser(self):
         def for_branch(branch: Branch):
@@ -184,12 +192,13 @@ class VideoStream:
 
     # -- conditioning changes ----------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, latents: torch.Tensor) -> None:
-        """Commit given clean latents [B, C, F, H, W] chunk by chunk (video continuation, I2V start)."""
+    def prefill(self, latents: torch.Tensor, headings: Headings | None = None) -> None:
+        """Commit given clean latents [B, C, F, H, W] chunk by chunk (video continuation, I2V start), with their
+        camera headings ([B][F] floats) for a room-anchored model."""
         for begin in range(0, latents.shape[2], self.chunk_frames):
             part = latents[:, :, begin : begin + self.chunk_frames].to(self.device)
-            for branch in self.branches:
-                branch.memory.begin_chunk(self.frame, part.shape[2])
+            part_headings = None if headings is None else [h[begin : begin + part.shape[2]] for h in headings]
+            self._begin_chunk(part.shape[2], part_headings)
             self._commit(part)
         self.events.append({"event": "prefill", "frames": latents.shape[2]})
 

@@ -23,16 +23,19 @@ from contextforcing.config import SamplingConfig, VideoConfig
 from contextforcing.memory.plan import ChunkPlan
 from contextforcing.memory.policies import MemorySpec
 from contextforcing.model.wan import CausalWanModel
+from contextforcing.sampling.camera import CameraStep, prompt_headings
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.stage import StepContext
 
 
 @dataclass(frozen=True)
 class Timeline:
-    """The text of every chunk of a batch ([B, chunks, L, D]) and the chunks before which some prompt changes."""
+    """The text of every chunk of a batch ([B, chunks, L, D]), the chunks before which some prompt changes, and
+    for a room-anchored model the camera heading of every latent frame per sample (host floats, tokens)."""
 
     texts: torch.Tensor
     switches: tuple[int, ...] = ()
+    headings: tuple[tuple[float, ...], ...] | None = None  # [B][frames]
 
     @classmethod
     def constant(cls, text: torch.Tensor, chunks: int) -> "Timeline":
@@ -40,12 +43,19 @@ class Timeline:
         return cls(text[:, None].expand(-1, chunks, -1, -1))
 
     @classmethod
-    def from_scripts(cls, encoder, scripts: list[list[str]]) -> "Timeline":
-        """Encode per-sample chunk prompts (equal lengths); a switch wherever any sample's prompt changes."""
+    def from_scripts(
+        cls, encoder, scripts: list[list[str]], camera: CameraStep | None = None, chunk_frames: int = 0
+    ) -> "Timeline":
+        """Encode per-sample chunk prompts (equal lengths); a switch wherever any sample's prompt changes; with a
+        `camera`, each sample's headings over its chunks of `chunk_frames` latent frames."""
         chunks = len(scripts[0])
         texts = torch.stack([encoder.encode(script) for script in scripts])
         switches = tuple(c for c in range(1, chunks) if any(s[c] != s[c - 1] for s in scripts))
-        return cls(texts, switches)
+        headings = None
+        if camera is not None:
+            frames = chunks * chunk_frames
+            headings = tuple(tuple(prompt_headings(camera, s, chunk_frames, frames)) for s in scripts)
+        return cls(texts, switches, headings)
 
     @property
     def chunks(self) -> int:
@@ -54,8 +64,12 @@ class Timeline:
     def at(self, chunk: int) -> torch.Tensor:
         return self.texts[:, chunk]
 
+    def headings_of(self, frames: list[int]) -> list[list[float]] | None:
+        """[B][len(frames)] headings of the given latent frames (None without a camera)."""
+        return None if self.headings is None else [[h[f] for f in frames] for h in self.headings]
+
     def to(self, device) -> "Timeline":
-        return Timeline(self.texts.to(device), self.switches)
+        return Timeline(self.texts.to(device), self.switches, self.headings)
 
 
 @dataclass
@@ -113,10 +127,12 @@ def self_rollout(
         if start // chunk in timeline.switches:
             stream.switch_prompt(timeline.at(start // chunk))
         noise = stream.noise(chunk, ctx.generator)
+        headings = timeline.headings_of(list(range(start, start + chunk)))
         if start < target_start:
             with torch.no_grad():  # context: the full few-step schedule, no graph
-                chunks.append(stream.step(noise, ctx.generator))
+                chunks.append(stream.step(noise, ctx.generator, headings=headings))
         else:
-            chunks.append(stream.step(noise, ctx.generator, exit_step=exits[(start - target_start) // chunk]))
+            exit_step = exits[(start - target_start) // chunk]
+            chunks.append(stream.step(noise, ctx.generator, exit_step=exit_step, headings=headings))
         plans.append(stream.last_plan)
     return Rollout(torch.cat(chunks, dim=2), target_start, exits, plans)

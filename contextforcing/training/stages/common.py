@@ -14,6 +14,7 @@ from contextforcing.memory.plan import ChunkPlan
 from contextforcing.memory.policies import MemorySpec, make_policy, make_spec, tier_params
 from contextforcing.memory.promotion import SurprisalTrack, mean_key, pooled_key
 from contextforcing.model.wan import CausalWanModel, build_model
+from contextforcing.sampling.camera import CameraStep
 from contextforcing.sampling.scheduler import FlowMatchSchedule
 
 T = TypeVar("T")
@@ -78,6 +79,27 @@ def load_or_build(preset_name: str, init: str | None, seed: int, device) -> Caus
 
         return load_model(init, cfg, device=device).train()
     return build_model(cfg, device=device, seed=seed).train()
+
+
+def training_camera(preset_name: str, data) -> CameraStep | None:
+    """What turns a training script's prompts into camera headings for a room-anchored model (None for a model
+    whose width positions are screen columns). Only the panorama world's scripts state where the camera goes."""
+    preset = get_preset(preset_name)
+    if not preset.model.room_anchored:
+        return None
+    if data.source != "panorama":
+        raise UserError(
+            f"preset {preset_name!r} anchors width positions to a room (rope_width room): it trains on data whose "
+            f"prompts say where the camera goes (data.source panorama), not {data.source!r}"
+        )
+    from contextforcing.data.world.panorama.camera import PanoramaCamera
+
+    return PanoramaCamera.for_model(preset.model, preset.video)
+
+
+def headings_tensor(per_sample: list[list[float]] | None, device=None) -> torch.Tensor | None:
+    """[B][n] host headings as the float64 tensor the model's forward takes (None stays None)."""
+    return None if per_sample is None else torch.tensor(per_sample, dtype=torch.float64, device=device)
 
 
 def frozen_copy(model: CausalWanModel) -> CausalWanModel:

@@ -223,6 +223,7 @@ class Clip:
     latents: torch.Tensor  # [C, F, H, W]
     prompts: list[str]  # one per chunk
     memory_starts: tuple[int, ...] = ()
+    headings: tuple[float, ...] = ()  # camera heading of each latent frame (tokens), for a room-anchored model
 
     def prompt_at(self, frame: int, chunk_frames: int) -> str:
         return self.prompts[frame // chunk_frames]
@@ -244,11 +245,21 @@ def memory_starts(track, chunk_frames: int, cached_fast: int) -> tuple[int, ...]
 class ClipSource:
     """Latent clips with their prompts, for the context teacher."""
 
-    def __init__(self, options: DataOptions, video: VideoConfig, channels: int, frames: int, cached_fast: int = 0):
+    def __init__(
+        self,
+        options: DataOptions,
+        video: VideoConfig,
+        channels: int,
+        frames: int,
+        cached_fast: int = 0,
+        camera=None,
+    ):
+        """`camera` (panorama source): turns each clip's chunk prompts into per-frame headings (`Clip.headings`)."""
         if options.source == "prompts":
             raise UserError("the teacher needs latent clips: data.source must be world, panorama or smooth")
         self.options, self.video, self.channels, self.frames = options, video, channels, frames
         self.cached_fast = cached_fast  # panorama: the fast frames a target's chunk attends (memory_starts)
+        self.camera = camera
         self.files: list[Path] = []
         if options.source == "latents":
             self.files = sorted(Path(options.latents_dir).glob("*.safetensors"))
@@ -298,7 +309,13 @@ class ClipSource:
         from contextforcing.data.world.panorama import simulate, training_world
 
         track = simulate(training_world(self.options.seed, sample, self.options.seconds))
-        return Clip(latents, track.chunk_prompts(), memory_starts(track, self.video.chunk_frames, self.cached_fast))
+        prompts, chunk = track.chunk_prompts(), self.video.chunk_frames
+        headings = ()
+        if self.camera is not None:
+            from contextforcing.sampling.camera import prompt_headings
+
+            headings = tuple(prompt_headings(self.camera, prompts, chunk, latents.shape[1]))
+        return Clip(latents, prompts, memory_starts(track, chunk, self.cached_fast), headings)
 
     def _encode_panorama(self, sample: int) -> torch.Tensor:
         """[C, F, H, W] float32: training clip `sample` rendered and encoded (the codec's encode is per latent frame)."""

@@ -46,11 +46,13 @@ from contextforcing.training.stages.common import (
     frozen_copy,
     gather_frames,
     guidance_standard,
+    headings_tensor,
     layout_from_plan,
     load_or_build,
     memory_spec,
     schedule_of,
     text_encoder,
+    training_camera,
     video_config,
 )
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
@@ -137,6 +139,7 @@ class ScoreMatchingStage:
         self.real_score = frozen_copy(real)
         self.encoder = text_encoder(options.text, options.model)
         self.uncond = self.encoder.encode([options.text.negative_prompt])
+        self.camera = training_camera(options.model, options.data)
         self.last_rollout: Rollout | None = None  # detached, for inspection and tests
 
     # -- contract --------------------------------------------------------------------------------------
@@ -161,7 +164,8 @@ class ScoreMatchingStage:
         chunks = self.max_rollout_frames() // self.video.chunk_frames
         for ids in sample_ids(rank, world_size, start, self.options.data.micro_batch):
             scripts = [prompts.script(i, chunks) for i in ids]
-            yield {"scripts": scripts, "timeline": Timeline.from_scripts(self.encoder, scripts)}
+            timeline = Timeline.from_scripts(self.encoder, scripts, self.camera, self.video.chunk_frames)
+            yield {"scripts": scripts, "timeline": timeline}
 
     # -- what Stage 2 overrides ------------------------------------------------------------------------
     def max_rollout_frames(self) -> int:
@@ -181,20 +185,40 @@ class ScoreMatchingStage:
             return contiguous_layout(start, o.context_window, frames)
         return layout_from_plan(rollout.chunk_plan(start), frames)
 
-    def score(self, model: CausalWanModel, x_t, t, text, layout: ContextLayout, context: torch.Tensor) -> torch.Tensor:
-        """Flow of a score network on one noisy target chunk given its clean context."""
+    def score(
+        self, model: CausalWanModel, x_t, t, text, layout: ContextLayout, context: torch.Tensor, headings=None
+    ) -> torch.Tensor:
+        """Flow of a score network on one noisy target chunk given its clean context (`headings`: the camera
+        headings of the context and target frames, [B, n] each, for a room-anchored model)."""
+        context_headings, target_headings = headings or (None, None)
         if not layout.frames:
-            return model(x_t, t, text, positions=layout.target_positions)
-        return model.forward_with_context(x_t, t, text, context, layout.positions, layout.target_positions)
+            return model(x_t, t, text, positions=layout.target_positions, headings=target_headings)
+        return model.forward_with_context(
+            x_t,
+            t,
+            text,
+            context,
+            layout.positions,
+            layout.target_positions,
+            context_headings=context_headings,
+            target_headings=target_headings,
+        )
 
     def scored_windows(self, rollout: Rollout, timeline: Timeline):
-        """(slice of the target, its text, layout and clean context) for every window scored in one call."""
+        """(slice of the target, its text, layout, clean context and camera headings) for every window scored
+        in one call."""
         chunk, clean, end = self.video.chunk_frames, rollout.latents.detach(), rollout.latents.shape[2]
         size = chunk if self.options.score_window == "chunk" else end - rollout.target_start
         for start in range(rollout.target_start, end, size):
             lay = self.layout(rollout, start, size)
             local = slice(start - rollout.target_start, start - rollout.target_start + size)
-            yield local, timeline.at(start // chunk), lay, gather_frames(clean, lay.frames)
+            headings = None
+            if timeline.headings is not None:
+                headings = tuple(
+                    headings_tensor(timeline.headings_of(frames), clean.device)
+                    for frames in (lay.frames, lay.target_frames)
+                )
+            yield local, timeline.at(start // chunk), lay, gather_frames(clean, lay.frames), headings
 
     # -- losses ----------------------------------------------------------------------------------------
     def rollout(self, batch: dict, ctx: StepContext) -> tuple[Rollout, Timeline]:
@@ -228,15 +252,16 @@ class ScoreMatchingStage:
         real_parts, fake_parts, timesteps = [], [], []
         with torch.no_grad():
             uncond = self.uncond.to(ctx.device).expand(x.shape[0], -1, -1)
-            for local, text, lay, context in self.scored_windows(rollout, timeline):
+            for local, text, lay, context, headings in self.scored_windows(rollout, timeline):
                 t, sigma, _, x_t = self.noised(x[:, :, local], ctx)
                 real = guided(
-                    lambda y, _: self.score(self.real_score, y, t, text, lay, context),
-                    lambda y, _: self.score(self.real_score, y, t, uncond, lay, context),
+                    lambda y, _: self.score(self.real_score, y, t, text, lay, context, headings),
+                    lambda y, _: self.score(self.real_score, y, t, uncond, lay, context, headings),
                     self.guidance,
                 )(x_t, None)
                 real_parts.append(x0_from_flow(x_t, real, sigma))
-                fake_parts.append(x0_from_flow(x_t, self.score(self.critic, x_t, t, text, lay, context), sigma))
+                fake = self.score(self.critic, x_t, t, text, lay, context, headings)
+                fake_parts.append(x0_from_flow(x_t, fake, sigma))
                 timesteps.append(t)
         x0_real, x0_fake = torch.cat(real_parts, dim=2), torch.cat(fake_parts, dim=2)
         loss = losses.dmd_generator_loss(x, x0_fake, x0_real)
@@ -254,9 +279,10 @@ class ScoreMatchingStage:
             rollout, timeline = self.rollout(batch, ctx)
         x = rollout.target.detach()
         parts = []
-        for local, text, lay, context in self.scored_windows(rollout, timeline):
+        for local, text, lay, context, headings in self.scored_windows(rollout, timeline):
             t, _, noise, x_t = self.noised(x[:, :, local], ctx)
-            parts.append(losses.critic_loss(self.score(self.critic, x_t, t, text, lay, context), noise, x[:, :, local]))
+            flow = self.score(self.critic, x_t, t, text, lay, context, headings)
+            parts.append(losses.critic_loss(flow, noise, x[:, :, local]))
         loss = torch.stack(parts).mean(0)
         metrics = {"critic_loss": float(loss.detach().mean()), "rollout_frames": float(rollout.latents.shape[2])}
         return loss.mean(), metrics

@@ -52,6 +52,7 @@ from contextforcing.training.stages.common import (
     memory_spec,
     schedule_of,
     text_encoder,
+    training_camera,
     video_config,
 )
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
@@ -145,6 +146,7 @@ def generate_pairs(
     video, out = video_config(options.model), Path(options.pairs_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts, device = PromptSource(options.data), next(teacher.parameters()).device
+    camera = training_camera(options.model, options.data)
     uncond = encoder.encode([options.text.negative_prompt]).to(device)
     chunks = options.num_frames // video.chunk_frames
     shards = math.ceil(options.num_pairs / options.pairs_per_shard)
@@ -165,7 +167,7 @@ def generate_pairs(
         parts = [
             _trajectories(
                 teacher,
-                Timeline.from_scripts(encoder, scripts[i : i + options.generation_batch]),
+                Timeline.from_scripts(encoder, scripts[i : i + options.generation_batch], camera, video.chunk_frames),
                 uncond,
                 run_sampling,
                 video,
@@ -216,7 +218,8 @@ def _trajectories(teacher, timeline: Timeline, uncond, sampling, video, options,
             if c in timeline.switches:
                 stream.switch_prompt(timeline.at(c))
             n = stream.noise(video.chunk_frames, generator)
-            final.append(stream.step(n, generator))
+            frames = list(range(c * video.chunk_frames, (c + 1) * video.chunk_frames))
+            final.append(stream.step(n, generator, headings=timeline.headings_of(frames)))
             noise.append(n)
             states.append(recorder.take())
     finally:
@@ -286,6 +289,7 @@ class ODEStage:
         self.pairs = ODEPairs(options.pairs_dir, self.steps, self.schedule.shift)
         self.student = load_or_build(options.model, options.init, seed, device)
         self.spec = memory_spec(options.memory)
+        self.camera = training_camera(options.model, options.data)
 
     def trainable(self) -> dict[str, nn.Module]:
         return {"generator": self.student}
@@ -305,7 +309,7 @@ class ODEStage:
             scripts = [r["prompts"] for r in rows]
             yield {
                 "scripts": scripts,
-                "timeline": Timeline.from_scripts(self.encoder, scripts),
+                "timeline": Timeline.from_scripts(self.encoder, scripts, self.camera, self.video.chunk_frames),
                 "states": torch.stack([r["states"] for r in rows]).float(),
                 "final": torch.stack([r["final"] for r in rows]).float(),
             }
@@ -329,7 +333,8 @@ class ODEStage:
             if c in timeline.switches:
                 stream.switch_prompt(timeline.at(c))
             part = slice(start, start + chunk)
-            flows.append(stream.teacher_forced(x[:, :, part], t[:, part], final[:, :, part]))
+            headings = timeline.headings_of(list(range(start, start + chunk)))
+            flows.append(stream.teacher_forced(x[:, :, part], t[:, part], final[:, :, part], headings))
         x0 = x0_from_flow(x, torch.cat(flows, dim=2), self.schedule.sigma(t))
         loss = losses.ode_regression_loss(x0, final)
         metrics = {"loss": float(loss.detach().mean())}

@@ -57,12 +57,14 @@ from contextforcing.training.stages.common import (
     TextOptions,
     chunk_signals,
     gather_frames,
+    headings_tensor,
     layout_from_plan,
     load_or_build,
     memory_spec,
     plan_after_history,
     schedule_of,
     text_encoder,
+    training_camera,
     video_config,
 )
 from contextforcing.training.stages.data import Clip, ClipSource, DataOptions, sample_ids
@@ -131,6 +133,7 @@ class TeacherStage:
             apply_lora(self.teacher, options.lora_rank, options.lora_alpha, options.lora_targets)
         self.encoder = text_encoder(options.text, options.model)
         self.uncond = self.encoder.encode([options.text.negative_prompt])
+        self.camera = training_camera(options.model, options.data)
         er = options.error_recycling
         self.latent_errors = ErrorBuffer.from_options(er, self.schedule)
         self.noise_errors = ErrorBuffer.from_options(er, self.schedule)
@@ -165,6 +168,7 @@ class TeacherStage:
             self.teacher.config.in_dim,
             o.history_max + o.target_frames,
             cached_fast=(cached_fast or 0) - self.video.chunk_frames,
+            camera=self.camera,
         )
         for ids in sample_ids(rank, world_size, start, o.data.micro_batch):
             clips = [source.clip(i) for i in ids]
@@ -184,8 +188,11 @@ class TeacherStage:
         return chunk * ctx.shared_randint(o.history_min // chunk, high // chunk + 1)
 
     @torch.no_grad()
-    def layout(self, history: int, text: torch.Tensor, latents: torch.Tensor) -> ContextLayout:
-        """The student's memory at the chunk after `history` clean frames of `latents` [B, ...] (one layout)."""
+    def layout(
+        self, history: int, text: torch.Tensor, latents: torch.Tensor, headings: list[float] | None = None
+    ) -> ContextLayout:
+        """The student's memory at the chunk after `history` clean frames of `latents` [1, ...] (with their camera
+        `headings` for a room-anchored model)."""
         chunk = self.video.chunk_frames
         params = tier_params(self.spec, chunk)
         if self.options.slow_rule == "stride" or not params.surprisal:
@@ -195,7 +202,7 @@ class TeacherStage:
             plan = plan_after_history(self.spec, chunk, history, signals)
         else:
             stream = VideoStream(self.teacher, text, self.spec, self.video, self.sampling, max_frames=history + chunk)
-            stream.prefill(latents[:, :, :history])
+            stream.prefill(latents[:, :, :history], None if headings is None else [list(headings[:history])])
             plan = stream.memory.begin_chunk(history, chunk)
         return layout_from_plan(plan, self.options.target_frames)
 
@@ -213,7 +220,10 @@ class TeacherStage:
         chunk = self.video.chunk_frames
         histories = [self.draw_history(ctx, c, latents.shape[2]) for c in clips]
         text = self.texts([c.prompt_at(h, chunk) for c, h in zip(clips, histories)], ctx)
-        layouts = [self.layout(h, text[i : i + 1], latents[i : i + 1]) for i, h in enumerate(histories)]
+        layouts = [
+            self.layout(h, text[i : i + 1], latents[i : i + 1], clips[i].headings or None)
+            for i, h in enumerate(histories)
+        ]
         target = torch.cat([gather_frames(latents[i : i + 1], lay.target_frames) for i, lay in enumerate(layouts)])
         b = target.shape[0]
         t = losses.training_timesteps(b, self.schedule, ctx.generator, ctx.device)
@@ -228,8 +238,16 @@ class TeacherStage:
             lay, index = layouts[members[0]], torch.tensor(members, device=ctx.device)
             context = torch.cat([gather_frames(latents[i : i + 1], layouts[i].frames) for i in members])
             context = self.inject_context(injection, context, lay, ctx)
+            context_headings, target_headings = self.headings(clips, layouts, members, ctx.device)
             flow[index] = self.teacher.forward_with_context(
-                x_t[index], t[index], text[index], context, lay.positions, lay.target_positions
+                x_t[index],
+                t[index],
+                text[index],
+                context,
+                lay.positions,
+                lay.target_positions,
+                context_headings=context_headings,
+                target_headings=target_headings,
             )
         # The velocity toward the *clean* target from the error-carrying noise (SVI's ERFT target).
         loss = losses.flow_matching_loss(flow, noise_in, target)
@@ -245,6 +263,16 @@ class TeacherStage:
             "error_bank": float(len(self.latent_errors)),
         }
         return loss.mean(), metrics
+
+    def headings(self, clips: list[Clip], layouts: list[ContextLayout], members: list[int], device):
+        """Camera headings [n, Fc] and [n, Ft] of the context and target frames of samples `members` (None, None
+        for a model whose width positions are screen columns)."""
+        if self.camera is None:
+            return None, None
+        return tuple(
+            headings_tensor([[clips[i].headings[f] for f in getattr(layouts[i], which)] for i in members], device)
+            for which in ("frames", "target_frames")
+        )
 
     def _errors(self, bank: ErrorBuffer, t: torch.Tensor | None, like: torch.Tensor, ctx) -> torch.Tensor:
         """One banked error per sample (zeros where the bucket is still empty), fitted to `like`'s frames."""
