@@ -96,12 +96,16 @@ def panorama_line(m: dict) -> str:
     def fmt(v, digits=2):
         return v if isinstance(v, str) else f"{v:.{digits}f}"
 
+    made = sum(b["made"] for b in m["revisit_buckets"].values())
+    total = sum(b["revisits"] for b in m["revisit_buckets"].values())
+    views = m["views"]
     return (
-        f"camera pans {fmt(h['camera_pans'])} holds {fmt(h['camera_holds'])}, revisit error "
-        + " ".join(f"{b}={fmt(h[f'revisit_error_{b}'], 3)}" for b in BUCKETS)
-        + ", permanence "
-        + " ".join(f"{b}={fmt(h[f'permanence_{b}'])}" for b in BUCKETS)
-        + f", movers {fmt(h['movers'])}, lighting {fmt(h['lighting'])}"
+        f"memory score {fmt(h['memory_score'])} ("
+        + " ".join(f"{b}={fmt(h[f'memory_{b}'])}" for b in BUCKETS)
+        + f"; camera came back beyond the fast memory {fmt(h['memory_pan_beyond_fast'])}), revisits made {made}/{total}, "
+        f"camera pans {fmt(h['camera_pans'])} holds {fmt(h['camera_holds'])}, movers {fmt(h['movers'])}, "
+        f"lighting {fmt(h['lighting'])}, objects per view {fmt(views['objects_per_view'], 1)} "
+        f"(truth {fmt(views['truth_objects_per_view'], 1)})"
     )
 
 

@@ -46,6 +46,7 @@ from contextforcing.data.world.panorama.geometry import (
     FPS,
     FRAME_SIZE,
     LATENT_STRIDE,
+    LATENTS_PER_SECOND,
     OBJECT_COLOURS,
     OBJECT_MARGIN,
     OBJECT_SIZE,
@@ -60,6 +61,14 @@ from contextforcing.data.world.panorama.geometry import (
 from contextforcing.data.world.panorama.revisits import Revisit, track_revisits
 from contextforcing.data.world.panorama.script import HEADING_SIGN
 from contextforcing.data.world.panorama.simulate import PanoramaTrack
+from contextforcing.eval.memory_score import (
+    MIN_COMPARED,
+    MemoryScore,
+    PlaceMatcher,
+    RevisitMatch,
+    memory_score,
+    video_sightings,
+)
 from contextforcing.eval.world_metrics import check_matches, nearest_colour
 
 DARK_LEVEL = 24.0  # mean grey level (0-255) under which a frame is dark
@@ -70,6 +79,7 @@ MIN_OBJECT_PIXELS = 30  # of a 12x12 object window: below this, the cell holds n
 BALL_MIN_PIXELS = int(0.4 * np.pi * BALL_RADIUS**2)  # a ball is found when this much of its disc shows (a codec
 # blurs its edge into the wall: a whole decoded ball keeps 45-80% of its pixels, a wall never shows 12)
 BALL_MASK_DILATE = 1  # px around ball pixels left out of revisit comparisons (codec/mp4 blur at its edge)
+PSNR_CAP = 99.0  # dB reported for identical regions
 MOVER_TOLERANCE = BALL_SPEEDS["slow"] / 2  # px/s: tells still, slow and fast apart
 MOVER_WINDOW = FPS  # frames per mover window (1 s)
 BOUNCE_MARGIN = 3.0  # px: a ball this close to floor or ceiling may have bounced within its window
@@ -220,34 +230,55 @@ def _objects(classes: np.ndarray, masked: np.ndarray, colours: ColourClasses) ->
     return found
 
 
+REVISIT_FIELDS = ("error", "mae", "psnr", "ssim", "objects_before", "objects_kept", "permanence")
+
+
 def compare_revisit(frames, classes, r: Revisit, colours: ColourClasses) -> dict:
-    """Error, mean absolute difference and permanence of the unit's region when back, against before."""
+    """Error, mean absolute difference, PSNR and SSIM (the field's numbers for a revisited view against its
+    earlier appearance), and permanence of the unit's region when back, against before. Ball pixels are left
+    out (PSNR, error) or made equal in both (SSIM); a region mostly ball-coloured is not compared (None)."""
     b, a = r.frame_before, r.frame_after
     cb, ca = classes[b][:, _region(r.x_before)], classes[a][:, _region(r.x_after)]
     balls = np.isin(cb, colours.balls) | np.isin(ca, colours.balls)
-    masked = _dilate(balls, BALL_MASK_DILATE)
+    masked = dilate_frames(balls[None], BALL_MASK_DILATE)[0]
     keep = ~masked
     pb = frames[b][:, _region(r.x_before)].astype(np.int16)
     pa = frames[a][:, _region(r.x_after)].astype(np.int16)
     before, after = _objects(cb, masked, colours), _objects(ca, masked, colours)
     held = [row for row, colour in before.items() if colour is not None and row in after]
     kept = sum(after[row] == before[row] for row in held)
+    comparable = keep.mean() >= MIN_COMPARED
     return {
-        "error": float(np.mean(cb[keep] != ca[keep])) if keep.any() else None,
-        "mae": float(np.abs(pb - pa)[keep].mean() / 255.0) if keep.any() else None,
+        "error": float(np.mean(cb[keep] != ca[keep])) if comparable else None,
+        "mae": float(np.abs(pb - pa)[keep].mean() / 255.0) if comparable else None,
+        "psnr": _psnr(pb[keep], pa[keep]) if comparable else None,
+        "ssim": _ssim(pb, np.where(masked[..., None], pb, pa)) if comparable else None,
         "objects_before": len(held),
         "objects_kept": int(kept),
         "permanence": kept / len(held) if held else None,
     }
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Square dilation of a 2-D mask, without wrapping at its borders."""
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 pixel sets; identical sets give PSNR_CAP (JSON has no infinity)."""
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, float(10 * np.log10(255.0**2 / mse)))
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM (Wang et al. 2004, scikit-image's: 7x7 windows, colour channels averaged) of two uint8 regions."""
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a.astype(np.uint8), b.astype(np.uint8), channel_axis=-1, data_range=255))
+
+
+def dilate_frames(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Square dilation of masks [N, H, W] in their two last axes, without wrapping at the borders."""
     out = mask.copy()
-    for axis in (0, 1):
+    for axis in (1, 2):
         grown = out.copy()
         for r in range(1, radius + 1):
-            lo, hi = [slice(None)] * 2, [slice(None)] * 2
+            lo, hi = [slice(None)] * 3, [slice(None)] * 3
             lo[axis], hi[axis] = slice(r, None), slice(None, -r)
             grown[tuple(lo)] |= out[tuple(hi)]
             grown[tuple(hi)] |= out[tuple(lo)]
@@ -261,6 +292,8 @@ class BucketScore:
     made: int  # that happened in the generated video
     error: float | None  # mean over those made
     mae: float | None
+    psnr: float | None  # dB, of the revisited region against its earlier appearance (the field's number)
+    ssim: float | None
     permanence: float | None  # over made revisits with an object before
     error_other_views: float | None  # over made revisits of units the sink did not show
 
@@ -284,6 +317,8 @@ def bucket_scores(rows: list[dict]) -> dict[str, BucketScore]:
             made=len(made),
             error=_mean(r["error"] for r in made),
             mae=_mean(r["mae"] for r in made),
+            psnr=_mean(r["psnr"] for r in made),
+            ssim=_mean(r["ssim"] for r in made),
             permanence=_mean(r["permanence"] for r in made),
             error_other_views=_mean(r["error"] for r in made if not r["in_sink"]),
         )
@@ -395,12 +430,68 @@ def lighting_score(dark_latent: np.ndarray, track: PanoramaTrack) -> LightingSco
     return LightingScore(None if off is None or on is None else (off + on) / 2, off, on)
 
 
+# -------------------------------------------------------------------------------------------- the views
+DRIFT_SHARE = 0.15  # drift compares the first and the last 15% of the video (HeliosBench's protocol)
+
+
+@dataclass
+class ViewScores:
+    """What the views hold over time: objects per view against the truth's, and drift (last 15% minus first 15%
+    of the lit latent frames) of palette fidelity and of objects per view."""
+
+    objects_per_view: float | None  # mean over lit latent frames, per full view (4 x 4 cells)
+    truth_objects_per_view: float | None
+    palette_drift: float | None  # palette fidelity, last 15% minus first 15% (negative: the video decays)
+    objects_drift: float | None  # objects per view, last 15% minus first 15%
+    curve_t: list[float] = field(default_factory=list)  # seconds, per lit latent frame (plots)
+    objects_curve: list[float] = field(default_factory=list)
+
+
+def objects_in_view(classes: np.ndarray, colours: ColourClasses, camera_x: int) -> float:
+    """Cells of one frame's class map [H, W] holding an object, per full view: the cells on the room's grid
+    (where the camera at `camera_x` puts them) wholly in view, each read like a revisit's (`_objects`)."""
+    first = (-int(camera_x)) % CELL
+    starts = range(first, VIEW - CELL + 1, CELL)
+    found = 0
+    for x in starts:
+        region = classes[:, x : x + CELL]
+        found += sum(c is not None for c in _objects(region, np.zeros_like(region, bool), colours).values())
+    return found * (VIEW // CELL) / len(starts)
+
+
+def _objects_per_latent(classes, colours, track: PanoramaTrack, dark_latent) -> tuple[np.ndarray, np.ndarray]:
+    """The lit latent frames and the objects per view each shows."""
+    lit = np.flatnonzero(~dark_latent)
+    ends = latent_end_frame(lit)
+    counts = np.array([objects_in_view(classes[f], colours, track.camera_x[f]) for f in ends])
+    return lit, counts
+
+
+def _drift(values: np.ndarray) -> float | None:
+    n = int(round(DRIFT_SHARE * len(values)))
+    return float(values[-n:].mean() - values[:n].mean()) if n >= 1 and len(values) >= 2 * n else None
+
+
+def view_scores(classes, nearest, dark_latent, colours, track: PanoramaTrack, truth_objects) -> ViewScores:
+    lit, counts = _objects_per_latent(classes, colours, track, dark_latent)
+    palette = (nearest[latent_end_frame(lit)] <= PALETTE_TOLERANCE).mean((1, 2)) if lit.size else np.zeros(0)
+    return ViewScores(
+        objects_per_view=float(counts.mean()) if counts.size else None,
+        truth_objects_per_view=truth_objects,
+        palette_drift=_drift(palette),
+        objects_drift=_drift(counts),
+        curve_t=(lit / LATENTS_PER_SECOND).tolist(),
+        objects_curve=counts.tolist(),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- summary
 HEADLINE = (  # (key, label, higher is better)
+    ("memory_score", "memory score (1: the truth through the codec, 0: chance)", True),
+    *((f"memory_{b}", f"memory score ({b})", True) for b in BUCKETS),
+    ("memory_pan_beyond_fast", "memory score (camera came back, beyond the fast memory)", True),
     ("camera_pans", "camera obeyed (pans)", True),
     ("camera_holds", "camera obeyed (holds)", True),
-    *((f"revisit_error_{b}", f"revisit error ({b})", False) for b in BUCKETS),
-    *((f"permanence_{b}", f"object permanence ({b})", True) for b in BUCKETS),
     ("movers", "mover motion obeyed", True),
     ("lighting", "lighting obeyed", True),
 )
@@ -414,12 +505,15 @@ class PanoramaScores:
     lighting: LightingScore
     palette: float | None  # fraction of lit pixels within PALETTE_TOLERANCE of a legal colour
     revisits: list[dict]
+    memory: MemoryScore
+    views: ViewScores
 
     def headline(self) -> dict[str, float | None]:
         """The numbers the benchmark is judged by (see HEADLINE for which way is better)."""
-        out = {"camera_pans": self.camera.pans, "camera_holds": self.camera.holds}
-        out.update({f"revisit_error_{b}": self.buckets[b].error for b in BUCKETS})
-        out.update({f"permanence_{b}": self.buckets[b].permanence for b in BUCKETS})
+        out = {"memory_score": self.memory.overall}
+        out.update({f"memory_{b}": self.memory.buckets[b] for b in BUCKETS})
+        out["memory_pan_beyond_fast"] = self.memory.pan_beyond_fast
+        out.update({"camera_pans": self.camera.pans, "camera_holds": self.camera.holds})
         out.update({"movers": self.movers.obeyed, "lighting": self.lighting.lighting})
         return out
 
@@ -427,10 +521,12 @@ class PanoramaScores:
         """JSON-ready, every missing number written as "not applicable"."""
         data = {
             "headline": self.headline(),
+            "memory": self.memory.to_json(),
             "camera": asdict(self.camera),
             "revisit_buckets": {b: dict(asdict(s), made_rate=s.made_rate) for b, s in self.buckets.items()},
             "movers": asdict(self.movers),
             "lighting": asdict(self.lighting),
+            "views": asdict(self.views),
             "palette": self.palette,
             "revisits": self.revisits,
         }
@@ -451,42 +547,111 @@ def palette_fidelity(nearest: np.ndarray, dark: np.ndarray, stride: int = LATENT
     return float((nearest[lit] <= PALETTE_TOLERANCE).mean()) if lit.size else None
 
 
-def panorama_scores(frames: np.ndarray, track: PanoramaTrack, video_name: str = "video") -> PanoramaScores:
-    """All panorama metrics of `frames` (uint8 [T, 64, 64, 3]) against the world's script."""
-    check_matches(frames, track, video_name)
-    colours = ColourClasses(track.palette)
-    classes, nearest = colours.classify(frames)
+@dataclass
+class VideoRevisits:
+    """Where a video's camera went and what it showed at each revisit of its script (the measurements every
+    revisit number is built from)."""
+
+    revisits: list[Revisit]
+    why_not: list[str | None]  # None: the revisit happened in the video
+    matches: list[RevisitMatch]
+    estimated_x: np.ndarray
+    dark_latent: np.ndarray
+
+
+def video_revisits(frames: np.ndarray, classes: np.ndarray, colours: "ColourClasses", track: PanoramaTrack):
+    """The revisits of the script as this video shows them, and the video's camera (see `VideoRevisits`)."""
     dark = dark_frames(frames)
     dark_latent = dark[latent_end_frame(np.arange(track.n_latents))]
     camera, estimated_x = camera_score(latent_steps(frames, dark, track.n_latents), track)
-    rows = []
-    for r in track_revisits(track):
-        why_not = revisit_happened(r, estimated_x, dark_latent)
-        row = {
-            "unit": r.unit,
-            "seen_latent": r.seen_latent,
-            "back_latent": r.back_latent,
-            "delay_seconds": r.delay_seconds,
-            "bucket": r.bucket,
-            "cause": r.cause,
-            "in_sink": r.in_sink,
-            "made": why_not is None,
-            "not_made_because": why_not,
-        }
-        row.update(
-            compare_revisit(frames, classes, r, colours)
-            if why_not is None
-            else {"error": None, "mae": None, "objects_before": None, "objects_kept": None, "permanence": None}
-        )
-        rows.append(row)
+    balls = dilate_frames(np.isin(classes, colours.balls), BALL_MASK_DILATE)
+    matcher = PlaceMatcher(classes, balls, latent_end_frame, video_sightings(estimated_x, dark_latent))
+    revisits = track_revisits(track)
+    why_not = [revisit_happened(r, estimated_x, dark_latent) for r in revisits]
+    matches = [matcher.match(r, w is None) for r, w in zip(revisits, why_not)]
+    return VideoRevisits(revisits, why_not, matches, estimated_x, dark_latent), camera, dark
+
+
+@dataclass
+class Reference:
+    """What a video's numbers are relative to, from the world alone: the ground truth's revisit matches through
+    the panorama codec (`memory_score`'s denominator) and the exact truth's objects per view."""
+
+    matches: list[RevisitMatch]
+    objects_per_view: float | None
+
+
+_REFERENCE: dict = {}  # world -> its Reference (the last world asked for: scoring goes world by world)
+
+
+def reference_for(track: PanoramaTrack) -> Reference:
+    """The `Reference` of a world (computed once per world and process)."""
+    key = (track.spec.script.to_jsonl(), track.seed, track.n_frames)
+    if key not in _REFERENCE:
+        from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
+        from contextforcing.data.world.panorama.render import render
+
+        exact = render(track)
+        coded = load_world_codec(PANORAMA_PATH).round_trip(exact)
+        colours = ColourClasses(track.palette)
+        matches = video_revisits(coded, colours.classify(coded)[0], colours, track)[0].matches
+        dark_latent = dark_frames(exact)[latent_end_frame(np.arange(track.n_latents))]
+        _, counts = _objects_per_latent(colours.classify(exact)[0], colours, track, dark_latent)
+        _REFERENCE.clear()
+        _REFERENCE[key] = Reference(matches, float(counts.mean()) if counts.size else None)
+    return _REFERENCE[key]
+
+
+def panorama_scores(
+    frames: np.ndarray,
+    track: PanoramaTrack,
+    video_name: str = "video",
+    reference: Reference | None = None,
+) -> PanoramaScores:
+    """All panorama metrics of `frames` (uint8 [T, 64, 64, 3]) against the world's script, relative to
+    `reference` (default: `reference_for(track)`)."""
+    check_matches(frames, track, video_name)
+    colours = ColourClasses(track.palette)
+    classes, nearest = colours.classify(frames)
+    seen, camera, dark = video_revisits(frames, classes, colours, track)
+    reference = reference_for(track) if reference is None else reference
+    rows = [
+        revisit_row(frames, classes, colours, r, why_not, match, truth)
+        for r, why_not, match, truth in zip(seen.revisits, seen.why_not, seen.matches, reference.matches)
+    ]
     return PanoramaScores(
         camera=camera,
         buckets=bucket_scores(rows),
         movers=mover_score(classes, dark, frames, track, colours),
-        lighting=lighting_score(dark_latent, track),
+        lighting=lighting_score(seen.dark_latent, track),
         palette=palette_fidelity(nearest, dark),
         revisits=rows,
+        memory=memory_score(seen.revisits, seen.matches, reference.matches),
+        views=view_scores(classes, nearest, seen.dark_latent, colours, track, reference.objects_per_view),
     )
+
+
+def revisit_row(frames, classes, colours, r: Revisit, why_not, match: RevisitMatch, truth: RevisitMatch) -> dict:
+    """One revisit of the script in JSON terms: what it is, whether and how it happened, what it scored."""
+    row = {
+        "unit": r.unit,
+        "seen_latent": r.seen_latent,
+        "back_latent": r.back_latent,
+        "delay_seconds": r.delay_seconds,
+        "bucket": r.bucket,
+        "cause": r.cause,
+        "in_sink": r.in_sink,
+        "made": why_not is None,
+        "not_made_because": why_not,
+        **match.to_json(),
+        "truth_memory": truth.score,
+    }
+    if why_not is not None:
+        return row | {k: None for k in REVISIT_FIELDS}
+    row.update(compare_revisit(frames, classes, r, colours))
+    if row["error"] is None:
+        row["not_scored_because"] = "the region is mostly ball-coloured in one of the two frames"
+    return row
 
 
 def panorama_metrics(frames: np.ndarray, track: PanoramaTrack, video_name: str = "video") -> dict:

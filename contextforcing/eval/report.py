@@ -122,8 +122,20 @@ def plot_buckets(results: list[VideoResult], path: Path) -> bool:
     return True
 
 
+def _numeric(*values) -> bool:
+    """Every value is a number (metrics.json writes "not applicable" where an event did not happen)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _points(rows: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+    """(x, y) of the rows where both are numbers; the others are left out of a plot, as metrics.json marks them."""
+    pairs = [(r[x], r[y]) for r in rows if _numeric(r[x], r[y])]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def plot_panorama(results: list[VideoResult], path: Path) -> bool:
-    """Camera position (estimated vs script), revisit error against delay, and the balls' speeds."""
+    """Camera (estimated vs script); per revisit against delay: memory (not made: x at 0), revisit error and PSNR
+    of the revisited region; objects per view over time (truth dashed); the balls' speeds."""
     from contextforcing.data.world.panorama.geometry import FAST_MEMORY_SECONDS as FAST
     from contextforcing.data.world.panorama.geometry import LATENTS_PER_SECOND
     from contextforcing.data.world.panorama.geometry import SLOW_MEMORY_SECONDS as SLOW
@@ -132,39 +144,63 @@ def plot_panorama(results: list[VideoResult], path: Path) -> bool:
     if not pano:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 7.6))
+    camera, memory, error, psnr, objects, balls = axes.flat
     script_x = pano[0].metrics["panorama"]["camera"]["script_x"]
     t = np.arange(len(script_x)) / LATENTS_PER_SECOND
-    axes[0].plot(t, script_x, "k--", label="script")
+    camera.plot(t, script_x, "k--", label="script")
     for r in pano:
         m = r.metrics["panorama"]
-        (line,) = axes[0].plot(t[: len(m["camera"]["estimated_x"])], m["camera"]["estimated_x"], label=r.name)
+        (line,) = camera.plot(t[: len(m["camera"]["estimated_x"])], m["camera"]["estimated_x"], label=r.name)
+        colour = line.get_color()
         made = [v for v in m["revisits"] if v["made"]]
-        axes[1].scatter(
-            [v["delay_seconds"] for v in made],
-            [v["error"] for v in made],
+        missed = [v for v in m["revisits"] if not v["made"]]
+        memory.scatter(
+            *_points(made, "delay_seconds", "memory"),
             s=12,
-            color=line.get_color(),
+            color=colour,
+            label=f"{r.name}: {_fmt(m['headline']['memory_score'])}",
+        )
+        memory.scatter([v["delay_seconds"] for v in missed], [0.0] * len(missed), s=16, marker="x", color=colour)
+        error.scatter(
+            *_points(made, "delay_seconds", "error"),
+            s=12,
+            color=colour,
             label=f"{r.name} ({len(made)}/{len(m['revisits'])} made)",
         )
+        psnr.scatter(*_points(made, "delay_seconds", "psnr"), s=12, color=colour, label=r.name)
+        views = m["views"]
+        objects.plot(views["curve_t"], views["objects_curve"], ".", ms=2, color=colour, label=r.name)
         for ball in m["movers"]["per_ball"].values():
-            curve = ball["curve"]
-            axes[2].plot([c["t"] for c in curve], [c["vx"] for c in curve], ".", color=line.get_color())
-    for v in (FAST, SLOW):
-        axes[1].axvline(v, color="grey", lw=0.8, ls=":")
-    axes[0].set(title="camera (view's left edge, px)", xlabel="time (s)", ylabel="px")
-    axes[1].set(
+            balls.plot(*_points(ball["curve"], "t", "vx"), ".", color=colour)
+    truth_objects = pano[0].metrics["panorama"]["views"]["truth_objects_per_view"]
+    if _numeric(truth_objects):
+        objects.axhline(truth_objects, color="k", ls="--", lw=1, label="truth (mean)")
+    for ax in (memory, error, psnr):
+        for v in (FAST, SLOW):
+            ax.axvline(v, color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="delay (s)", xscale="log")
+    camera.set(title="camera (view's left edge, px)", xlabel="time (s)", ylabel="px")
+    memory.set(
+        title="memory per revisit (x: not made; legend: memory score)", ylabel="1 - error / null", ylim=(-0.05, 1.05)
+    )
+    error.set(
         title="revisit error against delay (lines: fast / slow memory)",
-        xlabel="delay (s)",
         ylabel="fraction of pixels changed",
-        xscale="log",
         ylim=(-0.02, 1.02),
     )
-    axes[2].set(title="ball velocity in the room (dots; per 1 s window)", xlabel="time (s)", ylabel="px / s")
-    for ax in axes[:2]:
+    psnr.set(title="PSNR of revisited regions", ylabel="dB")
+    objects.set(title="objects per view", xlabel="time (s)", ylabel="objects")
+    balls.set(title="ball velocity in the room (per 1 s window)", xlabel="time (s)", ylabel="px / s")
+    for ax in (camera, memory, error, objects):
         ax.legend(fontsize=8)
+    fig.tight_layout()
     _save(fig, path)
     return True
+
+
+def _fmt(v, digits: int = 2) -> str:
+    return f"{v:.{digits}f}" if _numeric(v) else str(v)
 
 
 def _upscale(frame: np.ndarray) -> np.ndarray:
@@ -302,6 +338,8 @@ def _summary_rows(results: list[VideoResult]) -> list[tuple[str, list[str]]]:
 
 
 def _panorama_rows(results: list[VideoResult], fmt) -> list[tuple[str, list[str]]]:
+    from contextforcing.data.world.panorama.geometry import BUCKETS
+    from contextforcing.eval.memory_score import CAUSES
     from contextforcing.eval.panorama_metrics import HEADLINE
 
     def cells(get):
@@ -314,15 +352,35 @@ def _panorama_rows(results: list[VideoResult], fmt) -> list[tuple[str, list[str]
         )
         for key, label, higher in HEADLINE
     ]
-    for bucket, name in (("fast", "fast"), ("slow", "slow"), ("beyond", "beyond")):
+    rows += [(f"panorama: memory score, cause {c}", cells(lambda m, c=c: m["memory"]["causes"][c])) for c in CAUSES]
+    for b in BUCKETS:
         rows.append(
             (
-                f"panorama: revisits made ({name})",
-                cells(
-                    lambda m, b=bucket: f"{m['revisit_buckets'][b]['made']} of {m['revisit_buckets'][b]['revisits']}"
-                ),
+                f"panorama: revisits made ({b})",
+                cells(lambda m, b=b: f"{m['revisit_buckets'][b]['made']} of {m['revisit_buckets'][b]['revisits']}"),
             )
         )
+        for key, label in (
+            ("error", "revisit error"),
+            ("permanence", "object permanence"),
+            ("psnr", "PSNR (dB)"),
+            ("ssim", "SSIM"),
+        ):
+            rows.append(
+                (f"panorama: {label} ({b}, made revisits)", cells(lambda m, b=b, key=key: m["revisit_buckets"][b][key]))
+            )
+    rows.append(
+        (
+            "panorama: objects per view (truth)",
+            cells(lambda m: f"{fmt(m['views']['objects_per_view'])} ({fmt(m['views']['truth_objects_per_view'])})"),
+        )
+    )
+    rows.append(
+        ("panorama: drift of palette fidelity (last 15% - first 15%)", cells(lambda m: m["views"]["palette_drift"]))
+    )
+    rows.append(
+        ("panorama: drift of objects per view (last 15% - first 15%)", cells(lambda m: m["views"]["objects_drift"]))
+    )
     rows.append(("panorama: camera step error (px per latent frame)", cells(lambda m: m["camera"]["error_px"])))
     rows.append(("panorama: palette fidelity", cells(lambda m: m["palette"])))
     return rows

@@ -77,11 +77,22 @@ class PaletteClassifier:
 def nearest_colour(frames: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index [T, H, W] (uint8) of the nearest of `colours` [K, 3] and the RGB distance to it [T, H, W] (float32).
 
-    A running minimum over the K colours, one pass each, never holds a [T, H, W, K] array.
-    """
-    channels = [frames[..., c].astype(np.float32) for c in range(3)]
-    best = np.full(frames.shape[:3], np.inf, np.float32)
-    classes = np.zeros(frames.shape[:3], np.uint8)
+    Computed once per distinct RGB value of the video (flat-coloured frames hold few; a decoded video some
+    thousands), then spread back to the pixels: the same numbers as per pixel, without a [T, H, W, K] array."""
+    flat = frames.reshape(-1, 3).astype(np.int32)
+    keys = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    distinct, where = np.unique(keys, return_inverse=True)
+    rgb = np.stack([(distinct >> 16) & 255, (distinct >> 8) & 255, distinct & 255], 1)
+    classes, distance = _nearest(rgb, colours)
+    shape = frames.shape[:3]
+    return classes[where].reshape(shape), distance[where].reshape(shape)
+
+
+def _nearest(rgb: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest of `colours` [K, 3] for each of rgb [N, 3]: a running minimum over the K colours (ties: the first)."""
+    channels = [rgb[:, c].astype(np.float32) for c in range(3)]
+    best = np.full(len(rgb), np.inf, np.float32)
+    classes = np.zeros(len(rgb), np.uint8)
     for k, colour in enumerate(np.asarray(colours, np.float32)):
         d = (channels[0] - colour[0]) ** 2 + (channels[1] - colour[1]) ** 2 + (channels[2] - colour[2]) ** 2
         closer = d < best

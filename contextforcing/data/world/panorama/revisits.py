@@ -108,3 +108,35 @@ def find_revisits(latent_camera: np.ndarray, latent_lit: np.ndarray) -> list[Rev
 def track_revisits(track) -> list[Revisit]:
     """The revisits of a `PanoramaTrack`."""
     return find_revisits(track.latent_camera, track.latent_lit)
+
+
+def seen_units(track) -> np.ndarray:
+    """[L, UNITS]: the unit is wholly in view and lit at the latent frame (what a frame shows of the room)."""
+    return in_view(track.latent_camera) & np.asarray(track.latent_lit, bool)[:, None]
+
+
+def memory_cells(track, target: list[int], memory: list[int], recent: list[int], cell_px: int) -> np.ndarray:
+    """[len(target), H, W] bool over the latent cells (`cell_px` pixels square) of the `target` latent frames:
+    the cells showing a unit that some `memory` frame showed and no `recent` frame did, so that only the memory
+    (not the recent frames) can restore it. A memory that retrieves places does better there; one that does not
+    cannot."""
+    seen = seen_units(track)
+    in_memory = seen[memory].any(0) if memory else np.zeros(UNITS, bool)
+    in_recent = seen[recent].any(0) if recent else np.zeros(UNITS, bool)
+    needed = in_memory & ~in_recent
+    screen = unit_screen_x(track.latent_camera)
+    size = VIEW // cell_px
+    out = np.zeros((len(target), size, size), bool)
+    for i, k in enumerate(target):
+        for unit in np.flatnonzero(seen[k] & needed):
+            first = screen[k, unit] // cell_px
+            out[i, :, first : first + CELL // cell_px] = True
+    return out
+
+
+def turned(track, px: int):
+    """The same world with the camera turned `px` further round the room at every frame: the same room, lights,
+    balls and events seen from elsewhere (other views of the same room, at the same moments)."""
+    import dataclasses
+
+    return dataclasses.replace(track, camera_x=track.camera_x + px)
