@@ -52,6 +52,21 @@ def oracles():
         "copy the last visible frame (never dark)": (o.copy_last_visible, True),
         "copy the sink (first chunk in a loop)": (o.copy_the_sink, True),
         "**still picture** (first frame)": (o.still_picture, True),
+        "cheat: constant image that darkens when told": (o.constant_darkening, True),
+        "cheat: blurred first view held still (darkens when told)": (o.blurred_still, True),
+        "cheat: memoryless repeating room, 32 px (re-phased after blackouts)": (
+            lambda t, f: o.repeating_room(t, f, 32),
+            True,
+        ),
+        "cheat: memoryless repeating room, 64 px (re-phased after blackouts)": (
+            lambda t, f: o.repeating_room(t, f, 64),
+            True,
+        ),
+        "cheat: forgetting + blur": (o.forgetting_blurred, True),
+        "cheat: wrong room (the view switches rooms after every absence)": (o.wrong_room, True),
+        "cheat: forgetting in a room without objects": (o.forgetting_without_objects, True),
+        "cheat: forgetting in a crowded room (objects in most cells)": (o.forgetting_crowded, True),
+        "control: another seed's room, kept (a legitimate free-running answer)": (o.other_seed_remembered, True),
     }
 
 
@@ -69,17 +84,8 @@ def code_version() -> str:
     """Hash of the sources a cell depends on (world, metrics, oracles): a cache from other code is not reused."""
     package = REPO / "contextforcing"
     files = sorted((package / "data" / "world" / "panorama").glob("*.py"))
-    files += [package / "eval" / "panorama_metrics.py", package / "eval" / "oracles.py"]
+    files += [package / "eval" / name for name in ("panorama_metrics.py", "memory_score.py", "oracles.py")]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
-
-
-def through(codec, frames: np.ndarray) -> np.ndarray:
-    import torch
-
-    from contextforcing.codecs.preview import to_uint8_frames
-
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    return to_uint8_frames(codec.stream_decoder().decode(codec.encode(video))[0])
 
 
 def world_cell(index: int, spec, codec, sheets: Path | None) -> dict:
@@ -94,11 +100,13 @@ def world_cell(index: int, spec, codec, sheets: Path | None) -> dict:
     for label, (make, coded) in oracles().items():
         video = make(track, truth)
         if coded and codec is not None:
-            video = through(codec, video)
+            video = codec.round_trip(video)
         scores = panorama_scores(video, track)
         rows[label] = {
             "headline": scores.headline(),
+            "memory": scores.memory.to_json(),
             "made": {b: [s.made, s.revisits] for b, s in scores.buckets.items()},
+            "errors": {b: s.error for b, s in scores.buckets.items()},
             "psnr": min(psnr_uint8(video, truth), 99.0),
         }  # identical frames: 99 (JSON has no inf)
         if sheets is not None:
@@ -120,10 +128,11 @@ def _fmt(values: list, digits: int) -> str:
 
 
 COLUMNS = (
-    "camera obeyed, pans / holds",
-    "revisit error, fast / slow / beyond",
-    "object permanence, fast / slow / beyond",
+    "memory score, all / fast / slow / beyond",
+    "memory score by cause: camera / lights / both",
+    "revisit error (old metric), fast / slow / beyond",
     "revisits made, fast / slow / beyond",
+    "camera obeyed, pans / holds",
     "movers obeyed",
     "lighting obeyed",
 )
@@ -132,24 +141,29 @@ COLUMNS = (
 def table(cells: list[dict]) -> str:
     lines = ["| oracle | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for label in oracles():
-        heads = [c["rows"][label]["headline"] for c in cells]
+        rows = [c["rows"][label] for c in cells]
 
-        def col(key, digits=2):
-            return _fmt([h[key] for h in heads], digits)
+        def col(get, digits=2):
+            return _fmt([get(r) for r in rows], digits)
 
         made = []
         for b in ("fast", "slow", "beyond"):
-            got = sum(c["rows"][label]["made"][b][0] for c in cells)
-            total = sum(c["rows"][label]["made"][b][1] for c in cells)
+            got, total = sum(r["made"][b][0] for r in rows), sum(r["made"][b][1] for r in rows)
             made.append(f"{got / total:.2f}" if total else "n/a")
         lines.append(
-            f"| {label} | {col('camera_pans')} / {col('camera_holds')} | "
-            + " / ".join(col(f"revisit_error_{b}", 3) for b in ("fast", "slow", "beyond"))
+            f"| {label} | "
+            + " / ".join(
+                [col(lambda r: r["memory"]["memory_score"])]
+                + [col(lambda r, b=b: r["memory"]["buckets"][b]) for b in ("fast", "slow", "beyond")]
+            )
             + " | "
-            + " / ".join(col(f"permanence_{b}") for b in ("fast", "slow", "beyond"))
+            + " / ".join(col(lambda r, c=c: r["memory"]["causes"][c]) for c in ("pan", "lights", "pan+lights"))
+            + " | "
+            + " / ".join(col(lambda r, b=b: r["errors"][b], 3) for b in ("fast", "slow", "beyond"))
             + " | "
             + " / ".join(made)
-            + f" | {col('movers')} | {col('lighting')} |"
+            + f" | {col(lambda r: r['headline']['camera_pans'])} / {col(lambda r: r['headline']['camera_holds'])}"
+            + f" | {col(lambda r: r['headline']['movers'])} | {col(lambda r: r['headline']['lighting'])} |"
         )
     return "\n".join(lines)
 

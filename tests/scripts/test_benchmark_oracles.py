@@ -42,11 +42,14 @@ def test_table_goes_between_the_markers_and_reruns_read_the_cache(one_short_worl
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
-    assert rows["| ground truth, exact frames (no codec)"].endswith(
-        "| 1.00 / 1.00 | 0.000 / 0.000 / n/a | n/a / 1.00 / n/a | 1.00 / 1.00 / n/a | 1.00 | 1.00 |"
-    )
+    # memory score over every revisit (the truth's exact frames against the truth through the panorama codec,
+    # which codec none still uses as the reference), then the old revisit error, made, camera, movers, lights
+    truth = rows["| ground truth, exact frames (no codec)"].split(" | ")
+    assert float(truth[1].split(" / ")[0]) >= 1.0
+    assert truth[3:] == ["0.000 / 0.000 / n/a", "1.00 / 1.00 / n/a", "1.00 / 1.00", "1.00", "1.00 |"]
     assert "1 held-out worlds of 14 s" in text
-    assert "| 0.00 / 1.00 | n/a / n/a / n/a |" in rows["| **still picture** (first frame)"]
+    still = rows["| **still picture** (first frame)"].split(" | ")
+    assert still[1] == "0.00 / 0.00 / 0.00 / n/a" and still[3:5] == ["n/a / n/a / n/a", "0.00 / 0.00 / n/a"]
     monkeypatch.setattr(bo, "world_cell", lambda *a: pytest.fail("cached world recomputed"))
     assert bo.main(args) == 0
     assert doc.read_text() == text

@@ -62,39 +62,40 @@ def test_a_passed_gate_is_recorded_and_not_measured_again(tmp_path, monkeypatch,
     assert gate["passed"] and gate["numbers"] == {"x": 1.0}
 
 
+CFG = type("Cfg", (), {"stage": type("S", (), {"memory": {}, "model": "world"})()})()
+
+
 @pytest.mark.parametrize(
-    "teacher, student, passed", [(0.2, 0.4, True), (0.5, 0.4, False), (None, 0.4, False), (0.3, None, True)]
+    "teacher, student, passed", [(0.6, 0.4, True), (0.3, 0.4, False), (None, 0.4, False), (0.3, None, False)]
 )
-def test_the_stage1_gate_asks_the_teacher_to_recall_better(monkeypatch, teacher, student, passed):
-    def behaviour(weights, memory, count, sampling=None):
-        value = teacher if sampling else student
-        return {"revisit_error_beyond_fast": value, "revisits_beyond_fast_made": 0 if value is None else 10}
+def test_the_stage1_gate_asks_the_teacher_to_remember_more_and_fails_on_a_missing_number(
+    monkeypatch, teacher, student, passed
+):
+    def behaviour(weights, cfg, count, sampling=None):
+        return {"memory_beyond_fast": teacher if sampling else student}
 
     monkeypatch.setattr(gates, "behaviour", behaviour)
-    result = gates.dmd_gate(Path("exports"), type("Cfg", (), {"stage": type("S", (), {"memory": {}})()})(), 2)
+    result = gates.dmd_gate(Path("exports"), CFG, 2)
     assert result.passed == passed and "teacher" in result.line
 
 
 @pytest.mark.parametrize(
     "stage2, passed",
     [
-        ({"e": 0.3, "camera_pans": 0.5, "movers": 0.5}, True),
-        ({"e": 0.5, "camera_pans": 0.5, "movers": 0.5}, False),
-        ({"e": 0.3, "camera_pans": 0.3, "movers": 0.5}, False),
+        ({"m": 0.4, "camera_pans": 0.5, "movers": 0.5}, True),
+        ({"m": 0.3, "camera_pans": 0.5, "movers": 0.5}, False),
+        ({"m": 0.5, "camera_pans": 0.3, "movers": 0.5}, False),
+        ({"m": None, "camera_pans": 0.5, "movers": 0.5}, False),
+        ({"m": 0.5, "camera_pans": 0.5, "movers": None}, False),
     ],
 )
-def test_the_stage2_gate_asks_for_better_recall_without_losing_motion(monkeypatch, stage2, passed):
-    stage1 = {"e": 0.4, "camera_pans": 0.5, "movers": 0.5}
+def test_the_stage2_gate_asks_to_remember_as_much_without_losing_motion(monkeypatch, stage2, passed):
+    stage1 = {"m": 0.4, "camera_pans": 0.5, "movers": 0.5}
 
-    def behaviour(weights, memory, count, sampling=None):
+    def behaviour(weights, cfg, count, sampling=None):
         m = stage2 if "cdmd" in str(weights) else stage1
-        return {
-            "revisit_error_beyond_fast": m["e"],
-            "revisits_beyond_fast_made": 10,
-            "camera_pans": m["camera_pans"],
-            "movers": m["movers"],
-        }
+        return {"memory_beyond_fast": m["m"], "camera_pans": m["camera_pans"], "movers": m["movers"]}
 
     monkeypatch.setattr(gates, "behaviour", behaviour)
-    result = gates.cdmd_gate(Path("exports"), type("Cfg", (), {"stage": type("S", (), {"memory": {}})()})(), 2)
+    result = gates.cdmd_gate(Path("exports"), CFG, 2)
     assert result.passed == passed
