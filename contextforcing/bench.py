@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from contextforcing import loading, perf
-from contextforcing.config import get_preset
+from contextforcing.config import SamplingConfig, get_preset
 from contextforcing.errors import UserError
 from contextforcing.generation import check_seed
+from contextforcing.limits import MemoryTooLarge, check_stream
 from contextforcing.memory.policies import MemorySpec, make_spec
 from contextforcing.pipeline import Pipeline, resolve_memory
 
@@ -199,15 +200,16 @@ def _check_request(
     """Memory spec and latent frames, with every check (sizes against the device too) before a model is built."""
     cfg = get_preset(preset)
     if weights.get("random_init") or weights.get("wan_dir") or weights.get("checkpoint"):
-        trained = make_spec(loading.FIELD_MEMORY)
+        trained, sampling = make_spec(loading.FIELD_MEMORY), SamplingConfig()
     else:
         loading.check_embedded_preset(preset)
-        trained = loading.embedded_memory(loading.embedded_config())
+        config = loading.embedded_config()
+        trained, sampling = loading.embedded_memory(config), loading.embedded_sampling(config)
     spec = resolve_memory(trained, {"policy": memory, **memory_options}, cfg.video.chunk_frames)
     num_frames = cfg.video.latent_frames_for(seconds)
     check_seed(seed)
     dev, dt = loading.resolve_device(device, dtype)
-    perf.check_memory_fits(spec, cfg.model, cfg.video, dt, dev, num_frames)
+    check_stream(spec, sampling, cfg.model, cfg.video, dtype=dt, device=dev, max_frames=num_frames)
     return spec, num_frames
 
 
@@ -218,7 +220,7 @@ def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:
     for name in perf.POLICIES:
         try:
             results.append(run_bench(preset, seconds, name, {}, **kwargs))
-        except (torch.OutOfMemoryError, perf.MemoryTooLarge) as err:
+        except (torch.OutOfMemoryError, MemoryTooLarge) as err:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             results.append({"memory": {"policy": name}, "error": f"out of memory: {str(err).splitlines()[0]}"})

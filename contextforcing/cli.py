@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
+import os
+import signal
 import sys
 from typing import Callable
 
-from contextforcing.errors import Interrupted, UserError
+from contextforcing.errors import Interrupted, UserError, say
 from contextforcing.outputs import InterruptGuard
 
 # Subcommands that live beside the code they drive; each module exposes register(subparsers).
@@ -225,24 +228,82 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(parse: Callable[[], argparse.Namespace]) -> int:
-    """Parse, then run the command; bad input is one line and exit code 2, Ctrl-C one line and exit code 130."""
+    """Parse, then run the command; bad input is one line and exit code 2, a stop signal (Ctrl-C, SIGTERM,
+    SIGHUP) one line and exit code 128 + the signal, a standard output that cannot take the command's output
+    one line (a full device) or nothing (a reader that stopped reading, `| head -1`)."""
     try:
         # Parsing imports torch. A Ctrl-C that lands inside a C extension's import can leave the interpreter
         # broken (half-initialised modules, or CPython's flag that kills the process by SIGINT at exit after
-        # printing our line), so it is held until the imports are done, then acted on.
-        with InterruptGuard() as startup:
+        # printing our line), so it is held until the imports are done, then acted on (as the guard ends).
+        with InterruptGuard():
             args = parse()
-        if startup.interrupted:
-            raise KeyboardInterrupt
-        return args.func(args)
+        with StdoutGuard() as stdout:
+            code = args.func(args)
+            stdout.flush()
+        return code
     except UserError as err:
-        print(f"contextforcing: error: {err}", file=sys.stderr)
+        say(f"contextforcing: error: {err}")
         return 2
+    except StdoutFailed as err:
+        return err.exit_code()
     except KeyboardInterrupt as err:
         # An `Interrupted` says what its job kept; a bare Ctrl-C claims nothing it cannot know.
         kept = f"; {err}" if isinstance(err, Interrupted) and str(err) else ""
-        print(f"contextforcing: interrupted{kept}", file=sys.stderr)
-        return 130
+        signum = getattr(err, "signum", signal.SIGINT)
+        by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        say(f"contextforcing: interrupted{by}{kept}")
+        return 128 + signum
+
+
+class StdoutFailed(Exception):
+    """Standard output refused a write: its reader went away (EPIPE) or its device is full."""
+
+    def __init__(self, err: OSError):
+        super().__init__(err.strerror or str(err))
+        self.errno = err.errno
+
+    def exit_code(self) -> int:
+        if self.errno == errno.EPIPE:  # `generate ... | head -1`: the reader had what it wanted; the job is done
+            return 0
+        say(f"contextforcing: error: cannot write to standard output: {self}")
+        return 2
+
+
+class StdoutGuard:
+    """`sys.stdout` for the length of a command, through a proxy whose failed writes raise `StdoutFailed`: a
+    closed pipe or a full device is told apart from the command's own errors."""
+
+    def __init__(self):
+        self.stream = None
+
+    def __enter__(self) -> "StdoutGuard":
+        self.stream, sys.stdout = sys.stdout, self
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        sys.stdout = self.stream
+        if kind is StdoutFailed and self.stream is sys.__stdout__:
+            # Nothing more can be written there; the interpreter's own flush at exit must not try again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self.stream.fileno())
+            finally:
+                os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as err:
+            raise StdoutFailed(err) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as err:
+            raise StdoutFailed(err) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 if __name__ == "__main__":

@@ -254,10 +254,13 @@ def _coerce(value: Any, default: Any, what: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{what} must be a number, got {value!r}")
         if isinstance(default, int) and not isinstance(default, bool):
-            if float(value) != int(value):
+            if not math.isfinite(value) or float(value) != int(value):
                 raise UserError(f"{what} must be an integer, got {value!r}")
             return int(value)
         return float(value)
     if isinstance(default, tuple):
-        return tuple(value)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{what} must be a list, got {value!r}")
+        # Each item like the default's (a list of timesteps holds numbers); an empty default says nothing.
+        return tuple(_coerce(v, default[0], what) for v in value) if default else tuple(value)
     return value

@@ -1,10 +1,11 @@
 """The exception types the command line turns into one line, and the one-line helpers they share.
 
 The CLI turns a `UserError` into a one-line message on stderr and exit code 2, and an `Interrupted` (a
-KeyboardInterrupt that knows what the job kept) into one line and exit code 130; everything else is a bug
-and keeps its traceback.
+KeyboardInterrupt that knows what the job kept and which signal stopped it) into one line and exit code 128 +
+the signal (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); everything else is a bug and keeps its traceback.
 """
 
+import signal
 import sys
 
 
@@ -13,7 +14,12 @@ class UserError(ValueError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C after which the job finished its writes; the message says what it kept (or that it kept nothing)."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP) after which the job finished its writes; the message says what it
+    kept (or that it kept nothing), `signum` which signal it was (the exit code is 128 + signum)."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 def first_line(exc: BaseException) -> str:
@@ -22,9 +28,36 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """`text` for a one-line message: whole when short, else its start and how long it was (an error must not
+    echo a megabyte of input back)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20].rstrip()}... ({len(text):,} characters)"
+
+
+def quote(text: str, limit: int = 80) -> str:
+    """User text (a prompt) quoted for a one-line message: `repr` of it whole when short, else of its start, with
+    its length."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[: limit - 20]!r}... ({len(text):,} characters)"
+
+
 def note(message: str) -> None:
-    """One line on stderr in the CLI's format, for what a job decided on its own (e.g. a resumed run's changes)."""
-    print(f"contextforcing: {message}", file=sys.stderr, flush=True)
+    """One line on stderr in the CLI's format, for what a job decided on its own (e.g. a resumed run's changes).
+    A stderr that is gone (the terminal closed: SIGHUP) loses the line, never the job."""
+    say(f"contextforcing: {message}")
+
+
+def say(line: str) -> None:
+    """`line` on stderr, if stderr can still take it."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # EIO from a hung-up terminal, EPIPE, a closed stream
+        pass
 
 
 def warn(message: str) -> None:

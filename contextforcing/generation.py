@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from contextforcing import loading
-from contextforcing.config import ModelConfig, VideoConfig, from_dict, get_preset
+from contextforcing.config import ModelConfig, SamplingConfig, VideoConfig, from_dict, get_preset
 from contextforcing.data.video import VideoWriter, check_output, publish_video
-from contextforcing.errors import Interrupted, UserError
+from contextforcing.errors import Interrupted, UserError, quote
+from contextforcing.limits import check_stream
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec
 from contextforcing.outputs import InterruptGuard, OutputLock
-from contextforcing.perf import check_memory_fits
 from contextforcing.pipeline import Generation, Pipeline, Prompt, read_init_clip, resolve_memory
 from contextforcing.prompts import place_script, placement, read_prompt_script
 
@@ -115,11 +115,12 @@ def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPla
         config = loading.embedded_config()
         video = from_dict(VideoConfig, config["video"], where="embedded video")
         model_cfg = from_dict(ModelConfig, config["model"], where="embedded model")
-        trained = loading.embedded_memory(config)
+        trained, sampling = loading.embedded_memory(config), loading.embedded_sampling(config)
     else:
         preset = pipeline.preset if pipeline else get_preset(req.preset)
         video, model_cfg = preset.video, preset.model
         trained = pipeline.memory if pipeline else make_spec(loading.FIELD_MEMORY)
+        sampling = pipeline.sampling if pipeline else SamplingConfig()
     spec = resolve_memory(trained, {"policy": req.memory, **req.memory_options}, video.chunk_frames)
     check_recache(spec, req.recache, req.flush_on_switch)
     num_frames = video.latent_frames_for(req.seconds)
@@ -129,7 +130,7 @@ def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPla
         (pipeline.device, pipeline.model.dtype) if pipeline else loading.resolve_device(req.device, req.dtype)
     )
     init_frames = 0 if init_pixels is None else 1 + (init_pixels.shape[2] - 1) // video.vae_stride_t
-    check_memory_fits(spec, model_cfg, video, dtype, device, num_frames + init_frames)
+    check_stream(spec, sampling, model_cfg, video, dtype=dtype, device=device, max_frames=num_frames + init_frames)
     for p in placed:  # where each prompt starts in the written mp4
         p["pixel_frame"] = _first_pixel(p["frame"], video.vae_stride_t, primed=init is not None)
     return RunPlan(spec, video, num_frames, placed, init)
@@ -138,9 +139,10 @@ def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPla
 def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, progress: bool = True) -> dict:
     """Generate `req.out` (mp4) and its sidecar (.json), published together (`outputs.publish_with`).
 
-    A second run on the same --out is refused while this one runs (`outputs.OutputLock`). Ctrl-C stops the
-    generation at once and keeps a playable mp4 of the chunks done, with a sidecar marked interrupted; the
-    write and the publish are never cut short, not even by a second Ctrl-C (`outputs.InterruptGuard`).
+    A second run on the same --out is refused while this one runs (`outputs.OutputLock`). Ctrl-C, SIGTERM or
+    SIGHUP stops the generation at once and keeps a playable mp4 of the chunks done, with a sidecar marked
+    interrupted; the write and the publish are never cut short, not even by a second signal
+    (`outputs.InterruptGuard`).
     """
     out = check_output(req.out)
     check_seed(req.seed)
@@ -151,14 +153,13 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
                 pipeline = pipeline or pipeline_for(req)
                 generation = _start(pipeline, plan, req)
         except KeyboardInterrupt:
-            raise Interrupted("nothing was written") from None
+            raise Interrupted("nothing was written", guard.signum) from None
         writer = VideoWriter(out, fps=plan.video.fps)
         try:
             began = time.perf_counter()
             chunks, stopped = _stream_into(writer, generation, guard, progress)
-            interrupted = stopped or guard.interrupted
             sidecar = {
-                **generation.record(chunks, interrupted),
+                **generation.record(chunks, stopped or guard.interrupted),
                 "prompts": plan.placed,
                 "prompt_script": req.prompts,
                 "init": _init_record(plan, generation),
@@ -168,10 +169,11 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
         except BaseException:
             writer.discard()
             raise
-    if interrupted or guard.interrupted:
-        raise Interrupted(
-            f"kept {out} ({writer.frames_written} frames) and its sidecar" if published else "nothing was written"
-        )
+        if stopped or guard.interrupted:  # raised inside the guard, so that it says what was kept
+            kept = (
+                f"kept {out} ({writer.frames_written} frames) and its sidecar" if published else "nothing was written"
+            )
+            raise Interrupted(kept, guard.signum)
     return sidecar
 
 
@@ -239,5 +241,5 @@ def request_from_args(args) -> GenerationRequest:
 def _parse_switch(text: str) -> tuple[int, str]:
     chunk, sep, prompt = text.partition(":")
     if not sep or not chunk.strip().isdigit() or not prompt.strip():
-        raise UserError(f"--switch {text!r} must look like CHUNK:PROMPT, e.g. 10:a blue cube")
+        raise UserError(f"--switch {quote(text)} must look like CHUNK:PROMPT, e.g. 10:a blue cube")
     return int(chunk), prompt.strip()

@@ -30,7 +30,6 @@ import re
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from contextforcing.errors import UserError, first_line, format_bytes
+from contextforcing.errors import Interrupted, UserError, first_line, format_bytes, note, quote
 
 try:  # POSIX; where it is missing (Windows) outputs are still atomic but not locked
     import fcntl
@@ -46,6 +45,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 TEMP_MARK = ".part"
+_RANDOM_CHARS = 8  # what tempfile.mkstemp puts between a temporary name's prefix and suffix
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)  # filesystems that do not support flock
 
 
@@ -84,7 +84,25 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise UserError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise UserError(f"output directory {parent} is not writable")
+    check_name_fits(path)
     return path
+
+
+def check_name_fits(path: Path, companions: tuple[Path, ...] = ()) -> None:
+    """Fail early unless the temporary names `path` and its `companions` (a video's sidecar) are written under
+    (`temp_beside`) fit the filesystem's limit on a file name: one that fits only without them would fail after
+    the work, at the write."""
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return
+    temporary = max(len(os.fsencode(_temp_name(p, "x" * _RANDOM_CHARS))) for p in (path, *companions))
+    if temporary > limit:
+        longest = limit - (temporary - len(os.fsencode(path.name)))
+        raise UserError(
+            f"output name {quote(path.name)} is too long: it is written under a temporary name of {temporary} bytes, "
+            f"more than the {limit} a file name may have in {path.parent}; use at most {longest} bytes"
+        )
 
 
 def check_creatable(path: str | os.PathLike, directory: bool = False, what: str = "output") -> Path:
@@ -124,9 +142,15 @@ def temp_beside(dest: str | os.PathLike) -> Path:
     """A new empty file with a unique name in dest's directory, keeping dest's extension (encoders and
     savers choose their format from it): `.NAME.XXXXXXXX.part.EXT`."""
     dest = Path(dest)
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=f"{TEMP_MARK}{dest.suffix}")
+    prefix, suffix = _temp_name(dest).split("/")
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=prefix, suffix=suffix)
     os.close(fd)
     return Path(name)
+
+
+def _temp_name(dest: Path, random: str = "/") -> str:
+    """`temp_beside`'s name for `dest` with `random` where mkstemp puts its random characters."""
+    return f".{dest.stem}.{random}{TEMP_MARK}{dest.suffix}"
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -364,53 +388,68 @@ class OutputLock:
         self.release()
 
 
-# -- Ctrl-C -----------------------------------------------------------------------------------------------------
-class InterruptGuard:
-    """The Ctrl-C (SIGINT) policy of a job that writes files, for the duration of a `with` block.
+# -- Ctrl-C, SIGTERM, SIGHUP -------------------------------------------------------------------------------------
+# What stops a job from outside: a terminal's Ctrl-C (SIGINT), a job scheduler or `kill` (SIGTERM; torchrun forwards
+# it to every worker), a closed terminal or ssh session (SIGHUP). Each is handled like Ctrl-C.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-    Inside the block a SIGINT is held: counted, never raised, so no write or cleanup can be cut short; the job
+
+class InterruptGuard:
+    """The stop-signal policy (Ctrl-C, SIGTERM, SIGHUP: `STOP_SIGNALS`) of a job that writes files, for the
+    duration of a `with` block.
+
+    Inside the block a stop signal is held: counted, never raised, so no write or cleanup can be cut short; the job
     checks `interrupted` where it can stop (a trainer after each step, a writer before publishing). Inside
-    `interruptible()`, around long work that writes nothing (loading, computing a chunk), the first SIGINT
-    raises KeyboardInterrupt at once, and one held before the block raises on entering it. Only the first
-    SIGINT ever raises; later ones are only counted, so a second Ctrl-C can never cut the cleanup of the first
-    short. `notice`, if given, is printed to stderr on the first SIGINT. Signal handlers belong to the main
-    thread: in another thread the guard changes nothing.
+    `interruptible()`, around long work that writes nothing (loading, computing a chunk), the first signal raises
+    `Interrupted` (a KeyboardInterrupt that knows its signal) at once, and one held before the block raises on
+    entering it. Only the first signal ever raises; later ones are only counted, so a second Ctrl-C can never cut
+    the cleanup of the first short. A signal held to the end of the block that nothing acted on is raised as the
+    block ends, after its writes: a SIGTERM is never swallowed. `notice`, if given, is printed to stderr on the
+    first signal. A SIGTERM or SIGHUP the process was started with ignored (`nohup`) stays ignored. Signal
+    handlers belong to the main thread: in another thread the guard changes nothing.
     """
 
     def __init__(self, notice: str | None = None):
-        self.count, self.notice = 0, notice
-        self._open, self._raised, self._previous = 0, False, None
+        self.count, self.notice, self.signum = 0, notice, signal.SIGINT
+        self._open, self._raised, self._previous = 0, False, {}
 
     def __enter__(self) -> "InterruptGuard":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in STOP_SIGNALS:
+                if signum != signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
+                self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+    def __exit__(self, kind, value, traceback) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous = {}
+        if self.count and not self._raised and kind is None:
+            self._raised = True
+            raise Interrupted("", self.signum)
 
     @property
     def interrupted(self) -> bool:
         return self.count > 0
 
-    def _on_sigint(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         self.count += 1
         if self.count > 1:
             return
+        self.signum = signum
         if self.notice:
-            print(f"contextforcing: {self.notice}", file=sys.stderr, flush=True)
+            note(self.notice)
         if self._open:
             self._raised = True
-            raise KeyboardInterrupt
+            raise Interrupted("", signum)
 
     @contextmanager
     def interruptible(self) -> Iterator[None]:
-        """A block that the first Ctrl-C stops at once (it must leave no file half-written)."""
-        if self.count and not self._raised:  # a Ctrl-C held until now: act on it here
+        """A block that the first stop signal ends at once (it must leave no file half-written)."""
+        if self.count and not self._raised:  # a signal held until now: act on it here
             self._raised = True
-            raise KeyboardInterrupt
+            raise Interrupted("", self.signum)
         self._open += 1
         try:
             yield

@@ -19,15 +19,13 @@ current chunk included); `full` attends every frame so far, so its keys grow wit
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from contextforcing.config import ModelConfig, Preset, SamplingConfig, VideoConfig
-from contextforcing.errors import UserError, format_bytes
+from contextforcing.errors import format_bytes
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import POLICY_OPTIONS, MemorySpec, make_spec, tier_params
 
@@ -191,45 +189,6 @@ def kv_bytes(
         "resident_gather": allocated + gather,
         "resident_slots": allocated + rotated,
     }
-
-
-class MemoryTooLarge(UserError):
-    """A context memory that would not fit in the device's free memory (refused before allocating it)."""
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Memory a new allocation on `device` can still get: free CUDA memory, or the host's MemAvailable
-    (Linux /proc/meminfo; else the free physical pages). None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory_fits(
-    spec: MemorySpec, model: ModelConfig, video: VideoConfig, dtype: torch.dtype, device: torch.device, max_frames: int
-) -> int:
-    """The bytes of a stream's context memory (its K/V store and the view it is read through), refused with
-    one line, before anything is allocated, when they exceed what the device has free. Weights and
-    activations come on top, so passing is necessary, not sufficient."""
-    kv = kv_bytes(spec, model, video, dtype, max_frames=max_frames)
-    need, have = kv["resident_slots"], available_bytes(device)
-    if have is not None and need > have:
-        frames = kv["allocated"] // kv["frame_bytes_all_layers"]
-        raise MemoryTooLarge(
-            f"the {spec.name} memory holds up to {frames:,} latent frames of "
-            f"{format_bytes(kv['frame_bytes_all_layers'])} each: {format_bytes(need)} ({need:,} bytes) "
-            f"of K/V, more than the {format_bytes(have)} available on {device}; lower the memory sizes or --seconds"
-        )
-    return need
 
 
 # -- the floor ---------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from contextforcing import loading
 from contextforcing.config import SamplingConfig, VideoConfig, from_dict
 from contextforcing.data.video import read_video, save_video
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, quote, shorten
+from contextforcing.limits import check_stream
 from contextforcing.loading import Parts
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec, tier_params
@@ -80,6 +81,15 @@ class Video:
 
 
 @dataclass(frozen=True)
+class StreamOptions:
+    """What a stream is asked to do, checked (`Pipeline.stream_options`)."""
+
+    memory: MemorySpec
+    sampling: SamplingConfig
+    num_frames: int | None  # latent frames to generate (None: until the generation is closed)
+
+
+@dataclass(frozen=True)
 class Prompt:
     """A prompt and the chunk it takes effect from."""
 
@@ -115,8 +125,6 @@ class Generation:
         self.pipe, self.memory, self.sampling, self.seed, self.decode = pipe, memory, sampling, seed, decode
         self.num_frames = num_frames
         self.chunks_total = None if num_frames is None else -(-num_frames // video.chunk_frames)
-        if num_frames is None and tier_params(memory, video.chunk_frames).capacity is None:
-            raise UserError(f"memory {memory.name!r} grows with the video: give a length (seconds)")
         check_recache(memory, recache, flush_on_switch or any(p.flush for p in switches))
         self.flush_on_switch = flush_on_switch
         self.prompts = [Prompt(prompt, 0)]
@@ -159,12 +167,12 @@ class Generation:
         for p in self._pending:
             if p.chunk <= last:
                 raise UserError(
-                    f"prompt switch to {p.text!r} lands on chunk {p.chunk}, not after chunk {last}; "
+                    f"prompt switch to {quote(p.text)} lands on chunk {p.chunk}, not after chunk {last}; "
                     f"switches land on chunk boundaries, space them further apart"
                 )
             if self.chunks_total is not None and p.chunk >= self.chunks_total:
                 raise UserError(
-                    f"prompt switch to {p.text!r} at chunk {p.chunk} is past the video's {self.chunks_total} chunks"
+                    f"prompt switch to {quote(p.text)} at chunk {p.chunk} is past the video's {self.chunks_total} chunks"
                 )
             last = p.chunk
 
@@ -174,6 +182,8 @@ class Generation:
 
     def switch(self, prompt: str, flush: bool | None = None) -> int:
         """Switch to `prompt` from the next chunk on; returns the chunk it takes effect from."""
+        if self.closed:
+            raise UserError("the generation is closed: it takes no more prompt switches")
         prompt = self.pipe.check_prompt(prompt)
         flush = self.flush_on_switch if flush is None else flush
         check_recache(self.memory, self.stream.recache, flush)
@@ -358,6 +368,27 @@ class Pipeline(Parts):
             raise UserError(f"sampling must be a SamplingConfig or a dict of options, got {type(sampling).__name__}")
         return from_dict(SamplingConfig, {**dataclasses.asdict(self.sampling), **sampling}, where="sampling")
 
+    def stream_options(
+        self,
+        memory: MemorySpec | str | dict | None = None,
+        sampling: SamplingConfig | dict | None = None,
+        seconds: float | None = None,
+        init_pixels: torch.Tensor | None = None,
+    ) -> StreamOptions:
+        """A call's memory, sampling and length, checked (`limits.check_stream`: ranges, and the context memory
+        against what the device has free) before anything is allocated. `init_pixels`: a clip the memory holds too."""
+        video = self.preset.video
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+            raise UserError(f"seconds must be a number (or None: until closed), got {shorten(repr(seconds))}")
+        num_frames = None if seconds is None else video.latent_frames_for(seconds)
+        spec, sampling = self.memory_for(memory), self.sampling_for(sampling)
+        init_frames = 0 if init_pixels is None else 1 + (init_pixels.shape[2] - 1) // video.vae_stride_t
+        max_frames = None if num_frames is None else num_frames + init_frames
+        check_stream(
+            spec, sampling, self.preset.model, video, dtype=self.model.dtype, device=self.device, max_frames=max_frames
+        )
+        return StreamOptions(spec, sampling, num_frames)
+
     def check_prompt(self, prompt: str) -> str:
         """The prompt stripped, or a UserError if it is empty or the model cannot read it."""
         if not isinstance(prompt, str) or not prompt.strip():
@@ -418,15 +449,15 @@ class Pipeline(Parts):
         latent frames (counted from the start) to clean latents the video must show (evaluation
         protocols); `decode=False` skips the codec (benchmarks of the transformer alone)."""
         prompt = self.check_prompt(prompt)
-        num_frames = None if seconds is None else self.preset.video.latent_frames_for(seconds)
         init_pixels, _ = read_init_clip(self.preset.video, init_video, init_image)
+        options = self.stream_options(memory, sampling, seconds, init_pixels)
         return Generation(
             self,
             prompt,
-            num_frames,
+            options.num_frames,
             seed=seed,
-            memory=self.memory_for(memory),
-            sampling=self.sampling_for(sampling),
+            memory=options.memory,
+            sampling=options.sampling,
             negative_prompt=negative_prompt,
             switches=self.place(switches, flush_on_switch),
             recache=recache,

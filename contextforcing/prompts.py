@@ -16,12 +16,28 @@ def read_prompt_script(path: str) -> list[tuple[int, float, str]]:
     if not path.is_file():
         raise UserError(f"prompt script {path} does not exist")
     entries: list[tuple[int, float, str]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
         if line.strip():
             entries.append(_script_entry(line, f"{path} line {number}", number, entries))
     if not entries:
         raise UserError(f"prompt script {path} has no prompts")
     return entries
+
+
+def _read_text(path: Path) -> str:
+    """The script's text, or one line saying why it cannot be read (not UTF-8: where the first bad byte is)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read prompt script {path}: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(
+            f"prompt script {path} line {line} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+            f"{err.start}); save it as UTF-8"
+        ) from None
 
 
 def _script_entry(line: str, where: str, number: int, before: list) -> tuple[int, float, str]:

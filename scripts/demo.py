@@ -8,6 +8,8 @@ Writes, under --out:
     slow_fast.mp4/.json  the shipped model with the memory it was trained with (sidecar: the memory trace)
     rolling.mp4/.json    the same model, script and seed with a 3 s rolling window (`rolling`, window 12)
     *.npy                the frames of all three, lossless, for `contextforcing eval`
+Every file is written whole or not at all (contextforcing.outputs' atomic writers): a failed write (a full disk)
+stops the demo with one line and leaves no partial file under a final name.
     side_by_side.mp4     truth | slow_fast | rolling, one frame each, with a gap
     sheet_*.png          contact sheets (one frame every 2 s)
 Then `make demo` runs `contextforcing eval` on the two generated videos with the tour's annotations
@@ -66,6 +68,14 @@ def write_video(path: Path, frames: np.ndarray, fps: int, what: str) -> None:
     save_video(path, frames, fps, {"demo": what, "seconds": SECONDS})
 
 
+def write_npy(path: Path, frames: np.ndarray) -> None:
+    """Lossless frames for `contextforcing eval`, whole or not at all (a full disk must not leave a short .npy
+    under its final name for `make demo` to evaluate)."""
+    from contextforcing.outputs import write_atomic
+
+    write_atomic(path, lambda tmp: np.save(tmp, frames))
+
+
 def side_by_side(videos: list[np.ndarray], gap: int = 4) -> np.ndarray:
     t, h, w, _ = videos[0].shape
     out = np.full((t, h, len(videos) * w + (len(videos) - 1) * gap, 3), 255, np.uint8)
@@ -83,18 +93,19 @@ def main(argv=None) -> int:
     from contextforcing.data.world.panorama import PanoramaSpec, render, simulate, track_revisits, track_to_json
     from contextforcing.eval.panorama_runs import generate, world_pipeline
     from contextforcing.eval.report import contact_sheet
+    from contextforcing.outputs import write_text_atomic
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         spec = PanoramaSpec(tour(), args.seed, SECONDS).validate()
-        (args.out / "tour.jsonl").write_text(spec.script.to_jsonl())
+        write_text_atomic(args.out / "tour.jsonl", spec.script.to_jsonl())
         track = simulate(spec)
         truth = render(track)
         (args.out / "truth").mkdir(exist_ok=True)
         write_json_atomic(args.out / "truth" / "annotations.json", track_to_json(track))
-        (args.out / "truth" / "script.jsonl").write_text(spec.script.to_jsonl())
+        write_text_atomic(args.out / "truth" / "script.jsonl", spec.script.to_jsonl())
         write_video(args.out / "truth" / "video.mp4", truth, 16, "the ground truth of the tour")
-        np.save(args.out / "truth.npy", truth)
+        write_npy(args.out / "truth.npy", truth)
         buckets = {}
         for r in track_revisits(track):
             buckets[r.bucket] = buckets.get(r.bucket, 0) + 1
@@ -107,7 +118,7 @@ def main(argv=None) -> int:
         for name, memory in (("slow_fast", None), ("rolling", ROLLING)):
             video = generate(pipe, spec, memory=memory)
             pipe.save(video, args.out / f"{name}.mp4")
-            np.save(args.out / f"{name}.npy", video.frames)
+            write_npy(args.out / f"{name}.npy", video.frames)
             videos[name] = video.frames
             seconds = sum(video.record["chunk_seconds"]) + sum(video.record["decode_seconds"])
             print(

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from contextforcing import outputs
-from contextforcing.errors import UserError
+from contextforcing.errors import Interrupted, UserError
 
 
 def _full_disk(tmp):
@@ -92,6 +92,7 @@ def test_a_second_claim_names_the_holder_and_a_released_lock_is_reusable(tmp_pat
 
 
 def test_interrupts_are_held_outside_interruptible_blocks_and_only_the_first_raises():
+    before = signal.getsignal(signal.SIGINT)  # the default handler, or SIG_IGN in a background job of a script
     with outputs.InterruptGuard() as guard:
         signal.raise_signal(signal.SIGINT)  # held: a write or cleanup would go on
         assert guard.count == 1
@@ -105,4 +106,45 @@ def test_interrupts_are_held_outside_interruptible_blocks_and_only_the_first_rai
     with outputs.InterruptGuard() as guard, pytest.raises(KeyboardInterrupt):
         with guard.interruptible():
             signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) == before  # restored
+
+
+@pytest.fixture
+def stop_signals_fail():
+    """SIGTERM and SIGHUP fail the test where no guard handles them (their default would end the test run)."""
+
+    def unhandled(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} reached the handler outside the guard")
+
+    previous = {s: signal.signal(s, unhandled) for s in (signal.SIGTERM, signal.SIGHUP)}
+    yield unhandled
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_are_held_and_raised_like_ctrl_c(stop_signals_fail, signum):
+    with outputs.InterruptGuard() as guard:
+        signal.raise_signal(signum)  # held while a write would go on
+        assert guard.count == 1 and guard.signum == signum
+        with pytest.raises(Interrupted) as err, guard.interruptible():
+            pass
+        assert err.value.signum == signum
+    assert signal.getsignal(signum) is stop_signals_fail  # restored
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_nothing_acted_on_is_raised_as_the_block_ends(stop_signals_fail, tmp_path, signum):
+    with pytest.raises(Interrupted) as err:
+        with outputs.InterruptGuard():
+            signal.raise_signal(signum)
+            outputs.write_text_atomic(tmp_path / "a.txt", "whole")  # the write goes on...
+    assert err.value.signum == signum and (tmp_path / "a.txt").read_text() == "whole"  # ... then the stop
+
+
+def test_a_sighup_ignored_by_nohup_stays_ignored(stop_signals_fail):
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with outputs.InterruptGuard() as guard:
+        signal.raise_signal(signal.SIGHUP)
+        assert guard.count == 0
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN

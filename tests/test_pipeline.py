@@ -147,3 +147,12 @@ def test_text_embeddings_are_cached_and_bounded(pipe, monkeypatch):
         pipe.encode([p])
     assert list(pipe._texts) == prompts[1:]  # the least recently used went
     assert torch.equal(pipe.encode(prompts[:1])[prompts[0]], first)
+
+
+def test_a_closed_generation_takes_no_more_switches(pipe):
+    generation = pipe.stream(PROMPT, seconds=6)
+    next(generation)
+    generation.close()
+    with pytest.raises(cf.UserError, match="the generation is closed: it takes no more prompt switches"):
+        generation.switch(PAN)
+    assert next(generation, None) is None and [p.text for p in generation.prompts] == [PROMPT]

@@ -13,6 +13,7 @@ from contextforcing.outputs import (
     InterruptGuard,
     OutputLock,
     StagedFile,
+    check_name_fits,
     check_writable,
     json_text,
     publish_with,
@@ -115,38 +116,40 @@ class VideoWriter:
         self.close(keep=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
 
 
-def count_frames(path: str | os.PathLike) -> int:
-    """Video frames a player can read from `path` (0 for a file ffmpeg cannot open, e.g. one without its
-    trailer). Counts packets without decoding them, so it costs little even for long videos."""
-    import re
+def _scan(path: str | os.PathLike, stats: bool):
+    """ffmpeg reading the first video stream of `path` without decoding it (packets copied to nowhere)."""
     import subprocess
 
     from imageio_ffmpeg import get_ffmpeg_exe
 
-    cmd = [
-        get_ffmpeg_exe(),
-        "-nostdin",
-        "-v",
-        "error",
-        "-stats",
-        "-i",
-        str(path),
-        "-map",
-        "0:v:0",
-        "-c",
-        "copy",
-        "-f",
-        "null",
-        "-",
-    ]
+    cmd = [get_ffmpeg_exe(), "-nostdin", "-v", "error", *(["-stats"] if stats else []), "-i", str(path)]
+    cmd += ["-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
     # its own session, so a Ctrl-C meant for us does not kill the check and throw away a good file
-    proc = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+    return subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Video frames a player can read from `path` (0 for a file ffmpeg cannot open, e.g. one without its
+    trailer). Counts packets without decoding them, so it costs little even for long videos."""
+    import re
+
+    proc = _scan(path, stats=True)
     counts = re.findall(r"frame=\s*(\d+)", proc.stderr)
     return int(counts[-1]) if proc.returncode == 0 and counts else 0
 
 
+def read_error(path: str | os.PathLike) -> str | None:
+    """The first error ffmpeg reports reading the video stream of `path` (e.g. "partial file": its data ends
+    before the frames its header lists), or None."""
+    import re
+
+    lines = [line.strip() for line in _scan(path, stats=False).stderr.splitlines() if line.strip()]
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1]) if lines else None  # without "[mov @ 0x55...] "
+
+
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Read a whole video as uint8 [T, H, W, 3] and its frame rate."""
+    """Read a whole video as uint8 [T, H, W, 3] and its frame rate. A video whose frames end before its header's
+    duration says, with ffmpeg reporting the damage (a file cut short), is refused rather than read in part."""
     import imageio.v2 as imageio
 
     path = Path(path)
@@ -154,11 +157,19 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         raise UserError(f"video {path} does not exist")
     try:
         reader = imageio.get_reader(path, format="FFMPEG")
-        fps = float(reader.get_meta_data().get("fps", 0.0))
+        meta = reader.get_meta_data()
+        fps = float(meta.get("fps", 0.0))
         frames = np.stack([np.asarray(f) for f in reader])
         reader.close()
     except Exception as err:  # imageio raises several types for broken files
         raise UserError(f"cannot read video {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    # The header's duration is frames / fps to 10 ms, less than half a frame below 50 fps: rounding recovers it.
+    listed = round(float(meta.get("duration") or 0.0) * fps)
+    if len(frames) < listed and (damage := read_error(path)) is not None:
+        raise UserError(
+            f"video {path} is truncated or damaged: {len(frames)} of the {listed} frames its header lists can be "
+            f"read (ffmpeg: {damage})"
+        )
     return frames, fps
 
 
@@ -177,6 +188,7 @@ def check_output(out: str) -> Path:
     path = check_writable(out)
     if path.suffix.lower() != ".mp4":
         raise UserError(f"--out {out} must end in .mp4 (its sidecar is written beside it as {path.stem}.json)")
+    check_name_fits(path, (sidecar_path(path),))  # named as --out, though the sidecar's name is the longer
     check_writable(sidecar_path(path))
     return path
 

@@ -18,6 +18,7 @@ from contextforcing.data.video import write_json_atomic
 from contextforcing.data.world.track import BUCKETS, FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS, WorldTrack
 from contextforcing.eval.evaluate import VideoResult, aggregate
 from contextforcing.extras import require
+from contextforcing.outputs import write_atomic
 
 MAX_STRIPS = 6  # strips for the longest occlusions only
 STRIP_SCALE = 3  # nearest-neighbour upscaling of 64-px frames in strips
@@ -44,9 +45,7 @@ def _save_image(image: np.ndarray, path: Path) -> None:
     require("matplotlib", "eval", "evaluation plots")
     import matplotlib.image
 
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    matplotlib.image.imsave(tmp, image)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: matplotlib.image.imsave(tmp, image))
 
 
 def plot_first_frame(results: list[VideoResult], path: Path) -> bool:

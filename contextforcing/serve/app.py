@@ -18,6 +18,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
@@ -25,12 +26,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from contextforcing.errors import UserError
 from contextforcing.pipeline import Pipeline
+from contextforcing.serve.access import AccessCheck, AccessRules
 from contextforcing.serve.session import ServeLimits, StreamHub, page_info
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 
 
-def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits()) -> Starlette:
+def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits(), access: AccessRules = AccessRules()) -> Starlette:
+    """The viewer's app; `access`: the Host names and page Origins it answers (`access.py`; default: localhost)."""
     hub = StreamHub(pipe, limits)
     info = page_info(pipe, hub.limits)
 
@@ -97,6 +100,7 @@ def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits()) -> Starlette:
             Route("/download/{session}.{kind:str}", download),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(AccessCheck, rules=access)],
     )
     app.state.hub = hub
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import socket
 
-from contextforcing.errors import UserError, first_line
+from contextforcing.errors import UserError, first_line, note
 
 EXTRA_HINT = "pip install 'contextforcing[serve]'"
 
@@ -43,6 +43,22 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="chunks generated ahead of what the page has played (default 2): fewer = a prompt switch "
         "shows sooner, more = fewer stalls when a chunk is slow",
     )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this host name or address, e.g. the machine's name when --host 0.0.0.0 "
+        "serves other machines (default: localhost names and the --host address; * for any); repeatable",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also open streams for pages from this origin, e.g. http://lab-proxy:8080 (default: only the "
+        "viewer's own page; * for any); repeatable",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -52,15 +68,23 @@ def run(args) -> int:
 
     limits = ServeLimits(args.max_streams, args.max_seconds, args.lead_chunks).check()
     uvicorn = require_extra()
+    from contextforcing.serve.access import WILDCARD_ADDRESSES, AccessRules
+
+    access = AccessRules.for_address(args.host, args.allow_host, args.allow_origin)
     sock = bind(args.host, args.port)
     try:
         pipe = load_pipeline(args)
         from contextforcing.serve.app import build_app
 
-        app = build_app(pipe, limits)
+        app = build_app(pipe, limits, access)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"contextforcing: serving {pipe.weights} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+        if args.host in WILDCARD_ADDRESSES and not args.allow_host:
+            note(
+                f"--host {args.host} listens on every interface but answers only {', '.join(access.hosts)}: add "
+                "--allow-host NAME for the name or address other machines use"
+            )
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=2)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import mmap
+import re
 import secrets
 import struct
 import tempfile
@@ -29,8 +30,8 @@ from typing import Awaitable, Callable
 import numpy as np
 import torch
 
-from contextforcing.errors import UserError, first_line
-from contextforcing.memory.policies import OPTION_CHOICES, POLICY_OPTIONS, RECACHE_MODES, make_spec
+from contextforcing.errors import UserError, first_line, quote
+from contextforcing.memory.policies import OPTION_CHOICES, POLICY_OPTIONS, RECACHE_MODES, MemorySpec, make_spec
 from contextforcing.pipeline import DecodedChunk, Generation, Pipeline
 from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chunk_view
 
@@ -91,6 +92,29 @@ class StartRequest:
         if recache not in RECACHE_MODES:
             raise UserError(f"recache must be one of {', '.join(RECACHE_MODES)}, got {recache!r}")
         return cls(prompt, seed, seconds, memory, recache, bool(data.get("flush", False)))
+
+
+# What one message from a page may be: a Start is a prompt and a dozen options in at most three levels of JSON
+# ({"memory": {...}}), a few KB; the caps leave room for that many times over and refuse what is not a page's.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 8
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def parse_message(text: str) -> object:
+    """A page's JSON message, or a one-line UserError for one larger or more deeply nested than any page sends
+    (checked before parsing: the parser recurses once per level)."""
+    size = len(text.encode())
+    if size > MAX_MESSAGE_BYTES:
+        raise UserError(f"a message may be at most {MAX_MESSAGE_BYTES:,} bytes, got {size:,}")
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_JSON_DEPTH:
+        raise UserError(f"a message may nest at most {MAX_JSON_DEPTH} levels of JSON, got {deepest}")
+    return json.loads(text)
 
 
 def _number(value, what: str) -> float:
@@ -180,6 +204,12 @@ def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
     }
 
 
+def _end_stream(generation: Generation, slot: StreamSlot) -> None:
+    """A stream is over: its generation closed and its slot given back (each at most once)."""
+    generation.close()
+    slot.free()
+
+
 def switched_at(chunk: DecodedChunk, generation: Generation) -> dict | None:
     """The prompt switch that took effect at `chunk`, with the frames it re-encoded (None: no switch there)."""
     prompt = next((p for p in generation.prompts[1:] if p.chunk == chunk.index), None)
@@ -190,6 +220,18 @@ def switched_at(chunk: DecodedChunk, generation: Generation) -> dict | None:
         {},
     )
     return {"prompt": prompt.text, "flush": prompt.flush, "recached": list(event.get("recached", []))}
+
+
+class StreamSlot:
+    """One of the hub's `max_streams` slots, held by one stream and given back once, however the stream ends."""
+
+    def __init__(self, hub: "StreamHub"):
+        self.hub, self.held = hub, True
+
+    def free(self) -> None:
+        if self.held:
+            self.held = False
+            self.hub.streams -= 1
 
 
 class StreamHub:
@@ -211,14 +253,12 @@ class StreamHub:
         session.close()
         self.sessions.pop(session.id, None)
 
-    def acquire(self) -> bool:
+    def acquire(self) -> "StreamSlot | None":
+        """One of the stream slots, or None when all are taken."""
         if self.streams >= self.limits.max_streams:
-            return False
+            return None
         self.streams += 1
-        return True
-
-    def release(self) -> None:
-        self.streams -= 1
+        return StreamSlot(self)
 
     def status(self) -> dict:
         return {"streams": self.streams, "sessions": len(self.sessions), "max_streams": self.limits.max_streams}
@@ -254,7 +294,7 @@ class StreamSession:
     async def receive(self, text: str) -> None:
         """One message from the page; bad input is answered with a one-line error, never raised."""
         try:
-            message = json.loads(text)
+            message = parse_message(text)
             if not isinstance(message, dict):
                 raise UserError("a message must be a JSON object")
             await self._dispatch(message)
@@ -279,7 +319,7 @@ class StreamSession:
             self._played = max(self._played, _integer(message.get("frames", 0), "played frames"))
             self._wake.set()
         else:
-            raise UserError(f"unknown message type {kind!r}")
+            raise UserError(f"unknown message type {quote(str(kind))}")
 
     @property
     def running(self) -> bool:
@@ -290,8 +330,10 @@ class StreamSession:
             raise UserError("a stream is already running in this tab: Stop it first")
         pipe = self.hub.pipe
         pipe.check_prompt(request.prompt)
-        memory = pipe.memory_for(request.memory)  # impossible options fail here, before a slot is taken
-        if not self.hub.acquire():
+        # Impossible options, or a memory the machine cannot hold, fail here: before a slot is taken.
+        memory = pipe.stream_options(request.memory, None, request.seconds).memory
+        slot = self.hub.acquire()
+        if slot is None:
             await self.send(
                 {
                     "type": "busy",
@@ -300,24 +342,31 @@ class StreamSession:
                 }
             )
             return
+        task = None
         try:
-            generation = await asyncio.get_running_loop().run_in_executor(
-                self.hub.executor,
-                lambda: pipe.stream(
-                    request.prompt,
-                    request.seconds,
-                    seed=request.seed,
-                    memory=memory,
-                    flush_on_switch=request.flush,
-                    recache=request.recache,
-                ),
-            )
-        except BaseException:
-            self.hub.release()
-            raise
+            task = await self._launch(request, memory, slot)
+        finally:
+            if task is None:  # no stream task owns the slot: an error, or the tab went away during the set-up
+                slot.free()
+
+    async def _launch(self, request: StartRequest, memory: MemorySpec, slot: StreamSlot) -> asyncio.Task | None:
+        """Set the stream up (in a worker thread), tell the page, and start the task that runs it; the task frees
+        the stream slot when it ends, however it ends (cancelled before its first step included)."""
+        pipe, loop = self.hub.pipe, asyncio.get_running_loop()
+        generation = await loop.run_in_executor(
+            self.hub.executor,
+            lambda: pipe.stream(
+                request.prompt,
+                request.seconds,
+                seed=request.seed,
+                memory=memory,
+                flush_on_switch=request.flush,
+                recache=request.recache,
+            ),
+        )
         if self.closed:  # the tab went away while the stream was being set up
-            self.hub.release()
-            return
+            generation.close()
+            return None
         self._reset(generation)
         video = pipe.preset.video
         rule = SurprisalRule.of(memory, video.chunk_frames)
@@ -334,7 +383,10 @@ class StreamSession:
                 "fps": video.fps,
             }
         )
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task = loop.create_task(self._run(slot))
+        # A task cancelled before its first step never runs `_run`'s `finally`; its done callback always runs.
+        self.task.add_done_callback(lambda _: _end_stream(generation, slot))
+        return self.task
 
     def _reset(self, generation: Generation) -> None:
         self._free_spool()
@@ -387,7 +439,7 @@ class StreamSession:
             log.debug("send failed: %s", first_line(err))
 
     # -- the stream ------------------------------------------------------------------------------------
-    async def _run(self) -> None:
+    async def _run(self, slot: StreamSlot) -> None:
         generation, reason = self.generation, "finished"
         limit = self.hub.limits.max_seconds * self.hub.pipe.preset.video.fps
         try:
@@ -418,8 +470,7 @@ class StreamSession:
             log.exception("stream %s failed", self.id)
             await self.send({"type": "error", "message": f"internal error: {first_line(err)}"})
         finally:
-            generation.close()
-            self.hub.release()
+            _end_stream(generation, slot)
             if reason != "closed":
                 await self.send({"type": "ended", "reason": reason, "frames": self._frames_sent})
 

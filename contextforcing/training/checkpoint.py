@@ -28,8 +28,9 @@ import random
 import shutil
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,12 +45,16 @@ from contextforcing.errors import UserError, first_line, format_bytes, warn
 from contextforcing.outputs import OutputLock, check_creatable, free_bytes, fsync_dir, fsync_file, write_json_atomic
 from contextforcing.training import distributed as dist
 
+if TYPE_CHECKING:
+    from contextforcing.training.config import TrainConfig
+
 RUN_MARKER = "run.json"
 LOCK = ".lock"
 CHECKPOINTS = "checkpoints"
 META = "meta.json"
 _PREFIX = "step_"
 _TMP_PREFIX = ".tmp_"
+_BROKEN_PREFIX = ".broken_"
 
 
 class ModelOptimizer(Stateful):
@@ -130,39 +135,72 @@ def read_meta(step_dir: Path) -> dict[str, Any]:
     return json.loads((step_dir / META).read_text())
 
 
-def checkpoint_problem(step_dir: Path) -> str | None:
+# Why a checkpoint does not load, by what it means for the files (`Problem.kind`):
+BROKEN = "broken"  # a file is missing, truncated or garbled: the checkpoint is set aside, the one before is tried
+UNREADABLE = "unreadable"  # the files could not be read (permissions, I/O): nothing is renamed, the run stops
+MISMATCH = "mismatch"  # whole, but of another model or config than this run's: nothing is renamed, the run stops
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a checkpoint cannot be loaded, and what kind of reason it is (BROKEN, UNREADABLE or MISMATCH)."""
+
+    kind: str
+    message: str
+
+
+def checkpoint_problem(step_dir: Path) -> Problem | None:
     """Why `step_dir` is not a whole checkpoint (unreadable meta.json, a missing or truncated file), or None.
 
     meta.json records every file's size at save time, so a truncated shard is caught without reading it;
-    checkpoints saved before it did are only checked for DCP's .metadata file."""
+    checkpoints saved before it did are only checked for DCP's .metadata file. A file the OS refuses to read
+    (permissions, an I/O error) is UNREADABLE, not BROKEN: it may be whole."""
     try:
         meta = read_meta(step_dir)
         files = dict(meta.get("files") or {".metadata": None})
-    except (OSError, ValueError, TypeError) as err:
-        return f"{step_dir / META} is unreadable ({first_line(err)})"
+    except OSError as err:
+        return Problem(UNREADABLE, f"{err.filename or step_dir / META}: {err.strerror or first_line(err)}")
+    except (ValueError, TypeError, AttributeError) as err:
+        return Problem(BROKEN, f"{step_dir / META} is unreadable ({first_line(err)})")
     for name, size in files.items():
         path = step_dir / name
         if not path.is_file():
-            return f"{path} is missing"
+            return Problem(BROKEN, f"{path} is missing")
         if size is not None and path.stat().st_size != size:
-            return f"{path} has {path.stat().st_size} bytes, {size} when it was saved"
+            return Problem(BROKEN, f"{path} has {path.stat().st_size} bytes, {size} when it was saved")
     try:  # DCP's index of the shards: small, and what every load reads first
         FileSystemReader(str(step_dir)).read_metadata()
     except _IO_ERRORS as err:
-        return f"{step_dir / '.metadata'} is unreadable ({_failure(err)})"
+        kind = UNREADABLE if isinstance(_cause(err), OSError) else BROKEN
+        return Problem(kind, f"{step_dir / '.metadata'} is unreadable ({_failure(err)})")
     return None
 
 
-def _failure(err: BaseException) -> str:
-    """One line for a failed checkpoint read or write (DCP wraps each rank's exception in its own)."""
+def _cause(err: BaseException) -> BaseException:
+    """The exception behind a failed checkpoint read or write (DCP wraps each rank's exception in its own)."""
     if isinstance(err, CheckpointException) and err.failures:
-        err = next(iter(err.failures.values()))[0]
-    return err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
+        return next(iter(err.failures.values()))[0]
+    return err
 
 
-def _load_failure(step_dir: Path, err: BaseException) -> str:
+def _failure(err: BaseException) -> str:
+    """One line for a failed checkpoint read or write."""
+    err = _cause(err)
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    return first_line(err)
+
+
+def _load_problem(step_dir: Path, err: BaseException) -> Problem:
+    """What a failed load means: DCP's plan step (before any data is read) fails only when the stored tensors
+    do not fit the ones asked for (another shape, a missing key: another model); the OS refusing a read is
+    UNREADABLE; anything else (truncated or garbled data) is BROKEN."""
     reason = _failure(err)
-    return reason if reason.startswith(str(step_dir)) else f"{step_dir} cannot be read ({reason})"
+    reason = reason if reason.startswith(str(step_dir)) else f"{step_dir} cannot be read ({reason})"
+    cause = _cause(err)
+    if (isinstance(err, CheckpointException) and err.args[0] == "plan") or isinstance(cause, UserError):
+        return Problem(MISMATCH, first_line(cause))
+    return Problem(UNREADABLE if isinstance(cause, OSError) else BROKEN, reason)
 
 
 # What a checkpoint read or write may raise when a file is broken or the disk is full (torch's zip writer
@@ -191,8 +229,12 @@ def _on_main(action) -> str | None:
 class CheckpointManager:
     """Saves and loads named parts of one stage's run directory (call every method on every rank)."""
 
-    def __init__(self, run_dir: str | Path, stage: str, keep_last: int = 3):
-        self.run_dir, self.stage, self.keep_last = Path(run_dir), stage, keep_last
+    def __init__(
+        self, run_dir: str | Path, stage: str, keep_last: int = 3, config: "TrainConfig | None" = None
+    ) -> None:
+        """`config`: the run's resolved config, recorded in every checkpoint's meta.json (so a checkpoint of
+        another config is refused naming what differs)."""
+        self.run_dir, self.stage, self.keep_last, self.config = Path(run_dir), stage, keep_last, config
         self.root = self.run_dir / CHECKPOINTS
 
     def lock(self) -> OutputLock | None:
@@ -257,11 +299,7 @@ class CheckpointManager:
         if not error:
             error = dist.first_error(self._write_parts(tmp, parts, per_rank))
         if not error:
-            error = _on_main(
-                lambda: self._publish(
-                    tmp, final, {**meta, "step": step, "stage": self.stage, "world_size": dist.world_size()}
-                )
-            )
+            error = _on_main(lambda: self._publish(tmp, final, {**meta, **self._identity(step)}))
         if error:
             self._abandon(tmp, step, error)
         if dist.is_main():
@@ -277,6 +315,11 @@ class CheckpointManager:
         except _IO_ERRORS as err:
             return _failure(err)
         return None
+
+    def _identity(self, step: int) -> dict[str, Any]:
+        """What meta.json says of the run that saved a checkpoint."""
+        config = None if self.config is None else self.config.to_dict()  # tuples become JSON lists, as in config.yaml
+        return {"step": step, "stage": self.stage, "world_size": dist.world_size(), "config": config}
 
     def _abandon(self, tmp: Path, step: int, error: str) -> None:
         dist.barrier()
@@ -310,53 +353,118 @@ class CheckpointManager:
         meta = read_meta(step_dir)
         if meta.get("stage") != self.stage:
             raise UserError(f"checkpoint {step_dir} belongs to stage {meta.get('stage')!r}, not {self.stage!r}")
+        groups = sorted(k for k, v in parts.items() if isinstance(v, ModelOptimizer))
+        if meta.get("groups") is not None and sorted(meta["groups"]) != groups:
+            raise UserError(f"it trains groups {', '.join(sorted(meta['groups']))}, this run {', '.join(groups)}")
         with _quiet_single_process():
             dcp.load(parts, checkpoint_id=str(step_dir), no_dist=not dist.initialized())
         mine = step_dir / f"rank_{dist.rank():05d}.pt"
         path = mine if mine.is_file() else step_dir / "rank_00000.pt"
         try:
             return torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by save()
+        except OSError:
+            raise
         except _IO_ERRORS as err:
-            raise OSError(f"{path} is unreadable ({_failure(err)})") from None
+            raise RuntimeError(f"{path} is unreadable ({_failure(err)})") from None
 
-    def load_latest(self, parts: dict[str, Any]) -> dict[str, Any] | None:
-        """Load the newest whole checkpoint into `parts`; returns this rank's per-rank dict, or None when the
-        run has no checkpoint. A broken one (truncated or missing file, unreadable metadata) is moved aside to
-        checkpoints/.broken_step_N with a warning and the one before it is loaded instead (every part is loaded
-        again from it, so nothing of the broken one remains); when none loads, one line names every broken file."""
+    def load_latest(self, parts: dict[str, Any], restart: bool = False) -> dict[str, Any] | None:
+        """Load the newest whole checkpoint into `parts`; returns this rank's per-rank dict, or None when the run
+        starts from step 0.
+
+        A broken one (truncated or missing file, garbled data) is moved aside to checkpoints/.broken_step_N with
+        a warning and the one before it is loaded instead (every part is loaded again from it, so nothing of the
+        broken one remains). One that cannot be read (permissions, I/O) or that is whole but of another model or
+        config stops the run with one line and renames nothing. A run with no checkpoint left to load but
+        checkpoints set aside (now or by an earlier run) starts from step 0 only with `restart`."""
         problems = []
         for step_dir in reversed(list_checkpoints(self.run_dir)):
             problem, per_rank = self._try_load(step_dir, parts)
             if problem is None:
                 return per_rank
-            problems.append(problem)
+            if problem.kind != BROKEN:
+                raise UserError(self._refusal(step_dir, problem))
+            problems.append(problem.message)
             aside = self._set_aside(step_dir)
             if dist.is_main():
-                warn(f"checkpoint {step_dir.name} is broken: {problem}; moved to {aside}, trying the one before")
-        if problems:
-            raise UserError(f"no checkpoint of {self.run_dir} can be loaded: {'; '.join(problems)}")
+                warn(
+                    f"checkpoint {step_dir.name} is broken: {problem.message}; moved to {aside}, trying the one before"
+                )
+        if problems and not restart:
+            raise UserError(
+                f"no checkpoint of {self.run_dir} can be loaded: {'; '.join(problems)}; rerun with --restart to "
+                f"train from step 0 (the broken ones stay in {self.root})"
+            )
+        self.check_restart(restart)
         return None
 
-    def _try_load(self, step_dir: Path, parts: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    def set_aside(self) -> list[Path]:
+        """Checkpoints moved aside as broken (by this run or an earlier one), oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(_BROKEN_PREFIX))
+
+    def check_restart(self, restart: bool) -> None:
+        """A run with no checkpoint to load but some set aside as broken starts from step 0 only with `restart`
+        (one line otherwise, naming them): a second run must not quietly retrain what the first had trained."""
+        if list_checkpoints(self.run_dir):
+            return
+        aside = self.set_aside()
+        if not aside:
+            return
+        names = ", ".join(p.name for p in aside)
+        if not restart:
+            raise UserError(
+                f"run directory {self.run_dir} has no checkpoint to resume from: {names} in {self.root} were set "
+                f"aside as broken; rerun with --restart to train from step 0 (they stay where they are)"
+            )
+        if dist.is_main():
+            warn(f"--restart: training {self.run_dir} from step 0; {names} stay in {self.root}")
+
+    def _refusal(self, step_dir: Path, problem: Problem) -> str:
+        if problem.kind == UNREADABLE:
+            return (
+                f"cannot read checkpoint {step_dir.name}: {problem.message}; nothing was renamed: make it readable "
+                f"and rerun"
+            )
+        return (
+            f"checkpoint {step_dir} does not fit this run ({problem.message}); {_config_difference(step_dir, self.config)}"
+            f"; rerun with that config, or give this one a new trainer.run_dir (nothing was renamed)"
+        )
+
+    def _try_load(self, step_dir: Path, parts: dict[str, Any]) -> tuple[Problem | None, dict[str, Any] | None]:
         problem, per_rank = checkpoint_problem(step_dir), None
         if problem is None:
             try:
                 per_rank = self.load(step_dir, parts)
-            except _IO_ERRORS as err:
-                problem = _load_failure(step_dir, err)
+            except (*_IO_ERRORS, UserError) as err:
+                problem = _load_problem(step_dir, err)
         return dist.first_error(problem), per_rank
 
     def _set_aside(self, step_dir: Path) -> Path:
-        aside = self.root / f".broken_{step_dir.name}"
+        aside = self.root / f"{_BROKEN_PREFIX}{step_dir.name}"
         for n in itertools.count(2):
             if not aside.exists():
                 break
-            aside = self.root / f".broken_{step_dir.name}_{n}"
+            aside = self.root / f"{_BROKEN_PREFIX}{step_dir.name}_{n}"
         dist.barrier()
         if dist.is_main():
             os.replace(step_dir, aside)
         dist.barrier()
         return aside
+
+
+def _config_difference(step_dir: Path, config: "TrainConfig | None") -> str:
+    """Both configs, as what differs between the checkpoint's (recorded in its meta.json) and this run's."""
+    saved = read_meta(step_dir).get("config")
+    if saved is None or config is None:
+        return "its config is not recorded (saved by an older version) and RUN/config.yaml is missing"
+    from contextforcing.training.config import resume_changes
+
+    allowed, refused = resume_changes(saved, config)
+    changes = refused or allowed  # what a resume may not change, when anything
+    if not changes:
+        return "its config is this run's"
+    return f"it was saved with another config (checkpoint -> this run): {', '.join(changes)}"
 
 
 # -- export -----------------------------------------------------------------------------------------------------
@@ -396,9 +504,9 @@ def generator_state(run_dir: str | Path, use_ema: bool = True) -> tuple[dict[str
             try:
                 return _read_generator(step_dir, use_ema)
             except _IO_ERRORS as err:
-                problem = _load_failure(step_dir, err)
-        problems.append(problem)
-        warn(f"checkpoint {step_dir.name} is broken: {problem}; trying the one before")
+                problem = _load_problem(step_dir, err)
+        problems.append(problem.message)
+        warn(f"checkpoint {step_dir.name} is {problem.kind}: {problem.message}; trying the one before")
     raise UserError(f"no checkpoint of {run_dir} can be read: {'; '.join(problems)}")
 
 

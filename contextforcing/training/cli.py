@@ -17,7 +17,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_train_config(args.stage, args.config, args.overrides)
     try:
-        result = run_training(cfg)
+        result = run_training(cfg, restart=args.restart)
         main = dist.is_main()
     finally:
         dist.destroy()
@@ -70,6 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         metavar="key=value",
         help="dotted overrides, e.g. trainer.max_steps=10 stage.guidance=5.0",
+    )
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="train from step 0 when every checkpoint of the run directory was set aside as broken "
+        "(checkpoints/.broken_step_*; refused without it); a checkpoint that loads is still resumed from",
     )
     train.set_defaults(func=_train)
 

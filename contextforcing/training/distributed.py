@@ -89,9 +89,9 @@ def main_decides(action: Callable[[], Any]) -> None:
         raise UserError(error)
 
 
-def first_error(error: str | None) -> str | None:
-    """The first message any rank passes (None where none has one), the same on every rank: ranks that fail
-    alone (one rank's file write) still stop together, with the same one-line error."""
+def first_error(error: Any) -> Any:
+    """The first error any rank passes (a message or a small picklable object; None where none has one), the same
+    on every rank: ranks that fail alone (one rank's file write) still stop together, with the same error."""
     if not initialized():
         return error
     errors: list[str | None] = [None] * world_size()

@@ -164,11 +164,23 @@ def _wandb_run(run_dir: Path, stage: str):
 class Trainer:
     """Owns the generic parts of a run for one `Stage`; `run()` trains up to `cfg.max_steps` and returns."""
 
-    def __init__(self, stage: Stage, cfg: TrainerConfig, run_dir: Path, device: torch.device):
+    def __init__(
+        self,
+        stage: Stage,
+        cfg: TrainerConfig,
+        run_dir: Path,
+        device: torch.device,
+        *,
+        run_config: TrainConfig | None = None,
+        restart: bool = False,
+    ):
+        """`run_config`: the whole resolved config, recorded in each checkpoint and written to RUN/config.yaml
+        once the resume has loaded; `restart`: start from step 0 when every checkpoint was set aside as broken."""
         self.stage, self.cfg, self.run_dir, self.device = stage, cfg, Path(run_dir), device
+        self.run_config, self.restart = run_config, restart
         if cfg.wandb:
             _wandb_module()  # on every rank, before any collective, so a missing wandb cannot hang a rank
-        self.checkpoints = CheckpointManager(self.run_dir, stage.name, cfg.keep_last)
+        self.checkpoints = CheckpointManager(self.run_dir, stage.name, cfg.keep_last, run_config)
         self.checkpoints.claim()
         self.mesh = dist.device_mesh(device) if dist.initialized() else None
         self.trainable = dict(stage.trainable())
@@ -221,7 +233,9 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def resume(self) -> bool:
         """Load the newest whole checkpoint of this run directory, if any (resume = rerun the same command)."""
-        per_rank = self.checkpoints.load_latest(self._parts())
+        per_rank = self.checkpoints.load_latest(self._parts(), self.restart)
+        if self.run_config is not None:  # only now: a refused resume must leave the run's config.yaml as it was
+            dist.main_decides(lambda: save_resolved(self.run_config))
         if per_rank is None:
             return False
         set_rng_state(per_rank["rng"])
@@ -244,8 +258,9 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        """Resume, then train to `max_steps`. Ctrl-C (SIGINT, which torchrun forwards to every rank) stops every
-        rank after the step in progress and saves a checkpoint there, whatever more Ctrl-C's come meanwhile."""
+        """Resume, then train to `max_steps`. Ctrl-C, SIGTERM or SIGHUP (which torchrun forwards to every rank)
+        stops every rank after the step in progress and saves a checkpoint there, whatever more signals come
+        meanwhile (torchrun kills its workers 30 s after forwarding one: a step and a save must fit in that)."""
         with InterruptGuard(_STOP_NOTICE if dist.is_main() else None) as guard:
             return self._run(guard)
 
@@ -268,8 +283,10 @@ class Trainer:
                 logger.step(step + 1, scalars)
                 self._after_step(step + 1)
                 if dist.any_rank(guard.interrupted, self.device):
-                    self._stop()
+                    self._stop(guard)
             self.save()
+            if dist.any_rank(guard.interrupted, self.device):  # a signal during the last step's save
+                self._stop(guard)
         finally:
             logger.close()
         result.steps = self.state.step - start
@@ -277,10 +294,11 @@ class Trainer:
         result.steps_per_second = result.steps / max(time.perf_counter() - began, 1e-9)
         return result
 
-    def _stop(self) -> None:
+    def _stop(self, guard: InterruptGuard) -> None:
         self.save()
         raise Interrupted(
-            f"saved checkpoint step {self.state.step} in {self.checkpoints.root}; rerun the same command to resume"
+            f"saved checkpoint step {self.state.step} in {self.checkpoints.root}; rerun the same command to resume",
+            guard.signum,
         )
 
     def _after_step(self, done: int) -> None:
@@ -352,8 +370,10 @@ class Trainer:
         return flags[0].item() / (self.cfg.accumulation * dist.world_size())
 
 
-def run_training(cfg: TrainConfig) -> TrainResult:
-    """Build the configured stage and train it (resuming from its run directory when it has checkpoints)."""
+def run_training(cfg: TrainConfig, restart: bool = False) -> TrainResult:
+    """Build the configured stage and train it (resuming from its run directory when it has checkpoints).
+    `restart`: train from step 0 a run directory whose checkpoints were all set aside as broken (refused
+    otherwise); a run with a checkpoint that loads resumes from it either way."""
     from contextforcing.training.registry import BuildContext, get_stage
 
     device = dist.init(cfg.trainer.device)  # a device that is not there stops here, before RUN is made
@@ -362,24 +382,26 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     lock = checkpoints.lock()  # one job per run directory
     try:
         checkpoints.claim()  # refuse a foreign run dir before writing anything there
-        _check_and_save_config(cfg, has_checkpoints=bool(list_checkpoints(cfg.run_dir)))
+        if not restart:  # a run whose checkpoints were all set aside: refused before anything is written
+            dist.main_decides(lambda: checkpoints.check_restart(False))
+        _check_config(cfg, has_checkpoints=bool(list_checkpoints(cfg.run_dir)))
         torch.manual_seed(cfg.trainer.seed)  # identical initial weights on every rank
         build = BuildContext(device, dist.rank(), dist.world_size(), cfg.trainer.seed, cfg.run_dir)
         stage = spec.build(cfg.stage, build)
-        return Trainer(stage, cfg.trainer, cfg.run_dir, device).run()
+        return Trainer(stage, cfg.trainer, cfg.run_dir, device, run_config=cfg, restart=restart).run()
     finally:
         if lock is not None:
             lock.release()
 
 
-def _check_and_save_config(cfg: TrainConfig, has_checkpoints: bool) -> None:
+def _check_config(cfg: TrainConfig, has_checkpoints: bool) -> None:
     """A resumed run keeps its config but for `RESUME_CHANGEABLE` keys (one line listing any other change, on
-    every rank); what changed is logged and RUN/config.yaml then records this start."""
+    every rank); what changed is logged. RUN/config.yaml records this start once its checkpoint has loaded
+    (`Trainer.resume`)."""
 
-    def check_and_save() -> None:
+    def check() -> None:
         changes = check_resume_config(cfg) if has_checkpoints else []
         if changes:
             note(f"resuming {cfg.run_dir} with {', '.join(changes)}")
-        save_resolved(cfg)
 
-    dist.main_decides(check_and_save)
+    dist.main_decides(check)

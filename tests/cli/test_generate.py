@@ -87,7 +87,7 @@ def test_same_seed_same_video(tmp_path):
         (["--seconds", "inf"], "--seconds must be positive and finite"),
         (["--device", "tpu"], "unknown --device 'tpu'"),
         (["--seed", str(2**64)], "--seed must be in [0, 2**64)"),
-        (["--memory-opt", "slow=100000000000"], "the slow_fast memory holds up to 100,000,000,009 latent frames"),
+        (["--memory-opt", "slow=100000000000"], "memory option slow=100,000,000,000 (slow_fast) needs "),
         (["--memory", "rolling", "--memory-opt", "window=1000000000"], "of K/V, more than the"),
         (["--memory-opt", "tau=1.5"], "tau is a cosine similarity threshold in [-1, 1], got 1.5"),
         (["--memory-opt", "tau=-2"], "tau is a cosine similarity threshold in [-1, 1], got -2"),

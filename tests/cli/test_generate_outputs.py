@@ -197,3 +197,41 @@ def test_ctrl_c_while_starting_up_is_one_line_and_leaves_nothing(tmp_path):
     assert proc.returncode == 130, err
     assert err.startswith("contextforcing: interrupted") and len(err.splitlines()) == 1, err
     assert os.listdir(tmp_path) == []
+
+
+def _part_files(directory):
+    return [p for p in directory.iterdir() if ".part" in p.name]
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_keep_the_chunks_done_and_leave_no_temporary_or_lock_file(tmp_path, name):
+    out = tmp_path / "v.mp4"
+    cmd = [sys.executable, "-m", "contextforcing.cli", "generate", "--random-init", "--prompt", "a red ball"]
+    proc = subprocess.Popen(
+        [*cmd, "--seconds", "3600", "--out", str(out), "--quiet"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size for p in _part_files(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # chunks are being written into the mp4's temporary file
+        proc.send_signal(signal.Signals[name])  # a job scheduler's stop, a closed terminal
+        err = proc.communicate(timeout=120)[1].strip()
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.Signals[name], err
+    frames = len(read_video(out)[0])
+    assert err == f"contextforcing: interrupted by {name}; kept {out} ({frames} frames) and its sidecar"
+    _assert_pair(out, seed=0, interrupted=True)
+    assert sorted(os.listdir(tmp_path)) == ["v.json", "v.mp4"]  # no .part, no .lock
+
+
+def test_an_out_name_too_long_for_its_temporary_names_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from contextforcing import generation
+
+    monkeypatch.setattr(generation, "pipeline_for", lambda req: pytest.fail("the model was loaded"))
+    out = tmp_path / ("v" * 236 + ".mp4")  # 240 bytes: its sidecar's temporary name would need 256
+    assert _generate(out) == 2
+    err = _one_line(capsys)
+    assert err.startswith(f"contextforcing: error: output name '{'v' * 60}'... (240 characters) is too long"), err
+    assert err.endswith("use at most 239 bytes")
+    assert os.listdir(tmp_path) == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +60,43 @@ def test_demo_writes_every_file(tmp_path):
         "rolling.npy",
     ):
         assert (tmp_path / name).is_file(), name
+
+
+def _fills_the_disk_halfway(write):
+    """`write(path, ...)` as on a full disk: part of the file is written, then ENOSPC."""
+
+    def full(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x93NUMPY" + b"\0" * 122)  # the 128 bytes a full disk left as slow_fast.npy
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return full
+
+
+@pytest.mark.parametrize("writer", ["numpy.save", "pathlib.Path.write_text"])
+def test_a_full_disk_stops_the_demo_with_one_line_and_no_partial_file(tmp_path, monkeypatch, capsys, writer):
+    """Every file the demo writes goes through the atomic writers: a failed write leaves no file under its final
+    name (`make demo` would evaluate it) and no temporary file."""
+    module, name = writer.rsplit(".", 1)
+    if module == "numpy":
+        monkeypatch.setattr(np, "save", _fills_the_disk_halfway(np.save))
+    else:
+        real = Path.write_text
+
+        def write_text(self, text, *args, **kwargs):
+            if self.name.endswith(".jsonl"):
+                return _fills_the_disk_halfway(real)(self)
+            return real(self, text, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", write_text)
+    assert demo.main(["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"demo: error: cannot write {tmp_path}") and err.count("\n") == 1, err
+    assert "No space left on device" in err and "nothing was written" in err
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    failed = "truth.npy" if module == "numpy" else "tour.jsonl"  # the first file of each kind the demo writes
+    assert failed not in written and not any(".part" in p for p in written), written
+    for path in tmp_path.rglob("*.json"):  # what was written before the failure is whole
+        json.loads(path.read_text())
+    for path in tmp_path.rglob("*.jsonl"):
+        assert all(json.loads(line) for line in path.read_text().splitlines() if line.strip()), path

@@ -15,6 +15,7 @@ import numpy as np
 import uvicorn
 
 from contextforcing.pipeline import Pipeline
+from contextforcing.serve.access import AccessRules
 from contextforcing.serve.app import build_app
 from contextforcing.serve.cli import bind
 from contextforcing.serve.session import ServeLimits
@@ -39,8 +40,8 @@ CHROME_FLAGS = (
 class ServerThread:
     """The app on a free 127.0.0.1 port, served by uvicorn in a daemon thread."""
 
-    def __init__(self, pipe: Pipeline, limits: ServeLimits):
-        self.app = build_app(pipe, limits)
+    def __init__(self, pipe: Pipeline, limits: ServeLimits, access: AccessRules = AccessRules()):
+        self.app = build_app(pipe, limits, access)
         self.hub = self.app.state.hub
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
@@ -119,6 +120,7 @@ class PageClient:
     def __init__(self, server: ServerThread):
         from websockets.sync.client import connect
 
+        self.url = server.url
         self._connection = connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None)
         self.ws = self._connection.__enter__()
         hello = self.json()

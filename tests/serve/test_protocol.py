@@ -95,6 +95,13 @@ def test_bad_input_is_one_line_and_the_server_keeps_serving(pipe, client):
         ({"type": "start", "prompt": pipe.example_prompt, "memory": {"policy": "nope"}}, "unknown memory policy"),
         ({"type": "start", "prompt": pipe.example_prompt, "memory": {"sink": "abc"}}, "must be a number"),
         ({"type": "start", "prompt": pipe.example_prompt, "memory": {"policy": "full"}}, "give a length"),
+        # The same check as the CLI and the Python API, against what the machine can hold: nothing is allocated.
+        (
+            {"type": "start", "prompt": pipe.example_prompt, "memory": {"slow": 30_000_000}},
+            "memory option slow=30,000,000 (slow_fast) needs ",
+        ),
+        ({"type": "start", "prompt": "a" * 100_000}, "a message may be at most 65,536 bytes, got 100,"),
+        ({"type": "start", "prompt": pipe.example_prompt, "memory": {"sink": [[[[[[[[[1]]]]]]]]]}}, "nest at most 8"),
         ({"type": "start", "prompt": pipe.example_prompt, "seed": -1}, "seed must be"),
         ({"type": "start", "prompt": pipe.example_prompt, "seconds": 1e9}, "--max-seconds"),
         ({"type": "switch", "prompt": pipe.example_prompt}, "no stream is running"),
@@ -111,10 +118,33 @@ def test_bad_input_is_one_line_and_the_server_keeps_serving(pipe, client):
         assert reply["type"] == "error" and expected in reply["message"] and "\n" not in reply["message"], reply
     client.ws.send("{not json")
     assert "unreadable message" in client.json()["message"]
+    client.ws.send("[" * 30_000)  # deeper than the JSON parser can recurse: refused before it is parsed
+    assert client.json()["message"] == "a message may nest at most 8 levels of JSON, got 30000"
+    assert server_streams(client) == 0
     client.send(type="start", prompt=pipe.example_prompt, seed=6)
     started(client)
     chunks, _ = client.chunks(2)
     assert len(chunks) == 2
+
+
+def server_streams(client: PageClient) -> int:
+    with urllib.request.urlopen(client.url + "api/status", timeout=10) as response:
+        return json.loads(response.read())["streams"]
+
+
+def test_tabs_closed_right_after_start_leave_the_server_streaming(pipe, server):
+    for _ in range(server.hub.limits.max_streams + 1):
+        tab = PageClient(server)
+        tab.send(type="start", prompt=pipe.example_prompt, seed=10)
+        tab.close()  # the stream may still be setting up, or its task not yet have run
+    wait_until(lambda: server.hub.streams == 0, 10.0, "a closed tab kept its stream slot")
+    tab = PageClient(server)
+    try:
+        tab.send(type="start", prompt=pipe.example_prompt, seed=10)
+        started(tab)
+        assert len(tab.chunks(1)[0]) == 1
+    finally:
+        tab.close()
 
 
 def test_a_tab_beyond_the_limit_is_told_busy_and_a_closed_tab_frees_its_stream(pipe, server):

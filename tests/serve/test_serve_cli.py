@@ -55,8 +55,14 @@ def test_a_missing_extra_names_it(capsys, monkeypatch):
 
 
 def test_the_command_serves_the_page_and_stops_on_ctrl_c():
+    # As from a terminal: Ctrl-C's default handler, even when this test run was started with SIGINT ignored (a
+    # background job of a script), which the command would inherit.
+    as_from_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['contextforcing', 'serve', '--port', '0']; runpy.run_module('contextforcing.cli', run_name='__main__')"
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "contextforcing.cli", "serve", "--port", "0"],
+        [sys.executable, "-c", as_from_a_terminal],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -8,6 +8,7 @@ Failure injection (crash, NaN loss, NaN gradient at a step) exercises resume and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -37,8 +38,10 @@ class DebugOptions:
     crash_at_step: int = -1  # raise RuntimeError at this step (simulates a killed job)
     nan_loss_at_step: int = -1
     nan_grad_at_step: int = -1
-    interrupt_at_step: int = -1  # send SIGINT at this step: to this process, or with torchrun to torchrun itself
+    interrupt_at_step: int = -1  # send a signal at this step: to this process, or with torchrun to torchrun itself
     interrupt_rank: int = 0  # the rank that sends it
+    interrupt_signal: str = "SIGINT"  # which: SIGINT (Ctrl-C), SIGTERM (a job scheduler), SIGHUP (a closed terminal)
+    dim: int = 48  # the generator's width (another size: a checkpoint of another model)
 
     # Failure injection is not part of what a run trains, so a resumed run may drop or change it.
     resume_changeable: ClassVar[tuple[str, ...]] = (
@@ -47,6 +50,7 @@ class DebugOptions:
         "nan_grad_at_step",
         "interrupt_at_step",
         "interrupt_rank",
+        "interrupt_signal",
     )
 
 
@@ -64,7 +68,7 @@ class DebugStage:
 
     def __init__(self, options: DebugOptions, build: BuildContext):
         self.options, self.build = options, build
-        self.generator = CausalWanModel(TINY)
+        self.generator = CausalWanModel(dataclasses.replace(TINY, dim=options.dim, ffn_dim=2 * options.dim))
         self.critic = Critic() if options.critic else None
         self.draws: list[list[Any]] = []
         data = torch.Generator().manual_seed(1234)
@@ -90,8 +94,11 @@ class DebugStage:
         if step == self.options.crash_at_step:
             raise RuntimeError(f"simulated crash at step {step}")
         if step == self.options.interrupt_at_step and self.build.rank == self.options.interrupt_rank:
-            # A terminal's Ctrl-C reaches torchrun, which forwards SIGINT to every worker.
-            os.kill(os.getppid() if self.build.world_size > 1 else os.getpid(), signal.SIGINT)
+            # A terminal's Ctrl-C or a scheduler's SIGTERM reaches torchrun, which forwards it to every worker.
+            os.kill(
+                os.getppid() if self.build.world_size > 1 else os.getpid(),
+                signal.Signals[self.options.interrupt_signal],
+            )
         ups = [Update("generator", self.generator_loss)]
         return ups + ([Update("critic", self.critic_loss)] if self.critic is not None else [])
 

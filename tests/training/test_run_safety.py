@@ -1,6 +1,9 @@
-"""A run directory survives its failures: one trainer at a time, Ctrl-C saves, broken checkpoints fall back, a
-full disk keeps the last checkpoint, a resume keeps its config, and bad settings stop before RUN is made."""
+"""A run directory survives its failures: one trainer at a time, Ctrl-C, SIGTERM and SIGHUP save, broken
+checkpoints fall back while unreadable ones and ones of another model are refused without renaming anything, a
+run whose checkpoints were all set aside starts over only with --restart, a full disk keeps the last checkpoint,
+a resume keeps its config, and bad settings stop before RUN is made."""
 
+import json
 import os
 import re
 import signal
@@ -227,3 +230,160 @@ def test_bad_settings_stop_before_the_run_directory_is_made(tmp_path):
 def test_an_optimizer_torch_refuses_is_one_line(tmp_path):
     with pytest.raises(UserError, match="optimizer of group 'generator': Invalid learning rate: -1.0"):
         train(tmp_path, "stage.lr=-1", *FAST)
+
+
+def _tree(run) -> list[str]:
+    return sorted(os.listdir(run / "checkpoints"))
+
+
+def _strip_config(step_dir) -> None:
+    """The checkpoint as an older version saved it: its meta.json without the config."""
+    meta = json.loads((step_dir / "meta.json").read_text())
+    del meta["config"]
+    (step_dir / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["config in meta.json", "older checkpoint"])
+def test_a_checkpoint_of_another_model_is_refused_naming_both_and_nothing_is_renamed(tmp_path, recorded):
+    run = tmp_path / "run"
+    train(run, "trainer.max_steps=2", "trainer.checkpoint_every=1", *FAST)
+    (run / "config.yaml").unlink()  # a run directory of an older version: nothing but the checkpoints to compare
+    if not recorded:
+        for step_dir in list_checkpoints(run):
+            _strip_config(step_dir)
+    before = _tree(run)
+    with pytest.raises(UserError) as err:
+        train(run, "trainer.max_steps=3", "trainer.checkpoint_every=1", "stage.dim=64", *FAST)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {run / 'checkpoints' / 'step_000002'} does not fit this run (Size mismatch")
+    assert "torch.Size([48, 16, 1, 2, 2]) and current: torch.Size([64, 16, 1, 2, 2])" in message
+    assert "\n" not in message
+    if recorded:
+        assert "it was saved with another config (checkpoint -> this run): stage.dim 48 -> 64;" in message
+    else:
+        assert "its config is not recorded" in message
+    assert message.endswith("give this one a new trainer.run_dir (nothing was renamed)")
+    assert _tree(run) == before and not (run / "config.yaml").exists()
+    assert train(run, "trainer.max_steps=3", "trainer.checkpoint_every=1", *FAST).steps == 1  # resumes from step 2
+
+
+def test_a_checkpoint_of_other_groups_is_refused(tmp_path):
+    train(tmp_path, "trainer.max_steps=1", *FAST)
+    (tmp_path / "config.yaml").unlink()
+    with pytest.raises(UserError, match=r"does not fit this run \(it trains groups generator, this run critic, gen"):
+        train(tmp_path, "trainer.max_steps=2", "stage.critic=true")
+    assert _tree(tmp_path) == ["step_000001"]
+
+
+def _deny_meta(monkeypatch, step_dir):
+    real = checkpoint.read_meta
+
+    def read_meta(path):
+        if path == step_dir:
+            raise PermissionError(13, "Permission denied", str(path / "meta.json"))
+        return real(path)
+
+    monkeypatch.setattr(checkpoint, "read_meta", read_meta)
+    return step_dir / "meta.json"
+
+
+def _deny_shards(monkeypatch, step_dir):
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    real = FileSystem.create_stream
+
+    def create_stream(self, path, mode):
+        if mode == "rb" and str(path).endswith(".distcp") and str(step_dir) in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(self, path, mode)
+
+    monkeypatch.setattr(FileSystem, "create_stream", create_stream)
+    return step_dir / "__0_0.distcp"
+
+
+@pytest.mark.parametrize("deny", [_deny_meta, _deny_shards])
+def test_a_checkpoint_the_os_will_not_read_is_not_renamed(tmp_path, monkeypatch, deny):
+    common = ("trainer.max_steps=4", "trainer.checkpoint_every=2", *FAST)
+    train(tmp_path / "full", *common)
+    run = tmp_path / "run"
+    train(run, "trainer.max_steps=2", *common[1:])
+    path = deny(monkeypatch, list_checkpoints(run)[-1])
+    with pytest.raises(UserError) as err:
+        train(run, *common)
+    assert str(err.value) == (
+        f"cannot read checkpoint step_000002: {path}: Permission denied; nothing was renamed: make it readable and rerun"
+    )
+    assert _tree(run) == ["step_000002"]
+    monkeypatch.undo()
+    assert train(run, *common).steps == 2  # once readable, the run goes on from where it was
+    _same(weights(tmp_path / "full"), weights(run))
+
+
+def test_a_run_whose_checkpoints_were_all_set_aside_starts_over_only_with_restart(tmp_path, capsys):
+    from train_worker import main as cli
+
+    common = ("trainer.checkpoint_every=1", *FAST)
+    train(tmp_path, "trainer.max_steps=2", *common)
+    saved = (tmp_path / "config.yaml").read_text()
+    for step_dir in list_checkpoints(tmp_path):
+        _truncate_shard(step_dir)
+    with pytest.raises(UserError, match="no checkpoint of .* can be loaded: .*; rerun with --restart to train"):
+        train(tmp_path, "trainer.max_steps=3", *common)  # the first run sets them aside...
+    assert _tree(tmp_path) == [".broken_step_000001", ".broken_step_000002"]
+    capsys.readouterr()
+    args = ["train", "debug", f"trainer.run_dir={tmp_path}", "trainer.max_steps=3", *common]
+    assert cli(args) == 2  # ... and the next one does not quietly retrain them from step 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"contextforcing: error: run directory {tmp_path} has no checkpoint to resume from: .broken_step_000001, "
+        f".broken_step_000002 in {tmp_path / 'checkpoints'} were set aside as broken; rerun with --restart to train "
+        "from step 0 (they stay where they are)\n"
+    )
+    assert (tmp_path / "config.yaml").read_text() == saved
+    assert cli([*args, "--restart"]) == 0
+    assert "warning: --restart: training" in capsys.readouterr().err
+    assert _tree(tmp_path) == [".broken_step_000001", ".broken_step_000002", *(f"step_00000{i}" for i in (1, 2, 3))]
+    assert cli([*args[:3], "trainer.max_steps=4", *common, "--restart"]) == 0  # requeued as is: it resumes
+    assert "step 4/4 (1 steps" in capsys.readouterr().err
+
+
+def _signalled_run(run, signal_name: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(WORKER), "train", "debug", f"trainer.run_dir={run}", "trainer.max_steps=6"]
+    cmd += ["stage.interrupt_at_step=2", f"stage.interrupt_signal={signal_name}", "trainer.checkpoint_every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*cmd, *extra, *FAST], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_save_a_checkpoint_like_ctrl_c(tmp_path, name):
+    proc = _signalled_run(tmp_path / "cut", name)
+    assert proc.returncode == 128 + signal.Signals[name], proc.stderr[-2000:]
+    assert proc.stderr.splitlines()[-1] == (
+        f"contextforcing: interrupted by {name}; saved checkpoint step 3 in {tmp_path / 'cut' / 'checkpoints'}; "
+        "rerun the same command to resume"
+    )
+    full = train(tmp_path / "full", "trainer.max_steps=6", "trainer.checkpoint_every=0", *FAST)
+    resumed = train(tmp_path / "cut", "trainer.max_steps=6", "trainer.checkpoint_every=0", *FAST)
+    assert resumed.steps == 3 and resumed.losses == full.losses[3:]
+    _same(weights(tmp_path / "full"), weights(tmp_path / "cut"))
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", pytest.param("SIGHUP", marks=pytest.mark.slow)])
+def test_sigterm_under_torchrun_saves_every_ranks_part(tmp_path, name):
+    run = tmp_path / "run"
+    proc = torchrun(
+        "train",
+        "debug",
+        f"trainer.run_dir={run}",
+        "trainer.max_steps=200",
+        "stage.interrupt_at_step=1",
+        f"stage.interrupt_signal={name}",
+        *FAST,
+    )  # rank 0 sends the signal to torchrun (as a job scheduler would), which forwards it to both workers
+    assert proc.returncode != 0
+    lines = re.findall(rf"contextforcing: interrupted by {name}; saved checkpoint step \d+ in \S+", proc.stderr)
+    assert len(lines) == 2 and lines[0] == lines[1], proc.stderr[-3000:]
+    (step_dir,) = list_checkpoints(run)
+    assert {"rank_00000.pt", "rank_00001.pt", "__0_0.distcp", "__1_0.distcp"} <= set(os.listdir(step_dir))
+    step = int(step_dir.name.split("_")[1])
+    assert 2 <= step < 200 and train(run, f"trainer.max_steps={step + 1}", *FAST).steps == 1

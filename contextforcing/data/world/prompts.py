@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contextforcing.data.world.style import OCCLUDERS, PALETTES, SPRITE_PATHS, STYLES
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, quote
 
 # Style/palette pairs that training data never uses: the held-out prompts test composition.
 HELD_OUT_COMBOS: frozenset[tuple[str, str]] = frozenset({("checkered", "dusk"), ("columned", "sand")})
@@ -56,7 +56,9 @@ _SPRITE = re.compile(r"^(?P<path>\S+) sprite$")
 
 def _choose(word: str, valid: tuple[str, ...], what: str, prompt: str) -> str:
     if word not in valid:
-        raise UserError(f"bad world prompt {prompt!r}: unknown {what} {word!r}; choose one of {', '.join(valid)}")
+        raise UserError(
+            f"bad world prompt {quote(prompt)}: unknown {what} {quote(word)}; choose one of {', '.join(valid)}"
+        )
     return word
 
 
@@ -67,7 +69,7 @@ def parse_prompt(prompt: str) -> PromptSpec:
     head = _HEAD.match(clauses[0]) if clauses else None
     if head is None:
         raise UserError(
-            f"bad world prompt {prompt!r}: expected '<style> <palette> room[, <occluder> occlusions][, <path> sprite]', "
+            f"bad world prompt {quote(prompt)}: expected '<style> <palette> room[, <occluder> occlusions][, <path> sprite]', "
             f"e.g. 'striped cool room, curtain occlusions, circle sprite'"
         )
     style = _choose(head["style"], STYLES, "style", prompt)
@@ -80,7 +82,7 @@ def parse_prompt(prompt: str) -> PromptSpec:
             sprite_path = _choose(m["path"], SPRITE_PATHS, "sprite path", prompt)
         else:
             raise UserError(
-                f"bad world prompt {prompt!r}: cannot parse clause {clause!r} "
+                f"bad world prompt {quote(prompt)}: cannot parse clause {quote(clause)} "
                 f"(expected '<occluder> occlusions' or '<path> sprite', each at most once)"
             )
     return PromptSpec(style, palette, occluder, sprite_path)

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 from contextforcing.data.world.panorama.geometry import BALL_SPEEDS, CHUNK_SECONDS, PALETTES
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, quote
 
 CAMERA_ACTIONS = ("hold", "pan left", "pan right")
 LIGHTS = ("on", "off")
@@ -79,7 +79,9 @@ class PanoramaPrompt:
 
 def _choose(word: str, valid: tuple[str, ...], what: str, prompt: str) -> str:
     if word not in valid:
-        raise UserError(f"bad panorama prompt {prompt!r}: unknown {what} {word!r}; choose one of {', '.join(valid)}")
+        raise UserError(
+            f"bad panorama prompt {quote(prompt)}: unknown {what} {quote(word)}; choose one of {', '.join(valid)}"
+        )
     return word
 
 
@@ -103,9 +105,13 @@ def _parse_clause(clause: str, prompt: str, found: dict) -> None:
     elif clause == "black ball":
         key, value = "black", True
     else:
-        raise UserError(f"bad panorama prompt {prompt!r}: cannot parse clause {clause!r}; expected {_CLAUSES}")
+        raise UserError(
+            f"bad panorama prompt {quote(prompt)}: cannot parse clause {quote(clause)}; expected {_CLAUSES}"
+        )
     if key in found:
-        raise UserError(f"bad panorama prompt {prompt!r}: clause {clause!r} repeats the {key.replace('_on', '')}")
+        raise UserError(
+            f"bad panorama prompt {quote(prompt)}: clause {quote(clause)} repeats the {key.replace('_on', '')}"
+        )
     found[key] = value
 
 
@@ -116,7 +122,7 @@ def parse_panorama_prompt(prompt: str) -> PanoramaPrompt:
     room = _ROOM.match(clauses[0])
     if room is None:
         raise UserError(
-            f"bad panorama prompt {prompt!r}: expected '<palette> room, <camera>, lights on|off[, ...]', "
+            f"bad panorama prompt {quote(prompt)}: expected '<palette> room, <camera>, lights on|off[, ...]', "
             f"e.g. {EXAMPLE!r}"
         )
     palette = _choose(room["palette"], PALETTE_NAMES, "palette", prompt)
@@ -132,7 +138,7 @@ def parse_panorama_prompt(prompt: str) -> PanoramaPrompt:
         if key not in found
     ]
     if missing:
-        raise UserError(f"bad panorama prompt {prompt!r}: missing the {' and the '.join(missing)}")
+        raise UserError(f"bad panorama prompt {quote(prompt)}: missing the {' and the '.join(missing)}")
     return PanoramaPrompt(palette, **found)
 
 
