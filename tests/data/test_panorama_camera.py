@@ -7,8 +7,8 @@ import pytest
 from contextforcing.config import get_preset
 from contextforcing.data.world.panorama import heldout_worlds, simulate
 from contextforcing.data.world.panorama.camera import PanoramaCamera
-from contextforcing.data.world.panorama.geometry import ROOM_WIDTH
 from contextforcing.data.world.panorama.generator import sample_training_script
+from contextforcing.data.world.panorama.geometry import ROOM_WIDTH
 from contextforcing.data.world.panorama.simulate import PanoramaSpec
 from contextforcing.errors import UserError
 from contextforcing.sampling.camera import chunk_headings, prompt_headings
