@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "reproduce_results.py"
 sys.path.insert(0, str(SCRIPT.parent))
-import reproduce_results as rr  # noqa: E402
+import results_tables as rr  # noqa: E402
 
 
 @pytest.mark.parametrize("wins,losses", [(0, 0), (0, 1), (3, 3), (1, 7), (8, 2), (0, 9)])
@@ -53,16 +53,20 @@ def test_small_run_writes_cells_resumes_and_fills_the_document(tmp_path):
     cells = sorted((tmp_path / "out" / "cells").rglob("*.json"))
     assert len(cells) == 4  # rows x 1 world
     truth = json.loads((tmp_path / "out/cells/12s/truth_codec/000.json").read_text())
-    assert truth["headline"]["camera_pans"] == 1.0 and truth["made"]["fast"][0] > 0  # the ceiling follows the script
+    assert truth["headline"]["camera_pans"] == 1.0 and truth["headline"]["memory_score"] == 1.0  # the ceiling
+    assert truth["revisits"] and all(r["made"] and r["memory"] == r["truth"] for r in truth["revisits"])
     still = json.loads((tmp_path / "out/cells/12s/still/000.json").read_text())
-    assert still["headline"]["camera_pans"] == 0.0 and still["revisits"] == []  # never leaves the view: n/a
+    # never leaves the view: every revisit of the script counts, as forgotten
+    assert still["headline"]["camera_pans"] == 0.0 and len(still["revisits"]) == len(truth["revisits"])
+    assert still["headline"]["memory_score"] == 0.0 and not any(r["made"] for r in still["revisits"])
     model = json.loads((tmp_path / "out/cells/12s/rolling/000.json").read_text())
     assert model["memory"]["policy"] == "rolling" and model["memory"]["window"] == 12
     doc = (tmp_path / "doc.md").read_text()
-    assert "| perfect memory: the ground truth through the codec | 1 | 1.00 / 1.00 |" in doc
-    assert "| still picture (first frame) | 1 | 0.00 / 1.00 | n/a / n/a / n/a |" in doc
-    assert "| rolling window, 12 frames = 3 s (Self-Forcing) | " in doc and "not measured" not in doc
-    assert (tmp_path / "results" / "revisit_by_delay.png").is_file()
+    assert "| perfect memory: the ground truth through the codec | 1 | 1.00 / " in doc
+    assert "| still picture (first frame) | 1 | 0.00 / 0.00 / " in doc
+    assert "| rolling window, 12 frames = 3 s (Self-Forcing) | 1 | " in doc
+    assert "above the slow tier emptied: not measured (slow_empty has no cells)" in doc  # targets: a row not run
+    assert (tmp_path / "results" / "memory_by_delay.png").is_file()
 
     stamps = [p.stat().st_mtime_ns for p in cells]
     again = run_script(tmp_path, *SMALL)
