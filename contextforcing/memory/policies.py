@@ -273,7 +273,25 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
     if p.layout == "released" and p.sink >= p.window:
         # The k-th promotion overwrites context slot sink + k, which must hold an already cached frame.
         raise UserError(f"layout=released needs sink < fast (got sink={p.sink}, fast={p.window})")
+    if p.layout == "released" and p.capacity % chunk_frames:
+        raise UserError(_released_size_error(p.sink, p.slow, p.window, chunk_frames))
     return p
+
+
+def _released_size_error(sink: int, slow: int, fast: int, chunk_frames: int) -> str:
+    """Why the released cache is not reproduced at these sizes, and the nearest slow sizes that are.
+
+    The official cache fills and rolls whole chunks: with sink + slow + fast not a whole number of chunks it
+    never fills its last slots (and with fast equal to the chunk its roll writes the new chunk over context
+    slots), which is not a rule this layout states or reproduces."""
+    capacity = sink + slow + fast
+    short = capacity % chunk_frames
+    fits = [s for s in (slow - short, slow + chunk_frames - short) if s >= 0]
+    return (
+        f"layout=released needs sink + slow + fast to be whole {chunk_frames}-frame chunks (the released cache "
+        f"leaves the rest of its slots unfilled, which is not reproduced); got {sink} + {slow} + {fast} = "
+        f"{capacity}; e.g. slow={' or slow='.join(str(s) for s in fits)}"
+    )
 
 
 def bounded_positions(

@@ -15,6 +15,10 @@ frames), where a frame's RoPE position is its slot index.
 4. Similarity: per layer, the cosine of the token-mean pre-RoPE key with the previous call's, per batch
    item, averaged over the batch; promote when below tau.
 
+0. Sizes: the official cache fills and rolls whole chunks, so these rules hold when cap is a whole number of
+   chunks (C). Otherwise it never fills its last cap % C slots (and with fast == C its roll writes each new
+   chunk over context slots); that is not stated here, and the layout refuses such sizes.
+
 Contents are symbolic: (frame, tag) where tag is the pass that wrote the K/V (a noisy pass index, or
 COMMIT). A chunk attends slots [0, end) at positions 0..end-1, and its own frames at end..end+C-1.
 """
@@ -39,6 +43,8 @@ class ReleasedReference:
     def __init__(self, *, sink=3, slow=12, fast=6, tau=0.95, chunk=3, layers=2):
         self.S, self.N, self.W, self.C, self.tau, self.layers = sink, slow, fast, chunk, tau, layers
         self.cap = sink + slow + fast
+        if self.cap % chunk:
+            raise ValueError(f"rule 0: cap {self.cap} is not a whole number of {chunk}-frame chunks")
         self.cache = [[None] * self.cap for _ in range(layers)]  # slot -> (frame, tag)
         self.end = 0
         self.count = [0] * layers

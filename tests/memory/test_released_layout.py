@@ -64,9 +64,9 @@ class ReleasedHarness:
         return k, 3 * k
 
     @staticmethod
-    def decode(keys):
-        """(frame, pass tag, position) of each attended frame, from rotated keys [B, n*T, H, D] (item 0)."""
-        k = keys[0].reshape(-1, T, H, D)[:, :, 0].double()
+    def decode(keys, item=0):
+        """(frame, pass tag, position) of each attended frame, from rotated keys [B, n*T, H, D] (batch `item`)."""
+        k = keys[item].reshape(-1, T, H, D)[:, :, 0].double()
         half, mean = (k[:, 0] - k[:, 1]) / 2, (k[:, 0] + k[:, 1]) / 2
         out = []
         for frame, pid, pos in zip(
@@ -97,8 +97,9 @@ class ReleasedHarness:
 
     def check(self, layer, keys, values, mask, k, v, expected, where):
         view = self.mem.view(layer)
-        got = [] if view is None else self.decode(view[0])
-        assert got == [(f, tag, p) for p, f, tag in expected], f"{where}: attended frames or positions differ"
+        for item in range(self.batch):  # every sample's keys at the slot positions (the released code: item 0 only)
+            got = [] if view is None else self.decode(view[0], item)
+            assert got == [(f, tag, p) for p, f, tag in expected], f"{where} item {item}: frames or positions differ"
         assert self.mem.group_of(layer).plan.positions == [p for p, _, _ in expected], f"{where}: plan positions"
         # What attention gets (slot range + mask) equals attention over the plan-order view plus the chunk.
         ref_k = k if view is None else torch.cat([view[0], k], 1)
@@ -216,3 +217,37 @@ def test_released_layout_fixes_its_switches():
             MemoryLayout(1, T, H, D, C),
             key_rotation=lambda k, p: k.flatten(1, 2),
         )
+
+
+@pytest.mark.parametrize(
+    "sizes", [dict(sink=2, slow=7, fast=6), dict(sink=1, slow=5, fast=3), dict(sink=3, slow=6, fast=9)]
+)
+def test_other_whole_chunk_sizes_match_the_reference_pass_by_pass(sizes):
+    """Sizes other than 3/12/6 whose total is whole chunks: a sink that is not a whole chunk, a fast window of
+    exactly one chunk, a fast window longer than the slow memory."""
+    h = ReleasedHarness(scenes(4), sizes=sizes, chunks=60).run()
+    assert all(len(p) > sizes["slow"] for p in h.ref.promotions)  # promotions filled and rolled the context
+
+
+@pytest.mark.parametrize("sizes", [dict(sink=2, slow=8, fast=6), dict(sink=1, slow=4, fast=3)])
+def test_sizes_that_are_not_whole_chunks_are_refused_with_one_line(sizes):
+    spec = make_spec("slow_fast", {"layout": "released", **sizes})
+    with pytest.raises(UserError) as err:
+        ContextMemory(spec, MemoryLayout(LAYERS, T, H, D, C), key_rotation=lambda k, p: k.flatten(1, 2))
+    message = str(err.value)
+    total = sum(sizes.values())
+    assert "\n" not in message and f"= {total}" in message and "whole 3-frame chunks" in message
+    short = total % C
+    for slow in (sizes["slow"] - short, sizes["slow"] + C - short):  # the suggested sizes are accepted
+        make_spec("slow_fast", {"layout": "released", **sizes, "slow": slow}, chunk_frames=C)
+    with pytest.raises(UserError, match="whole 3-frame chunks"):
+        make_spec("slow_fast", {"layout": "released", **sizes}, chunk_frames=C)  # checked before any work too
+    make_spec("slow_fast", {"layout": "tiered", **sizes}, chunk_frames=C)  # our layout takes any size
+
+
+def test_a_batch_of_two_rotates_every_samples_keys_at_the_slot_positions():
+    """Batch 2 over 60 chunks: both samples attend the reference's frames at its positions. The released code
+    rotates only sample 0's cached keys correctly (it sets the frame count of `grid_sizes[0]` alone); this is
+    the release with that line fixed, as the README says."""
+    h = ReleasedHarness(scenes(5), batch=2, chunks=60).run()
+    assert all(h.ref.promotions)
