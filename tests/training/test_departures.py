@@ -302,7 +302,7 @@ def test_released_critic_loss_is_weighted_by_the_training_weight_of_its_timestep
     low = min(bell)
     weights = [(b - low) * 1000 / sum(y - low for y in bell) for b in bell]
     nearest = min(range(1000), key=lambda i: abs(shift_5(i) * 1000 - t))
-    assert math.isclose(float(loss), mse * weights[nearest], rel_tol=1e-4)
+    assert math.isclose(float(loss.detach()), mse * weights[nearest], rel_tol=1e-4)
     clamped = [w for i, w in enumerate(weights) if 20 <= shift_5(i) * 1000 <= 980]
     assert round(min(clamped), 2) == 0.13 and round(max(clamped), 2) == 2.08  # the weighting's range
 
@@ -319,3 +319,29 @@ def test_released_options_are_checked_with_one_line(tmp_path):
         _shrunk("cdmd", tmp_path, *RELEASED[:3], "stage.min_frames=9", "stage.max_frames=15", "stage.target_frames=6")
     with pytest.raises(UserError, match="needs a video codec"):
         _shrunk("cdmd", tmp_path, *RELEASED, "stage.data.source=smooth")
+
+
+def test_released_stage_1_scores_alone_unweighted_with_the_first_chunk_rule(tmp_path):
+    """Stage 1 as released (no context teacher): the whole 6-frame rollout scored on its own, the critic's flow
+    MSE unweighted, and the same first-chunk rule (start_gradient_frame_index = 3)."""
+    stage = _shrunk(
+        "dmd", tmp_path, "stage.teacher_context=released", "stage.score_window=target", "stage.target_frames=0"
+    )
+    calls, outputs = [], []
+    _calls(stage.critic, calls)
+    original = stage.critic.forward
+
+    def keep(*args, **kw):
+        out = original(*args, **kw)
+        outputs.append(out.detach())
+        return out
+
+    stage.critic.forward = keep
+    loss, _ = stage.critic_loss(next(stage.batches(0, 1, 0)), Ctx(seed=6))
+    rollout = stage.last_rollout
+    assert rollout.target_start == 0 and rollout.exits == [3, 3] and calls[0]["x"].shape[2] == 6
+    x, t = rollout.target, float(calls[0]["t"].reshape(-1)[0])
+    s = _table_sigma(5.0, t)
+    eps = (calls[0]["x"].double() - (1 - s) * x.double()) / s
+    mse = float(((outputs[0].double() - (eps - x.double())) ** 2).mean())
+    assert math.isclose(float(loss.detach()), mse, rel_tol=1e-4)

@@ -306,18 +306,20 @@ class ScoreMatchingStage:
         for local, text, lay, context in self.scored_windows(rollout, timeline):
             t, _, noise, x_t = self.noised(x[:, :, local], ctx)
             flow = self.score(self.critic, x_t, t, text, lay, context)
-            parts.append(self.critic_window_loss(x_t, flow, t, noise, x[:, :, local]))
+            parts.append(self.critic_window_loss(x_t, flow, t, noise, x[:, :, local], bool(lay.frames)))
         loss = torch.stack(parts).mean(0)
         metrics = {"critic_loss": float(loss.detach().mean()), "rollout_frames": float(rollout.latents.shape[2])}
         return loss.mean(), metrics
 
-    def critic_window_loss(self, x_t, flow, t, noise, x) -> torch.Tensor:
-        """Flow matching of the critic on one window, per sample. The released Stage 2 reads the flow as
-        predicted and weights the loss by the batch mean of the table's training weight at t (0.13 to 2.08
-        over the clamped range); otherwise the flow is read through the score table (`ScoreTables`)."""
-        if self.released:
-            return losses.critic_loss(flow, noise, x) * self.schedule.training_weight(t).mean()
-        return losses.critic_loss(self.tables.critic_flow(x_t, flow, t), noise, x)
+    def critic_window_loss(self, x_t, flow, t, noise, x, with_context: bool) -> torch.Tensor:
+        """Flow matching of the critic on one window, per sample. The released code reads the flow as
+        predicted, and its Stage 2 (a window with context) weights the loss by the batch mean of the table's
+        training weight at t (0.13 to 2.08 over the clamped range); otherwise the flow is read through the
+        score table (`ScoreTables`: Self-Forcing's round trip when the tables differ)."""
+        if not self.released:
+            return losses.critic_loss(self.tables.critic_flow(x_t, flow, t), noise, x)
+        loss = losses.critic_loss(flow, noise, x)
+        return loss * self.schedule.training_weight(t).mean() if with_context else loss
 
 
 class DMDStage(ScoreMatchingStage):
