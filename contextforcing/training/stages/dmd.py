@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn as nn
@@ -97,6 +97,9 @@ class ScoreMatchingOptions:
     teacher_context: str = "memory"  # memory (the paper) | contiguous (the released frames) | released (its call)
     context_window: int = 21  # contiguous / released: frames before each scored window
     score_window: str = "target"  # one score call over the target window | one per chunk
+
+    # A run saved before `exit_step` replaced this boolean resumes as the same run (training/config.py).
+    resume_renamed: ClassVar[dict] = {"same_exit_across_chunks": ("exit_step", {False: "per_chunk", True: "shared"})}
 
     def __post_init__(self):
         if self.dfake_gen_update_ratio < 1:
