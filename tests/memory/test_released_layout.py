@@ -220,28 +220,47 @@ def test_released_layout_fixes_its_switches():
 
 
 @pytest.mark.parametrize(
-    "sizes", [dict(sink=2, slow=7, fast=6), dict(sink=1, slow=5, fast=3), dict(sink=3, slow=6, fast=9)]
+    "sizes",
+    [
+        dict(sink=2, slow=7, fast=6),
+        dict(sink=1, slow=5, fast=3),
+        dict(sink=3, slow=6, fast=9),
+        dict(sink=2, slow=8, fast=6),
+        dict(sink=3, slow=8, fast=6),
+    ],
 )
-def test_other_whole_chunk_sizes_match_the_reference_pass_by_pass(sizes):
-    """Sizes other than 3/12/6 whose total is whole chunks: a sink that is not a whole chunk, a fast window of
-    exactly one chunk, a fast window longer than the slow memory."""
+def test_other_sizes_match_the_reference_pass_by_pass(sizes):
+    """Sizes other than 3/12/6: a sink that is not a whole chunk, a fast window of exactly one chunk, a fast
+    window longer than the slow memory, and totals that are not whole chunks (16, and the embedded model's 17:
+    slots left unfilled, positions past them)."""
     h = ReleasedHarness(scenes(4), sizes=sizes, chunks=60).run()
     assert all(len(p) > sizes["slow"] for p in h.ref.promotions)  # promotions filled and rolled the context
 
 
-@pytest.mark.parametrize("sizes", [dict(sink=2, slow=8, fast=6), dict(sink=1, slow=4, fast=3)])
-def test_sizes_that_are_not_whole_chunks_are_refused_with_one_line(sizes):
+def test_a_total_that_is_not_whole_chunks_leaves_the_last_slots_unfilled():
+    """3 + 8 + 6 = 17 slots: the cache holds 15 frames, so its local region holds 4 (the chunk and one cached
+    frame, where whole chunks would give three), and positions run up to 16 past the two unfilled slots: sink
+    0..2, the rest 5..13, the chunk at 14..16."""
+    h = ReleasedHarness(scenes(3), tau=-1.0, sizes=dict(sink=3, slow=8, fast=6), chunks=40).run()
+    plan = h.mem.begin_chunk(120, C)
+    assert [a.frame for a in plan.context] == list(range(11)) + [119]
+    assert plan.positions == [0, 1, 2] + list(range(5, 14)) and list(plan.current_positions) == [14, 15, 16]
+    assert plan.tier("slow") == list(range(3, 11)) and plan.tier("fast") == [119]
+
+
+def test_a_fast_window_that_would_write_chunks_over_context_slots_is_refused_with_one_line():
+    sizes = dict(sink=1, slow=4, fast=3)  # 8 slots: the chunk would take slots 3..5, two of them context slots
     spec = make_spec("slow_fast", {"layout": "released", **sizes})
     with pytest.raises(UserError) as err:
         ContextMemory(spec, MemoryLayout(LAYERS, T, H, D, C), key_rotation=lambda k, p: k.flatten(1, 2))
     message = str(err.value)
-    total = sum(sizes.values())
-    assert "\n" not in message and f"= {total}" in message and "whole 3-frame chunks" in message
-    short = total % C
-    for slow in (sizes["slow"] - short, sizes["slow"] + C - short):  # the suggested sizes are accepted
-        make_spec("slow_fast", {"layout": "released", **sizes, "slow": slow}, chunk_frames=C)
-    with pytest.raises(UserError, match="whole 3-frame chunks"):
+    assert "\n" not in message and "= 8" in message and "fast >= 5" in message
+    for fits in ({**sizes, "fast": 5}, {**sizes, "slow": 4 - 8 % C}):  # the suggested sizes are accepted
+        make_spec("slow_fast", {"layout": "released", **fits}, chunk_frames=C)
+    with pytest.raises(UserError, match="over its last context slots"):
         make_spec("slow_fast", {"layout": "released", **sizes}, chunk_frames=C)  # checked before any work too
+    with pytest.raises(ValueError, match="rule 0"):
+        ReleasedReference(**sizes)
     make_spec("slow_fast", {"layout": "tiered", **sizes}, chunk_frames=C)  # our layout takes any size
 
 
