@@ -178,7 +178,11 @@ class ContextMemory:
     def track_exit_gradients(self) -> None:
         """Training rollouts that reproduce Self-Forcing's in-place cache: later chunks back-propagate into the
         exit passes of the chunks they attend (memory/exit_grad.py)."""
-        self.exit_gradients = ExitGradients(self.layout.tokens_per_frame, self.rotate_keys)
+        self.exit_gradients = ExitGradients(self.layout.tokens_per_frame, self._rotate_entries)
+
+    def _rotate_entries(self, keys: torch.Tensor, attended) -> torch.Tensor:
+        """Pre-RoPE keys [B, m, T, H, D] of attended entries, rotated where the plan places them."""
+        return self.rotate_keys(keys, [a.position for a in attended])
 
     @staticmethod
     def slot_count(spec: MemorySpec, chunk_frames: int, max_frames: int | None = None) -> int:

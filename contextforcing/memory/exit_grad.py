@@ -21,14 +21,15 @@ import torch
 
 from contextforcing.memory.plan import Attended
 
-KeyRotation = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
+# (pre-RoPE keys [B, m, T, H, D] of m attended entries, the entries) -> keys rotated where the plan puts them
+EntryRotation = Callable[[torch.Tensor, Sequence[Attended]], torch.Tensor]
 
 
 class ExitGradients:
     """Zero-valued straight-through terms (frame keys and values that carry an exit pass's graph), per layer."""
 
-    def __init__(self, tokens_per_frame: int, rotate_keys: KeyRotation):
-        self.tokens_per_frame, self.rotate_keys = tokens_per_frame, rotate_keys
+    def __init__(self, tokens_per_frame: int, rotate_entries: EntryRotation):
+        self.tokens_per_frame, self.rotate_entries = tokens_per_frame, rotate_entries
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> this chunk's grad-pass (k, v)
         self.links: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (layer, frame) -> (dk, dv)
 
@@ -60,7 +61,7 @@ class ExitGradients:
             return keys, values
         t = self.tokens_per_frame
         dk = torch.stack([self.links[(layer, a.frame)][0] for _, a in linked], 1)  # [B, m, T, H, D]
-        rotated = self.rotate_keys(dk.to(keys.dtype), [a.position for _, a in linked]).unflatten(1, (-1, t))
+        rotated = self.rotate_entries(dk.to(keys.dtype), [a for _, a in linked]).unflatten(1, (-1, t))
         index = torch.tensor([i for i, _ in linked], device=keys.device)
         dv = torch.stack([self.links[(layer, a.frame)][1] for _, a in linked], 1).to(values.dtype)
         keys = keys.unflatten(1, (-1, t)).index_add(1, index, rotated).flatten(1, 2)

@@ -122,6 +122,7 @@ class InPlaceCache:
         self.k = [torch.zeros(shape) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape) for _ in range(cfg.num_layers)]
         self.tokens, self.detach = tokens, detach
+        self.current_headings = None  # what a room-anchored model reads from its memory: a camera that never turns
 
     def begin_chunk(self, start: int, frames: int) -> None:
         self.start, self.frames = start, frames

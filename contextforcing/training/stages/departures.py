@@ -41,14 +41,17 @@ class ScoreTables:
         return flow_from_x0(x_t, self.x0(x_t, flow, t), self.noise.sigma(t))
 
 
-def released_score(model, x_t: torch.Tensor, t: torch.Tensor, text, positions: list[int], context: torch.Tensor):
+def released_score(
+    model, x_t: torch.Tensor, t: torch.Tensor, text, positions: list[int], context: torch.Tensor, **frame_kwargs
+):
     """The released Stage 2 score call (`model/dmd.py`, `utils/wan_wrapper.py`): one bidirectional pass over
     [clean context ; noisy target] at contiguous positions, every frame labelled with the target's timestep
     (one scalar per sample, the bidirectional Wan's); returns the target's flow. Ours (`forward_with_context`)
-    labels the context t = 0 and lets it attend only itself."""
+    labels the context t = 0 and lets it attend only itself. `frame_kwargs` go to the model as they are
+    (per-frame inputs of the whole [context ; target] sequence)."""
     b, fc = context.shape[0], context.shape[2]
     frames = torch.cat([context, x_t], dim=2)
-    out = model(frames, t.reshape(b, 1).expand(b, frames.shape[2]), text, positions=positions)
+    out = model(frames, t.reshape(b, 1).expand(b, frames.shape[2]), text, positions=positions, **frame_kwargs)
     return out[:, :, fc:]
 
 
