@@ -458,10 +458,16 @@ def test_save_is_atomic_and_round_trips(state, tiny_model_cfg, tmp_path):
 
 # -- head counts: never guessed ------------------------------------------------------------------------------
 # Widths of presets with another head count: a guess from the preset would load 2 heads as 4 and 4 as 6.
-HEAD_CASES = [
-    ("tiny", dataclasses.replace(get_preset("tiny").model, num_heads=2)),
-    ("world", dataclasses.replace(get_preset("world").model, num_heads=4)),
-]
+SHAPES = ("dim", "ffn_dim", "num_layers", "text_dim", "text_len", "in_dim", "out_dim", "patch_size", "freq_dim")
+
+
+def _preset_shapes(name: str, heads: int) -> ModelConfig:
+    """A model with the preset's tensor shapes and `heads` heads (other fields at their defaults)."""
+    preset = get_preset(name).model
+    return ModelConfig(**{f: getattr(preset, f) for f in SHAPES}, num_heads=heads)
+
+
+HEAD_CASES = [("tiny", _preset_shapes("tiny", 2)), ("world", _preset_shapes("world", 4))]
 
 
 def _head_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
