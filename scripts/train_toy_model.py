@@ -262,6 +262,8 @@ def ship(args, root: Path, record: dict) -> dict:
         "text_encoder": {"kind": "hash", "text_dim": preset.model.text_dim, "text_len": preset.model.text_len},
         "sampling": to_dict(cdmd.stage.sampling),
         "prompt_grammar": "panorama",  # the prompts it was trained on: contextforcing/data/world/panorama/script.py
+        # a room-anchored model reads each prompt's camera action as a heading (data/world/panorama/camera.py)
+        **({"camera": "panorama"} if preset.model.room_anchored else {}),
         "example_prompt": heldout_worlds(1)[0].script.entries[0].prompt.canonical,
         "weights": {
             "file": weights.name,

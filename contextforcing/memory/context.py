@@ -34,6 +34,7 @@ import torch
 
 from contextforcing.config import ModelConfig, VideoConfig
 from contextforcing.errors import UserError
+from contextforcing.memory.exit_grad import ExitGradients
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache, make_policy, tier_params
 from contextforcing.memory.promotion import promotion_for
@@ -181,6 +182,20 @@ class ContextMemory:
         self._recaching = False
         self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
         self._commit_pass = False
+        self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
+
+    def track_exit_gradients(self) -> None:
+        """Training rollouts that reproduce Self-Forcing's in-place cache: later chunks back-propagate into the
+        exit passes of the chunks they attend (memory/exit_grad.py)."""
+        self.exit_gradients = ExitGradients(self.layout.tokens_per_frame, self._rotate_entries)
+
+    def _rotate_entries(self, keys: torch.Tensor, attended) -> torch.Tensor:
+        """Pre-RoPE keys [B, m, T, H, D] of attended entries, rotated where the plan places them (and, for a
+        room-anchored model, at their camera headings)."""
+        positions = [a.position for a in attended]
+        if not self.uses_headings:
+            return self.rotate_keys(keys, positions)
+        return self.rotate_keys(keys, positions, self._headings_of([a.frame for a in attended]))
 
     @staticmethod
     def slot_count(spec: MemorySpec, chunk_frames: int, max_frames: int | None = None) -> int:
@@ -315,6 +330,9 @@ class ContextMemory:
             updates.append(self._update(g, changes))
         self.promotion.end_commit()
         self._forget_headings()
+        if self.exit_gradients is not None:
+            self.exit_gradients.bind(self.start)
+            self.exit_gradients.prune(lambda layer, f: ("main", f) in self._group_of[layer].slots.slot)
         return updates[0]
 
     def _update(self, g: _Group, changes) -> MemoryUpdate:
@@ -426,6 +444,8 @@ class ContextMemory:
         promotion rule); returns what the layer attends: `copy` for keys that carry an autograd graph."""
         if self._commit_pass:
             self._store(layer, k, v)
+        elif copy and self.exit_gradients is not None:
+            self.exit_gradients.record(layer, k, v)
         if not self._recaching:
             g = self._group_of[layer]
             taken = self.promotion.observe(layer, g, k, v, self._commit_pass)
@@ -440,7 +460,10 @@ class ContextMemory:
         return ContextRead(keys, values, g.key_mask, g.current_tokens)
 
     def copy_read(self, layer: int) -> ContextRead:
-        return ContextRead(*(self.view(layer) or (None, None)))
+        view = self.view(layer)
+        if view is not None and self.exit_gradients is not None:
+            view = self.exit_gradients.add_to(layer, self._group_of[layer].plan.context, *view)
+        return ContextRead(*(view or (None, None)))
 
     def view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Copies of the rotated keys and values [B, n*T, H, D] of the stored frames this chunk attends in

@@ -13,9 +13,10 @@ layouts:
          chunk too, so a chunk sees window - chunk cached ones
 
 `released` (slow_fast only: the official Context Forcing code's cache, `ReleasedPolicy`)
-  one plain cache of sink + slow + fast slots that fills in frame order; once full only the last `fast`
-  slots roll, and a promoted keyframe overwrites context slot sink + k (k-th promotion; FIFO once the
-  context slots hold promotions only). See `ReleasedPolicy` for the four rules.
+  one plain cache of sink + slow + fast slots that fills in frame order, a chunk at a time (slots past the
+  last whole chunk stay empty); once full only the local region after the context slots rolls, and a
+  promoted keyframe overwrites context slot sink + k (k-th promotion; FIFO once the context slots hold
+  promotions only). See `ReleasedPolicy` for the four rules.
 
 Positions: `absolute` gives each frame its own index (grows with the video); `bounded` puts the sink at
 0..S-1 and every other attended frame contiguously, ending at min(t, capacity - 1) where t is the
@@ -273,7 +274,25 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
     if p.layout == "released" and p.sink >= p.window:
         # The k-th promotion overwrites context slot sink + k, which must hold an already cached frame.
         raise UserError(f"layout=released needs sink < fast (got sink={p.sink}, fast={p.window})")
+    if p.layout == "released" and p.window < chunk_frames + p.capacity % chunk_frames:
+        raise UserError(_released_size_error(p.sink, p.slow, p.window, chunk_frames))
     return p
+
+
+def _released_size_error(sink: int, slow: int, fast: int, chunk_frames: int) -> str:
+    """Why the released cache is not reproduced at these sizes, and the sizes that are.
+
+    The official cache writes whole chunks: the last (sink + slow + fast) % chunk slots are never filled and
+    each new chunk goes to the last filled slots. With fast < chunk + that remainder those slots reach into
+    the context region, so every chunk overwrites context slots (and the promotions made into them)."""
+    capacity = sink + slow + fast
+    short = capacity % chunk_frames
+    return (
+        f"layout=released with sink + slow + fast = {sink} + {slow} + {fast} = {capacity} (not whole "
+        f"{chunk_frames}-frame chunks) and fast={fast}: the released cache writes each new chunk over its last "
+        f"context slots there, which is not reproduced; use fast >= {chunk_frames + short} or whole chunks "
+        f"(e.g. slow={slow - short})"
+    )
 
 
 def bounded_positions(
@@ -493,16 +512,19 @@ class TieredPolicy:
 class ReleasedPolicy:
     """The official Context Forcing inference cache (slow_fast with `layout=released`), as four rules:
 
-    1. It fills like a plain cache of `capacity` = sink + slow + fast slots: frame f lands in slot f, so
-       until the cache is full a chunk attends every past frame. Slots [sink, sink + slow) are the context
-       (slow) region, the last `fast` slots the local region; once full, only the local region rolls.
+    1. It fills like a plain cache of `capacity` = sink + slow + fast slots, a chunk at a time: frame f lands
+       in slot f, so until the cache is full a chunk attends every past frame. Slots [sink, sink + slow) are
+       the context (slow) region, the rest the local region; once full, only the local region rolls, by a
+       chunk, and the new chunk takes the last filled slots. When the capacity is not whole chunks, its last
+       capacity % chunk slots are never filled (`usable`) and the local region holds that many frames less.
     2. A promotion happens inside the pass that decides it (`promote`), before that pass's attention: the
        chunk's first frame, as that pass computed it, is copied into context slot sink + k for the k-th
        promotion (k < slow; the frame there is dropped), later into the last context slot after the
        context region rolls by one (FIFO). The chunk attends the copy from that pass on.
     3. Every chunk whose first frame is at least `fast` is checked (no interval), on every pass.
     4. (In `ContextMemory`) similarity is decided per layer, averaging per-sample cosines over the batch.
-    Positions are the slot indices: sink 0..sink-1, everything else contiguous up to min(t, capacity - 1).
+    Positions: sink 0..sink-1, everything else contiguous up to min(t, capacity - 1), the chunk last (the slot
+    indices when the capacity is whole chunks; past the unfilled slots' worth otherwise).
     """
 
     promotes_within_chunk = True
@@ -510,6 +532,7 @@ class ReleasedPolicy:
     def __init__(self, params: TierParams, chunk_frames: int):
         self.p, self.chunk_frames = params, chunk_frames
         self.capacity = params.capacity
+        self.usable = params.capacity - params.capacity % chunk_frames  # slots that ever hold a frame
         self.slots: list[tuple[str, int]] = []  # cached entries in slot order: ('main', frame) or ('slow', frame)
         self.promotions = 0
         self._chunk: ChunkPlan | None = None
@@ -520,14 +543,17 @@ class ReleasedPolicy:
         return "slow" if slot < self.p.sink + self.p.slow else "fast"
 
     def plan(self, chunk: int, start: int, frames: int) -> ChunkPlan:
-        context = tuple(Attended(self._tier(i), f, i, kind == "slow") for i, (kind, f) in enumerate(self.slots))
-        first = len(self.slots)
-        self._chunk = ChunkPlan(chunk, start, frames, context, tuple(range(first, first + frames)))
+        sink = min(self.p.sink, len(self.slots))
+        positions, current = bounded_positions(sink, len(self.slots) - sink, frames, start, self.capacity)
+        context = tuple(
+            Attended(self._tier(i), f, p, kind == "slow") for i, ((kind, f), p) in enumerate(zip(self.slots, positions))
+        )
+        self._chunk = ChunkPlan(chunk, start, frames, context, tuple(current))
         return self._chunk
 
     def recent_frames(self, next_start: int) -> list[int]:
-        """Frames of the last `fast - chunk` that are still cached as themselves, outside the sink."""
-        oldest = next_start - (self.p.window - self.chunk_frames)
+        """Frames of the last `fast - chunk` (less the unfilled slots) still cached as themselves, outside the sink."""
+        oldest = next_start - (self.p.window - (self.capacity - self.usable) - self.chunk_frames)
         return [f for i, (kind, f) in enumerate(self.slots) if kind == "main" and i >= self.p.sink and f >= oldest]
 
     def recache_frames(self, next_start: int, mode: str) -> list[int]:
@@ -560,7 +586,7 @@ class ReleasedPolicy:
         changes = CommitChanges()
         self.slots += [("main", f) for f in range(start, start + frames)]
         local = self.p.sink + self.p.slow
-        while len(self.slots) + self.chunk_frames > self.capacity:
+        while len(self.slots) + self.chunk_frames > self.usable:
             kind, frame = self.slots.pop(local)
             changes.evicted.append(frame)
         return changes

@@ -547,18 +547,17 @@ def _architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _heads_for(dim: int, base: ModelConfig | None) -> int:
-    """Heads are invisible in the shapes (q/k/v are dim x dim): take them from the base config when it has
-    this dim, else from the released Wan2.1 widths or a preset of this dim. Any other width is an error:
-    guessing (e.g. dim / 128) would build a model that computes something else without a word."""
+    """Heads are invisible in the shapes (q/k/v are dim x dim): take them from a config that describes this
+    width (config.json beside the weights, or a preset the user named), else from the released Wan2.1
+    widths. Any other width is an error. A preset of the same width is not evidence: a 64-wide checkpoint
+    with 2 heads loaded as the `tiny` preset's 4 computes something else without a word."""
     if base is not None and base.dim == dim:
         return base.num_heads
-    known = {WAN_HEADS[dim]} if dim in WAN_HEADS else set()
-    known |= {p.model.num_heads for p in PRESETS.values() if p.model.dim == dim}
-    if len(known) == 1:
-        return known.pop()
-    reason = f"presets of this width disagree ({sorted(known)})" if known else "not a Wan2.1 or preset width"
+    if dim in WAN_HEADS:
+        return WAN_HEADS[dim]
     raise UserError(
-        f"cannot tell the attention head count of a {dim}-wide model ({reason}); pass --num-heads "
+        f"cannot tell the attention head count of a {dim}-wide model (not a Wan2.1 width: "
+        f"{', '.join(f'{w} has {h}' for w, h in WAN_HEADS.items())}); pass --num-heads "
         f"(num_heads= in Python) or a config.json beside the weights"
     )
 
@@ -723,8 +722,20 @@ def model_config(
     if model_cfg is None:
         return infer_model_config(state, num_heads=num_heads, base=checkpoint_config(path))
     if num_heads is None:
+        check_heads_agree(path, model_cfg)
         return model_cfg
     return dataclasses.replace(model_cfg, num_heads=_check_heads(num_heads)).validate()
+
+
+def check_heads_agree(path: str | Path, model_cfg: ModelConfig) -> None:
+    """A config.json beside the weights that gives the same width another head count than the preset is a
+    contradiction the shapes cannot settle; refuse rather than pick one."""
+    stored = checkpoint_config(path)
+    if stored is not None and stored.dim == model_cfg.dim and stored.num_heads != model_cfg.num_heads:
+        raise UserError(
+            f"{path}: its config.json gives {stored.num_heads} attention heads, the preset "
+            f"{model_cfg.num_heads}; pass --num-heads (num_heads= in Python) to say which"
+        )
 
 
 def model_from_state(

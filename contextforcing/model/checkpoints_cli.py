@@ -17,6 +17,7 @@ from contextforcing.model.checkpoints import (
     FORMATS,
     SAVE_LAYOUTS,
     check_complete,
+    check_heads_agree,
     checkpoint_config,
     describe_config,
     infer_model_config,
@@ -87,7 +88,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_lora_alpha_arg(parser)
     add("--preset", choices=sorted(PRESETS), default=None, help="check the weights against this preset")
-    add("--num-heads", type=int, default=None, help="attention heads, for the config.json of a directory OUT")
+    add(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="attention heads, for the config.json of a directory OUT (default: --preset, the input's "
+        "config.json, or a Wan2.1 width; anything else is refused)",
+    )
     add("--dtype", choices=list(DTYPES), default="keep", help="cast floating-point weights (default: keep)")
     add("--allow-pickle", action="store_true", help="unpickle arbitrary objects in .pt files (trusted files only)")
     parser.set_defaults(func=run_convert)
@@ -119,6 +126,9 @@ def run_convert(args: argparse.Namespace) -> int:
     shapes = check_complete(state, base if args.preset else None)
     config = None
     if args.output.suffix != ".safetensors":  # a directory: its config.json needs the full config
+        if args.preset and args.num_heads is None:
+            check_heads_agree(args.input, base)
+        # Heads from --num-heads, the named preset, the input's config.json or a Wan2.1 width; never a guess.
         config = infer_model_config(state, num_heads=args.num_heads, base=base)
     written = save_safetensors(_cast(state, DTYPES[args.dtype]), args.output, args.to, config=config)
     print(f"wrote {written}: {len(state)} tensors, {describe_config(shapes)}, {args.to} names")

@@ -34,11 +34,30 @@ class FlowMatchSchedule:
     def timesteps(self) -> torch.Tensor:
         return self.sigmas * self.num_train_timesteps
 
+    @cached_property
+    def training_weights(self) -> torch.Tensor:
+        """The bell-shaped loss weight of each table entry that Wan's flow-matching scheduler keeps
+        (`training_weight` of Self-Forcing's FlowMatchScheduler): exp(-2 ((t - T/2) / T)^2), moved to 0 at its
+        minimum and scaled to mean 1 over the table. The released Context Forcing Stage 2 weights its critic
+        loss with it (docs/training.md)."""
+        n = self.num_train_timesteps
+        bell = torch.exp(-2 * ((self.timesteps - n / 2) / n) ** 2)
+        bell = bell - bell.min()
+        return bell * (n / bell.sum())
+
+    def _nearest(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return t, (t.reshape(-1, 1).cpu() - self.timesteps[None]).abs().argmin(dim=1)
+
     def sigma(self, t: torch.Tensor | float) -> torch.Tensor:
         """sigma of the table entry nearest to each timestep t (as Self-Forcing looks it up), float64."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        index = (t.reshape(-1, 1).cpu() - self.timesteps[None]).abs().argmin(dim=1)
+        t, index = self._nearest(t)
         return self.sigmas[index].reshape(t.shape).to(t.device)
+
+    def training_weight(self, t: torch.Tensor | float) -> torch.Tensor:
+        """`training_weights` of the table entry nearest to each timestep t, float64."""
+        t, index = self._nearest(t)
+        return self.training_weights[index].reshape(t.shape).to(t.device)
 
     def warp(self, steps: Sequence[float]) -> list[float]:
         """Map uniformly spaced steps onto the shifted table: t_k = [timesteps, 0][T - step_k]."""

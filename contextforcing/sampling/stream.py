@@ -20,7 +20,7 @@ from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
-from contextforcing.sampling.scheduler import FlowMatchSchedule
+from contextforcing.sampling.scheduler import FlowMatchSchedule, add_noise
 
 Headings = Sequence[Sequence[float]]  # [B][frames]: a camera heading (tokens) per sample and latent frame
 
@@ -64,14 +64,18 @@ class VideoStream:
         max_frames: int | None = None,
         trainable: bool = False,
         recache: str = "window",
+        reencode_noise: bool = False,
     ):
         """`trainable`: a training rollout, some of whose chunks keep an autograd graph; the text is then
         handed to the model as a tensor on every pass instead of a cross-attention cache.
         `recache`: what a prompt switch re-encodes, `window` (ours) or `longlive` (LongLive 1.0's; see
-        `TieredPolicy.recache`)."""
+        `TieredPolicy.recache`).
+        `reencode_noise`: the commit pass of a generated chunk reads x0 noised to the commit timestep's table
+        entry, as Self-Forcing's and Context Forcing's training rollouts do (docs/training.md); inference
+        reads x0."""
         check_recache(memory, recache)
         self.model, self.video, self.sampling, self.spec = model, video, sampling, memory
-        self.trainable, self.recache = trainable, recache
+        self.trainable, self.recache, self.reencode_noise = trainable, recache, reencode_noise
         self.schedule = FlowMatchSchedule(sampling.shift, sampling.num_train_timesteps)
         if euler_num_steps:  # multi-step (teacher) sampling
             self.steps = euler_steps(euler_num_steps, self.schedule)
@@ -143,8 +147,17 @@ class VideoStream:
             x0 = sample_euler(self._denoiser(), noise, self.steps, self.schedule, known)
         else:
             x0 = sample_few_step(self._denoiser(), noise, self.steps, self.schedule, generator, exit_step, known)
-        self._commit(x0.detach())
+        self._commit(x0.detach(), self._reencoded(x0.detach(), generator))
         return x0
+
+    def _reencoded(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """What the commit pass of a generated chunk reads: x0, or with `reencode_noise` add_noise(x0, eps,
+        sigma(commit t)) with sigma the nearest table entry (Self-Forcing `context_noise: 0`: 0.995 x0 + 0.005
+        eps at shift 5), eps drawn right after the chunk as Self-Forcing draws it."""
+        if not self.reencode_noise:
+            return x0
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return add_noise(x0, eps, self.schedule.sigma(self.sampling.commit_timestep))
 
     def teacher_forced(
         self, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor, headings: Headings | None = None
@@ -175,13 +188,14 @@ class VideoStream:
         return guided(for_branch(self.branches[0]), for_branch(self.branches[1]), self.sampling.guidance_scale)
 
     @torch.no_grad()
-    def _commit(self, x0: torch.Tensor) -> None:
-        """Clean pass at the commit timestep: write this chunk's K/V, then let the policies update."""
+    def _commit(self, x0: torch.Tensor, seen: torch.Tensor | None = None) -> None:
+        """Clean pass at the commit timestep: write this chunk's K/V (computed from `seen`, default x0), then
+        let the policies update."""
         frames = x0.shape[2]
         ts = torch.full((x0.shape[0], frames), self.sampling.commit_timestep, device=x0.device)
         updates = []
         for branch in self.branches:
-            self.model(x0, ts, branch.text, memory=branch.memory, commit=True)
+            self.model(x0 if seen is None else seen, ts, branch.text, memory=branch.memory, commit=True)
             updates.append(branch.memory.commit())
         self.last_update = updates[0]
         for i in range(frames):

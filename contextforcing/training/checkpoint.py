@@ -538,4 +538,19 @@ def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> tuple[
     # A generator that is not a whole Wan2.1 DiT would give a file nothing can load. Head count does not
     # change any shape, so one head stands in for the unknown count.
     check_complete(state, infer_model_config(state, num_heads=1))
-    return save_safetensors(state, out), which
+    config = _run_model_config(run_dir) if Path(out).suffix != ".safetensors" else None
+    return save_safetensors(state, out, config=config), which
+
+
+def _run_model_config(run_dir: str | Path):
+    """The model config of the run's preset (`stage.model` in RUN/config.yaml), for the config.json of a
+    directory OUT: the head count is not in the weights' shapes. None when the run does not name one."""
+    from omegaconf import OmegaConf
+
+    from contextforcing.config import get_preset
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    model = (OmegaConf.to_container(OmegaConf.load(path)).get("stage") or {}).get("model")
+    return get_preset(model).model if isinstance(model, str) else None

@@ -207,9 +207,19 @@ def _defaults(cfg: TrainConfig) -> dict[str, Any]:
     return _flat(_as_saved({"name": cfg.name, "trainer": dataclasses.asdict(TrainerConfig()), "stage": stage}))
 
 
+def _renamed(old: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """A saved flat config with the stage options a newer version renamed read under their new names: a stage's
+    `resume_renamed` maps an old key (relative to `stage.`) to (new key, {old value: new value})."""
+    for key, (new_key, values) in getattr(cfg.stage, "resume_renamed", {}).items():
+        if f"stage.{key}" in old and f"stage.{new_key}" not in old:
+            value = old.pop(f"stage.{key}")
+            old[f"stage.{new_key}"] = values.get(value, value)
+    return old
+
+
 def resume_changes(saved: dict[str, Any], cfg: TrainConfig) -> tuple[list[str], list[str]]:
     """The differences between a run's saved config and `cfg`, as "key old -> new": (allowed, refused)."""
-    old, new, defaults = _flat(saved), _flat(_as_saved(cfg.to_dict())), _defaults(cfg)
+    old, new, defaults = _renamed(_flat(saved), cfg), _flat(_as_saved(cfg.to_dict())), _defaults(cfg)
     allowed_keys = {*RESUME_CHANGEABLE, *(f"stage.{k}" for k in getattr(cfg.stage, "resume_changeable", ()))}
     allowed: list[str] = []
     refused: list[str] = []

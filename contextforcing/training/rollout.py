@@ -6,6 +6,10 @@ step's forward keeps its graph; context chunks before the window are fully denoi
 (Context Forcing's clean context policy). The memory stores detached K/V (commit passes are no_grad),
 so a target chunk's gradient comes only from its own exit-step forward.
 
+`RolloutRules` holds where a rollout may follow Self-Forcing's or the released Context Forcing code instead
+(docs/training.md): one exit step shared by all chunks, the commit pass reading x0 with a little noise,
+the in-place cache's gradient path into earlier exit passes, and the released Stage 2's first target chunks.
+
 Prompts follow a `Timeline` (one text per chunk): where it changes, the rollout switches prompts before the
 chunk exactly as inference does (`VideoStream.switch_prompt`: the new text, the recent frames re-encoded
 under it). A batch whose samples change prompts at different chunks switches all of them there (a sample
@@ -72,6 +76,32 @@ class Timeline:
         return Timeline(self.texts.to(device), self.switches, self.headings)
 
 
+EXIT_STEPS = ("per_chunk", "shared")
+
+
+@dataclass(frozen=True)
+class RolloutRules:
+    """How a training rollout departs from plain inference; the defaults are ours (docs/training.md)."""
+
+    exit_step: str = "per_chunk"  # per_chunk: one draw per target chunk | shared: one for all (SF, CF default)
+    reencode_noise: bool = False  # commit passes read 0.995 x0 + 0.005 eps (SF, CF `context_noise: 0`)
+    cross_chunk_grad: bool = False  # later chunks back-propagate into earlier exit passes (SF, CF in-place cache)
+    released_first_chunks: bool = False  # CF release: first 2 target chunks fully denoised, the first without grad
+
+    def exits(self, ctx: StepContext, chunks: int, num_steps: int) -> list[int]:
+        """Exit step of each target chunk (the released rule overrides the first two after the draw)."""
+        exits = draw_exits(ctx, chunks, num_steps, self.exit_step == "shared")
+        if self.released_first_chunks:
+            # The release fully denoises chunks starting at or before start_gradient_frame_index = target start
+            # + 3 (its chunk), i.e. the first two target chunks (`pipeline/self_forcing_training.py`).
+            exits[:2] = [num_steps - 1] * min(2, chunks)
+        return exits
+
+    def with_grad(self, target_chunk: int) -> bool:
+        """Whether the target chunk's exit pass keeps its graph (the release: not the first one)."""
+        return not (self.released_first_chunks and target_chunk == 0)
+
+
 @dataclass
 class Rollout:
     latents: torch.Tensor  # [B, C, F, H, W]: context frames detached, target frames with grad
@@ -108,7 +138,7 @@ def self_rollout(
     target_frames: int,
     ctx: StepContext,
     *,
-    same_exit_across_chunks: bool = False,
+    rules: RolloutRules = RolloutRules(),
 ) -> Rollout:
     """Roll out `num_frames` latent frames under `timeline` (a text [B, L, D]: one prompt throughout); the last
     `target_frames` are the target window."""
@@ -119,20 +149,32 @@ def self_rollout(
         timeline = Timeline.constant(timeline, num_frames // chunk)
     if timeline.chunks < num_frames // chunk:
         raise ValueError(f"a timeline of {timeline.chunks} chunks cannot prompt a {num_frames}-frame rollout")
-    stream = VideoStream(model, timeline.at(0), memory, video, sampling, max_frames=num_frames, trainable=True)
+    stream = VideoStream(
+        model,
+        timeline.at(0),
+        memory,
+        video,
+        sampling,
+        max_frames=num_frames,
+        trainable=True,
+        reencode_noise=rules.reencode_noise,
+    )
+    if rules.cross_chunk_grad:
+        stream.memory.track_exit_gradients()
     target_start = num_frames - target_frames
-    exits = draw_exits(ctx, target_frames // chunk, len(stream.steps), same_exit_across_chunks)
+    exits = rules.exits(ctx, target_frames // chunk, len(stream.steps))
     chunks, plans = [], []
     for start in range(0, num_frames, chunk):
         if start // chunk in timeline.switches:
             stream.switch_prompt(timeline.at(start // chunk))
         noise = stream.noise(chunk, ctx.generator)
         headings = timeline.headings_of(list(range(start, start + chunk)))
+        index = (start - target_start) // chunk
         if start < target_start:
             with torch.no_grad():  # context: the full few-step schedule, no graph
                 chunks.append(stream.step(noise, ctx.generator, headings=headings))
         else:
-            exit_step = exits[(start - target_start) // chunk]
-            chunks.append(stream.step(noise, ctx.generator, exit_step=exit_step, headings=headings))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and rules.with_grad(index)):
+                chunks.append(stream.step(noise, ctx.generator, exit_step=exits[index], headings=headings))
         plans.append(stream.last_plan)
     return Rollout(torch.cat(chunks, dim=2), target_start, exits, plans)

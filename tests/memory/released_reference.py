@@ -4,9 +4,11 @@ No code is shared with `contextforcing.memory`. The cache is modelled the way th
 per layer, an array of `cap = sink + slow + fast` slots and a fill pointer `end` (how many slots hold
 frames), where a frame's RoPE position is its slot index.
 
-1. Fill: chunk frames are written at slots [end, end + C); `end` grows until the cache is full. When a
-   chunk does not fit, only the local region [sink + slow, cap) rolls left by the overflow; slots
-   [sink, sink + slow) (the context region) and the sink never move.
+1. Fill: chunk frames are written at slots [end, end + C); `end` grows a chunk at a time while the chunk
+   fits. When it does not (end + C > cap), the local region rolls left by a whole chunk, as the code moves
+   slots [cap - fast + C, cap) to [cap - fast, cap - C) (slots never filled roll in empty), and the chunk
+   takes slots [end - C, end); slots [sink, sink + slow) (the context region) and the sink never move. So
+   when cap is not whole chunks its last cap % C slots are never filled.
 2. Promotion inside the pass: the pass's first latent frame (its K/V as that pass computed them) is
    written, before that pass's attention, into slot sink + k for the k-th promotion of the layer while
    k < slow; after that the context region rolls left by one and the copy takes its last slot.
@@ -15,8 +17,13 @@ frames), where a frame's RoPE position is its slot index.
 4. Similarity: per layer, the cosine of the token-mean pre-RoPE key with the previous call's, per batch
    item, averaged over the batch; promote when below tau.
 
+0. Sizes: with fast < C + cap % C the chunk's slots [end - C, end) reach into the context region, so each
+   chunk overwrites context slots; that is not stated here, and the layout refuses such sizes.
+
 Contents are symbolic: (frame, tag) where tag is the pass that wrote the K/V (a noisy pass index, or
-COMMIT). A chunk attends slots [0, end) at positions 0..end-1, and its own frames at end..end+C-1.
+COMMIT). A chunk attends slots [0, end); positions (the code re-rotates the stored keys every call): the sink
+slots 0..sink-1, every other slot and then the chunk contiguous up to min(t, cap - 1), t the chunk's last
+frame (so, with cap whole chunks, slot indices).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class ReleasedReference:
     def __init__(self, *, sink=3, slow=12, fast=6, tau=0.95, chunk=3, layers=2):
         self.S, self.N, self.W, self.C, self.tau, self.layers = sink, slow, fast, chunk, tau, layers
         self.cap = sink + slow + fast
+        if fast < chunk + self.cap % chunk:
+            raise ValueError(f"rule 0: fast {fast} < chunk {chunk} + cap % chunk {self.cap % chunk}")
         self.cache = [[None] * self.cap for _ in range(layers)]  # slot -> (frame, tag)
         self.end = 0
         self.count = [0] * layers
@@ -51,19 +60,25 @@ class ReleasedReference:
     def begin_chunk(self, start: int) -> None:
         self.start = start
         self.promoted_now = [False] * self.layers
-        overflow = self.end + self.C - self.cap
-        if overflow > 0:
-            local = self.S + self.N
+        if self.end + self.C > self.cap:
+            first = self.cap - self.W
             for cache in self.cache:
-                cache[local:] = cache[local + overflow :] + [None] * overflow
-            self.end -= overflow
+                cache[first : self.cap - self.C] = cache[first + self.C : self.cap]
+                cache[self.cap - self.C :] = [None] * self.C
+            self.end -= self.C
+
+    def _anchor(self) -> int:
+        return min(self.start + self.C - 1, self.cap - 1)
 
     def attended(self, layer: int) -> list[tuple[int, int, object]]:
         """(position, frame, tag) of every cached frame the layer attends now, in slot order."""
-        return [(slot, *self.cache[layer][slot]) for slot in range(self.end)]
+        sink = min(self.S, self.end)
+        first = self._anchor() - self.C - (self.end - sink) + 1
+        positions = list(range(sink)) + list(range(first, first + self.end - sink))
+        return [(p, *self.cache[layer][slot]) for slot, p in zip(range(self.end), positions)]
 
     def current_positions(self) -> list[int]:
-        return list(range(self.end, self.end + self.C))
+        return list(range(self._anchor() - self.C + 1, self._anchor() + 1))
 
     def on_pass(self, layer: int, tag, keys) -> None:
         """A pass hands over `layer`'s keys, keys[b][token] = flat vector; runs before its attention."""

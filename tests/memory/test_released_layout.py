@@ -64,9 +64,9 @@ class ReleasedHarness:
         return k, 3 * k
 
     @staticmethod
-    def decode(keys):
-        """(frame, pass tag, position) of each attended frame, from rotated keys [B, n*T, H, D] (item 0)."""
-        k = keys[0].reshape(-1, T, H, D)[:, :, 0].double()
+    def decode(keys, item=0):
+        """(frame, pass tag, position) of each attended frame, from rotated keys [B, n*T, H, D] (batch `item`)."""
+        k = keys[item].reshape(-1, T, H, D)[:, :, 0].double()
         half, mean = (k[:, 0] - k[:, 1]) / 2, (k[:, 0] + k[:, 1]) / 2
         out = []
         for frame, pid, pos in zip(
@@ -97,8 +97,9 @@ class ReleasedHarness:
 
     def check(self, layer, keys, values, mask, k, v, expected, where):
         view = self.mem.view(layer)
-        got = [] if view is None else self.decode(view[0])
-        assert got == [(f, tag, p) for p, f, tag in expected], f"{where}: attended frames or positions differ"
+        for item in range(self.batch):  # every sample's keys at the slot positions (the released code: item 0 only)
+            got = [] if view is None else self.decode(view[0], item)
+            assert got == [(f, tag, p) for p, f, tag in expected], f"{where} item {item}: frames or positions differ"
         assert self.mem.group_of(layer).plan.positions == [p for p, _, _ in expected], f"{where}: plan positions"
         # What attention gets (slot range + mask) equals attention over the plan-order view plus the chunk.
         ref_k = k if view is None else torch.cat([view[0], k], 1)
@@ -216,3 +217,56 @@ def test_released_layout_fixes_its_switches():
             MemoryLayout(1, T, H, D, C),
             key_rotation=lambda k, p: k.flatten(1, 2),
         )
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        dict(sink=2, slow=7, fast=6),
+        dict(sink=1, slow=5, fast=3),
+        dict(sink=3, slow=6, fast=9),
+        dict(sink=2, slow=8, fast=6),
+        dict(sink=3, slow=8, fast=6),
+    ],
+)
+def test_other_sizes_match_the_reference_pass_by_pass(sizes):
+    """Sizes other than 3/12/6: a sink that is not a whole chunk, a fast window of exactly one chunk, a fast
+    window longer than the slow memory, and totals that are not whole chunks (16, and the embedded model's 17:
+    slots left unfilled, positions past them)."""
+    h = ReleasedHarness(scenes(4), sizes=sizes, chunks=60).run()
+    assert all(len(p) > sizes["slow"] for p in h.ref.promotions)  # promotions filled and rolled the context
+
+
+def test_a_total_that_is_not_whole_chunks_leaves_the_last_slots_unfilled():
+    """3 + 8 + 6 = 17 slots: the cache holds 15 frames, so its local region holds 4 (the chunk and one cached
+    frame, where whole chunks would give three), and positions run up to 16 past the two unfilled slots: sink
+    0..2, the rest 5..13, the chunk at 14..16."""
+    h = ReleasedHarness(scenes(3), tau=-1.0, sizes=dict(sink=3, slow=8, fast=6), chunks=40).run()
+    plan = h.mem.begin_chunk(120, C)
+    assert [a.frame for a in plan.context] == list(range(11)) + [119]
+    assert plan.positions == [0, 1, 2] + list(range(5, 14)) and list(plan.current_positions) == [14, 15, 16]
+    assert plan.tier("slow") == list(range(3, 11)) and plan.tier("fast") == [119]
+
+
+def test_a_fast_window_that_would_write_chunks_over_context_slots_is_refused_with_one_line():
+    sizes = dict(sink=1, slow=4, fast=3)  # 8 slots: the chunk would take slots 3..5, two of them context slots
+    spec = make_spec("slow_fast", {"layout": "released", **sizes})
+    with pytest.raises(UserError) as err:
+        ContextMemory(spec, MemoryLayout(LAYERS, T, H, D, C), key_rotation=lambda k, p: k.flatten(1, 2))
+    message = str(err.value)
+    assert "\n" not in message and "= 8" in message and "fast >= 5" in message
+    for fits in ({**sizes, "fast": 5}, {**sizes, "slow": 4 - 8 % C}):  # the suggested sizes are accepted
+        make_spec("slow_fast", {"layout": "released", **fits}, chunk_frames=C)
+    with pytest.raises(UserError, match="over its last context slots"):
+        make_spec("slow_fast", {"layout": "released", **sizes}, chunk_frames=C)  # checked before any work too
+    with pytest.raises(ValueError, match="rule 0"):
+        ReleasedReference(**sizes)
+    make_spec("slow_fast", {"layout": "tiered", **sizes}, chunk_frames=C)  # our layout takes any size
+
+
+def test_a_batch_of_two_rotates_every_samples_keys_at_the_slot_positions():
+    """Batch 2 over 60 chunks: both samples attend the reference's frames at its positions. The released code
+    rotates only sample 0's cached keys correctly (it sets the frame count of `grid_sizes[0]` alone); this is
+    the release with that line fixed, as the README says."""
+    h = ReleasedHarness(scenes(5), batch=2, chunks=60).run()
+    assert all(h.ref.promotions)

@@ -8,6 +8,7 @@ Self-Forcing-style training dicts (`generator` / `generator_ema`, `model.` prefi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -453,3 +454,94 @@ def test_save_is_atomic_and_round_trips(state, tiny_model_cfg, tmp_path):
     _assert_same(load_state_dict(tmp_path / "orig"), state)
     with pytest.raises(UserError, match="unknown output layout"):
         save_safetensors(state, tmp_path / "x.safetensors", "comfy")
+
+
+# -- head counts: never guessed ------------------------------------------------------------------------------
+# Widths of presets with another head count: a guess from the preset would load 2 heads as 4 and 4 as 6.
+SHAPES = ("dim", "ffn_dim", "num_layers", "text_dim", "text_len", "in_dim", "out_dim", "patch_size", "freq_dim")
+
+
+def _preset_shapes(name: str, heads: int) -> ModelConfig:
+    """A model with the preset's tensor shapes and `heads` heads (other fields at their defaults)."""
+    preset = get_preset(name).model
+    return ModelConfig(**{f: getattr(preset, f) for f in SHAPES}, num_heads=heads)
+
+
+HEAD_CASES = [("tiny", _preset_shapes("tiny", 2)), ("world", _preset_shapes("world", 4))]
+
+
+def _head_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Random weights whose attention is far from uniform (unit q/k norms), so the head split matters."""
+    state = _random_state(cfg, seed=4)
+    return {k: torch.full_like(v, 2.0) if ".norm_q." in k or ".norm_k." in k else v for k, v in state.items()}
+
+
+def _head_inputs(cfg: ModelConfig):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, cfg.in_dim, 2, 4, 4, generator=gen)
+    return x, torch.tensor([700.0]), torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen)
+
+
+def _run(model, cfg: ModelConfig) -> torch.Tensor:
+    with torch.no_grad():
+        return model(*_head_inputs(cfg))
+
+
+@pytest.mark.parametrize("preset, cfg", HEAD_CASES, ids=[c[0] for c in HEAD_CASES])
+def test_a_checkpoint_of_a_preset_width_with_other_heads_is_never_loaded_with_the_presets(preset, cfg, tmp_path):
+    model = load_into(build_model(cfg), _head_state(cfg))
+    save_file(dict(model.state_dict()), str(tmp_path / "w.safetensors"))
+    assert get_preset(preset).model.dim == cfg.dim and get_preset(preset).model.num_heads != cfg.num_heads
+    reference = _run(model, cfg)
+    guessed = _run(
+        load_into(
+            build_model(dataclasses.replace(cfg, num_heads=get_preset(preset).model.num_heads)), model.state_dict()
+        ),
+        cfg,
+    )
+    assert (guessed - reference).abs().max() > 1e-2  # what a guess would compute (atol 1e-6 below)
+    message = _one_line_error(load_model, tmp_path / "w.safetensors", match="pass --num-heads")
+    assert f"{cfg.dim}-wide" in message
+    # Told the count: exactly the model that was saved.
+    assert torch.allclose(
+        _run(load_model(tmp_path / "w.safetensors", num_heads=cfg.num_heads), cfg), reference, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("preset, cfg", HEAD_CASES, ids=[c[0] for c in HEAD_CASES])
+def test_convert_writes_a_head_count_only_when_told(preset, cfg, tmp_path, capsys):
+    model = load_into(build_model(cfg), _head_state(cfg))
+    save_file(dict(model.state_dict()), str(tmp_path / "w.safetensors"))
+    run = checkpoints_cli.run_convert
+    args = _convert_args(tmp_path / "w.safetensors", tmp_path / "out")
+    _one_line_error(run, args, match="pass --num-heads")
+    assert not (tmp_path / "out").exists()  # nothing written, no guessed config.json
+    assert run(_convert_args(tmp_path / "w.safetensors", tmp_path / "out", num_heads=cfg.num_heads)) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_heads"] == cfg.num_heads
+    # The written config.json is then the evidence: loads with the saved heads, computes the saved model.
+    assert torch.allclose(_run(load_model(tmp_path / "out"), cfg), _run(model, cfg), atol=1e-6)
+    # A preset the user names is a statement: its heads are written (the user's choice, not a guess) ...
+    assert run(_convert_args(tmp_path / "w.safetensors", tmp_path / "named", preset=preset)) == 0
+    assert (
+        json.loads((tmp_path / "named" / "config.json").read_text())["num_heads"] == get_preset(preset).model.num_heads
+    )
+    # ... but not over a config.json that says otherwise, and loading with that preset refuses too.
+    _one_line_error(run, _convert_args(tmp_path / "out", tmp_path / "again", preset=preset), match="config.json gives")
+    _one_line_error(load_model, tmp_path / "out", get_preset(preset).model, match="config.json gives")
+    capsys.readouterr()
+
+
+def _convert_args(src, out, preset=None, num_heads=None) -> argparse.Namespace:
+    return argparse.Namespace(
+        input=src,
+        output=out,
+        to="original",
+        checkpoint_format=None,
+        use_ema=None,
+        lora=None,
+        lora_alpha=None,
+        preset=preset,
+        num_heads=num_heads,
+        dtype="keep",
+        allow_pickle=False,
+    )

@@ -1,5 +1,6 @@
 """The DCP checkpoint manager in one process (no process group) and `export`."""
 
+import dataclasses
 import json
 
 import debug_stage
@@ -93,6 +94,23 @@ def test_export_before_ema_start_writes_raw_weights(tmp_path, capsys):
     assert cli(["export", str(run), str(out)]) == 0
     assert "raw generator" in capsys.readouterr().err
     loaded, raw = load_model(out, debug_stage.TINY).state_dict(), weights(run)
+    assert all(torch.equal(raw[k], loaded[k]) for k in raw)
+
+
+def test_export_to_a_directory_takes_the_head_count_from_the_runs_preset(tmp_path, capsys):
+    """The weights do not show the head count: a directory's config.json gets the run's preset's, and a run
+    that names none is refused with one line rather than given a guess."""
+    run = tmp_path / "run"
+    train(run, "trainer.max_steps=1", "stage.critic=false")
+    assert cli(["export", str(run), str(tmp_path / "bare")]) == 2
+    assert "pass --num-heads" in capsys.readouterr().err and not (tmp_path / "bare").exists()
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(json.dumps({"model": dataclasses.asdict(debug_stage.TINY)}))
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("stage:\n", f"stage:\n  model: {preset}\n", 1))
+    assert cli(["export", str(run), str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_heads"] == debug_stage.TINY.num_heads
+    loaded, raw = load_model(tmp_path / "out").state_dict(), weights(run)
     assert all(torch.equal(raw[k], loaded[k]) for k in raw)
 
 

@@ -212,6 +212,20 @@ def test_an_unchanged_config_with_tuples_resumes(tmp_path, stage):
     assert check_resume_config(changed) == [f"trainer.max_steps {cfg.trainer.max_steps} -> 7"]
 
 
+@pytest.mark.parametrize("saved, same, other", [(False, "per_chunk", "shared"), (True, "shared", "per_chunk")])
+def test_a_run_saved_with_the_old_exit_option_resumes_under_its_new_name(tmp_path, saved, same, other):
+    """`same_exit_across_chunks` became `exit_step`: a run directory saved before resumes when the exit rule is
+    the same, and is refused when it changed."""
+    cfg = load_train_config("dmd", None, [f"trainer.run_dir={tmp_path}", f"stage.exit_step={same}"])
+    save_resolved(cfg)
+    text = (tmp_path / "config.yaml").read_text().replace(f"exit_step: {same}", f"same_exit_across_chunks: {saved}")
+    (tmp_path / "config.yaml").write_text(text)
+    assert "exit_step" not in text and check_resume_config(cfg) == []
+    changed = load_train_config("dmd", None, [f"trainer.run_dir={tmp_path}", f"stage.exit_step={other}"])
+    with pytest.raises(UserError, match=f"stage.exit_step '{same}' -> '{other}'"):
+        check_resume_config(changed)
+
+
 def test_bad_settings_stop_before_the_run_directory_is_made(tmp_path):
     path = tmp_path / "scalar.yaml"
     path.write_text("trainer: 5\n")

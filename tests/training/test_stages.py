@@ -10,7 +10,7 @@ from contextforcing.errors import UserError
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.config import load_train_config
 from contextforcing.training.registry import BuildContext, get_stage
-from contextforcing.training.rollout import Timeline, self_rollout
+from contextforcing.training.rollout import RolloutRules, Timeline, self_rollout
 from contextforcing.training.stages.common import chunk_signals, layout_from_plan, plan_after_history
 from contextforcing.training.stages.ode import ODEPairs, state_indices
 
@@ -147,7 +147,7 @@ def test_rollout_gradient_only_through_target_chunks_with_shared_exits(tmp_path)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.generator.parameters())
     ctx = Ctx()
     same = self_rollout(
-        stage.generator, text, stage.spec, stage.video, stage.sampling, 12, 6, ctx, same_exit_across_chunks=True
+        stage.generator, text, stage.spec, stage.video, stage.sampling, 12, 6, ctx, rules=RolloutRules("shared")
     )
     assert len(ctx.randints) == 1 and same.exits[0] == same.exits[1]
 

@@ -9,7 +9,12 @@ Both scores see each noisy target chunk *given the student's own context* (dmd.p
   teacher_context: memory      (default, the paper) the frames the student's memory attended for that chunk
                                -- sink, slow, cached fast -- at the student's positions, read from the
                                memory's plan; the chunk continues those positions
-  teacher_context: contiguous  (the released code) the `context_window` frames right before the chunk
+  teacher_context: contiguous  the released code's frames and positions: the `context_window` frames right
+                               before the chunk, in our call (context labelled t = 0, attending itself)
+  teacher_context: released    the released Stage 2 call exactly (departures.py): that window with its first
+                               frame re-encoded through the VAE, one bidirectional pass labelled with the
+                               target's timestep, the critic loss weighted by the training weight, the first
+                               two target chunks fully denoised and the first without gradient
 
 The real score is the frozen context teacher with CFG; the fake score (critic, initialised from the teacher
 by default) is conditioned the same way; the DMD gradient and the critic loss cover the target window only.
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from contextforcing.errors import UserError
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.stage import StepContext
+from contextforcing.training.stages.departures import check_released_window
 from contextforcing.training.stages.dmd import ScoreMatchingOptions, ScoreMatchingStage
 
 
@@ -43,6 +49,10 @@ class CDMDOptions(ScoreMatchingOptions):
             raise UserError("cdmd needs target_frames <= min_frames <= max_frames")
         if self.growth_steps < 1:
             raise UserError("cdmd growth_steps must be at least 1")
+        if self.teacher_context == "released":
+            check_released_window(
+                self.min_frames - self.target_frames, self.max_frames - self.target_frames, self.context_window
+            )
 
 
 class CDMDStage(ScoreMatchingStage):

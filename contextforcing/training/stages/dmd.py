@@ -13,9 +13,14 @@ paper's and the released code's window) or chunk by chunk (`score_window: chunk`
 it was generated with, which a script that switches prompts inside the window needs, and what a context
 teacher trained on one-chunk targets reads, configs/toy/teacher.yaml). A window is scored given the clean
 context the scores read for its first chunk (`teacher_context`): the frames the student's memory attended
-there at their positions (default, the paper), or the `context_window` frames before it (the released code);
-a window that starts the video has none, and is then scored bidirectionally on its own (Stage 1 as
-released).
+there at their positions (default, the paper), or the `context_window` frames before it (`contiguous`: the
+released code's frames and positions, in our call), or the released Stage 2 call exactly (`released`:
+departures.py); a window that starts the video has none, and is then scored bidirectionally on its own
+(Stage 1 as released).
+
+Where ours departs from Self-Forcing's or the released training, a switch reproduces theirs (docs/training.md):
+`exit_step`, `reencode_noise`, `cross_chunk_grad` (the rollout, `RolloutRules`), `score_shift` and
+`teacher_context: released` (departures.py).
 
 `ScoreMatchingStage` holds everything both DMD stages share; Stage 2 (cdmd.py) draws how long the rollout is.
 """
@@ -23,20 +28,21 @@ released).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 import torch.nn as nn
 
-from contextforcing.config import SamplingConfig
+from contextforcing.config import SamplingConfig, get_preset
 from contextforcing.errors import UserError
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import guided
-from contextforcing.sampling.scheduler import add_noise, x0_from_flow
+from contextforcing.sampling.scheduler import add_noise
 from contextforcing.training import losses
 from contextforcing.training.registry import BuildContext
-from contextforcing.training.rollout import Rollout, Timeline, self_rollout
+from contextforcing.training.rollout import EXIT_STEPS, Rollout, RolloutRules, Timeline, self_rollout
 from contextforcing.training.stage import StepContext, Update
 from contextforcing.training.stages.common import (
     ContextLayout,
@@ -56,8 +62,15 @@ from contextforcing.training.stages.common import (
     video_config,
 )
 from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
+from contextforcing.training.stages.departures import (
+    ReleasedContext,
+    ScoreTables,
+    check_released_window,
+    released_codec,
+    released_score,
+)
 
-CONTEXT_MODES = ("memory", "contiguous")
+CONTEXT_MODES = ("memory", "contiguous", "released")
 SCORE_WINDOWS = ("target", "chunk")
 
 
@@ -72,7 +85,10 @@ class ScoreMatchingOptions:
     memory: dict = field(default_factory=lambda: {"policy": "slow_fast"})  # the student's memory
     guidance_scale: float = 3.0  # real score CFG
     guidance_convention: str = "self_forcing"  # cond + g (cond - uncond), as CF / SF configs write it
-    same_exit_across_chunks: bool = False  # one shared exit step for all chunks (SF default) or one per chunk
+    exit_step: str = "per_chunk"  # per_chunk: one exit draw per target chunk | shared: one for all (SF, CF default)
+    reencode_noise: bool = False  # commit passes read 0.995 x0 + 0.005 eps, as SF / CF rollouts do
+    cross_chunk_grad: bool = False  # later chunks back-propagate into earlier exit passes (SF / CF in-place cache)
+    score_shift: float | None = None  # table the scores' flows are read on; None: sampling.shift (SF / CF: 8.0)
     timestep_clamp: tuple[float, float] = (20.0, 980.0)
     dfake_gen_update_ratio: int = 5  # critic steps per generator step
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # the student's few-step list and shift
@@ -80,17 +96,28 @@ class ScoreMatchingOptions:
     critic_optimizer: OptimizerOptions = field(default_factory=lambda: OptimizerOptions(4e-7, (0.5, 0.95)))
     text: TextOptions = field(default_factory=TextOptions)
     data: DataOptions = field(default_factory=DataOptions)
-    teacher_context: str = "memory"  # memory (the paper) | contiguous (the released code)
-    context_window: int = 21  # contiguous mode: frames before each scored window
+    teacher_context: str = "memory"  # memory (the paper) | contiguous (the released frames) | released (its call)
+    context_window: int = 21  # contiguous / released: frames before each scored window
     score_window: str = "target"  # one score call over the target window | one per chunk
+
+    # A run saved before `exit_step` replaced this boolean resumes as the same run (training/config.py).
+    resume_renamed: ClassVar[dict] = {"same_exit_across_chunks": ("exit_step", {False: "per_chunk", True: "shared"})}
 
     def __post_init__(self):
         if self.dfake_gen_update_ratio < 1:
             raise UserError("dfake_gen_update_ratio must be at least 1")
         if self.teacher_context not in CONTEXT_MODES:
-            raise UserError(f"teacher_context must be memory or contiguous, got {self.teacher_context!r}")
+            raise UserError(f"teacher_context must be one of {', '.join(CONTEXT_MODES)}, got {self.teacher_context!r}")
         if self.score_window not in SCORE_WINDOWS:
             raise UserError(f"score_window must be target or chunk, got {self.score_window!r}")
+        if self.teacher_context == "released" and self.score_window != "target":
+            raise UserError("teacher_context=released scores the target window in one call: use score_window=target")
+        if self.exit_step not in EXIT_STEPS:
+            raise UserError(f"exit_step must be one of {', '.join(EXIT_STEPS)}, got {self.exit_step!r}")
+        if self.score_shift is not None and not self.score_shift > 0:
+            raise UserError(
+                f"score_shift must be a positive shift (or null: the sampling shift), got {self.score_shift}"
+            )
         low, high = self.timestep_clamp
         if not 0 <= low < high:
             raise UserError(f"timestep_clamp must be (low, high) with 0 <= low < high, got {self.timestep_clamp}")
@@ -114,6 +141,9 @@ class DMDOptions(ScoreMatchingOptions):
             )
         if self.target_frames < 0 or self.target_frames % self.chunk_frames or self.target_frames > self.num_frames:
             raise UserError(f"target_frames={self.target_frames} must be whole chunks, at most num_frames")
+        if self.teacher_context == "released":
+            before = self.num_frames - (self.target_frames or self.num_frames)
+            check_released_window(before, before, self.context_window)
 
 
 class ScoreMatchingStage:
@@ -141,6 +171,21 @@ class ScoreMatchingStage:
         self.uncond = self.encoder.encode([options.text.negative_prompt])
         self.camera = training_camera(options.model, options.data)
         self.last_rollout: Rollout | None = None  # detached, for inspection and tests
+        score = (
+            schedule_of(dataclasses.replace(self.sampling, shift=options.score_shift)) if options.score_shift else None
+        )
+        self.tables = ScoreTables(self.schedule, score or self.schedule)
+        self.rules = RolloutRules(options.exit_step, options.reencode_noise, options.cross_chunk_grad, self.released)
+        self.released_context: ReleasedContext | None = None
+        if self.released:
+            channels = get_preset(options.model).model.in_dim
+            self.released_context = ReleasedContext(
+                released_codec(options.data, options.text, channels, self.video, device)
+            )
+
+    @property
+    def released(self) -> bool:
+        return self.options.teacher_context == "released"
 
     # -- contract --------------------------------------------------------------------------------------
     def trainable(self) -> dict[str, nn.Module]:
@@ -181,7 +226,7 @@ class ScoreMatchingStage:
         """What the scores read for the window of `frames` at `start`: the student's memory at its first chunk, or
         the frames before it."""
         o = self.options
-        if o.teacher_context == "contiguous":
+        if o.teacher_context in ("contiguous", "released"):
             return contiguous_layout(start, o.context_window, frames)
         return layout_from_plan(rollout.chunk_plan(start), frames)
 
@@ -193,6 +238,10 @@ class ScoreMatchingStage:
         context_headings, target_headings = headings or (None, None)
         if not layout.frames:
             return model(x_t, t, text, positions=layout.target_positions, headings=target_headings)
+        if self.released:
+            both = None if headings is None else torch.cat([context_headings, target_headings], 1)
+            positions = layout.positions + layout.target_positions
+            return released_score(model, x_t, t, text, positions, context, headings=both)
         return model.forward_with_context(
             x_t,
             t,
@@ -218,7 +267,12 @@ class ScoreMatchingStage:
                     headings_tensor(timeline.headings_of(frames), clean.device)
                     for frames in (lay.frames, lay.target_frames)
                 )
-            yield local, timeline.at(start // chunk), lay, gather_frames(clean, lay.frames), headings
+            yield local, timeline.at(start // chunk), lay, self.context_latents(clean, lay.frames), headings
+
+    def context_latents(self, clean: torch.Tensor, frames: list[int]) -> torch.Tensor:
+        if self.released_context is not None and frames:
+            return self.released_context.gather(clean, frames)
+        return gather_frames(clean, frames)
 
     # -- losses ----------------------------------------------------------------------------------------
     def rollout(self, batch: dict, ctx: StepContext) -> tuple[Rollout, Timeline]:
@@ -233,7 +287,7 @@ class ScoreMatchingStage:
             frames,
             target,
             ctx,
-            same_exit_across_chunks=self.options.same_exit_across_chunks,
+            rules=self.rules,
         )
         self.last_rollout = Rollout(rollout.latents.detach(), rollout.target_start, rollout.exits, rollout.plans)
         return rollout, timeline
@@ -253,15 +307,15 @@ class ScoreMatchingStage:
         with torch.no_grad():
             uncond = self.uncond.to(ctx.device).expand(x.shape[0], -1, -1)
             for local, text, lay, context, headings in self.scored_windows(rollout, timeline):
-                t, sigma, _, x_t = self.noised(x[:, :, local], ctx)
+                t, _, _, x_t = self.noised(x[:, :, local], ctx)
                 real = guided(
                     lambda y, _: self.score(self.real_score, y, t, text, lay, context, headings),
                     lambda y, _: self.score(self.real_score, y, t, uncond, lay, context, headings),
                     self.guidance,
                 )(x_t, None)
-                real_parts.append(x0_from_flow(x_t, real, sigma))
+                real_parts.append(self.tables.x0(x_t, real, t))
                 fake = self.score(self.critic, x_t, t, text, lay, context, headings)
-                fake_parts.append(x0_from_flow(x_t, fake, sigma))
+                fake_parts.append(self.tables.x0(x_t, fake, t))
                 timesteps.append(t)
         x0_real, x0_fake = torch.cat(real_parts, dim=2), torch.cat(fake_parts, dim=2)
         loss = losses.dmd_generator_loss(x, x0_fake, x0_real)
@@ -282,10 +336,20 @@ class ScoreMatchingStage:
         for local, text, lay, context, headings in self.scored_windows(rollout, timeline):
             t, _, noise, x_t = self.noised(x[:, :, local], ctx)
             flow = self.score(self.critic, x_t, t, text, lay, context, headings)
-            parts.append(losses.critic_loss(flow, noise, x[:, :, local]))
+            parts.append(self.critic_window_loss(x_t, flow, t, noise, x[:, :, local], bool(lay.frames)))
         loss = torch.stack(parts).mean(0)
         metrics = {"critic_loss": float(loss.detach().mean()), "rollout_frames": float(rollout.latents.shape[2])}
         return loss.mean(), metrics
+
+    def critic_window_loss(self, x_t, flow, t, noise, x, with_context: bool) -> torch.Tensor:
+        """Flow matching of the critic on one window, per sample. The released code reads the flow as
+        predicted, and its Stage 2 (a window with context) weights the loss by the batch mean of the table's
+        training weight at t (0.13 to 2.08 over the clamped range); otherwise the flow is read through the
+        score table (`ScoreTables`: Self-Forcing's round trip when the tables differ)."""
+        if not self.released:
+            return losses.critic_loss(self.tables.critic_flow(x_t, flow, t), noise, x)
+        loss = losses.critic_loss(flow, noise, x)
+        return loss * self.schedule.training_weight(t).mean() if with_context else loss
 
 
 class DMDStage(ScoreMatchingStage):
