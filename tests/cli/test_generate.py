@@ -32,7 +32,7 @@ def _generate(tmp_path, *extra, name="v.mp4", seconds="3"):
 
 
 def test_generate_writes_readable_mp4_and_sidecar_within_policy_limits(tmp_path):
-    code, out = _generate(tmp_path, "--memory", "slow_fast", "--switch", "4:a blue cube", seconds="12")
+    code, out = _generate(tmp_path, "--memory", "slow_fast", "--switch", "3:a blue cube", seconds="12")
     assert code == 0
     frames, fps = read_video(out)
     sidecar = json.loads(out.with_suffix(".json").read_text())
@@ -53,7 +53,7 @@ def test_generate_writes_readable_mp4_and_sidecar_within_policy_limits(tmp_path)
 
 def test_longlive_recache_on_a_switch(tmp_path):
     code, out = _generate(
-        tmp_path, "--memory", "sink", "--recache", "longlive", "--switch", "6:a blue cube", seconds="6"
+        tmp_path, "--memory", "sink", "--recache", "longlive", "--switch", "4.5:a blue cube", seconds="6"
     )
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert code == 0 and sidecar["config"]["switch"] == {"recache": "longlive", "flush": False}
@@ -77,7 +77,10 @@ def test_same_seed_same_video(tmp_path):
         (["--memory", "rolling", "--memory-opt", "slow=4"], "unknown memory policy 'rolling' option"),
         (["--seconds", "0"], "--seconds must be positive"),
         (["--seconds", "-2"], "--seconds must be positive"),
-        (["--switch", "99:late"], "outside the video"),
+        (["--switch", "99:late"], "--switch at 99 s is past the end of the video"),
+        (["--switch", "0.2:early"], "--switch at 0.2 s lands on chunk 0"),
+        (["--switch", "soon:late"], "must look like SECONDS:PROMPT"),
+        (["--switch", "0:late"], "must look like SECONDS:PROMPT with SECONDS > 0"),
         (["--memory", "slow_fast", "--recache", "longlive"], "sink policy"),
         (["--memory-opt", "layout=released", "--switch", "1:q", "--flush-on-switch"], "has no flush"),
         (
@@ -86,7 +89,7 @@ def test_same_seed_same_video(tmp_path):
         ),
         (["--seconds", "inf"], "--seconds must be positive and finite"),
         (["--device", "tpu"], "unknown --device 'tpu'"),
-        (["--seed", str(2**64)], "--seed must be in [0, 2**64)"),
+        (["--seed", str(2**64)], "--seed must be a whole number in [0, 2**64)"),
         (["--memory-opt", "slow=100000000000"], "the slow_fast memory holds up to 100,000,000,009 latent frames"),
         (["--memory", "rolling", "--memory-opt", "window=1000000000"], "of K/V, more than the"),
         (["--memory-opt", "tau=1.5"], "tau is a cosine similarity threshold in [-1, 1], got 1.5"),
