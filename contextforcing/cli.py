@@ -21,6 +21,7 @@ _PLUGGED_COMMANDS = (
     "contextforcing.eval.cli",
     "contextforcing.training.cli",
     "contextforcing.serve.cli",
+    "contextforcing.plot",
 )
 
 

@@ -64,8 +64,10 @@ class DecodedChunk:
     decode_seconds: float
 
     def trace(self) -> dict:
-        """The JSON record of this chunk (sidecars, reports, the live viewer)."""
-        return {**self.plan.to_json(), **self.update.to_json()}
+        """The JSON record of this chunk (sidecars, reports, the live viewer). `copies` names the slow tier's own
+        copies as [frame, position] (a frame may be attended twice), so that `trace.read_plan` gets the plan back."""
+        copies = [[a.frame, a.position] for a in self.plan.context if a.copy]
+        return {**self.plan.to_json(), **self.update.to_json(), "copies": copies}
 
     def __repr__(self) -> str:  # not the pixels and latents
         return (

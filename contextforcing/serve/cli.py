@@ -12,7 +12,7 @@ EXTRA_HINT = "pip install 'contextforcing[serve]'"
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import add_weight_args
+    from contextforcing.cli import add_weight_args, examples
 
     p = subparsers.add_parser(
         "serve",
@@ -20,6 +20,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Serve a page that streams the model live: type a prompt, Start, switch prompts with Enter, and "
         "watch which frames each chunk attends (sink / slow / fast). With no weight flags: the "
         "embedded world model.",
+        epilog=examples(
+            "contextforcing serve",
+            "contextforcing serve --port 8000 --max-streams 1",
+            "contextforcing serve --wan-dir Wan2.1-T2V-1.3B --checkpoint model.pt --device cuda",
+        ),
     )
     add_weight_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

@@ -22,7 +22,7 @@ def _occlusion_list(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import examples
+    from contextforcing.cli import add_threads_arg, examples
 
     p = subparsers.add_parser(
         "world",
@@ -83,11 +83,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="writes DIR/video.mp4 and DIR/annotations.json (panorama: also DIR/script.jsonl)",
     )
     r.add_argument("--npy", action="store_true", help="also write DIR/frames.npy (lossless uint8 frames)")
+    add_threads_arg(r)
     r.set_defaults(func=run_render)
 
     d = sub.add_parser(
         "dataset",
         help="write training clips (fast, with a progress bar)",
+        description="Write a training dataset: panorama world clips as scripts and seeds (frames rendered when "
+        "loaded), or with --world occlusion shards of occlusion-world clips.",
         epilog=examples(
             "contextforcing world dataset --count 100 --seconds 30 --out data/panorama30",
             "contextforcing world dataset --world occlusion --count 100 --seconds 30 --out data/occlusion30",
@@ -113,11 +116,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=0, help="occlusion world: processes (default: one per CPU core)")
     d.add_argument("--seed", type=int, default=0, help="which training clips to draw")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(d)
     d.set_defaults(func=run_dataset)
 
     h = sub.add_parser(
         "heldout",
         help="list the held-out evaluation worlds (JSON lines)",
+        description="List the held-out evaluation worlds, one JSON object per line (panorama: seed, seconds, "
+        "revisits per delay bucket and the script).",
         epilog=examples("contextforcing world heldout", "contextforcing world heldout --count 4"),
     )
     h.add_argument("--world", choices=WORLDS, default="panorama", help="default: panorama")
@@ -127,6 +133,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     s = sub.add_parser(
         "script",
         help="write a panorama prompt script (jsonl for `generate --prompts`)",
+        description='Write a panorama prompt script (one {"at": SECONDS, "prompt": TEXT} per line): a '
+        "held-out world's, or a random training-style one.",
         epilog=examples(
             "contextforcing world script --heldout 0 --out w0.jsonl",
             "contextforcing world script --random 3 --seconds 60 --out random.jsonl",
