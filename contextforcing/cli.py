@@ -304,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(lambda: build_parser().parse_args(argv))  # parsing imports torch: a Ctrl-C often lands there
+    from contextforcing.provenance import set_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with set_command(argv):  # what sidecars record as the command line
+        return run_command(lambda: build_parser().parse_args(argv))  # parsing imports torch: Ctrl-C often lands there
 
 
 def run_command(parse: Callable[[], argparse.Namespace]) -> int:

@@ -38,6 +38,7 @@ from contextforcing.errors import UserError, checked_keywords, option, unknown_k
 from contextforcing.loading import Parts
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import POLICY_OPTIONS, MemorySpec, check_recache, make_spec, tier_params
+from contextforcing.provenance import provenance
 from contextforcing.sampling.stream import VideoStream, known_in_chunk
 from contextforcing.threads import use_threads
 
@@ -295,6 +296,7 @@ class Generation:
             "decode_seconds": [c.decode_seconds for c in chunks],
             "events": [e for e in self.stream.events if e.get("frame", 0) < end],
             "memory_trace": [c.trace() for c in chunks],
+            "provenance": provenance(),
         }
 
 

@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     p.add_argument("--seed", type=int, default=7, help="world seed and generation seed")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: contextforcing.threads' rule)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     from contextforcing.data.video import write_json_atomic
     from contextforcing.data.world.panorama import PanoramaSpec, render, simulate, track_revisits, track_to_json
@@ -85,6 +87,10 @@ def main(argv=None) -> int:
     from contextforcing.eval.report import contact_sheet
 
     try:
+        from contextforcing.threads import use_threads
+
+        threads = use_threads(args.threads)
+        print(f"demo: {threads.count} CPU thread(s) ({threads.reason}; --threads N to change)", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         spec = PanoramaSpec(tour(), args.seed, SECONDS).validate()
         (args.out / "tour.jsonl").write_text(spec.script.to_jsonl())
@@ -105,7 +111,7 @@ def main(argv=None) -> int:
         pipe = world_pipeline()
         videos = {}
         for name, memory in (("slow_fast", None), ("rolling", ROLLING)):
-            video = generate(pipe, spec, memory=memory)
+            video = generate(pipe, spec, memory=memory, progress=False if args.quiet else f"demo {name}")
             pipe.save(video, args.out / f"{name}.mp4")
             np.save(args.out / f"{name}.npy", video.frames)
             videos[name] = video.frames

@@ -8,9 +8,6 @@ import socket
 
 from contextforcing.errors import UserError, first_line
 
-EXTRA_HINT = "pip install 'contextforcing[serve]'"
-
-
 def register(subparsers) -> argparse.ArgumentParser:
     from contextforcing.cli import add_weight_args, examples
 
@@ -75,13 +72,15 @@ def run(args) -> int:
 
 def require_extra():
     """The web libraries of the `[serve]` extra, or a one-line error naming it."""
+    from contextforcing.extras import install_hint
+
     try:
         import starlette  # noqa: F401
         import uvicorn
         import websockets  # noqa: F401  (uvicorn's WebSocket protocol)
     except ImportError as err:
         raise UserError(
-            f"serve needs the [serve] extra ({err.name or first_line(err)} is missing): {EXTRA_HINT}"
+            f"serve needs the [serve] extra ({err.name or first_line(err)} is missing): {install_hint('serve')}"
         ) from None
     return uvicorn
 

@@ -4,6 +4,7 @@ written), `--version`, and a mistyped command line is one line (with a guess), n
 import argparse
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,28 @@ def test_version_is_the_packages():
         [sys.executable, "-m", "contextforcing.cli", "--version"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip() == f"contextforcing {version}"
+    assert f"\n## {version}\n" in (REPO / "CHANGELOG.md").read_text()  # the release has its changelog section
+
+
+def test_the_license_names_its_copyright_holder():
+    text = (REPO / "LICENSE").read_text()
+    assert "[yyyy]" not in text and "[name of copyright owner]" not in text
+    assert "Copyright 2026 The contextforcing authors" in text
+
+
+def test_make_demo_installs_what_it_and_the_next_step_need(tmp_path):
+    """`make demo` writes an evaluation report ([eval]) and the README's next step is `contextforcing serve`
+    ([serve]): a dry run lists both installs before the demo script."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        ["make", "-n", "-B", "demo", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    demo = next(i for i, line in enumerate(lines) if "scripts/demo.py" in line)
+    installs = " ".join(lines[:demo])
+    assert "-e \".[eval]\"" in installs and "-e \".[serve]\"" in installs
 
 
 @pytest.mark.parametrize(
