@@ -8,6 +8,7 @@ import socket
 
 from contextforcing.errors import UserError, first_line
 
+
 def register(subparsers) -> argparse.ArgumentParser:
     from contextforcing.cli import add_weight_args, examples
 

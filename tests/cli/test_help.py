@@ -81,7 +81,7 @@ def test_make_demo_installs_what_it_and_the_next_step_need(tmp_path):
     lines = result.stdout.splitlines()
     demo = next(i for i, line in enumerate(lines) if "scripts/demo.py" in line)
     installs = " ".join(lines[:demo])
-    assert "-e \".[eval]\"" in installs and "-e \".[serve]\"" in installs
+    assert '-e ".[eval]"' in installs and '-e ".[serve]"' in installs
 
 
 @pytest.mark.parametrize(
