@@ -99,6 +99,11 @@ def read_sidecar(path: str | Path) -> SavedVideo:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not a JSON sidecar ({getattr(err, 'msg', err)})") from None
+    return read_record(record, path)
+
+
+def read_record(record, path: Path) -> SavedVideo:
+    """A sidecar already parsed from JSON (`path` names it in errors)."""
     if not isinstance(record, dict) or not record.get("memory_trace"):
         raise UserError(f"{path}: no memory_trace (not the sidecar of a generated video)")
     try:

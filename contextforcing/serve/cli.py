@@ -46,21 +46,39 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="chunks generated ahead of what the page has played (default 2): fewer = a prompt switch "
         "shows sooner, more = fewer stalls when a chunk is slow",
     )
+    p.add_argument(
+        "--frames",
+        choices=("jpeg", "webp", "png"),
+        default="jpeg",
+        help="how frames travel to the page: jpeg (default, ~2.9 KB per 64x64 frame at quality 90), webp "
+        "(smaller), png (exact pixels, ~7 KB); raw frames needed ~200 KB/s for the toy model",
+    )
+    p.add_argument("--quality", type=int, default=90, help="jpeg/webp quality, 1..100 (default 90)")
+    p.add_argument(
+        "--keep-downloads",
+        type=int,
+        default=4,
+        help="closed tabs' streams (and uploaded replays) kept for download while the server runs (default 4)",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
+    from contextforcing.serve.frames import FrameCodec
     from contextforcing.serve.session import ServeLimits
 
     limits = ServeLimits(args.max_streams, args.max_seconds, args.lead_chunks).check()
+    codec = FrameCodec(args.frames, args.quality).check()
+    if args.keep_downloads < 0:
+        raise UserError(f"--keep-downloads must be >= 0, got {args.keep_downloads}")
     uvicorn = require_extra()
     sock = bind(args.host, args.port)
     try:
         pipe = load_pipeline(args)
         from contextforcing.serve.app import build_app
 
-        app = build_app(pipe, limits)
+        app = build_app(pipe, limits, codec, args.keep_downloads)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"contextforcing: serving {pipe.weights} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
