@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from contextforcing.config import ModelConfig, Preset, SamplingConfig, VideoConfig
-from contextforcing.errors import UserError, format_bytes
+from contextforcing.errors import UserError, format_bytes, option
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.policies import POLICY_OPTIONS, MemorySpec, make_spec, tier_params
 
@@ -227,7 +227,7 @@ def check_memory_fits(
         raise MemoryTooLarge(
             f"the {spec.name} memory holds up to {frames:,} latent frames of "
             f"{format_bytes(kv['frame_bytes_all_layers'])} each: {format_bytes(need)} ({need:,} bytes) "
-            f"of K/V, more than the {format_bytes(have)} available on {device}; lower the memory sizes or --seconds"
+            f"of K/V, more than the {format_bytes(have)} available on {device}; lower the memory sizes or {option('seconds')}"
         )
     return need
 

@@ -29,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from contextforcing.config import from_dict
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, option
 from contextforcing.memory.plan import Attended, ChunkPlan
 
 
@@ -356,7 +356,7 @@ def check_recache(spec: MemorySpec, mode: str, flush: bool = False) -> None:
     if mode == "longlive" and spec.name != "sink":
         raise UserError(
             f"recache=longlive reproduces LongLive 1.0, whose cache is the sink policy "
-            f"(--memory sink); not {spec.name!r}"
+            f"({option('memory')} sink); not {spec.name!r}"
         )
 
 
@@ -585,7 +585,7 @@ class ReleasedPolicy:
 
     def flush(self) -> list[tuple[str, int]]:
         raise UserError(
-            "the released Context Forcing cache has no flush; switch prompts without --flush-on-switch "
+            f"the released Context Forcing cache has no flush; switch prompts without {option('flush_on_switch')} "
             "or use layout=tiered"
         )
 

@@ -428,7 +428,7 @@ class StreamSession:
         """What stays downloadable after the tab closes: its frames so far and their sidecar (None: no frame)."""
         with self._lock:
             count = 0 if self.spool is None else self.spool.count
-        if not count:
+        if not count or getattr(self.generation, "replay", None) is not None:  # a replay's files are the user's
             return None
         frames, record = self.snapshot()
         return KeptStream(self.spool, len(frames), record, self.stem)

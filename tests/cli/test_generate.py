@@ -217,3 +217,16 @@ def test_bench_checks_the_memory_size_before_building_a_model(capsys):
 def test_bench_bad_window(capsys):
     code = main(["bench", "--random-init", "--seconds", "3", "--windows", "5:2"])
     assert code == 2 and "START < END" in capsys.readouterr().err
+
+
+def test_progress_goes_to_stderr_and_the_result_to_stdout(tmp_path, capfd):
+    """A slow run can be told from a hung one (a bar on stderr), and stdout stays the result (scripts parse it)."""
+    out = tmp_path / "v.mp4"
+    argv = ["generate", "--preset", "tiny", "--random-init", "--prompt", "p", "--seconds", "1.5", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capfd.readouterr()
+    assert captured.out.strip() == f"wrote {out} (21 frames, 6 latent) and its sidecar"
+    assert "generate v.mp4" in captured.err and "2/2" in captured.err
+    assert main(["bench", "--preset", "tiny", "--random-init", "--seconds", "1.5", "--json", "--peak-tflops", "1"]) == 0
+    captured = capfd.readouterr()
+    assert json.loads(captured.out)["chunks"] == 2 and "bench slow_fast" in captured.err and "2/2" in captured.err
