@@ -2,9 +2,9 @@
 
     import contextforcing as cf
     pipe = cf.Pipeline.from_pretrained()                       # the embedded world model
-    video = pipe("striped cool room", seconds=20, seed=0)      # frames [T, H, W, 3] uint8, plans, timings
-    for chunk in pipe.stream("a red ball", seconds=120, memory=cf.Memory.slow_fast(slow=12),
-                             switches={40.0: "a blue cube"}):
+    hold, pan = "warm room, hold, lights on, black ball", "warm room, pan left, lights on, black ball"
+    video = pipe(hold, seconds=20, seed=0, progress=True)      # frames [T, H, W, 3] uint8, plans, timings
+    for chunk in pipe.stream(hold, seconds=120, memory=cf.Memory.slow_fast(slow=12), switches={40.0: pan}):
         chunk.frames, chunk.plan                               # pixels and the memory's plan, as they finish
     pipe.save(video, "out.mp4")
 
