@@ -170,9 +170,7 @@ class Generation:
             self.init_frames = init.shape[2]
         self.known_frames = known_frames
         self.generator = torch.Generator(pipe.device).manual_seed(seed)
-        self.index = 0
-        self.frames_emitted = 0
-        self.closed = False
+        self.index, self.frames_emitted, self.closed = 0, 0, False
         self.bar = None if not progress else progress_bar(self.chunks_total, progress)
 
     def _check_switches(self) -> None:

@@ -66,6 +66,14 @@ def write_video(path: Path, frames: np.ndarray, fps: int, what: str) -> None:
     save_video(path, frames, fps, {"demo": what, "seconds": SECONDS})
 
 
+def use_threads_and_say(requested: int | None) -> None:
+    """The CPU threads (contextforcing.threads' rule unless --threads), and a line saying how many and why."""
+    from contextforcing.threads import use_threads
+
+    threads = use_threads(requested)
+    print(f"demo: {threads.count} CPU thread(s) ({threads.reason}; --threads N to change)", flush=True)
+
+
 def side_by_side(videos: list[np.ndarray], gap: int = 4) -> np.ndarray:
     t, h, w, _ = videos[0].shape
     out = np.full((t, h, len(videos) * w + (len(videos) - 1) * gap, 3), 255, np.uint8)
@@ -87,10 +95,7 @@ def main(argv=None) -> int:
     from contextforcing.eval.report import contact_sheet
 
     try:
-        from contextforcing.threads import use_threads
-
-        threads = use_threads(args.threads)
-        print(f"demo: {threads.count} CPU thread(s) ({threads.reason}; --threads N to change)", flush=True)
+        use_threads_and_say(args.threads)
         args.out.mkdir(parents=True, exist_ok=True)
         spec = PanoramaSpec(tour(), args.seed, SECONDS).validate()
         (args.out / "tour.jsonl").write_text(spec.script.to_jsonl())

@@ -66,35 +66,10 @@ def build_app(
             hub.close(session)
 
     async def download(request: Request):
-        kind = request.path_params["kind"]
-        if kind not in ("mp4", "json"):
-            return PlainTextResponse("downloads are .mp4 or .json", status_code=404)
-        source = _download_source(hub, request.path_params["session"])
-        if source is None:
-            return PlainTextResponse("no such stream on this server (it ended before the server restarted?)", 404)
-        try:
-            if kind == "json":
-                frames_record = await run_in_threadpool(source.snapshot)
-                return JSONResponse(frames_record[1], headers=_attachment(f"{source.stem}.json"))
-            directory = Path(tempfile.mkdtemp(prefix="contextforcing-download-"))
-            path = await run_in_threadpool(source.write_mp4, directory)
-        except UserError as err:
-            return PlainTextResponse(str(err), status_code=409)
-        return FileResponse(
-            path,
-            media_type="video/mp4",
-            filename=path.name,
-            background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
-        )
+        return await _download(hub, request)
 
     async def upload_replay(request: Request):
-        body = await request.body()
-        try:
-            replay = await run_in_threadpool(read_upload, body)
-        except UserError as err:
-            return JSONResponse({"error": str(err)}, status_code=400)
-        hub.replays.add(replay)
-        return JSONResponse({"replay": replay.id, "name": replay.name, "chunks": len(replay.saved.chunks)})
+        return await _upload_replay(hub, request)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -142,3 +117,42 @@ def _download_source(hub, session_id: str):
 
 def _attachment(filename: str) -> dict:
     return {"content-disposition": f'attachment; filename="{filename}"'}
+
+
+async def _download(hub: StreamHub, request: Request):
+    """/download/{id}.mp4 or .json: a live tab's stream so far, or a closed tab's kept stream, named."""
+    kind = request.path_params["kind"]
+    if kind not in ("mp4", "json"):
+        return PlainTextResponse("downloads are .mp4 or .json", status_code=404)
+    source = _download_source(hub, request.path_params["session"])
+    if source is None:
+        return PlainTextResponse(
+            "no such stream on this server: the server restarted, or newer closed streams replaced it "
+            "(--keep-downloads)",
+            404,
+        )
+    try:
+        if kind == "json":
+            frames_record = await run_in_threadpool(source.snapshot)
+            return JSONResponse(frames_record[1], headers=_attachment(f"{source.stem}.json"))
+        directory = Path(tempfile.mkdtemp(prefix="contextforcing-download-"))
+        path = await run_in_threadpool(source.write_mp4, directory)
+    except UserError as err:
+        return PlainTextResponse(str(err), status_code=409)
+    return FileResponse(
+        path,
+        media_type="video/mp4",
+        filename=path.name,
+        background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
+    )
+
+
+async def _upload_replay(hub: StreamHub, request: Request):
+    """POST /api/replay: a saved mp4 and its sidecar (`replay.read_upload`); answers the replay's id."""
+    body = await request.body()
+    try:
+        replay = await run_in_threadpool(read_upload, body)
+    except UserError as err:
+        return JSONResponse({"error": str(err)}, status_code=400)
+    hub.replays.add(replay)
+    return JSONResponse({"replay": replay.id, "name": replay.name, "chunks": len(replay.saved.chunks)})

@@ -22,7 +22,7 @@ def _occlusion_list(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import add_threads_arg, examples
+    from contextforcing.cli import examples
 
     p = subparsers.add_parser(
         "world",
@@ -39,6 +39,16 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="world_command", metavar="{render,dataset,heldout,script}")
     sub.required = True
+
+    _add_render(sub)
+    _add_dataset(sub)
+    _add_heldout(sub)
+    _add_script(sub)
+    return p
+
+
+def _add_render(sub) -> None:
+    from contextforcing.cli import add_threads_arg, examples
 
     r = sub.add_parser(
         "render",
@@ -86,6 +96,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_threads_arg(r)
     r.set_defaults(func=run_render)
 
+
+def _add_dataset(sub) -> None:
+    from contextforcing.cli import add_threads_arg, examples
+
     d = sub.add_parser(
         "dataset",
         help="write training clips (fast, with a progress bar)",
@@ -119,6 +133,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     add_threads_arg(d)
     d.set_defaults(func=run_dataset)
 
+
+def _add_heldout(sub) -> None:
+    from contextforcing.cli import examples
+
     h = sub.add_parser(
         "heldout",
         help="list the held-out evaluation worlds (JSON lines)",
@@ -129,6 +147,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     h.add_argument("--world", choices=WORLDS, default="panorama", help="default: panorama")
     h.add_argument("--count", type=int, default=None, help="panorama: list this many (default: the standard 16)")
     h.set_defaults(func=run_heldout)
+
+
+def _add_script(sub) -> None:
+    from contextforcing.cli import examples
 
     s = sub.add_parser(
         "script",
@@ -146,7 +168,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, help="length of a --random script")
     s.add_argument("--out", required=True, metavar="FILE")
     s.set_defaults(func=run_script)
-    return p
 
 
 WORLDS = ("occlusion", "panorama")
