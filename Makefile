@@ -26,6 +26,11 @@ $(VENV)/.eval-installed: $(VENV)/.base-installed
 	$(PY) -m pip install -q -e ".[eval]"
 	touch $@
 
+# `contextforcing serve`, the step the README gives after `make demo`.
+$(VENV)/.serve-installed: $(VENV)/.base-installed
+	$(PY) -m pip install -q -e ".[serve]"
+	touch $@
+
 $(VENV)/.train-installed: $(VENV)/.eval-installed
 	$(PY) -m pip install -q -e ".[train,eval]"
 	touch $@
@@ -33,8 +38,11 @@ $(VENV)/.train-installed: $(VENV)/.eval-installed
 # A 2-minute scripted tour of the panorama world (scripts/demo.py) streamed twice by the shipped model, with its
 # trained memory and with a 3 s rolling window, same seed; both videos, a side-by-side mp4 with the ground truth,
 # contact sheets, then `eval` of both against the tour: out/demo/report (revisit error against delay for both).
-demo: $(VENV)/.eval-installed
-	$(PY) scripts/demo.py --out $(DEMO_DIR) --seed $(DEMO_SEED)
+# Installs [eval] (the report) and [serve] (the README's next step, `contextforcing serve`). Progress bars go to
+# stderr; the CPU thread count follows contextforcing.threads (DEMO_THREADS=N to set it).
+DEMO_THREADS ?=
+demo: $(VENV)/.eval-installed $(VENV)/.serve-installed
+	$(PY) scripts/demo.py --out $(DEMO_DIR) --seed $(DEMO_SEED) $(if $(DEMO_THREADS),--threads $(DEMO_THREADS))
 	$(VENV)/bin/contextforcing eval $(DEMO_DIR)slow_fast.npy $(DEMO_DIR)rolling.npy --labels "slow_fast (trained memory),rolling window 3 s" --world-annotations $(DEMO_DIR)truth/annotations.json --report $(DEMO_DIR)report
 
 # The whole Context Forcing recipe on the panorama world (teacher -> ODE -> DMD -> Contextual DMD, each gated on

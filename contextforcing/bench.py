@@ -93,11 +93,13 @@ def run_bench(
     decode: bool = False,
     weights: dict | None = None,
     peak_tflops: float | None = None,
+    progress: bool = False,
 ) -> dict:
     """`weights` (`loading.load`'s keywords): random init, real weights (--wan-dir/--checkpoint), or, with
     neither, the embedded model as `generate` uses it (with the memory it was trained with).
     With `decode`, each chunk's time includes its streaming decode (Wan VAE, world codec or preview decoder).
-    `peak_tflops` sets the rate of the floor; None measures one (a square matmul on the device)."""
+    `peak_tflops` sets the rate of the floor; None measures one (a square matmul on the device). `progress`: a
+    tqdm bar of chunks on stderr."""
     weights = dict(weights or {})
     windows_parsed = parse_windows(windows)
     spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype, weights)
@@ -111,7 +113,14 @@ def run_bench(
         if b > num_frames // video.chunk_frames:
             raise UserError(f"--windows {a}:{b} reaches past the {num_frames // video.chunk_frames} chunks generated")
     peak, peak_source = resolve_peak(peak_tflops, pipe.device, pipe.model.dtype)
-    generation = pipe.stream(pipe.example_prompt, seconds, seed=seed, memory=spec, decode=decode)
+    generation = pipe.stream(
+        pipe.example_prompt,
+        seconds,
+        seed=seed,
+        memory=spec,
+        decode=decode,
+        progress=f"bench {spec.name}" if progress else False,
+    )
     stream = generation.stream
     peak_resettable = reset_peak_memory(pipe.device)
     latencies, decode_times, peaks, model_times, flops, attended = [], [], [], [], [], []

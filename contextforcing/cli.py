@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 from typing import Callable
 
-from contextforcing.errors import Interrupted, UserError, say
+from contextforcing import __version__
+from contextforcing.errors import Interrupted, UserError, command_line, say
 from contextforcing.outputs import InterruptGuard
 
 # Subcommands that live beside the code they drive; each module exposes register(subparsers).
@@ -21,7 +24,41 @@ _PLUGGED_COMMANDS = (
     "contextforcing.eval.cli",
     "contextforcing.training.cli",
     "contextforcing.serve.cli",
+    "contextforcing.plot",
 )
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's manners: help keeps its examples' line breaks, and a usage error is one
+    line naming the problem and where help is (exit code 2), not the whole usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:  # the closest name first: argparse lists the choices but does not guess
+            valid = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), valid, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+
+def examples(*commands: str) -> str:
+    """A help epilog of example commands (tests/cli/test_help.py parses every one of them)."""
+    return "examples:\n" + "\n".join(f"  {c}" for c in commands)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: 1 on a machine with <= 2 cores, else the cores not already busy; "
+        "OMP_NUM_THREADS, when set, is kept); see docs/performance.md",
+    )
 
 
 def add_weight_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +92,7 @@ def add_weight_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
+    add_threads_arg(p)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -93,12 +131,6 @@ def _bench(args) -> int:
     )
     preset = default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     options = parse_overrides(args.memory_opt or [])
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.floor_only:
         return _floor_only(args, preset, options)
     common = dict(
@@ -109,6 +141,7 @@ def _bench(args) -> int:
         decode=args.decode,
         weights=weights,
         peak_tflops=args.peak_tflops,
+        progress=not args.quiet,
     )
     if args.all_policies:
         from contextforcing.bench import format_policy_table, run_all_policies
@@ -146,11 +179,33 @@ def _floor_only(args, preset: str, options: dict) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="contextforcing", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+_EXAMPLE_PROMPT = "warm room, hold, lights on, black ball"  # the embedded model reads the panorama grammar
 
-    gen = sub.add_parser("generate", help="generate a video, streaming it to an mp4 as chunks finish")
+_GENERATE_DESCRIPTION = """Generate a video chunk by chunk and write it to an mp4 as the chunks finish, with a JSON
+sidecar beside it (config, seed, timings, the memory's trace, version and command line). With no weight flags:
+the embedded world model and the memory it was trained with. Prompt switches (--switch, --prompts) are given in
+seconds of video and land on the nearest chunk boundary."""
+
+_BENCH_DESCRIPTION = """Stream a video without writing it and report each chunk's latency, frames per second, peak
+memory and the share of the FLOP floor reached. With no weight flags: the embedded world model."""
+
+
+def _add_generate(sub) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="generate a video, streaming it to an mp4 as chunks finish",
+        description=_GENERATE_DESCRIPTION,
+        epilog=examples(
+            f'contextforcing generate --prompt "{_EXAMPLE_PROMPT}" --seconds 20 --out video.mp4',
+            f'contextforcing generate --prompt "{_EXAMPLE_PROMPT}" --seconds 20 '
+            f'--switch "10:{_EXAMPLE_PROMPT.replace("hold", "pan left")}" --out switched.mp4',
+            "contextforcing generate --prompts tour.jsonl --seconds 120 --memory rolling --memory-opt window=12 "
+            "--out rolling.mp4",
+            "contextforcing generate --preset tiny --random-init --prompt 'a red ball' --seconds 20 --out random.mp4",
+            'contextforcing generate --wan-dir Wan2.1-T2V-1.3B --checkpoint model.pt --prompt "a fox in the snow" '
+            "--seconds 60 --out fox.mp4",
+        ),
+    )
     _add_model_args(gen)
     gen.add_argument("--prompt", help="starting prompt (optional when --prompts starts at 0 s)")
     gen.add_argument(
@@ -161,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--init-video", help="continue this video: its last frames are encoded and prefilled into memory")
     gen.add_argument("--init-image", help="start from this image: encoded and prefilled into memory")
     gen.add_argument("--out", required=True, help="output .mp4; a .json sidecar is written beside it")
-    gen.add_argument("--switch", action="append", metavar="CHUNK:PROMPT", help="switch prompt at a chunk, repeatable")
+    gen.add_argument(
+        "--switch",
+        action="append",
+        metavar="SECONDS:PROMPT",
+        help="switch to PROMPT at SECONDS of video (the nearest chunk boundary, as --prompts places them); repeatable",
+    )
     gen.add_argument(
         "--flush-on-switch",
         action="store_true",
@@ -177,7 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
-    bench = sub.add_parser("bench", help="time a stream without writing video")
+
+def _add_bench(sub) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="time a stream without writing video",
+        description=_BENCH_DESCRIPTION,
+        epilog=examples(
+            "contextforcing bench --seconds 60",
+            "contextforcing bench --preset tiny --random-init --seconds 320 --memory slow_fast --windows 20:40,400:420",
+            "contextforcing bench --seconds 60 --all-policies --threads 1",
+            "contextforcing bench --preset wan2.1-t2v-1.3b --memory slow_fast --seconds 60 --floor-only",
+        ),
+    )
     _add_model_args(bench)
     bench.add_argument("--windows", default="", help="chunk ranges to report median latency for, e.g. 20:40,400:420")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
@@ -199,19 +271,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the bench once per memory policy (default options) and print one row per policy",
     )
     bench.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's); 1 avoids thread oversubscription on a busy machine",
-    )
-    bench.add_argument(
         "--floor-only",
         action="store_true",
         help="print the analytic FLOP floor of --preset/--memory (at the last chunk of --seconds) "
         "without running a model",
     )
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_bench)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="contextforcing",
+        description="Streaming, minute-long video generation with a three-tier context memory (Context Forcing). "
+        "Each command's --help has examples.",
+        epilog=examples(
+            f'contextforcing generate --prompt "{_EXAMPLE_PROMPT}" --seconds 20 --out video.mp4',
+            "contextforcing plot video.json",
+            "contextforcing serve",
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"contextforcing {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_bench(sub)
     for name in _PLUGGED_COMMANDS:
         try:
             module = importlib.import_module(name)
@@ -224,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(lambda: build_parser().parse_args(argv))  # parsing imports torch: a Ctrl-C often lands there
+    from contextforcing.provenance import set_command
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with set_command(argv):  # what sidecars record as the command line
+        return run_command(lambda: build_parser().parse_args(argv))  # parsing imports torch: Ctrl-C often lands there
 
 
 def run_command(parse: Callable[[], argparse.Namespace]) -> int:
@@ -235,12 +322,16 @@ def run_command(parse: Callable[[], argparse.Namespace]) -> int:
         # Parsing imports torch. A Ctrl-C that lands inside a C extension's import can leave the interpreter
         # broken (half-initialised modules, or CPython's flag that kills the process by SIGINT at exit after
         # printing our line), so it is held until the imports are done, then acted on (as the guard ends).
-        with InterruptGuard():
-            args = parse()
-        with StdoutGuard() as stdout:
-            code = args.func(args)
-            stdout.flush()
-        return code
+        with command_line():
+            with InterruptGuard():
+                args = parse()
+            from contextforcing.threads import use_threads
+
+            use_threads(getattr(args, "threads", None))
+            with StdoutGuard() as stdout:
+                code = args.func(args)
+                stdout.flush()
+            return code
     except UserError as err:
         say(f"contextforcing: error: {err}")
         return 2

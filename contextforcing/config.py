@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, option
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ class VideoConfig:
     def latent_frames_for(self, seconds: float) -> int:
         """Latent frames for `seconds` of video, rounded up to whole chunks."""
         if not 0 < seconds < math.inf:
-            raise UserError(f"--seconds must be positive and finite, got {seconds}")
+            raise UserError(f"{option('seconds')} must be positive and finite, got {seconds}")
         frames = round(seconds * self.latent_fps)
         chunks = max(1, -(-frames // self.chunk_frames))
         return chunks * self.chunk_frames

@@ -5,12 +5,20 @@ KeyboardInterrupt that knows what the job kept and which signal stopped it) into
 the signal (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); everything else is a bug and keeps its traceback.
 """
 
+import contextvars
+import difflib
 import signal
 import sys
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 
 class UserError(ValueError):
     """Bad input from the user (config key, size, path, checkpoint...). The message names the problem."""
+
+
+class ArgumentError(UserError, TypeError):
+    """A Python call with a keyword its function does not take (also a TypeError, as Python's own would be)."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -71,3 +79,56 @@ def format_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.4g} {unit}"
     return f"{n:.0f} B"
+
+
+# -- one message, two spellings: `--init-video` on the command line, `init_video` in Python ------------------
+_COMMAND_LINE = contextvars.ContextVar("contextforcing_command_line", default=False)
+
+
+@contextmanager
+def command_line() -> Iterator[None]:
+    """Within it, errors name command-line flags (`cli.run_command` enters it); elsewhere Python arguments."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def option(name: str, flag: str | None = None) -> str:
+    """How an error names an input: the flag (`flag`, default `--` + name with dashes) on the command line,
+    the keyword argument `name` in Python, so that neither user reads the other's spelling."""
+    if _COMMAND_LINE.get():
+        return flag or "--" + name.replace("_", "-")
+    return name
+
+
+def unknown_keyword(function: str, name: str, valid: Iterable[str]) -> ArgumentError:
+    """`function(..., name=...)` with a keyword it does not take: the name, the closest valid one, all of them."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ArgumentError(f"{function}() got an unknown argument {name!r}{hint} (valid: {', '.join(valid)})")
+
+
+def checked_keywords(name: str | None = None):
+    """Decorator: a keyword the function does not take is an `ArgumentError` naming it, the closest valid
+    one and all of them (Python's own TypeError names neither of the last two). `name`: how users call it."""
+    import functools
+    import inspect
+
+    def decorate(function):
+        parameters = inspect.signature(function).parameters
+        valid = [n for n, p in parameters.items() if n not in ("self", "cls") and p.kind is not p.VAR_KEYWORD]
+        shown = name or function.__qualname__
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for key in kwargs:
+                if key not in parameters:
+                    raise unknown_keyword(shown, key, valid)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

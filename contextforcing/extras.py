@@ -4,6 +4,7 @@ gives when its extra is not installed."""
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 from contextforcing.errors import UserError
@@ -20,11 +21,21 @@ EXTRAS = {
 }
 
 
+# The source tree the package runs from when it was installed from a clone (`pip install -e .`).
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+
+def install_hint(extra: str) -> str:
+    """How to install `extra` here: from the clone the package runs from (`pip install -e`: the name alone would
+    fetch a release from the index), else by name."""
+    if (SOURCE_TREE / "pyproject.toml").is_file():
+        return f"pip install -e '.[{extra}]' in {SOURCE_TREE}"
+    return f"pip install 'contextforcing[{extra}]'"
+
+
 def require(module: str, extra: str, feature: str) -> ModuleType:
-    """Import `module`, or stop with one line naming the extra that provides it."""
+    """Import `module`, or stop with one line naming the extra that provides it and how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(
-            f"{feature} needs the [{extra}] extra: pip install 'contextforcing[{extra}]' (missing: {module})"
-        ) from None
+        raise UserError(f"{feature} needs the [{extra}] extra: {install_hint(extra)} (missing: {module})") from None

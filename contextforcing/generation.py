@@ -8,6 +8,7 @@ and the atomic publish (`outputs`). Generating is `Pipeline.stream` (contextforc
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -20,8 +21,8 @@ from contextforcing.errors import Interrupted, UserError, quote
 from contextforcing.limits import check_stream
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec
 from contextforcing.outputs import InterruptGuard, OutputLock
-from contextforcing.pipeline import Generation, Pipeline, Prompt, read_init_clip, resolve_memory
-from contextforcing.prompts import place_script, placement, read_prompt_script
+from contextforcing.pipeline import Generation, Pipeline, Prompt, check_seed, read_init_clip, resolve_memory
+from contextforcing.prompts import place_script, place_switches, read_prompt_script
 
 
 @dataclass
@@ -36,7 +37,7 @@ class GenerationRequest:
     random_init: bool = False
     device: str | None = None
     dtype: str | None = None
-    switches: list[tuple[int, str]] = field(default_factory=list)  # (chunk index, prompt)
+    switches: list[tuple[float, str]] = field(default_factory=list)  # (seconds of video, prompt)
     flush_on_switch: bool = False
     recache: str = "window"  # window | longlive: what a prompt switch re-encodes
     wan_dir: str | None = None  # UMT5 + VAE, and the base DiT when no checkpoint is given
@@ -83,20 +84,11 @@ def plan_prompts(req: GenerationRequest, video, chunks: int) -> list[dict]:
         return place_script(req.prompt, read_prompt_script(req.prompts), video, chunks, req.prompts)
     if req.prompt is None:
         raise UserError("give a --prompt (or a --prompts script)")
-    for chunk, _ in req.switches:
-        if not 0 < chunk < chunks:
-            raise UserError(f"prompt switch at chunk {chunk} is outside the video's {chunks} chunks")
-    placed = [placement((None, 0.0, req.prompt), 0, video)]
-    placed += [placement((None, None, p), c, video) for c, p in sorted(req.switches)]
-    return placed
+    entries = [(None, 0.0, req.prompt)] + [(None, at, p) for at, p in sorted(req.switches)]
+    return place_switches(entries, video, chunks, lambda _, at: f"--switch at {at:g} s")
 
 
 # -- the run --------------------------------------------------------------------------------------------------
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**64:  # torch.Generator seeds are 64-bit
-        raise UserError(f"--seed must be in [0, 2**64), got {seed}")
-
-
 @dataclass
 class RunPlan:
     """What a request resolves to before any weights are read: memory, video, frames, prompts, init clip."""
@@ -238,8 +230,13 @@ def request_from_args(args) -> GenerationRequest:
     return GenerationRequest(**values)
 
 
-def _parse_switch(text: str) -> tuple[int, str]:
-    chunk, sep, prompt = text.partition(":")
-    if not sep or not chunk.strip().isdigit() or not prompt.strip():
-        raise UserError(f"--switch {quote(text)} must look like CHUNK:PROMPT, e.g. 10:a blue cube")
-    return int(chunk), prompt.strip()
+def _parse_switch(text: str) -> tuple[float, str]:
+    """`SECONDS:PROMPT`, seconds of video as --prompts scripts and the Python API's `switches=` count them."""
+    at, sep, prompt = text.partition(":")
+    try:
+        seconds = float(at)
+    except ValueError:
+        seconds = math.nan
+    if not sep or not prompt.strip() or not 0 < seconds < math.inf:
+        raise UserError(f"--switch {quote(text)} must look like SECONDS:PROMPT with SECONDS > 0, e.g. 10:a blue cube")
+    return seconds, prompt.strip()

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from contextforcing.config import ModelConfig, Preset, SamplingConfig, VideoConfig, from_dict, get_preset
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, option
 from contextforcing.memory.policies import MemorySpec, make_spec
 
 REAL_DEFAULT_PRESET, RANDOM_DEFAULT_PRESET, EMBEDDED_PRESET = "wan2.1-t2v-1.3b", "tiny", "world"
@@ -54,14 +54,14 @@ def resolve_device(device: str | None, dtype: str | None) -> tuple[torch.device,
     except RuntimeError:  # not a device string torch knows
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UserError(f"unknown --device {name!r}; choose cpu, cuda or cuda:N")
+        raise UserError(f"unknown {option('device')} {name!r}; choose cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available")
+        raise UserError(f"{option('device')} cuda was asked for but no CUDA device is available")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {name} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+        raise UserError(f"{option('device')} {name} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
     name = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     if name not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"unknown --dtype {name!r}; choose float32, bfloat16 or float16")
+        raise UserError(f"unknown {option('dtype')} {name!r}; choose float32, bfloat16 or float16")
     return dev, getattr(torch, name)
 
 
@@ -307,8 +307,8 @@ def load(
 def check_weight_flags(real: bool, *, lora=None, lora_alpha=None, num_heads=None) -> None:
     """Flags that only change loaded weights are refused where nothing is loaded, rather than ignored."""
     if lora_alpha is not None and lora is None:
-        raise UserError("--lora-alpha needs --lora")
-    given = [flag for flag, value in (("--lora", lora), ("--num-heads", num_heads)) if value is not None]
+        raise UserError(f"{option('lora_alpha')} needs {option('lora')}")
+    given = [option(name) for name, value in (("lora", lora), ("num_heads", num_heads)) if value is not None]
     if given and not real:
         raise UserError(
             f"{' and '.join(given)}: only for --wan-dir/--checkpoint weights (the random-init and "

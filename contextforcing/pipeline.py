@@ -2,9 +2,9 @@
 
     import contextforcing as cf
     pipe = cf.Pipeline.from_pretrained()                       # the embedded world model
-    video = pipe("striped cool room", seconds=20, seed=0)      # frames [T, H, W, 3] uint8, plans, timings
-    for chunk in pipe.stream("a red ball", seconds=120, memory=cf.Memory.slow_fast(slow=12),
-                             switches={40.0: "a blue cube"}):
+    hold, pan = "warm room, hold, lights on, black ball", "warm room, pan left, lights on, black ball"
+    video = pipe(hold, seconds=20, seed=0, progress=True)      # frames [T, H, W, 3] uint8, plans, timings
+    for chunk in pipe.stream(hold, seconds=120, memory=cf.Memory.slow_fast(slow=12), switches={40.0: pan}):
         chunk.frames, chunk.plan                               # pixels and the memory's plan, as they finish
     pipe.save(video, "out.mp4")
 
@@ -18,7 +18,10 @@ Loaders live in `contextforcing.loading`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import numbers
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +34,15 @@ import torch.nn.functional as F
 from contextforcing import loading
 from contextforcing.config import SamplingConfig, VideoConfig, from_dict
 from contextforcing.data.video import read_video, save_video
-from contextforcing.errors import UserError, quote, shorten
+from contextforcing.errors import UserError, checked_keywords, option, quote, shorten, unknown_keyword
 from contextforcing.limits import check_stream
 from contextforcing.loading import Parts
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
-from contextforcing.memory.policies import MemorySpec, check_recache, make_spec, tier_params
+from contextforcing.memory.policies import POLICY_OPTIONS, MemorySpec, check_recache, make_spec, tier_params
+from contextforcing.provenance import provenance
 from contextforcing.sampling.camera import chunk_headings
 from contextforcing.sampling.stream import VideoStream, known_in_chunk
+from contextforcing.threads import use_threads
 
 # An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
 # the memory keeps only a bounded context anyway, and the VAE encode of a long clip would dominate.
@@ -62,8 +67,17 @@ class DecodedChunk:
     decode_seconds: float
 
     def trace(self) -> dict:
-        """The JSON record of this chunk (sidecars, reports, the live viewer)."""
-        return {**self.plan.to_json(), **self.update.to_json()}
+        """The JSON record of this chunk (sidecars, reports, the live viewer). `copies` names the slow tier's own
+        copies as [frame, position] (a frame may be attended twice), so that `trace.read_plan` gets the plan back."""
+        copies = [[a.frame, a.position] for a in self.plan.context if a.copy]
+        return {**self.plan.to_json(), **self.update.to_json(), "copies": copies}
+
+    def __repr__(self) -> str:  # not the pixels and latents
+        return (
+            f"DecodedChunk(index={self.index}, latent frames {self.start}..{self.start + self.plan.frames - 1}, "
+            f"{len(self.frames)} pixel frames from {self.first_frame}, prompt={self.prompt!r}, "
+            f"promoted={list(self.update.promoted)}, seconds={self.seconds:.3f})"
+        )
 
 
 @dataclass
@@ -78,6 +92,13 @@ class Video:
     @property
     def plans(self) -> list[ChunkPlan]:
         return [c.plan for c in self.chunks]
+
+    def __repr__(self) -> str:  # the frames and the record are large: their shape and size, not their values
+        t, h, w = self.frames.shape[:3]
+        return (
+            f"Video({t} frames of {w}x{h} at {self.fps} fps = {t / self.fps:.2f} s, {len(self.chunks)} chunks, "
+            f"memory {self.record.get('config', {}).get('memory', {}).get('policy', '?')}, seed {self.record.get('seed')})"
+        )
 
 
 @dataclass(frozen=True)
@@ -120,6 +141,7 @@ class Generation:
         init_pixels: torch.Tensor | None,
         known_frames: Mapping | None,
         decode: bool,
+        progress: bool | str = False,
     ):
         video = pipe.preset.video
         self.pipe, self.memory, self.sampling, self.seed, self.decode = pipe, memory, sampling, seed, decode
@@ -158,21 +180,24 @@ class Generation:
         self.known_frames = known_frames
         self.heading = 0.0  # the camera's heading at the last generated frame (room-anchored models)
         self.generator = torch.Generator(pipe.device).manual_seed(seed)
-        self.index = 0
-        self.frames_emitted = 0
-        self.closed = False
+        self.index, self.frames_emitted, self.closed = 0, 0, False
+        self.bar = None if not progress else progress_bar(self.chunks_total, progress)
 
     def _check_switches(self) -> None:
+        video = self.pipe.preset.video
+        chunk_s = video.chunk_frames / video.latent_fps
         last = 0
         for p in self._pending:
             if p.chunk <= last:
                 raise UserError(
-                    f"prompt switch to {quote(p.text)} lands on chunk {p.chunk}, not after chunk {last}; "
-                    f"switches land on chunk boundaries, space them further apart"
+                    f"switches: the switch to {quote(p.text)} lands on chunk {p.chunk} ({p.chunk * chunk_s:g} s), not "
+                    f"after chunk {last}; switches land on {chunk_s:g} s chunk boundaries, space them further apart"
                 )
             if self.chunks_total is not None and p.chunk >= self.chunks_total:
                 raise UserError(
-                    f"prompt switch to {quote(p.text)} at chunk {p.chunk} is past the video's {self.chunks_total} chunks"
+                    f"switches: the switch to {quote(p.text)} at {p.chunk * chunk_s:g} s is past the end of the video "
+                    f"({self.chunks_total} chunks of {chunk_s:g} s; the last switch can be at "
+                    f"{(self.chunks_total - 1) * chunk_s:g} s)"
                 )
             last = p.chunk
 
@@ -195,18 +220,26 @@ class Generation:
 
     def close(self) -> None:
         self.closed = True
+        if self.bar is not None:
+            self.bar.close()
 
     def __iter__(self) -> Iterator[DecodedChunk]:
         return self
 
     def __next__(self) -> DecodedChunk:
         if self.closed or (self.chunks_total is not None and self.index >= self.chunks_total):
+            self.close()
             raise StopIteration
         while self._pending and self._pending[0].chunk <= self.index:
             p = self._pending.pop(0)
             self.stream.switch_prompt(self.pipe.encode([p.text])[p.text], flush=p.flush)
             self.prompts.append(dataclasses.replace(p, chunk=self.index))
-        return self._next_chunk()
+        chunk = self._next_chunk()
+        if self.bar is not None:
+            video_s = self.stream.frame / self.pipe.preset.video.latent_fps
+            self.bar.set_postfix_str(f"{video_s:.2f} s of video", refresh=False)
+            self.bar.update()
+        return chunk
 
     @torch.no_grad()
     def _next_chunk(self) -> DecodedChunk:
@@ -281,10 +314,19 @@ class Generation:
             "decode_seconds": [c.decode_seconds for c in chunks],
             "events": [e for e in self.stream.events if e.get("frame", 0) < end],
             "memory_trace": [c.trace() for c in chunks],
+            "provenance": provenance(),
         }
 
 
 _NO_FRAMES = np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def progress_bar(chunks: int | None, progress: bool | str):
+    """A tqdm bar of chunks on stderr (`progress` a string: its label); open-ended when `chunks` is None."""
+    from tqdm import tqdm
+
+    label = progress if isinstance(progress, str) else "generate"
+    return tqdm(total=chunks, unit="chunk", desc=label, file=sys.stderr, dynamic_ncols=True)
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -304,6 +346,7 @@ class Pipeline(Parts):
 
     # -- sources -------------------------------------------------------------------------------------
     @classmethod
+    @checked_keywords("Pipeline.from_pretrained")
     def from_pretrained(
         cls,
         source: str | Path | None = None,
@@ -317,10 +360,13 @@ class Pipeline(Parts):
         lora_alpha: float | None = None,
         num_heads: int | None = None,
         checkpoint_format: str | None = None,
+        threads: int | None = None,
     ) -> "Pipeline":
         """`source` None: the embedded world model (contextforcing/assets). Otherwise a local Wan2.1
         directory (UMT5, VAE and the base DiT), with `checkpoint` a distilled causal DiT in any format
-        `model.checkpoints` reads (Self-Forcing, LongLive, Causal Forcing, Context Forcing)."""
+        `model.checkpoints` reads (Self-Forcing, LongLive, Causal Forcing, Context Forcing).
+        `threads`: torch's CPU threads for this process (None: `contextforcing.threads`' rule)."""
+        use_threads(threads)
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
         if source is None and checkpoint is None:
             if any(x is not None for x in (preset, use_ema, lora, lora_alpha, num_heads, checkpoint_format)):
@@ -345,17 +391,27 @@ class Pipeline(Parts):
         )
 
     @classmethod
+    @checked_keywords("Pipeline.random")
     def random(
-        cls, preset: str = "tiny", *, seed: int = 0, device: str | None = None, dtype: str | None = None
+        cls,
+        preset: str = "tiny",
+        *,
+        seed: int = 0,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
     ) -> "Pipeline":
         """A randomly initialised model of `preset` (tests, benchmarks) with the weight-free parts."""
+        use_threads(threads)
         return cls.from_parts(loading.load_random(preset, seed, device, dtype))
 
     # -- what a call uses ----------------------------------------------------------------------------
     def memory_for(self, memory: MemorySpec | str | dict | None = None) -> MemorySpec:
         """None: the trained memory. A policy name: the trained options if it is the trained policy, else the
         policy's defaults. A dict: overrides of the trained memory (`policy` may name another policy). A
-        `Memory`: exactly as given."""
+        `Memory` from a named constructor (`cf.Memory.slow_fast(slow=12)`): the same, its given options over
+        the trained ones when it names the trained policy; `cf.Memory.slow_fast(slow=12).exact()`: exactly as
+        given (the policy's defaults for the rest)."""
         return resolve_memory(self.memory, memory, self.preset.video.chunk_frames)
 
     def sampling_for(self, sampling: SamplingConfig | dict | None = None) -> SamplingConfig:
@@ -414,17 +470,23 @@ class Pipeline(Parts):
         if switches is None:
             return []
         if not isinstance(switches, Mapping):
+            if isinstance(switches, (str, bytes)) or not all(isinstance(p, Prompt) for p in switches):
+                raise UserError(
+                    f"switches must be a dict of seconds of video to prompts, e.g. {{10.0: {self.example_prompt!r}}}, "
+                    f"got {_described(switches)}"
+                )
             return [Prompt(self.check_prompt(p.text), p.chunk, p.flush) for p in switches]
         video = self.preset.video
         chunk_s = video.chunk_frames / video.latent_fps
         placed = []
         for at, text in sorted(switches.items()):
             if isinstance(at, bool) or not isinstance(at, (int, float)) or not at > 0 or not math.isfinite(at):
-                raise UserError(f"a prompt switch time must be a positive number of seconds, got {at!r}")
+                raise UserError(f"switches: a switch time must be a positive number of seconds of video, got {at!r}")
             placed.append(Prompt(self.check_prompt(text), math.floor(at / chunk_s + 0.5), flush))
         return placed
 
     # -- generating ----------------------------------------------------------------------------------
+    @checked_keywords("Pipeline.stream")
     def stream(
         self,
         prompt: str,
@@ -441,14 +503,18 @@ class Pipeline(Parts):
         init_image: str | Path | None = None,
         known_frames: Mapping[int, torch.Tensor] | None = None,
         decode: bool = True,
+        progress: bool | str = False,
     ) -> Generation:
         """A live generation of `seconds` (None: until closed) from `prompt`.
 
         `switches` maps video seconds to prompts (each lands on the nearest chunk boundary); `init_video` /
         `init_image` is continued (encoded and prefilled into memory, not re-emitted); `known_frames` maps
         latent frames (counted from the start) to clean latents the video must show (evaluation
-        protocols); `decode=False` skips the codec (benchmarks of the transformer alone)."""
+        protocols); `decode=False` skips the codec (benchmarks of the transformer alone); `progress=True` (or a
+        label) shows a tqdm bar of chunks on stderr."""
         prompt = self.check_prompt(prompt)
+        check_seconds(seconds, allow_none=True)
+        check_seed(seed)
         init_pixels, _ = read_init_clip(self.preset.video, init_video, init_image)
         options = self.stream_options(memory, sampling, seconds, init_pixels)
         return Generation(
@@ -465,10 +531,20 @@ class Pipeline(Parts):
             init_pixels=init_pixels,
             known_frames=known_frames,
             decode=decode,
+            progress=progress,
         )
 
     def __call__(self, prompt: str, seconds: float, **kwargs) -> Video:
-        """Generate `seconds` of video at once (see `stream` for the options)."""
+        """Generate `seconds` of video at once (see `stream` for the options, `progress=True` among them)."""
+        if seconds is None:
+            raise UserError(
+                "seconds=None would never return from pipe(...): give a length, or stream without end with "
+                "pipe.stream(prompt, None) and close() it"
+            )
+        check_seconds(seconds)
+        for key in kwargs:
+            if key not in _STREAM_KEYWORDS:
+                raise unknown_keyword("pipe", key, ["prompt", "seconds", *_STREAM_KEYWORDS])
         generation = self.stream(prompt, seconds, **kwargs)
         chunks = list(generation)
         frames = np.concatenate([c.frames for c in chunks])
@@ -479,15 +555,47 @@ class Pipeline(Parts):
         return save_video(path, video.frames, video.fps, video.record)
 
 
+# The keywords `pipe(prompt, seconds, ...)` passes on to `stream` (checked before any work).
+_STREAM_KEYWORDS = [n for n in inspect.signature(Pipeline.stream).parameters if n not in ("self", "prompt", "seconds")]
+
+
+def check_seconds(seconds, allow_none: bool = False) -> None:
+    """A video length: a positive, finite number of seconds (None: unbounded, where `allow_none`)."""
+    if seconds is None and allow_none:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not 0 < seconds < math.inf:
+        kind = "None (until closed) or " if allow_none else ""
+        raise UserError(f"{option('seconds')} must be {kind}a positive, finite number of seconds, got {seconds!r}")
+
+
+def check_seed(seed) -> None:
+    """A generation seed: a whole number torch.Generator takes (64 bits, not negative)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise UserError(f"{option('seed')} must be a whole number in [0, 2**64), got {seed!r}")
+
+
+def _described(value) -> str:
+    """A value's type for an error, with its items' type for a list or tuple (`list of tuple`)."""
+    kind = type(value).__name__
+    if isinstance(value, (list, tuple)) and value:
+        kind += f" of {type(value[0]).__name__}"
+    return kind
+
+
 def resolve_memory(trained: MemorySpec, memory: MemorySpec | str | dict | None, chunk_frames: int) -> MemorySpec:
     """The memory of a call: see `Pipeline.memory_for`. Sizes are checked here, before any work."""
+    if isinstance(memory, MemorySpec) and memory.given is not None:
+        memory = {"policy": memory.name, **memory.overrides()}  # a named constructor's options, as overrides
     if isinstance(memory, MemorySpec):
         spec = memory
     else:
         if memory is None or isinstance(memory, str):
             memory = {} if memory is None else {"policy": memory}
         if not isinstance(memory, dict):
-            raise UserError(f"memory must be a Memory, a policy name or a dict of options, got {type(memory).__name__}")
+            raise UserError(
+                f"memory must be None (the trained memory), a policy name ({', '.join(POLICY_OPTIONS)}), a dict of "
+                f"options or a cf.Memory, got {type(memory).__name__}"
+            )
         options = dict(memory)
         name = options.pop("policy", trained.name)
         base = _non_default(trained) if name == trained.name else {}
@@ -509,7 +617,7 @@ def read_init_clip(
 ) -> tuple[torch.Tensor | None, dict | None]:
     """The init video or image as [1, 3, T, H, W] in [-1, 1] at the preset's pixel size, and what was used."""
     if init_video and init_image:
-        raise UserError("use either --init-video or --init-image, not both")
+        raise UserError(f"use either {option('init_video')} or {option('init_image')}, not both")
     if not (init_video or init_image):
         return None, None
     if init_image:

@@ -78,20 +78,25 @@ def place_script(
         )
     if first_at != 0:
         entries = [(None, 0.0, start), *entries]
+    return place_switches(entries, video, chunks, lambda number, at: f"{source} line {number}: at {at:g} s")
+
+
+def place_switches(entries: list[tuple], video, chunks: int, where) -> list[dict]:
+    """The first entry at chunk 0, each later one on the chunk boundary nearest its seconds (half rounds up);
+    `where(line, seconds)` names an entry in errors (a script line, a --switch)."""
     chunk_s = video.chunk_frames / video.latent_fps
     placed = [placement(entries[0], 0, video)]
     for entry in entries[1:]:
         number, at, _ = entry
         chunk = math.floor(at / chunk_s + 0.5)
-        where = f"{source} line {number}: at {at:g} s"
         if chunk >= chunks:
             raise UserError(
-                f"{where} is past the end of the video ({chunks} chunks of {chunk_s:g} s; "
+                f"{where(number, at)} is past the end of the video ({chunks} chunks of {chunk_s:g} s; "
                 f"the last switch can be at {(chunks - 1) * chunk_s:g} s)"
             )
         if chunk <= placed[-1]["chunk"]:
             raise UserError(
-                f"{where} lands on chunk {chunk} like the prompt before it; "
+                f"{where(number, at)} lands on chunk {chunk} like the prompt before it; "
                 f"switches land on {chunk_s:g} s chunk boundaries, space them further apart"
             )
         placed.append(placement(entry, chunk, video))

@@ -76,6 +76,14 @@ def write_npy(path: Path, frames: np.ndarray) -> None:
     write_atomic(path, lambda tmp: np.save(tmp, frames))
 
 
+def use_threads_and_say(requested: int | None) -> None:
+    """The CPU threads (contextforcing.threads' rule unless --threads), and a line saying how many and why."""
+    from contextforcing.threads import use_threads
+
+    threads = use_threads(requested)
+    print(f"demo: {threads.count} CPU thread(s) ({threads.reason}; --threads N to change)", flush=True)
+
+
 def side_by_side(videos: list[np.ndarray], gap: int = 4) -> np.ndarray:
     t, h, w, _ = videos[0].shape
     out = np.full((t, h, len(videos) * w + (len(videos) - 1) * gap, 3), 255, np.uint8)
@@ -88,6 +96,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     p.add_argument("--seed", type=int, default=7, help="world seed and generation seed")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: contextforcing.threads' rule)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     from contextforcing.data.video import write_json_atomic
     from contextforcing.data.world.panorama import PanoramaSpec, render, simulate, track_revisits, track_to_json
@@ -96,6 +106,7 @@ def main(argv=None) -> int:
     from contextforcing.outputs import write_text_atomic
 
     try:
+        use_threads_and_say(args.threads)
         args.out.mkdir(parents=True, exist_ok=True)
         spec = PanoramaSpec(tour(), args.seed, SECONDS).validate()
         write_text_atomic(args.out / "tour.jsonl", spec.script.to_jsonl())
@@ -116,7 +127,7 @@ def main(argv=None) -> int:
         pipe = world_pipeline()
         videos = {}
         for name, memory in (("slow_fast", None), ("rolling", ROLLING)):
-            video = generate(pipe, spec, memory=memory)
+            video = generate(pipe, spec, memory=memory, progress=False if args.quiet else f"demo {name}")
             pipe.save(video, args.out / f"{name}.mp4")
             write_npy(args.out / f"{name}.npy", video.frames)
             videos[name] = video.frames

@@ -47,7 +47,12 @@ def test_the_default_memory_is_the_one_the_model_was_trained_with(pipe):
     assert pipe.memory_for("slow_fast") == pipe.memory
     assert pipe.memory_for({"tau": 0.9}).options.slow == trained["options"]["slow"]
     assert pipe.memory_for({"tau": 0.9}).options.tau == 0.9
-    assert pipe.memory_for(cf.Memory.slow_fast(slow=12)).options.slow == 12  # a Memory is taken as given
+    # A named constructor changes only what it was given; .exact() takes the policy's defaults for the rest.
+    given = pipe.memory_for(cf.Memory.slow_fast(slow=12))
+    assert given.to_dict() == {**pipe.memory.to_dict(), "slow": 12} and given.options.slow != pipe.memory.options.slow
+    assert pipe.memory_for(cf.Memory.slow_fast(slow=12).exact()) == cf.Memory.slow_fast(slow=12)
+    assert pipe.memory_for(cf.Memory.slow_fast(slow=12).exact()).options.tau == cf.Memory.slow_fast().options.tau
+    assert pipe.memory_for(cf.Memory.rolling(window=8)) == cf.Memory.rolling(window=8)  # another policy: its own
     assert pipe.memory_for("rolling") == cf.Memory.rolling()
     released = pipe.memory_for({"layout": "released"}).options
     assert released.layout == "released" and released.slow == trained["options"]["slow"]
@@ -100,11 +105,11 @@ def test_save_writes_the_pair(pipe, tmp_path):
     "call, message",
     [
         (lambda p: p.stream("  ", seconds=1), "empty prompt"),
-        (lambda p: p.stream(PROMPT, seconds=3, switches={9.0: PAN}), "past the video"),
+        (lambda p: p.stream(PROMPT, seconds=3, switches={9.0: PAN}), "at 9 s is past the end of the video"),
         (lambda p: p.stream(PROMPT, seconds=3, switches={-1.0: PAN}), "positive number of seconds"),
         (lambda p: p.stream(PROMPT, seconds=1, memory="full"), None),
         (lambda p: p.stream(PROMPT, memory="full"), "grows with the video"),
-        (lambda p: p.stream(PROMPT, seconds=0), "--seconds must be positive"),
+        (lambda p: p.stream(PROMPT, seconds=0), "seconds must be None .until closed. or a positive"),
     ],
 )
 def test_bad_calls_are_one_line_errors(pipe, call, message):
@@ -115,25 +120,55 @@ def test_bad_calls_are_one_line_errors(pipe, call, message):
         call(pipe)
 
 
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p: p(PROMPT, seconds="2"), "seconds must be a positive, finite number of seconds, got '2'"),
+        (lambda p: p(PROMPT, seconds=None), "seconds=None would never return from pipe"),
+        (lambda p: p(PROMPT, seconds=True), "seconds must be a positive, finite number of seconds, got True"),
+        (lambda p: p(PROMPT, 1, switches=[(0.75, PAN)]), "switches must be a dict of seconds of video to prompts"),
+        (lambda p: p(PROMPT, 1, switches=PAN), "switches must be a dict .* got str"),
+        (lambda p: p(PROMPT, 1, sed=3), "pipe.. got an unknown argument 'sed'; did you mean 'seed'"),
+        (lambda p: p.stream(PROMPT, 1, swtiches={}), "Pipeline.stream.. got an unknown argument 'swtiches'; did you"),
+        (lambda p: p(PROMPT, 1, seed="3"), "seed must be a whole number in \\[0, 2\\*\\*64\\), got '3'"),
+        (lambda p: p(PROMPT, 1, memory=3), "memory must be None .the trained memory., a policy name .full, rolling"),
+        (lambda p: p(PROMPT, 1, init_video="a.mp4", init_image="b.png"), "use either init_video or init_image"),
+        (lambda p: cf.Pipeline.from_pretrained(devcie="cpu"), "unknown argument 'devcie'; did you mean 'device'"),
+        (lambda p: cf.Pipeline.from_pretrained(device="tpu"), "unknown device 'tpu'; choose cpu, cuda or cuda:N"),
+        (lambda p: cf.Pipeline.random("tiny", threads=0), "threads must be a whole number >= 1, got 0"),
+    ],
+)
+def test_python_errors_name_the_argument_and_its_valid_values(pipe, call, message):
+    """One line in Python's words (the argument, never a command-line flag), raised before any work."""
+    with pytest.raises(cf.UserError, match=message) as caught:
+        call(pipe)
+    assert "--" not in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
+def test_an_unknown_keyword_is_also_a_type_error(pipe):
+    with pytest.raises(TypeError, match="valid: .*seed"):
+        pipe(PROMPT, 1, sed=3)
+
+
+def test_video_and_chunk_reprs_are_short(pipe):
+    video = pipe(PROMPT, seconds=3, seed=0)
+    assert len(repr(video)) < 200 and "45 frames of 64x64 at 16 fps" in repr(video)
+    assert len(repr(video.chunks[0])) < 300 and "DecodedChunk(index=0" in repr(video.chunks[0])
+
+
+def test_progress_is_opt_in_and_on_stderr(pipe, capfd):
+    pipe(PROMPT, seconds=1, seed=0)
+    quiet = capfd.readouterr()
+    assert quiet.err == "" and quiet.out == ""
+    pipe(PROMPT, seconds=1.5, seed=0, progress=True)
+    shown = capfd.readouterr()
+    assert shown.out == "" and "2/2" in shown.err and "chunk" in shown.err
+
+
 def test_random_pipeline_and_lazy_top_level_names():
     pipe = cf.Pipeline.random("tiny", seed=0)
     assert pipe.weights == "random-init" and pipe.memory == cf.Memory.slow_fast()
     assert set(cf.__all__) >= {"Pipeline", "Memory", "Sampling", "Video", "Generation", "ChunkPlan"}
-
-
-def test_the_readme_example_runs(tmp_path, monkeypatch):
-    """README's Python block, as written except shorter videos and without the Wan2.1 lines (no weights here)."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = re.search(r"## Python\n\n```python\n(.*?)```", readme, re.S).group(1)
-    lines = [line for line in block.splitlines() if "Wan2.1" not in line and "a Wan2.1 directory" not in line]
-    code = "\n".join(lines).replace("seconds=60", "seconds=3").replace("seconds=10", "seconds=2")
-    code = code.replace("{20.0:", "{1.5:")
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
-    assert (tmp_path / "out.mp4").is_file() and (tmp_path / "out.json").is_file()
 
 
 def test_text_embeddings_are_cached_and_bounded(pipe, monkeypatch):

@@ -12,6 +12,8 @@ from contextforcing.outputs import InterruptGuard, check_creatable, publish_file
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from contextforcing.cli import add_threads_arg, examples
+
     p = subparsers.add_parser(
         "eval",
         help="long-video consistency metrics and world metrics, with an HTML report",
@@ -20,6 +22,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         "dynamic-degree proxy; with --world-annotations also the synthetic world's metrics: for the "
         "panorama world camera, revisit error and permanence by delay, movers and lighting against its "
         "script; for the occlusion world restoration, permanence, drift, dynamics and fidelity.",
+        epilog=examples(
+            "contextforcing eval video.mp4 --report out/report",
+            "contextforcing world render --heldout 0 --out out/w0",
+            "contextforcing eval out/w0/video.mp4 video.mp4 --labels truth,generated "
+            "--world-annotations out/w0/annotations.json --report out/report",
+        ),
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="mp4 files (or .npy uint8 [T,H,W,3] at 16 fps)")
     p.add_argument("--report", required=True, metavar="OUTDIR", help="where metrics.json, plots and report.html go")
@@ -48,6 +56,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--fps", type=float, default=None, help="override the videos' frame rate")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads_arg(p)
     p.set_defaults(func=run_eval)
     return p
 

@@ -30,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from contextforcing.config import from_dict
-from contextforcing.errors import UserError
+from contextforcing.errors import UserError, option
 from contextforcing.memory.plan import Attended, ChunkPlan
 
 
@@ -124,40 +124,58 @@ TIERED_RULE_OPTIONS = {"compare": "previous", "key_layers": "all", "keep": "firs
 class MemorySpec:
     """A resolved memory: a policy name and its typed options. `contextforcing.Memory` is this class.
 
-    Build one with a named constructor (`MemorySpec.slow_fast(slow=6)`) or, from strings, `make_spec`."""
+    Build one with a named constructor (`MemorySpec.slow_fast(slow=6)`) or, from strings, `make_spec`. A named
+    constructor remembers which options it was given (`given`): a pipeline whose model was trained with the
+    same policy changes only those and keeps its trained values for the rest (`Pipeline.memory_for`);
+    `.exact()` takes every other option from the policy's defaults instead. `given` is None for a spec that
+    is complete as it stands (`make_spec`, a resolved memory)."""
 
     name: str
     options: object
+    given: frozenset[str] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         return {"policy": self.name, **dataclasses.asdict(self.options)}
+
+    def overrides(self) -> dict:
+        """The options given to a named constructor, by name (all of them for a complete spec)."""
+        values = dataclasses.asdict(self.options)
+        return values if self.given is None else {k: values[k] for k in sorted(self.given)}
+
+    def exact(self) -> "MemorySpec":
+        """This memory as it stands: options not given keep the policy's defaults, not a trained memory's."""
+        return dataclasses.replace(self, given=None)
 
     def params(self, chunk_frames: int) -> "TierParams":
         return tier_params(self, chunk_frames)
 
     @classmethod
+    def _given(cls, name: str, options: dict) -> "MemorySpec":
+        return dataclasses.replace(make_spec(name, options), given=frozenset(options))
+
+    @classmethod
     def full(cls) -> "MemorySpec":
-        return make_spec("full")
+        return cls._given("full", {})
 
     @classmethod
     def rolling(cls, **options) -> "MemorySpec":
-        return make_spec("rolling", options)
+        return cls._given("rolling", options)
 
     @classmethod
     def sink(cls, **options) -> "MemorySpec":
-        return make_spec("sink", options)
+        return cls._given("sink", options)
 
     @classmethod
     def relative(cls, **options) -> "MemorySpec":
-        return make_spec("relative", options)
+        return cls._given("relative", options)
 
     @classmethod
     def ema_sink(cls, **options) -> "MemorySpec":
-        return make_spec("ema_sink", options)
+        return cls._given("ema_sink", options)
 
     @classmethod
     def slow_fast(cls, **options) -> "MemorySpec":
-        return make_spec("slow_fast", options)
+        return cls._given("slow_fast", options)
 
 
 def make_spec(name: str, overrides: dict | None = None, chunk_frames: int | None = None) -> MemorySpec:
@@ -357,7 +375,7 @@ def check_recache(spec: MemorySpec, mode: str, flush: bool = False) -> None:
     if mode == "longlive" and spec.name != "sink":
         raise UserError(
             f"recache=longlive reproduces LongLive 1.0, whose cache is the sink policy "
-            f"(--memory sink); not {spec.name!r}"
+            f"({option('memory')} sink); not {spec.name!r}"
         )
 
 
@@ -593,7 +611,7 @@ class ReleasedPolicy:
 
     def flush(self) -> list[tuple[str, int]]:
         raise UserError(
-            "the released Context Forcing cache has no flush; switch prompts without --flush-on-switch "
+            f"the released Context Forcing cache has no flush; switch prompts without {option('flush_on_switch')} "
             "or use layout=tiered"
         )
 

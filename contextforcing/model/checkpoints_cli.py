@@ -68,11 +68,18 @@ def add_lora_alpha_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from contextforcing.cli import examples
+
     parser = subparsers.add_parser(
         "convert",
         help="convert a Wan2.1 / distilled checkpoint to a single safetensors file",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples(
+            "contextforcing convert self_forcing_dmd.pt self_forcing.safetensors",
+            "contextforcing convert model.pt context_forcing_diffusers --to diffusers",
+            "contextforcing convert longlive_base.pt longlive.safetensors --lora lora.pt",
+        ),
     )
     add = parser.add_argument
     add("input", metavar="IN", type=Path, help="checkpoint file or directory")

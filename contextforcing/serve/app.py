@@ -4,8 +4,9 @@ GET  /                        the page (static/index.html: plain JS, canvas and 
 GET  /api/info                the model, frame rate, example prompt, memory policies and their options
 GET  /api/status              streams running, tabs open, the maximum
 WS   /ws                      a tab's stream (protocol: `session.py`)
-GET  /download/{id}.mp4       the stream so far, written by the CLI's paired atomic writer
-GET  /download/{id}.json      its sidecar
+POST /api/replay              upload a saved video and its sidecar to replay (`replay.py`); answers its id
+GET  /download/{id}.mp4       the stream so far, written by the CLI's paired atomic writer, named for what it is
+GET  /download/{id}.json      its sidecar, under the same name; both still served after the tab closed
 """
 
 from __future__ import annotations
@@ -27,14 +28,23 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from contextforcing.errors import UserError
 from contextforcing.pipeline import Pipeline
 from contextforcing.serve.access import AccessCheck, AccessRules
+from contextforcing.serve.downloads import KeptStream
+from contextforcing.serve.frames import FrameCodec
+from contextforcing.serve.replay import read_upload
 from contextforcing.serve.session import ServeLimits, StreamHub, page_info
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 
 
-def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits(), access: AccessRules = AccessRules()) -> Starlette:
+def build_app(
+    pipe: Pipeline,
+    limits: ServeLimits = ServeLimits(),
+    codec: FrameCodec = FrameCodec(),
+    keep_downloads: int = 4,
+    access: AccessRules = AccessRules(),
+) -> Starlette:
     """The viewer's app; `access`: the Host names and page Origins it answers (`access.py`; default: localhost)."""
-    hub = StreamHub(pipe, limits)
+    hub = StreamHub(pipe, limits, codec, keep_downloads)
     info = page_info(pipe, hub.limits)
 
     async def page(request: Request):
@@ -63,28 +73,10 @@ def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits(), access: Acces
             hub.close(session)
 
     async def download(request: Request):
-        session = hub.sessions.get(request.path_params["session"])
-        if request.path_params["kind"] not in ("mp4", "json"):
-            return PlainTextResponse("downloads are .mp4 or .json", status_code=404)
-        if session is None:
-            return PlainTextResponse("no such stream: its tab is closed", status_code=404)
-        if request.path_params["kind"] == "json":
-            try:
-                return JSONResponse(session.snapshot()[1])
-            except UserError as err:
-                return PlainTextResponse(str(err), status_code=409)
-        directory = Path(tempfile.mkdtemp(prefix="contextforcing-download-"))
-        try:
-            path = await run_in_threadpool(session.write_mp4, directory)
-        except UserError as err:
-            shutil.rmtree(directory, ignore_errors=True)
-            return PlainTextResponse(str(err), status_code=409)
-        return FileResponse(
-            path,
-            media_type="video/mp4",
-            filename=path.name,
-            background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
-        )
+        return await _download(hub, request)
+
+    async def upload_replay(request: Request):
+        return await _upload_replay(hub, request)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -97,6 +89,7 @@ def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits(), access: Acces
             Route("/api/info", api_info),
             Route("/api/status", api_status),
             WebSocketRoute("/ws", stream_socket),
+            Route("/api/replay", upload_replay, methods=["POST"]),
             Route("/download/{session}.{kind:str}", download),
         ],
         lifespan=lifespan,
@@ -104,3 +97,70 @@ def build_app(pipe: Pipeline, limits: ServeLimits = ServeLimits(), access: Acces
     )
     app.state.hub = hub
     return app
+
+
+class _KeptDownload:
+    """A closed tab's kept stream, answering as a live session's download does."""
+
+    def __init__(self, kept: KeptStream):
+        self.kept, self.stem = kept, kept.stem
+
+    def snapshot(self):
+        return self.kept.frames(), self.kept.record
+
+    def write_mp4(self, directory: Path) -> Path:
+        from contextforcing.data.video import save_video
+
+        return save_video(directory / f"{self.stem}.mp4", self.kept.frames(), self.kept.record["fps"], self.kept.record)
+
+
+def _download_source(hub, session_id: str):
+    """The live tab's session, or the kept stream of a closed one (None: neither)."""
+    session = hub.sessions.get(session_id)
+    if session is not None and session.spool is not None:
+        return session
+    kept = hub.downloads.get(session_id)
+    return None if kept is None else _KeptDownload(kept)
+
+
+def _attachment(filename: str) -> dict:
+    return {"content-disposition": f'attachment; filename="{filename}"'}
+
+
+async def _download(hub: StreamHub, request: Request):
+    """/download/{id}.mp4 or .json: a live tab's stream so far, or a closed tab's kept stream, named."""
+    kind = request.path_params["kind"]
+    if kind not in ("mp4", "json"):
+        return PlainTextResponse("downloads are .mp4 or .json", status_code=404)
+    source = _download_source(hub, request.path_params["session"])
+    if source is None:
+        return PlainTextResponse(
+            "no such stream on this server: the server restarted, or newer closed streams replaced it "
+            "(--keep-downloads)",
+            404,
+        )
+    try:
+        if kind == "json":
+            frames_record = await run_in_threadpool(source.snapshot)
+            return JSONResponse(frames_record[1], headers=_attachment(f"{source.stem}.json"))
+        directory = Path(tempfile.mkdtemp(prefix="contextforcing-download-"))
+        path = await run_in_threadpool(source.write_mp4, directory)
+    except UserError as err:
+        return PlainTextResponse(str(err), status_code=409)
+    return FileResponse(
+        path,
+        media_type="video/mp4",
+        filename=path.name,
+        background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
+    )
+
+
+async def _upload_replay(hub: StreamHub, request: Request):
+    """POST /api/replay: a saved mp4 and its sidecar (`replay.read_upload`); answers the replay's id."""
+    body = await request.body()
+    try:
+        replay = await run_in_threadpool(read_upload, body)
+    except UserError as err:
+        return JSONResponse({"error": str(err)}, status_code=400)
+    hub.replays.add(replay)
+    return JSONResponse({"replay": replay.id, "name": replay.name, "chunks": len(replay.saved.chunks)})

@@ -8,11 +8,9 @@ import socket
 
 from contextforcing.errors import UserError, first_line, note
 
-EXTRA_HINT = "pip install 'contextforcing[serve]'"
-
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import add_weight_args
+    from contextforcing.cli import add_weight_args, examples
 
     p = subparsers.add_parser(
         "serve",
@@ -20,6 +18,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Serve a page that streams the model live: type a prompt, Start, switch prompts with Enter, and "
         "watch which frames each chunk attends (sink / slow / fast). With no weight flags: the "
         "embedded world model.",
+        epilog=examples(
+            "contextforcing serve",
+            "contextforcing serve --port 8000 --max-streams 1",
+            "contextforcing serve --wan-dir Wan2.1-T2V-1.3B --checkpoint model.pt --device cuda",
+        ),
     )
     add_weight_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -59,14 +62,32 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="also open streams for pages from this origin, e.g. http://lab-proxy:8080 (default: only the "
         "viewer's own page; * for any); repeatable",
     )
+    p.add_argument(
+        "--frames",
+        choices=("jpeg", "webp", "png"),
+        default="jpeg",
+        help="how frames travel to the page: jpeg (default, ~2.9 KB per 64x64 frame at quality 90), webp "
+        "(smaller), png (exact pixels, ~7 KB); raw frames needed ~200 KB/s for the toy model",
+    )
+    p.add_argument("--quality", type=int, default=90, help="jpeg/webp quality, 1..100 (default 90)")
+    p.add_argument(
+        "--keep-downloads",
+        type=int,
+        default=4,
+        help="closed tabs' streams (and uploaded replays) kept for download while the server runs (default 4)",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args) -> int:
+    from contextforcing.serve.frames import FrameCodec
     from contextforcing.serve.session import ServeLimits
 
     limits = ServeLimits(args.max_streams, args.max_seconds, args.lead_chunks).check()
+    codec = FrameCodec(args.frames, args.quality).check()
+    if args.keep_downloads < 0:
+        raise UserError(f"--keep-downloads must be >= 0, got {args.keep_downloads}")
     uvicorn = require_extra()
     from contextforcing.serve.access import WILDCARD_ADDRESSES, AccessRules
 
@@ -76,7 +97,7 @@ def run(args) -> int:
         pipe = load_pipeline(args)
         from contextforcing.serve.app import build_app
 
-        app = build_app(pipe, limits, access)
+        app = build_app(pipe, limits, codec, args.keep_downloads, access)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"contextforcing: serving {pipe.weights} at http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
@@ -94,13 +115,15 @@ def run(args) -> int:
 
 def require_extra():
     """The web libraries of the `[serve]` extra, or a one-line error naming it."""
+    from contextforcing.extras import install_hint
+
     try:
         import starlette  # noqa: F401
         import uvicorn
         import websockets  # noqa: F401  (uvicorn's WebSocket protocol)
     except ImportError as err:
         raise UserError(
-            f"serve needs the [serve] extra ({err.name or first_line(err)} is missing): {EXTRA_HINT}"
+            f"serve needs the [serve] extra ({err.name or first_line(err)} is missing): {install_hint('serve')}"
         ) from None
     return uvicorn
 

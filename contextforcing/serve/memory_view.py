@@ -11,6 +11,7 @@ import base64
 import io
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -40,15 +41,23 @@ def latent_pixel_frames(chunk: DecodedChunk, stride_t: int) -> list[int]:
     return [n - 1 - (k - 1 - j) * stride_t for j in range(k)]
 
 
-def encode_png(frame: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
-    """uint8 [H, W, 3] -> a PNG data URL, shrunk (box filter) to `side` on its longer side if larger."""
+def shrink(frame: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """uint8 [H, W, 3] shrunk (box filter) to `side` on its longer side if larger, else as it is."""
     from PIL import Image
 
+    if max(frame.shape[:2]) <= side:
+        return frame
     image = Image.fromarray(frame)
-    if max(image.size) > side:
-        image.thumbnail((side, side), Image.Resampling.BOX)
+    image.thumbnail((side, side), Image.Resampling.BOX)
+    return np.asarray(image)
+
+
+def encode_png(frame: np.ndarray, side: int = THUMBNAIL_SIDE) -> str:
+    """uint8 [H, W, 3] -> a PNG data URL of the frame, `shrink`-ed."""
+    from PIL import Image
+
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    Image.fromarray(shrink(frame, side)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -67,10 +76,10 @@ class ThumbnailStore:
     frames named by the last `rows` plans (rows >= 1) are all a later chunk can need, and the store holds at
     most `rows` x (capacity + chunk) thumbnails however long the stream runs."""
 
-    def __init__(self, stride_t: int, rows: int):
+    def __init__(self, stride_t: int, rows: int, encode: Callable[[np.ndarray], str] = encode_png):
         if rows < 1:
             raise ValueError("the store keeps at least the last plan's frames")
-        self.stride_t = stride_t
+        self.stride_t, self.encode = stride_t, encode  # encode: a frame -> its thumbnail's data URL
         self.thumbnails: dict[int, Thumbnail] = {}
         self._rows: deque[set[int]] = deque(maxlen=rows)
 
@@ -78,7 +87,7 @@ class ThumbnailStore:
         """Take the thumbnails of `chunk`'s latent frames; returns (new thumbnails, frames dropped)."""
         new = []
         for frame, index in zip(chunk.plan.current_frames, latent_pixel_frames(chunk, self.stride_t)):
-            thumb = Thumbnail(frame, chunk.first_frame + index, encode_png(chunk.frames[index]))
+            thumb = Thumbnail(frame, chunk.first_frame + index, self.encode(chunk.frames[index]))
             self.thumbnails[frame] = thumb
             new.append(thumb)
         self._rows.append(plan_frames(chunk.plan))

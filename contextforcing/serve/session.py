@@ -1,8 +1,9 @@
 """One browser tab's stream: a `Generation` of the Python API driven chunk by chunk in a worker thread.
 
-The tab talks over one WebSocket (see `app.py`): JSON messages in (start, switch, stop, played), JSON and
-one binary message per chunk out. The binary message is a little-endian uint32 header length, the header
-(JSON: the chunk, its timings, its memory-panel row, new thumbnails) and the chunk's uint8 RGB frames.
+The tab talks over one WebSocket (see `app.py`): JSON messages in (start, replay, switch, stop, played), JSON
+and one binary message per chunk out. The binary message is a little-endian uint32 header length, the header
+(JSON: the chunk, its timings, its memory-panel row, new thumbnails, and `frames`: the image type and each
+frame's byte size) and the chunk's frames as images back to back (`frames.FrameCodec`: JPEG by default).
 
 Pacing: the page plays at the video's frame rate and reports how many frames it has shown; the next chunk
 is generated only while fewer than `lead_chunks` chunks are waiting to be played, so a prompt switch is
@@ -22,6 +23,7 @@ import secrets
 import struct
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,9 @@ import torch
 from contextforcing.errors import UserError, first_line, quote
 from contextforcing.memory.policies import OPTION_CHOICES, POLICY_OPTIONS, RECACHE_MODES, MemorySpec, make_spec
 from contextforcing.pipeline import DecodedChunk, Generation, Pipeline
-from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chunk_view
+from contextforcing.serve.downloads import DownloadStore, KeptStream, download_stem
+from contextforcing.serve.frames import FrameCodec
+from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chunk_view, shrink
 
 log = logging.getLogger("contextforcing.serve")
 
@@ -170,15 +174,18 @@ def slim(chunk: DecodedChunk) -> DecodedChunk:
     return dataclasses.replace(chunk, frames=np.empty((len(chunk.frames), 0, 0, 3), np.uint8), latents=torch.empty(0))
 
 
-def pack_chunk(header: dict, frames: np.ndarray) -> bytes:
-    """One chunk as the page reads it: uint32 LE header length, JSON header, raw uint8 RGB frames."""
-    head = json.dumps(header).encode()
-    return struct.pack("<I", len(head)) + head + np.ascontiguousarray(frames).tobytes()
+def pack_chunk(header: dict, frames: np.ndarray, codec: FrameCodec) -> bytes:
+    """One chunk as the page reads it: uint32 LE header length, JSON header, the frames as images."""
+    sizes, images = codec.encode_frames(frames)
+    head = json.dumps({**header, "frames": {"type": codec.mime, "sizes": sizes}}).encode()
+    return struct.pack("<I", len(head)) + head + images
 
 
 def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
     """What the page needs before Start: the model, the video's rates, an example prompt, every memory
     policy with its options (the trained memory's values for its own policy) and the choices of each."""
+    from contextforcing.serve.replay import MAX_REPLAY_BYTES
+
     video = pipe.preset.video
     trained = pipe.memory.to_dict()
     policies = {}
@@ -201,6 +208,7 @@ def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
         "max_streams": limits.max_streams,
         "max_seconds": limits.max_seconds,
         "panel_rows": limits.panel_rows,
+        "max_replay_bytes": MAX_REPLAY_BYTES,
     }
 
 
@@ -237,8 +245,12 @@ class StreamSlot:
 class StreamHub:
     """What every tab shares: the pipeline, the worker threads, the stream slots and the open sessions."""
 
-    def __init__(self, pipe: Pipeline, limits: ServeLimits):
-        self.pipe, self.limits = pipe, limits.check()
+    def __init__(self, pipe: Pipeline, limits: ServeLimits, codec: FrameCodec = FrameCodec(), keep_downloads: int = 4):
+        from contextforcing.serve.replay import ReplayStore
+
+        self.pipe, self.limits, self.codec = pipe, limits.check(), codec.check()
+        self.downloads = DownloadStore(keep_downloads)  # closed tabs' streams, still downloadable
+        self.replays = ReplayStore(keep_downloads)
         # One more worker than streams: a closed tab's last chunk may still be finishing when a new stream starts.
         self.executor = ThreadPoolExecutor(max_workers=limits.max_streams + 1, thread_name_prefix="cf-stream")
         self.sessions: dict[str, "StreamSession"] = {}
@@ -267,6 +279,8 @@ class StreamHub:
         for session in list(self.sessions.values()):
             self.close(session)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.downloads.close()
+        self.replays.close()
 
 
 class StreamSession:
@@ -289,6 +303,8 @@ class StreamSession:
         self._wake = asyncio.Event()
         self._stop = False
         self.closed = False
+        self.stem = "contextforcing-stream"  # the downloads' name (`downloads.download_stem`), set at Start
+        self._holds_slot = False  # a live stream holds one of the server's stream slots; a replay does not
 
     # -- messages from the page ------------------------------------------------------------------------
     async def receive(self, text: str) -> None:
@@ -313,6 +329,8 @@ class StreamSession:
         elif kind == "switch":
             self.switch(message.get("prompt"), bool(message.get("flush", False)))
             await self.send({"type": "switch_queued", "prompt": message["prompt"].strip()})
+        elif kind == "replay":
+            await self.start_replay(self.hub.replays.get(message.get("replay")))
         elif kind == "stop":
             self.stop()
         elif kind == "played":
@@ -367,13 +385,15 @@ class StreamSession:
         if self.closed:  # the tab went away while the stream was being set up
             generation.close()
             return None
-        self._reset(generation)
+        self._reset(generation, download_stem(generation.prompt, request.seed, time.time()))
+        self._holds_slot = True
         video = pipe.preset.video
         rule = SurprisalRule.of(memory, video.chunk_frames)
         await self.send(
             {
                 "type": "started",
                 "session": self.id,
+                "download": self.stem,
                 "prompt": generation.prompt,
                 "seed": request.seed,
                 "memory": memory.to_dict(),
@@ -388,18 +408,48 @@ class StreamSession:
         self.task.add_done_callback(lambda _: _end_stream(generation, slot))
         return self.task
 
-    def _reset(self, generation: Generation) -> None:
+    async def start_replay(self, replay) -> None:
+        """Play a saved video (`replay.Replay`) as a stream: its frames and its sidecar's plans, no model."""
+        from contextforcing.serve.replay import ReplayGeneration
+
+        if self.running:
+            raise UserError("a stream is already running in this tab: Stop it first")
+        generation = ReplayGeneration(replay)
+        self._reset(generation, download_stem(generation.prompts[0].text, replay.saved.seed, time.time(), True))
+        memory = replay.saved.memory
+        await self.send(
+            {
+                "type": "started",
+                "replay": replay.name,
+                "session": self.id,
+                "download": self.stem,
+                "prompt": generation.prompts[0].text,
+                "seed": replay.saved.seed,
+                "memory": {"policy": "unknown"} if memory is None else memory.to_dict(),
+                "tau": replay.saved.tau,
+                "flush": False,
+                "recache": None,
+                "fps": replay.fps,
+            }
+        )
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def _reset(self, generation: Generation, stem: str) -> None:
         self._free_spool()
-        self.generation = generation
+        self.generation, self.stem = generation, stem
         self.spool = FrameSpool()
         self.chunks = []
-        self.store = ThumbnailStore(self.hub.pipe.preset.video.vae_stride_t, self.hub.limits.panel_rows)
+        video, codec = self.hub.pipe.preset.video, self.hub.codec
+        self.store = ThumbnailStore(video.vae_stride_t, self.hub.limits.panel_rows, lambda f: codec.data_url(shrink(f)))
         self._switches, self._played, self._frames_sent, self._stop = [], 0, 0, False
+        self._holds_slot = False
 
     def switch(self, prompt, flush: bool) -> None:
         """Queue a prompt switch; it takes effect at the next chunk boundary."""
         if not self.running:
             raise UserError("no stream is running: press Start")
+        if getattr(self.generation, "replay", None) is not None:
+            self.generation.switch(prompt)  # refused: a replay plays what was saved
         self.hub.pipe.check_prompt(prompt)
         self._switches.append((prompt.strip(), flush))
 
@@ -418,9 +468,22 @@ class StreamSession:
             self.task.cancel()
         if self.generation is not None:
             self.generation.close()
-        self._free_spool()
+        kept = self._kept()
+        if kept is not None:
+            self.hub.downloads.keep(self.id, kept)  # the spool now belongs to the kept stream
+        else:
+            self._free_spool()
         with self._lock:
             self.generation, self.store, self.chunks, self.spool = None, None, [], None
+
+    def _kept(self) -> "KeptStream | None":
+        """What stays downloadable after the tab closes: its frames so far and their sidecar (None: no frame)."""
+        with self._lock:
+            count = 0 if self.spool is None else self.spool.count
+        if not count or getattr(self.generation, "replay", None) is not None:  # a replay's files are the user's
+            return None
+        frames, record = self.snapshot()
+        return KeptStream(self.spool, len(frames), record, self.stem)
 
     def _free_spool(self) -> None:
         with self._lock:
@@ -439,7 +502,7 @@ class StreamSession:
             log.debug("send failed: %s", first_line(err))
 
     # -- the stream ------------------------------------------------------------------------------------
-    async def _run(self, slot: StreamSlot) -> None:
+    async def _run(self, slot: StreamSlot | None = None) -> None:
         generation, reason = self.generation, "finished"
         limit = self.hub.limits.max_seconds * self.hub.pipe.preset.video.fps
         try:
@@ -448,7 +511,7 @@ class StreamSession:
                 if self._stop:
                     reason = "stopped"
                     break
-                if self._frames_sent >= limit:
+                if self._holds_slot and self._frames_sent >= limit:  # a replay plays its whole video
                     reason = "limit"
                     break
                 await self._apply_switches(generation)
@@ -470,7 +533,10 @@ class StreamSession:
             log.exception("stream %s failed", self.id)
             await self.send({"type": "error", "message": f"internal error: {first_line(err)}"})
         finally:
-            _end_stream(generation, slot)
+            if slot is not None:
+                _end_stream(generation, slot)
+            else:  # a replay holds no stream slot
+                generation.close()
             if reason != "closed":
                 await self.send({"type": "ended", "reason": reason, "frames": self._frames_sent})
 
@@ -503,7 +569,7 @@ class StreamSession:
         header = self._header(chunk, generation, store)
         header.update(thumbs={str(t.frame): t.png for t in new}, drop=dropped)
         self._frames_sent += len(chunk.frames)
-        return pack_chunk(header, chunk.frames)
+        return pack_chunk(header, chunk.frames, self.hub.codec)
 
     def _header(self, chunk: DecodedChunk, generation: Generation, store: ThumbnailStore) -> dict:
         video = self.hub.pipe.preset.video
@@ -532,6 +598,9 @@ class StreamSession:
         """The frames so far and their sidecar, as one consistent pair (the stream may go on meanwhile)."""
         if self.generation is None or self.spool is None:
             raise UserError("nothing streamed yet in this tab")
+        replay = getattr(self.generation, "replay", None)
+        if replay is not None:  # a replay's download is the saved pair, whole
+            return replay.spool.frames(replay.spool.count), self.generation.record([])
         with self._lock:
             count, chunks = self.spool.count, list(self.chunks)
             record = json.loads(json.dumps(self.generation.record(chunks, interrupted=self.running)))
@@ -548,4 +617,4 @@ class StreamSession:
         frames, record = self.snapshot()
         if not len(frames):
             raise UserError("no frames yet: wait for the first chunk")
-        return save_video(directory / "contextforcing-stream.mp4", frames, record["fps"], record)
+        return save_video(directory / f"{self.stem}.mp4", frames, record["fps"], record)

@@ -97,7 +97,7 @@ def test_floor_only_prints_the_wan_arithmetic_without_a_model(capsys):
         (["--peak-tflops", "0"], "--peak-tflops must be positive"),
         (["--all-policies", "--memory-opt", "sink=2"], "--all-policies"),
         (["--windows", "1:9"], "reaches past"),
-        (["--threads", "0"], "--threads must be at least 1"),
+        (["--threads", "0"], "--threads must be a whole number >= 1, got 0"),
     ],
 )
 def test_bench_bad_input(capsys, extra, message):

@@ -32,7 +32,7 @@ def _generate(tmp_path, *extra, name="v.mp4", seconds="3"):
 
 
 def test_generate_writes_readable_mp4_and_sidecar_within_policy_limits(tmp_path):
-    code, out = _generate(tmp_path, "--memory", "slow_fast", "--switch", "4:a blue cube", seconds="12")
+    code, out = _generate(tmp_path, "--memory", "slow_fast", "--switch", "3:a blue cube", seconds="12")
     assert code == 0
     frames, fps = read_video(out)
     sidecar = json.loads(out.with_suffix(".json").read_text())
@@ -53,7 +53,7 @@ def test_generate_writes_readable_mp4_and_sidecar_within_policy_limits(tmp_path)
 
 def test_longlive_recache_on_a_switch(tmp_path):
     code, out = _generate(
-        tmp_path, "--memory", "sink", "--recache", "longlive", "--switch", "6:a blue cube", seconds="6"
+        tmp_path, "--memory", "sink", "--recache", "longlive", "--switch", "4.5:a blue cube", seconds="6"
     )
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert code == 0 and sidecar["config"]["switch"] == {"recache": "longlive", "flush": False}
@@ -77,7 +77,10 @@ def test_same_seed_same_video(tmp_path):
         (["--memory", "rolling", "--memory-opt", "slow=4"], "unknown memory policy 'rolling' option"),
         (["--seconds", "0"], "--seconds must be positive"),
         (["--seconds", "-2"], "--seconds must be positive"),
-        (["--switch", "99:late"], "outside the video"),
+        (["--switch", "99:late"], "--switch at 99 s is past the end of the video"),
+        (["--switch", "0.2:early"], "--switch at 0.2 s lands on chunk 0"),
+        (["--switch", "soon:late"], "must look like SECONDS:PROMPT"),
+        (["--switch", "0:late"], "must look like SECONDS:PROMPT with SECONDS > 0"),
         (["--memory", "slow_fast", "--recache", "longlive"], "sink policy"),
         (["--memory-opt", "layout=released", "--switch", "1:q", "--flush-on-switch"], "has no flush"),
         (
@@ -86,7 +89,7 @@ def test_same_seed_same_video(tmp_path):
         ),
         (["--seconds", "inf"], "--seconds must be positive and finite"),
         (["--device", "tpu"], "unknown --device 'tpu'"),
-        (["--seed", str(2**64)], "--seed must be in [0, 2**64)"),
+        (["--seed", str(2**64)], "--seed must be a whole number in [0, 2**64)"),
         (["--memory-opt", "slow=100000000000"], "memory option slow=100,000,000,000 (slow_fast) needs "),
         (["--memory", "rolling", "--memory-opt", "window=1000000000"], "of K/V, more than the"),
         (["--memory-opt", "tau=1.5"], "tau is a cosine similarity threshold in [-1, 1], got 1.5"),
@@ -214,3 +217,16 @@ def test_bench_checks_the_memory_size_before_building_a_model(capsys):
 def test_bench_bad_window(capsys):
     code = main(["bench", "--random-init", "--seconds", "3", "--windows", "5:2"])
     assert code == 2 and "START < END" in capsys.readouterr().err
+
+
+def test_progress_goes_to_stderr_and_the_result_to_stdout(tmp_path, capfd):
+    """A slow run can be told from a hung one (a bar on stderr), and stdout stays the result (scripts parse it)."""
+    out = tmp_path / "v.mp4"
+    argv = ["generate", "--preset", "tiny", "--random-init", "--prompt", "p", "--seconds", "1.5", "--out", str(out)]
+    assert main(argv) == 0
+    captured = capfd.readouterr()
+    assert captured.out.strip() == f"wrote {out} (21 frames, 6 latent) and its sidecar"
+    assert "generate v.mp4" in captured.err and "2/2" in captured.err
+    assert main(["bench", "--preset", "tiny", "--random-init", "--seconds", "1.5", "--json", "--peak-tflops", "1"]) == 0
+    captured = capfd.readouterr()
+    assert json.loads(captured.out)["chunks"] == 2 and "bench slow_fast" in captured.err and "2/2" in captured.err

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from contextforcing.cli import main
 from contextforcing.data.video import read_video
 from contextforcing.data.world import cli as world_cli
 from contextforcing.data.world.dataset import DatasetConfig, training_spec, write_dataset
@@ -67,7 +68,12 @@ def test_dataset_errors(tmp_path):
         DatasetConfig(count=1, seconds=2, store="latents").validate()
     with pytest.raises(UserError, match="not a world dataset"):
         WorldClipDataset(tmp_path)
-    assert run_cli(["world", "dataset", "--count", "0", "--seconds", "2", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        run_cli(
+            ["world", "dataset", "--world", "occlusion", "--count", "0", "--seconds", "2", "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
 
 
 def test_cli_dataset(tmp_path, capsys):
@@ -75,6 +81,8 @@ def test_cli_dataset(tmp_path, capsys):
         [
             "world",
             "dataset",
+            "--world",
+            "occlusion",
             "--count",
             "5",
             "--seconds",
@@ -100,6 +108,8 @@ def test_cli_render_writes_video_and_annotations(tmp_path):
         [
             "world",
             "render",
+            "--world",
+            "occlusion",
             "--prompt",
             "striped cool room, curtain occlusions",
             "--seed",
@@ -129,14 +139,42 @@ def training_like(data):
 
 
 def test_cli_render_errors(tmp_path, capsys):
+    occlusion = ["world", "render", "--world", "occlusion"]
     assert (
-        run_cli(["world", "render", "--prompt", "a blue room", "--seed", "1", "--seconds", "2", "--out", str(tmp_path)])
-        == 2
+        run_cli([*occlusion, "--prompt", "a blue room", "--seed", "1", "--seconds", "2", "--out", str(tmp_path)]) == 2
     )
-    assert run_cli(["world", "render", "--seed", "1", "--out", str(tmp_path)]) == 2
-    assert run_cli(["world", "render", "--heldout", "99", "--out", str(tmp_path)]) == 2
-    assert run_cli(["world", "render", "--heldout", "0", "--out", str(tmp_path / "h")]) == 0
+    assert run_cli([*occlusion, "--seed", "1", "--out", str(tmp_path)]) == 2
+    assert run_cli([*occlusion, "--heldout", "99", "--out", str(tmp_path)]) == 2
+    assert run_cli([*occlusion, "--heldout", "0", "--out", str(tmp_path / "h")]) == 0
     capsys.readouterr()
-    assert run_cli(["world", "heldout"]) == 0
+    assert run_cli(["world", "heldout", "--world", "occlusion"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 16 and all(line["seed"] >= EVAL_SEED_BASE for line in lines)
+
+
+def test_the_occlusion_world_is_chosen_by_name_only(tmp_path, capsys):
+    """Without --world every command means the panorama world (the embedded model's); an occlusion prompt
+    without --world occlusion is one line saying how to ask for it."""
+    assert main(["world", "heldout"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 16 and all("script" in line and "prompt" not in line for line in lines)
+    assert main(["world", "render", "--heldout", "0", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "script.jsonl").is_file()  # only a panorama world has a script
+    capsys.readouterr()
+    argv = [
+        "world",
+        "render",
+        "--prompt",
+        "striped cool room",
+        "--seed",
+        "1",
+        "--seconds",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "add --world occlusion" in err and "\n" not in err and not (tmp_path / "o").exists()
+    assert main(["world", "dataset", "--count", "2", "--seconds", "2", "--out", str(tmp_path / "d"), "--quiet"]) == 0
+    assert "panorama clips" in capsys.readouterr().out

@@ -48,6 +48,9 @@ def test_demo_writes_every_file(tmp_path):
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(tmp_path)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "CPU thread(s)" in result.stdout  # the thread count it chose, and how to change it
+    assert "demo slow_fast" in result.stderr and "demo rolling" in result.stderr  # progress bars, on stderr only
+    assert "chunk/s" not in result.stdout
     for name in (
         "tour.jsonl",
         "truth/annotations.json",

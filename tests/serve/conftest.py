@@ -11,6 +11,7 @@ pytest.importorskip("uvicorn", reason="the [serve] extra is not installed: pip i
 from serve_harness import PageClient, ServerThread, chromium_paths, start_chromium  # noqa: E402
 
 from contextforcing.pipeline import Pipeline  # noqa: E402
+from contextforcing.serve.frames import FrameCodec  # noqa: E402
 from contextforcing.serve.session import ServeLimits  # noqa: E402
 
 
@@ -22,6 +23,15 @@ def pipe() -> Pipeline:
 @pytest.fixture(scope="package")
 def server(pipe):
     s = ServerThread(pipe, ServeLimits(max_streams=2, max_seconds=60, lead_chunks=2, panel_rows=6))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="package")
+def jpeg_server(pipe):
+    """The server as `contextforcing serve` starts it by default: frames as JPEG (the `server` fixture sends PNG,
+    so that the page's pixels can be compared with the Python API's exactly)."""
+    s = ServerThread(pipe, ServeLimits(max_streams=2, max_seconds=60, lead_chunks=2, panel_rows=6), FrameCodec())
     yield s
     s.stop()
 

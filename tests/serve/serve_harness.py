@@ -18,6 +18,7 @@ from contextforcing.pipeline import Pipeline
 from contextforcing.serve.access import AccessRules
 from contextforcing.serve.app import build_app
 from contextforcing.serve.cli import bind
+from contextforcing.serve.frames import FrameCodec, decode_frames
 from contextforcing.serve.session import ServeLimits
 
 CHROME_FLAGS = (
@@ -40,8 +41,14 @@ CHROME_FLAGS = (
 class ServerThread:
     """The app on a free 127.0.0.1 port, served by uvicorn in a daemon thread."""
 
-    def __init__(self, pipe: Pipeline, limits: ServeLimits, access: AccessRules = AccessRules()):
-        self.app = build_app(pipe, limits, access)
+    def __init__(
+        self,
+        pipe: Pipeline,
+        limits: ServeLimits,
+        codec: FrameCodec = FrameCodec("png"),
+        access: AccessRules = AccessRules(),
+    ):
+        self.app = build_app(pipe, limits, codec, access=access)
         self.hub = self.app.state.hub
         sock = bind("127.0.0.1", 0)
         self.port = sock.getsockname()[1]
@@ -104,13 +111,18 @@ def type_prompt(driver, prompt: str) -> None:
 class Chunk:
     header: dict
     frames: np.ndarray  # uint8 [n, H, W, 3]
+    payload: bytes = b""  # the frames as sent (images back to back)
 
 
 def unpack_chunk(data: bytes) -> Chunk:
+    """A chunk message: its header and its frames decoded from the images they travel as."""
     (length,) = struct.unpack("<I", data[:4])
     header = json.loads(data[4 : 4 + length])
-    frames = np.frombuffer(data[4 + length :], np.uint8).reshape(header["count"], header["height"], header["width"], 3)
-    return Chunk(header, frames)
+    payload = data[4 + length :]
+    assert len(payload) == sum(header["frames"]["sizes"]), "the images are exactly the payload"
+    frames = decode_frames(header["frames"]["sizes"], payload)
+    assert frames.shape == (header["count"], header["height"], header["width"], 3)
+    return Chunk(header, frames, payload)
 
 
 class PageClient:

@@ -56,7 +56,7 @@ def test_requests_for_other_host_names_are_refused(server):
 
 def test_the_allow_lists_widen_for_remote_use(pipe):
     access = AccessRules.for_address("127.0.0.1", ["Lab.Example."], ["http://proxy.example:8080"])
-    server = ServerThread(pipe, ServeLimits(max_streams=1, max_seconds=10), access)
+    server = ServerThread(pipe, ServeLimits(max_streams=1, max_seconds=10), access=access)
     try:
         port = server.port
         assert _request(port, "/api/info", host=f"lab.example:{port}") == 200

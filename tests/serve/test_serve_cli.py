@@ -33,6 +33,8 @@ def taken_port():
         (["--port", "0", "--lora", "x.safetensors"], "--lora"),
         (["--port", "0", "--preset", "tiny"], "preset 'tiny' needs --random-init"),
         (["--port", "0", "--device", "tpu"], "unknown --device"),
+        (["--quality", "0"], "--quality must be in 1..100, got 0"),
+        (["--keep-downloads", "-1"], "--keep-downloads must be >= 0"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(capsys, args, message):

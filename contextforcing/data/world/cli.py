@@ -1,7 +1,8 @@
 """`contextforcing world render|dataset|heldout|script`: the synthetic evaluation and training worlds.
 
-Two worlds: `panorama` (a room seen through a panning camera, controlled by a prompt script) and
-`occlusion` (one view hidden by occluders; the embedded model's current training domain).
+Two worlds: `panorama` (a room seen through a panning camera, controlled by a prompt script; the embedded
+model's training domain and every command's default) and `occlusion` (one view hidden by occluders; the earlier
+domain, chosen by name only: `--world occlusion`).
 """
 
 from __future__ import annotations
@@ -21,24 +22,55 @@ def _occlusion_list(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from contextforcing.cli import examples
+
     p = subparsers.add_parser(
         "world",
         help="render the synthetic worlds, or write a training dataset",
-        description="The synthetic worlds, with exact per-frame ground truth: the panorama "
-        "world (a prompt script drives camera, lights and balls) and the occlusion "
-        "world. See docs/world.md for the grammars.",
+        description="The synthetic worlds, with exact per-frame ground truth: the panorama world (a prompt "
+        "script drives camera, lights and balls; the default everywhere) and, by name only (--world occlusion), "
+        "the earlier occlusion world. See docs/world.md for the grammars.",
+        epilog=examples(
+            "contextforcing world heldout",
+            "contextforcing world render --heldout 0 --out out/w0",
+            "contextforcing world script --heldout 0 --out w0.jsonl",
+            "contextforcing world dataset --count 100 --seconds 30 --out data/panorama30",
+        ),
     )
     sub = p.add_subparsers(dest="world_command", metavar="{render,dataset,heldout,script}")
     sub.required = True
 
-    r = sub.add_parser("render", help="write one world video (mp4) and its annotations (json)")
+    _add_render(sub)
+    _add_dataset(sub)
+    _add_heldout(sub)
+    _add_script(sub)
+    return p
+
+
+def _add_render(sub) -> None:
+    from contextforcing.cli import add_threads_arg, examples
+
+    r = sub.add_parser(
+        "render",
+        help="write one world video (mp4) and its annotations (json)",
+        description="Render one world: a held-out panorama world (--heldout), a panorama prompt script "
+        "(--script, --seed, --seconds), or an occlusion world (--world occlusion --prompt ...).",
+        epilog=examples(
+            "contextforcing world render --heldout 0 --out out/w0",
+            "contextforcing world render --script tour.jsonl --seed 7 --seconds 60 --out out/tour",
+            'contextforcing world render --world occlusion --prompt "striped cool room, curtain occlusions" '
+            "--seed 7 --seconds 60 --out out/occlusion7",
+        ),
+    )
     r.add_argument(
         "--script",
         metavar="FILE",
         help='panorama world: a jsonl prompt script ({"at": S, "prompt": ...} '
         "per line, as `generate --prompts` reads it)",
     )
-    r.add_argument("--prompt", help="occlusion world: e.g. 'striped cool room, curtain occlusions, circle sprite'")
+    r.add_argument(
+        "--prompt", help="with --world occlusion: e.g. 'striped cool room, curtain occlusions, circle sprite'"
+    )
     r.add_argument("--seed", type=int, help="draws the room, objects, events (and, occlusion world, the schedule)")
     r.add_argument("--seconds", type=float, help="length in seconds (rounded up to whole latent chunks)")
     r.add_argument(
@@ -52,7 +84,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--world",
         choices=WORLDS,
         default=None,
-        help="which world --heldout indexes (default: occlusion; --script implies panorama)",
+        help="which world (default: panorama; the occlusion world by name only)",
     )
     r.add_argument(
         "--out",
@@ -61,13 +93,27 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="writes DIR/video.mp4 and DIR/annotations.json (panorama: also DIR/script.jsonl)",
     )
     r.add_argument("--npy", action="store_true", help="also write DIR/frames.npy (lossless uint8 frames)")
+    add_threads_arg(r)
     r.set_defaults(func=run_render)
 
-    d = sub.add_parser("dataset", help="write training clips (fast, with a progress bar)")
+
+def _add_dataset(sub) -> None:
+    from contextforcing.cli import add_threads_arg, examples
+
+    d = sub.add_parser(
+        "dataset",
+        help="write training clips (fast, with a progress bar)",
+        description="Write a training dataset: panorama world clips as scripts and seeds (frames rendered when "
+        "loaded), or with --world occlusion shards of occlusion-world clips.",
+        epilog=examples(
+            "contextforcing world dataset --count 100 --seconds 30 --out data/panorama30",
+            "contextforcing world dataset --world occlusion --count 100 --seconds 30 --out data/occlusion30",
+        ),
+    )
     d.add_argument(
         "--world",
         choices=WORLDS,
-        default="occlusion",
+        default="panorama",
         help="panorama: lists random scripts and seeds (frames rendered on load); occlusion: shards",
     )
     d.add_argument("--count", type=int, required=True, help="number of clips")
@@ -84,21 +130,44 @@ def register(subparsers) -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=0, help="occlusion world: processes (default: one per CPU core)")
     d.add_argument("--seed", type=int, default=0, help="which training clips to draw")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(d)
     d.set_defaults(func=run_dataset)
 
-    h = sub.add_parser("heldout", help="list the held-out evaluation worlds (JSON lines)")
-    h.add_argument("--world", choices=WORLDS, default="occlusion")
+
+def _add_heldout(sub) -> None:
+    from contextforcing.cli import examples
+
+    h = sub.add_parser(
+        "heldout",
+        help="list the held-out evaluation worlds (JSON lines)",
+        description="List the held-out evaluation worlds, one JSON object per line (panorama: seed, seconds, "
+        "revisits per delay bucket and the script).",
+        epilog=examples("contextforcing world heldout", "contextforcing world heldout --count 4"),
+    )
+    h.add_argument("--world", choices=WORLDS, default="panorama", help="default: panorama")
     h.add_argument("--count", type=int, default=None, help="panorama: list this many (default: the standard 16)")
     h.set_defaults(func=run_heldout)
 
-    s = sub.add_parser("script", help="write a panorama prompt script (jsonl for `generate --prompts`)")
+
+def _add_script(sub) -> None:
+    from contextforcing.cli import examples
+
+    s = sub.add_parser(
+        "script",
+        help="write a panorama prompt script (jsonl for `generate --prompts`)",
+        description='Write a panorama prompt script (one {"at": SECONDS, "prompt": TEXT} per line): a '
+        "held-out world's, or a random training-style one.",
+        epilog=examples(
+            "contextforcing world script --heldout 0 --out w0.jsonl",
+            "contextforcing world script --random 3 --seconds 60 --out random.jsonl",
+        ),
+    )
     pick = s.add_mutually_exclusive_group(required=True)
     pick.add_argument("--heldout", type=int, metavar="INDEX", help="the script of held-out panorama world INDEX")
     pick.add_argument("--random", type=int, metavar="SEED", help="a random training-style script (needs --seconds)")
     s.add_argument("--seconds", type=float, help="length of a --random script")
     s.add_argument("--out", required=True, metavar="FILE")
     s.set_defaults(func=run_script)
-    return p
 
 
 WORLDS = ("occlusion", "panorama")
@@ -113,7 +182,7 @@ def run_render(args) -> int:
 
     if args.script is not None and args.world == "occlusion":
         raise UserError("--script renders a panorama world; leave out --world occlusion")
-    if args.script is not None or args.world == "panorama":
+    if args.world != "occlusion":
         return _render_panorama(args)
     if args.heldout is not None:
         worlds = eval_worlds()
@@ -123,7 +192,7 @@ def run_render(args) -> int:
     else:
         missing = [f"--{n}" for n in ("prompt", "seed", "seconds") if getattr(args, n) is None]
         if missing:
-            raise UserError(f"world render needs {', '.join(missing)} (or --heldout INDEX, or --script FILE)")
+            raise UserError(f"world render --world occlusion needs {', '.join(missing)} (or --heldout INDEX)")
         spec = WorldSpec(args.prompt, args.seed, args.seconds, args.occlusions or None)
     track = simulate(spec)
     out = _output_dir(args.out)
@@ -144,7 +213,10 @@ def _panorama_spec(args):
     from contextforcing.data.world.panorama.simulate import PanoramaSpec
 
     if args.prompt is not None or args.occlusions is not None:
-        raise UserError("--prompt and --occlusions belong to the occlusion world; a panorama world takes --script")
+        raise UserError(
+            "--prompt and --occlusions describe an occlusion world: add --world occlusion (the default, the "
+            "panorama world, takes --script or --heldout)"
+        )
     if args.heldout is not None:
         if args.script is not None:
             raise UserError("give either --script or --heldout, not both")
@@ -297,7 +369,7 @@ def run_heldout(args) -> int:
             )
         return 0
     if args.count is not None:
-        raise UserError("--count lists held-out panorama worlds; add --world panorama")
+        raise UserError("--count lists held-out panorama worlds; leave out --world occlusion")
 
     for i, w in enumerate(eval_worlds()):
         print(
