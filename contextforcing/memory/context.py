@@ -1,27 +1,23 @@
-"""ContextMemory: the preallocated K/V store of one stream, driven by a policy, read by the model per layer.
+"""ContextMemory: the driver of one stream's context memory. A policy plans what each chunk attends (`policies.py`;
+the released cache, `released.py`), a promotion rule decides what the slow tier keeps (`promotion.py`), and a tensor
+store holds it (`store.py`). The model reads it per layer.
 
-Lifecycle of one chunk (`VideoStream.step` drives it; the model only calls `begin_pass` and `layer`):
+One chunk (`VideoStream` drives it; the model only calls `begin_pass` and `layer`):
 
-    plan = memory.begin_chunk(start, frames)         the policy plans what the chunk attends and where
-    model(x, t, text, memory=memory)                 x4 denoising passes
-    model(x0, 0, text, memory=memory, commit=True)   the clean pass, whose pre-RoPE K/V are stored
-    update = memory.commit()                         the policy promotes / evicts / folds; storage follows
+    plan = memory.begin_chunk(start, frames)         the policy plans; the store is arranged and its context rotated
+    model(x, t, text, memory=memory)                 x4 denoising passes: each layer reads what the plan attends
+    model(x0, 0, text, memory=memory, commit=True)   the clean pass: each layer also hands over its pre-RoPE K/V
+    update = memory.commit()                         those K/V are written; the policy promotes / evicts / folds
 
-In every pass, each layer hands its chunk's keys (pre-RoPE and rotated) and values to
-`memory.layer(i).keys_values(...)` and gets back what to attend: one read path and one write path.
+In every pass each layer hands its chunk's keys (pre-RoPE and rotated) and values to `layer(i).keys_values` and
+gets back what to attend. Inference reads the store's attended prefix in place (slots [0, n) in any order, the
+chunk's own frames written right after: no mask, attention over exactly what the plan attends); keys that carry
+an autograd graph (training rollouts) get copies instead, since a graph written into buffers that later chunks
+overwrite would corrupt the backward pass. Per chunk each group of layers' attended keys are rotated once, at the
+positions (and, for a room-anchored model, the camera headings) of the plan.
 
-Storage: pre-RoPE keys and values in per-layer slot tensors [B, S, T, H, D]; slots are recycled through a
-free list, so nothing is shifted or cloned. Each layer also keeps a rotated-key buffer aligned with the
-slots: `begin_chunk` rotates the planned slots into it once per chunk, at the positions the policy chose.
-A pass writes the chunk's own rotated keys and values at the chunk's slots and attends over a slot range
-in place, with a key mask only while some slot of the range is not attended (free while filling,
-deduplicated, waiting to be folded). A bounded policy reads the same range (at least its capacity) from
-the first chunk on, so every step of a stream has the same shapes (CUDA graphs, torch.compile without
-recompiles). Keys that carry an autograd graph (training rollouts) get copies instead: a graph written
-into buffers that later chunks overwrite would corrupt the backward pass.
-
-tests/memory/gather_reference.py keeps the slow reference (a gathered, rotated copy per chunk); tests
-check that both give the same outputs over long rollouts of every policy.
+tests/memory/gather_reference.py keeps the slow reference read (a gathered, rotated copy per plan); tests check
+that both give the same outputs over long rollouts of every policy.
 """
 
 from __future__ import annotations
@@ -32,34 +28,16 @@ from typing import Callable
 
 import torch
 
-from contextforcing.config import ModelConfig, VideoConfig
 from contextforcing.errors import UserError
 from contextforcing.memory.exit_grad import ExitGradients
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache, make_policy, tier_params
-from contextforcing.memory.promotion import promotion_for
+from contextforcing.memory.store import KVStore, MemoryLayout, SlotMap
+
+__all__ = ["ContextMemory", "ContextRead", "LayerView", "MemoryLayout"]
 
 # (pre-RoPE keys [B, n, T, H, D], positions [n], and for a room-anchored model headings [B, n]) -> rotated keys
 KeyRotation = Callable[..., torch.Tensor]
-
-
-@dataclass(frozen=True)
-class MemoryLayout:
-    """Sizes of what one latent frame stores per layer, all derived from the model and video configs."""
-
-    num_layers: int
-    tokens_per_frame: int
-    num_heads: int
-    head_dim: int
-    chunk_frames: int
-
-    @classmethod
-    def for_model(cls, model: ModelConfig, video: VideoConfig) -> "MemoryLayout":
-        return cls(model.num_layers, video.tokens_per_frame(model), model.num_heads, model.head_dim, video.chunk_frames)
-
-    def frame_bytes(self, dtype: torch.dtype) -> int:
-        """Bytes of K plus V for one latent frame in one layer."""
-        return 2 * self.tokens_per_frame * self.num_heads * self.head_dim * torch.finfo(dtype).bits // 8
 
 
 class LayerView:
@@ -72,11 +50,10 @@ class LayerView:
         self._context: ContextRead | None = None
 
     def keys_values(self, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
-        """Hand over this pass's keys (pre-RoPE `k` and rotated `k_rot`) and values [B, frames*T, H, D];
-        get the keys, values [B, Lk, H, D] and key mask [Lk] (None: every key) to attend.
-
-        The memory takes the keys once per pass: a block that gradient checkpointing runs again reads the
-        context the first run read and changes nothing twice."""
+        """Hand over this pass's keys (pre-RoPE `k` and rotated `k_rot`) and values [B, frames*T, H, D]; get the
+        keys, values [B, Lk, H, D] and key mask [Lk] (None: attend every key) to attend. The memory takes the keys
+        once per pass: a block that gradient checkpointing runs again reads what the first run read and changes
+        nothing twice."""
         if self._context is None:
             self._context = self.memory.exchange(self.layer, k, v, copy=k_rot.requires_grad or v.requires_grad)
         return self._context.with_chunk(k_rot, v)
@@ -84,17 +61,14 @@ class LayerView:
 
 @dataclass
 class ContextRead:
-    """What a layer attends besides the chunk's own keys and values.
-
-    `tokens` None: `keys`/`values` [B, n*T, H, D] are a copy of the attended frames and the chunk is
-    appended. Otherwise they are views of the memory's slot range (rotated keys, values): the chunk is
-    written in place at `tokens` (its slots' token indices) and `mask` [L] (True = attend; None = every
-    key) hides the slots this chunk does not see."""
+    """What a layer attends besides the chunk's own keys and values: copies of the attended frames (`tokens` None:
+    the chunk is appended), or views of the store's attended prefix with the chunk's token slots right after it
+    (`tokens`: the chunk is written there in place)."""
 
     keys: torch.Tensor | None
     values: torch.Tensor | None
-    mask: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # fixed shapes only: [Lk], False past what the chunk attends
 
     def with_chunk(self, k_rot: torch.Tensor, v: torch.Tensor):
         if self.tokens is None:
@@ -106,42 +80,30 @@ class ContextRead:
         return self.keys, self.values, self.mask
 
 
-class _SlotMap:
-    """Which storage slot holds which (kind, frame); kind is 'main' (the frame) or 'slow' (a promoted copy)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.slot: dict[tuple[str, int], int] = {}
-        self.free = list(range(size - 1, -1, -1))
-
-    def allocate(self, key: tuple[str, int]) -> int:
-        if key not in self.slot:
-            if not self.free:
-                raise RuntimeError(f"context memory is full ({self.size} frames); policy capacity is wrong")
-            self.slot[key] = self.free.pop()
-        return self.slot[key]
-
-    def release(self, key: tuple[str, int]) -> None:
-        self.free.append(self.slot.pop(key))
-
-
 class _Group:
-    """Layers that share one policy (all layers, or one layer when promotion is per layer)."""
+    """Layers that share one policy and one slot arrangement (all layers, or one when each decides alone)."""
 
     def __init__(self, policy, slots: int, layers: list[int]):
-        self.policy, self.slots, self.layers = policy, _SlotMap(slots), layers
+        self.policy, self.slots, self.layers = policy, SlotMap(slots), layers
         self.plan: ChunkPlan | None = None
-        self.view_index: torch.Tensor | None = None  # slots of the planned frames, in plan order
-        self.current: list[int] = []  # slots of the chunk's own frames
-        self.current_slots: torch.Tensor | None = None  # the same, as a tensor
-        self.current_tokens: torch.Tensor | None = None  # token indices of the current slots
-        self.extent = policy.p.capacity or 0  # attention reads slots [0, extent); see _slot_mask
-        self.key_mask: torch.Tensor | None = None  # [extent * T], True where a key is attended
+        self.view_index: torch.Tensor | None = None  # slots of the attended entries, in plan order
+        self.current: list[int] = []  # slots of the chunk's own frames, in frame order
+        self.current_slots: torch.Tensor | None = None
+        self.current_tokens: torch.Tensor | None = None  # their token indices in the store's flattened slots
         self.within_chunk: list[tuple[int, tuple[str, int]]] = []  # (promoted frame, displaced entry) this chunk
         self.check = "no"  # what the policy allows the current chunk: 'no', 'yes' or 'ask' (the signal decides)
+        self.extent = 0  # the slots a pass reads: what it attends, or with fixed shapes at least the capacity
+        self.key_mask: torch.Tensor | None = None  # fixed shapes: [extent * T], False past what the chunk attends
 
-    def storage_key(self, attended) -> tuple[str, int]:
-        return ("slow" if attended.copy else "main", attended.frame)
+    @property
+    def read_frames(self) -> int:
+        """Frames a pass of this group attends: the plan's context and the chunk."""
+        return len(self.plan.context) + len(self.current)
+
+
+def _key(attended) -> tuple[str, int]:
+    """The storage entry of an attended frame: its own ('main') or a promoted copy ('slow')."""
+    return ("slow" if attended.copy else "main", attended.frame)
 
 
 class ContextMemory:
@@ -156,74 +118,102 @@ class ContextMemory:
         dtype: torch.dtype = torch.float32,
         max_frames: int | None = None,
         headings: bool = False,
+        fixed_shapes: bool = False,
     ):
         """`headings`: the model's width positions follow a camera (room-anchored RoPE), so every stored frame
-        keeps the heading it was made at and is rotated there whenever it is attended."""
+        keeps the heading it was made at and is rotated there whenever it is attended. `fixed_shapes`: every pass
+        reads the same slot range from the first chunk on (at least the policy's capacity), the slots beyond what
+        the chunk attends masked, so a compiled step never recompiles and CUDA graphs replay; the default reads
+        exactly what the chunk attends, unmasked, at that cost."""
         self.spec, self.layout, self.rotate_keys = spec, layout, key_rotation
-        self.params = params = tier_params(spec, layout.chunk_frames)
-        self.bounded = params.capacity is not None
-        slots = self.slot_count(spec, layout.chunk_frames, max_frames)
-        layer_sets = [[i] for i in range(layout.num_layers)] if params.per_layer else [list(range(layout.num_layers))]
-        self.groups = [_Group(make_policy(params, layout.chunk_frames), slots, ls) for ls in layer_sets]
+        self.params = tier_params(spec, layout.chunk_frames)
+        self.bounded = self.params.capacity is not None
+        first = make_policy(self.params, layout.chunk_frames)
+        slots = first.store_slots(max_frames)
+        layer_sets = [[i] for i in range(layout.num_layers)] if first.per_layer else [list(range(layout.num_layers))]
+        policies = [first] + [make_policy(self.params, layout.chunk_frames) for _ in layer_sets[1:]]
+        self.groups = [_Group(policy, slots, layers) for policy, layers in zip(policies, layer_sets)]
+        self.fixed_shapes = fixed_shapes
         self._group_of = {i: g for g in self.groups for i in g.layers}
-        self.promotion = promotion_for(params, layout.num_layers, layout.tokens_per_frame)
-        shape = (batch, slots, layout.tokens_per_frame, layout.num_heads, layout.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
-        self.k_rot = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
-        self.chunk_index = -1
-        self.start = self.frames = 0
+        self.promotion = first.promotion(layout.num_layers, layout.tokens_per_frame)
+        self.store = KVStore(layout, slots, batch, device, dtype)
+        self.batch, self.chunk_index, self.start, self.frames = batch, -1, 0, 0
         self.current_position_ids: torch.Tensor | None = None  # the chunk's positions, as a tensor for the model
-        self.batch = batch
         self.uses_headings = headings
         self.frame_headings: dict[int, tuple[float, ...]] = {}  # frame -> heading per sample (host floats)
         self.current_headings: torch.Tensor | None = None  # [B, frames] float64 for the model, or None
-        self.rotations = 0  # number of context rotations, for tests and benchmarks
-        self._recaching = False
+        self.rotations = 0  # context rotations, for tests and benchmarks
         self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
         self._commit_pass = False
+        self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
 
-    def track_exit_gradients(self) -> None:
-        """Training rollouts that reproduce Self-Forcing's in-place cache: later chunks back-propagate into the
-        exit passes of the chunks they attend (memory/exit_grad.py)."""
-        self.exit_gradients = ExitGradients(self.layout.tokens_per_frame, self._rotate_entries)
-
-    def _rotate_entries(self, keys: torch.Tensor, attended) -> torch.Tensor:
-        """Pre-RoPE keys [B, m, T, H, D] of attended entries, rotated where the plan places them (and, for a
-        room-anchored model, at their camera headings)."""
-        positions = [a.position for a in attended]
-        if not self.uses_headings:
-            return self.rotate_keys(keys, positions)
-        return self.rotate_keys(keys, positions, self._headings_of([a.frame for a in attended]))
+    @classmethod
+    def replay(
+        cls, spec: MemorySpec, chunk_frames: int, history: int, signals: list[torch.Tensor] | None = None
+    ) -> ChunkPlan:
+        """The plan of the chunk after `history` committed frames (whole chunks), without the model: the driver
+        itself on a store of one single-token layer whose commit-pass keys are each chunk's surprisal signal
+        (`signals`, one pooled key per chunk; the rule's pooling keeps it as it is), so training lays out a
+        teacher's context exactly as the student's memory plans it. Only rules decided on the commit pass can be
+        replayed (the signals are the commit passes' keys)."""
+        params = tier_params(spec, chunk_frames)
+        if params.promote_on != "commit" or params.layout != "tiered":
+            raise UserError("only a memory that promotes on the commit pass can be replayed without the model's keys")
+        chunks = history // chunk_frames
+        if params.surprisal and (signals is None or len(signals) < chunks):
+            raise ValueError("a surprisal rule needs one signal per history chunk")
+        dim = signals[0].numel() if signals else 1
+        layout = MemoryLayout(num_layers=1, tokens_per_frame=1, num_heads=1, head_dim=dim, chunk_frames=chunk_frames)
+        memory = cls(spec, layout, key_rotation=lambda keys, *_: keys.flatten(1, 2), max_frames=history + chunk_frames)
+        for index, start in enumerate(range(0, history, chunk_frames)):
+            memory.begin_chunk(start, chunk_frames)
+            memory.begin_pass(commit=True)
+            key = signals[index] if params.surprisal else torch.zeros(dim)
+            keys = key.reshape(1, 1, 1, dim).expand(1, chunk_frames, 1, dim).float()
+            memory.layer(0).keys_values(keys, keys, keys)
+            memory.commit()
+        return memory.begin_chunk(history, chunk_frames)
 
     @staticmethod
     def slot_count(spec: MemorySpec, chunk_frames: int, max_frames: int | None = None) -> int:
-        """Slots of a policy's store: the most frames it holds at once (the free list raises beyond)."""
-        params = tier_params(spec, chunk_frames)
-        if params.capacity is None:
-            if max_frames is None:
-                raise UserError("an unbounded memory policy ('full') needs the video length (max_frames)")
-            return max_frames
-        # EMA folding keeps up to a sink's worth of evicted frames until their group is complete.
-        held = params.capacity + (params.sink if params.ema_alpha is not None else 0)
-        # A copy promoted on a noisy pass of the tiered layout is staged before the commit evicts the oldest
-        # slow frame: one staging slot. Commit-time promotion frees the evicted copy first, and the released
-        # cache's copy replaces the entry it displaces.
-        staged = params.surprisal and params.promote_on == "any_pass" and params.layout == "tiered"
-        return held + (1 if staged else 0)
+        """Slots of a policy's store: the most frames it holds at once (the slot map raises beyond)."""
+        return make_policy(tier_params(spec, chunk_frames), chunk_frames).store_slots(max_frames)
+
+    # -- what the store holds ------------------------------------------------------------------------
+    @property
+    def k(self) -> list[torch.Tensor]:
+        return self.store.k
+
+    @property
+    def v(self) -> list[torch.Tensor]:
+        return self.store.v
+
+    @property
+    def k_rot(self) -> list[torch.Tensor]:
+        return self.store.k_rot
 
     @property
     def slots(self) -> int:
         return self.groups[0].slots.size
 
     def nbytes(self) -> int:
-        """Bytes of the K/V store (the slots)."""
-        return _bytes(self.k + self.v)
+        return self.store.nbytes()
 
     def view_nbytes(self) -> int:
-        """Bytes held besides the store for reading it: the rotated-key buffers (preallocated)."""
-        return _bytes(self.k_rot)
+        return self.store.view_nbytes()
+
+    def group_of(self, layer: int) -> _Group:
+        return self._group_of[layer]
+
+    def key_frames(self, layer: int = 0) -> int:
+        """Latent frames of keys each inference pass of this chunk computes attention over, the chunk itself
+        included (with fixed shapes, masked slots too: on a bounded policy the same for every chunk)."""
+        return self._group_of[layer].extent
+
+    def tiers(self, layer: int = 0) -> dict[str, list[int]]:
+        """Frames currently held in each tier (for the layer's group)."""
+        return self._group_of[layer].policy.tiers()
 
     @property
     def plan(self) -> ChunkPlan:
@@ -237,27 +227,75 @@ class ContextMemory:
             plan = dataclasses.replace(plan, headings={f: self.frame_headings[f][0] for f in frames})
         return plan
 
-    def group_of(self, layer: int) -> _Group:
-        return self._group_of[layer]
-
     # -- chunk lifecycle ---------------------------------------------------------------------------
     def begin_chunk(self, start: int, frames: int, headings=None) -> ChunkPlan:
-        """Plan chunk [start, start+frames): allocate its slots, rotate what it attends. `headings`: the camera
+        """Plan chunk [start, start+frames): arrange the store, rotate what it attends. `headings`: the camera
         heading of each of its frames per sample ([B][frames] floats, tokens) for a memory that keeps them
         (None: 0, a camera that never turned)."""
         self.chunk_index += 1
-        self.start, self.frames, self._recaching = start, frames, False
+        self.start, self.frames, self._recache = start, frames, []
         self._set_headings(range(start, start + frames), headings)
         self.promotion.begin_chunk()
         for g in self.groups:
             g.plan = g.policy.plan(self.chunk_index, start, frames)
             g.check = g.policy.promotion_check(self.chunk_index, start)
             g.within_chunk = []
-            current = [g.slots.allocate(("main", f)) for f in range(start, start + frames)]
-            self._prepare_group(g, current)
+            self._arrange(g, [("main", f) for f in range(start, start + frames)])
         self._after_plan()
         return self.plan
 
+    def begin_pass(self, commit: bool) -> torch.Tensor:
+        """A model forward over the current chunk starts; returns the chunk's positions [frames]. A `commit` pass
+        hands its keys and values over for `commit` to write."""
+        self._commit_pass = commit
+        return self.current_position_ids
+
+    def layer(self, i: int) -> LayerView:
+        return LayerView(self, i)
+
+    def commit(self) -> MemoryUpdate:
+        """After the commit pass: write its keys and values, let each group's policy update its tiers, and make the
+        store follow (a prompt switch's re-encode pass is written and ends here)."""
+        for layer, (k, v) in self._written.items():
+            self.store.write(layer, self._group_of[layer].current_slots, k, v)
+        self._written = {}
+        if self._recache:  # the end of a recache: frames no longer stored leave the store again
+            for g, plan in zip(self.groups, self._recache):
+                for f in plan.scratch:
+                    g.slots.release(("main", f))
+            self._recache = []
+            return MemoryUpdate()
+        updates = [self._commit_group(g, self.promotion.at_commit(g)) for g in self.groups]
+        self.promotion.end_commit()
+        self._forget_headings()
+        if self.exit_gradients is not None:
+            self.exit_gradients.bind(self.start)
+            self.exit_gradients.prune(lambda layer, f: ("main", f) in self._group_of[layer].slots)
+        return updates[0]
+
+    def _commit_group(self, g: _Group, promote: bool) -> MemoryUpdate:
+        changes = g.policy.commit(self.start, self.frames, promote)
+        for f in changes.slow_evicted:  # free first, so a full slow memory has room for the new copy
+            g.slots.release(("slow", f))
+        for f in changes.promoted:
+            if ("slow", f) not in g.slots:  # a pass-time promotion stored it already
+                self.store.copy(g.layers, g.slots.slot[("main", f)], g.slots.allocate(("slow", f)))
+        for sink_frame, gone in changes.folded:
+            self.store.fold(
+                g.layers, g.slots.slot[("main", sink_frame)], g.slots.slot[("main", gone)], g.policy.fold_alpha
+            )
+        for f in changes.evicted:
+            g.slots.release(("main", f))
+        displaced = [entry for _, entry in g.within_chunk]
+        return MemoryUpdate(
+            promoted=tuple([f for f, _ in g.within_chunk] + changes.promoted),
+            slow_evicted=tuple([f for kind, f in displaced if kind == "slow"] + changes.slow_evicted),
+            evicted=tuple([f for kind, f in displaced if kind == "main"] + changes.evicted),
+            folded=tuple(changes.folded),
+            similarity=self.promotion.similarity,
+        )
+
+    # -- prompt switches ---------------------------------------------------------------------------
     def recent_frames(self, next_start: int) -> list[int]:
         """Frames a prompt switch before chunk `next_start` re-encodes (the recent frames it will attend)."""
         return self.groups[0].policy.recent_frames(next_start)
@@ -267,25 +305,22 @@ class ContextMemory:
         return self.groups[0].policy.recache_frames(next_start, mode)
 
     def begin_recache(self, next_start: int, mode: str = "window", flush: bool = False) -> list[int]:
-        """Prompt switch before chunk `next_start`: plan the re-encode pass of `mode` (see
-        `TieredPolicy.recache`) and return the frames it re-encodes, oldest first.
-
-        They become the 'current' frames of one commit pass (no mask among them) that overwrites their
-        stored K/V in place; frames no longer stored get scratch slots for the pass. `commit()` ends it."""
+        """Prompt switch before chunk `next_start`: plan the re-encode pass of `mode` (see `TieredPolicy.recache`)
+        and return the frames it re-encodes, oldest first. They are the 'current' frames of one commit pass (no
+        mask among them) that overwrites their stored K/V; frames no longer stored get scratch slots for the
+        pass. `commit()` ends it."""
         check_recache(self.spec, mode, flush)
         if flush and mode == "window":
             self.flush()  # ours: sink and slow go; the sink refills from the next chunk
-        self._recaching = True
         plans = []
         for g in self.groups:
             plan = g.policy.recache(self.chunk_index + 1, next_start, mode, clear=flush and mode == "longlive")
             for key in g.policy.adopt_sink(plan.new_sink, next_start) if plan.new_sink is not None else []:
                 g.slots.release(key)
-            frames = plan.frames
-            first = frames[0] if frames else next_start
-            assert frames == list(range(first, first + len(frames))), "recached frames must be contiguous"
-            g.plan = ChunkPlan(self.chunk_index + 1, first, len(frames), plan.context, tuple(plan.positions))
-            self._prepare_group(g, [g.slots.allocate(("main", f)) for f in frames])
+            first = plan.frames[0] if plan.frames else next_start
+            assert plan.frames == list(range(first, first + len(plan.frames))), "recached frames must be contiguous"
+            g.plan = ChunkPlan(self.chunk_index + 1, first, len(plan.frames), plan.context, tuple(plan.positions))
+            self._arrange(g, [("main", f) for f in plan.frames])
             plans.append(plan)
         self._recache = plans
         self._set_headings(plans[0].frames, "stored")
@@ -298,115 +333,52 @@ class ContextMemory:
             for key in g.policy.flush():
                 g.slots.release(key)
 
-    def begin_pass(self, commit: bool) -> torch.Tensor:
-        """A model forward over the current chunk starts; returns the chunk's positions [frames]."""
-        self._commit_pass = commit
-        return self.current_position_ids
-
-    def layer(self, i: int) -> LayerView:
-        return LayerView(self, i)
-
-    def commit(self) -> MemoryUpdate:
-        """After the commit pass: let each group's policy update its tiers, and make storage follow."""
-        if self._recaching:  # the end of a recache: scratch frames leave the store again
-            self._recaching = False
-            for g, plan in zip(self.groups, self._recache):
-                for f in plan.scratch:
-                    g.slots.release(("main", f))
-            return MemoryUpdate()
-        updates = []
-        for g in self.groups:
-            promote = self.promotion.at_commit(g)
-            changes = g.policy.commit(self.start, self.frames, promote)
-            for f in changes.slow_evicted:  # free first, so a full slow memory has room for the new copy
-                g.slots.release(("slow", f))
-            for f in changes.promoted:
-                if ("slow", f) not in g.slots.slot:  # a pass-time promotion staged it already
-                    self._copy_slot(g, g.slots.slot[("main", f)], g.slots.allocate(("slow", f)))
-            for sink_frame, gone in changes.folded:
-                self._fold(g, g.slots.slot[("main", sink_frame)], g.slots.slot[("main", gone)])
-            for f in changes.evicted:
-                g.slots.release(("main", f))
-            updates.append(self._update(g, changes))
-        self.promotion.end_commit()
-        self._forget_headings()
-        if self.exit_gradients is not None:
-            self.exit_gradients.bind(self.start)
-            self.exit_gradients.prune(lambda layer, f: ("main", f) in self._group_of[layer].slots.slot)
-        return updates[0]
-
-    def _update(self, g: _Group, changes) -> MemoryUpdate:
-        displaced = [entry for _, entry in g.within_chunk]
-        return MemoryUpdate(
-            promoted=tuple([f for f, _ in g.within_chunk] + changes.promoted),
-            slow_evicted=tuple([f for kind, f in displaced if kind == "slow"] + changes.slow_evicted),
-            evicted=tuple([f for kind, f in displaced if kind == "main"] + changes.evicted),
-            folded=tuple(changes.folded),
-            similarity=self.promotion.similarity,
-        )
-
-    # -- planning into storage ---------------------------------------------------------------------
-    def _prepare_group(self, g: _Group, current_slots: list[int]) -> None:
-        device = self.k[0].device
-        slots = [g.slots.slot[g.storage_key(a)] for a in g.plan.context]
-        g.view_index = torch.tensor(slots, dtype=torch.long, device=device) if slots else None
-        g.current = current_slots
-        g.current_slots = torch.tensor(current_slots, dtype=torch.long, device=device)
-        g.key_mask = self._slot_mask(g, slots + current_slots)
+    # -- planning into the store ---------------------------------------------------------------------
+    def _arrange(self, g: _Group, current: list[tuple[str, int]]) -> None:
+        """Put the plan's attended entries in the group's first slots and the chunk's own right after them."""
+        attended = [_key(a) for a in g.plan.context]
+        self.store.move(g.layers, *g.slots.arrange(attended, current))
+        index = self.store.index
+        g.view_index = index([g.slots.slot[k] for k in attended]) if attended else None
+        g.current = [g.slots.slot[k] for k in current]
+        g.current_slots = index(g.current)
         t = self.layout.tokens_per_frame
-        g.current_tokens = (g.current_slots[:, None] * t + torch.arange(t, device=device)).flatten()
-
-    def _slot_mask(self, g: _Group, active: list[int]) -> torch.Tensor | None:
-        """Set the slot range [0, extent) attention reads; return its key mask (None: every key).
-
-        The range is at least the policy's capacity from the first chunk on, so a bounded policy's step
-        has the same shapes while the memory fills as after; it widens only if the slots used so far
-        reach beyond that (frames waiting for an EMA fold, a staged promotion), and never narrows. `full`
-        starts empty and grows with the video. Slots of the range this chunk does not attend are masked;
-        when it attends all of them (the steady state, except right after a deduplicated promotion)
-        there is no mask, which keeps unmasked attention kernels (flash) available on GPU.
-        """
-        g.extent = max(g.extent, max(active, default=-1) + 1)
-        if len(active) == g.extent:
-            return None
-        attended = [False] * g.extent
-        for slot in active:
-            attended[slot] = True
-        mask = torch.tensor(attended, dtype=torch.bool, device=self.k[0].device)
-        return mask.repeat_interleave(self.layout.tokens_per_frame)
+        g.current_tokens = (g.current_slots[:, None] * t + torch.arange(t, device=self.store.device)).flatten()
+        g.extent, g.key_mask = g.read_frames, None
+        if self.fixed_shapes:  # a bounded policy reads its capacity from the first chunk on; `full` grows
+            g.extent = max(g.extent, g.read_frames, self.params.capacity or 0)
+            if g.read_frames < g.extent:
+                frames = torch.arange(g.extent, device=self.store.device) < g.read_frames
+                g.key_mask = frames.repeat_interleave(t)
 
     def _after_plan(self) -> None:
         positions = {g.plan.current_positions for g in self.groups}
         assert len(positions) == 1, "all layers must place the current chunk identically"
         current = self.groups[0].plan.current_positions
-        self.current_position_ids = torch.tensor(current, dtype=torch.long, device=self.k[0].device)
+        self.current_position_ids = torch.tensor(current, dtype=torch.long, device=self.store.device)
         for g in self.groups:
             self._rotate_group(g)
 
-    @torch.no_grad()
     def _rotate_group(self, g: _Group) -> None:
-        """Rotate the group's planned slots into its layers' rotated-key buffers at the plan's positions.
-
-        Done for all planned slots on every plan, not only for changed ones: positions move every chunk
-        under bounded positions, and folds, promotions, recaches and flushes change slot contents in
-        between, so a full refresh is the one rule that cannot go stale."""
-        if g.view_index is None or not len(g.current_slots):  # nothing to rotate, or no pass will read it
+        """Rotate the group's attended slots at the plan's positions: every plan, not only changed slots, since
+        bounded positions move every chunk and folds, promotions, recaches and flushes change contents between."""
+        if g.view_index is None or not g.current:  # nothing to rotate, or no pass will read it
             return
-        # A room-anchored model rotates each stored frame at its own camera heading too.
-        where = (
-            (g.plan.positions,)
-            if not self.uses_headings
-            else (g.plan.positions, self._headings_of(g.plan.context_frames))
-        )
-        for layer in g.layers:
-            keys = self.rotate_keys(self.k[layer].index_select(1, g.view_index), *where)
-            self.k_rot[layer].index_copy_(1, g.view_index, keys.unflatten(1, (-1, self.layout.tokens_per_frame)))
-            self.rotations += 1
+        self.store.rotate(g.layers, g.view_index, lambda keys: self._rotate_entries(keys, g.plan.context))
+        self.rotations += len(g.layers)
+
+    def _rotate_entries(self, keys: torch.Tensor, attended) -> torch.Tensor:
+        """Pre-RoPE keys [B, m, T, H, D] of attended entries, rotated where the plan places them (and, for a
+        room-anchored model, at their camera headings)."""
+        positions = [a.position for a in attended]
+        if not self.uses_headings:
+            return self.rotate_keys(keys, positions)
+        return self.rotate_keys(keys, positions, self._headings_of([a.frame for a in attended]))
 
     # -- camera headings (room-anchored models) ---------------------------------------------------------
     def _set_headings(self, frames, headings) -> None:
-        """Record the headings of `frames` and make them the current pass's ("stored": a recache re-encodes
-        frames at the headings they were made at)."""
+        """Record the headings of `frames` and make them the current pass's ("stored": a recache re-encodes frames
+        at the headings they were made at)."""
         frames = list(frames)
         if not self.uses_headings:
             if headings is not None and headings != "stored":
@@ -426,7 +398,7 @@ class ContextMemory:
         if not self.uses_headings:
             return None
         rows = [[self.frame_headings[f][b] for f in frames] for b in range(self.batch)]
-        return torch.tensor(rows, dtype=torch.float64, device=self.k[0].device)
+        return torch.tensor(rows, dtype=torch.float64, device=self.store.device)
 
     def _forget_headings(self) -> None:
         """Keep the headings of the frames still stored and of the last `capacity` frames (a LongLive recache
@@ -434,19 +406,19 @@ class ContextMemory:
         if not self.uses_headings:
             return
         stored = {f for g in self.groups for _, f in g.slots.slot}
-        capacity = self.params.capacity
-        recent = self.start + self.frames - (capacity if capacity is not None else self.start + self.frames)
+        end, capacity = self.start + self.frames, self.params.capacity
+        recent = end - (capacity if capacity is not None else end)
         self.frame_headings = {f: h for f, h in self.frame_headings.items() if f in stored or f >= recent}
 
     # -- what the model calls ----------------------------------------------------------------------
     def exchange(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, copy: bool) -> ContextRead:
-        """This pass's pre-RoPE keys and values of `layer` arrive (stored on a commit pass, seen by the
-        promotion rule); returns what the layer attends: `copy` for keys that carry an autograd graph."""
+        """This pass's pre-RoPE keys and values of `layer` arrive (kept for the commit's write on a commit pass,
+        seen by the promotion rule); returns what the layer attends: `copy` for keys that carry an autograd graph."""
         if self._commit_pass:
-            self._store(layer, k, v)
+            self._written[layer] = (k.detach(), v.detach())
         elif copy and self.exit_gradients is not None:
             self.exit_gradients.record(layer, k, v)
-        if not self._recaching:
+        if not self._recache:
             g = self._group_of[layer]
             taken = self.promotion.observe(layer, g, k, v, self._commit_pass)
             if taken is not None:
@@ -454,10 +426,8 @@ class ContextMemory:
         return self.copy_read(layer) if copy else self.slot_read(layer)
 
     def slot_read(self, layer: int) -> ContextRead:
-        g, t = self._group_of[layer], self.layout.tokens_per_frame
-        keys = self.k_rot[layer].flatten(1, 2)[:, : g.extent * t]
-        values = self.v[layer].flatten(1, 2)[:, : g.extent * t]
-        return ContextRead(keys, values, g.key_mask, g.current_tokens)
+        g = self._group_of[layer]
+        return ContextRead(*self.store.prefix(layer, g.extent), g.current_tokens, g.key_mask)
 
     def copy_read(self, layer: int) -> ContextRead:
         view = self.view(layer)
@@ -469,63 +439,27 @@ class ContextMemory:
         """Copies of the rotated keys and values [B, n*T, H, D] of the stored frames this chunk attends in
         `layer`, in plan order (None: none)."""
         g = self._group_of[layer]
-        if g.view_index is None:
-            return None
-        return (
-            self.k_rot[layer].index_select(1, g.view_index).flatten(1, 2),
-            self.v[layer].index_select(1, g.view_index).flatten(1, 2),
-        )
+        return None if g.view_index is None else self.store.gather(layer, g.view_index)
 
-    def _store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        g = self._group_of[layer]
-        shape = (k.shape[0], -1, self.layout.tokens_per_frame, *k.shape[2:])
-        self.k[layer].index_copy_(1, g.current_slots, k.detach().reshape(shape).to(self.k[layer].dtype))
-        self.v[layer].index_copy_(1, g.current_slots, v.detach().reshape(shape).to(self.v[layer].dtype))
+    def track_exit_gradients(self) -> None:
+        """Training rollouts that reproduce Self-Forcing's in-place cache: later chunks back-propagate into the
+        exit passes of the chunks they attend (memory/exit_grad.py)."""
+        self.exit_gradients = ExitGradients(self.layout.tokens_per_frame, self._rotate_entries)
 
     # -- promotions taken during a pass ------------------------------------------------------------
-    def _write_slot(self, layer: int, slot: int, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
-        for store, x in zip((self.k[layer], self.v[layer]), kv):
-            store[:, slot] = x.reshape(store[:, slot].shape).to(store.dtype)
-
     def _stage_copy(self, g: _Group, copies: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Store a promotion's copy of the current chunk's kept frame now (attended from the next chunk)."""
-        slot = g.slots.allocate(("slow", self.params.kept_frame(self.start, self.frames)))
-        for layer, kv in copies.items():
-            self._write_slot(layer, slot, kv)
+        slot = self.store.index([g.slots.allocate(("slow", g.policy.kept_frame(self.start, self.frames)))])
+        for layer, (k, v) in copies.items():
+            self.store.write(layer, slot, k, v)
 
     def _promote_now(self, g: _Group, copies: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Released cache: copy the chunk's first frame (this pass's K/V) into the context region and attend
-        it from this pass on; the entry it displaces is gone."""
+        """Released cache: copy the chunk's first frame (this pass's K/V) into the context region and attend it
+        from this pass on; the entry it displaces is gone."""
         plan, displaced = g.policy.promote(self.start)
         g.slots.release(displaced)
         self._stage_copy(g, copies)
         g.within_chunk.append((self.start, displaced))
         g.plan = plan
-        self._prepare_group(g, g.current)
+        self._arrange(g, [("main", f) for f in plan.current_frames])
         self._rotate_group(g)
-
-    def _copy_slot(self, g: _Group, src: int, dst: int) -> None:
-        for i in g.layers:
-            self.k[i][:, dst] = self.k[i][:, src]
-            self.v[i][:, dst] = self.v[i][:, src]
-
-    def _fold(self, g: _Group, sink_slot: int, gone_slot: int) -> None:
-        """Reward Forcing's EMA sink: sink <- alpha * sink + (1 - alpha) * evicted, keys and values."""
-        a = self.params.ema_alpha
-        for i in g.layers:
-            for store in (self.k[i], self.v[i]):
-                store[:, sink_slot].mul_(a).add_(store[:, gone_slot], alpha=1 - a)
-
-    # -- introspection -----------------------------------------------------------------------------
-    def key_frames(self, layer: int = 0) -> int:
-        """Latent frames of keys each inference pass of this chunk computes attention over, the chunk
-        itself included, masked slots too: on a bounded policy the same for every chunk."""
-        return self._group_of[layer].extent
-
-    def tiers(self, layer: int = 0) -> dict[str, list[int]]:
-        """Frames currently held in each tier (for the layer's group)."""
-        return self._group_of[layer].policy.tiers()
-
-
-def _bytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)

@@ -5,9 +5,9 @@ update (what its commit changed). Everything downstream reads these; JSON exists
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-TIERS = ("sink", "slow", "fast")
+TIERS = ("sink", "slow", "fast")  # in attention order
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,31 @@ class MemoryUpdate:
             "folded": [list(p) for p in self.folded],
             "similarity": self.similarity,
         }
+
+
+@dataclass
+class CommitChanges:
+    """Storage work a commit asks for; frames are absolute latent frame indices."""
+
+    evicted: list[int] = field(default_factory=list)  # stored frames (sink/fast) no longer needed
+    promoted: list[int] = field(default_factory=list)  # frames copied into the slow tier
+    slow_evicted: list[int] = field(default_factory=list)  # slow copies dropped
+    folded: list[tuple[int, int]] = field(default_factory=list)  # (sink frame, evicted frame) EMA pairs
+
+
+@dataclass(frozen=True)
+class RecachePlan:
+    """What a prompt switch re-encodes under the new prompt, in one commit pass without a causal mask.
+
+    `frames` (contiguous, oldest first) at `positions` attend each other and `context`; the pass rewrites the
+    stored K/V of `kept`, and computes the others (`scratch`: frames no longer stored) only as context."""
+
+    frames: list[int]
+    positions: list[int]
+    context: tuple[Attended, ...]
+    kept: list[int]
+    new_sink: list[int] | None = None  # LongLive `global_sink: false`: the recached frames that become the sink
+
+    @property
+    def scratch(self) -> list[int]:
+        return [f for f in self.frames if f not in self.kept]

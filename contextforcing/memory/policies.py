@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 from contextforcing.config import from_dict
 from contextforcing.errors import UserError, option
-from contextforcing.memory.plan import Attended, ChunkPlan
+from contextforcing.memory.plan import Attended, ChunkPlan, CommitChanges, RecachePlan
+from contextforcing.memory.promotion import CommitSurprisal, PassSurprisal, Promotion
 
 
 # -- options: what a user sets --------------------------------------------------------------------------
@@ -293,24 +294,10 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
         # The k-th promotion overwrites context slot sink + k, which must hold an already cached frame.
         raise UserError(f"layout=released needs sink < fast (got sink={p.sink}, fast={p.window})")
     if p.layout == "released" and p.window < chunk_frames + p.capacity % chunk_frames:
-        raise UserError(_released_size_error(p.sink, p.slow, p.window, chunk_frames))
+        from contextforcing.memory.released import released_size_error
+
+        raise UserError(released_size_error(p.sink, p.slow, p.window, chunk_frames))
     return p
-
-
-def _released_size_error(sink: int, slow: int, fast: int, chunk_frames: int) -> str:
-    """Why the released cache is not reproduced at these sizes, and the sizes that are.
-
-    The official cache writes whole chunks: the last (sink + slow + fast) % chunk slots are never filled and
-    each new chunk goes to the last filled slots. With fast < chunk + that remainder those slots reach into
-    the context region, so every chunk overwrites context slots (and the promotions made into them)."""
-    capacity = sink + slow + fast
-    short = capacity % chunk_frames
-    return (
-        f"layout=released with sink + slow + fast = {sink} + {slow} + {fast} = {capacity} (not whole "
-        f"{chunk_frames}-frame chunks) and fast={fast}: the released cache writes each new chunk over its last "
-        f"context slots there, which is not reproduced; use fast >= {chunk_frames + short} or whole chunks "
-        f"(e.g. slow={slow - short})"
-    )
 
 
 def bounded_positions(
@@ -323,35 +310,7 @@ def bounded_positions(
     return list(range(sink)) + list(range(first, first + others)), list(range(anchor - frames + 1, anchor + 1))
 
 
-@dataclass
-class CommitChanges:
-    """Storage work a commit asks for; frames are absolute latent frame indices."""
-
-    evicted: list[int] = field(default_factory=list)  # stored frames (sink/fast) no longer needed
-    promoted: list[int] = field(default_factory=list)  # frames copied into the slow tier
-    slow_evicted: list[int] = field(default_factory=list)  # slow copies dropped
-    folded: list[tuple[int, int]] = field(default_factory=list)  # (sink frame, evicted frame) EMA pairs
-
-
 RECACHE_MODES = ("window", "longlive")
-
-
-@dataclass(frozen=True)
-class RecachePlan:
-    """What a prompt switch re-encodes under the new prompt, in one commit pass without a causal mask.
-
-    `frames` (contiguous, oldest first) at `positions` attend each other and `context`; the pass rewrites the
-    stored K/V of `kept`, and computes the others (`scratch`: frames no longer stored) only as context."""
-
-    frames: list[int]
-    positions: list[int]
-    context: tuple[Attended, ...]
-    kept: list[int]
-    new_sink: list[int] | None = None  # LongLive `global_sink: false`: the recached frames that become the sink
-
-    @property
-    def scratch(self) -> list[int]:
-        return [f for f in self.frames if f not in self.kept]
 
 
 def window_recache(policy, chunk: int, next_start: int) -> RecachePlan:
@@ -386,11 +345,34 @@ class TieredPolicy:
 
     def __init__(self, params: TierParams, chunk_frames: int):
         self.p, self.chunk_frames = params, chunk_frames
+        self.per_layer = params.per_layer  # each layer decides its promotions alone (and so holds its own tiers)
+        self.fold_alpha = params.ema_alpha  # EMA sink: evicted frames folded into the sink with this weight
         self.sink: list[int] = []
         self.slow: list[int] = []
         self.fast: list[int] = []  # committed recent frames, oldest first
         self._pending_fold: list[int] = []
         self._sink_open = params.sink > 0  # still accepting frames into the sink
+
+    def promotion(self, num_layers: int, tokens_per_frame: int) -> Promotion:
+        """The strategy that decides this memory's promotions (`promotion.py`)."""
+        p = self.p
+        strategy = Promotion if not p.surprisal else PassSurprisal if p.promote_on == "any_pass" else CommitSurprisal
+        return strategy(p, num_layers, tokens_per_frame)
+
+    def store_slots(self, max_frames: int | None) -> int:
+        """Slots of a store for this memory: the most frames it holds at once (`full`: the video's length)."""
+        p = self.p
+        if p.capacity is None:
+            if max_frames is None:
+                raise UserError("an unbounded memory policy ('full') needs the video length (max_frames)")
+            return max_frames
+        # EMA folding keeps up to a sink's worth of evicted frames until their group is complete; a copy
+        # promoted on a noisy pass waits in a staging slot until the commit evicts the oldest slow frame.
+        staged = p.surprisal and p.promote_on == "any_pass"
+        return p.capacity + (p.sink if p.ema_alpha is not None else 0) + (1 if staged else 0)
+
+    def kept_frame(self, start: int, frames: int) -> int:
+        return self.p.kept_frame(start, frames)
 
     # -- planning --------------------------------------------------------------------------------
     def plan(self, chunk: int, start: int, frames: int) -> ChunkPlan:
@@ -527,100 +509,10 @@ class TieredPolicy:
         return {"sink": list(self.sink), "slow": list(self.slow), "fast": list(self.fast)}
 
 
-class ReleasedPolicy:
-    """The official Context Forcing inference cache (slow_fast with `layout=released`), as four rules:
+def make_policy(params: TierParams, chunk_frames: int):
+    """The policy object of resolved parameters: the released cache (`released.py`) or the tiered one."""
+    if params.layout == "released":
+        from contextforcing.memory.released import ReleasedCache
 
-    1. It fills like a plain cache of `capacity` = sink + slow + fast slots, a chunk at a time: frame f lands
-       in slot f, so until the cache is full a chunk attends every past frame. Slots [sink, sink + slow) are
-       the context (slow) region, the rest the local region; once full, only the local region rolls, by a
-       chunk, and the new chunk takes the last filled slots. When the capacity is not whole chunks, its last
-       capacity % chunk slots are never filled (`usable`) and the local region holds that many frames less.
-    2. A promotion happens inside the pass that decides it (`promote`), before that pass's attention: the
-       chunk's first frame, as that pass computed it, is copied into context slot sink + k for the k-th
-       promotion (k < slow; the frame there is dropped), later into the last context slot after the
-       context region rolls by one (FIFO). The chunk attends the copy from that pass on.
-    3. Every chunk whose first frame is at least `fast` is checked (no interval), on every pass.
-    4. (In `ContextMemory`) similarity is decided per layer, averaging per-sample cosines over the batch.
-    Positions: sink 0..sink-1, everything else contiguous up to min(t, capacity - 1), the chunk last (the slot
-    indices when the capacity is whole chunks; past the unfilled slots' worth otherwise).
-    """
-
-    promotes_within_chunk = True
-
-    def __init__(self, params: TierParams, chunk_frames: int):
-        self.p, self.chunk_frames = params, chunk_frames
-        self.capacity = params.capacity
-        self.usable = params.capacity - params.capacity % chunk_frames  # slots that ever hold a frame
-        self.slots: list[tuple[str, int]] = []  # cached entries in slot order: ('main', frame) or ('slow', frame)
-        self.promotions = 0
-        self._chunk: ChunkPlan | None = None
-
-    def _tier(self, slot: int) -> str:
-        if slot < self.p.sink:
-            return "sink"
-        return "slow" if slot < self.p.sink + self.p.slow else "fast"
-
-    def plan(self, chunk: int, start: int, frames: int) -> ChunkPlan:
-        sink = min(self.p.sink, len(self.slots))
-        positions, current = bounded_positions(sink, len(self.slots) - sink, frames, start, self.capacity)
-        context = tuple(
-            Attended(self._tier(i), f, p, kind == "slow") for i, ((kind, f), p) in enumerate(zip(self.slots, positions))
-        )
-        self._chunk = ChunkPlan(chunk, start, frames, context, tuple(current))
-        return self._chunk
-
-    def recent_frames(self, next_start: int) -> list[int]:
-        """Frames of the last `fast - chunk` (less the unfilled slots) still cached as themselves, outside the sink."""
-        oldest = next_start - (self.p.window - (self.capacity - self.usable) - self.chunk_frames)
-        return [f for i, (kind, f) in enumerate(self.slots) if kind == "main" and i >= self.p.sink and f >= oldest]
-
-    def recache_frames(self, next_start: int, mode: str) -> list[int]:
-        return self.recent_frames(next_start)
-
-    def recache(self, chunk: int, next_start: int, mode: str, clear: bool = False) -> RecachePlan:
-        """The recent frames, attending the rest of what the next chunk attends (the released code has no
-        prompt switch; this is our window recache on its layout)."""
-        return window_recache(self, chunk, next_start)
-
-    def promotion_check(self, chunk: int, start: int) -> str:
-        return "ask" if self.p.slow and start >= self.p.window else "no"
-
-    def promote(self, start: int) -> tuple[ChunkPlan, tuple[str, int]]:
-        """Copy the current chunk's first frame into the context region now; returns the chunk's new plan
-        and the entry it displaced."""
-        s, n = self.p.sink, self.p.slow
-        if self.promotions < n:
-            dropped, self.slots[s + self.promotions] = self.slots[s + self.promotions], ("slow", start)
-        else:
-            dropped = self.slots.pop(s)
-            self.slots.insert(s + n - 1, ("slow", start))
-        self.promotions += 1
-        c = self._chunk
-        return self.plan(c.chunk, c.start, c.frames), dropped
-
-    def commit(self, start: int, frames: int, promote: bool) -> CommitChanges:
-        """Append the chunk; then roll the local region so that the next chunk fits."""
-        assert not promote, "the released cache promotes inside the pass (promote), never at commit"
-        changes = CommitChanges()
-        self.slots += [("main", f) for f in range(start, start + frames)]
-        local = self.p.sink + self.p.slow
-        while len(self.slots) + self.chunk_frames > self.usable:
-            kind, frame = self.slots.pop(local)
-            changes.evicted.append(frame)
-        return changes
-
-    def flush(self) -> list[tuple[str, int]]:
-        raise UserError(
-            f"the released Context Forcing cache has no flush; switch prompts without {option('flush_on_switch')} "
-            "or use layout=tiered"
-        )
-
-    def tiers(self) -> dict[str, list[int]]:
-        out = {"sink": [], "slow": [], "fast": []}
-        for i, (_, f) in enumerate(self.slots):
-            out[self._tier(i)].append(f)
-        return out
-
-
-def make_policy(params: TierParams, chunk_frames: int) -> TieredPolicy | ReleasedPolicy:
-    return ReleasedPolicy(params, chunk_frames) if params.layout == "released" else TieredPolicy(params, chunk_frames)
+        return ReleasedCache(params, chunk_frames)
+    return TieredPolicy(params, chunk_frames)

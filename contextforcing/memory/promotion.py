@@ -14,17 +14,19 @@ only when they need it, so a compiled forward of a rule without a signal never d
   PassSurprisal    the released code's timing in the tiered layout (`promote_on=any_pass`): every pass is
                    compared with the previous pass; the first crossing copies that pass's first frame,
                    attended from the next chunk
-  ReleasedSurprisal the released cache (`layout=released`): per layer, every pass, the batch's per-sample
-                   cosines averaged; the copy is made and attended within the deciding pass
+The released cache's rule (per layer, every pass, the copy attended within the deciding pass) lives with its
+layout in `released.py`; each policy object names its strategy (`TieredPolicy.promotion`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from contextforcing.memory.policies import TierParams
+if TYPE_CHECKING:
+    from contextforcing.memory.policies import TierParams
 
 
 @dataclass(frozen=True)
@@ -163,41 +165,3 @@ class PassSurprisal(Promotion):
 
     def at_commit(self, group):
         return group.layers[0] in self.promoted
-
-
-class ReleasedSurprisal(Promotion):
-    def __init__(self, params: TierParams, num_layers: int, tokens_per_frame: int):
-        super().__init__(params, num_layers, tokens_per_frame)
-        self.previous: list[torch.Tensor | None] = [None] * num_layers
-        self.promoted: set[int] = set()
-
-    def begin_chunk(self):
-        super().begin_chunk()
-        self.promoted.clear()
-
-    def observe(self, layer, group, k, v, commit):  # one layer per group
-        current, previous = mean_key(k), self.previous[layer]
-        self.previous[layer] = current  # always the last call's, whatever it decided (as released)
-        if previous is None or layer in self.promoted or group.check != "ask":
-            return None
-        sim = float(torch.cosine_similarity(current, previous, dim=1).mean())  # per sample, then the batch mean
-        self._record(group, sim)
-        if sim >= self.tau:
-            return None
-        self.promoted.add(layer)
-        return Copy({layer: self._kept_frame(k, v)}, now=True)
-
-    def at_commit(self, group):
-        return False  # done inside the pass
-
-
-def promotion_for(params: TierParams, num_layers: int, tokens_per_frame: int) -> Promotion:
-    if not params.surprisal:
-        strategy = Promotion
-    elif params.layout == "released":
-        strategy = ReleasedSurprisal
-    elif params.promote_on == "any_pass":
-        strategy = PassSurprisal
-    else:
-        strategy = CommitSurprisal
-    return strategy(params, num_layers, tokens_per_frame)

@@ -2,8 +2,9 @@
 
 Masks are built at frame granularity ([F_q, F_k] booleans, True = may attend) and expanded to tokens by
 the backend, so the same mask serves SDPA (dense bool mask; CPU and training) and flex_attention
-(block-sparse; GPU). Cached streaming inference needs at most a key mask: the memory hands over its slots
-and says which of them this chunk sees (`key_mask`), and a chunk sees itself fully.
+(block-sparse; GPU). Cached streaming inference needs no mask: the memory hands over exactly the keys a chunk
+attends (its store's attended prefix, or copies of it), and a chunk sees itself fully; read at fixed shapes (for
+torch.compile and CUDA graphs), the memory adds a key mask over its slots beyond what the chunk attends.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def attention(
 ) -> torch.Tensor:
     """q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D].
 
-    `frame_mask` [F_q, F_k] (True = may attend) or `key_mask` [Lk] (True = every query may attend that key).
-    """
+    `frame_mask` [F_q, F_k] (True = may attend) expanded to tokens, or `key_mask` [Lk] (True = every query may
+    attend that key: a memory read at fixed shapes, whose unused slots are masked), or neither: every query
+    attends every key (a memory read of exactly what the chunk attends)."""
     if backend == "flex" and frame_mask is not None:
         return _flex(q, k, v, frame_mask, tokens_per_frame)
     if backend not in BACKENDS:

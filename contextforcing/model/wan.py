@@ -111,9 +111,7 @@ class WanBlock(nn.Module):
         q = self.self_attn.project_query(h)
         k, v = self.self_attn.project_key_value(h)
         q_rot, k_rot = apply_rope(q, inputs.freqs), apply_rope(k, inputs.freqs)
-        keys, values, key_mask = k_rot, v, None
-        if memory is not None:
-            keys, values, key_mask = memory.keys_values(k, k_rot, v)
+        keys, values, key_mask = memory.keys_values(k, k_rot, v) if memory is not None else (k_rot, v, None)
         y = attention(q_rot, keys, values, inputs.frame_mask, inputs.tokens_per_frame, inputs.backend, key_mask)
         y = self.self_attn.o(y.flatten(2)).float().reshape(b, f, t, dim)
         x = x + y * gate1

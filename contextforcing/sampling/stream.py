@@ -65,6 +65,7 @@ class VideoStream:
         trainable: bool = False,
         recache: str = "window",
         reencode_noise: bool = False,
+        fixed_shapes: bool = False,
     ):
         """`trainable`: a training rollout, some of whose chunks keep an autograd graph; the text is then
         handed to the model as a tensor on every pass instead of a cross-attention cache.
@@ -72,10 +73,13 @@ class VideoStream:
         `TieredPolicy.recache`).
         `reencode_noise`: the commit pass of a generated chunk reads x0 noised to the commit timestep's table
         entry, as Self-Forcing's and Context Forcing's training rollouts do (docs/training.md); inference
-        reads x0."""
+        reads x0.
+        `fixed_shapes`: every pass reads the same memory shapes (`ContextMemory`), for torch.compile and CUDA graphs.
+        """
         check_recache(memory, recache)
         self.model, self.video, self.sampling, self.spec = model, video, sampling, memory
         self.trainable, self.recache, self.reencode_noise = trainable, recache, reencode_noise
+        self.fixed_shapes = fixed_shapes
         self.schedule = FlowMatchSchedule(sampling.shift, sampling.num_train_timesteps)
         if euler_num_steps:  # multi-step (teacher) sampling
             self.steps = euler_steps(euler_num_steps, self.schedule)
@@ -119,6 +123,7 @@ class VideoStream:
             dtype=self.dtype,
             max_frames=self.max_frames,
             headings=self.model.config.room_anchored,
+            fixed_shapes=self.fixed_shapes,
         )
 
     def noise(self, frames: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -188,7 +188,7 @@ class Harness:
         with torch.no_grad():  # inference: the slots view hands over its slot tensors only without autograd
             keys, values, mask = self.mem.layer(layer).keys_values(k, k, v)
         q = self.query[:, : k.shape[1]]
-        got = attention(q, keys, values, key_mask=mask)
+        got = attention(q, keys, values, key_mask=mask)  # no mask unless the memory reads at fixed shapes
         ref_k, ref_v = (k, v) if view is None else (torch.cat([view[0], k], 1), torch.cat([view[1], v], 1))
         want = attention(q, ref_k, ref_v)
         attended = keys.shape[1] if mask is None else int(mask.sum())

@@ -1,6 +1,6 @@
-"""The slots view (rotated-key buffer aligned with the slots, in-place reads, key mask) against the gather
-reference (tests/memory/gather_reference.py: a gathered, rotated copy per plan): the same model output over
-long streams of every policy.
+"""The slots view (the store's attended prefix read in place, rotated-key buffer aligned with the slots; with
+fixed shapes, the capacity read with a key mask) against the gather reference (tests/memory/gather_reference.py:
+a gathered, rotated copy per plan): the same model output over long streams of every policy, in float32 and bf16.
 
 Both memories are driven by the real streaming routine (`VideoStream`: 4 denoising passes + commit per
 chunk, prompt switches with recache, flush), so folds, promotions (commit / any_pass, global / per layer),
@@ -90,11 +90,12 @@ def _id(case):
     return "-".join([policy, *(f"{k}={v}" for k, v in {**options, **events}.items())])
 
 
+@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["attended", "fixed-shapes"])
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_slots_view_equals_the_gather_reference(model, tiny_video_cfg, case):
+def test_slots_view_equals_the_gather_reference(model, tiny_video_cfg, case, fixed_shapes):
     policy, options, events = case
     ref_stream, ref = rollout(model, tiny_video_cfg, policy, options, "gather", **events)
-    stream, got = rollout(model, tiny_video_cfg, policy, options, "slots", **events)
+    stream, got = rollout(model, tiny_video_cfg, policy, options, "slots", fixed_shapes=fixed_shapes, **events)
     for a, b in zip(ref, got):
         assert (a.plan, a.update.promoted, a.update.evicted) == (b.plan, b.update.promoted, b.update.evicted), (
             f"chunk {a.index}: the memories planned differently"
@@ -114,6 +115,21 @@ def test_slots_view_equals_the_gather_reference(model, tiny_video_cfg, case):
         assert stream.memory.rotations == ref_stream.memory.rotations
     if policy == "slow_fast" and options.get("rule") != "uniform":
         assert any(c.plan.tier("slow") for c in got), "surprisal never promoted: the case tests nothing"
+
+
+BF16_CASES = [("sink", {}, {}), ("slow_fast", {"rule": "uniform", "interval": 2}, {"switch": 14})]
+BF16_TOL = 0.05  # bf16 keeps 8 bits of mantissa: summation order moves outputs of order 1 by a few 1e-3
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=[_id(c) for c in BF16_CASES])
+def test_slots_view_equals_the_gather_reference_in_bf16(model, tiny_video_cfg, case):
+    policy, options, events = case
+    half = build_model(model.config, seed=0).to(torch.bfloat16)
+    _, ref = rollout(half, tiny_video_cfg, policy, options, "gather", **events)
+    _, got = rollout(half, tiny_video_cfg, policy, options, "slots", **events)
+    assert all(a.plan == b.plan for a, b in zip(ref, got))
+    err = max((a.latents.float() - b.latents.float()).abs().max().item() for a, b in zip(ref, got))
+    assert err <= BF16_TOL, f"bf16 slots view differs from the gather reference by {err:.3g}"
 
 
 def test_batch_and_guidance_branches(model, tiny_video_cfg):

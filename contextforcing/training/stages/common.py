@@ -10,9 +10,10 @@ import torch
 
 from contextforcing.config import SamplingConfig, VideoConfig, get_preset
 from contextforcing.errors import UserError
+from contextforcing.memory.context import ContextMemory
 from contextforcing.memory.plan import ChunkPlan
-from contextforcing.memory.policies import MemorySpec, make_policy, make_spec, tier_params
-from contextforcing.memory.promotion import SurprisalTrack, mean_key, pooled_key
+from contextforcing.memory.policies import MemorySpec, make_spec
+from contextforcing.memory.promotion import mean_key, pooled_key
 from contextforcing.model.wan import CausalWanModel, build_model
 from contextforcing.sampling.camera import CameraStep
 from contextforcing.sampling.scheduler import FlowMatchSchedule
@@ -126,25 +127,10 @@ def memory_spec(values: dict) -> MemorySpec:
 def plan_after_history(
     spec: MemorySpec, chunk_frames: int, history: int, signals: list[torch.Tensor] | None = None
 ) -> ChunkPlan:
-    """Host-only replay of the student's policy over `history` committed frames (whole chunks), then the
-    plan of the chunk that starts right after: which sink / slow / fast frames it attends, at which
-    positions (the policy's one position rule). A surprisal rule runs on `signals`, one representation per
-    chunk (`chunk_signals`); only layouts that promote at commit can be replayed without the model."""
-    params = tier_params(spec, chunk_frames)
-    policy = make_policy(params, chunk_frames)
-    if policy.promotes_within_chunk:
-        raise UserError(
-            "a memory that promotes inside a pass (layout=released) needs the model's keys; "
-            "use slow_rule=surprisal for it"
-        )
-    track = SurprisalTrack(params.tau, params.compare) if params.surprisal else None
-    if track is not None and (signals is None or len(signals) < history // chunk_frames):
-        raise ValueError("a surprisal rule needs one signal per history chunk")
-    for index, start in enumerate(range(0, history, chunk_frames)):
-        check = policy.promotion_check(index, start)
-        promote = track.decide(signals[index], check)[0] if track is not None else check == "yes"
-        policy.commit(start, chunk_frames, promote)
-    return policy.plan(history // chunk_frames, history, chunk_frames)
+    """The student memory's plan of the chunk right after `history` committed frames (whole chunks): which sink /
+    slow / fast frames it attends, at which positions, replayed by the memory's own driver
+    (`ContextMemory.replay`) on `signals`, one surprisal representation per chunk (`chunk_signals`)."""
+    return ContextMemory.replay(spec, chunk_frames, history, signals)
 
 
 @torch.no_grad()
