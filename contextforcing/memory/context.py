@@ -101,6 +101,11 @@ class _Group:
         return len(self.plan.context) + len(self.current)
 
 
+def _circular(d: float, period: int) -> float:
+    """|d| on a circle of `period` (a room `period` tokens around); plain |d| without one."""
+    return abs((d + period / 2) % period - period / 2) if period else abs(d)
+
+
 def _key(attended) -> tuple[str, int]:
     """The storage entry of an attended frame: its own ('main') or a promoted copy ('slow')."""
     return ("slow" if attended.copy else "main", attended.frame)
@@ -147,16 +152,29 @@ class ContextMemory:
         self._commit_pass = False
         self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
+        self.frame_keys: dict[int, torch.Tensor] = {}  # retrieval by keys: frame -> its chunk's pooled layer-0 keys
+        for g in self.groups:
+            if hasattr(g.policy, "relevance"):
+                g.policy.relevance = self._relevance
+        if self.params.score == "view" and not headings:
+            raise UserError("memory option score=view reads camera headings: it needs a room-anchored model; use keys")
 
     @classmethod
     def replay(
-        cls, spec: MemorySpec, chunk_frames: int, history: int, signals: list[torch.Tensor] | None = None
+        cls,
+        spec: MemorySpec,
+        chunk_frames: int,
+        history: int,
+        signals: list[torch.Tensor] | None = None,
+        headings: list[float] | None = None,
+        model_layout: MemoryLayout | None = None,
     ) -> ChunkPlan:
         """The plan of the chunk after `history` committed frames (whole chunks), without the model: the driver
         itself on a store of one single-token layer whose commit-pass keys are each chunk's surprisal signal
         (`signals`, one pooled key per chunk; the rule's pooling keeps it as it is), so training lays out a
         teacher's context exactly as the student's memory plans it. Only rules decided on the commit pass can be
-        replayed (the signals are the commit passes' keys)."""
+        replayed (the signals are the commit passes' keys). A retrieval by view reads the frames' camera
+        `headings` (one per frame, sample 0's) and the view and room sizes of `model_layout`."""
         params = tier_params(spec, chunk_frames)
         if params.promote_on != "commit" or params.layout != "tiered":
             raise UserError("only a memory that promotes on the commit pass can be replayed without the model's keys")
@@ -164,16 +182,28 @@ class ContextMemory:
         if params.surprisal and (signals is None or len(signals) < chunks):
             raise ValueError("a surprisal rule needs one signal per history chunk")
         dim = signals[0].numel() if signals else 1
-        layout = MemoryLayout(num_layers=1, tokens_per_frame=1, num_heads=1, head_dim=dim, chunk_frames=chunk_frames)
-        memory = cls(spec, layout, key_rotation=lambda keys, *_: keys.flatten(1, 2), max_frames=history + chunk_frames)
+        sizes = (
+            {}
+            if model_layout is None
+            else {"view_tokens": model_layout.view_tokens, "room_tokens": model_layout.room_tokens}
+        )
+        layout = MemoryLayout(1, 1, 1, dim, chunk_frames, **sizes)
+        rotation = lambda keys, *_: keys.flatten(1, 2)  # noqa: E731  (no model: positions are the plan's alone)
+        memory = cls(
+            spec, layout, key_rotation=rotation, max_frames=history + chunk_frames, headings=headings is not None
+        )
+
+        def chunk_headings(start):
+            return None if headings is None else [list(headings[start : start + chunk_frames])]
+
         for index, start in enumerate(range(0, history, chunk_frames)):
-            memory.begin_chunk(start, chunk_frames)
+            memory.begin_chunk(start, chunk_frames, chunk_headings(start))
             memory.begin_pass(commit=True)
-            key = signals[index] if params.surprisal else torch.zeros(dim)
+            key = signals[index] if signals else torch.zeros(dim)
             keys = key.reshape(1, 1, 1, dim).expand(1, chunk_frames, 1, dim).float()
             memory.layer(0).keys_values(keys, keys, keys)
             memory.commit()
-        return memory.begin_chunk(history, chunk_frames)
+        return memory.begin_chunk(history, chunk_frames, chunk_headings(history))
 
     @staticmethod
     def slot_count(spec: MemorySpec, chunk_frames: int, max_frames: int | None = None) -> int:
@@ -225,6 +255,8 @@ class ContextMemory:
         if self.uses_headings:
             frames = plan.context_frames + plan.current_frames
             plan = dataclasses.replace(plan, headings={f: self.frame_headings[f][0] for f in frames})
+        if self.params.score is not None:
+            plan = dataclasses.replace(plan, retrieval=dict(self.groups[0].policy.scores))
         return plan
 
     # -- chunk lifecycle ---------------------------------------------------------------------------
@@ -258,6 +290,8 @@ class ContextMemory:
         store follow (a prompt switch's re-encode pass is written and ends here)."""
         for layer, (k, v) in self._written.items():
             self.store.write(layer, self._group_of[layer].current_slots, k, v)
+        if self.params.score == "keys" and not self._recache:
+            self._remember_keys()
         self._written = {}
         if self._recache:  # the end of a recache: frames no longer stored leave the store again
             for g, plan in zip(self.groups, self._recache):
@@ -374,6 +408,29 @@ class ContextMemory:
         if not self.uses_headings:
             return self.rotate_keys(keys, positions)
         return self.rotate_keys(keys, positions, self._headings_of([a.frame for a in attended]))
+
+    # -- retrieval (retrieve policy) -----------------------------------------------------------------------
+    def _relevance(self, frames: list[int], start: int) -> list[float]:
+        """How relevant each bank keyframe is to the chunk at `start` (`retrieve.py`), computed on the host plan."""
+        if self.params.score == "view":  # a recache plans the next chunk before its headings: the last view
+            now = self.frame_headings.get(start, self.frame_headings.get(start - 1, (0.0,)))[0]
+            room, width = self.layout.room_tokens, self.layout.view_tokens
+            return [max(0.0, width - _circular(self.frame_headings[f][0] - now, room)) / width for f in frames]
+        query = self.frame_keys.get(start - 1)
+        if query is None:
+            return [0.0] * len(frames)
+        bank = torch.stack([self.frame_keys[f] for f in frames])
+        return torch.cosine_similarity(bank, query[None], dim=1).tolist()  # one host read, at planning
+
+    def _remember_keys(self) -> None:
+        """The committed chunk's pooled layer-0 keys, for its frames (the query of the next plan, and of every
+        keyframe the bank keeps); frames neither stored nor the last are forgotten."""
+        pooled = self._written[0][0].float().mean(dim=(0, 1)).flatten()  # [H*D]: tokens and batch pooled
+        for f in range(self.start, self.start + self.frames):
+            self.frame_keys[f] = pooled
+        stored = {f for g in self.groups for _, f in g.slots.slot}  # the bank, before this commit's admission
+        last = self.start + self.frames - 1
+        self.frame_keys = {f: k for f, k in self.frame_keys.items() if f in stored or f >= self.start or f == last}
 
     # -- camera headings (room-anchored models) ---------------------------------------------------------
     def _set_headings(self, frames, headings) -> None:

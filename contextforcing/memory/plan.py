@@ -36,6 +36,7 @@ class ChunkPlan:
     current_positions: tuple[int, ...]
     slow_per_layer: tuple[tuple[int, ...], ...] | None = None
     headings: dict[int, float] | None = None  # room-anchored model: each frame's camera heading (tokens, sample 0)
+    retrieval: dict[int, float] | None = None  # retrieval memory: every bank keyframe and its relevance (picks: slow)
 
     @property
     def current_frames(self) -> list[int]:
@@ -80,6 +81,8 @@ class ChunkPlan:
             out["slow_per_layer"] = [list(s) for s in self.slow_per_layer]
         if self.headings is not None:
             out["headings"] = {str(f): h for f, h in self.headings.items()}
+        if self.retrieval is not None:
+            out["retrieval"] = {str(f): r for f, r in self.retrieval.items()}
         return out
 
 

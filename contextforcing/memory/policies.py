@@ -85,6 +85,18 @@ class SlowFastOptions:
     layout: str = "tiered"  # tiered | released: the official code's cache, exactly (sets the four switches above)
 
 
+@dataclass(frozen=True)
+class RetrieveOptions:
+    """Retrieval memory: sink + the `top_k` keyframes of a bounded bank most relevant to the chunk + fast window."""
+
+    sink: int = 3
+    bank: int = 32  # keyframes kept (FIFO): the chunk's last frame every `interval` chunks
+    top_k: int = 8  # of them attended per chunk, chosen by `score`
+    fast: int = 6
+    interval: int = 2
+    score: str = "view"  # view: overlap with the current view (camera headings) | keys: like the last chunk's keys
+
+
 POLICY_OPTIONS = {
     "full": FullOptions,
     "rolling": RollingOptions,
@@ -92,6 +104,7 @@ POLICY_OPTIONS = {
     "relative": SinkOptions,
     "ema_sink": EmaSinkOptions,
     "slow_fast": SlowFastOptions,
+    "retrieve": RetrieveOptions,
 }
 
 OPTION_CHOICES = {
@@ -103,6 +116,7 @@ OPTION_CHOICES = {
     "compare": ("previous", "checked"),
     "keep": ("first", "last"),
     "key_layers": ("all", "first"),
+    "score": ("view", "keys"),
 }
 
 # What `layout=released` fixes: the released code decides on every pass (noisy ones too), per layer,
@@ -178,6 +192,10 @@ class MemorySpec:
     def slow_fast(cls, **options) -> "MemorySpec":
         return cls._given("slow_fast", options)
 
+    @classmethod
+    def retrieve(cls, **options) -> "MemorySpec":
+        return cls._given("retrieve", options)
+
 
 def make_spec(name: str, overrides: dict | None = None, chunk_frames: int | None = None) -> MemorySpec:
     """A policy by name with `overrides` (as parsed from `--memory-opt key=value`) over its defaults; with
@@ -229,11 +247,14 @@ class TierParams:
     compare: str = "previous"  # commit-pass surprisal: previous | checked
     keep_last: bool = False  # a promotion copies the chunk's last latent frame (else its first)
     first_layer_keys: bool = False  # commit-pass surprisal, global scope: the first layer's keys only
+    attend_slow: int | None = None  # retrieval: slow frames a chunk attends (the others wait in the bank)
+    score: str | None = None  # retrieval: what chooses them (view | keys); None: every slow frame is attended
 
     @property
     def capacity(self) -> int | None:
         """Most frames attended by one chunk (current included): the bounded position range."""
-        return None if self.window is None else self.sink + self.slow + self.window
+        attended_slow = self.slow if self.attend_slow is None else self.attend_slow
+        return None if self.window is None else self.sink + attended_slow + self.window
 
     @property
     def surprisal(self) -> bool:
@@ -259,6 +280,23 @@ def tier_params(spec: MemorySpec, chunk_frames: int) -> TierParams:
             raise UserError("ema_sink needs a sink of at least 1 frame to fold evicted frames into")
         if not 0.0 <= o.alpha <= 1.0:
             raise UserError(f"ema_sink alpha must be in [0, 1], got {o.alpha}")
+    elif name == "retrieve":
+        p = TierParams(
+            sink=o.sink,
+            slow=o.bank,
+            window=o.fast,
+            bounded=True,
+            rule="uniform",
+            interval=o.interval,
+            keep_last=True,
+            attend_slow=o.top_k,
+            score=o.score,
+        )
+        if not 0 <= o.top_k <= o.bank or (o.bank > 0 and o.sink < 1) or o.interval < 1:
+            raise UserError(
+                f"retrieve needs 0 <= top_k <= bank, a sink of at least 1 frame and interval >= 1 (got top_k="
+                f"{o.top_k}, bank={o.bank}, sink={o.sink}, interval={o.interval})"
+            )
     else:
         commit_rule = o.promote_on == "commit" and o.layout == "tiered"  # compare and key_layers apply to it only
         p = TierParams(
@@ -369,7 +407,8 @@ class TieredPolicy:
         # EMA folding keeps up to a sink's worth of evicted frames until their group is complete; a copy
         # promoted on a noisy pass waits in a staging slot until the commit evicts the oldest slow frame.
         staged = p.surprisal and p.promote_on == "any_pass"
-        return p.capacity + (p.sink if p.ema_alpha is not None else 0) + (1 if staged else 0)
+        waiting = p.slow - p.attend_slow if p.attend_slow is not None else 0  # a bank's frames not attended
+        return p.capacity + waiting + (p.sink if p.ema_alpha is not None else 0) + (1 if staged else 0)
 
     def kept_frame(self, start: int, frames: int) -> int:
         return self.p.kept_frame(start, frames)
@@ -377,7 +416,7 @@ class TieredPolicy:
     # -- planning --------------------------------------------------------------------------------
     def plan(self, chunk: int, start: int, frames: int) -> ChunkPlan:
         fast = self._cached_fast(start, frames)
-        slow = [f for f in self.slow if not (self.p.dedupe and f in fast)]
+        slow = self._attended_slow([f for f in self.slow if not (self.p.dedupe and f in fast)], start)
         entries = [("sink", f, False) for f in self.sink] + [("slow", f, True) for f in slow]
         entries += [("fast", f, False) for f in fast]
         if self.p.bounded:
@@ -388,6 +427,10 @@ class TieredPolicy:
             positions, current = [f for _, f, _ in entries], list(range(start, start + frames))
         context = tuple(Attended(t, f, p, c) for (t, f, c), p in zip(entries, positions))
         return ChunkPlan(chunk, start, frames, context, tuple(current))
+
+    def _attended_slow(self, candidates: list[int], start: int) -> list[int]:
+        """The slow frames the chunk at `start` attends (tiered: every one)."""
+        return candidates
 
     def _cached_fast(self, start: int, frames: int) -> list[int]:
         if self.p.window is None:
@@ -510,9 +553,14 @@ class TieredPolicy:
 
 
 def make_policy(params: TierParams, chunk_frames: int):
-    """The policy object of resolved parameters: the released cache (`released.py`) or the tiered one."""
+    """The policy object of resolved parameters: the released cache (`released.py`), a retrieval memory
+    (`retrieve.py`) or the tiered one."""
     if params.layout == "released":
         from contextforcing.memory.released import ReleasedCache
 
         return ReleasedCache(params, chunk_frames)
+    if params.score is not None:
+        from contextforcing.memory.retrieve import RetrievePolicy
+
+        return RetrievePolicy(params, chunk_frames)
     return TieredPolicy(params, chunk_frames)

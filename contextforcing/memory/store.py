@@ -28,10 +28,21 @@ class MemoryLayout:
     num_heads: int
     head_dim: int
     chunk_frames: int
+    view_tokens: int = 0  # tokens across one view (a retrieval by view overlap)
+    room_tokens: int = 0  # tokens round a room-anchored model's room (0: none)
 
     @classmethod
     def for_model(cls, model: ModelConfig, video: VideoConfig) -> "MemoryLayout":
-        return cls(model.num_layers, video.tokens_per_frame(model), model.num_heads, model.head_dim, video.chunk_frames)
+        view = video.latent_width // model.patch_size[2]
+        return cls(
+            model.num_layers,
+            video.tokens_per_frame(model),
+            model.num_heads,
+            model.head_dim,
+            video.chunk_frames,
+            view,
+            model.room_tokens,
+        )
 
     def frame_bytes(self, dtype: torch.dtype) -> int:
         """Bytes of K plus V for one latent frame in one layer."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from contextforcing.errors import UserError
+from contextforcing.memory.policies import make_spec
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.config import load_train_config
 from contextforcing.training.registry import BuildContext, get_stage
@@ -254,6 +255,25 @@ SURPRISAL = (
     "{policy: slow_fast, sink: 3, slow: 4, fast: 6, rule: surprisal, tau: 0.999, interval: 1, "
     "compare: checked, keep: last, key_layers: first}"
 )
+RETRIEVE = {"sink": 3, "bank": 6, "top_k": 2, "fast": 6, "interval": 1, "score": "keys"}
+
+
+def test_teacher_retrieval_layout_is_the_memorys(tmp_path):
+    """A retrieval memory by keys: the teacher's layout (the driver replayed on the first-block keys of the whole
+    history) is the plan the real memory reaches by streaming that history through the teacher."""
+    stage = _shrunk("teacher", tmp_path)
+    stage.spec = make_spec("retrieve", RETRIEVE)  # the config's memory is a slow_fast dict: set the spec itself
+    batch = next(stage.batches(0, 1, 0))
+    text = stage.encoder.encode(batch["clips"][0].prompts[:1])
+    picked = 0
+    frames = batch["latents"].shape[2]
+    for history in [h for h in range(0, frames - 2, 6)]:
+        stream = VideoStream(stage.teacher, text, stage.spec, stage.video, max_frames=history + 3)
+        stream.prefill(batch["latents"][:, :, :history])
+        plan = stream.memory.begin_chunk(history, 3)
+        assert stage.layout(history, text, batch["latents"]) == layout_from_plan(plan, 3), history
+        picked += len(plan.tier("slow"))
+    assert picked > 0
 
 
 def test_teacher_surprisal_layout_is_the_memorys_on_the_first_block_keys(tmp_path):

@@ -125,12 +125,18 @@ def memory_spec(values: dict) -> MemorySpec:
 
 
 def plan_after_history(
-    spec: MemorySpec, chunk_frames: int, history: int, signals: list[torch.Tensor] | None = None
+    spec: MemorySpec,
+    chunk_frames: int,
+    history: int,
+    signals: list[torch.Tensor] | None = None,
+    headings: list[float] | None = None,
+    model_layout=None,
 ) -> ChunkPlan:
     """The student memory's plan of the chunk right after `history` committed frames (whole chunks): which sink /
     slow / fast frames it attends, at which positions, replayed by the memory's own driver
-    (`ContextMemory.replay`) on `signals`, one surprisal representation per chunk (`chunk_signals`)."""
-    return ContextMemory.replay(spec, chunk_frames, history, signals)
+    (`ContextMemory.replay`) on `signals`, one surprisal representation per chunk (`chunk_signals`), and for a
+    retrieval by view the frames' camera `headings` (the model's `model_layout` gives the view and room)."""
+    return ContextMemory.replay(spec, chunk_frames, history, signals, headings, model_layout)
 
 
 @torch.no_grad()

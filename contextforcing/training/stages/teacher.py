@@ -37,6 +37,7 @@ import torch.nn as nn
 from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
 from contextforcing.memory.policies import tier_params
+from contextforcing.memory.store import MemoryLayout
 from contextforcing.sampling.scheduler import add_noise, x0_from_flow
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training import losses
@@ -195,7 +196,11 @@ class TeacherStage:
         `headings` for a room-anchored model)."""
         chunk = self.video.chunk_frames
         params = tier_params(self.spec, chunk)
-        if self.options.slow_rule == "stride" or not params.surprisal:
+        if params.score is not None:  # a retrieval memory: its relevance reads the keys or the camera headings
+            signals = chunk_signals(self.teacher, latents[:, :, :history], self.sampling, chunk)
+            layout = MemoryLayout.for_model(self.teacher.config, self.video)
+            plan = plan_after_history(self.spec, chunk, history, signals, headings, layout)
+        elif self.options.slow_rule == "stride" or not params.surprisal:
             plan = plan_after_history(self.spec, chunk, history)
         elif params.first_layer_keys:
             signals = chunk_signals(self.teacher, latents[:, :, :history], self.sampling, chunk)
