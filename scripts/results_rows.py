@@ -109,6 +109,26 @@ ROWS = [
     ),
     Row("slow_empty", "slow_fast with the slow tier emptied (sink 3 + fast 6)", memory={"slow": 0}),
     Row(
+        "retrieve_view",
+        "retrieval: sink 3 + the 8 of a 32-keyframe bank that saw the current view + fast 6 (17 attended)",
+        memory={"policy": "retrieve", "bank": 32, "top_k": 8, "interval": 2, "score": "view"},
+    ),
+    Row(
+        "retrieve_keys",
+        "retrieval: sink 3 + the 8 of a 32-keyframe bank most like the last chunk's keys + fast 6 (17 attended)",
+        memory={"policy": "retrieve", "bank": 32, "top_k": 8, "interval": 2, "score": "keys"},
+    ),
+    Row(
+        "rolling17",
+        "rolling window of 17 frames (as many attended as slow_fast)",
+        memory={"policy": "rolling", "window": 17},
+    ),
+    Row(
+        "sink17",
+        "sink 3 + window 14 (as many attended as slow_fast)",
+        memory={"policy": "sink", "sink": 3, "window": 14},
+    ),
+    Row(
         "paper_rule",
         "slow_fast, the paper's surprisal rule (against the previous chunk, keys of all layers, first "
         "frame kept, tau 0.95)",

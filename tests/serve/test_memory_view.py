@@ -17,6 +17,7 @@ MEMORIES = {
     "sink": {"policy": "sink"},
     "ema_sink": {"policy": "ema_sink"},
     "rolling": {"policy": "rolling"},
+    "retrieve": {"policy": "retrieve", "bank": 4, "top_k": 2, "score": "keys"},
 }
 
 
@@ -50,7 +51,9 @@ def test_store_holds_every_frame_a_later_chunk_attends_and_stays_bounded(tiny, m
     video = tiny.preset.video
     rows = 1  # the strictest store: only the last plan's frames
     store = ThumbnailStore(video.vae_stride_t, rows)
-    capacity = tiny.memory_for(memory).params(video.chunk_frames).capacity
+    params = tiny.memory_for(memory).params(video.chunk_frames)
+    waiting = 0 if params.attend_slow is None else params.slow - params.attend_slow  # a bank's unpicked keyframes
+    capacity = params.capacity + waiting
     dropped_so_far, sizes = set(), []
     for chunk in tiny.stream("a red ball", seconds=40, seed=2, memory=memory):
         needed = {a.frame for a in chunk.plan.context}
@@ -82,6 +85,22 @@ def test_row_is_the_plan(tiny):
             assert e["time"] == (video.pixel_frames_for(e["frame"] + 1) - 1) / video.fps
         assert view["promoted"] == list(chunk.update.promoted) and view["evicted"] == list(chunk.update.evicted)
         assert view["similarity"] == chunk.update.similarity
+
+
+def test_bank_row_is_the_retrieval(tiny):
+    """A retrieval memory's panel shows its whole bank: each keyframe's relevance, and picked = attended as slow."""
+    video = tiny.preset.video
+    store = ThumbnailStore(video.vae_stride_t, rows=1)
+    banks = []
+    for chunk in tiny.stream("a red ball", seconds=30, seed=4, memory={"policy": "retrieve", "bank": 4, "top_k": 2, "score": "keys"}):
+        store.add(chunk)
+        view = chunk_view(chunk, store, video)
+        retrieval = chunk.plan.retrieval
+        assert [(e["frame"], e["relevance"]) for e in view["bank"]] == sorted(retrieval.items())
+        assert {e["frame"] for e in view["bank"] if e["picked"]} == set(chunk.plan.tier("slow"))
+        assert {e["frame"] for e in view["bank"]} <= set(store.thumbnails)  # every bank card has its picture
+        banks.append(len(view["bank"]))
+    assert max(banks) == 4 and sum(e["picked"] for e in view["bank"]) == 2  # the bank filled; 2 of 4 picked
 
 
 def test_big_frames_are_shrunk_for_thumbnails():

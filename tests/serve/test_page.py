@@ -130,6 +130,22 @@ def test_memory_panel_shows_each_chunks_plan(pipe, page, tmp_path):
         shutil.copyfile(screenshot, DOCS / "serve_page.png")
 
 
+def test_a_retrieval_memory_shows_its_bank_and_its_picks(pipe, page):
+    memory = {"policy": "retrieve", "bank": 4, "top_k": 2, "score": "keys"}
+    expected = reference(pipe, 12, seed=13, memory=memory)
+    page.execute_script("document.getElementById('policy').value = 'retrieve'; renderOptions();")
+    start(page, pipe.example_prompt, seed=13, options={k: v for k, v in memory.items() if k != "policy"})
+    wait_shown(page, chunk=8)
+    rows = page.execute_script(READ_PANEL)
+    for row in rows:
+        want = expected[row["chunk"]]
+        bank = row["groups"]["bank"]
+        assert [f for f, *_ in bank] == sorted(want.plan.retrieval)
+        assert {f for f, _, mark, _ in bank if mark == "picked"} == set(want.plan.tier("slow"))
+        assert all(has_thumbnail for *_, has_thumbnail in bank)
+    assert any(mark == "waiting" for _, _, mark, _ in rows[0]["groups"]["bank"]), "a keyframe left waiting"
+
+
 def test_a_prompt_switch_lands_in_the_event_log_at_a_chunk_boundary(pipe, page):
     prompt, flush = second_prompt(pipe)
     start(page, pipe.example_prompt, seed=13)
