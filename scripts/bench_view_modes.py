@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from contextforcing.bench import parse_windows
+from contextforcing.cli.bench import parse_windows
 from contextforcing.config import SamplingConfig
 from contextforcing.memory.policies import make_spec
 from contextforcing.pipeline import Pipeline

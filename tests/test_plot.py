@@ -8,7 +8,7 @@ from PIL import Image
 
 import contextforcing as cf
 from contextforcing.cli import main
-from contextforcing.plot import memory_points
+from contextforcing.cli.plot import memory_points
 from contextforcing.trace import read_sidecar
 
 PROMPT = "warm room, hold, lights on, black ball"

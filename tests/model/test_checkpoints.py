@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from contextforcing.cli import convert_weights as checkpoints_cli
 from contextforcing.config import ModelConfig, get_preset
 from contextforcing.errors import UserError
-from contextforcing.model import checkpoints_cli
 from contextforcing.model.checkpoints import (
     check_complete,
     checkpoint_config,

@@ -1,7 +1,7 @@
 """`contextforcing convert`: any supported Wan2.1 DiT checkpoint -> one safetensors file (original or diffusers names).
 
-The lead's `cli.py` calls `register(subparsers)`; the handler returns an exit code and raises `UserError`
-for bad input (the CLI turns it into a one-line message and exit code 2).
+`cli.main` calls `register(subparsers)`; the handler returns an exit code and raises `UserError` for bad input
+(the CLI turns it into a one-line message and exit code 2).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from contextforcing.cli.args import add_lora_alpha_arg, add_weight_choice_args, examples
 from contextforcing.config import PRESETS, get_preset
 from contextforcing.errors import UserError
 from contextforcing.model.checkpoints import (
@@ -36,40 +37,7 @@ model directory with diffusion_pytorch_model.safetensors and a config.json (diff
 --to diffusers, so WanTransformer3DModel.from_pretrained(OUT) works; Wan's own otherwise)."""
 
 
-def add_weight_choice_args(parser: argparse.ArgumentParser) -> None:
-    """--ema / --no-ema: which generator of a training .pt; neither means EMA, unless the LoRA was trained on
-    the raw generator (LongLive), and either one always wins."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--ema",
-        dest="use_ema",
-        action="store_const",
-        const=True,
-        default=None,
-        help="training checkpoints: `generator_ema` (the default unless a LongLive LoRA asks for `generator`)",
-    )
-    group.add_argument(
-        "--no-ema",
-        dest="use_ema",
-        action="store_const",
-        const=False,
-        help="training checkpoints: the raw `generator`, not `generator_ema`",
-    )
-
-
-def add_lora_alpha_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lora-alpha",
-        type=float,
-        default=None,
-        help="LoRA alpha, scale = alpha / rank (default: stored in the adapter, else alpha = rank; "
-        "LongLive's lora.pt stores none)",
-    )
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from contextforcing.cli import examples
-
     parser = subparsers.add_parser(
         "convert",
         help="convert a Wan2.1 / distilled checkpoint to a single safetensors file",

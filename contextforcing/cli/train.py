@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from contextforcing.cli.args import add_threads_arg, examples
+
 _TRAIN_DESCRIPTION = """Train one stage of the Context Forcing recipe: teacher (the long-context teacher), ode (ODE
 regression initialisation of the student), dmd (Stage 1: distribution matching on short windows), cdmd (Stage 2:
 Contextual DMD on long rollouts with the memory). Each run writes a run directory (trainer.run_dir) with
@@ -59,8 +61,6 @@ class _ConfigThenOverrides(argparse.Action):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from contextforcing.cli import add_threads_arg, examples
-
     train = subparsers.add_parser(
         "train",
         help="train a stage (teacher, ode, dmd, cdmd); rerun to resume",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from contextforcing import loading
+from contextforcing.cli.args import add_model_args, examples
 from contextforcing.config import ModelConfig, SamplingConfig, VideoConfig, from_dict, get_preset
 from contextforcing.data.video import VideoWriter, check_output, publish_video
 from contextforcing.errors import Interrupted, UserError, quote
@@ -240,3 +241,66 @@ def _parse_switch(text: str) -> tuple[float, str]:
     if not sep or not prompt.strip() or not 0 < seconds < math.inf:
         raise UserError(f"--switch {quote(text)} must look like SECONDS:PROMPT with SECONDS > 0, e.g. 10:a blue cube")
     return seconds, prompt.strip()
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+_EXAMPLE_PROMPT = "warm room, hold, lights on, black ball"  # the embedded model reads the panorama grammar
+
+_GENERATE_DESCRIPTION = """Generate a video chunk by chunk and write it to an mp4 as the chunks finish, with a JSON
+sidecar beside it (config, seed, timings, the memory's trace, version and command line). With no weight flags:
+the embedded world model and the memory it was trained with. Prompt switches (--switch, --prompts) are given in
+seconds of video and land on the nearest chunk boundary."""
+
+
+def register(sub) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="generate a video, streaming it to an mp4 as chunks finish",
+        description=_GENERATE_DESCRIPTION,
+        epilog=examples(
+            f'contextforcing generate --prompt "{_EXAMPLE_PROMPT}" --seconds 20 --out video.mp4',
+            f'contextforcing generate --prompt "{_EXAMPLE_PROMPT}" --seconds 20 '
+            f'--switch "10:{_EXAMPLE_PROMPT.replace("hold", "pan left")}" --out switched.mp4',
+            "contextforcing generate --prompts tour.jsonl --seconds 120 --memory rolling --memory-opt window=12 "
+            "--out rolling.mp4",
+            "contextforcing generate --preset tiny --random-init --prompt 'a red ball' --seconds 20 --out random.mp4",
+            'contextforcing generate --wan-dir Wan2.1-T2V-1.3B --checkpoint model.pt --prompt "a fox in the snow" '
+            "--seconds 60 --out fox.mp4",
+        ),
+    )
+    add_model_args(gen)
+    gen.add_argument("--prompt", help="starting prompt (optional when --prompts starts at 0 s)")
+    gen.add_argument(
+        "--prompts",
+        metavar="SCRIPT.jsonl",
+        help='prompt script, one {"at": SECONDS, "prompt": TEXT} per line; switches land on chunk boundaries',
+    )
+    gen.add_argument("--init-video", help="continue this video: its last frames are encoded and prefilled into memory")
+    gen.add_argument("--init-image", help="start from this image: encoded and prefilled into memory")
+    gen.add_argument("--out", required=True, help="output .mp4; a .json sidecar is written beside it")
+    gen.add_argument(
+        "--switch",
+        action="append",
+        metavar="SECONDS:PROMPT",
+        help="switch to PROMPT at SECONDS of video (the nearest chunk boundary, as --prompts places them); repeatable",
+    )
+    gen.add_argument(
+        "--flush-on-switch",
+        action="store_true",
+        help="drop sink and slow memory at a switch (with --recache longlive: LongLive's global_sink false)",
+    )
+    gen.add_argument(
+        "--recache",
+        choices=("window", "longlive"),
+        default="window",
+        help="what a switch re-encodes: the recent frames the next chunk attends (window), or exactly "
+        "what LongLive 1.0 re-encodes (longlive; --memory sink)",
+    )
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    sidecar = run_generation(request_from_args(args), progress=not args.quiet)
+    print(f"wrote {args.out} ({sidecar['pixel_frames']} frames, {sidecar['latent_frames']} latent) and its sidecar")
+    return 0

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from contextforcing.cli.args import add_threads_arg, examples
 from contextforcing.errors import UserError
 
 
@@ -22,8 +23,6 @@ def _occlusion_list(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import examples
-
     p = subparsers.add_parser(
         "world",
         help="render the synthetic worlds, or write a training dataset",
@@ -48,8 +47,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _add_render(sub) -> None:
-    from contextforcing.cli import add_threads_arg, examples
-
     r = sub.add_parser(
         "render",
         help="write one world video (mp4) and its annotations (json)",
@@ -98,8 +95,6 @@ def _add_render(sub) -> None:
 
 
 def _add_dataset(sub) -> None:
-    from contextforcing.cli import add_threads_arg, examples
-
     d = sub.add_parser(
         "dataset",
         help="write training clips (fast, with a progress bar)",
@@ -135,8 +130,6 @@ def _add_dataset(sub) -> None:
 
 
 def _add_heldout(sub) -> None:
-    from contextforcing.cli import examples
-
     h = sub.add_parser(
         "heldout",
         help="list the held-out evaluation worlds (JSON lines)",
@@ -150,8 +143,6 @@ def _add_heldout(sub) -> None:
 
 
 def _add_script(sub) -> None:
-    from contextforcing.cli import examples
-
     s = sub.add_parser(
         "script",
         help="write a panorama prompt script (jsonl for `generate --prompts`)",

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from contextforcing import loading, perf
+from contextforcing.cli.args import add_model_args, examples
 from contextforcing.config import SamplingConfig, get_preset
 from contextforcing.errors import UserError
-from contextforcing.generation import check_seed
 from contextforcing.limits import MemoryTooLarge, check_stream
 from contextforcing.memory.policies import MemorySpec, make_spec
-from contextforcing.pipeline import Pipeline, resolve_memory
+from contextforcing.pipeline import Pipeline, check_seed, resolve_memory
 
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
@@ -354,3 +354,115 @@ def format_policy_table(results: list[dict]) -> str:
                 + ", ".join(f"chunks {w} {s * 1e3:.2f} ms" for w, s in r["windows"].items())
             )
     return "\n".join(lines)
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+_BENCH_DESCRIPTION = """Stream a video without writing it and report each chunk's latency, frames per second, peak
+memory and the share of the FLOP floor reached. With no weight flags: the embedded world model."""
+
+
+def register(sub) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="time a stream without writing video",
+        description=_BENCH_DESCRIPTION,
+        epilog=examples(
+            "contextforcing bench --seconds 60",
+            "contextforcing bench --preset tiny --random-init --seconds 320 --memory slow_fast --windows 20:40,400:420",
+            "contextforcing bench --seconds 60 --all-policies --threads 1",
+            "contextforcing bench --preset wan2.1-t2v-1.3b --memory slow_fast --seconds 60 --floor-only",
+        ),
+    )
+    add_model_args(bench)
+    bench.add_argument("--windows", default="", help="chunk ranges to report median latency for, e.g. 20:40,400:420")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument(
+        "--decode",
+        action="store_true",
+        help="include the streaming VAE decode (preview decoder with --random-init) in each chunk's time",
+    )
+    bench.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak rate for the floor and %% of floor, e.g. 790 for an H100's measured bf16 matmul rate; "
+        "default: measure a square matmul on the device at startup (stated in the output)",
+    )
+    bench.add_argument(
+        "--all-policies",
+        action="store_true",
+        help="run the bench once per memory policy (default options) and print one row per policy",
+    )
+    bench.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="print the analytic FLOP floor of --preset/--memory (at the last chunk of --seconds) "
+        "without running a model",
+    )
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from contextforcing.config import parse_overrides
+    from contextforcing.loading import check_weight_flags, default_preset
+
+    weights = dict(
+        random_init=args.random_init,
+        wan_dir=args.wan_dir,
+        checkpoint=args.checkpoint,
+        checkpoint_format=args.checkpoint_format,
+        use_ema=args.use_ema,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        num_heads=args.num_heads,
+    )
+    check_weight_flags(
+        bool(args.wan_dir or args.checkpoint), lora=args.lora, lora_alpha=args.lora_alpha, num_heads=args.num_heads
+    )
+    preset = default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
+    options = parse_overrides(args.memory_opt or [])
+    if args.floor_only:
+        return _floor_only(args, preset, options)
+    common = dict(
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        windows=args.windows,
+        decode=args.decode,
+        weights=weights,
+        peak_tflops=args.peak_tflops,
+        progress=not args.quiet,
+    )
+    if args.all_policies:
+        if options:
+            raise UserError(
+                "--memory-opt sets one policy's options; --all-policies runs every policy with its defaults"
+            )
+        results = run_all_policies(preset, args.seconds, **common)
+        print(json.dumps(results, indent=1) if args.json else format_policy_table(results))
+        return 0
+    result = run_bench(preset, args.seconds, args.memory, options, **common)
+    print(json.dumps(result, indent=1) if args.json else format_table(result))
+    return 0
+
+
+def _floor_only(args, preset: str, options: dict) -> int:
+    """The analytic floor of a preset and policy, without building a model (any size, on any machine).
+    KV bytes use --dtype (default bfloat16, the GPU dtype); --peak-tflops adds the floor time."""
+    from contextforcing import perf
+    from contextforcing.config import get_preset
+    from contextforcing.loading import resolve_device
+    from contextforcing.memory.policies import make_spec
+
+    cfg = get_preset(preset)
+    _, dtype = resolve_device("cpu", args.dtype or "bfloat16")  # only the dtype matters here (KV bytes)
+    names = perf.POLICIES if args.all_policies else (args.memory,)
+    chunks = cfg.video.latent_frames_for(args.seconds) // cfg.video.chunk_frames
+    texts = []
+    for name in names:
+        spec = make_spec(name, {} if args.all_policies else options, cfg.video.chunk_frames)
+        texts.append(perf.report(cfg, spec, peak_tflops=args.peak_tflops, dtype=dtype, chunk_index=chunks - 1))
+    print(f"analytic floor: preset {preset}, last chunk of {args.seconds:g} s ({chunks} chunks)")
+    print("\n\n".join(texts))
+    return 0

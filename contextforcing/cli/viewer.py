@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 import socket
 
+from contextforcing.cli.args import add_weight_args, examples
 from contextforcing.errors import UserError, first_line, note
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import add_weight_args, examples
-
     p = subparsers.add_parser(
         "serve",
         help="a live, interactive stream in the browser, with the memory made visible",

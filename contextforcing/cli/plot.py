@@ -13,6 +13,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contextforcing.cli.args import examples
 from contextforcing.errors import UserError
 from contextforcing.trace import SavedVideo, read_sidecar
 
@@ -22,8 +23,6 @@ EVICTED_COLOUR = "#d73027"
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import examples
-
     p = subparsers.add_parser(
         "plot",
         help="plot a saved video's memory over time (tiers, surprisal, promotions) from its sidecar",

@@ -6,14 +6,13 @@ import argparse
 import math
 from pathlib import Path
 
+from contextforcing.cli.args import add_threads_arg, examples
 from contextforcing.errors import UserError
 from contextforcing.eval.features import EXTRACTORS
 from contextforcing.outputs import InterruptGuard, check_creatable, publish_files, staged_dir, write_error
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    from contextforcing.cli import add_threads_arg, examples
-
     p = subparsers.add_parser(
         "eval",
         help="long-video consistency metrics and world metrics, with an HTML report",
