@@ -12,7 +12,7 @@ A `Pipeline` holds the parts (DiT, text encoder, codec) and what the model was t
 sampling), which every call uses unless told otherwise. `stream` returns a `Generation`: an iterator of
 decoded chunks that also takes prompt switches while it runs. The CLI's `generate` and `bench`, the live
 viewer and the evaluation scripts all drive one; below it is `sampling.stream`'s one chunk routine.
-Loaders live in `contextforcing.loading`.
+Loaders live in `contextforcing.parts`.
 """
 
 from __future__ import annotations
@@ -31,18 +31,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from contextforcing import loading
+from contextforcing import parts
 from contextforcing.config import SamplingConfig, VideoConfig, from_dict
-from contextforcing.data.video import read_video, save_video
 from contextforcing.errors import UserError, checked_keywords, option, quote, shorten, unknown_keyword
-from contextforcing.limits import check_stream
-from contextforcing.loading import Parts
+from contextforcing.io.provenance import provenance
+from contextforcing.io.video import read_video, save_video
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import POLICY_OPTIONS, MemorySpec, check_recache, make_spec, tier_params
-from contextforcing.provenance import provenance
+from contextforcing.parts import Parts
+from contextforcing.runtime.limits import check_stream
+from contextforcing.runtime.threads import use_threads
 from contextforcing.sampling.camera import chunk_headings
 from contextforcing.sampling.stream import VideoStream, known_in_chunk
-from contextforcing.threads import use_threads
 
 # An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
 # the memory keeps only a bounded context anyway, and the VAE encode of a long clip would dominate.
@@ -365,21 +365,21 @@ class Pipeline(Parts):
         """`source` None: the embedded world model (contextforcing/assets). Otherwise a local Wan2.1
         directory (UMT5, VAE and the base DiT), with `checkpoint` a distilled causal DiT in any format
         `model.checkpoints` reads (Self-Forcing, LongLive, Causal Forcing, Context Forcing).
-        `threads`: torch's CPU threads for this process (None: `contextforcing.threads`' rule)."""
+        `threads`: torch's CPU threads for this process (None: `contextforcing.runtime.threads`' rule)."""
         use_threads(threads)
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
         if source is None and checkpoint is None:
             if any(x is not None for x in (preset, use_ema, lora, lora_alpha, num_heads, checkpoint_format)):
                 raise UserError("the embedded model takes no weight options; give a Wan directory to use them")
-            return cls.from_parts(loading.load_embedded(device, dtype))
+            return cls.from_parts(parts.load_embedded(device, dtype))
         if source is None:
             raise UserError("a checkpoint needs the Wan2.1 directory too (for the UMT5 text encoder and the VAE)")
-        loading.check_weight_flags(True, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
+        parts.check_weight_flags(True, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
         return cls.from_parts(
-            loading.load_wan(
+            parts.load_wan(
                 str(source),
                 checkpoint,
-                preset or loading.REAL_DEFAULT_PRESET,
+                preset or parts.REAL_DEFAULT_PRESET,
                 checkpoint_format=checkpoint_format,
                 use_ema=use_ema,
                 lora=lora,
@@ -403,7 +403,7 @@ class Pipeline(Parts):
     ) -> "Pipeline":
         """A randomly initialised model of `preset` (tests, benchmarks) with the weight-free parts."""
         use_threads(threads)
-        return cls.from_parts(loading.load_random(preset, seed, device, dtype))
+        return cls.from_parts(parts.load_random(preset, seed, device, dtype))
 
     # -- what a call uses ----------------------------------------------------------------------------
     def memory_for(self, memory: MemorySpec | str | dict | None = None) -> MemorySpec:
@@ -457,7 +457,7 @@ class Pipeline(Parts):
         """Text embeddings per prompt, as the DiT's device and dtype (cached: a prompt is encoded once)."""
         new = [p for p in dict.fromkeys(prompts) if p not in self._texts]
         if new:
-            self._texts.update(loading.encode_prompts(self, new))
+            self._texts.update(parts.encode_prompts(self, new))
         out = {p: self._texts[p] for p in prompts}
         for p in out:  # most recently used last; a long-running server keeps only the newest prompts
             self._texts[p] = self._texts.pop(p)

@@ -89,10 +89,10 @@ def code_version() -> str:
 
 
 def world_cell(index: int, spec, codec, sheets: Path | None) -> dict:
-    from contextforcing.codecs.world_training import psnr_uint8
     from contextforcing.data.world.panorama.render import render
     from contextforcing.data.world.panorama.simulate import simulate
     from contextforcing.eval.panorama_metrics import panorama_scores
+    from contextforcing.training.world_codec import psnr_uint8
 
     track = simulate(spec)
     truth = render(track)
@@ -244,8 +244,8 @@ def main(argv=None) -> int:
 def run(args) -> int:
     import torch
 
-    from contextforcing.data.video import write_json_atomic
     from contextforcing.data.world.panorama.heldout import heldout_worlds
+    from contextforcing.io.video import write_json_atomic
 
     torch.set_num_threads(args.threads)
     if args.worlds < 1:

@@ -135,7 +135,7 @@ def _bench_line(threads: str, b: dict) -> str:
 
 
 def write(path: Path, record: dict, config: dict, summary: dict | None) -> None:
-    from contextforcing.outputs import write_text_atomic
+    from contextforcing.io.outputs import write_text_atomic
 
     stages, gates = record["stages"], record.get("gates", {})
     total = sum(e["seconds"] for e in stages.values())

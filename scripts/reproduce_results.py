@@ -59,7 +59,7 @@ from results_tables import (  # noqa: E402
     targets_block,
 )
 
-from contextforcing.outputs import write_json_atomic, write_text_atomic  # noqa: E402
+from contextforcing.io.outputs import write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def die(message: str) -> None:
@@ -201,7 +201,7 @@ def plan(args) -> list[tuple]:
 
 def ensure_weights(keys: list[str]) -> None:
     """Exports the rows need; the Stage 2 variants are trained here if missing (resumable)."""
-    from contextforcing.loading import EMBEDDED_WEIGHTS
+    from contextforcing.parts import EMBEDDED_WEIGHTS
 
     if any(ROW_BY_KEY[k].kind == "model" for k in keys) and not EMBEDDED_WEIGHTS.is_file():
         die(f"{EMBEDDED_WEIGHTS} missing; run `make toy-model` first")

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from contextforcing.errors import UserError  # noqa: E402
-from contextforcing.outputs import write_atomic, write_json_atomic  # noqa: E402
+from contextforcing.io.outputs import write_atomic, write_json_atomic  # noqa: E402
 
 STAGES = ("teacher", "ode", "dmd", "cdmd")
 ASSETS = REPO / "contextforcing" / "assets"

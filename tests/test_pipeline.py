@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import contextforcing as cf
-from contextforcing.data.video import read_video
-from contextforcing.loading import embedded_config
+from contextforcing.io.video import read_video
+from contextforcing.parts import embedded_config
 from contextforcing.sampling.stream import VideoStream, stream_video
 
 PROMPT = "warm room, hold, lights on, black ball"  # the embedded model reads the panorama grammar

@@ -1,6 +1,6 @@
 """`bench`: stream a video without writing it and report per-chunk latency, throughput and memory.
 
-Next to the measured times it reports the analytic FLOPs of each chunk (`contextforcing.perf`, counted
+Next to the measured times it reports the analytic FLOPs of each chunk (`contextforcing.runtime.perf`, counted
 from the frames the memory actually attended), the achieved TFLOP/s, and "% of floor": the time those
 FLOPs take at a peak rate divided by the measured transformer time (100% = running at the peak). The
 peak is `--peak-tflops` when given, otherwise a square-matmul rate measured on the device at startup.
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from contextforcing import loading, perf
+from contextforcing import parts
 from contextforcing.cli.args import add_model_args, examples
 from contextforcing.config import SamplingConfig, get_preset
 from contextforcing.errors import UserError
-from contextforcing.limits import MemoryTooLarge, check_stream
 from contextforcing.memory.policies import MemorySpec, make_spec
 from contextforcing.pipeline import Pipeline, check_seed, resolve_memory
+from contextforcing.runtime import perf
+from contextforcing.runtime.limits import MemoryTooLarge, check_stream
 
 _STATUS, _CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
@@ -95,7 +96,7 @@ def run_bench(
     peak_tflops: float | None = None,
     progress: bool = False,
 ) -> dict:
-    """`weights` (`loading.load`'s keywords): random init, real weights (--wan-dir/--checkpoint), or, with
+    """`weights` (`parts.load`'s keywords): random init, real weights (--wan-dir/--checkpoint), or, with
     neither, the embedded model as `generate` uses it (with the memory it was trained with).
     With `decode`, each chunk's time includes its streaming decode (Wan VAE, world codec or preview decoder).
     `peak_tflops` sets the rate of the floor; None measures one (a square matmul on the device). `progress`: a
@@ -104,7 +105,7 @@ def run_bench(
     windows_parsed = parse_windows(windows)
     spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype, weights)
     pipe = Pipeline.from_parts(
-        loading.load(
+        parts.load(
             preset, seed=seed, device=device, dtype=dtype, random_init=weights.pop("random_init", False), **weights
         )
     )
@@ -209,15 +210,15 @@ def _check_request(
     """Memory spec and latent frames, with every check (sizes against the device too) before a model is built."""
     cfg = get_preset(preset)
     if weights.get("random_init") or weights.get("wan_dir") or weights.get("checkpoint"):
-        trained, sampling = make_spec(loading.FIELD_MEMORY), SamplingConfig()
+        trained, sampling = make_spec(parts.FIELD_MEMORY), SamplingConfig()
     else:
-        loading.check_embedded_preset(preset)
-        config = loading.embedded_config()
-        trained, sampling = loading.embedded_memory(config), loading.embedded_sampling(config)
+        parts.check_embedded_preset(preset)
+        config = parts.embedded_config()
+        trained, sampling = parts.embedded_memory(config), parts.embedded_sampling(config)
     spec = resolve_memory(trained, {"policy": memory, **memory_options}, cfg.video.chunk_frames)
     num_frames = cfg.video.latent_frames_for(seconds)
     check_seed(seed)
-    dev, dt = loading.resolve_device(device, dtype)
+    dev, dt = parts.resolve_device(device, dtype)
     check_stream(spec, sampling, cfg.model, cfg.video, dtype=dt, device=dev, max_frames=num_frames)
     return spec, num_frames
 
@@ -405,7 +406,7 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from contextforcing.config import parse_overrides
-    from contextforcing.loading import check_weight_flags, default_preset
+    from contextforcing.parts import check_weight_flags, default_preset
 
     weights = dict(
         random_init=args.random_init,
@@ -450,10 +451,10 @@ def _run(args) -> int:
 def _floor_only(args, preset: str, options: dict) -> int:
     """The analytic floor of a preset and policy, without building a model (any size, on any machine).
     KV bytes use --dtype (default bfloat16, the GPU dtype); --peak-tflops adds the floor time."""
-    from contextforcing import perf
     from contextforcing.config import get_preset
-    from contextforcing.loading import resolve_device
     from contextforcing.memory.policies import make_spec
+    from contextforcing.parts import resolve_device
+    from contextforcing.runtime import perf
 
     cfg = get_preset(preset)
     _, dtype = resolve_device("cpu", args.dtype or "bfloat16")  # only the dtype matters here (KV bytes)

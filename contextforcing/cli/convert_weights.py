@@ -14,6 +14,7 @@ import torch
 from contextforcing.cli.args import add_lora_alpha_arg, add_weight_choice_args, examples
 from contextforcing.config import PRESETS, get_preset
 from contextforcing.errors import UserError
+from contextforcing.io.outputs import check_creatable
 from contextforcing.model.checkpoints import (
     FORMATS,
     SAVE_LAYOUTS,
@@ -25,7 +26,6 @@ from contextforcing.model.checkpoints import (
     read_checkpoint,
     save_safetensors,
 )
-from contextforcing.outputs import check_creatable
 
 DTYPES = {"keep": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from contextforcing.cli.args import add_threads_arg, examples
 from contextforcing.errors import UserError
 from contextforcing.eval.features import EXTRACTORS
-from contextforcing.outputs import InterruptGuard, check_creatable, publish_files, staged_dir, write_error
+from contextforcing.io.outputs import InterruptGuard, check_creatable, publish_files, staged_dir, write_error
 
 
 def register(subparsers) -> argparse.ArgumentParser:

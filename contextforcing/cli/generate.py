@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from contextforcing import loading
+from contextforcing import parts
 from contextforcing.cli.args import add_model_args, examples
 from contextforcing.config import ModelConfig, SamplingConfig, VideoConfig, from_dict, get_preset
-from contextforcing.data.video import VideoWriter, check_output, publish_video
 from contextforcing.errors import Interrupted, UserError, quote
-from contextforcing.limits import check_stream
+from contextforcing.io.outputs import InterruptGuard, OutputLock
+from contextforcing.io.video import VideoWriter, check_output, publish_video
 from contextforcing.memory.policies import MemorySpec, check_recache, make_spec
-from contextforcing.outputs import InterruptGuard, OutputLock
 from contextforcing.pipeline import Generation, Pipeline, Prompt, check_seed, read_init_clip, resolve_memory
-from contextforcing.prompts import place_script, place_switches, read_prompt_script
+from contextforcing.runtime.limits import check_stream
+from contextforcing.sampling.switches import place_script, place_switches, read_prompt_script
 
 
 @dataclass
@@ -31,7 +31,7 @@ class GenerationRequest:
     prompt: str | None
     seconds: float
     out: str
-    preset: str = loading.RANDOM_DEFAULT_PRESET
+    preset: str = parts.RANDOM_DEFAULT_PRESET
     memory: str = "slow_fast"
     memory_options: dict = field(default_factory=dict)
     seed: int = 0
@@ -55,7 +55,7 @@ class GenerationRequest:
 
 def pipeline_for(req: GenerationRequest) -> Pipeline:
     return Pipeline.from_parts(
-        loading.load(
+        parts.load(
             req.preset,
             random_init=req.random_init,
             wan_dir=req.wan_dir,
@@ -104,24 +104,22 @@ class RunPlan:
 def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPlan:
     """Every cheap check of a request (script, memory policy and whether it fits the device, init file)."""
     if pipeline is None and is_embedded(req):
-        loading.check_embedded_preset(req.preset)
-        config = loading.embedded_config()
+        parts.check_embedded_preset(req.preset)
+        config = parts.embedded_config()
         video = from_dict(VideoConfig, config["video"], where="embedded video")
         model_cfg = from_dict(ModelConfig, config["model"], where="embedded model")
-        trained, sampling = loading.embedded_memory(config), loading.embedded_sampling(config)
+        trained, sampling = parts.embedded_memory(config), parts.embedded_sampling(config)
     else:
         preset = pipeline.preset if pipeline else get_preset(req.preset)
         video, model_cfg = preset.video, preset.model
-        trained = pipeline.memory if pipeline else make_spec(loading.FIELD_MEMORY)
+        trained = pipeline.memory if pipeline else make_spec(parts.FIELD_MEMORY)
         sampling = pipeline.sampling if pipeline else SamplingConfig()
     spec = resolve_memory(trained, {"policy": req.memory, **req.memory_options}, video.chunk_frames)
     check_recache(spec, req.recache, req.flush_on_switch)
     num_frames = video.latent_frames_for(req.seconds)
     placed = plan_prompts(req, video, num_frames // video.chunk_frames)
     init_pixels, init = read_init_clip(video, req.init_video, req.init_image)
-    device, dtype = (
-        (pipeline.device, pipeline.model.dtype) if pipeline else loading.resolve_device(req.device, req.dtype)
-    )
+    device, dtype = (pipeline.device, pipeline.model.dtype) if pipeline else parts.resolve_device(req.device, req.dtype)
     init_frames = 0 if init_pixels is None else 1 + (init_pixels.shape[2] - 1) // video.vae_stride_t
     check_stream(spec, sampling, model_cfg, video, dtype=dtype, device=device, max_frames=num_frames + init_frames)
     for p in placed:  # where each prompt starts in the written mp4
@@ -226,7 +224,7 @@ def request_from_args(args) -> GenerationRequest:
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["memory_options"] = parse_overrides(args.memory_opt or [])
     values["switches"] = [_parse_switch(s) for s in (args.switch or [])]
-    values["preset"] = loading.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
+    values["preset"] = parts.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     values.setdefault("prompt", None)
     return GenerationRequest(**values)
 

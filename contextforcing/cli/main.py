@@ -18,7 +18,7 @@ from typing import Callable
 from contextforcing import __version__
 from contextforcing.cli.args import Parser, examples
 from contextforcing.errors import Interrupted, UserError, command_line, say
-from contextforcing.outputs import InterruptGuard
+from contextforcing.io.outputs import InterruptGuard
 
 # Every command and the module that registers it, in the order `--help` lists them.
 COMMANDS = {
@@ -62,7 +62,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contextforcing.provenance import set_command
+    from contextforcing.io.provenance import set_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
     with set_command(argv):  # what sidecars record as the command line
@@ -82,7 +82,7 @@ def run_command(parse: Callable[[], argparse.Namespace]) -> int:
         with command_line():
             with InterruptGuard():
                 args = parse()
-            from contextforcing.threads import use_threads
+            from contextforcing.runtime.threads import use_threads
 
             use_threads(getattr(args, "threads", None))
             with StdoutGuard() as stdout:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from contextforcing.cli.args import examples
 from contextforcing.errors import UserError
-from contextforcing.trace import SavedVideo, read_sidecar
+from contextforcing.io.sidecar import SavedVideo, read_sidecar
 
 TIER_COLOURS = {"sink": "#5b8def", "slow": "#e0a33a", "fast": "#4fb98a", "current": "#c678dd"}
 PROMOTED_COLOUR = "#1a9850"
@@ -38,8 +38,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run_plot(args) -> int:
-    from contextforcing.extras import require
-    from contextforcing.outputs import check_writable
+    from contextforcing.io.outputs import check_writable
+    from contextforcing.runtime.extras import require
 
     source = Path(args.sidecar)
     if source.suffix.lower() == ".mp4":
@@ -63,7 +63,7 @@ def write_memory_plot(saved: SavedVideo, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from contextforcing.outputs import write_atomic
+    from contextforcing.io.outputs import write_atomic
 
     fig, (tiers, surprisal) = plt.subplots(
         2, 1, figsize=(11, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}, layout="constrained"

@@ -114,7 +114,7 @@ def run(args) -> int:
 
 def require_extra():
     """The web libraries of the `[serve]` extra, or a one-line error naming it."""
-    from contextforcing.extras import install_hint
+    from contextforcing.runtime.extras import install_hint
 
     try:
         import starlette  # noqa: F401
@@ -148,12 +148,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def load_pipeline(args):
-    from contextforcing import loading
+    from contextforcing import parts
     from contextforcing.pipeline import Pipeline
 
-    preset = loading.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
+    preset = parts.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     return Pipeline.from_parts(
-        loading.load(
+        parts.load(
             preset,
             random_init=args.random_init,
             wan_dir=args.wan_dir,

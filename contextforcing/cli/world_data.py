@@ -255,8 +255,8 @@ def _output_dir(path: str) -> Path:
 
 
 def _write_video(out: Path, frames, npy: bool) -> None:
-    from contextforcing.data.video import VideoWriter
     from contextforcing.data.world.style import FPS
+    from contextforcing.io.video import VideoWriter
 
     with VideoWriter(out / "video.mp4", FPS) as writer:
         writer.write(frames)
@@ -269,7 +269,7 @@ def _write_video(out: Path, frames, npy: bool) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from contextforcing.data.video import write_json_atomic
+    from contextforcing.io.video import write_json_atomic
 
     write_json_atomic(path, data)
 

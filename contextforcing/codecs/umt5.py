@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from contextforcing.errors import UserError
-from contextforcing.weights import find_safetensors, load_strict, read_state_dict
+from contextforcing.io.weights import find_safetensors, load_strict, read_state_dict
 
 WAN_TEXT_LEN = 512  # Wan pads/truncates every prompt to this many tokens
 # Wan's T5 does not store these; they are fixed by its T5RelativeEmbedding and T5LayerNorm.

@@ -12,7 +12,7 @@ weights, as Wan's VAE ships its statistics): `encode` returns `(z - mean) / std`
 
 `load_world_codec()` loads `contextforcing/assets/world_codec.safetensors` (trained on the occlusion world;
 weights, config and latent statistics in the safetensors metadata); `load_world_codec(PANORAMA_PATH)`
-the codec trained on the panorama world (same architecture). Training: `contextforcing.codecs.world_training`.
+the codec trained on the panorama world (same architecture). Training: `contextforcing.training.world_codec`.
 """
 
 from __future__ import annotations
@@ -248,8 +248,7 @@ def load_world_codec(path: str | os.PathLike | None = None, device: str | torch.
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
         raise UserError(
-            f"world codec weights not found at {path} (train them with "
-            f"`python -m contextforcing.codecs.world_training`)"
+            f"world codec weights not found at {path} (train them with `python -m contextforcing.training.world_codec`)"
         )
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -33,9 +33,9 @@ def world_pipeline(
     from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
     from contextforcing.config import get_preset
     from contextforcing.data.world.panorama.camera import PanoramaCamera
-    from contextforcing.loading import EMBEDDED_PRESET, embedded_prompt_check, resolve_device
     from contextforcing.memory.policies import make_spec
     from contextforcing.model.checkpoints import load_model
+    from contextforcing.parts import EMBEDDED_PRESET, embedded_prompt_check, resolve_device
     from contextforcing.pipeline import resolve_memory
 
     if weights is None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from contextforcing.data.video import write_json_atomic
 from contextforcing.data.world.track import BUCKETS, FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS, WorldTrack
 from contextforcing.eval.evaluate import VideoResult, aggregate
-from contextforcing.extras import require
-from contextforcing.outputs import write_atomic
+from contextforcing.io.outputs import write_atomic
+from contextforcing.io.video import write_json_atomic
+from contextforcing.runtime.extras import require
 
 MAX_STRIPS = 6  # strips for the longest occlusions only
 STRIP_SCALE = 3  # nearest-neighbour upscaling of 64-px frames in strips

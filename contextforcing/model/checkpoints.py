@@ -31,14 +31,8 @@ from torch import nn
 
 from contextforcing.config import PRESETS, ModelConfig
 from contextforcing.errors import UserError
-from contextforcing.model.convert import (
-    diffusers_config,
-    diffusers_key_to_original,
-    model_config_from_diffusers,
-    original_key_to_diffusers,
-)
-from contextforcing.outputs import publish_with
-from contextforcing.weights import (
+from contextforcing.io.outputs import publish_with
+from contextforcing.io.weights import (
     first_line,
     name_list,
     read_safetensors,
@@ -48,6 +42,12 @@ from contextforcing.weights import (
     shard_map,
     stage_safetensors,
     write_safetensors,
+)
+from contextforcing.model.convert import (
+    diffusers_config,
+    diffusers_key_to_original,
+    model_config_from_diffusers,
+    original_key_to_diffusers,
 )
 
 log = logging.getLogger(__name__)

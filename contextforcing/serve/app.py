@@ -109,7 +109,7 @@ class _KeptDownload:
         return self.kept.frames(), self.kept.record
 
     def write_mp4(self, directory: Path) -> Path:
-        from contextforcing.data.video import save_video
+        from contextforcing.io.video import save_video
 
         return save_video(directory / f"{self.stem}.mp4", self.kept.frames(), self.kept.record["fps"], self.kept.record)
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from contextforcing.errors import UserError, first_line
+from contextforcing.io.sidecar import SavedVideo, read_record
 from contextforcing.pipeline import DecodedChunk, Prompt
 from contextforcing.serve.session import FrameSpool
-from contextforcing.trace import SavedVideo, read_record
 
 # The largest upload taken (sidecar and mp4 together): an mp4 of the toy model is about 0.3 MB a minute.
 MAX_REPLAY_BYTES = 512 * 2**20

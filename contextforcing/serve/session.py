@@ -612,7 +612,7 @@ class StreamSession:
 
     def write_mp4(self, directory: Path) -> Path:
         """Download mp4: the frames so far through the CLI's paired atomic writer (mp4 + sidecar)."""
-        from contextforcing.data.video import save_video
+        from contextforcing.io.video import save_video
 
         frames, record = self.snapshot()
         if not len(frames):

@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.stateful import Stateful
 
 from contextforcing.errors import UserError, first_line, format_bytes, warn
-from contextforcing.outputs import OutputLock, check_creatable, free_bytes, fsync_dir, fsync_file, write_json_atomic
+from contextforcing.io.outputs import OutputLock, check_creatable, free_bytes, fsync_dir, fsync_file, write_json_atomic
 from contextforcing.training import distributed as dist
 
 if TYPE_CHECKING:

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from contextforcing import perf
 from contextforcing.cli import main
 from contextforcing.config import PRESETS
+from contextforcing.runtime import perf
 
 BASE = ["bench", "--preset", "tiny", "--random-init", "--seconds", "3", "--json"]
 
@@ -122,7 +122,7 @@ def test_threads_and_per_chunk_latencies(capsys):
 def test_all_policies_reports_a_policy_that_runs_out_of_memory(capsys, monkeypatch):
     import torch
 
-    from contextforcing import bench
+    from contextforcing.cli import bench
 
     real = bench.run_bench
 

@@ -13,9 +13,9 @@ import torch
 
 from contextforcing.cli import main
 from contextforcing.config import ModelConfig, VideoConfig
-from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.errors import UserError
-from contextforcing.prompts import place_script, read_prompt_script
+from contextforcing.io.video import VideoWriter, read_video
+from contextforcing.sampling.switches import place_script, read_prompt_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny UMT5/VAE recipes live in tests/codecs/conftest.py; that folder cannot be a package (it would
@@ -169,7 +169,7 @@ def test_bench_decode_random_init_says_what_is_timed(capsys, decode):
 
 
 def test_bench_without_model_flags_runs_the_embedded_model_as_generate_does(capsys):
-    from contextforcing.loading import embedded_config
+    from contextforcing.parts import embedded_config
 
     assert main(["bench", "--seconds", "1.5", "--json", "--decode"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -397,7 +397,7 @@ def test_weight_flags_without_weights_are_refused(tmp_path, capsys, monkeypatch,
 
 def test_python_front_door_loads_a_wan_directory_and_checkpoint(wan):
     import contextforcing as cf
-    from contextforcing.weights import read_safetensors
+    from contextforcing.io.weights import read_safetensors
 
     pipe = cf.Pipeline.from_pretrained(
         wan["dir"], checkpoint=str(wan["checkpoint"]), preset=str(wan["preset"]), dtype="fp32"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from serve_harness import js, plan_tuples, reference, second_prompt, type_prompt, wait_until
 
-from contextforcing.data.video import read_video
+from contextforcing.io.video import read_video
 from contextforcing.pipeline import Prompt
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -239,7 +239,7 @@ def script_from_json(items: list[dict], source: str = "script") -> PanoramaScrip
 def read_script(path: str | os.PathLike, n_chunks: int) -> PanoramaScript:
     """A jsonl prompt script, placed on chunks as `generate --prompts` does for a video of `n_chunks`."""
     from contextforcing.config import PRESETS
-    from contextforcing.prompts import place_script, read_prompt_script
+    from contextforcing.sampling.switches import place_script, read_prompt_script
 
     entries = read_prompt_script(str(path))
     placed = place_script(None, entries, PRESETS["world"].video, n_chunks, str(path))

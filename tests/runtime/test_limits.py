@@ -1,4 +1,4 @@
-"""One check of a stream's memory and sampling options (contextforcing/limits.py) for every door: the CLI's
+"""One check of a stream's memory and sampling options (contextforcing/runtime/limits.py) for every door: the CLI's
 `generate` and `bench`, the Python API and the viewer (tests/serve/test_protocol.py) refuse the same options with
 the same one line, before anything is allocated; the limit a message states is the largest value that fits."""
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import contextforcing as cf
-from contextforcing import limits
 from contextforcing.cli import main
 from contextforcing.config import SamplingConfig
 from contextforcing.memory.policies import make_spec
+from contextforcing.runtime import limits
 
 PROMPT = "warm room, hold, lights on, black ball"  # the embedded model reads the panorama grammar
 HAVE = 2**30  # the free memory the tests pretend the machine has

@@ -22,7 +22,7 @@ EXTRAS = {
 
 
 # The source tree the package runs from when it was installed from a clone (`pip install -e .`).
-SOURCE_TREE = Path(__file__).resolve().parents[1]
+SOURCE_TREE = Path(__file__).resolve().parents[2]
 
 
 def install_hint(extra: str) -> str:

@@ -9,8 +9,8 @@ import pytest
 from imageio_ffmpeg import get_ffmpeg_exe
 
 from contextforcing.cli import main
-from contextforcing.data.video import VideoWriter, count_frames, read_video
 from contextforcing.errors import UserError
+from contextforcing.io.video import VideoWriter, count_frames, read_video
 
 
 def _frames(n: int, value: int) -> np.ndarray:

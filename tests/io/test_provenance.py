@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import contextforcing as cf
-from contextforcing import provenance
 from contextforcing.cli import main
+from contextforcing.io import provenance
 
 PROMPT = "warm room, hold, lights on, black ball"
 

@@ -24,7 +24,7 @@ import torch
 from contextforcing.config import ModelConfig, SamplingConfig, VideoConfig
 from contextforcing.errors import UserError, format_bytes, shorten
 from contextforcing.memory.policies import MemorySpec, tier_params
-from contextforcing.perf import kv_bytes
+from contextforcing.runtime.perf import kv_bytes
 
 # The options that size each policy's store, and the least value each may take (`tier_params` says why); `None`
 # stands for the current chunk's frame count (a window must hold the current chunk).

@@ -1,4 +1,4 @@
-"""Atomic outputs, pairs that never mislabel, exclusive claims and the Ctrl-C guard (contextforcing/outputs.py)."""
+"""Atomic outputs, pairs that never mislabel, exclusive claims and the Ctrl-C guard (contextforcing/io/outputs.py)."""
 
 import contextlib
 import errno
@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from contextforcing import outputs
 from contextforcing.errors import Interrupted, UserError
+from contextforcing.io import outputs
 
 
 def _full_disk(tmp):

@@ -5,10 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-from contextforcing import extras
 from contextforcing.cli import main
 from contextforcing.errors import UserError
-from contextforcing.extras import EXTRAS, require
+from contextforcing.runtime import extras
+from contextforcing.runtime.extras import EXTRAS, require
 
 
 @pytest.mark.parametrize("extra, module", [(e, m) for e, modules in EXTRAS.items() for m in modules])

@@ -1,7 +1,7 @@
 """Train and evaluate the world codec (`contextforcing.codecs.world`).
 
-    python -m contextforcing.codecs.world_training train [--world panorama] [--steps 4000] [--minutes 14] [--out PATH]
-    python -m contextforcing.codecs.world_training eval [--world panorama] [--weights PATH] [--worlds 16]
+    python -m contextforcing.training.world_codec train [--world panorama] [--steps 4000] [--minutes 14] [--out PATH]
+    python -m contextforcing.training.world_codec eval [--world panorama] [--weights PATH] [--worlds 16]
 
 Training clips are rendered on the fly from training prompts/scripts and seeds only (occlusion world:
 `sample_training_prompt`; panorama world: `sample_training_script`; seeds below `EVAL_SEED_BASE`; the
@@ -294,7 +294,7 @@ def evaluate(codec: WorldCodec | None = None, worlds: int = 8, metrics: bool = T
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contextforcing.codecs.world_training")
+    parser = argparse.ArgumentParser(prog="python -m contextforcing.training.world_codec")
     sub = parser.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the world codec on rendered training clips and save it")
     t.add_argument("--world", choices=WORLDS, default="occlusion", help="which world's clips to train on")

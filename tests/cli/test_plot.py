@@ -9,7 +9,7 @@ from PIL import Image
 import contextforcing as cf
 from contextforcing.cli import main
 from contextforcing.cli.plot import memory_points
-from contextforcing.trace import read_sidecar
+from contextforcing.io.sidecar import read_sidecar
 
 PROMPT = "warm room, hold, lights on, black ball"
 PAN = "warm room, pan left, lights on, black ball"

@@ -68,7 +68,7 @@ def stage_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, met
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from contextforcing.outputs import stage
+    from contextforcing.io.outputs import stage
 
     def write(tmp: Path) -> None:
         save_file(dict(tensors), str(tmp), metadata=metadata)

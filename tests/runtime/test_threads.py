@@ -1,12 +1,12 @@
-"""One rule for torch's CPU threads (contextforcing/threads.py), used by every entry point: 1 thread on a machine
+"""One rule for torch's CPU threads (contextforcing/runtime/threads.py), used by every entry point: 1 thread on a machine
 with at most 2 cores, else the cores not already busy; OMP_NUM_THREADS kept; --threads / threads= win."""
 
 import pytest
 import torch
 
 import contextforcing as cf
-from contextforcing import threads
 from contextforcing.cli import main
+from contextforcing.runtime import threads
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Iterator
 from contextforcing import __version__
 
 _COMMAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("contextforcing_command", default=None)
-CHECKOUT = Path(__file__).resolve().parents[1]  # the repository root when the package runs from a clone
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root when the package runs from a clone
 
 
 @contextmanager

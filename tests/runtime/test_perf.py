@@ -6,12 +6,12 @@ from gather_reference import GatherMemory
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from contextforcing import perf
 from contextforcing.config import PRESETS, SamplingConfig
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.cross import CrossAttentionCache
 from contextforcing.memory.policies import make_spec
 from contextforcing.model.wan import CausalWanModel, build_model
+from contextforcing.runtime import perf
 from contextforcing.sampling.stream import VideoStream
 
 WAN, TINY = PRESETS["wan2.1-t2v-1.3b"], PRESETS["tiny"]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import contextforcing as cf
-from contextforcing.trace import read_plan, read_sidecar, read_update
+from contextforcing.io.sidecar import read_plan, read_sidecar, read_update
 
 PROMPT = "warm room, hold, lights on, black ball"
 PAN = "warm room, pan left, lights on, black ball"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from contextforcing import outputs
 from contextforcing.errors import UserError, first_line
-from contextforcing.outputs import (
+from contextforcing.io import outputs
+from contextforcing.io.outputs import (
     InterruptGuard,
     OutputLock,
     StagedFile,
