@@ -17,9 +17,9 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "Pipeline": ("contextforcing.pipeline", "Pipeline"),
-    "Generation": ("contextforcing.pipeline", "Generation"),
-    "DecodedChunk": ("contextforcing.pipeline", "DecodedChunk"),
-    "Video": ("contextforcing.pipeline", "Video"),
+    "Generation": ("contextforcing.sampling.generation", "Generation"),
+    "DecodedChunk": ("contextforcing.sampling.generation", "DecodedChunk"),
+    "Video": ("contextforcing.sampling.generation", "Video"),
     "Memory": ("contextforcing.memory.policies", "MemorySpec"),
     "Sampling": ("contextforcing.config", "SamplingConfig"),
     "ChunkPlan": ("contextforcing.memory.plan", "ChunkPlan"),

@@ -101,7 +101,7 @@ def check_embedded_preset(preset: str) -> None:
     if preset != EMBEDDED_PRESET:
         raise UserError(
             f"the embedded model is the {EMBEDDED_PRESET!r} preset; preset {preset!r} needs "
-            f"--random-init or --wan-dir [--checkpoint FILE]"
+            f"{option('random_init')} or {option('source', '--wan-dir')} [{option('checkpoint')}]"
         )
 
 
@@ -263,67 +263,161 @@ def check_parts_fit(preset: Preset, encoder, codec) -> None:
         )
 
 
-def load(
-    preset: str,
-    *,
-    random_init: bool,
-    wan_dir: str | None = None,
-    checkpoint: str | None = None,
-    checkpoint_format: str | None = None,
-    use_ema: bool | None = None,
-    lora: str | None = None,
-    lora_alpha: float | None = None,
-    num_heads: int | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    dtype: str | None = None,
-) -> Parts:
-    """Random init or real weights, never both (a silent choice between them would hide a typo)."""
-    real = wan_dir is not None or checkpoint is not None
-    check_weight_flags(real, lora=lora, lora_alpha=lora_alpha, num_heads=num_heads)
-    if random_init and real:
-        raise UserError("--random-init cannot be combined with --wan-dir/--checkpoint")
-    if random_init:
-        return load_random(preset, seed, device, dtype)
-    if not real:  # the embedded default model
-        check_embedded_preset(preset)
+@dataclass(frozen=True)
+class ModelSource:
+    """Which model a pipeline is made of (`Pipeline.from_pretrained`'s weight keywords, the CLI's weight flags):
+    nothing given, the embedded model; `source` a Wan2.1 directory (UMT5, VAE, base DiT) with `checkpoint` a
+    distilled DiT; `weights` a checkpoint of a `world` preset with the embedded model's parts; `random_init`
+    random weights of `preset` (drawn from `seed`). Never two of them: a silent choice would hide a typo."""
+
+    preset: str | None = None  # None: the source's own (wan2.1-t2v-1.3b, world, tiny with random_init)
+    source: str | Path | None = None
+    checkpoint: str | Path | None = None
+    weights: str | Path | None = None
+    random_init: bool = False
+    seed: int = 0  # random_init's weights
+    checkpoint_format: str | None = None
+    use_ema: bool | None = None  # None: EMA, unless the LoRA was trained on the raw generator (LongLive)
+    lora: str | Path | None = None
+    lora_alpha: float | None = None  # None: stored in the adapter, else alpha = rank
+    num_heads: int | None = None  # None: the preset's
+
+    @property
+    def real(self) -> bool:
+        """Weights of the field: a Wan2.1 directory or a checkpoint."""
+        return self.source is not None or self.checkpoint is not None
+
+    @property
+    def embedded(self) -> bool:
+        return not (self.real or self.weights is not None or self.random_init)
+
+    @property
+    def preset_name(self) -> str:
+        """The preset, or the source's default: the paper's model for real weights, the embedded model's `world`
+        for it and for `weights`, the tiny preset for random init."""
+        if self.preset is not None:
+            return self.preset
+        if self.real:
+            return REAL_DEFAULT_PRESET
+        return RANDOM_DEFAULT_PRESET if self.random_init else EMBEDDED_PRESET
+
+    def check(self) -> "ModelSource":
+        """Every check that needs no file: one source, and no flag that would be ignored."""
+        wan, random_init = option("source", "--wan-dir"), option("random_init")
+        if self.random_init and (self.real or self.weights is not None):
+            raise UserError(f"{random_init} cannot be combined with {wan}/{option('checkpoint')}")
+        if self.weights is not None and self.real:
+            raise UserError(f"weights (a world checkpoint) cannot be combined with {wan}/{option('checkpoint')}")
+        if self.checkpoint is not None and self.source is None:
+            raise UserError(
+                f"{option('checkpoint')} needs {wan}, the Wan2.1 directory, too (for the UMT5 text encoder and the VAE)"
+            )
+        check_weight_flags(
+            self.real,
+            lora=self.lora,
+            lora_alpha=self.lora_alpha,
+            num_heads=self.num_heads,
+            use_ema=self.use_ema,
+            checkpoint_format=self.checkpoint_format,
+        )
+        if self.embedded:
+            check_embedded_preset(self.preset_name)
+        return self
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a source's model was trained with, read without its weights: its shapes and the defaults of every
+    call (so that a command checks a request before a big model is read)."""
+
+    preset: Preset
+    memory: MemorySpec
+    sampling: SamplingConfig
+
+
+def trained_defaults(source: ModelSource) -> Trained:
+    """The embedded model's from its config; any other model's from its preset, with the field's memory and
+    sampling (what `load` gives it)."""
+    source.check()
+    if not source.embedded:
+        return Trained(get_preset(source.preset_name), make_spec(FIELD_MEMORY), SamplingConfig())
+    config = embedded_config()
+    model = from_dict(ModelConfig, config["model"], where="embedded model")
+    preset = Preset(model, from_dict(VideoConfig, config["video"], where="embedded video"))
+    return Trained(preset, embedded_memory(config), embedded_sampling(config))
+
+
+def load(source: ModelSource, device: str | None = None, dtype: str | None = None) -> Parts:
+    """The parts of the model `source` names (checked first, before any weight is read)."""
+    source.check()
+    if source.random_init:
+        return load_random(source.preset_name, source.seed, device, dtype)
+    if source.weights is not None:
+        return load_world_checkpoint(source.weights, source.preset_name, device, dtype)
+    if source.embedded:
         return load_embedded(device, dtype)
-    if wan_dir is None:
-        raise UserError("--checkpoint needs --wan-dir too (for the UMT5 text encoder and the VAE)")
     return load_wan(
-        wan_dir,
-        checkpoint,
-        preset,
-        checkpoint_format=checkpoint_format,
-        use_ema=use_ema,
-        lora=lora,
-        lora_alpha=lora_alpha,
-        num_heads=num_heads,
+        str(source.source),
+        None if source.checkpoint is None else str(source.checkpoint),
+        source.preset_name,
+        checkpoint_format=source.checkpoint_format,
+        use_ema=source.use_ema,
+        lora=None if source.lora is None else str(source.lora),
+        lora_alpha=source.lora_alpha,
+        num_heads=source.num_heads,
         device=device,
         dtype=dtype,
     )
 
 
-def check_weight_flags(real: bool, *, lora=None, lora_alpha=None, num_heads=None) -> None:
+def load_world_checkpoint(weights: str | Path, preset_name: str, device: str | None, dtype: str | None) -> Parts:
+    """A checkpoint of a `world` preset (a training run's export) with the parts the panorama world's models use:
+    the hashed text encoder, the panorama codec, the panorama prompt grammar and, for a room-anchored model, the
+    panorama camera; its memory slow_fast's defaults and its sampling the default few-step list."""
+    from contextforcing.codecs.text import HashTextEncoder
+    from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
+    from contextforcing.data.world.panorama.camera import PanoramaCamera
+    from contextforcing.model.checkpoints import load_model
+
+    if not Path(weights).is_file():
+        raise UserError(f"checkpoint {weights} does not exist")
+    preset = get_preset(preset_name)
+    dev, dt = resolve_device(device, dtype)
+    model = load_model(str(weights), preset.model, device=dev, dtype=dt).eval()
+    encoder = HashTextEncoder(preset.model.text_dim, preset.model.text_len)
+    codec = load_world_codec(PANORAMA_PATH, device=dev)
+    return Parts(
+        preset_name,
+        preset,
+        model,
+        encoder,
+        codec,
+        dev,
+        str(weights),
+        make_spec(FIELD_MEMORY),
+        prompt_check=embedded_prompt_check({"prompt_grammar": "panorama"}),
+        example_prompt="warm room, hold, lights on, black ball",
+        camera=PanoramaCamera.for_model(preset.model, preset.video) if preset.model.room_anchored else None,
+    )
+
+
+def check_weight_flags(real: bool, *, lora=None, lora_alpha=None, num_heads=None, use_ema=None, checkpoint_format=None):
     """Flags that only change loaded weights are refused where nothing is loaded, rather than ignored."""
     if lora_alpha is not None and lora is None:
         raise UserError(f"{option('lora_alpha')} needs {option('lora')}")
-    given = [option(name) for name, value in (("lora", lora), ("num_heads", num_heads)) if value is not None]
+    flags = (
+        ("lora", None, lora),
+        ("num_heads", None, num_heads),
+        ("use_ema", "--ema/--no-ema", use_ema),
+        ("checkpoint_format", None, checkpoint_format),
+    )
+    given = [option(name, flag) for name, flag, value in flags if value is not None]
     if given and not real:
         raise UserError(
-            f"{' and '.join(given)}: only for --wan-dir/--checkpoint weights (the random-init and "
-            f"embedded models take no LoRA, and their head count from the preset)"
+            f"{' and '.join(given)}: only for {option('source', '--wan-dir')}/{option('checkpoint')} weights (the "
+            f"random-init, embedded and world-checkpoint models take no LoRA and no EMA choice, and their head "
+            f"count from the preset)"
         )
-
-
-def default_preset(preset: str | None, wan_dir: str | None, checkpoint: str | None, random_init: bool = True) -> str:
-    """Real weights default to the paper's model, random init to the tiny preset, no weight flags at all
-    (random_init=False) to the embedded model's `world` preset."""
-    if preset is not None:
-        return preset
-    if wan_dir or checkpoint:
-        return REAL_DEFAULT_PRESET
-    return RANDOM_DEFAULT_PRESET if random_init else EMBEDDED_PRESET
 
 
 def encode_prompts(pipeline: Parts, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -4,8 +4,14 @@ choose the model, where it runs and how many CPU threads it uses."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from contextforcing.parts import ModelSource
+    from contextforcing.pipeline import Pipeline
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,3 +116,30 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", default="slow_fast", help="full, rolling, sink, relative, ema_sink or slow_fast")
     p.add_argument("--memory-opt", action="append", metavar="KEY=VALUE", help="memory policy option, repeatable")
     p.add_argument("--seed", type=int, default=0)
+
+
+def model_source(args: argparse.Namespace, check: bool = True) -> ModelSource:
+    """The model `add_weight_args`' flags name, checked (one source, no flag that would be ignored) before any
+    weight is read unless `check` is False (a command that builds no model); random weights are drawn from --seed."""
+    from contextforcing.parts import ModelSource
+
+    source = ModelSource(
+        preset=args.preset,
+        source=args.wan_dir,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+        seed=getattr(args, "seed", 0),
+        checkpoint_format=args.checkpoint_format,
+        use_ema=args.use_ema,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        num_heads=args.num_heads,
+    )
+    return source.check() if check else source
+
+
+def load_pipeline(source: ModelSource, device: str | None, dtype: str | None, threads: int | None) -> Pipeline:
+    """`Pipeline.from_pretrained` of `source` (the one door, for the CLI's commands too)."""
+    from contextforcing.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(**dataclasses.asdict(source), device=device, dtype=dtype, threads=threads)

@@ -15,16 +15,17 @@ import json
 import resource
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from contextforcing import parts
-from contextforcing.cli.args import add_model_args, examples
-from contextforcing.config import SamplingConfig, get_preset
+from contextforcing.cli.args import add_model_args, examples, load_pipeline, model_source
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import MemorySpec, make_spec
-from contextforcing.pipeline import Pipeline, check_seed, resolve_memory
+from contextforcing.memory.policies import MemorySpec
+from contextforcing.parts import ModelSource
+from contextforcing.pipeline import Generation, Pipeline, check_seed, resolve_memory
 from contextforcing.runtime import perf
 from contextforcing.runtime.limits import MemoryTooLarge, check_stream
 
@@ -81,155 +82,174 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
     return windows
 
 
+@dataclass
+class Measured:
+    """Each chunk's numbers, in order."""
+
+    latencies: list[float] = field(default_factory=list)  # denoising + commit (+ decode with --decode)
+    decode: list[float] = field(default_factory=list)
+    transformer: list[float] = field(default_factory=list)  # denoising + commit
+    peaks: list[int] = field(default_factory=list)  # peak memory so far
+    attended: list[int] = field(default_factory=list)  # latent frames attended
+    flops: list[float] = field(default_factory=list)  # analytic
+
+    def steady(self, values: list) -> list:
+        """The chunks after the first (its warm-up), or the one chunk there is."""
+        return values[1:] or values
+
+
 def run_bench(
-    preset: str,
+    model: ModelSource,
     seconds: float,
     memory: str,
     memory_options: dict,
     *,
-    seed: int = 0,
     device: str | None = None,
     dtype: str | None = None,
+    threads: int | None = None,
     windows: str = "",
     decode: bool = False,
-    weights: dict | None = None,
     peak_tflops: float | None = None,
     progress: bool = False,
 ) -> dict:
-    """`weights` (`parts.load`'s keywords): random init, real weights (--wan-dir/--checkpoint), or, with
-    neither, the embedded model as `generate` uses it (with the memory it was trained with).
+    """A stream of `seconds` from `model` (the embedded one as `generate` uses it, with the memory it was trained
+    with; random weights and the generation drawn from `model.seed`), timed chunk by chunk.
     With `decode`, each chunk's time includes its streaming decode (Wan VAE, world codec or preview decoder).
     `peak_tflops` sets the rate of the floor; None measures one (a square matmul on the device). `progress`: a
     tqdm bar of chunks on stderr."""
-    weights = dict(weights or {})
     windows_parsed = parse_windows(windows)
-    spec, num_frames = _check_request(preset, seconds, memory, memory_options, seed, device, dtype, weights)
-    pipe = Pipeline.from_parts(
-        parts.load(
-            preset, seed=seed, device=device, dtype=dtype, random_init=weights.pop("random_init", False), **weights
-        )
-    )
-    video = pipe.preset.video
+    spec, num_frames = _check_request(model, seconds, memory, memory_options, device, dtype)
+    pipe = load_pipeline(model, device, dtype, threads)
+    chunks = num_frames // pipe.preset.video.chunk_frames
     for a, b in windows_parsed:  # fail before the run, not after it
-        if b > num_frames // video.chunk_frames:
-            raise UserError(f"--windows {a}:{b} reaches past the {num_frames // video.chunk_frames} chunks generated")
+        if b > chunks:
+            raise UserError(f"--windows {a}:{b} reaches past the {chunks} chunks generated")
     peak, peak_source = resolve_peak(peak_tflops, pipe.device, pipe.model.dtype)
     generation = pipe.stream(
         pipe.example_prompt,
         seconds,
-        seed=seed,
+        seed=model.seed,
         memory=spec,
         decode=decode,
         progress=f"bench {spec.name}" if progress else False,
     )
-    stream = generation.stream
-    peak_resettable = reset_peak_memory(pipe.device)
-    latencies, decode_times, peaks, model_times, flops, attended = [], [], [], [], [], []
+    resettable = reset_peak_memory(pipe.device)
     began = time.perf_counter()
-    for chunk in generation:
-        decode_times.append(chunk.decode_seconds if decode else 0.0)
-        latencies.append(chunk.seconds + decode_times[-1])
-        model_times.append(chunk.seconds)
-        peaks.append(peak_memory_bytes(pipe.device))
-        attended.append(chunk.plan.attended_frames)
-        cost = perf.chunk_cost(
-            pipe.model.config,
-            video,
-            attended[-1],
-            steps=len(stream.steps),
-            frames=chunk.latents.shape[2],
-            batch=stream.batch,
-        )
-        flops.append(
-            cost.total * len(stream.branches) + (perf.prompt_flops(pipe.model.config) if chunk.index == 0 else 0)
-        )
-    total = time.perf_counter() - began
-    steady = latencies[1:] or latencies
-    latent_fps = video.chunk_frames / statistics.median(steady)
-    steady_flops, steady_times = flops[1:] or flops, model_times[1:] or model_times
-    achieved = sum(steady_flops) / sum(steady_times) / 1e12
+    measured = _measure(pipe, generation, decode)
     result = {
+        **_timings(pipe, spec, num_frames, measured, time.perf_counter() - began),
+        **_memory(pipe, generation, measured, resettable),
+        **_costs(pipe, measured, peak, peak_source),
+        "included": _included(decode, pipe.weights),
+        "median_decode_s": statistics.median(measured.steady(measured.decode)) if decode else None,
+        "chunk_seconds": measured.latencies,
+        "windows": {f"{a}:{b}": statistics.median(measured.latencies[a:b]) for a, b in windows_parsed},
+    }
+    return result
+
+
+def _measure(pipe: Pipeline, generation: Generation, decode: bool) -> Measured:
+    """Every chunk of `generation`, timed, with its peak memory and analytic FLOPs."""
+    measured = Measured()
+    for chunk in generation:
+        measured.decode.append(chunk.decode_seconds if decode else 0.0)
+        measured.latencies.append(chunk.seconds + measured.decode[-1])
+        measured.transformer.append(chunk.seconds)
+        measured.peaks.append(peak_memory_bytes(pipe.device))
+        measured.attended.append(chunk.plan.attended_frames)
+        config, frames = pipe.model.config, chunk.latents.shape[2]
+        cost = perf.chunk_cost(
+            config,
+            pipe.preset.video,
+            measured.attended[-1],
+            steps=generation.steps,
+            frames=frames,
+            batch=generation.batch,
+        )
+        prompt = perf.prompt_flops(config) if chunk.index == 0 else 0
+        measured.flops.append(cost.total * generation.branches + prompt)
+    return measured
+
+
+def _timings(pipe: Pipeline, spec: MemorySpec, num_frames: int, measured: Measured, wall: float) -> dict:
+    video, latencies = pipe.preset.video, measured.latencies
+    latent_fps = video.chunk_frames / statistics.median(measured.steady(latencies))
+    return {
         "preset": pipe.preset_name,
         "weights": pipe.weights,
         "memory": spec.to_dict(),
         "device": str(pipe.device),
         "dtype": str(pipe.model.dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads() if pipe.device.type == "cpu" else None,
         "chunks": len(latencies),
         "latent_frames": num_frames,
         "first_chunk_s": latencies[0],
-        "median_chunk_s": statistics.median(steady),
+        "median_chunk_s": statistics.median(measured.steady(latencies)),
         "last_chunk_s": latencies[-1],
         "latent_fps": latent_fps,
         "pixel_fps": latent_fps * video.vae_stride_t,
-        "wall_s": total,
+        "wall_s": wall,
+        "median_transformer_s": statistics.median(measured.steady(measured.transformer)),
+    }
+
+
+def _memory(pipe: Pipeline, generation: Generation, measured: Measured, resettable: bool) -> dict:
+    footprint, peaks = generation.memory_footprint(), measured.peaks
+    if pipe.device.type == "cuda":
+        scope = "CUDA bytes allocated by torch"
+    else:
+        scope = (
+            "process peak RSS since the run began" if resettable else "process peak RSS since start (could not reset)"
+        )
+    return {
         "peak_memory_bytes": max(peaks),
-        "kv_memory_bytes": stream.memory.nbytes(),
-        "kv_view_bytes": stream.memory.view_nbytes(),
-        "key_frames_last": stream.memory.key_frames(),
         "peak_memory_first_quarter_bytes": max(peaks[: max(1, len(peaks) // 4)]),
-        "context_rotations": stream.memory.rotations,
-        "included": _included(decode, pipe.weights),
-        "median_decode_s": statistics.median(decode_times[1:] or decode_times) if decode else None,
-        "median_transformer_s": statistics.median(steady_times),
-        "attended_frames_first": attended[0],
-        "attended_frames_last": attended[-1],
-        "flops_first_chunk": flops[0],
-        "flops_median_chunk": statistics.median(steady_flops),
-        "flops_last_chunk": flops[-1],
+        "peak_memory_scope": scope,
+        "kv_memory_bytes": footprint.kv_bytes,
+        "kv_view_bytes": footprint.view_bytes,
+        "key_frames_last": footprint.key_frames,
+        "context_rotations": footprint.rotations,
+        "attended_frames_first": measured.attended[0],
+        "attended_frames_last": measured.attended[-1],
+    }
+
+
+def _costs(pipe: Pipeline, measured: Measured, peak: float, peak_source: str) -> dict:
+    flops = measured.steady(measured.flops)
+    achieved = sum(flops) / sum(measured.steady(measured.transformer)) / 1e12
+    return {
+        "flops_first_chunk": measured.flops[0],
+        "flops_median_chunk": statistics.median(flops),
+        "flops_last_chunk": measured.flops[-1],
         "achieved_tflops": achieved,
         "peak_tflops": peak,
         "peak_source": peak_source,
-        "floor_median_chunk_s": statistics.median(steady_flops) / (peak * 1e12),
+        "floor_median_chunk_s": statistics.median(flops) / (peak * 1e12),
         "floor_percent": 100.0 * achieved / peak,
-        "peak_memory_scope": (
-            "CUDA bytes allocated by torch"
-            if pipe.device.type == "cuda"
-            else "process peak RSS since the run began"
-            if peak_resettable
-            else "process peak RSS since start (could not reset)"
-        ),
-        "threads": torch.get_num_threads() if pipe.device.type == "cpu" else None,
-        "chunk_seconds": latencies,
-        "windows": {},
     }
-    for a, b in windows_parsed:
-        result["windows"][f"{a}:{b}"] = statistics.median(latencies[a:b])
-    return result
 
 
 def _check_request(
-    preset: str,
-    seconds: float,
-    memory: str,
-    memory_options: dict,
-    seed: int,
-    device: str | None,
-    dtype: str | None,
-    weights: dict,
+    model: ModelSource, seconds: float, memory: str, memory_options: dict, device: str | None, dtype: str | None
 ) -> tuple[MemorySpec, int]:
     """Memory spec and latent frames, with every check (sizes against the device too) before a model is built."""
-    cfg = get_preset(preset)
-    if weights.get("random_init") or weights.get("wan_dir") or weights.get("checkpoint"):
-        trained, sampling = make_spec(parts.FIELD_MEMORY), SamplingConfig()
-    else:
-        parts.check_embedded_preset(preset)
-        config = parts.embedded_config()
-        trained, sampling = parts.embedded_memory(config), parts.embedded_sampling(config)
-    spec = resolve_memory(trained, {"policy": memory, **memory_options}, cfg.video.chunk_frames)
-    num_frames = cfg.video.latent_frames_for(seconds)
-    check_seed(seed)
+    trained = parts.trained_defaults(model)
+    video = trained.preset.video
+    spec = resolve_memory(trained.memory, {"policy": memory, **memory_options}, video.chunk_frames)
+    num_frames = video.latent_frames_for(seconds)
+    check_seed(model.seed)
     dev, dt = parts.resolve_device(device, dtype)
-    check_stream(spec, sampling, cfg.model, cfg.video, dtype=dt, device=dev, max_frames=num_frames)
+    check_stream(spec, trained.sampling, trained.preset.model, video, dtype=dt, device=dev, max_frames=num_frames)
     return spec, num_frames
 
 
-def run_all_policies(preset: str, seconds: float, **kwargs) -> list[dict]:
+def run_all_policies(model: ModelSource, seconds: float, **kwargs) -> list[dict]:
     """The same bench once per memory policy (default options), in one process, one after another.
     A policy that runs out of device memory (e.g. `full` on a long video) gets a row saying so."""
     results = []
     for name in perf.POLICIES:
         try:
-            results.append(run_bench(preset, seconds, name, {}, **kwargs))
+            results.append(run_bench(model, seconds, name, {}, **kwargs))
         except (torch.OutOfMemoryError, MemoryTooLarge) as err:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -406,32 +426,17 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from contextforcing.config import parse_overrides
-    from contextforcing.parts import check_weight_flags, default_preset
 
-    weights = dict(
-        random_init=args.random_init,
-        wan_dir=args.wan_dir,
-        checkpoint=args.checkpoint,
-        checkpoint_format=args.checkpoint_format,
-        use_ema=args.use_ema,
-        lora=args.lora,
-        lora_alpha=args.lora_alpha,
-        num_heads=args.num_heads,
-    )
-    check_weight_flags(
-        bool(args.wan_dir or args.checkpoint), lora=args.lora, lora_alpha=args.lora_alpha, num_heads=args.num_heads
-    )
-    preset = default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     options = parse_overrides(args.memory_opt or [])
-    if args.floor_only:
-        return _floor_only(args, preset, options)
+    if args.floor_only:  # no model is built: any preset, whatever the weight flags
+        return _floor_only(args, model_source(args, check=False).preset_name, options)
+    model = model_source(args)
     common = dict(
-        seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        threads=args.threads,
         windows=args.windows,
         decode=args.decode,
-        weights=weights,
         peak_tflops=args.peak_tflops,
         progress=not args.quiet,
     )
@@ -440,10 +445,10 @@ def _run(args) -> int:
             raise UserError(
                 "--memory-opt sets one policy's options; --all-policies runs every policy with its defaults"
             )
-        results = run_all_policies(preset, args.seconds, **common)
+        results = run_all_policies(model, args.seconds, **common)
         print(json.dumps(results, indent=1) if args.json else format_policy_table(results))
         return 0
-    result = run_bench(preset, args.seconds, args.memory, options, **common)
+    result = run_bench(model, args.seconds, args.memory, options, **common)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
     return 0
 

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from contextforcing import parts
-from contextforcing.cli.args import add_model_args, examples
-from contextforcing.config import ModelConfig, SamplingConfig, VideoConfig, from_dict, get_preset
+from contextforcing.cli.args import add_model_args, examples, load_pipeline, model_source
+from contextforcing.config import VideoConfig
 from contextforcing.errors import Interrupted, UserError, quote
 from contextforcing.io.outputs import InterruptGuard, OutputLock
-from contextforcing.io.video import VideoWriter, check_output, publish_video
-from contextforcing.memory.policies import MemorySpec, check_recache, make_spec
-from contextforcing.pipeline import Generation, Pipeline, Prompt, check_seed, read_init_clip, resolve_memory
+from contextforcing.io.video import VideoWriter, check_output, publish_video, read_init_clip
+from contextforcing.memory.policies import MemorySpec, check_recache
+from contextforcing.parts import ModelSource
+from contextforcing.pipeline import Generation, Pipeline, check_seed, resolve_memory
 from contextforcing.runtime.limits import check_stream
-from contextforcing.sampling.switches import place_script, place_switches, read_prompt_script
+from contextforcing.sampling.switches import Prompt, place_prompts, read_prompt_script, script_prompts
 
 
 @dataclass
@@ -31,62 +32,34 @@ class GenerationRequest:
     prompt: str | None
     seconds: float
     out: str
-    preset: str = parts.RANDOM_DEFAULT_PRESET
+    model: ModelSource = field(default_factory=ModelSource)  # which model (the embedded one by default)
     memory: str = "slow_fast"
     memory_options: dict = field(default_factory=dict)
     seed: int = 0
-    random_init: bool = False
     device: str | None = None
     dtype: str | None = None
+    threads: int | None = None
     switches: list[tuple[float, str]] = field(default_factory=list)  # (seconds of video, prompt)
     flush_on_switch: bool = False
     recache: str = "window"  # window | longlive: what a prompt switch re-encodes
-    wan_dir: str | None = None  # UMT5 + VAE, and the base DiT when no checkpoint is given
-    checkpoint: str | None = None  # DiT weights in any format `model.checkpoints` reads
-    checkpoint_format: str | None = None
-    use_ema: bool | None = None  # None: EMA, unless the LoRA was trained on the raw generator (LongLive)
-    lora: str | None = None
-    lora_alpha: float | None = None  # None: stored in the adapter, else alpha = rank
-    num_heads: int | None = None  # None: the preset's
     prompts: str | None = None  # JSONL prompt script: {"at": SECONDS, "prompt": TEXT} per line
     init_video: str | None = None
     init_image: str | None = None
 
 
-def pipeline_for(req: GenerationRequest) -> Pipeline:
-    return Pipeline.from_parts(
-        parts.load(
-            req.preset,
-            random_init=req.random_init,
-            wan_dir=req.wan_dir,
-            checkpoint=req.checkpoint,
-            checkpoint_format=req.checkpoint_format,
-            use_ema=req.use_ema,
-            lora=req.lora,
-            lora_alpha=req.lora_alpha,
-            num_heads=req.num_heads,
-            seed=req.seed,
-            device=req.device,
-            dtype=req.dtype,
-        )
-    )
-
-
-def is_embedded(req: GenerationRequest) -> bool:
-    """No weight flags: the embedded default model."""
-    return not (req.random_init or req.wan_dir or req.checkpoint)
-
-
-def plan_prompts(req: GenerationRequest, video, chunks: int) -> list[dict]:
-    """Every prompt of the run with the chunk it takes effect from: --prompt, --switch or a --prompts script."""
+def plan_prompts(req: GenerationRequest, video: VideoConfig, chunks: int) -> list[Prompt]:
+    """Every prompt of the run on the chunk it takes effect from: --prompt, --switch or a --prompts script."""
     if req.prompts is not None:
         if req.switches:
             raise UserError("use either --prompts or --switch, not both")
-        return place_script(req.prompt, read_prompt_script(req.prompts), video, chunks, req.prompts)
-    if req.prompt is None:
+        asked, source = script_prompts(req.prompt, read_prompt_script(req.prompts), req.prompts), req.prompts
+    elif req.prompt is None:
         raise UserError("give a --prompt (or a --prompts script)")
-    entries = [(None, 0.0, req.prompt)] + [(None, at, p) for at, p in sorted(req.switches)]
-    return place_switches(entries, video, chunks, lambda _, at: f"--switch at {at:g} s")
+    else:
+        asked = [Prompt(req.prompt, at=0.0)] + [Prompt(p, at=at) for at, p in sorted(req.switches)]
+        source = "--switch"
+    placed = place_prompts(asked, video, chunks, source)
+    return [dataclasses.replace(p, flush=req.flush_on_switch) for p in placed]
 
 
 # -- the run --------------------------------------------------------------------------------------------------
@@ -97,37 +70,43 @@ class RunPlan:
     spec: MemorySpec
     video: VideoConfig
     num_frames: int
-    placed: list[dict]
+    prompts: list[Prompt]
     init: dict | None
 
+    def prompts_json(self) -> list[dict]:
+        """The sidecar's `prompts`: each where it was asked for, where it landed, and its first frame in the mp4."""
+        stride_t, primed = self.video.vae_stride_t, self.init is not None
+        return [
+            {**p.to_json(self.video), "pixel_frame": _first_pixel(p.chunk * self.video.chunk_frames, stride_t, primed)}
+            for p in self.prompts
+        ]
 
-def plan_run(req: GenerationRequest, pipeline: Pipeline | None = None) -> RunPlan:
-    """Every cheap check of a request (script, memory policy and whether it fits the device, init file)."""
-    if pipeline is None and is_embedded(req):
-        parts.check_embedded_preset(req.preset)
-        config = parts.embedded_config()
-        video = from_dict(VideoConfig, config["video"], where="embedded video")
-        model_cfg = from_dict(ModelConfig, config["model"], where="embedded model")
-        trained, sampling = parts.embedded_memory(config), parts.embedded_sampling(config)
-    else:
-        preset = pipeline.preset if pipeline else get_preset(req.preset)
-        video, model_cfg = preset.video, preset.model
-        trained = pipeline.memory if pipeline else make_spec(parts.FIELD_MEMORY)
-        sampling = pipeline.sampling if pipeline else SamplingConfig()
-    spec = resolve_memory(trained, {"policy": req.memory, **req.memory_options}, video.chunk_frames)
+
+def plan_run(req: GenerationRequest) -> RunPlan:
+    """Every cheap check of a request (script, memory policy and whether it fits the device, init file), before
+    any weight is read."""
+    trained = parts.trained_defaults(req.model)
+    video = trained.preset.video
+    spec = resolve_memory(trained.memory, {"policy": req.memory, **req.memory_options}, video.chunk_frames)
     check_recache(spec, req.recache, req.flush_on_switch)
     num_frames = video.latent_frames_for(req.seconds)
-    placed = plan_prompts(req, video, num_frames // video.chunk_frames)
+    prompts = plan_prompts(req, video, num_frames // video.chunk_frames)
     init_pixels, init = read_init_clip(video, req.init_video, req.init_image)
-    device, dtype = (pipeline.device, pipeline.model.dtype) if pipeline else parts.resolve_device(req.device, req.dtype)
+    device, dtype = parts.resolve_device(req.device, req.dtype)
     init_frames = 0 if init_pixels is None else 1 + (init_pixels.shape[2] - 1) // video.vae_stride_t
-    check_stream(spec, sampling, model_cfg, video, dtype=dtype, device=device, max_frames=num_frames + init_frames)
-    for p in placed:  # where each prompt starts in the written mp4
-        p["pixel_frame"] = _first_pixel(p["frame"], video.vae_stride_t, primed=init is not None)
-    return RunPlan(spec, video, num_frames, placed, init)
+    check_stream(
+        spec,
+        trained.sampling,
+        trained.preset.model,
+        video,
+        dtype=dtype,
+        device=device,
+        max_frames=num_frames + init_frames,
+    )
+    return RunPlan(spec, video, num_frames, prompts, init)
 
 
-def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, progress: bool = True) -> dict:
+def run_generation(req: GenerationRequest, progress: bool = True) -> dict:
     """Generate `req.out` (mp4) and its sidecar (.json), published together (`outputs.publish_with`).
 
     A second run on the same --out is refused while this one runs (`outputs.OutputLock`). Ctrl-C, SIGTERM or
@@ -137,11 +116,11 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
     """
     out = check_output(req.out)
     check_seed(req.seed)
-    plan = plan_run(req, pipeline)
+    plan = plan_run(req)
     with OutputLock(out.with_name(f".{out.name}.lock"), f"output {out}", remove=True), InterruptGuard() as guard:
         try:
             with guard.interruptible():
-                pipeline = pipeline or pipeline_for(req)
+                pipeline = load_pipeline(req.model, req.device, req.dtype, req.threads)
                 generation = _start(pipeline, plan, req)
         except KeyboardInterrupt:
             raise Interrupted("nothing was written", guard.signum) from None
@@ -151,7 +130,7 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
             chunks, stopped = _stream_into(writer, generation, guard, progress)
             sidecar = {
                 **generation.record(chunks, stopped or guard.interrupted),
-                "prompts": plan.placed,
+                "prompts": plan.prompts_json(),
                 "prompt_script": req.prompts,
                 "init": _init_record(plan, generation),
                 "wall_seconds": time.perf_counter() - began,
@@ -169,13 +148,12 @@ def run_generation(req: GenerationRequest, pipeline: Pipeline | None = None, pro
 
 
 def _start(pipeline: Pipeline, plan: RunPlan, req: GenerationRequest) -> Generation:
-    switches = [Prompt(p["prompt"], p["chunk"], req.flush_on_switch) for p in plan.placed[1:]]
     return pipeline.stream(
-        plan.placed[0]["prompt"],
+        plan.prompts[0].text,
         req.seconds,
         seed=req.seed,
         memory=plan.spec,
-        switches=switches,
+        switches=plan.prompts[1:],
         flush_on_switch=req.flush_on_switch,
         recache=req.recache,
         init_video=req.init_video,
@@ -222,9 +200,9 @@ def request_from_args(args) -> GenerationRequest:
 
     fields = {f.name for f in dataclasses.fields(GenerationRequest)}
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    values["model"] = model_source(args)
     values["memory_options"] = parse_overrides(args.memory_opt or [])
     values["switches"] = [_parse_switch(s) for s in (args.switch or [])]
-    values["preset"] = parts.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
     values.setdefault("prompt", None)
     return GenerationRequest(**values)
 

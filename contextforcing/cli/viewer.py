@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import socket
 
-from contextforcing.cli.args import add_weight_args, examples
+from contextforcing.cli.args import add_weight_args, examples, load_pipeline, model_source
 from contextforcing.errors import UserError, first_line, note
 
 
@@ -24,8 +24,21 @@ def register(subparsers) -> argparse.ArgumentParser:
         ),
     )
     add_weight_args(p)
+    _add_server_args(p)
+    _add_stream_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    """Where the server listens."""
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port; default 7860)")
+
+
+def _add_stream_args(p: argparse.ArgumentParser) -> None:
+    """The streams: how many, how long, how far ahead, who may open them, how their frames travel, how many are
+    kept."""
     p.add_argument(
         "--max-streams",
         type=int,
@@ -75,8 +88,6 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=4,
         help="closed tabs' streams (and uploaded replays) kept for download while the server runs (default 4)",
     )
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args) -> int:
@@ -91,9 +102,10 @@ def run(args) -> int:
     from contextforcing.serve.access import WILDCARD_ADDRESSES, AccessRules
 
     access = AccessRules.for_address(args.host, args.allow_host, args.allow_origin)
+    source = model_source(args)
     sock = bind(args.host, args.port)
     try:
-        pipe = load_pipeline(args)
+        pipe = load_pipeline(source, args.device, args.dtype, args.threads)
         from contextforcing.serve.app import build_app
 
         app = build_app(pipe, limits, codec, args.keep_downloads, access)
@@ -145,25 +157,3 @@ def bind(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror or first_line(err)}") from None
     sock.set_inheritable(True)
     return sock
-
-
-def load_pipeline(args):
-    from contextforcing import parts
-    from contextforcing.pipeline import Pipeline
-
-    preset = parts.default_preset(args.preset, args.wan_dir, args.checkpoint, random_init=args.random_init)
-    return Pipeline.from_parts(
-        parts.load(
-            preset,
-            random_init=args.random_init,
-            wan_dir=args.wan_dir,
-            checkpoint=args.checkpoint,
-            checkpoint_format=args.checkpoint_format,
-            use_ema=args.use_ema,
-            lora=args.lora,
-            lora_alpha=args.lora_alpha,
-            num_heads=args.num_heads,
-            device=args.device,
-            dtype=args.dtype,
-        )
-    )

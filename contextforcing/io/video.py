@@ -1,13 +1,17 @@
-"""mp4 reading and progressive, atomic writing (imageio-ffmpeg, which bundles its own ffmpeg)."""
+"""mp4 reading and progressive, atomic writing (imageio-ffmpeg, which bundles its own ffmpeg), and the init clip
+(a video or an image) a generation continues, fitted to the model's size."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from contextforcing.errors import UserError, first_line
+from contextforcing.config import VideoConfig
+from contextforcing.errors import UserError, first_line, option
 from contextforcing.io import outputs
 from contextforcing.io.outputs import (
     InterruptGuard,
@@ -21,6 +25,13 @@ from contextforcing.io.outputs import (
     temp_beside,
     write_error,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+# An init video longer than one Wan clip (81 frames = 21 latent frames) is cut to its last 81 frames:
+# the memory keeps only a bounded context anyway, and the VAE encode of a long clip would dominate.
+MAX_INIT_PIXEL_FRAMES = 81
 
 
 class VideoWriter:
@@ -215,3 +226,58 @@ def save_video(path: str | Path, frames: np.ndarray, fps: int, record: dict) -> 
             writer.discard()
             raise
     return out
+
+
+# -- the init clip a generation continues ---------------------------------------------------------------------
+def read_init_clip(
+    video: VideoConfig, init_video: str | Path | None = None, init_image: str | Path | None = None
+) -> tuple[torch.Tensor | None, dict | None]:
+    """The init video or image as [1, 3, T, H, W] in [-1, 1] at the preset's pixel size, and what was used."""
+    import torch
+
+    if init_video and init_image:
+        raise UserError(f"use either {option('init_video')} or {option('init_image')}, not both")
+    if not (init_video or init_image):
+        return None, None
+    if init_image:
+        frames, kind, path = _read_image(init_image), "image", init_image
+    else:
+        frames, kind, path = read_video(init_video)[0], "video", init_video
+        # The end of the clip is what the generation continues; keep 1 + k * stride_t whole frames of it.
+        keep = min(len(frames), MAX_INIT_PIXEL_FRAMES)
+        frames = frames[-(1 + (keep - 1) // video.vae_stride_t * video.vae_stride_t) :]
+    height, width = video.latent_height * video.vae_stride_hw, video.latent_width * video.vae_stride_hw
+    pixels = _fit(torch.from_numpy(frames).permute(0, 3, 1, 2), height, width) / 127.5 - 1.0
+    info = {"kind": kind, "path": str(path), "source_size": list(frames.shape[1:3]), "pixel_frames": len(frames)}
+    return pixels.permute(1, 0, 2, 3)[None], info
+
+
+def _read_image(path: str):
+    import imageio.v3 as iio
+
+    try:
+        image = np.asarray(iio.imread(path))
+    except Exception as err:  # imageio raises many types for missing or broken files
+        raise UserError(f"cannot read image {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)  # greyscale
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise UserError(f"image {path} has shape {list(image.shape)}; expected a single RGB(A) or grey image")
+    return image[None, :, :, :3].astype(np.uint8)  # drop alpha
+
+
+def _fit(frames: torch.Tensor, height: int, width: int, batch: int = 16) -> torch.Tensor:
+    """uint8 [T, 3, h, w] -> float [T, 3, height, width]: scale to cover, then centre crop (no distortion).
+    A few frames at a time, so a long HD clip never exists as one float tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = frames.shape[-2:]
+    scale = max(height / h, width / w)
+    size = (max(height, math.ceil(h * scale)), max(width, math.ceil(w * scale)))
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    out = []
+    for part in frames.split(batch):
+        resized = F.interpolate(part.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+        out.append(resized[:, :, top : top + height, left : left + width].clamp(0, 255))
+    return torch.cat(out)

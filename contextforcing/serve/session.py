@@ -218,16 +218,11 @@ def _end_stream(generation: Generation, slot: StreamSlot) -> None:
     slot.free()
 
 
-def switched_at(chunk: DecodedChunk, generation: Generation) -> dict | None:
+def switched_at(chunk: DecodedChunk) -> dict | None:
     """The prompt switch that took effect at `chunk`, with the frames it re-encoded (None: no switch there)."""
-    prompt = next((p for p in generation.prompts[1:] if p.chunk == chunk.index), None)
-    if prompt is None:
+    if chunk.switch is None:
         return None
-    event = next(
-        (e for e in reversed(generation.stream.events) if e.get("event") == "switch" and e.get("frame") == chunk.start),
-        {},
-    )
-    return {"prompt": prompt.text, "flush": prompt.flush, "recached": list(event.get("recached", []))}
+    return {"prompt": chunk.prompt, "flush": chunk.switch.flush, "recached": list(chunk.switch.recached)}
 
 
 class StreamSlot:
@@ -566,12 +561,12 @@ class StreamSession:
             self.spool.append(chunk.frames)
             self.chunks.append(slim(chunk))
         new, dropped = store.add(chunk)
-        header = self._header(chunk, generation, store)
+        header = self._header(chunk, store)
         header.update(thumbs={str(t.frame): t.png for t in new}, drop=dropped)
         self._frames_sent += len(chunk.frames)
         return pack_chunk(header, chunk.frames, self.hub.codec)
 
-    def _header(self, chunk: DecodedChunk, generation: Generation, store: ThumbnailStore) -> dict:
+    def _header(self, chunk: DecodedChunk, store: ThumbnailStore) -> dict:
         video = self.hub.pipe.preset.video
         n, height, width = chunk.frames.shape[:3]
         compute = chunk.seconds + chunk.decode_seconds
@@ -585,7 +580,7 @@ class StreamSession:
             "height": height,
             "width": width,
             "prompt": chunk.prompt,
-            "switched": switched_at(chunk, generation),
+            "switched": switched_at(chunk),
             "seconds": chunk.seconds,
             "decode_seconds": chunk.decode_seconds,
             "video_seconds": n / video.fps,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from contextforcing.cli import main
-from contextforcing.data.world import cli as world_cli
+from contextforcing.cli import world_data as world_cli
 from contextforcing.data.world.dataset import DatasetConfig, training_spec, write_dataset
 from contextforcing.data.world.loader import WorldClipDataset
 from contextforcing.data.world.prompts import EVAL_SEED_BASE

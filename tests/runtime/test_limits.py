@@ -142,5 +142,5 @@ def test_the_check_passes_what_the_model_was_trained_with(pipe):
     )
     generation = pipe.stream(PROMPT, None)
     next(generation)
-    memory = generation.stream.memory
-    assert need == memory.nbytes() + memory.view_nbytes()  # what the check counts is what a stream holds
+    footprint = generation.memory_footprint()
+    assert need == footprint.kv_bytes + footprint.view_bytes  # what the check counts is what a stream holds
