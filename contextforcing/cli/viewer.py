@@ -92,7 +92,7 @@ def _add_stream_args(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from contextforcing.serve.frames import FrameCodec
-    from contextforcing.serve.session import ServeLimits
+    from contextforcing.serve.messages import ServeLimits
 
     limits = ServeLimits(args.max_streams, args.max_seconds, args.lead_chunks).check()
     codec = FrameCodec(args.frames, args.quality).check()

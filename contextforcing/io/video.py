@@ -228,6 +228,14 @@ def save_video(path: str | Path, frames: np.ndarray, fps: int, record: dict) -> 
     return out
 
 
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """A codec's decoded video [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3] (`read_init_clip` goes the
+    other way)."""
+    import torch
+
+    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+
+
 # -- the init clip a generation continues ---------------------------------------------------------------------
 def read_init_clip(
     video: VideoConfig, init_video: str | Path | None = None, init_image: str | Path | None = None

@@ -21,10 +21,10 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from contextforcing.codecs.preview import to_uint8_frames
 from contextforcing.config import Preset, SamplingConfig
 from contextforcing.errors import UserError
 from contextforcing.io.provenance import provenance
+from contextforcing.io.video import to_uint8_frames
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import MemorySpec, check_recache
 from contextforcing.sampling.camera import chunk_headings

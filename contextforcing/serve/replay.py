@@ -26,7 +26,7 @@ from contextforcing.io.sidecar import SavedVideo, read_record
 from contextforcing.sampling.generation import DecodedChunk
 from contextforcing.sampling.stream import SwitchEvent
 from contextforcing.sampling.switches import Prompt
-from contextforcing.serve.session import FrameSpool
+from contextforcing.serve.spool import FrameSpool
 
 # The largest upload taken (sidecar and mp4 together): an mp4 of the toy model is about 0.3 MB a minute.
 MAX_REPLAY_BYTES = 512 * 2**20

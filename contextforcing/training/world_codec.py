@@ -207,7 +207,7 @@ def train(
 
 
 def _round_trip(codec: WorldCodec, truth: np.ndarray) -> tuple[np.ndarray, dict]:
-    from contextforcing.codecs.preview import to_uint8_frames
+    from contextforcing.io.video import to_uint8_frames
 
     video = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     t0 = time.perf_counter()

@@ -76,9 +76,9 @@ def test_known_frames_slices_the_world_latents(track):
 
 @pytest.mark.parametrize("protocol", ["occlusion", "recall"])
 def test_generated_world_shows_the_given_frames_exactly(protocol):
-    from contextforcing.codecs.preview import to_uint8_frames
     from contextforcing.codecs.world import load_world_codec
     from contextforcing.eval.protocols import generate_world, world_latents
+    from contextforcing.io.video import to_uint8_frames
     from contextforcing.pipeline import Pipeline
 
     track = simulate(WorldSpec("plain warm room, blackout occlusions", 3, 18.0, (0.5, 2.0)))

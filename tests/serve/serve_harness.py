@@ -19,7 +19,7 @@ from contextforcing.pipeline import Pipeline
 from contextforcing.serve.access import AccessRules
 from contextforcing.serve.app import build_app
 from contextforcing.serve.frames import FrameCodec, decode_frames
-from contextforcing.serve.session import ServeLimits
+from contextforcing.serve.messages import ServeLimits
 
 CHROME_FLAGS = (
     "--headless",
