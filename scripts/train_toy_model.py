@@ -159,7 +159,7 @@ def check_pairs(cfg, root: Path, record: dict) -> None:
 
 def run_stage(stage: str, args, root: Path, record: dict) -> None:
     from contextforcing.training import distributed as dist
-    from contextforcing.training.checkpoint import export
+    from contextforcing.training.export import export
     from contextforcing.training.trainer import run_training
 
     cfg = load_config(stage, args, root)

@@ -15,14 +15,13 @@ from contextforcing.cli.args import add_lora_alpha_arg, add_weight_choice_args, 
 from contextforcing.config import PRESETS, get_preset
 from contextforcing.errors import UserError
 from contextforcing.io.outputs import check_creatable
+from contextforcing.model.architecture import describe_config, infer_model_config
 from contextforcing.model.checkpoints import (
     FORMATS,
     SAVE_LAYOUTS,
     check_complete,
     check_heads_agree,
     checkpoint_config,
-    describe_config,
-    infer_model_config,
     read_checkpoint,
     save_safetensors,
 )

@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from contextforcing.training.checkpoint import export
+    from contextforcing.training.export import export
 
     path, which = export(args.run, args.out, use_ema=not args.no_ema)
     print(f"wrote {path} ({which})", file=sys.stderr)

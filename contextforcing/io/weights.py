@@ -11,6 +11,7 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -209,3 +210,23 @@ def load_strict(
     if leftover:  # non-persistent buffers are not in a state dict; our models have none
         raise RuntimeError(f"tensors left on the meta device after loading {source}: {leftover[:MAX_NAMES_IN_ERROR]}")
     return module
+
+
+def read_raw(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
+    """Whatever the weight file holds: a flat name -> tensor dict, or a training dict of such dicts."""
+    if path.name.endswith(".index.json"):
+        return read_sharded_safetensors(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    obj = read_torch(path, allow_pickle)
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def tensors_only(state: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
+    """`state` itself, checked to hold tensors only (a pickled state dict may hold anything)."""
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"{source}: expected a state dict of tensors; non-tensor entries: {name_list(sorted(bad))}")
+    return state
