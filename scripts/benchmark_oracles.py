@@ -84,7 +84,10 @@ def code_version() -> str:
     """Hash of the sources a cell depends on (world, metrics, oracles): a cache from other code is not reused."""
     package = REPO / "contextforcing"
     files = sorted((package / "data" / "world" / "panorama").glob("*.py"))
-    files += [package / "eval" / name for name in ("panorama_metrics.py", "memory_score.py", "oracles.py")]
+    files += [
+        package / "eval" / name
+        for name in ("panorama_metrics.py", "panorama_motion.py", "memory_score.py", "oracles.py")
+    ]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
 
 
