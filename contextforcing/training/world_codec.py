@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -114,69 +115,49 @@ def latent_stats(
     return z.mean(1), z.std(1).clamp_min(1e-4)
 
 
-def train(
-    out: str | None = None,
-    steps: int = 4000,
-    minutes: float = 14.0,
-    batch: int = 24,
-    lr: float = 2e-3,
-    clips: int = 48,
-    seconds: float = 10.0,
-    refresh: int = 100,
-    latent_noise: float = 0.05,
-    latent_l2: float = 1e-3,
-    seed: int = 0,
-    threads: int = 1,
-    log_every: int = 100,
-    world: str = "occlusion",
-) -> WorldCodecModel:
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 1])
+@dataclass(frozen=True)
+class CodecTraining:
+    """How the world codec is trained (`python -m contextforcing.training.world_codec train`'s flags)."""
+
+    steps: int = 4000
+    minutes: float = 14.0  # wall-clock cap on the optimisation loop
+    batch: int = 24
+    lr: float = 2e-3
+    clips: int = 48  # rendered clips per pool
+    seconds: float = 10.0  # of each clip
+    refresh: int = 100  # steps between pool refreshes
+    latent_noise: float = 0.05  # added to the latents the decoder reads in training
+    latent_l2: float = 1e-3
+    seed: int = 0
+    threads: int = 1
+    log_every: int = 100
+    world: str = "occlusion"
+
+    def lr_at(self, step: int, done: float) -> float:
+        """100 warm-up steps, then a cosine from lr to lr / 100 over the run (`done`: its share so far)."""
+        warm = min(1.0, (step + 1) / 100)
+        return self.lr * warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
+def train(out: str | None = None, options: CodecTraining = CodecTraining()) -> WorldCodecModel:
+    """Train the codec on `options.world`'s training clips until its step count or time is up; save it to `out`
+    (default: the world's shipped weights file) with its latent statistics."""
+    o = options
+    torch.set_num_threads(o.threads)
+    torch.manual_seed(o.seed)
     model = WorldCodecModel()
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"world codec ({world} world): {n_params} parameters ({n_params * 4 / 1e6:.2f} MB fp32); {steps} steps or "
-        f"{minutes} min, batch {batch}, {threads} threads",
+        f"world codec ({o.world} world): {n_params} parameters ({n_params * 4 / 1e6:.2f} MB fp32); {o.steps} steps "
+        f"or {o.minutes} min, batch {o.batch}, {o.threads} threads",
         flush=True,
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    pool = ClipPool(rng, clips, seconds, world)
-    start, step, done_frac = time.time(), 0, 0.0
-    run_loss = run_psnr = 0.0
-    model.train()
-    while step < steps:
-        elapsed = time.time() - start
-        done_frac = max(step / steps, elapsed / (60 * minutes))
-        if done_frac >= 1:
-            break
-        warm = min(1.0, (step + 1) / 100)
-        for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * done_frac)))
-        if step and step % refresh == 0:
-            pool.refresh()
-        x = pool.batch(batch)
-        z = model.encoder(x)
-        y = model.decoder(z + latent_noise * torch.randn_like(z))
-        mse = torch.mean((y - x) ** 2)
-        loss = torch.mean(torch.abs(y - x)) + mse + latent_l2 * torch.mean(z**2)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        run_loss += float(loss.detach())
-        run_psnr += 10 * math.log10(4.0 / max(float(torch.mean((y.detach().clamp(-1, 1) - x) ** 2)), 1e-10))
-        if step % log_every == 0:
-            print(
-                f"step {step:5d}  {time.time() - start:6.0f} s  loss {run_loss / log_every:.4f}  "
-                f"batch PSNR {run_psnr / log_every:.2f} dB  |z| {float(z.detach().pow(2).mean().sqrt()):.2f}  "
-                f"lr {opt.param_groups[0]['lr']:.2e}",
-                flush=True,
-            )
-            run_loss = run_psnr = 0.0
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    pool = ClipPool(np.random.default_rng([o.seed, 1]), o.clips, o.seconds, o.world)
+    start = time.time()
+    step = _optimise(model, opt, pool, o, start)
     train_s = time.time() - start
-    mean, std = latent_stats(model, np.random.default_rng([seed, 2]), world=world)
+    mean, std = latent_stats(model, np.random.default_rng([o.seed, 2]), world=o.world)
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)
     model.eval()
@@ -184,26 +165,62 @@ def train(
         f"trained {step} steps in {train_s:.0f} s; latent std per channel {[round(float(s), 3) for s in std]}",
         flush=True,
     )
-    path = out or WEIGHTS_PATH[world]
-    save_world_codec(
-        model,
-        path,
-        extra={
-            "world": world,
-            "steps": step,
-            "train_seconds": round(train_s, 1),
-            "batch": batch,
-            "lr": lr,
-            "latent_noise": latent_noise,
-            "latent_l2": latent_l2,
-            "seed": seed,
-            "clips_per_pool": clips,
-            "clip_seconds": seconds,
-            "data": f"{world} world clips from training prompts/scripts and seeds only (seeds < EVAL_SEED_BASE)",
-        },
-    )
+    path = out or WEIGHTS_PATH[o.world]
+    save_world_codec(model, path, extra=_training_record(o, step, train_s))
     print(f"saved {path}", flush=True)
     return model
+
+
+def _optimise(model: WorldCodecModel, opt, pool: ClipPool, o: CodecTraining, start: float) -> int:
+    """The optimisation loop; returns the steps taken (fewer than `o.steps` when the time ran out)."""
+    step, run_loss, run_psnr = 0, 0.0, 0.0
+    model.train()
+    while step < o.steps:
+        done = max(step / o.steps, (time.time() - start) / (60 * o.minutes))
+        if done >= 1:
+            break
+        for g in opt.param_groups:
+            g["lr"] = o.lr_at(step, done)
+        if step and step % o.refresh == 0:
+            pool.refresh()
+        x = pool.batch(o.batch)
+        z = model.encoder(x)
+        y = model.decoder(z + o.latent_noise * torch.randn_like(z))
+        mse = torch.mean((y - x) ** 2)
+        loss = torch.mean(torch.abs(y - x)) + mse + o.latent_l2 * torch.mean(z**2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        run_loss += float(loss.detach())
+        run_psnr += 10 * math.log10(4.0 / max(float(torch.mean((y.detach().clamp(-1, 1) - x) ** 2)), 1e-10))
+        if step % o.log_every == 0:
+            print(
+                f"step {step:5d}  {time.time() - start:6.0f} s  loss {run_loss / o.log_every:.4f}  "
+                f"batch PSNR {run_psnr / o.log_every:.2f} dB  |z| {float(z.detach().pow(2).mean().sqrt()):.2f}  "
+                f"lr {opt.param_groups[0]['lr']:.2e}",
+                flush=True,
+            )
+            run_loss = run_psnr = 0.0
+    return step
+
+
+def _training_record(o: CodecTraining, step: int, train_s: float) -> dict:
+    """What the weights file records about its training."""
+    return {
+        "world": o.world,
+        "steps": step,
+        "train_seconds": round(train_s, 1),
+        "batch": o.batch,
+        "lr": o.lr,
+        "latent_noise": o.latent_noise,
+        "latent_l2": o.latent_l2,
+        "seed": o.seed,
+        "clips_per_pool": o.clips,
+        "clip_seconds": o.seconds,
+        "data": f"{o.world} world clips from training prompts/scripts and seeds only (seeds < EVAL_SEED_BASE)",
+    }
 
 
 def _round_trip(codec: WorldCodec, truth: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -318,16 +335,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.cmd == "train":
-        train(
-            args.out,
-            args.steps,
-            args.minutes,
-            args.batch,
-            args.lr,
+        options = CodecTraining(
+            steps=args.steps,
+            minutes=args.minutes,
+            batch=args.batch,
+            lr=args.lr,
             seed=args.seed,
             threads=args.threads,
             world=args.world,
         )
+        train(args.out, options)
         return 0
     result = evaluate(load_world_codec(args.weights or WEIGHTS_PATH[args.world]), args.worlds, world=args.world)
     print("summary (mean / min / max over worlds):")
