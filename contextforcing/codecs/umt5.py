@@ -222,6 +222,3 @@ class UMT5TextEncoder:
         ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden.masked_fill(~mask.bool()[..., None], 0.0)
-
-    def clear_cache(self) -> None:
-        self._cache.clear()

@@ -270,13 +270,3 @@ def load_world_codec(path: str | os.PathLike | None = None, device: str | torch.
             f"{path}: world codec weights do not match their config ({text[0] if text else exc!r})"
         ) from None
     return WorldCodec(model, device)
-
-
-def world_codec_info(path: str | os.PathLike | None = None) -> dict:
-    """The metadata stored with the weights (config and training notes)."""
-    from safetensors import safe_open
-
-    path = Path(path) if path is not None else DEFAULT_PATH
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-    return {"config": json.loads(meta.get("config", "{}")), "extra": json.loads(meta.get("extra", "{}"))}

@@ -55,10 +55,6 @@ def safetensors_keys(path: Path) -> list[str]:
         raise UserError(f"{path}: corrupted or unreadable safetensors file ({first_line(exc)})") from None
 
 
-def check_safetensors(path: Path) -> None:
-    safetensors_keys(path)
-
-
 def stage_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str]):
     """One safetensors file, complete under a temporary name beside `path` (an `outputs.StagedFile` to commit
     or publish), with the same bytes for the same tensors.
