@@ -162,7 +162,7 @@ def kv_bytes(
     gather reference (tests/memory/gather_reference.py) keeps per layer for the whole chunk;
     `views_slots`: the slots view's rotated-key buffers, one per layer over the slots the policy can use (the default).
     `resident_*`: the store plus that mode's views, what is held while a chunk runs (weights and
-    activations aside). tests/test_perf.py checks every figure against the tensors a `ContextMemory` holds.
+    activations aside). tests/runtime/test_perf.py checks every figure against the tensors a `ContextMemory` holds.
     """
     spec = make_spec(spec) if isinstance(spec, str) else spec
     layout = MemoryLayout.for_model(model, video)

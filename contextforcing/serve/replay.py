@@ -1,6 +1,6 @@
 """Replay of a saved video in the viewer: an mp4 and its sidecar, uploaded by the page, played back chunk by
 chunk through the same protocol as a live stream, so the memory panel, the surprisal chart and the event log show
-what each chunk attended, exactly as the sidecar's trace records it (`trace.read_record`).
+what each chunk attended, exactly as the sidecar's trace records it (`io.sidecar.read_record`).
 
 The upload is one POST body: a little-endian uint32 length, the sidecar's JSON, then the mp4's bytes (the same
 framing as a chunk message). Frames are decoded once into a `FrameSpool` on disk; `ReplayGeneration` then stands
