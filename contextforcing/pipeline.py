@@ -50,10 +50,6 @@ class Pipeline(Parts):
 
     _texts: dict = field(default_factory=dict, repr=False)
 
-    @classmethod
-    def from_parts(cls, parts: Parts) -> "Pipeline":
-        return cls(**{f.name: getattr(parts, f.name) for f in dataclasses.fields(Parts)})
-
     # -- sources -------------------------------------------------------------------------------------
     @classmethod
     @checked_keywords("Pipeline.from_pretrained")
@@ -98,7 +94,8 @@ class Pipeline(Parts):
             lora_alpha=lora_alpha,
             num_heads=num_heads,
         )
-        pipe = cls.from_parts(parts.load(model, device, dtype))
+        loaded = parts.load(model, device, dtype)
+        pipe = cls(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(Parts)})
         if memory is not None:
             pipe.memory = pipe.memory_for(memory)
         return pipe
