@@ -39,7 +39,7 @@ $(VENV)/.train-installed: $(VENV)/.eval-installed
 # trained memory and with a 3 s rolling window, same seed; both videos, a side-by-side mp4 with the ground truth,
 # contact sheets, then `eval` of both against the tour: out/demo/report (revisit error against delay for both).
 # Installs [eval] (the report) and [serve] (the README's next step, `contextforcing serve`). Progress bars go to
-# stderr; the CPU thread count follows contextforcing.threads (DEMO_THREADS=N to set it).
+# stderr; the CPU thread count follows contextforcing.runtime.threads (DEMO_THREADS=N to set it).
 DEMO_THREADS ?=
 demo: $(VENV)/.eval-installed $(VENV)/.serve-installed
 	$(PY) scripts/demo.py --out $(DEMO_DIR) --seed $(DEMO_SEED) $(if $(DEMO_THREADS),--threads $(DEMO_THREADS))

@@ -17,10 +17,10 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "Pipeline": ("contextforcing.pipeline", "Pipeline"),
-    "Generation": ("contextforcing.pipeline", "Generation"),
-    "DecodedChunk": ("contextforcing.pipeline", "DecodedChunk"),
-    "Video": ("contextforcing.pipeline", "Video"),
-    "Memory": ("contextforcing.memory.policies", "MemorySpec"),
+    "Generation": ("contextforcing.sampling.generation", "Generation"),
+    "DecodedChunk": ("contextforcing.sampling.generation", "DecodedChunk"),
+    "Video": ("contextforcing.sampling.generation", "Video"),
+    "Memory": ("contextforcing.memory.spec", "MemorySpec"),
     "Sampling": ("contextforcing.config", "SamplingConfig"),
     "ChunkPlan": ("contextforcing.memory.plan", "ChunkPlan"),
     "MemoryUpdate": ("contextforcing.memory.plan", "MemoryUpdate"),

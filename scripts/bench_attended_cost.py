@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from contextforcing import perf  # noqa: E402
 from contextforcing.config import SamplingConfig, get_preset  # noqa: E402
-from contextforcing.memory.policies import make_spec  # noqa: E402
+from contextforcing.memory.spec import make_spec  # noqa: E402
 from contextforcing.model.wan import build_model  # noqa: E402
 from contextforcing.sampling.stream import VideoStream  # noqa: E402
 

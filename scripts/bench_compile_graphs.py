@@ -22,7 +22,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from contextforcing.config import SamplingConfig
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.pipeline import Pipeline
 from contextforcing.sampling.stream import VideoStream
 

@@ -16,7 +16,7 @@ import time
 import torch
 
 from contextforcing.config import SamplingConfig
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.pipeline import Pipeline
 from contextforcing.sampling.stream import VideoStream
 

@@ -1,7 +1,7 @@
 """How many CPU threads torch should use: the embedded model generating --seconds of video (decode included) with
 1, 2, ... threads, on an idle machine and with --busy processes spinning on other cores (a shared machine), each
 case in a fresh process, --repeats times. Prints a table (median wall time, x real time, slowdown against the
-fastest) and what `contextforcing.threads` chooses here. docs/performance.md ("CPU threads") has the numbers.
+fastest) and what `contextforcing.runtime.threads` chooses here. docs/performance.md ("CPU threads") has the numbers.
 
     python scripts/bench_threads.py [--seconds 10] [--repeats 3] [--threads 1,2] [--busy 0,1,2]
 """
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--busy", default="0,1,2", help="busy processes beside the run, per table block")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from contextforcing.threads import choose_threads, usable_cores
+    from contextforcing.runtime.threads import choose_threads, usable_cores
 
     threads = [int(t) for t in args.threads.split(",")]
     cores = usable_cores()
@@ -98,7 +98,7 @@ def main() -> None:
     if env is not None:
         os.environ["OMP_NUM_THREADS"] = env
     print(flush=True)
-    print(f"contextforcing.threads chooses {choice.count} here ({choice.reason})", flush=True)
+    print(f"contextforcing.runtime.threads chooses {choice.count} here ({choice.reason})", flush=True)
 
 
 if __name__ == "__main__":

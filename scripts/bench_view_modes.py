@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from contextforcing.bench import parse_windows
+from contextforcing.cli.bench import parse_windows
 from contextforcing.config import SamplingConfig
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.pipeline import Pipeline
 from contextforcing.sampling.stream import VideoStream
 

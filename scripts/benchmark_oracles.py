@@ -84,15 +84,18 @@ def code_version() -> str:
     """Hash of the sources a cell depends on (world, metrics, oracles): a cache from other code is not reused."""
     package = REPO / "contextforcing"
     files = sorted((package / "data" / "world" / "panorama").glob("*.py"))
-    files += [package / "eval" / name for name in ("panorama_metrics.py", "memory_score.py", "oracles.py")]
+    files += [
+        package / "eval" / name
+        for name in ("panorama_metrics.py", "panorama_motion.py", "memory_score.py", "oracles.py")
+    ]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
 
 
 def world_cell(index: int, spec, codec, sheets: Path | None) -> dict:
-    from contextforcing.codecs.world_training import psnr_uint8
     from contextforcing.data.world.panorama.render import render
     from contextforcing.data.world.panorama.simulate import simulate
     from contextforcing.eval.panorama_metrics import panorama_scores
+    from contextforcing.training.world_codec import psnr_uint8
 
     track = simulate(spec)
     truth = render(track)
@@ -244,8 +247,8 @@ def main(argv=None) -> int:
 def run(args) -> int:
     import torch
 
-    from contextforcing.data.video import write_json_atomic
     from contextforcing.data.world.panorama.heldout import heldout_worlds
+    from contextforcing.io.video import write_json_atomic
 
     torch.set_num_threads(args.threads)
     if args.worlds < 1:

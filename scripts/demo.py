@@ -8,7 +8,7 @@ Writes, under --out:
     slow_fast.mp4/.json  the shipped model with the memory it was trained with (sidecar: the memory trace)
     rolling.mp4/.json    the same model, script and seed with a 3 s rolling window (`rolling`, window 12)
     *.npy                the frames of all three, lossless, for `contextforcing eval`
-Every file is written whole or not at all (contextforcing.outputs' atomic writers): a failed write (a full disk)
+Every file is written whole or not at all (contextforcing.io.outputs' atomic writers): a failed write (a full disk)
 stops the demo with one line and leaves no partial file under a final name.
     side_by_side.mp4     truth | slow_fast | rolling, one frame each, with a gap
     sheet_*.png          contact sheets (one frame every 2 s)
@@ -63,7 +63,7 @@ def tour():
 
 def write_video(path: Path, frames: np.ndarray, fps: int, what: str) -> None:
     """An mp4 and its sidecar naming what it shows, atomically (as every video the project writes)."""
-    from contextforcing.data.video import save_video
+    from contextforcing.io.video import save_video
 
     save_video(path, frames, fps, {"demo": what, "seconds": SECONDS})
 
@@ -71,14 +71,14 @@ def write_video(path: Path, frames: np.ndarray, fps: int, what: str) -> None:
 def write_npy(path: Path, frames: np.ndarray) -> None:
     """Lossless frames for `contextforcing eval`, whole or not at all (a full disk must not leave a short .npy
     under its final name for `make demo` to evaluate)."""
-    from contextforcing.outputs import write_atomic
+    from contextforcing.io.outputs import write_atomic
 
     write_atomic(path, lambda tmp: np.save(tmp, frames))
 
 
 def use_threads_and_say(requested: int | None) -> None:
-    """The CPU threads (contextforcing.threads' rule unless --threads), and a line saying how many and why."""
-    from contextforcing.threads import use_threads
+    """The CPU threads (contextforcing.runtime.threads' rule unless --threads), and a line saying how many and why."""
+    from contextforcing.runtime.threads import use_threads
 
     threads = use_threads(requested)
     print(f"demo: {threads.count} CPU thread(s) ({threads.reason}; --threads N to change)", flush=True)
@@ -96,14 +96,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "out" / "demo")
     p.add_argument("--seed", type=int, default=7, help="world seed and generation seed")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: contextforcing.threads' rule)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: contextforcing.runtime.threads' rule)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    from contextforcing.data.video import write_json_atomic
     from contextforcing.data.world.panorama import PanoramaSpec, render, simulate, track_revisits, track_to_json
     from contextforcing.eval.panorama_runs import generate, world_pipeline
     from contextforcing.eval.report import contact_sheet
-    from contextforcing.outputs import write_text_atomic
+    from contextforcing.io.outputs import write_text_atomic
+    from contextforcing.io.video import write_json_atomic
 
     try:
         use_threads_and_say(args.threads)

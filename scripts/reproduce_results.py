@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_rows import (  # noqa: E402
     EXPORTS,
+    PREVIOUS,
+    PREVIOUS_COMMIT,
+    PREVIOUS_WEIGHTS,
     ROW_BY_KEY,
     ROWS,
     RUNS,
@@ -59,7 +62,7 @@ from results_tables import (  # noqa: E402
     targets_block,
 )
 
-from contextforcing.outputs import write_json_atomic, write_text_atomic  # noqa: E402
+from contextforcing.io.outputs import write_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 
 
 def die(message: str) -> None:
@@ -201,7 +204,7 @@ def plan(args) -> list[tuple]:
 
 def ensure_weights(keys: list[str]) -> None:
     """Exports the rows need; the Stage 2 variants are trained here if missing (resumable)."""
-    from contextforcing.loading import EMBEDDED_WEIGHTS
+    from contextforcing.parts import EMBEDDED_WEIGHTS
 
     if any(ROW_BY_KEY[k].kind == "model" for k in keys) and not EMBEDDED_WEIGHTS.is_file():
         die(f"{EMBEDDED_WEIGHTS} missing; run `make toy-model` first")
@@ -211,6 +214,8 @@ def ensure_weights(keys: list[str]) -> None:
             train_stage2_variant(name)
     if any(r.weights == SCREEN for r in rows) and not (SCREEN_EXPORTS / "cdmd.safetensors").is_file():
         train_screen_recipe()
+    if any(r.weights == PREVIOUS for r in rows) and not PREVIOUS_WEIGHTS.is_file():
+        extract_previous_model()
     missing = sorted({str(r.weights_path()) for r in rows if not r.weights_path().is_file()})
     if missing:
         die(f"{', '.join(missing)} missing; run `make toy-model` first")
@@ -239,6 +244,18 @@ def train_stage2_variant(name: str) -> None:
         env=env,
     )
     subprocess.run(cli + ["export", str(run_dir), str(EXPORTS / f"{name}.safetensors")], check=True, env=env)
+
+
+def extract_previous_model() -> None:
+    """The previously shipped weights, as committed at PREVIOUS_COMMIT (needs a git checkout with that history)."""
+    path = "contextforcing/assets/world_student.safetensors"
+    out = subprocess.run(["git", "show", f"{PREVIOUS_COMMIT}:{path}"], cwd=REPO, capture_output=True)
+    if out.returncode != 0:
+        die(
+            f"the previous model ({PREVIOUS_COMMIT[:7]}:{path}) is not in this checkout's history: {out.stderr[-200:]!r}"
+        )
+    PREVIOUS_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(PREVIOUS_WEIGHTS, lambda tmp: tmp.write_bytes(out.stdout))
 
 
 def train_screen_recipe() -> None:

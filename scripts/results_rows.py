@@ -25,6 +25,11 @@ STAGE2_VARIANTS = {
     "cdmd_contiguous": ("stage.teacher_context=contiguous", f"stage.context_window={CONTIGUOUS_WINDOW}"),
     "cdmd_absolute": ("stage.memory.positions=absolute",),
 }
+# The model this repository shipped before room-anchored positions (screen columns, the previous teacher recipe, whose
+# retrieval gate measured 0.989): read from git, so the row needs no training.
+PREVIOUS = "previous"
+PREVIOUS_COMMIT = "80a5fc9001310cde9749b001b8fc64efb3c71261"
+PREVIOUS_WEIGHTS = RUNS / "previous_student.safetensors"
 SCREEN = "screen:cdmd"  # the screen-anchored recipe's Stage 2 export (SCREEN_EXPORTS/cdmd.safetensors)
 PAPER_RULE = {"compare": "previous", "key_layers": "all", "keep": "first", "tau": 0.95}
 
@@ -42,13 +47,15 @@ class Row:
     @property
     def preset(self) -> str | None:
         """The preset of the row's weights (None: the shipped model's own config)."""
-        return "world-screen" if self.weights == SCREEN else None
+        return "world-screen" if self.weights in (SCREEN, PREVIOUS) else None
 
     def weights_path(self) -> Path | None:
         if self.weights == SHIPPED:
             return None
         if self.weights == SCREEN:
             return SCREEN_EXPORTS / "cdmd.safetensors"
+        if self.weights == PREVIOUS:
+            return PREVIOUS_WEIGHTS
         return EXPORTS / f"{self.weights}.safetensors"
 
 
@@ -159,6 +166,11 @@ ROWS = [
         "screen",
         "screen-anchored width positions (the same recipe, Wan's screen columns; Stage 2, trained memory)",
         weights=SCREEN,
+    ),
+    Row(
+        "previous",
+        "the previous shipped model (screen-anchored width positions, the previous teacher recipe; trained memory)",
+        weights=PREVIOUS,
     ),
     Row(
         "teacher",

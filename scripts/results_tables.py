@@ -270,7 +270,18 @@ def stage_order(cells: dict, higher: str, lower: str) -> str:
 
 # -- figures --------------------------------------------------------------------------------------------------
 DELAY_EDGES = np.array([0.75, 1.5, 3, 6, 12, 20, 35, 80])
-FIGURE_ROWS = ("truth_codec", "forgets", "repeat64", "teacher", "rolling", "sink", "slow_empty", "no_cdmd", "screen")
+FIGURE_ROWS = (
+    "truth_codec",
+    "forgets",
+    "repeat64",
+    "teacher",
+    "rolling",
+    "sink",
+    "slow_empty",
+    "no_cdmd",
+    "screen",
+    "previous",
+)
 
 
 def figures(args) -> list[str]:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from contextforcing.errors import UserError  # noqa: E402
-from contextforcing.outputs import write_atomic, write_json_atomic  # noqa: E402
+from contextforcing.io.outputs import write_atomic, write_json_atomic  # noqa: E402
 
 STAGES = ("teacher", "ode", "dmd", "cdmd")
 ASSETS = REPO / "contextforcing" / "assets"
@@ -159,7 +159,7 @@ def check_pairs(cfg, root: Path, record: dict) -> None:
 
 def run_stage(stage: str, args, root: Path, record: dict) -> None:
     from contextforcing.training import distributed as dist
-    from contextforcing.training.checkpoint import export
+    from contextforcing.training.export import export
     from contextforcing.training.trainer import run_training
 
     cfg = load_config(stage, args, root)

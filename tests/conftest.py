@@ -8,8 +8,10 @@ import torch
 
 from contextforcing.config import ModelConfig, VideoConfig
 
-# The memory's independent references (policy_reference, gather_reference, ...) serve tests in other folders too.
+# The memory's independent references (policy_reference, gather_reference, ...) and the engine driven by hand
+# (engine_steps) serve tests in other folders too.
 sys.path.insert(0, str(Path(__file__).parent / "memory"))
+sys.path.insert(0, str(Path(__file__).parent / "sampling"))
 
 
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra threads make

@@ -12,7 +12,7 @@ from contextforcing.codecs.world import PANORAMA_PATH
 from contextforcing.data.world.panorama import PanoramaSpec, ScriptBuilder, parse_panorama_prompt, simulate
 from contextforcing.eval.panorama_metrics import panorama_scores
 from contextforcing.eval.panorama_runs import generate
-from contextforcing.loading import EMBEDDED_CONFIG, EMBEDDED_WEIGHTS, load_embedded
+from contextforcing.parts import EMBEDDED_CONFIG, EMBEDDED_WEIGHTS, load_embedded
 from contextforcing.pipeline import Pipeline
 
 SEED, SECONDS = 3, 12.0

@@ -1,6 +1,6 @@
 """The Python front door (contextforcing/pipeline.py): one object from a model source, a call that returns a
 video, a live iterator of decoded chunks that takes prompt switches, and `save` through the CLI's writer.
-It is a thin layer: its frames equal the engine's (VideoStream + the codec) on the same seed."""
+It is a thin layer: its frames equal the engine's (VideoStream + the codec, driven by hand) on the same seed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import contextforcing as cf
-from contextforcing.data.video import read_video
-from contextforcing.loading import embedded_config
-from contextforcing.sampling.stream import VideoStream, stream_video
+from contextforcing.io.video import read_video
+from contextforcing.parts import embedded_config
+from contextforcing.sampling.camera import chunk_headings
+from contextforcing.sampling.stream import VideoStream
 
 PROMPT = "warm room, hold, lights on, black ball"  # the embedded model reads the panorama grammar
 PAN = "warm room, pan left, lights on, black ball"
@@ -29,15 +30,22 @@ def test_call_returns_the_engines_frames(pipe):
     video = pipe(PROMPT, seconds=3, seed=5)
     assert video.frames.dtype == np.uint8 and video.frames.shape == (1 + 11 * 4, 64, 64, 3) and video.fps == 16
     assert len(video.chunks) == len(video.plans) == 4 and video.record["latent_frames"] == 12
-    # The engine by hand: the same stream, seed and decoder.
+    # The engine by hand: the same stream, seed, camera headings and decoder.
     text = pipe.encode([PROMPT])[PROMPT]
     stream = VideoStream(pipe.model, text, pipe.memory, pipe.preset.video, pipe.sampling, max_frames=12)
-    decoder = pipe.codec.stream_decoder()
-    frames = []
-    for chunk in stream_video(stream, 12, generator=torch.Generator().manual_seed(5)):
-        pixels = decoder.decode(chunk.latents.float())[0]
+    decoder, generator, heading, frames = pipe.codec.stream_decoder(), torch.Generator().manual_seed(5), 0.0, []
+    for _ in range(4):
+        headings = None
+        if pipe.camera is not None:
+            headings = [chunk_headings(heading, pipe.camera(PROMPT), stream.frame, 3)]
+            heading = headings[0][-1]
+        with torch.no_grad():
+            latents = stream.step(stream.noise(3, generator), generator, headings=headings)
+        pixels = decoder.decode(latents.float())[0]
         frames.append(((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy())
     assert np.array_equal(np.concatenate(frames), video.frames)
+    # Frames are kept once: each chunk's frames are a view of the video's.
+    assert all(np.shares_memory(c.frames, video.frames) for c in video.chunks)
     assert [c.plan for c in video.chunks] == [p for p in video.plans]
 
 
@@ -67,8 +75,9 @@ def test_stream_yields_chunks_live_and_takes_switches(pipe):
     assert generation.switch(DARK) == 3  # after the scheduled switch at chunk 2 (1.5 s)
     chunks = [first, *generation]
     assert [c.prompt for c in chunks] == [PROMPT, PROMPT, PAN] + [DARK] * 5
-    events = [e for e in generation.stream.events if e["event"] == "switch"]
-    assert [e["frame"] for e in events] == [6, 9]
+    switched = [(c.index, c.switch.frame, c.switch.flush, c.switch.recache) for c in chunks if c.switch is not None]
+    assert switched == [(2, 6, False, "window"), (3, 9, False, "window")]  # each chunk knows the switch it took
+    assert all(0 < len(c.switch.recached) and max(c.switch.recached) < c.start for c in chunks if c.switch)
     record = generation.record(chunks)
     assert [s["chunk"] for s in record["switches"]] == [2, 3] and len(record["memory_trace"]) == 8
 
@@ -191,3 +200,24 @@ def test_a_closed_generation_takes_no_more_switches(pipe):
     with pytest.raises(cf.UserError, match="the generation is closed: it takes no more prompt switches"):
         generation.switch(PAN)
     assert next(generation, None) is None and [p.text for p in generation.prompts] == [PROMPT]
+
+
+def test_every_model_comes_through_from_pretrained(tmp_path):
+    """Random weights, a `world` checkpoint with the embedded parts (what the evaluation scripts load) and the
+    embedded model are all `from_pretrained`; two sources at once, or a weight flag that would be ignored, are
+    refused before anything is read."""
+    from contextforcing.model.checkpoints import save_safetensors
+
+    random = cf.Pipeline.from_pretrained(preset="world", random_init=True, seed=1)
+    assert random.weights == "random-init" and random.prompt_check is None
+    path = save_safetensors(random.model.state_dict(), tmp_path / "w.safetensors")
+    world = cf.Pipeline.from_pretrained(weights=path, memory="rolling")
+    assert world.weights == str(path) and world.memory == cf.Memory.rolling() and world.prompt_check is not None
+    assert all(torch.equal(p, q) for p, q in zip(world.model.state_dict().values(), random.model.state_dict().values()))
+    assert len(world(PROMPT, 0.75, seed=0).frames) == 9  # the panorama codec and grammar came with it
+    with pytest.raises(cf.UserError, match="random_init cannot be combined with source/checkpoint"):
+        cf.Pipeline.from_pretrained(random_init=True, weights=path)
+    with pytest.raises(cf.UserError, match="use_ema: only for source/checkpoint weights"):
+        cf.Pipeline.from_pretrained(use_ema=True)
+    with pytest.raises(cf.UserError, match="checkpoint .* does not exist"):
+        cf.Pipeline.from_pretrained(weights=tmp_path / "none.safetensors")

@@ -90,7 +90,7 @@ def load_text_encoder(
     `layout` forces "original" or "diffusers" (default: detected). kwargs (`text_len`, `cache_size`) go to
     `UMT5TextEncoder`.
     """
-    from contextforcing.extras import require
+    from contextforcing.runtime.extras import require
 
     require("transformers", "wan", "the UMT5 text encoder")
     from contextforcing.codecs import umt5
@@ -110,7 +110,7 @@ def load_vae(
 
     `wan_dir` may also be a VAE weight file with original names (`Wan2.1_VAE.pth` or a `.safetensors`).
     """
-    from contextforcing.extras import require
+    from contextforcing.runtime.extras import require
 
     require("diffusers", "wan", "the Wan2.1 VAE")
     from contextforcing.codecs import wan_vae

@@ -7,7 +7,6 @@ gives one pixel frame and each later one gives `stride_t` frames.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,8 +45,3 @@ class PreviewStreamDecoder:
             repeats[0] = 1
             self.started = True
         return rgb.repeat_interleave(repeats.to(rgb.device), dim=2)
-
-
-def to_uint8_frames(video: torch.Tensor) -> "np.ndarray":
-    """video [3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from contextforcing.errors import UserError
-from contextforcing.weights import find_safetensors, load_strict, read_state_dict
+from contextforcing.io.weights import find_safetensors, load_strict, read_state_dict
 
 WAN_TEXT_LEN = 512  # Wan pads/truncates every prompt to this many tokens
 # Wan's T5 does not store these; they are fixed by its T5RelativeEmbedding and T5LayerNorm.
@@ -222,6 +222,3 @@ class UMT5TextEncoder:
         ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden.masked_fill(~mask.bool()[..., None], 0.0)
-
-    def clear_cache(self) -> None:
-        self._cache.clear()

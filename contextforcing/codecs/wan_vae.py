@@ -26,7 +26,7 @@ from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from contextforcing.errors import UserError
-from contextforcing.weights import check_names, find_safetensors, load_strict, read_state_dict
+from contextforcing.io.weights import check_names, find_safetensors, load_strict, read_state_dict
 
 
 def wan21_latent_stats() -> tuple[list[float], list[float]]:

@@ -12,7 +12,7 @@ weights, as Wan's VAE ships its statistics): `encode` returns `(z - mean) / std`
 
 `load_world_codec()` loads `contextforcing/assets/world_codec.safetensors` (trained on the occlusion world;
 weights, config and latent statistics in the safetensors metadata); `load_world_codec(PANORAMA_PATH)`
-the codec trained on the panorama world (same architecture). Training: `contextforcing.codecs.world_training`.
+the codec trained on the panorama world (same architecture). Training: `contextforcing.training.world_codec`.
 """
 
 from __future__ import annotations
@@ -248,8 +248,7 @@ def load_world_codec(path: str | os.PathLike | None = None, device: str | torch.
     path = Path(path) if path is not None else DEFAULT_PATH
     if not path.is_file():
         raise UserError(
-            f"world codec weights not found at {path} (train them with "
-            f"`python -m contextforcing.codecs.world_training`)"
+            f"world codec weights not found at {path} (train them with `python -m contextforcing.training.world_codec`)"
         )
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -271,13 +270,3 @@ def load_world_codec(path: str | os.PathLike | None = None, device: str | torch.
             f"{path}: world codec weights do not match their config ({text[0] if text else exc!r})"
         ) from None
     return WorldCodec(model, device)
-
-
-def world_codec_info(path: str | os.PathLike | None = None) -> dict:
-    """The metadata stored with the weights (config and training notes)."""
-    from safetensors import safe_open
-
-    path = Path(path) if path is not None else DEFAULT_PATH
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-    return {"config": json.loads(meta.get("config", "{}")), "extra": json.loads(meta.get("extra", "{}"))}

@@ -1,1 +1,2 @@
-"""Data: video files, datasets, and the synthetic world."""
+"""Data: the synthetic worlds (`world/`: prompt grammars, simulation with per-frame ground truth, renderers,
+datasets)."""

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from contextforcing.data.video import read_video
 from contextforcing.data.world.style import FPS
 from contextforcing.data.world.track import WorldTrack
 from contextforcing.errors import UserError
 from contextforcing.eval import generic
 from contextforcing.eval.features import FeatureExtractor
 from contextforcing.eval.world_metrics import world_metrics
+from contextforcing.io.video import read_video
 
 # which VBench dimension each extractor's consistency score is (VBench's own backbones)
 VBENCH_DIMENSION = {"dino": "subject_consistency", "clip": "background_consistency"}

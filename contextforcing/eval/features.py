@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from contextforcing.errors import UserError
-from contextforcing.extras import require
+from contextforcing.runtime.extras import require
 
 EXTRACTORS = ("pixel", "dino", "dinov2", "clip")
 PIXEL_GRID = 16  # the pixel proxy's feature is a 16x16x3 thumbnail

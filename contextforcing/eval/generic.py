@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contextforcing.errors import UserError
-from contextforcing.extras import require
+from contextforcing.runtime.extras import require
 
 FIRST_FRAME_TIMES = (10, 20, 30, 40, 50, 60)  # seconds, Context Forcing Table 1
 FIRST_FRAME_HALF_WINDOW = 0.5  # seconds either side of each time

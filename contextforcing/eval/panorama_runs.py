@@ -18,49 +18,18 @@ import numpy as np
 
 from contextforcing.data.world.panorama import PanoramaSpec, script_from_chunks, simulate
 from contextforcing.errors import UserError
-from contextforcing.pipeline import Pipeline, Prompt, Video
+from contextforcing.pipeline import Pipeline, Video
+from contextforcing.sampling.switches import Prompt
 
 
 def world_pipeline(
     weights: str | Path | None = None, *, memory=None, device: str = "cpu", preset: str | None = None
 ) -> Pipeline:
     """The embedded model (`weights` None), or a checkpoint of the `world` preset (or `preset`, e.g. `world-screen`)
-    with the parts the panorama world's models use: the hashed text encoder, the panorama codec, the panorama
-    prompt grammar and, for a room-anchored model, the panorama camera; its default memory is `memory` (a
-    `Memory`, policy name or dict; None: slow_fast's defaults) and its sampling the default few-step list (a
-    call may override both)."""
-    from contextforcing.codecs.text import HashTextEncoder
-    from contextforcing.codecs.world import PANORAMA_PATH, load_world_codec
-    from contextforcing.config import get_preset
-    from contextforcing.data.world.panorama.camera import PanoramaCamera
-    from contextforcing.loading import EMBEDDED_PRESET, embedded_prompt_check, resolve_device
-    from contextforcing.memory.policies import make_spec
-    from contextforcing.model.checkpoints import load_model
-    from contextforcing.pipeline import resolve_memory
-
-    if weights is None:
-        return Pipeline.from_pretrained(device=device)
-    if not Path(weights).is_file():
-        raise UserError(f"checkpoint {weights} does not exist")
-    preset_name = preset or EMBEDDED_PRESET
-    preset = get_preset(preset_name)
-    dev, dtype = resolve_device(device, None)
-    model = load_model(str(weights), preset.model, device=dev, dtype=dtype).eval()
-    encoder = HashTextEncoder(preset.model.text_dim, preset.model.text_len)
-    spec = resolve_memory(make_spec("slow_fast"), memory, preset.video.chunk_frames)
-    return Pipeline(
-        preset_name=preset_name,
-        preset=preset,
-        model=model,
-        text_encoder=encoder,
-        codec=load_world_codec(PANORAMA_PATH, device=dev),
-        device=dev,
-        weights=str(weights),
-        memory=spec,
-        prompt_check=embedded_prompt_check({"prompt_grammar": "panorama"}),
-        example_prompt="warm room, hold, lights on, black ball",
-        camera=PanoramaCamera.for_model(preset.model, preset.video) if preset.model.room_anchored else None,
-    )
+    with the parts the panorama world's models use (`Pipeline.from_pretrained(weights=...)`); its default memory is
+    `memory` (a `Memory`, policy name or dict; None: what the model was trained with, slow_fast's defaults for a
+    checkpoint) and its sampling the default few-step list (a call may override both)."""
+    return Pipeline.from_pretrained(weights=weights, preset=preset, memory=memory, device=device)
 
 
 def shortened(spec: PanoramaSpec, seconds: float) -> PanoramaSpec:
@@ -113,10 +82,3 @@ def score(video: Video, spec: PanoramaSpec):
     from contextforcing.eval.panorama_metrics import panorama_scores
 
     return panorama_scores(frames_match(video, spec), simulate(spec))
-
-
-def revisit_error_beyond_fast(scores) -> tuple[float | None, int]:
-    """Mean error over the made revisits of the slow and beyond buckets (what only memory beyond the fast frames
-    can serve), and how many were made."""
-    rows = [r for r in scores.revisits if r["made"] and r["bucket"] != "fast" and r["error"] is not None]
-    return (float(np.mean([r["error"] for r in rows])) if rows else None), len(rows)

@@ -3,7 +3,7 @@
 A model that draws its video from the prompt alone decides by itself whether and when the view is
 hidden, so a free-running video says little about memory across occlusions. These protocols make the
 world's occlusions happen in the generated video by giving the generator some latent frames
-(`sampling.stream.stream_video(known_frames=...)`, replacement conditioning):
+(`Pipeline.stream(known_frames=...)`, replacement conditioning):
 
 - `occlusion`: the fully hidden latent frames of every occlusion are given (uniform black, curtain or
   wall); everything else, including the scene and the transitions in and out, is the model's. After
@@ -73,7 +73,7 @@ def given_latents(protocol: str, track: WorldTrack) -> list[int]:
 
 
 def known_frames(protocol: str, track: WorldTrack, latents: torch.Tensor) -> dict[int, torch.Tensor]:
-    """`stream_video(known_frames=...)` for `protocol`: the world's latents [B, C, F, H, W] (its frames
+    """`Pipeline.stream(known_frames=...)` for `protocol`: the world's latents [B, C, F, H, W] (its frames
     through the model's codec) at the given latent frames."""
     if latents.shape[2] != latents_for_frames(track.n_frames):
         raise UserError(
@@ -90,23 +90,14 @@ def world_latents(codec, track: WorldTrack) -> torch.Tensor:
     return codec.encode(pixels).float()
 
 
-@torch.no_grad()
 def generate_world(
-    stream, codec, track: WorldTrack, protocol: str, seed: int, latents: torch.Tensor | None = None
+    pipe, track: WorldTrack, protocol: str, seed: int, *, memory=None, latents: torch.Tensor | None = None
 ) -> np.ndarray:
-    """Stream a video of the world's length under `protocol`; uint8 frames [T, H, W, 3].
-
-    `stream` is a fresh `VideoStream` (model, text of the world's prompt, memory policy, sampler);
-    `latents` the world's `world_latents` if already computed."""
-    from contextforcing.codecs.preview import to_uint8_frames
-    from contextforcing.sampling.stream import stream_video
-
-    latents = world_latents(codec, track) if latents is None else latents
+    """A video of the world's length streamed by `pipe` (a `Pipeline`) from the world's prompt under `protocol`;
+    uint8 frames [T, H, W, 3]. `latents`: the world's `world_latents` through `pipe.codec`, if already computed."""
+    latents = world_latents(pipe.codec, track) if latents is None else latents
     known = known_frames(protocol, track, latents)
-    decoder = codec.stream_decoder()
-    generator = torch.Generator(stream.device).manual_seed(seed)
-    parts = [
-        to_uint8_frames(decoder.decode(chunk.latents.float())[0])
-        for chunk in stream_video(stream, latents.shape[2], generator=generator, known_frames=known)
-    ]
-    return np.concatenate(parts)[: track.n_frames]
+    video = pipe.preset.video
+    seconds = latents.shape[2] / video.latent_fps  # every latent frame of the world (whole chunks: a few more)
+    generated = pipe(track.prompt.canonical, seconds, seed=seed, memory=memory, known_frames=known)
+    return generated.frames[: track.n_frames]

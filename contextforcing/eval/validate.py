@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.data.world.heldout import eval_worlds
 from contextforcing.data.world.render import render
 from contextforcing.data.world.track import BUCKETS, FPS, WorldTrack, simulate
 from contextforcing.eval import baselines
 from contextforcing.eval.world_metrics import world_metrics
+from contextforcing.io.video import VideoWriter, read_video
 
 
 def _mp4_round_trip(frames: np.ndarray) -> np.ndarray:

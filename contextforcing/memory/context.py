@@ -23,61 +23,25 @@ that both give the same outputs over long rollouts of every policy.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from contextforcing.errors import UserError
 from contextforcing.memory.exit_grad import ExitGradients
+from contextforcing.memory.headings import FrameHeadings
+from contextforcing.memory.layer_read import ContextRead, LayerView
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
-from contextforcing.memory.policies import MemorySpec, check_recache, make_policy, tier_params
+from contextforcing.memory.policies import TieredPolicy
+from contextforcing.memory.released import ReleasedCache
+from contextforcing.memory.retrieve import PooledKeys, RetrievePolicy, view_relevance
+from contextforcing.memory.spec import MemorySpec, TierParams, check_recache, tier_params
 from contextforcing.memory.store import KVStore, MemoryLayout, SlotMap
 
 __all__ = ["ContextMemory", "ContextRead", "LayerView", "MemoryLayout"]
 
 # (pre-RoPE keys [B, n, T, H, D], positions [n], and for a room-anchored model headings [B, n]) -> rotated keys
 KeyRotation = Callable[..., torch.Tensor]
-
-
-class LayerView:
-    """What one layer's self-attention reads and writes in the current pass (a handle on the memory)."""
-
-    __slots__ = ("memory", "layer", "_context")
-
-    def __init__(self, memory: "ContextMemory", layer: int):
-        self.memory, self.layer = memory, layer
-        self._context: ContextRead | None = None
-
-    def keys_values(self, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
-        """Hand over this pass's keys (pre-RoPE `k` and rotated `k_rot`) and values [B, frames*T, H, D]; get the
-        keys, values [B, Lk, H, D] and key mask [Lk] (None: attend every key) to attend. The memory takes the keys
-        once per pass: a block that gradient checkpointing runs again reads what the first run read and changes
-        nothing twice."""
-        if self._context is None:
-            self._context = self.memory.exchange(self.layer, k, v, copy=k_rot.requires_grad or v.requires_grad)
-        return self._context.with_chunk(k_rot, v)
-
-
-@dataclass
-class ContextRead:
-    """What a layer attends besides the chunk's own keys and values: copies of the attended frames (`tokens` None:
-    the chunk is appended), or views of the store's attended prefix with the chunk's token slots right after it
-    (`tokens`: the chunk is written there in place)."""
-
-    keys: torch.Tensor | None
-    values: torch.Tensor | None
-    tokens: torch.Tensor | None = None
-    mask: torch.Tensor | None = None  # fixed shapes only: [Lk], False past what the chunk attends
-
-    def with_chunk(self, k_rot: torch.Tensor, v: torch.Tensor):
-        if self.tokens is None:
-            if self.keys is None:
-                return k_rot, v, None
-            return torch.cat([self.keys, k_rot], 1), torch.cat([self.values, v], 1), None
-        self.keys.index_copy_(1, self.tokens, k_rot)  # the store holds the model's dtype, as attention needs
-        self.values.index_copy_(1, self.tokens, v)
-        return self.keys, self.values, self.mask
 
 
 class _Group:
@@ -101,14 +65,19 @@ class _Group:
         return len(self.plan.context) + len(self.current)
 
 
-def _circular(d: float, period: int) -> float:
-    """|d| on a circle of `period` (a room `period` tokens around); plain |d| without one."""
-    return abs((d + period / 2) % period - period / 2) if period else abs(d)
-
-
 def _key(attended) -> tuple[str, int]:
     """The storage entry of an attended frame: its own ('main') or a promoted copy ('slow')."""
     return ("slow" if attended.copy else "main", attended.frame)
+
+
+def make_policy(params: TierParams, chunk_frames: int):
+    """The policy object of resolved parameters: the released cache (`released.py`), a retrieval memory
+    (`retrieve.py`) or the tiered one."""
+    if params.layout == "released":
+        return ReleasedCache(params, chunk_frames)
+    if params.score is not None:
+        return RetrievePolicy(params, chunk_frames)
+    return TieredPolicy(params, chunk_frames)
 
 
 class ContextMemory:
@@ -132,6 +101,8 @@ class ContextMemory:
         exactly what the chunk attends, unmasked, at that cost."""
         self.spec, self.layout, self.rotate_keys = spec, layout, key_rotation
         self.params = tier_params(spec, layout.chunk_frames)
+        if self.params.score == "auto":  # the camera's view where the model has one, else the keys' content
+            self.params = dataclasses.replace(self.params, score="view" if headings else "keys")
         self.bounded = self.params.capacity is not None
         first = make_policy(self.params, layout.chunk_frames)
         slots = first.store_slots(max_frames)
@@ -145,14 +116,14 @@ class ContextMemory:
         self.batch, self.chunk_index, self.start, self.frames = batch, -1, 0, 0
         self.current_position_ids: torch.Tensor | None = None  # the chunk's positions, as a tensor for the model
         self.uses_headings = headings
-        self.frame_headings: dict[int, tuple[float, ...]] = {}  # frame -> heading per sample (host floats)
+        self.headings = FrameHeadings(batch, self.store.device) if headings else None
         self.current_headings: torch.Tensor | None = None  # [B, frames] float64 for the model, or None
         self.rotations = 0  # context rotations, for tests and benchmarks
         self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
         self._commit_pass = False
         self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
-        self.frame_keys: dict[int, torch.Tensor] = {}  # retrieval by keys: frame -> its chunk's pooled layer-0 keys
+        self.pooled_keys = PooledKeys()  # retrieval by keys
         for g in self.groups:
             if hasattr(g.policy, "relevance"):
                 g.policy.relevance = self._relevance
@@ -254,7 +225,7 @@ class ContextMemory:
             plan = dataclasses.replace(plan, slow_per_layer=tuple(tuple(g.plan.tier("slow")) for g in self.groups))
         if self.uses_headings:
             frames = plan.context_frames + plan.current_frames
-            plan = dataclasses.replace(plan, headings={f: self.frame_headings[f][0] for f in frames})
+            plan = dataclasses.replace(plan, headings={f: self.headings.first_sample(f) for f in frames})
         if self.params.score is not None:
             plan = dataclasses.replace(plan, retrieval=dict(self.groups[0].policy.scores))
         return plan
@@ -405,67 +376,42 @@ class ContextMemory:
         """Pre-RoPE keys [B, m, T, H, D] of attended entries, rotated where the plan places them (and, for a
         room-anchored model, at their camera headings)."""
         positions = [a.position for a in attended]
-        if not self.uses_headings:
+        if self.headings is None:
             return self.rotate_keys(keys, positions)
-        return self.rotate_keys(keys, positions, self._headings_of([a.frame for a in attended]))
+        return self.rotate_keys(keys, positions, self.headings.tensor([a.frame for a in attended]))
 
-    # -- retrieval (retrieve policy) -----------------------------------------------------------------------
+    # -- retrieval (retrieve policy) and camera headings (room-anchored models) ---------------------------
     def _relevance(self, frames: list[int], start: int) -> list[float]:
         """How relevant each bank keyframe is to the chunk at `start` (`retrieve.py`), computed on the host plan."""
-        if self.params.score == "view":  # a recache plans the next chunk before its headings: the last view
-            now = self.frame_headings.get(start, self.frame_headings.get(start - 1, (0.0,)))[0]
-            room, width = self.layout.room_tokens, self.layout.view_tokens
-            return [max(0.0, width - _circular(self.frame_headings[f][0] - now, room)) / width for f in frames]
-        query = self.frame_keys.get(start - 1)
-        if query is None:
-            return [0.0] * len(frames)
-        bank = torch.stack([self.frame_keys[f] for f in frames])
-        return torch.cosine_similarity(bank, query[None], dim=1).tolist()  # one host read, at planning
+        if self.params.score == "view":
+            return view_relevance(self.headings, frames, start, self.layout.room_tokens, self.layout.view_tokens)
+        return self.pooled_keys.relevance(frames, start)
 
     def _remember_keys(self) -> None:
-        """The committed chunk's pooled layer-0 keys, for its frames (the query of the next plan, and of every
-        keyframe the bank keeps); frames neither stored nor the last are forgotten."""
-        pooled = self._written[0][0].float().mean(dim=(0, 1)).flatten()  # [H*D]: tokens and batch pooled
-        for f in range(self.start, self.start + self.frames):
-            self.frame_keys[f] = pooled
+        """The committed chunk's pooled layer-0 keys: the query of the next plan, and a bank keyframe's key."""
         stored = {f for g in self.groups for _, f in g.slots.slot}  # the bank, before this commit's admission
-        last = self.start + self.frames - 1
-        self.frame_keys = {f: k for f, k in self.frame_keys.items() if f in stored or f >= self.start or f == last}
+        self.pooled_keys.remember(self._written[0][0], range(self.start, self.start + self.frames), stored)
 
-    # -- camera headings (room-anchored models) ---------------------------------------------------------
     def _set_headings(self, frames, headings) -> None:
         """Record the headings of `frames` and make them the current pass's ("stored": a recache re-encodes frames
         at the headings they were made at)."""
         frames = list(frames)
-        if not self.uses_headings:
+        if self.headings is None:
             if headings is not None and headings != "stored":
                 raise UserError("this model's width positions are screen columns: it takes no camera headings")
             return
-        if headings is None:
-            headings = [[0.0] * len(frames)] * self.batch
         if headings != "stored":
-            if len(headings) != self.batch or any(len(h) != len(frames) for h in headings):
-                raise ValueError(f"headings must be [{self.batch}][{len(frames)}] floats, one per sample and frame")
-            for i, f in enumerate(frames):
-                self.frame_headings[f] = tuple(float(h[i]) for h in headings)
-        self.current_headings = self._headings_of(frames)
-
-    def _headings_of(self, frames: list[int]) -> torch.Tensor | None:
-        """[B, len(frames)] float64 headings of stored frames (None for a memory without headings)."""
-        if not self.uses_headings:
-            return None
-        rows = [[self.frame_headings[f][b] for f in frames] for b in range(self.batch)]
-        return torch.tensor(rows, dtype=torch.float64, device=self.store.device)
+            self.headings.record(frames, headings)
+        self.current_headings = self.headings.tensor(frames)
 
     def _forget_headings(self) -> None:
         """Keep the headings of the frames still stored and of the last `capacity` frames (a LongLive recache
         re-encodes those), no others: bounded like the store."""
-        if not self.uses_headings:
-            return
-        stored = {f for g in self.groups for _, f in g.slots.slot}
-        end, capacity = self.start + self.frames, self.params.capacity
-        recent = end - (capacity if capacity is not None else end)
-        self.frame_headings = {f: h for f, h in self.frame_headings.items() if f in stored or f >= recent}
+        if self.headings is not None:
+            stored = {f for g in self.groups for _, f in g.slots.slot}
+            end, capacity = self.start + self.frames, self.params.capacity
+            recent = end - (capacity if capacity is not None else end)
+            self.headings.keep(lambda f: f in stored or f >= recent)
 
     # -- what the model calls ----------------------------------------------------------------------
     def exchange(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, copy: bool) -> ContextRead:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from contextforcing.memory.policies import TierParams
+    from contextforcing.memory.spec import TierParams
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import torch
 
 from contextforcing.errors import UserError, option
 from contextforcing.memory.plan import Attended, ChunkPlan, CommitChanges, RecachePlan
-from contextforcing.memory.policies import TierParams, bounded_positions, window_recache
+from contextforcing.memory.policies import bounded_positions, window_recache
 from contextforcing.memory.promotion import Copy, Promotion, mean_key
+from contextforcing.memory.spec import TierParams
 
 
 class ReleasedCache:
@@ -145,19 +146,3 @@ class ReleasedSurprisal(Promotion):
 
     def at_commit(self, group):
         return False  # done inside the pass
-
-
-def released_size_error(sink: int, slow: int, fast: int, chunk_frames: int) -> str:
-    """Why the released cache is not reproduced at these sizes, and the sizes that are.
-
-    The official cache writes whole chunks: the last (sink + slow + fast) % chunk slots are never filled and
-    each new chunk goes to the last filled slots. With fast < chunk + that remainder those slots reach into
-    the context region, so every chunk overwrites context slots (and the promotions made into them)."""
-    capacity = sink + slow + fast
-    short = capacity % chunk_frames
-    return (
-        f"layout=released with sink + slow + fast = {sink} + {slow} + {fast} = {capacity} (not whole "
-        f"{chunk_frames}-frame chunks) and fast={fast}: the released cache writes each new chunk over its last "
-        f"context slots there, which is not reproduced; use fast >= {chunk_frames + short} or whole chunks "
-        f"(e.g. slow={slow - short})"
-    )

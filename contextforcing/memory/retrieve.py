@@ -5,7 +5,7 @@ Context-as-Memory, WorldMem) on the same engine as the fixed-role caches.
 
 The bank fills like a uniform slow tier (the chunk's last frame every `interval` chunks, FIFO); what a chunk attends
 of it is chosen once per chunk, on the host, when the chunk is planned, by a relevance the driver computes
-(`ContextMemory._relevance`):
+(`view_relevance`, `PooledKeys`):
 
 - `view`: how much of the current view a keyframe saw, from the camera headings of a room-anchored model (the
   overlap of the two views on the room's circle: Context-as-Memory's and MemCam's field-of-view overlap);
@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
+from contextforcing.memory.headings import FrameHeadings
 from contextforcing.memory.policies import TieredPolicy
 
 Relevance = Callable[[list[int], int], list[float]]  # (bank frames, first frame of the chunk) -> relevance of each
@@ -39,3 +42,38 @@ class RetrievePolicy(TieredPolicy):
         ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], -candidates[i]))
         picked = sorted(ranked[: self.p.attend_slow])
         return [candidates[i] for i in picked]  # attention order: oldest first
+
+
+def _circular(d: float, period: int) -> float:
+    """|d| on a circle of `period` (a room `period` tokens around); plain |d| without one."""
+    return abs((d + period / 2) % period - period / 2) if period else abs(d)
+
+
+def view_relevance(headings: FrameHeadings, frames: list[int], start: int, room: int, width: int) -> list[float]:
+    """score=view: the share of the current view (`width` tokens wide, at the heading of frame `start`) that each
+    keyframe's view covers, on a room `room` tokens around."""
+    now = headings.latest(start)
+    return [max(0.0, width - _circular(headings.first_sample(f) - now, room)) / width for f in frames]
+
+
+class PooledKeys:
+    """score=keys: each committed chunk's layer-0 keys pooled over tokens and batch, kept for its frames while
+    they are stored (bank keyframes) or the last one (the next plan's query)."""
+
+    def __init__(self):
+        self.by_frame: dict[int, torch.Tensor] = {}
+
+    def remember(self, keys: torch.Tensor, frames: range, stored: set[int]) -> None:
+        pooled = keys.float().mean(dim=(0, 1)).flatten()  # [B, tokens, H, D] -> [H*D]
+        for f in frames:
+            self.by_frame[f] = pooled
+        last = frames[-1]
+        self.by_frame = {f: k for f, k in self.by_frame.items() if f in stored or f >= frames[0] or f == last}
+
+    def relevance(self, frames: list[int], start: int) -> list[float]:
+        """Cosine of each frame's keys with those of frame `start - 1` (0 before any commit)."""
+        query = self.by_frame.get(start - 1)
+        if query is None:
+            return [0.0] * len(frames)
+        bank = torch.stack([self.by_frame[f] for f in frames])
+        return torch.cosine_similarity(bank, query[None], dim=1).tolist()  # one host read, at planning

@@ -20,42 +20,46 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from contextforcing.config import PRESETS, ModelConfig
+from contextforcing.config import ModelConfig
 from contextforcing.errors import UserError
-from contextforcing.model.convert import (
-    diffusers_config,
-    diffusers_key_to_original,
-    model_config_from_diffusers,
-    original_key_to_diffusers,
-)
-from contextforcing.outputs import publish_with
-from contextforcing.weights import (
+from contextforcing.io.outputs import publish_with
+from contextforcing.io.weights import (
     first_line,
     name_list,
-    read_safetensors,
-    read_sharded_safetensors,
-    read_torch,
+    read_raw,
     safetensors_keys,
     shard_map,
     stage_safetensors,
+    tensors_only,
     write_safetensors,
 )
+from contextforcing.model.architecture import (
+    check_heads,
+    config_from_json,
+    describe_config,
+    infer_model_config,
+    same_shapes,
+)
+from contextforcing.model.convert import (
+    diffusers_config,
+    naming_of,
+    original_key_to_diffusers,
+    strip_prefixes,
+    to_original_names,
+)
+from contextforcing.model.lora_adapters import LORA_ONLY_ENTRIES, LoraAdapter, as_adapter, lora_choice, merge_lora
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("original", "diffusers", "training")
 SAVE_LAYOUTS = ("original", "diffusers")
-# Head counts of the released Wan2.1 widths (1.3B: 12 x 128, 14B: 40 x 128); shapes alone cannot give heads.
-WAN_HEADS = {1536: 12, 5120: 40}
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
@@ -66,16 +70,6 @@ _PIPELINE_SUBDIR = "transformer"  # a diffusers pipeline root keeps the DiT here
 # Training dicts: which entry holds the generator, in order of preference.
 _EMA_KEYS = ("generator_ema",)
 _RAW_KEYS = ("generator", "model", "state_dict")
-
-# Leading name segments that wrap the DiT in training code, peft or ComfyUI; dropped until a real root remains.
-_PREFIX_SEGMENTS = frozenset({"model", "diffusion_model", "module", "base_model", "transformer", "generator"})
-# Segments inserted *inside* names by FSDP, activation checkpointing and torch.compile.
-_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-_ORIGINAL_ROOTS = frozenset(
-    {"patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head"}
-)
-_DIFFUSERS_ROOTS = frozenset({"patch_embedding", "condition_embedder", "blocks", "proj_out", "scale_shift_table"})
-_DIFFUSERS_MARKERS = ("condition_embedder.", "proj_out.", ".attn1.", ".attn2.", "scale_shift_table")
 
 
 # -- small helpers -------------------------------------------------------------------------------------
@@ -107,56 +101,6 @@ def resolve_weights(path: str | Path) -> Path:
         return resolve_weights(path / _PIPELINE_SUBDIR)
     looked = ", ".join([*_DIR_CANDIDATES, "one *.safetensors[.index.json]", f"{_PIPELINE_SUBDIR}/"])
     raise UserError(f"{path}: no Wan2.1 DiT weights found (looked for {looked})")
-
-
-def _read_raw(path: Path, allow_pickle: bool) -> Mapping[str, Any]:
-    """Whatever the weight file holds: a flat name -> tensor dict, or a training dict of such dicts."""
-    if path.name.endswith(".index.json"):
-        return read_sharded_safetensors(path)
-    if path.suffix == ".safetensors":
-        return read_safetensors(path)
-    obj = read_torch(path, allow_pickle)
-    if not isinstance(obj, Mapping):
-        raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
-    return obj
-
-
-# -- names ------------------------------------------------------------------------------------------------
-def strip_prefixes(key: str) -> str:
-    """`model.diffusion_model.blocks.0...` -> `blocks.0...`: drop wrapper segments and known leading prefixes."""
-    for segment in _WRAPPER_SEGMENTS:
-        key = key.replace(segment, "")
-    parts = key.split(".")
-    roots = _ORIGINAL_ROOTS | _DIFFUSERS_ROOTS
-    while len(parts) > 1 and parts[0] not in roots and parts[0] in _PREFIX_SEGMENTS:
-        parts.pop(0)
-    return ".".join(parts)
-
-
-def _naming(keys: Iterable[str]) -> str:
-    """'diffusers' when any (prefix-stripped) name is diffusers-only, else 'original'."""
-    return "diffusers" if any(m in k for k in keys for m in _DIFFUSERS_MARKERS) else "original"
-
-
-def _to_original_names(state: Mapping[str, torch.Tensor], naming: str, source: str) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    unmapped: list[str] = []
-    for key, tensor in state.items():
-        name = strip_prefixes(key)
-        if naming == "diffusers":
-            try:
-                name = diffusers_key_to_original(name)
-            except KeyError:
-                unmapped.append(key)
-                continue
-        if name in out:
-            raise UserError(f"{source}: two weights map to {name!r} once prefixes are removed")
-        out[name] = tensor
-    if unmapped:
-        raise UserError(
-            f"{source}: {len(unmapped)} diffusers weight(s) have no Wan2.1 equivalent: {name_list(unmapped)}"
-        )
-    return out
 
 
 def _is_training_dict(raw: Mapping[str, Any]) -> bool:
@@ -191,26 +135,19 @@ def _select_generator(
     return present[0], "EMA weights by default (--no-ema for the raw generator)" if ema else "no EMA weights stored"
 
 
-def _tensors_only(state: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise UserError(f"{source}: expected a state dict of tensors; non-tensor entries: {name_list(sorted(bad))}")
-    return state
-
-
 # -- format detection and loading ------------------------------------------------------------------------
 def detect_format(path: str | Path, *, allow_pickle: bool = False) -> str:
     """'original', 'diffusers' or 'training' for a checkpoint file or directory (safetensors: header only)."""
     weights = resolve_weights(path)
     if weights.name.endswith(".index.json"):
-        return _naming(strip_prefixes(k) for k in shard_map(weights))
+        return naming_of(strip_prefixes(k) for k in shard_map(weights))
     if weights.suffix == ".safetensors":
-        return _naming(strip_prefixes(k) for k in safetensors_keys(weights))
-    return _format_of(_read_raw(weights, allow_pickle))
+        return naming_of(strip_prefixes(k) for k in safetensors_keys(weights))
+    return _format_of(read_raw(weights, allow_pickle))
 
 
 def _format_of(raw: Mapping[str, Any]) -> str:
-    return "training" if _is_training_dict(raw) else _naming(strip_prefixes(k) for k in raw)
+    return "training" if _is_training_dict(raw) else naming_of(strip_prefixes(k) for k in raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +202,7 @@ def read_checkpoint(
     _check_format(fmt)
     weights = resolve_weights(path)
     source = str(path)
-    raw = _read_raw(weights, allow_pickle)
+    raw = read_raw(weights, allow_pickle)
     detected = _format_of(raw)
     fmt = fmt or detected
     # The LoRA is read first: which generator entry to take can depend on what it was trained on.
@@ -279,18 +216,18 @@ def read_checkpoint(
         raw, choice = raw[entry], dataclasses.replace(choice, entry=entry, entry_reason=why)
     elif detected == "training":
         raise UserError(f"{source}: this is a training checkpoint (generator entries), not {fmt!r} weights")
-    elif any(isinstance(raw.get(k), Mapping) for k in _LORA_ONLY_ENTRIES):
+    elif any(isinstance(raw.get(k), Mapping) for k in LORA_ONLY_ENTRIES):
         raise UserError(
             f"{source}: holds only LoRA weights; pass it with --lora and the base weights with --checkpoint"
         )
-    raw = _tensors_only(raw, source)
-    naming = fmt if fmt in SAVE_LAYOUTS else _naming(strip_prefixes(k) for k in raw)
-    state = _to_original_names(raw, naming, source)
+    raw = tensors_only(raw, source)
+    naming = fmt if fmt in SAVE_LAYOUTS else naming_of(strip_prefixes(k) for k in raw)
+    state = to_original_names(raw, naming, source)
     if not state:
         raise UserError(f"{source}: the checkpoint holds no weights")
     if adapter is not None:
         state = merge_lora(state, adapter, alpha=lora_alpha)
-        choice = dataclasses.replace(choice, **_lora_choice(adapter, lora_alpha))
+        choice = dataclasses.replace(choice, **lora_choice(adapter, lora_alpha))
     log.info("%s", choice.describe())
     return LoadedCheckpoint(state, choice)
 
@@ -308,288 +245,6 @@ def load_state_dict(
     return read_checkpoint(path, fmt, use_ema, lora=lora, lora_alpha=lora_alpha, allow_pickle=allow_pickle).state
 
 
-# -- LoRA ---------------------------------------------------------------------------------------------------
-# `<module>.lora_A[.<adapter>].weight` (peft; `lora_down`/`lora_up` in kohya/ComfyUI files) and `<module>.alpha`.
-_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.(?P<adapter>[^.]+))?\.weight$")
-_LORA_ALPHA_KEY = re.compile(r"^(?P<module>.+)\.alpha$")
-_LORA_DOWN = ("lora_A", "lora_down")
-_ADAPTER_CONFIG = "adapter_config.json"
-# Looked for, in order, inside a LoRA directory: a peft adapter, or a LongLive training checkpoint
-# (`checkpoint_model_*/model.pt`, a dict with `generator_lora`, `critic_lora` and `step`).
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.pt")
-# Entries of a training-style LoRA checkpoint that hold the adapter (LongLive saves `generator_lora`).
-_LORA_ENTRIES = ("generator_lora", "lora", "state_dict", "model")
-_LORA_ONLY_ENTRIES = ("generator_lora", "lora")  # a checkpoint holding these is a LoRA, not base weights
-# The generator weights an entry's LoRA was trained on: LongLive trains its LoRA on `generator` and infers
-# with use_ema=false, so its `generator_lora` belongs on `generator`, not on `generator_ema`.
-_LORA_TRAINED_ON = {"generator_lora": "generator"}
-
-
-@dataclasses.dataclass
-class LoraPair:
-    """One adapted weight: delta = scale * up @ down, with scale = alpha / rank (or / sqrt(rank) for rsLoRA)."""
-
-    down: torch.Tensor | None = None  # A: [rank, in, *kernel]
-    up: torch.Tensor | None = None  # B: [out, rank, *1]
-    alpha: float | None = None  # stored per module by kohya-style files
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-
-@dataclasses.dataclass
-class LoraAdapter:
-    pairs: dict[str, LoraPair]  # keyed by the module path as stored (prefixes not yet resolved)
-    alpha: float | None = None  # adapter-wide `lora_alpha` from adapter_config.json
-    use_rslora: bool = False
-    trained_on: str | None = None  # generator entry the file says it was trained on (see _LORA_TRAINED_ON)
-    source: str = "LoRA"
-
-    def scale(self, pair: LoraPair, alpha: float | None = None) -> float:
-        """alpha / rank (rsLoRA: / sqrt(rank)); alpha: explicit > per-module > adapter_config.json > rank."""
-        module_alpha = next(a for a in (alpha, pair.alpha, self.alpha, float(pair.rank)) if a is not None)
-        return module_alpha / (math.sqrt(pair.rank) if self.use_rslora else pair.rank)
-
-    def alpha_source(self, alpha: float | None = None) -> str:
-        if alpha is not None:
-            return f"{alpha:g} (explicit)"
-        if any(p.alpha is not None for p in self.pairs.values()):
-            return "per module (stored)"
-        if self.alpha is not None:
-            return f"{self.alpha:g} (adapter_config.json)"
-        return "not stored: assumed = rank, --lora-alpha sets it"
-
-
-def _adapter_files(path: Path) -> tuple[Path, Path | None]:
-    """(weights, adapter_config.json or None) for a peft adapter directory or a single adapter file."""
-    if not path.exists():
-        raise UserError(f"{path}: no such LoRA file or directory")
-    if path.is_dir():
-        found = [path / n for n in _ADAPTER_WEIGHTS if (path / n).is_file()]
-        if not found:
-            raise UserError(f"{path}: no LoRA weights found (looked for {', '.join(_ADAPTER_WEIGHTS)})")
-        weights = found[0]
-    else:
-        weights = path
-    config = weights.parent / _ADAPTER_CONFIG
-    return weights, config if config.is_file() else None
-
-
-def _adapter_config(path: Path | None) -> tuple[float | None, bool]:
-    if path is None:
-        return None, False
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a valid adapter config ({first_line(exc)})") from None
-    if config.get("alpha_pattern"):
-        # Per-module alphas by regex would silently mis-scale if ignored; refuse rather than guess.
-        raise UserError(f"{path}: per-module alpha_pattern is not supported; pass one alpha with --lora-alpha")
-    alpha = config.get("lora_alpha")
-    return (float(alpha) if alpha is not None else None), bool(config.get("use_rslora", False))
-
-
-def _lora_tensors(raw: Mapping[str, Any], source: str) -> tuple[Mapping[str, torch.Tensor], str | None]:
-    """The adapter tensors and the entry that held them (None: the file is the adapter itself)."""
-    for entry in _LORA_ENTRIES:
-        if isinstance(raw.get(entry), Mapping):
-            return _tensors_only(raw[entry], source), entry
-    if any(isinstance(raw.get(k), Mapping) for k in (*_EMA_KEYS, "generator")):
-        raise UserError(f"{source}: a model checkpoint (generator weights), not a LoRA; pass it with --checkpoint")
-    return _tensors_only(raw, source), None
-
-
-def parse_lora(tensors: Mapping[str, torch.Tensor], source: str = "LoRA") -> dict[str, LoraPair]:
-    """Group LoRA tensors by module; any key that is not a LoRA matrix or alpha is an error."""
-    pairs: dict[str, LoraPair] = {}
-    unknown: list[str] = []
-    adapters: set[str] = set()
-    for key, tensor in tensors.items():
-        if match := _LORA_KEY.match(key):
-            pair = pairs.setdefault(match["module"], LoraPair())
-            if match["kind"] in _LORA_DOWN:
-                pair.down = tensor
-            else:
-                pair.up = tensor
-            adapters.add(match["adapter"] or "")
-        elif match := _LORA_ALPHA_KEY.match(key):
-            pairs.setdefault(match["module"], LoraPair()).alpha = float(tensor)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise UserError(
-            f"{source}: {len(unknown)} key(s) are not LoRA weights (lora_A/lora_B/alpha): {name_list(unknown)}"
-        )
-    if len(adapters) > 1:
-        raise UserError(f"{source}: holds several adapters ({', '.join(sorted(adapters))}); save one at a time")
-    incomplete = sorted(m for m, p in pairs.items() if p.down is None or p.up is None)
-    if incomplete:
-        raise UserError(f"{source}: LoRA modules without both A and B matrices: {name_list(incomplete)}")
-    if not pairs:
-        raise UserError(f"{source}: no LoRA weights found")
-    return pairs
-
-
-def read_lora(path: str | Path, *, allow_pickle: bool = False) -> LoraAdapter:
-    """A peft adapter directory/file, a LongLive-style `.pt` dict (`generator_lora`), or a kohya-style file."""
-    weights, config = _adapter_files(Path(path))
-    alpha, use_rslora = _adapter_config(config)
-    tensors, entry = _lora_tensors(_read_raw(weights, allow_pickle), str(path))
-    return LoraAdapter(parse_lora(tensors, str(path)), alpha, use_rslora, _LORA_TRAINED_ON.get(entry), str(path))
-
-
-def _lora_choice(adapter: LoraAdapter, alpha: float | None) -> dict[str, Any]:
-    """The WeightChoice fields that describe a merged adapter."""
-    pairs = adapter.pairs.values()
-    return dict(
-        lora=adapter.source,
-        lora_trained_on=adapter.trained_on,
-        lora_ranks=tuple(sorted({p.rank for p in pairs})),
-        lora_alpha=adapter.alpha_source(alpha),
-        lora_scales=tuple(sorted({adapter.scale(p, alpha) for p in pairs})),
-    )
-
-
-def _target_name(module: str, state: Mapping[str, torch.Tensor]) -> str | None:
-    """Our weight name for a LoRA module path in original, diffusers or prefixed naming (None: no match)."""
-    name = strip_prefixes(module + ".weight")
-    if name in state:
-        return name
-    try:
-        name = diffusers_key_to_original(name)
-    except KeyError:
-        return None
-    return name if name in state else None
-
-
-def as_adapter(
-    adapter: str | Path | LoraAdapter | Mapping[str, torch.Tensor], *, allow_pickle: bool = False
-) -> LoraAdapter:
-    """A LoRA given as a path (read_lora), an adapter, or a dict of LoRA tensors."""
-    if isinstance(adapter, (str, Path)):
-        return read_lora(adapter, allow_pickle=allow_pickle)
-    return adapter if isinstance(adapter, LoraAdapter) else LoraAdapter(parse_lora(adapter))
-
-
-def lora_delta(pair: LoraPair, scale: float, shape: torch.Size) -> torch.Tensor:
-    """scale * B @ A in float32, reshaped to the base weight (Conv kernels fold into A's trailing dims)."""
-    delta = pair.up.flatten(1).float() @ pair.down.flatten(1).float()
-    return (delta * scale).reshape(shape)
-
-
-def merge_lora(
-    state: Mapping[str, torch.Tensor],
-    adapter: str | Path | LoraAdapter | Mapping[str, torch.Tensor],
-    *,
-    alpha: float | None = None,
-    allow_pickle: bool = False,
-) -> dict[str, torch.Tensor]:
-    """A copy of `state` (original names) with W += alpha / rank * B @ A for every adapted module.
-
-    alpha: explicit value > per-module `.alpha` tensors > adapter_config.json `lora_alpha` > rank (scale 1).
-    """
-    adapter = as_adapter(adapter, allow_pickle=allow_pickle)
-    merged = dict(state)
-    unmatched, bad_shapes = [], []
-    for module, pair in adapter.pairs.items():
-        name = _target_name(module, state)
-        if name is None:
-            unmatched.append(module)
-            continue
-        base = state[name]
-        if pair.up[0].numel() != pair.rank or pair.up.shape[0] * pair.down[0].numel() != base.numel():
-            bad_shapes.append(
-                f"{module} A {list(pair.down.shape)} B {list(pair.up.shape)} vs weight {list(base.shape)}"
-            )
-            continue
-        merged[name] = (base.float() + lora_delta(pair, adapter.scale(pair, alpha), base.shape)).to(base.dtype)
-    if unmatched:
-        raise UserError(f"LoRA adapts {len(unmatched)} module(s) the model does not have: {name_list(unmatched)}")
-    if bad_shapes:
-        raise UserError(f"LoRA shapes do not fit the weights: {name_list(bad_shapes)}")
-    log.info("merged LoRA into %d weights", len(adapter.pairs))
-    return merged
-
-
-# -- model configs ------------------------------------------------------------------------------------------
-_REQUIRED_FOR_SHAPES = (
-    "patch_embedding.weight",
-    "text_embedding.0.weight",
-    "time_embedding.0.weight",
-    "head.head.weight",
-)
-_BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
-
-
-def _architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """The ModelConfig fields that tensor shapes determine (everything but the head count)."""
-    missing = [k for k in _REQUIRED_FOR_SHAPES if k not in state]
-    if missing:
-        raise UserError(f"not a Wan2.1 DiT state dict: missing {name_list(missing)}")
-    layers = {int(m[1]) for k in state if (m := _BLOCK_INDEX.match(k))}
-    if "blocks.0.ffn.0.weight" not in state:
-        raise UserError("not a Wan2.1 DiT state dict: missing blocks.0.ffn.0.weight")
-    patch = state["patch_embedding.weight"]
-    dim, in_dim, *patch_size = patch.shape
-    return dict(
-        dim=int(dim),
-        in_dim=int(in_dim),
-        patch_size=tuple(int(p) for p in patch_size),
-        out_dim=int(state["head.head.weight"].shape[0]) // math.prod(patch_size),
-        ffn_dim=int(state["blocks.0.ffn.0.weight"].shape[0]),
-        num_layers=max(layers) + 1,
-        text_dim=int(state["text_embedding.0.weight"].shape[1]),
-        freq_dim=int(state["time_embedding.0.weight"].shape[1]),
-        qk_norm="blocks.0.self_attn.norm_q.weight" in state,
-        cross_attn_norm="blocks.0.norm3.weight" in state,
-    )
-
-
-def _heads_for(dim: int, base: ModelConfig | None) -> int:
-    """Heads are invisible in the shapes (q/k/v are dim x dim): take them from a config that describes this
-    width (config.json beside the weights, or a preset the user named), else from the released Wan2.1
-    widths. Any other width is an error. A preset of the same width is not evidence: a 64-wide checkpoint
-    with 2 heads loaded as the `tiny` preset's 4 computes something else without a word."""
-    if base is not None and base.dim == dim:
-        return base.num_heads
-    if dim in WAN_HEADS:
-        return WAN_HEADS[dim]
-    raise UserError(
-        f"cannot tell the attention head count of a {dim}-wide model (not a Wan2.1 width: "
-        f"{', '.join(f'{w} has {h}' for w, h in WAN_HEADS.items())}); pass --num-heads "
-        f"(num_heads= in Python) or a config.json beside the weights"
-    )
-
-
-def _check_heads(num_heads: int) -> int:
-    if num_heads < 1:
-        raise UserError(f"the head count must be at least 1, got {num_heads}")
-    return num_heads
-
-
-def infer_model_config(
-    state: Mapping[str, torch.Tensor], *, num_heads: int | None = None, base: ModelConfig | None = None
-) -> ModelConfig:
-    """The ModelConfig of a state dict (original names) from its tensor shapes.
-
-    Head count: `num_heads` if given, else see `_heads_for`. Fields shapes cannot show (text_len, eps,
-    rope_theta) come from `base` (e.g. a preset, or config.json via `checkpoint_config`), else the defaults.
-    """
-    arch = _architecture(state)
-    heads = _check_heads(num_heads) if num_heads is not None else _heads_for(arch["dim"], base)
-    return dataclasses.replace(base or ModelConfig(), **arch, num_heads=heads).validate()
-
-
-def _original_config_to_model(config: Mapping[str, Any], base: ModelConfig | None) -> ModelConfig:
-    """Wan's own config.json (`_class_name: WanModel`) uses our field names; keep the ones we know."""
-    if config.get("model_type", "t2v") != "t2v":
-        raise UserError(f"config.json describes a Wan {config['model_type']!r} model; only t2v is supported")
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in known}
-    return dataclasses.replace(base or ModelConfig(), **values)
-
-
 def checkpoint_config(path: str | Path, base: ModelConfig | None = None) -> ModelConfig | None:
     """The ModelConfig from a config.json next to the checkpoint's weights (diffusers or Wan style), if any."""
     config_path = resolve_weights(path).parent / CONFIG_NAME
@@ -599,22 +254,7 @@ def checkpoint_config(path: str | Path, base: ModelConfig | None = None) -> Mode
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{config_path}: not valid JSON ({first_line(exc)})") from None
-    if "num_attention_heads" in config or config.get("_class_name") == "WanTransformer3DModel":
-        return model_config_from_diffusers(config, base)
-    if "dim" in config and "num_heads" in config:
-        return _original_config_to_model(config, base)
-    return None  # some other model's config.json: not ours to interpret
-
-
-def describe_config(cfg: ModelConfig) -> str:
-    match = next((name for name, p in PRESETS.items() if _same_shapes(p.model, cfg)), None)
-    text = f"dim {cfg.dim}, ffn {cfg.ffn_dim}, {cfg.num_layers} layers"
-    return text + (f" (preset {match})" if match else "")
-
-
-def _same_shapes(a: ModelConfig, b: ModelConfig) -> bool:
-    fields = ("dim", "ffn_dim", "num_layers", "text_dim", "in_dim", "out_dim", "patch_size", "freq_dim")
-    return all(getattr(a, f) == getattr(b, f) for f in fields)
+    return config_from_json(config, base)
 
 
 # -- strict loading -----------------------------------------------------------------------------------------
@@ -652,7 +292,7 @@ def _mismatch_message(model_cfg: ModelConfig | None, state: Mapping[str, torch.T
             ckpt_cfg = _shape_config(state)
         except UserError:
             ckpt_cfg = None
-        if ckpt_cfg is not None and not _same_shapes(ckpt_cfg, model_cfg):
+        if ckpt_cfg is not None and not same_shapes(ckpt_cfg, model_cfg):
             head += f": checkpoint is {describe_config(ckpt_cfg)}, model is {describe_config(model_cfg)}"
     return f"{head}; " + "; ".join(problems)
 
@@ -724,7 +364,7 @@ def model_config(
     if num_heads is None:
         check_heads_agree(path, model_cfg)
         return model_cfg
-    return dataclasses.replace(model_cfg, num_heads=_check_heads(num_heads)).validate()
+    return dataclasses.replace(model_cfg, num_heads=check_heads(num_heads)).validate()
 
 
 def check_heads_agree(path: str | Path, model_cfg: ModelConfig) -> None:

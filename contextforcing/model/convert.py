@@ -1,4 +1,5 @@
-"""Parameter-name mapping between original Wan2.1 (our names) and diffusers' WanTransformer3DModel.
+"""Parameter names: the wrappers training code, peft and compilers put around them stripped (`strip_prefixes`),
+and the mapping between original Wan2.1 (our names) and diffusers' WanTransformer3DModel.
 
 Note the swap: the affine LayerNorm before cross-attention is `norm3` in Wan and `norm2` in diffusers
 (the parameter-free FFN norm has no weights, so only one direction carries tensors).
@@ -8,9 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable, Mapping
+
+import torch
 
 from contextforcing.config import ModelConfig
 from contextforcing.errors import UserError
+from contextforcing.io.weights import name_list
+
+# Leading name segments that wrap the DiT in training code, peft or ComfyUI; dropped until a real root remains.
+_PREFIX_SEGMENTS = frozenset({"model", "diffusion_model", "module", "base_model", "transformer", "generator"})
+# Segments inserted *inside* names by FSDP, activation checkpointing and torch.compile.
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+_ORIGINAL_ROOTS = frozenset(
+    {"patch_embedding", "text_embedding", "time_embedding", "time_projection", "blocks", "head"}
+)
+_DIFFUSERS_ROOTS = frozenset({"patch_embedding", "condition_embedder", "blocks", "proj_out", "scale_shift_table"})
+_DIFFUSERS_MARKERS = ("condition_embedder.", "proj_out.", ".attn1.", ".attn2.", "scale_shift_table")
 
 # (original pattern, diffusers replacement); applied in order, first match wins.
 _ORIGINAL_TO_DIFFUSERS: list[tuple[str, str]] = [
@@ -139,3 +154,40 @@ def model_config_from_diffusers(config: dict, base: ModelConfig | None = None) -
         cross_attn_norm=bool(config.get("cross_attn_norm", True)),
     )
     return dataclasses.replace(base if base is not None else ModelConfig(), **values)
+
+
+def strip_prefixes(key: str) -> str:
+    """`model.diffusion_model.blocks.0...` -> `blocks.0...`: drop wrapper segments and known leading prefixes."""
+    for segment in _WRAPPER_SEGMENTS:
+        key = key.replace(segment, "")
+    parts = key.split(".")
+    roots = _ORIGINAL_ROOTS | _DIFFUSERS_ROOTS
+    while len(parts) > 1 and parts[0] not in roots and parts[0] in _PREFIX_SEGMENTS:
+        parts.pop(0)
+    return ".".join(parts)
+
+
+def naming_of(keys: Iterable[str]) -> str:
+    """'diffusers' when any (prefix-stripped) name is diffusers-only, else 'original'."""
+    return "diffusers" if any(m in k for k in keys for m in _DIFFUSERS_MARKERS) else "original"
+
+
+def to_original_names(state: Mapping[str, torch.Tensor], naming: str, source: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    for key, tensor in state.items():
+        name = strip_prefixes(key)
+        if naming == "diffusers":
+            try:
+                name = diffusers_key_to_original(name)
+            except KeyError:
+                unmapped.append(key)
+                continue
+        if name in out:
+            raise UserError(f"{source}: two weights map to {name!r} once prefixes are removed")
+        out[name] = tensor
+    if unmapped:
+        raise UserError(
+            f"{source}: {len(unmapped)} diffusers weight(s) have no Wan2.1 equivalent: {name_list(unmapped)}"
+        )
+    return out

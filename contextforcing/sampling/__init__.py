@@ -1,1 +1,2 @@
-"""Sampling: the flow-matching schedule, samplers, and the streaming chunk generator."""
+"""Sampling: the one chunk loop (`generation`), the streaming engine it drives (`stream`), prompt switches
+(`switches`), the flow-matching schedule and the samplers."""

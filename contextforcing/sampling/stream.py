@@ -1,15 +1,15 @@
-"""Streaming generation: one chunk routine (`VideoStream.step`) and the chunk iterator around it.
+"""The streaming engine: one chunk routine (`VideoStream.step`), prompt switches and prefill.
 
 Per chunk of latent frames: few-step denoising against the context memory (predict x0, re-noise to
 the next step), then one clean commit pass at t = 0 that writes the chunk's K/V into the memory and
-lets the policy update its tiers. Inference, training rollouts, benchmarks and demos all call `step`.
+lets the policy update its tiers. Inference drives it through `sampling.generation.Generation` (the one
+chunk loop: noise, known frames, decoding, prompts); training rollouts and stages call `step` directly.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from contextforcing.config import SamplingConfig, VideoConfig
 from contextforcing.memory.context import ContextMemory, MemoryLayout
 from contextforcing.memory.cross import CrossAttentionCache
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
-from contextforcing.memory.policies import MemorySpec, check_recache
+from contextforcing.memory.spec import MemorySpec, check_recache
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
 from contextforcing.sampling.scheduler import FlowMatchSchedule, add_noise
@@ -34,18 +34,40 @@ class Branch:
     memory: ContextMemory
 
 
-@dataclass
-class Chunk:
-    index: int  # chunk number in this stream (prefill excluded)
-    start: int  # first absolute latent frame
-    latents: torch.Tensor  # clean latents [B, C, frames, H, W]
-    seconds: float  # wall time of denoising + commit
-    plan: ChunkPlan  # what the chunk attended, where
-    update: MemoryUpdate  # what its commit changed in the memory
+@dataclass(frozen=True)
+class SwitchEvent:
+    """A prompt switch as the stream took it: the first frame under the new prompt, the frames it re-encoded."""
 
-    def trace(self) -> dict:
-        """The JSON trace entry of this chunk (sidecars, reports)."""
-        return {**self.plan.to_json(), **self.update.to_json()}
+    frame: int  # first absolute latent frame generated under the new prompt
+    recached: tuple[int, ...]  # frames re-encoded under the new prompt (`recache`)
+    flush: bool  # sink and slow memory dropped
+    recache: str  # window | longlive
+
+    @classmethod
+    def from_json(cls, event: dict) -> "SwitchEvent":
+        """A sidecar's `events` entry of a switch (a replay reads them back)."""
+        flush, recache = bool(event.get("flush", False)), str(event.get("recache", "window"))
+        return cls(int(event["frame"]), tuple(int(f) for f in event.get("recached", [])), flush, recache)
+
+    def to_json(self) -> dict:
+        return {
+            "event": "switch",
+            "frame": self.frame,
+            "recached": list(self.recached),
+            "flush": self.flush,
+            "recache": self.recache,
+        }
+
+
+@dataclass(frozen=True)
+class PrefillEvent:
+    """Given clean latents committed before the first generated chunk (an init video or image)."""
+
+    frames: int
+    frame: int = 0  # the first latent frame it committed
+
+    def to_json(self) -> dict:
+        return {"event": "prefill", "frames": self.frames}
 
 
 class VideoStream:
@@ -96,7 +118,7 @@ class VideoStream:
             self.branches.append(Branch(self._text(uncond_text), self._new_memory()))
         self.frame = 0  # next absolute latent frame
         self.recent: dict[int, torch.Tensor] = {}  # clean latents of the frames a prompt switch re-encodes
-        self.events: list[dict] = []
+        self.events: list[SwitchEvent | PrefillEvent] = []
         self.last_plan: ChunkPlan | None = None  # the last chunk's plan and update (branch 0's memory)
         self.last_update: MemoryUpdate | None = None
 
@@ -219,10 +241,10 @@ class VideoStream:
             part_headings = None if headings is None else [h[begin : begin + part.shape[2]] for h in headings]
             self._begin_chunk(part.shape[2], part_headings)
             self._commit(part)
-        self.events.append({"event": "prefill", "frames": latents.shape[2]})
+        self.events.append(PrefillEvent(latents.shape[2], self.frame - latents.shape[2]))
 
     @torch.no_grad()
-    def switch_prompt(self, text: torch.Tensor, flush: bool = False) -> None:
+    def switch_prompt(self, text: torch.Tensor, flush: bool = False) -> SwitchEvent:
         """New prompt from the next chunk on: reset the cross-attention cache and re-encode recent frames
         once under the new prompt (`recache`: our window, or LongLive's); sink and slow memory are kept, or
         dropped with `flush` (with LongLive's recache: its `global_sink: false`)."""
@@ -234,42 +256,9 @@ class VideoStream:
             ts = torch.full((window.shape[0], len(frames)), self.sampling.commit_timestep, device=window.device)
             self.model(window, ts, branch.text, memory=branch.memory, commit=True)
         branch.memory.commit()
-        self.events.append(
-            {"event": "switch", "frame": self.frame, "recached": frames, "flush": flush, "recache": self.recache}
-        )
-
-
-def stream_video(
-    stream: VideoStream,
-    num_frames: int,
-    *,
-    generator: torch.Generator | None = None,
-    switches: dict[int, torch.Tensor] | None = None,
-    flush_on_switch: bool = False,
-    known_frames: Mapping[int, torch.Tensor] | None = None,
-) -> Iterator[Chunk]:
-    """Yield `num_frames` latent frames chunk by chunk as soon as each is done.
-
-    `switches` maps a chunk index to the text embeddings that take effect from that chunk on.
-    `known_frames` maps a latent frame number (counted from the stream's start) to clean latents
-    [B, C, 1, H, W] that the video must show there (e.g. a world's occlusions in evaluation).
-    """
-    switches = switches or {}
-    stream_start = stream.frame  # after any prefill
-    chunks = -(-num_frames // stream.chunk_frames)
-    for index in range(chunks):
-        if index in switches:
-            stream.switch_prompt(switches[index], flush=flush_on_switch)
-        frames = min(stream.chunk_frames, num_frames - index * stream.chunk_frames)
-        noise = stream.noise(frames, generator)
-        began = time.perf_counter()
-        start = stream.frame
-        known = known_in_chunk(known_frames, start - stream_start, noise) if known_frames else None
-        with torch.no_grad():  # inference: training rollouts call `step` directly, with gradients
-            latents = stream.step(noise, generator, known=known)
-        if latents.is_cuda:
-            torch.cuda.synchronize(latents.device)
-        yield Chunk(index, start, latents, time.perf_counter() - began, stream.last_plan, stream.last_update)
+        event = SwitchEvent(self.frame, tuple(frames), flush, self.recache)
+        self.events.append(event)
+        return event
 
 
 def known_in_chunk(known_frames: Mapping[int, torch.Tensor], first: int, noise: torch.Tensor) -> KnownFrames | None:

@@ -30,8 +30,9 @@ from contextforcing.pipeline import Pipeline
 from contextforcing.serve.access import AccessCheck, AccessRules
 from contextforcing.serve.downloads import KeptStream
 from contextforcing.serve.frames import FrameCodec
+from contextforcing.serve.messages import ServeLimits
 from contextforcing.serve.replay import read_upload
-from contextforcing.serve.session import ServeLimits, StreamHub, page_info
+from contextforcing.serve.session import StreamHub, page_info
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 
@@ -57,20 +58,7 @@ def build_app(
         return JSONResponse(hub.status())
 
     async def stream_socket(websocket: WebSocket):
-        await websocket.accept()
-        session = hub.open(websocket.send_json, websocket.send_bytes)
-        await session.send({"type": "hello", "session": session.id})
-        try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                if message.get("text") is not None:
-                    await session.receive(message["text"])
-        except WebSocketDisconnect:
-            pass
-        finally:
-            hub.close(session)
+        await _stream_socket(hub, websocket)
 
     async def download(request: Request):
         return await _download(hub, request)
@@ -99,6 +87,24 @@ def build_app(
     return app
 
 
+async def _stream_socket(hub: StreamHub, websocket: WebSocket) -> None:
+    """One tab's WebSocket: its session's messages in, until the tab goes away."""
+    await websocket.accept()
+    session = hub.open(websocket.send_json, websocket.send_bytes)
+    await session.send({"type": "hello", "session": session.id})
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if message.get("text") is not None:
+                await session.receive(message["text"])
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.close(session)
+
+
 class _KeptDownload:
     """A closed tab's kept stream, answering as a live session's download does."""
 
@@ -109,7 +115,7 @@ class _KeptDownload:
         return self.kept.frames(), self.kept.record
 
     def write_mp4(self, directory: Path) -> Path:
-        from contextforcing.data.video import save_video
+        from contextforcing.io.video import save_video
 
         return save_video(directory / f"{self.stem}.mp4", self.kept.frames(), self.kept.record["fps"], self.kept.record)
 

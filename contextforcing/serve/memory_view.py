@@ -18,7 +18,7 @@ import numpy as np
 
 from contextforcing.config import VideoConfig
 from contextforcing.memory.plan import ChunkPlan
-from contextforcing.memory.policies import MemorySpec
+from contextforcing.memory.spec import MemorySpec
 from contextforcing.pipeline import DecodedChunk
 
 # Thumbnails of big frames (Wan's 832x480) are shrunk to this many pixels on their longer side; the world
@@ -137,6 +137,7 @@ def chunk_view(chunk: DecodedChunk, store: ThumbnailStore, video: VideoConfig) -
     if plan.retrieval is not None:  # a retrieval memory: its whole bank, each keyframe's relevance, the picks
         picked = set(plan.tier("slow"))
         view["bank"] = [
-            {**entry("bank", f, -1, True), "relevance": r, "picked": f in picked} for f, r in sorted(plan.retrieval.items())
+            {**entry("bank", f, -1, True), "relevance": r, "picked": f in picked}
+            for f, r in sorted(plan.retrieval.items())
         ]
     return view

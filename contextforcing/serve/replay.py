@@ -1,6 +1,6 @@
 """Replay of a saved video in the viewer: an mp4 and its sidecar, uploaded by the page, played back chunk by
 chunk through the same protocol as a live stream, so the memory panel, the surprisal chart and the event log show
-what each chunk attended, exactly as the sidecar's trace records it (`trace.read_record`).
+what each chunk attended, exactly as the sidecar's trace records it (`io.sidecar.read_record`).
 
 The upload is one POST body: a little-endian uint32 length, the sidecar's JSON, then the mp4's bytes (the same
 framing as a chunk message). Frames are decoded once into a `FrameSpool` on disk; `ReplayGeneration` then stands
@@ -17,15 +17,16 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from contextforcing.errors import UserError, first_line
-from contextforcing.pipeline import DecodedChunk, Prompt
-from contextforcing.serve.session import FrameSpool
-from contextforcing.trace import SavedVideo, read_record
+from contextforcing.io.sidecar import SavedVideo, read_record
+from contextforcing.sampling.generation import DecodedChunk
+from contextforcing.sampling.stream import SwitchEvent
+from contextforcing.sampling.switches import Prompt
+from contextforcing.serve.spool import FrameSpool
 
 # The largest upload taken (sidecar and mp4 together): an mp4 of the toy model is about 0.3 MB a minute.
 MAX_REPLAY_BYTES = 512 * 2**20
@@ -144,6 +145,20 @@ class ReplayStore:
             self._replays.clear()
 
 
+def switch_events(record: dict) -> dict[int, SwitchEvent]:
+    """The switches a sidecar's `events` record, by the frame they took effect at (an unreadable one is left out:
+    the replay then shows the switch without its re-encoded frames)."""
+    events = {}
+    for entry in record.get("events", []) if isinstance(record.get("events"), list) else []:
+        if isinstance(entry, dict) and entry.get("event") == "switch":
+            try:
+                event = SwitchEvent.from_json(entry)
+            except (KeyError, TypeError, ValueError):
+                continue
+            events[event.frame] = event
+    return events
+
+
 class ReplayGeneration:
     """A saved video played as a `Generation` (what the viewer's session iterates): its chunks with their plans,
     updates and prompts from the sidecar, its frames from the upload; no model, no prompt switches."""
@@ -152,7 +167,7 @@ class ReplayGeneration:
         saved = replay.saved
         self.replay, self.seed = replay, saved.seed
         self.prompts = [Prompt(saved.chunks[0].prompt, 0)] + [Prompt(p, c) for c, p in saved.switches]
-        self.stream = SimpleNamespace(events=list(replay.record.get("events", [])))
+        self._switches = switch_events(replay.record)
         self.chunks_total = len(saved.chunks)
         self._ranges = replay.frame_ranges()
         self._seconds = list(replay.record.get("chunk_seconds", [])) + [0.0] * len(saved.chunks)
@@ -177,9 +192,11 @@ class ReplayGeneration:
             raise StopIteration
         traced, (first, end) = self.replay.saved.chunks[self.index], self._ranges[self.index]
         frames = np.array(self.replay.spool.frames(end)[first:end])  # a copy: the mapping is not kept
+        switched = any(p.chunk == self.index for p in self.prompts[1:])
+        start = traced.plan.start
         chunk = DecodedChunk(
             self.index,
-            traced.plan.start,
+            start,
             traced.prompt,
             frames,
             first,
@@ -188,6 +205,7 @@ class ReplayGeneration:
             traced.update,
             float(self._seconds[self.index]),
             float(self._decode[self.index]),
+            switch=self._switches.get(start, SwitchEvent(start, (), False, "window")) if switched else None,
         )
         self.index += 1
         return chunk

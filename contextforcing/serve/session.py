@@ -16,16 +16,11 @@ import asyncio
 import dataclasses
 import json
 import logging
-import math
-import mmap
-import re
 import secrets
 import struct
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
@@ -33,140 +28,17 @@ import numpy as np
 import torch
 
 from contextforcing.errors import UserError, first_line, quote
-from contextforcing.memory.policies import OPTION_CHOICES, POLICY_OPTIONS, RECACHE_MODES, MemorySpec, make_spec
-from contextforcing.pipeline import DecodedChunk, Generation, Pipeline
+from contextforcing.memory.spec import OPTION_CHOICES, POLICY_OPTIONS, RECACHE_MODES, MemorySpec, make_spec
+from contextforcing.pipeline import Pipeline
+from contextforcing.sampling.generation import DecodedChunk, Generation
 from contextforcing.serve.downloads import DownloadStore, KeptStream, download_stem
 from contextforcing.serve.frames import FrameCodec
 from contextforcing.serve.memory_view import SurprisalRule, ThumbnailStore, chunk_view, shrink
+from contextforcing.serve.messages import ServeLimits, StartRequest, integer, parse_message
+from contextforcing.serve.replay import MAX_REPLAY_BYTES, ReplayGeneration, ReplayStore
+from contextforcing.serve.spool import FrameSpool
 
 log = logging.getLogger("contextforcing.serve")
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one server allows; set by `contextforcing serve`'s flags."""
-
-    max_streams: int = 2  # streams generating at once (a tab beyond them is told the server is busy)
-    max_seconds: float = 600.0  # longest stream; its frames are kept (on disk) for Download mp4
-    lead_chunks: int = 2  # chunks generated ahead of playback
-    panel_rows: int = 6  # memory-panel rows a page shows (and whose thumbnails are kept)
-
-    def check(self) -> "ServeLimits":
-        if self.max_streams < 1:
-            raise UserError(f"--max-streams must be at least 1, got {self.max_streams}")
-        if not 0 < self.max_seconds < math.inf:
-            raise UserError(f"--max-seconds must be positive and finite, got {self.max_seconds}")
-        if self.lead_chunks < 1:
-            raise UserError(f"--lead-chunks must be at least 1, got {self.lead_chunks}")
-        return self
-
-
-@dataclass(frozen=True)
-class StartRequest:
-    """A page's Start: what to stream (the page's JSON, checked here)."""
-
-    prompt: str
-    seed: int = 0
-    seconds: float | None = None  # None: until Stop (or the server's --max-seconds)
-    memory: dict | None = None  # {"policy": name, option: value, ...}; None: the model's trained memory
-    recache: str = "window"
-    flush: bool = False  # flush sink and slow memory on prompt switches (the page's keep / flush)
-
-    @classmethod
-    def from_json(cls, data: dict, limits: ServeLimits) -> "StartRequest":
-        prompt = data.get("prompt")
-        if not isinstance(prompt, str):
-            raise UserError("the prompt must be text")
-        seed = _integer(data.get("seed", 0), "seed")
-        if not 0 <= seed < 2**64:
-            raise UserError(f"seed must be in [0, 2**64), got {seed}")
-        seconds = data.get("seconds")
-        if seconds in (None, ""):
-            seconds = None
-        else:
-            seconds = _number(seconds, "seconds")
-            if not 0 < seconds <= limits.max_seconds:
-                raise UserError(
-                    f"seconds must be in (0, {limits.max_seconds:g}] (the server's --max-seconds), got {seconds:g}"
-                )
-        memory = data.get("memory")
-        if memory is not None and not isinstance(memory, dict):
-            raise UserError("memory must be a policy and its options")
-        recache = data.get("recache", "window")
-        if recache not in RECACHE_MODES:
-            raise UserError(f"recache must be one of {', '.join(RECACHE_MODES)}, got {recache!r}")
-        return cls(prompt, seed, seconds, memory, recache, bool(data.get("flush", False)))
-
-
-# What one message from a page may be: a Start is a prompt and a dozen options in at most three levels of JSON
-# ({"memory": {...}}), a few KB; the caps leave room for that many times over and refuse what is not a page's.
-MAX_MESSAGE_BYTES = 64 * 1024
-MAX_JSON_DEPTH = 8
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKETS = re.compile(r"[\[\]{}]")
-
-
-def parse_message(text: str) -> object:
-    """A page's JSON message, or a one-line UserError for one larger or more deeply nested than any page sends
-    (checked before parsing: the parser recurses once per level)."""
-    size = len(text.encode())
-    if size > MAX_MESSAGE_BYTES:
-        raise UserError(f"a message may be at most {MAX_MESSAGE_BYTES:,} bytes, got {size:,}")
-    depth = deepest = 0
-    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
-    if deepest > MAX_JSON_DEPTH:
-        raise UserError(f"a message may nest at most {MAX_JSON_DEPTH} levels of JSON, got {deepest}")
-    return json.loads(text)
-
-
-def _number(value, what: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise UserError(f"{what} must be finite, got {value!r}")
-    return number
-
-
-def _integer(value, what: str) -> int:
-    number = _number(value, what)
-    if number != int(number):
-        raise UserError(f"{what} must be a whole number, got {value!r}")
-    return int(number)
-
-
-class FrameSpool:
-    """The stream's frames so far, in an unnamed temporary file (for Download mp4): the server's memory stays
-    flat however long a stream runs. Appended by the stream's worker thread, read through `mmap` (no shared
-    file position) by a download."""
-
-    def __init__(self):
-        self.file = tempfile.TemporaryFile(prefix="contextforcing-serve-")
-        self.count = 0
-        self.shape: tuple[int, ...] | None = None
-
-    def append(self, frames: np.ndarray) -> None:
-        if self.shape is None:
-            self.shape = frames.shape[1:]
-        if frames.shape[1:] != self.shape or frames.dtype != np.uint8:
-            raise ValueError(f"frames {frames.dtype} {frames.shape[1:]} after {self.shape}")
-        self.file.write(np.ascontiguousarray(frames).tobytes())
-        self.file.flush()
-        self.count += len(frames)
-
-    def frames(self, count: int) -> np.ndarray:
-        """The first `count` frames, read-only, mapped from the file (not copied into memory)."""
-        if count == 0:
-            return np.zeros((0, 0, 0, 3), np.uint8)
-        size = count * math.prod(self.shape)
-        view = mmap.mmap(self.file.fileno(), size, access=mmap.ACCESS_READ)
-        return np.frombuffer(view, np.uint8).reshape(count, *self.shape)
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def slim(chunk: DecodedChunk) -> DecodedChunk:
@@ -184,8 +56,6 @@ def pack_chunk(header: dict, frames: np.ndarray, codec: FrameCodec) -> bytes:
 def page_info(pipe: Pipeline, limits: ServeLimits) -> dict:
     """What the page needs before Start: the model, the video's rates, an example prompt, every memory
     policy with its options (the trained memory's values for its own policy) and the choices of each."""
-    from contextforcing.serve.replay import MAX_REPLAY_BYTES
-
     video = pipe.preset.video
     trained = pipe.memory.to_dict()
     policies = {}
@@ -218,16 +88,11 @@ def _end_stream(generation: Generation, slot: StreamSlot) -> None:
     slot.free()
 
 
-def switched_at(chunk: DecodedChunk, generation: Generation) -> dict | None:
+def switched_at(chunk: DecodedChunk) -> dict | None:
     """The prompt switch that took effect at `chunk`, with the frames it re-encoded (None: no switch there)."""
-    prompt = next((p for p in generation.prompts[1:] if p.chunk == chunk.index), None)
-    if prompt is None:
+    if chunk.switch is None:
         return None
-    event = next(
-        (e for e in reversed(generation.stream.events) if e.get("event") == "switch" and e.get("frame") == chunk.start),
-        {},
-    )
-    return {"prompt": prompt.text, "flush": prompt.flush, "recached": list(event.get("recached", []))}
+    return {"prompt": chunk.prompt, "flush": chunk.switch.flush, "recached": list(chunk.switch.recached)}
 
 
 class StreamSlot:
@@ -246,8 +111,6 @@ class StreamHub:
     """What every tab shares: the pipeline, the worker threads, the stream slots and the open sessions."""
 
     def __init__(self, pipe: Pipeline, limits: ServeLimits, codec: FrameCodec = FrameCodec(), keep_downloads: int = 4):
-        from contextforcing.serve.replay import ReplayStore
-
         self.pipe, self.limits, self.codec = pipe, limits.check(), codec.check()
         self.downloads = DownloadStore(keep_downloads)  # closed tabs' streams, still downloadable
         self.replays = ReplayStore(keep_downloads)
@@ -334,7 +197,7 @@ class StreamSession:
         elif kind == "stop":
             self.stop()
         elif kind == "played":
-            self._played = max(self._played, _integer(message.get("frames", 0), "played frames"))
+            self._played = max(self._played, integer(message.get("frames", 0), "played frames"))
             self._wake.set()
         else:
             raise UserError(f"unknown message type {quote(str(kind))}")
@@ -410,8 +273,6 @@ class StreamSession:
 
     async def start_replay(self, replay) -> None:
         """Play a saved video (`replay.Replay`) as a stream: its frames and its sidecar's plans, no model."""
-        from contextforcing.serve.replay import ReplayGeneration
-
         if self.running:
             raise UserError("a stream is already running in this tab: Stop it first")
         generation = ReplayGeneration(replay)
@@ -566,12 +427,12 @@ class StreamSession:
             self.spool.append(chunk.frames)
             self.chunks.append(slim(chunk))
         new, dropped = store.add(chunk)
-        header = self._header(chunk, generation, store)
+        header = self._header(chunk, store)
         header.update(thumbs={str(t.frame): t.png for t in new}, drop=dropped)
         self._frames_sent += len(chunk.frames)
         return pack_chunk(header, chunk.frames, self.hub.codec)
 
-    def _header(self, chunk: DecodedChunk, generation: Generation, store: ThumbnailStore) -> dict:
+    def _header(self, chunk: DecodedChunk, store: ThumbnailStore) -> dict:
         video = self.hub.pipe.preset.video
         n, height, width = chunk.frames.shape[:3]
         compute = chunk.seconds + chunk.decode_seconds
@@ -585,7 +446,7 @@ class StreamSession:
             "height": height,
             "width": width,
             "prompt": chunk.prompt,
-            "switched": switched_at(chunk, generation),
+            "switched": switched_at(chunk),
             "seconds": chunk.seconds,
             "decode_seconds": chunk.decode_seconds,
             "video_seconds": n / video.fps,
@@ -612,7 +473,7 @@ class StreamSession:
 
     def write_mp4(self, directory: Path) -> Path:
         """Download mp4: the frames so far through the CLI's paired atomic writer (mp4 + sidecar)."""
-        from contextforcing.data.video import save_video
+        from contextforcing.io.video import save_video
 
         frames, record = self.snapshot()
         if not len(frames):

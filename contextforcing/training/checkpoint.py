@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.stateful import Stateful
 
 from contextforcing.errors import UserError, first_line, format_bytes, warn
-from contextforcing.outputs import OutputLock, check_creatable, free_bytes, fsync_dir, fsync_file, write_json_atomic
+from contextforcing.io.outputs import OutputLock, free_bytes, fsync_dir, fsync_file, write_json_atomic
 from contextforcing.training import distributed as dist
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _quiet_single_process():
+def quiet_single_process():
     """DCP warns on every call without a process group; one process is a supported, intended mode here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -170,7 +170,7 @@ def checkpoint_problem(step_dir: Path) -> Problem | None:
             return Problem(BROKEN, f"{path} has {path.stat().st_size} bytes, {size} when it was saved")
     try:  # DCP's index of the shards: small, and what every load reads first
         FileSystemReader(str(step_dir)).read_metadata()
-    except _IO_ERRORS as err:
+    except IO_ERRORS as err:
         kind = UNREADABLE if isinstance(_cause(err), OSError) else BROKEN
         return Problem(kind, f"{step_dir / '.metadata'} is unreadable ({_failure(err)})")
     return None
@@ -191,7 +191,7 @@ def _failure(err: BaseException) -> str:
     return first_line(err)
 
 
-def _load_problem(step_dir: Path, err: BaseException) -> Problem:
+def load_problem(step_dir: Path, err: BaseException) -> Problem:
     """What a failed load means: DCP's plan step (before any data is read) fails only when the stored tensors
     do not fit the ones asked for (another shape, a missing key: another model); the OS refusing a read is
     UNREADABLE; anything else (truncated or garbled data) is BROKEN."""
@@ -205,7 +205,7 @@ def _load_problem(step_dir: Path, err: BaseException) -> Problem:
 
 # What a checkpoint read or write may raise when a file is broken or the disk is full (torch's zip writer
 # reports a full disk as a RuntimeError; DCP wraps each rank's error in a CheckpointException).
-_IO_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, CheckpointException)
+IO_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, CheckpointException)
 
 
 def _save_per_rank(obj: dict[str, Any], path: Path) -> None:
@@ -221,7 +221,7 @@ def _on_main(action) -> str | None:
     if dist.is_main():
         try:
             action()
-        except _IO_ERRORS as err:
+        except IO_ERRORS as err:
             error = _failure(err)
     return dist.broadcast_object(error)
 
@@ -309,10 +309,10 @@ class CheckpointManager:
 
     def _write_parts(self, tmp: Path, parts: dict[str, Any], per_rank: dict[str, Any]) -> str | None:
         try:
-            with _quiet_single_process():
+            with quiet_single_process():
                 dcp.save(parts, checkpoint_id=str(tmp), no_dist=not dist.initialized())
             _save_per_rank(per_rank, tmp / f"rank_{dist.rank():05d}.pt")
-        except _IO_ERRORS as err:
+        except IO_ERRORS as err:
             return _failure(err)
         return None
 
@@ -356,7 +356,7 @@ class CheckpointManager:
         groups = sorted(k for k, v in parts.items() if isinstance(v, ModelOptimizer))
         if meta.get("groups") is not None and sorted(meta["groups"]) != groups:
             raise UserError(f"it trains groups {', '.join(sorted(meta['groups']))}, this run {', '.join(groups)}")
-        with _quiet_single_process():
+        with quiet_single_process():
             dcp.load(parts, checkpoint_id=str(step_dir), no_dist=not dist.initialized())
         mine = step_dir / f"rank_{dist.rank():05d}.pt"
         path = mine if mine.is_file() else step_dir / "rank_00000.pt"
@@ -364,7 +364,7 @@ class CheckpointManager:
             return torch.load(path, map_location="cpu", weights_only=False)  # our own file, written by save()
         except OSError:
             raise
-        except _IO_ERRORS as err:
+        except IO_ERRORS as err:
             raise RuntimeError(f"{path} is unreadable ({_failure(err)})") from None
 
     def load_latest(self, parts: dict[str, Any], restart: bool = False) -> dict[str, Any] | None:
@@ -436,8 +436,8 @@ class CheckpointManager:
         if problem is None:
             try:
                 per_rank = self.load(step_dir, parts)
-            except (*_IO_ERRORS, UserError) as err:
-                problem = _load_problem(step_dir, err)
+            except (*IO_ERRORS, UserError) as err:
+                problem = load_problem(step_dir, err)
         return dist.first_error(problem), per_rank
 
     def _set_aside(self, step_dir: Path) -> Path:
@@ -465,92 +465,3 @@ def _config_difference(step_dir: Path, config: "TrainConfig | None") -> str:
     if not changes:
         return "its config is this run's"
     return f"it was saved with another config (checkpoint -> this run): {', '.join(changes)}"
-
-
-# -- export -----------------------------------------------------------------------------------------------------
-def _tensor_keys(step_dir: Path, prefix: str) -> dict[str, torch.Tensor]:
-    """Empty full-size tensors for every stored tensor under `prefix` (DCP fills them on load)."""
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    metadata = FileSystemReader(str(step_dir)).read_metadata()
-    return {
-        key: torch.empty(tuple(info.size), dtype=info.properties.dtype)
-        for key, info in metadata.state_dict_metadata.items()
-        if key.startswith(prefix) and isinstance(info, TensorStorageMetadata)
-    }
-
-
-def _export_group(meta: dict[str, Any], step_dir: Path) -> str:
-    groups = meta.get("groups", [])
-    if "generator" in groups:
-        return "generator"
-    if len(groups) == 1:
-        return groups[0]
-    raise UserError(f"{step_dir}: no 'generator' group to export (groups: {', '.join(groups) or 'none'})")
-
-
-def generator_state(run_dir: str | Path, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str]:
-    """The newest whole checkpoint's generator weights as full CPU tensors (EMA where it has started), and
-    which. A broken checkpoint is skipped with a warning (left where it is); one line when none can be read.
-
-    Works in a single process without a process group (DCP reads every shard)."""
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise UserError(f"{run_dir}: no checkpoints to export (looked in {Path(run_dir) / CHECKPOINTS})")
-    problems = []
-    for step_dir in reversed(found):
-        problem = checkpoint_problem(step_dir)
-        if problem is None:
-            try:
-                return _read_generator(step_dir, use_ema)
-            except _IO_ERRORS as err:
-                problem = _load_problem(step_dir, err)
-        problems.append(problem.message)
-        warn(f"checkpoint {step_dir.name} is {problem.kind}: {problem.message}; trying the one before")
-    raise UserError(f"no checkpoint of {run_dir} can be read: {'; '.join(problems)}")
-
-
-def _read_generator(step_dir: Path, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:
-    meta = read_meta(step_dir)
-    group = _export_group(meta, step_dir)
-    model_prefix = f"{group}.model."
-    state = _tensor_keys(step_dir, model_prefix)
-    which = "raw"
-    if use_ema and group == "generator" and meta.get("ema_initialized"):
-        state.update(_tensor_keys(step_dir, "ema.shadow."))
-        which = "ema"
-    with _quiet_single_process():
-        dcp.load(state, checkpoint_id=str(step_dir), no_dist=True)
-    weights = {k[len(model_prefix) :]: v for k, v in state.items() if k.startswith(model_prefix)}
-    if which == "ema":  # EMA covers the trainable parameters; buffers and frozen weights stay as saved
-        weights.update({k[len("ema.shadow.") :]: v for k, v in state.items() if k.startswith("ema.shadow.")})
-    return weights, f"{which} {group} of {step_dir.name}"
-
-
-def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> tuple[Path, str]:
-    """Write the run's generator (EMA if any) as one safetensors file with original Wan2.1 names."""
-    from contextforcing.model.checkpoints import check_complete, infer_model_config, save_safetensors, strip_prefixes
-    from contextforcing.training.lora import merge_lora_state
-
-    check_creatable(out, directory=Path(out).suffix != ".safetensors", what="OUT")
-    weights, which = generator_state(run_dir, use_ema)
-    state = {strip_prefixes(k): v for k, v in merge_lora_state(weights).items()}
-    # A generator that is not a whole Wan2.1 DiT would give a file nothing can load. Head count does not
-    # change any shape, so one head stands in for the unknown count.
-    check_complete(state, infer_model_config(state, num_heads=1))
-    config = _run_model_config(run_dir) if Path(out).suffix != ".safetensors" else None
-    return save_safetensors(state, out, config=config), which
-
-
-def _run_model_config(run_dir: str | Path):
-    """The model config of the run's preset (`stage.model` in RUN/config.yaml), for the config.json of a
-    directory OUT: the head count is not in the weights' shapes. None when the run does not name one."""
-    from omegaconf import OmegaConf
-
-    from contextforcing.config import get_preset
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return None
-    model = (OmegaConf.to_container(OmegaConf.load(path)).get("stage") or {}).get("model")
-    return get_preset(model).model if isinstance(model, str) else None

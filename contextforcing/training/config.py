@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from contextforcing.config import from_dict
 from contextforcing.errors import UserError
-from contextforcing.outputs import write_text_atomic
+from contextforcing.io.outputs import write_text_atomic
 
 _SECTIONS = ("name", "trainer", "stage")
 LR_SCHEDULES = ("constant", "cosine")

@@ -2,8 +2,9 @@
 
 The shadow holds one tensor per trainable parameter with the parameter's own layout: under FSDP2 that is
 the same DTensor sharding, so each rank keeps only its shard (fp32, like the master weights) and the
-checkpoint saves it sharded like the model. Export gathers it (`full_state`). This avoids the field's
-full per-rank CPU copy of 1.3B weights (wan_and_self_forcing.md section 4).
+checkpoint saves it sharded like the model; export reads it back whole from the checkpoint (DCP reads every
+shard, `training.export`). This avoids the field's full per-rank CPU copy of 1.3B weights
+(wan_and_self_forcing.md section 4).
 
 The shadow is (re)copied from the weights at the first update at or after `start` (Self-Forcing's
 `ema_start_step`), then follows shadow <- decay * shadow + (1 - decay) * weights after each update.
@@ -47,13 +48,3 @@ class EMA:
                 if tensor is not self.shadow[name]:  # DCP loads in place; a plain dict needs the copy
                     self.shadow[name].copy_(tensor)
         self.initialized = bool(state["initialized"])
-
-    def full_state(self) -> dict[str, torch.Tensor]:
-        """The whole shadow as plain CPU tensors (gathers shards: call on every rank)."""
-        return {name: _full(t) for name, t in self.shadow.items()}
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    if hasattr(tensor, "full_tensor"):  # DTensor shard -> the whole tensor (a collective)
-        tensor = tensor.full_tensor()
-    return tensor.detach().cpu()

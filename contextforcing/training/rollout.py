@@ -25,7 +25,7 @@ import torch
 
 from contextforcing.config import SamplingConfig, VideoConfig
 from contextforcing.memory.plan import ChunkPlan
-from contextforcing.memory.policies import MemorySpec
+from contextforcing.memory.spec import MemorySpec
 from contextforcing.model.wan import CausalWanModel
 from contextforcing.sampling.camera import CameraStep, prompt_headings
 from contextforcing.sampling.stream import VideoStream

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from contextforcing.errors import Interrupted, UserError, note
-from contextforcing.outputs import InterruptGuard
+from contextforcing.io.outputs import InterruptGuard
 from contextforcing.training import distributed as dist
 from contextforcing.training.checkpoint import (
     CheckpointManager,
@@ -108,7 +108,7 @@ class RunLogger:
             return
         from tqdm import tqdm
 
-        from contextforcing.extras import require
+        from contextforcing.runtime.extras import require
 
         require("tensorboard", "train", "training logs")
         from torch.utils.tensorboard import SummaryWriter

@@ -1,4 +1,4 @@
-"""What the command line does at its edges (contextforcing/cli.py `run_command`): a standard output whose reader
+"""What the command line does at its edges (contextforcing/cli/main.py `run_command`): a standard output whose reader
 went away or whose device is full, a prompt script that is not UTF-8, a huge prompt in an error."""
 
 from __future__ import annotations

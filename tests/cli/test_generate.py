@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from contextforcing.cli import main
-from contextforcing.data.video import read_video
+from contextforcing.io.video import read_video
 
 
 def _generate(tmp_path, *extra, name="v.mp4", seconds="3"):

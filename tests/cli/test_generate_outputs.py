@@ -13,7 +13,7 @@ import pytest
 
 from contextforcing.cli import main
 from contextforcing.codecs import preview
-from contextforcing.data.video import read_video
+from contextforcing.io.video import read_video
 
 
 def _generate(out, *extra, seconds="3", seed="1"):
@@ -226,9 +226,9 @@ def test_sigterm_and_sighup_keep_the_chunks_done_and_leave_no_temporary_or_lock_
 
 
 def test_an_out_name_too_long_for_its_temporary_names_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    from contextforcing import generation
+    from contextforcing.pipeline import Pipeline
 
-    monkeypatch.setattr(generation, "pipeline_for", lambda req: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(Pipeline, "from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / ("v" * 236 + ".mp4")  # 240 bytes: its sidecar's temporary name would need 256
     assert _generate(out) == 2
     err = _one_line(capsys)

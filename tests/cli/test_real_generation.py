@@ -13,9 +13,9 @@ import torch
 
 from contextforcing.cli import main
 from contextforcing.config import ModelConfig, VideoConfig
-from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.errors import UserError
-from contextforcing.prompts import place_script, read_prompt_script
+from contextforcing.io.video import VideoWriter, read_video
+from contextforcing.sampling.switches import place_prompts, read_prompt_script, script_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny UMT5/VAE recipes live in tests/codecs/conftest.py; that folder cannot be a package (it would
@@ -169,7 +169,7 @@ def test_bench_decode_random_init_says_what_is_timed(capsys, decode):
 
 
 def test_bench_without_model_flags_runs_the_embedded_model_as_generate_does(capsys):
-    from contextforcing.loading import embedded_config
+    from contextforcing.parts import embedded_config
 
     assert main(["bench", "--seconds", "1.5", "--json", "--decode"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -209,8 +209,8 @@ def test_random_init_continues_an_init_video(tmp_path):
 def test_placement_rounds_to_the_nearest_chunk_boundary():
     video = VideoConfig()  # 4 latent frames / s, chunks of 3: boundaries every 0.75 s
     entries = [(1, 0.0, "a"), (2, 0.375, "b"), (3, 1.2, "c"), (4, 59.0, "d")]  # half a chunk rounds up
-    placed = place_script(None, entries, video, chunks=80, source="s.jsonl")
-    assert [(p["line"], p["chunk"], p["frame"], p["seconds"]) for p in placed] == [
+    placed = place_prompts(script_prompts(None, entries, "s.jsonl"), video, 80, "s.jsonl")
+    assert [(p.line, p.chunk, p.to_json(video)["frame"], p.to_json(video)["seconds"]) for p in placed] == [
         (1, 0, 0, 0.0),
         (2, 1, 3, 0.75),
         (3, 2, 6, 1.5),
@@ -220,8 +220,8 @@ def test_placement_rounds_to_the_nearest_chunk_boundary():
 
 def test_start_prompt_from_flag_when_the_script_starts_later():
     video = VideoConfig()
-    placed = place_script("start", [(1, 1.5, "later")], video, chunks=8, source="s.jsonl")
-    assert [(p["prompt"], p["line"], p["chunk"]) for p in placed] == [("start", None, 0), ("later", 1, 2)]
+    placed = place_prompts(script_prompts("start", [(1, 1.5, "later")], "s.jsonl"), video, 8, "s.jsonl")
+    assert [(p.text, p.line, p.chunk) for p in placed] == [("start", None, 0), ("later", 1, 2)]
 
 
 @pytest.mark.parametrize(
@@ -397,7 +397,7 @@ def test_weight_flags_without_weights_are_refused(tmp_path, capsys, monkeypatch,
 
 def test_python_front_door_loads_a_wan_directory_and_checkpoint(wan):
     import contextforcing as cf
-    from contextforcing.weights import read_safetensors
+    from contextforcing.io.weights import read_safetensors
 
     pipe = cf.Pipeline.from_pretrained(
         wan["dir"], checkpoint=str(wan["checkpoint"]), preset=str(wan["preset"]), dtype="fp32"
@@ -410,5 +410,5 @@ def test_python_front_door_loads_a_wan_directory_and_checkpoint(wan):
         "a red ball",
         "the cat sits on mat",
     ]
-    with pytest.raises(cf.UserError, match="needs the Wan2.1 directory"):
+    with pytest.raises(cf.UserError, match="checkpoint needs source, the Wan2.1 directory"):
         cf.Pipeline.from_pretrained(checkpoint=str(wan["checkpoint"]))

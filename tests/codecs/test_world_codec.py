@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from contextforcing.codecs.preview import to_uint8_frames
 from contextforcing.codecs.world import DEFAULT_PATH, load_world_codec
-from contextforcing.codecs.world_training import psnr_uint8
 from contextforcing.data.world.heldout import eval_worlds
 from contextforcing.data.world.render import render
 from contextforcing.data.world.track import simulate
 from contextforcing.errors import UserError
+from contextforcing.io.video import to_uint8_frames
+from contextforcing.training.world_codec import psnr_uint8
 
 # Measured on the shipped weights (docs/world.md, "The world codec"); the threshold leaves a margin.
 MIN_HELDOUT_PSNR = 30.0

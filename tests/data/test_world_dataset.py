@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from contextforcing.cli import main
-from contextforcing.data.video import read_video
-from contextforcing.data.world import cli as world_cli
+from contextforcing.cli import world_data as world_cli
 from contextforcing.data.world.dataset import DatasetConfig, training_spec, write_dataset
 from contextforcing.data.world.loader import WorldClipDataset
 from contextforcing.data.world.prompts import EVAL_SEED_BASE
@@ -17,6 +16,7 @@ from contextforcing.data.world.render import render
 from contextforcing.data.world.style import frames_for_seconds
 from contextforcing.data.world.track import simulate
 from contextforcing.errors import UserError
+from contextforcing.io.video import read_video
 
 
 def run_cli(argv) -> int:

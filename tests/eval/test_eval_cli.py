@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from contextforcing.data.video import VideoWriter
+from contextforcing.cli import evaluation as eval_cli
 from contextforcing.data.world.annotations import track_to_json
 from contextforcing.data.world.render import render
 from contextforcing.data.world.track import WorldSpec, simulate
 from contextforcing.errors import UserError
 from contextforcing.eval import baselines
-from contextforcing.eval import cli as eval_cli
+from contextforcing.io.video import VideoWriter
 
 
 def run_cli(argv, capsys=None):

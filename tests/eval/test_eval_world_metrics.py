@@ -6,13 +6,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.data.world.heldout import eval_worlds
 from contextforcing.data.world.render import render
 from contextforcing.data.world.track import CELL, COLOUR, FAST_MEMORY_SECONDS, SLOW_MEMORY_SECONDS, WorldSpec, simulate
 from contextforcing.errors import UserError
 from contextforcing.eval import baselines
 from contextforcing.eval.world_metrics import world_metrics
+from contextforcing.io.video import VideoWriter, read_video
 
 BAD_ERROR = 0.05  # a re-drawn scene changes far more than 5% of the view
 GOOD_ERROR_MP4 = 0.01  # compression alone changes far less than 1% of colour classes

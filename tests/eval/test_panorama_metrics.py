@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from test_eval_cli import run_cli  # tests/eval: the eval subcommand as the CLI runs it
 
-from contextforcing.data.video import VideoWriter, read_video
 from contextforcing.data.world.panorama.annotations import track_to_json
 from contextforcing.data.world.panorama.generator import ScriptBuilder, chunks_for_seconds, sample_training_script
 from contextforcing.data.world.panorama.geometry import BALL_COLOURS, BALL_Y_RANGE, CELL, OBJECT_COLOURS, panel_colours
@@ -19,16 +18,9 @@ from contextforcing.data.world.panorama.revisits import track_revisits
 from contextforcing.data.world.panorama.script import WhiteBall
 from contextforcing.data.world.panorama.simulate import PanoramaSpec, simulate
 from contextforcing.eval import oracles
-from contextforcing.eval.panorama_metrics import (
-    HEADLINE,
-    MAX_SHIFT,
-    NOT_APPLICABLE,
-    frame_shifts,
-    latent_steps,
-    panorama_metrics,
-    panorama_scores,
-    window_velocity,
-)
+from contextforcing.eval.panorama_metrics import HEADLINE, NOT_APPLICABLE, panorama_metrics, panorama_scores
+from contextforcing.eval.panorama_motion import MAX_SHIFT, frame_shifts, latent_steps, window_velocity
+from contextforcing.io.video import VideoWriter, read_video
 
 BAD_ERROR = 0.05  # a redrawn part of the room changes far more than 5% of its pixels
 

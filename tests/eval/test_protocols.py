@@ -76,23 +76,16 @@ def test_known_frames_slices_the_world_latents(track):
 
 @pytest.mark.parametrize("protocol", ["occlusion", "recall"])
 def test_generated_world_shows_the_given_frames_exactly(protocol):
-    from contextforcing.codecs.preview import to_uint8_frames
     from contextforcing.codecs.world import load_world_codec
-    from contextforcing.config import get_preset
     from contextforcing.eval.protocols import generate_world, world_latents
-    from contextforcing.memory.policies import make_spec
-    from contextforcing.model.wan import build_model
-    from contextforcing.sampling.stream import VideoStream
+    from contextforcing.io.video import to_uint8_frames
+    from contextforcing.pipeline import Pipeline
 
     track = simulate(WorldSpec("plain warm room, blackout occlusions", 3, 18.0, (0.5, 2.0)))
-    preset, codec = get_preset("world"), load_world_codec()
-    model = build_model(preset.model, seed=0)
-    text = torch.randn(1, preset.model.text_len, preset.model.text_dim)
-    stream = VideoStream(
-        model, text, make_spec("slow_fast"), preset.video, max_frames=latents_for_frames(track.n_frames)
-    )
-    frames = generate_world(stream, codec, track, protocol, seed=0)
-    truth = to_uint8_frames(codec.stream_decoder().decode(world_latents(codec, track))[0])
+    pipe = Pipeline.random("world", seed=0)
+    pipe.codec = load_world_codec()  # the occlusion world's codec: its latents are what the protocols give
+    frames = generate_world(pipe, track, protocol, seed=0, memory="slow_fast")
+    truth = to_uint8_frames(pipe.codec.stream_decoder().decode(world_latents(pipe.codec, track))[0])
     assert frames.shape == truth.shape == (track.n_frames, 64, 64, 3)
     given = given_latents(protocol, track)
     shown = [f for lat in given for f in latent_pixel_frames(lat, track.n_frames)]

@@ -27,7 +27,7 @@ from gather_reference import GatherMemory
 from policy_reference import COMMIT, Reference
 
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.model.attention import attention
 
 C, T, H, D = 3, 2, 1, 4

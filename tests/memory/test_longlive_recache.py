@@ -14,7 +14,7 @@ from longlive_reference import LongLiveCache, LongLiveSetup
 
 from contextforcing.errors import UserError
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.sampling.stream import VideoStream
 
 S, W, C, T = 3, 9, 3, 2  # LongLive 1.0: sink 3, 12 slots (our window 9 counts the current chunk)
@@ -111,7 +111,7 @@ def test_longlive_recache_runs_in_a_stream_and_keeps_what_it_needs(tiny_model_cf
             stream.step(stream.noise(C, generator), generator)
         assert sorted(stream.recent) == list(range(12, 24))  # the last 12 frames LongLive may re-encode
         stream.switch_prompt(texts[1])
-    assert stream.events[-1]["recached"] == list(range(15, 24))
+    assert stream.events[-1].recached == tuple(range(15, 24))
     with pytest.raises(UserError, match="sink policy"):
         VideoStream(model, texts[0], make_spec("slow_fast"), tiny_video_cfg, recache="longlive")
     with pytest.raises(UserError, match="recache mode"):

@@ -7,7 +7,7 @@ import pytest
 from contextforcing.config import parse_overrides
 from contextforcing.errors import UserError
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 
 LAYOUT = MemoryLayout(num_layers=2, tokens_per_frame=2, num_heads=1, head_dim=4, chunk_frames=3)
 
@@ -76,14 +76,18 @@ def test_full_needs_the_video_length():
 
 
 @pytest.mark.parametrize(
-    "policy, options",
+    "policy, options, tiers",
     [
-        ("slow_fast", {"sink": 0, "slow": 0}),  # no slow memory: no sink needed
-        ("slow_fast", {"fast": 3}),  # window == chunk: no cached fast frames
-        ("rolling", {"window": 3}),
-        ("sink", {"sink": 0}),
-        ("slow_fast", parse_overrides(["tau=0.9", "dedupe=false", "interval=2"])),  # as the CLI passes them
+        ("slow_fast", {"sink": 0, "slow": 0}, (0, 0, 6)),  # no slow memory: no sink needed
+        ("slow_fast", {"fast": 3}, (3, 12, 3)),  # window == chunk: no cached fast frames
+        ("rolling", {"window": 3}, (0, 0, 3)),
+        ("sink", {"sink": 0}, (0, 0, 9)),
+        ("slow_fast", parse_overrides(["tau=0.9", "dedupe=false", "interval=2"]), (3, 12, 6)),  # as the CLI passes them
     ],
 )
-def test_edge_sizes_are_accepted(policy, options):
-    build(policy, options)
+def test_edge_sizes_are_accepted_as_asked(policy, options, tiers):
+    """The memory is built with exactly the sizes asked for (sink, slow, fast window), the rest the defaults, and
+    attends at most their sum."""
+    params = build(policy, options).params
+    assert (params.sink, params.slow, params.window) == tiers and params.capacity == sum(tiers)
+    assert all(getattr(params, k) == v for k, v in options.items() if k in ("tau", "dedupe", "interval"))

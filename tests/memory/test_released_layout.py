@@ -19,7 +19,7 @@ from released_reference import COMMIT, ReleasedReference
 
 from contextforcing.errors import UserError
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 
 LAYERS, NOISY = 2, 2
 TAGS = [0, 1, COMMIT]  # two denoising passes, then the commit pass

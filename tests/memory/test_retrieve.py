@@ -9,7 +9,7 @@ import torch
 
 from contextforcing.errors import UserError
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec, tier_params
+from contextforcing.memory.spec import make_spec, tier_params
 
 C, T, D = 3, 2, 4
 ROOM, VIEW = 16, 4  # the world preset's room and view, in tokens
@@ -96,4 +96,6 @@ def test_options_are_checked_and_view_needs_a_room_anchored_model():
         make_spec("retrieve", {"top_k": 9, "bank": 4}, chunk_frames=C)
     with pytest.raises(UserError, match="score=view"):
         _memory("view", headings=False)
+    # auto (the default): a room-anchored model's view, any other model's keys
+    assert (_memory("auto").params.score, _memory("auto", headings=False).params.score) == ("view", "keys")
     assert tier_params(make_spec("retrieve"), C).capacity == 3 + 8 + 6  # what a chunk attends, as slow_fast 3/8/6

@@ -7,7 +7,7 @@ import torch
 from memory_harness import Harness, noisy_random, scene_directions
 
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 
 LAYOUT = MemoryLayout(num_layers=2, tokens_per_frame=2, num_heads=1, head_dim=4, chunk_frames=3)
 
@@ -181,7 +181,7 @@ def test_chunk_refilling_the_sink_after_flush_is_not_also_promoted():
     """After a flush the next chunk refills the sink; promoting it too would attend its first frame twice."""
 
     from contextforcing.memory.context import ContextMemory, MemoryLayout
-    from contextforcing.memory.policies import make_spec
+    from contextforcing.memory.spec import make_spec
 
     layout = MemoryLayout(num_layers=1, tokens_per_frame=2, num_heads=1, head_dim=4, chunk_frames=3)
     mem = ContextMemory(

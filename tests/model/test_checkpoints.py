@@ -15,22 +15,21 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from contextforcing.cli import convert_weights as checkpoints_cli
 from contextforcing.config import ModelConfig, get_preset
 from contextforcing.errors import UserError
-from contextforcing.model import checkpoints_cli
+from contextforcing.model.architecture import infer_model_config
 from contextforcing.model.checkpoints import (
     check_complete,
     checkpoint_config,
     detect_format,
-    infer_model_config,
     load_into,
     load_model,
     load_state_dict,
-    merge_lora,
-    read_lora,
     save_safetensors,
 )
 from contextforcing.model.convert import diffusers_config, original_to_diffusers
+from contextforcing.model.lora_adapters import merge_lora, read_lora
 from contextforcing.model.wan import build_model
 
 diffusers = pytest.importorskip("diffusers")

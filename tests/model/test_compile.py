@@ -16,7 +16,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from contextforcing.config import ModelConfig
-from contextforcing.memory.policies import make_spec, tier_params
+from contextforcing.memory.spec import make_spec, tier_params
 from contextforcing.model.wan import build_model
 from contextforcing.sampling.stream import VideoStream
 

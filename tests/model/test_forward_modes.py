@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.model.attention import block_causal_mask
 from contextforcing.model.wan import build_model
 

@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from contextforcing.cli import main
 from contextforcing.config import PRESETS, ModelConfig
 from contextforcing.errors import UserError
-from contextforcing.model.checkpoints import infer_model_config, load_model, load_state_dict, read_checkpoint
+from contextforcing.model.architecture import infer_model_config
+from contextforcing.model.checkpoints import load_model, load_state_dict, read_checkpoint
 from contextforcing.model.wan import build_model
 
 EMA, RAW = "generator_ema", "generator"

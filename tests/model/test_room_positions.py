@@ -11,7 +11,7 @@ import torch
 
 from contextforcing.config import ModelConfig, get_preset
 from contextforcing.memory.context import ContextMemory, MemoryLayout
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.model.attention import block_causal_mask
 from contextforcing.model.rope import apply_rope, rope_frequencies, rope_split
 from contextforcing.model.wan import build_model

@@ -14,12 +14,13 @@ import dataclasses
 
 import pytest
 import torch
+from engine_steps import steps
 from gather_reference import use_gather
 
 from contextforcing.config import ModelConfig, SamplingConfig
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.model.wan import build_model
-from contextforcing.sampling.stream import VideoStream, stream_video
+from contextforcing.sampling.stream import VideoStream
 
 CHUNKS = 42
 TOL = 1e-5  # float32
@@ -77,15 +78,7 @@ def stream_in_mode(model, text, policy, options, video, view_mode, **kwargs) -> 
 def rollout(model, video, policy, options, view_mode, *, switch=None, flush=False, batch=1, **kwargs):
     text, other = texts(model, batch)
     stream = stream_in_mode(model, text, policy, options, video, view_mode, **kwargs)
-    chunks = list(
-        stream_video(
-            stream,
-            CHUNKS * video.chunk_frames,
-            generator=torch.Generator().manual_seed(0),
-            switches={switch: other} if switch is not None else None,
-            flush_on_switch=flush,
-        )
-    )
+    chunks = steps(stream, CHUNKS * video.chunk_frames, {switch: other} if switch is not None else None, flush)
     return stream, chunks
 
 
@@ -100,17 +93,17 @@ def test_slots_view_equals_the_gather_reference(model, tiny_video_cfg, case, fix
     policy, options, events = case
     ref_stream, ref = rollout(model, tiny_video_cfg, policy, options, "gather", **events)
     stream, got = rollout(model, tiny_video_cfg, policy, options, "slots", fixed_shapes=fixed_shapes, **events)
-    for a, b in zip(ref, got):
+    for index, (a, b) in enumerate(zip(ref, got)):
         plans = [dataclasses.replace(c.plan, retrieval=None) for c in (a, b)]  # relevance: compared below
         assert (plans[0], a.update.promoted, a.update.evicted) == (plans[1], b.update.promoted, b.update.evicted), (
-            f"chunk {a.index}: the memories planned differently"
+            f"chunk {index}: the memories planned differently"
         )
         if a.plan.retrieval is not None:  # read from keys that differ by float rounding
             assert b.plan.retrieval == pytest.approx(a.plan.retrieval, abs=1e-5)
         if a.update.similarity is not None:  # the keys it is taken from differ by float rounding
             assert abs(a.update.similarity - b.update.similarity) <= 1e-5
         err = (a.latents - b.latents).abs().max().item()
-        assert err <= TOL, f"chunk {a.index}: slots view differs from the gather reference by {err:.3g}"
+        assert err <= TOL, f"chunk {index}: slots view differs from the gather reference by {err:.3g}"
     # Rotated once per chunk per layer with context, in both modes; a promotion inside a pass (released
     # layout) re-rotates its layer in the slots view, where the gather reference rotates lazily.
     layers = model.config.num_layers

@@ -1,12 +1,14 @@
-"""Streaming generator behaviour: determinism, prompt switches (keep / flush), prefill, CFG sampling."""
+"""The streaming engine (`VideoStream`): determinism, prompt switches (keep / flush), prefill, CFG sampling, known
+frames. It is driven by hand (tests/sampling/engine_steps.py), one `step` per chunk as `Generation` drives it."""
 
 import pytest
 import torch
+from engine_steps import steps as _steps
 
 from contextforcing.config import SamplingConfig
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.model.wan import build_model
-from contextforcing.sampling.stream import VideoStream, stream_video
+from contextforcing.sampling.stream import SwitchEvent, VideoStream
 
 FRAMES = 36  # 12 chunks
 
@@ -29,12 +31,7 @@ def _run(model, video, text, switches=None, flush=False, policy="slow_fast", opt
         max_frames=FRAMES + 12,
         **kw,
     )
-    chunks = list(
-        stream_video(
-            stream, FRAMES, generator=torch.Generator().manual_seed(0), switches=switches, flush_on_switch=flush
-        )
-    )
-    return stream, chunks
+    return stream, _steps(stream, FRAMES, switches, flush)
 
 
 def test_same_seed_same_latents(model, tiny_video_cfg):
@@ -51,8 +48,7 @@ def test_switch_changes_only_what_follows_and_keeps_sink_and_slow(model, tiny_vi
     for k in range(6):
         assert torch.equal(plain[k].latents, switched[k].latents)
     assert not torch.allclose(plain[6].latents, switched[6].latents)
-    event = stream.events[0]
-    assert event["event"] == "switch" and event["frame"] == 18 and event["recached"] == [15, 16, 17]
+    assert stream.events == [SwitchEvent(frame=18, recached=(15, 16, 17), flush=False, recache="window")]
     # Sink and slow memory were kept: chunk 6 attends the same sink/slow frames in both runs.
     for key in ("sink", "slow", "fast", "positions"):
         assert switched[6].trace()[key] == plain[6].trace()[key]
@@ -85,7 +81,7 @@ def test_flush_drops_sink_and_slow_and_refills_the_sink(model, tiny_video_cfg):
     assert chunks[6].trace()["sink"] == [] and chunks[6].trace()["slow"] == []
     assert chunks[6].trace()["fast"] == [15, 16, 17, 18, 19, 20]
     assert chunks[7].trace()["sink"] == [18, 19, 20]
-    assert stream.events[0]["flush"] is True
+    assert stream.events[0].flush is True
 
 
 def test_prefill_commits_given_latents_first(model, tiny_video_cfg):
@@ -94,7 +90,7 @@ def test_prefill_commits_given_latents_first(model, tiny_video_cfg):
     stream = VideoStream(model, text, make_spec("sink"), tiny_video_cfg, max_frames=FRAMES)
     stream.prefill(init)
     assert stream.frame == 6 and stream.memory.tiers()["sink"] == [0, 1, 2]
-    chunk = next(stream_video(stream, 3, generator=torch.Generator().manual_seed(0)))
+    (chunk,) = _steps(stream, 3)
     assert chunk.start == 6 and chunk.trace()["sink"] == [0, 1, 2] and chunk.trace()["fast"][:3] == [3, 4, 5]
     # The memory holds exactly what a commit pass over the prefilled latents writes.
     fresh = VideoStream(model, text, make_spec("sink"), tiny_video_cfg, max_frames=FRAMES)
@@ -141,7 +137,7 @@ def test_known_frames_are_shown_exactly_and_condition_the_others(model, tiny_vid
     stream = VideoStream(
         model, text, make_spec("slow_fast", {"rule": "uniform", "interval": 1}), tiny_video_cfg, max_frames=FRAMES + 12
     )
-    chunks = list(stream_video(stream, FRAMES, generator=torch.Generator().manual_seed(0), known_frames=known))
+    chunks = _steps(stream, FRAMES, known=known)
     video = torch.cat([c.latents for c in chunks], dim=2)
     for f, latent in known.items():
         assert torch.equal(video[:, :, f : f + 1], latent)
@@ -156,7 +152,7 @@ def test_a_wholly_known_chunk_is_committed_as_prefill_commits_it(model, tiny_vid
     spec = make_spec("slow_fast", {"rule": "surprisal"})
     streamed = VideoStream(model, text, spec, tiny_video_cfg, max_frames=FRAMES)
     known = {f: given[:, :, f : f + 1] for f in range(6)}
-    list(stream_video(streamed, 6, generator=torch.Generator().manual_seed(0), known_frames=known))
+    _steps(streamed, 6, known=known)
     prefilled = VideoStream(model, text, spec, tiny_video_cfg, max_frames=FRAMES)
     prefilled.prefill(given)
     assert streamed.memory.tiers() == prefilled.memory.tiers()

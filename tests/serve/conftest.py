@@ -12,7 +12,7 @@ from serve_harness import PageClient, ServerThread, chromium_paths, start_chromi
 
 from contextforcing.pipeline import Pipeline  # noqa: E402
 from contextforcing.serve.frames import FrameCodec  # noqa: E402
-from contextforcing.serve.session import ServeLimits  # noqa: E402
+from contextforcing.serve.messages import ServeLimits  # noqa: E402
 
 
 @pytest.fixture(scope="package")

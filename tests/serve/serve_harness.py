@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import uvicorn
 
+from contextforcing.cli.viewer import bind
 from contextforcing.pipeline import Pipeline
 from contextforcing.serve.access import AccessRules
 from contextforcing.serve.app import build_app
-from contextforcing.serve.cli import bind
 from contextforcing.serve.frames import FrameCodec, decode_frames
-from contextforcing.serve.session import ServeLimits
+from contextforcing.serve.messages import ServeLimits
 
 CHROME_FLAGS = (
     "--headless",

@@ -12,7 +12,7 @@ from serve_harness import ServerThread
 
 from contextforcing.cli import main
 from contextforcing.serve.access import AccessRules
-from contextforcing.serve.session import ServeLimits
+from contextforcing.serve.messages import ServeLimits
 
 
 def _request(port: int, path: str, host: str | None = None, origin: str | None = None, upgrade: bool = False) -> int:

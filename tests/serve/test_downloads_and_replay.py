@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from serve_harness import Chunk, PageClient, reference, wait_until
 
-from contextforcing.data.video import read_video
+from contextforcing.io.video import read_video
 from contextforcing.serve.frames import FrameCodec
 from contextforcing.serve.memory_view import ThumbnailStore, chunk_view
 

@@ -92,7 +92,9 @@ def test_bank_row_is_the_retrieval(tiny):
     video = tiny.preset.video
     store = ThumbnailStore(video.vae_stride_t, rows=1)
     banks = []
-    for chunk in tiny.stream("a red ball", seconds=30, seed=4, memory={"policy": "retrieve", "bank": 4, "top_k": 2, "score": "keys"}):
+    for chunk in tiny.stream(
+        "a red ball", seconds=30, seed=4, memory={"policy": "retrieve", "bank": 4, "top_k": 2, "score": "keys"}
+    ):
         store.add(chunk)
         view = chunk_view(chunk, store, video)
         retrieval = chunk.plan.retrieval

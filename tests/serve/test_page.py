@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from serve_harness import js, plan_tuples, reference, second_prompt, type_prompt, wait_until
 
-from contextforcing.data.video import read_video
+from contextforcing.io.video import read_video
 from contextforcing.pipeline import Prompt
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -130,7 +130,7 @@ def test_memory_panel_shows_each_chunks_plan(pipe, page, tmp_path):
         shutil.copyfile(screenshot, DOCS / "serve_page.png")
 
 
-def test_a_retrieval_memory_shows_its_bank_and_its_picks(pipe, page):
+def test_a_retrieval_memory_shows_its_bank_and_its_picks(pipe, page, tmp_path):
     memory = {"policy": "retrieve", "bank": 4, "top_k": 2, "score": "keys"}
     expected = reference(pipe, 12, seed=13, memory=memory)
     page.execute_script("document.getElementById('policy').value = 'retrieve'; renderOptions();")
@@ -144,6 +144,9 @@ def test_a_retrieval_memory_shows_its_bank_and_its_picks(pipe, page):
         assert {f for f, _, mark, _ in bank if mark == "picked"} == set(want.plan.tier("slow"))
         assert all(has_thumbnail for *_, has_thumbnail in bank)
     assert any(mark == "waiting" for _, _, mark, _ in rows[0]["groups"]["bank"]), "a keyframe left waiting"
+    if os.environ.get("CF_UPDATE_DOCS"):
+        page.save_screenshot(str(tmp_path / "retrieve.png"))
+        shutil.copyfile(tmp_path / "retrieve.png", DOCS / "serve_page_retrieve.png")
 
 
 def test_a_prompt_switch_lands_in_the_event_log_at_a_chunk_boundary(pipe, page):

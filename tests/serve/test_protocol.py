@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from serve_harness import Chunk, PageClient, plan_tuples, reference, second_prompt, wait_until
 
-from contextforcing.data.video import read_video
+from contextforcing.io.video import read_video
 from contextforcing.pipeline import Prompt
 
 

@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from contextforcing.errors import UserError
-from contextforcing.serve.session import ServeLimits, StartRequest, StreamHub
+from contextforcing.serve.messages import ServeLimits, StartRequest
+from contextforcing.serve.session import StreamHub
 
 MAX_STREAMS = 2
 

@@ -34,7 +34,9 @@ class DebugOptions:
     frames: int = 2  # latent frames per sample
     critic: bool = True  # add a second module group updated every step after the generator
     noise: float = 0.0  # per-rank noise added to the input (exercises ctx.generator)
-    record_draws: bool = False  # draw shared values each micro-batch and write them to RUN/draws_rank{r}.json
+    record_draws: bool = (
+        False  # draw shared values and one of the rank's own each micro-batch, to RUN/draws_rank{r}.json
+    )
     crash_at_step: int = -1  # raise RuntimeError at this step (simulates a killed job)
     nan_loss_at_step: int = -1
     nan_grad_at_step: int = -1
@@ -114,7 +116,8 @@ class DebugStage:
         if self.options.noise:
             x = x + self.options.noise * torch.randn(x.shape, generator=ctx.generator, device=ctx.device)
         if self.options.record_draws:
-            self.draws.append([ctx.step, ctx.micro, ctx.shared_randint(0, 1000), ctx.shared_uniform()])
+            own = float(torch.rand((), generator=ctx.generator))  # this rank's own stream
+            self.draws.append([ctx.step, ctx.micro, ctx.shared_randint(0, 1000), ctx.shared_uniform(), own])
             self.dump_draws()
         return x, text, t, y
 

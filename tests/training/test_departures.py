@@ -19,7 +19,7 @@ import torch
 from test_stages import Ctx, _shrunk
 
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.sampling.samplers import sample_few_step
 from contextforcing.sampling.scheduler import FlowMatchSchedule
 from contextforcing.training.rollout import RolloutRules, self_rollout

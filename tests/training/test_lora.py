@@ -7,8 +7,8 @@ import torch
 from contextforcing.config import ModelConfig
 from contextforcing.model.checkpoints import load_model
 from contextforcing.model.wan import build_model
-from contextforcing.training.checkpoint import export, generator_state
 from contextforcing.training.config import load_train_config
+from contextforcing.training.export import export, generator_state
 from contextforcing.training.lora import apply_lora, merge_lora_state
 from contextforcing.training.trainer import run_training
 

@@ -18,7 +18,7 @@ from conftest import WORKER, torchrun, train, weights
 from omegaconf import OmegaConf
 
 from contextforcing.errors import Interrupted, UserError
-from contextforcing.training import checkpoint
+from contextforcing.training import checkpoint, export
 from contextforcing.training.checkpoint import list_checkpoints
 from contextforcing.training.config import check_resume_config, load_train_config, save_resolved
 
@@ -120,8 +120,8 @@ def test_a_broken_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsy
     train(run, *common)
     broken = damage(list_checkpoints(run)[-1])
     capsys.readouterr()
-    reference, _ = checkpoint.generator_state(tmp_path / "full")
-    exported, which = checkpoint.generator_state(run)  # export reads the one before, leaving the broken one
+    reference, _ = export.generator_state(tmp_path / "full")
+    exported, which = export.generator_state(run)  # export reads the one before, leaving the broken one
     assert which.endswith("of step_000002") and broken.exists()
     assert f"warning: checkpoint step_000004 is broken: {broken}" in capsys.readouterr().err
     assert not all(torch.equal(exported[k], reference[k]) for k in reference)
@@ -135,7 +135,7 @@ def test_a_broken_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsy
 def test_no_readable_checkpoint_is_one_line_naming_the_broken_file(tmp_path):
     train(tmp_path, "trainer.max_steps=1", *FAST)
     shard = _truncate_shard(list_checkpoints(tmp_path)[-1])
-    for action in (lambda: checkpoint.generator_state(tmp_path), lambda: train(tmp_path, "trainer.max_steps=2", *FAST)):
+    for action in (lambda: export.generator_state(tmp_path), lambda: train(tmp_path, "trainer.max_steps=2", *FAST)):
         with pytest.raises(UserError) as err:
             action()
         assert str(err.value).startswith(f"no checkpoint of {tmp_path} can be") and str(shard) in str(err.value)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import make_spec
+from contextforcing.memory.spec import make_spec
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.config import load_train_config
 from contextforcing.training.registry import BuildContext, get_stage

@@ -9,7 +9,7 @@ import sys
 import debug_stage  # noqa: F401  (registers the "debug" stage)
 
 from contextforcing.cli import run_command
-from contextforcing.training.cli import register
+from contextforcing.cli.train import register
 
 
 def main(argv: list[str]) -> int:

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from contextforcing.data.video import write_json_atomic
 from contextforcing.data.world.prompts import EVAL_SEED_BASE, sample_training_prompt
 from contextforcing.data.world.render import render
 from contextforcing.data.world.style import FPS, FRAME_SIZE, frames_for_seconds
 from contextforcing.data.world.track import MAX_OBJECTS, WorldSpec, simulate
 from contextforcing.errors import UserError
+from contextforcing.io.video import write_json_atomic
 
 FORMAT = "contextforcing.world-dataset/1"
 STORE_MODES = ("state", "frames")

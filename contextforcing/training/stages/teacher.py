@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
-from contextforcing.memory.policies import tier_params
+from contextforcing.memory.spec import tier_params
 from contextforcing.memory.store import MemoryLayout
 from contextforcing.sampling.scheduler import add_noise, x0_from_flow
 from contextforcing.sampling.stream import VideoStream

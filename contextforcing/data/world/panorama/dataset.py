@@ -26,7 +26,7 @@ from contextforcing.data.world.panorama.geometry import FPS, FRAME_SIZE, frames_
 from contextforcing.data.world.panorama.simulate import PanoramaSpec
 from contextforcing.data.world.prompts import EVAL_SEED_BASE
 from contextforcing.errors import UserError
-from contextforcing.outputs import write_json_atomic, write_text_atomic
+from contextforcing.io.outputs import write_json_atomic, write_text_atomic
 
 FORMAT = "contextforcing.panorama-dataset/1"
 MANIFEST, CLIPS = "manifest.json", "clips.jsonl"

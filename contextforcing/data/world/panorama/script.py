@@ -16,8 +16,8 @@ The black ball has no attributes: it always bounces in place at the slow speed. 
 encoder is a bag of words (`codecs.text.HashTextEncoder`), so no attribute may need binding to one of two
 balls, and the camera and ball directions use different words (`left` vs `leftward`).
 
-A script is a jsonl file of `{"at": SECONDS, "prompt": TEXT}` lines (`generation.read_prompt_script`),
-placed on chunk boundaries exactly as `generate --prompts` places them (`generation.place_script`). Across
+A script is a jsonl file of `{"at": SECONDS, "prompt": TEXT}` lines (`switches.read_prompt_script`),
+placed on chunk boundaries exactly as `generate --prompts` places them (`switches.place_prompts`). Across
 one script the room (palette) and which balls exist stay fixed; the camera, the lights and the white
 ball's motion may change at any line.
 """
@@ -239,15 +239,14 @@ def script_from_json(items: list[dict], source: str = "script") -> PanoramaScrip
 def read_script(path: str | os.PathLike, n_chunks: int) -> PanoramaScript:
     """A jsonl prompt script, placed on chunks as `generate --prompts` does for a video of `n_chunks`."""
     from contextforcing.config import PRESETS
-    from contextforcing.prompts import place_script, read_prompt_script
+    from contextforcing.sampling.switches import place_prompts, read_prompt_script, script_prompts
 
-    entries = read_prompt_script(str(path))
-    placed = place_script(None, entries, PRESETS["world"].video, n_chunks, str(path))
+    asked = script_prompts(None, read_prompt_script(str(path)), str(path))
     parsed = []
-    for p in placed:
+    for p in place_prompts(asked, PRESETS["world"].video, n_chunks, str(path)):
         try:
-            prompt = parse_panorama_prompt(p["prompt"])
+            prompt = parse_panorama_prompt(p.text)
         except UserError as err:
-            raise UserError(f"{path} line {p['line']}: {err}") from None
-        parsed.append(ScriptEntry(p["chunk"], prompt, p["line"]))
+            raise UserError(f"{path} line {p.line}: {err}") from None
+        parsed.append(ScriptEntry(p.chunk, prompt, p.line))
     return PanoramaScript(tuple(parsed), str(path))
