@@ -1,4 +1,5 @@
-"""What a chunk costs against what it attends: every memory read of `slow_fast` and `rolling`, side by side, on CPU.
+"""What a chunk costs against what it attends: every memory read of `slow_fast`, `rolling` and `retrieve`, side by
+side, on CPU.
 
 For each attended size N (latent frames a chunk attends, itself included) streams of the same random model and seed
 step *interleaved*, so load changes on a shared machine hit all of them equally:
@@ -6,7 +7,8 @@ step *interleaved*, so load changes on a shared machine hit all of them equally:
 - `rolling`, window N;
 - `slow_fast` (sink 3, fast 6, a slow tier of N - 9 filled by uniform promotion) reading what it attends (the
   default: the store's attended prefix, no mask);
-- the same memory read at fixed shapes (`fixed_shapes=True`: its capacity from the first chunk on, a key mask over
+- `retrieve` (sink 3, fast 6, the N - 9 most relevant of a bank of 2 (N - 9) keyframes, by keys);
+- the `slow_fast` memory read at fixed shapes (`fixed_shapes=True`: its capacity from the first chunk on, a key mask over
   the slots it does not attend: what every read did before).
 
 First (N = 0 in `--sizes`) `slow_fast` with its default slow tier of 12 that stays empty (surprisal with tau -1 never
@@ -33,10 +35,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from contextforcing import perf  # noqa: E402
 from contextforcing.config import SamplingConfig, get_preset  # noqa: E402
 from contextforcing.memory.spec import make_spec  # noqa: E402
 from contextforcing.model.wan import build_model  # noqa: E402
+from contextforcing.runtime import perf  # noqa: E402
 from contextforcing.sampling.stream import VideoStream  # noqa: E402
 
 WARM_CHUNKS = 12  # chunks before timing: every memory is full (capacity 21 = 7 chunks, the slow tier filled)
@@ -52,6 +54,8 @@ def memories(size: int) -> dict[str, tuple]:
         "rolling": (make_spec("rolling", {"window": size}), False),
         "slow_fast": (uniform, False),
         "slow_fast, read at fixed shapes": (uniform, True),
+        # the same attended size chosen from a bank twice as large by key relevance (one host read per chunk)
+        "retrieve": (make_spec("retrieve", {"bank": 2 * (size - 9), "top_k": size - 9, "interval": 1}), False),
     }
 
 
