@@ -126,6 +126,11 @@ ROWS = [
         memory={"policy": "retrieve", "bank": 32, "top_k": 8, "interval": 2, "score": "keys"},
     ),
     Row(
+        "retrieve_text",
+        "retrieval: sink 3 + the 8 of a 32-keyframe bank made under prompts most like the current one + fast 6",
+        memory={"policy": "retrieve", "bank": 32, "top_k": 8, "interval": 2, "score": "text"},
+    ),
+    Row(
         "rolling17",
         "rolling window of 17 frames (as many attended as slow_fast)",
         memory={"policy": "rolling", "window": 17},

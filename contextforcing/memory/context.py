@@ -34,7 +34,7 @@ from contextforcing.memory.layer_read import ContextRead, LayerView
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import TieredPolicy
 from contextforcing.memory.released import ReleasedCache
-from contextforcing.memory.retrieve import PooledKeys, RetrievePolicy, view_relevance
+from contextforcing.memory.retrieve import FrameVectors, RetrievePolicy, view_relevance
 from contextforcing.memory.spec import MemorySpec, TierParams, check_recache, tier_params
 from contextforcing.memory.store import KVStore, MemoryLayout, SlotMap
 
@@ -123,7 +123,8 @@ class ContextMemory:
         self._commit_pass = False
         self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
-        self.pooled_keys = PooledKeys()  # retrieval by keys
+        self.frame_vectors = FrameVectors()  # retrieval by keys or text: each frame's pooled keys or prompt
+        self.prompt: torch.Tensor | None = None  # score=text: the current prompt's embedding [B, L, D]
         for g in self.groups:
             if hasattr(g.policy, "relevance"):
                 g.policy.relevance = self._relevance
@@ -147,6 +148,8 @@ class ContextMemory:
         replayed (the signals are the commit passes' keys). A retrieval by view reads the frames' camera
         `headings` (one per frame, sample 0's) and the view and room sizes of `model_layout`."""
         params = tier_params(spec, chunk_frames)
+        if params.score == "text":
+            raise UserError("a retrieval by text reads each chunk's prompt, which a replay has not: use score=keys")
         if params.promote_on != "commit" or params.layout != "tiered":
             raise UserError("only a memory that promotes on the commit pass can be replayed without the model's keys")
         chunks = history // chunk_frames
@@ -238,6 +241,11 @@ class ContextMemory:
         self.chunk_index += 1
         self.start, self.frames, self._recache = start, frames, []
         self._set_headings(range(start, start + frames), headings)
+        if self.params.score == "text":
+            if self.prompt is None:
+                raise ValueError("a retrieval by text needs set_prompt(text) before its first chunk")
+            stored = {f for g in self.groups for _, f in g.slots.slot}
+            self.frame_vectors.remember(self.prompt, range(start, start + frames), stored)
         self.promotion.begin_chunk()
         for g in self.groups:
             g.plan = g.policy.plan(self.chunk_index, start, frames)
@@ -385,12 +393,19 @@ class ContextMemory:
         """How relevant each bank keyframe is to the chunk at `start` (`retrieve.py`), computed on the host plan."""
         if self.params.score == "view":
             return view_relevance(self.headings, frames, start, self.layout.room_tokens, self.layout.view_tokens)
-        return self.pooled_keys.relevance(frames, start)
+        if self.params.score == "text":
+            return self.frame_vectors.relevance(frames, self.prompt.float().mean(dim=(0, 1)).flatten())
+        return self.frame_vectors.relevance(frames, self.frame_vectors.by_frame.get(start - 1))
+
+    def set_prompt(self, text: torch.Tensor) -> None:
+        """The text embedding [B, L, D] the next chunks are made under (a retrieval by text ranks keyframes by
+        how like it their own prompt was; other memories ignore it)."""
+        self.prompt = text.detach()
 
     def _remember_keys(self) -> None:
         """The committed chunk's pooled layer-0 keys: the query of the next plan, and a bank keyframe's key."""
         stored = {f for g in self.groups for _, f in g.slots.slot}  # the bank, before this commit's admission
-        self.pooled_keys.remember(self._written[0][0], range(self.start, self.start + self.frames), stored)
+        self.frame_vectors.remember(self._written[0][0], range(self.start, self.start + self.frames), stored)
 
     def _set_headings(self, frames, headings) -> None:
         """Record the headings of `frames` and make them the current pass's ("stored": a recache re-encodes frames

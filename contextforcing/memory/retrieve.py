@@ -10,7 +10,9 @@ of it is chosen once per chunk, on the host, when the chunk is planned, by a rel
 - `view`: how much of the current view a keyframe saw, from the camera headings of a room-anchored model (the
   overlap of the two views on the room's circle: Context-as-Memory's and MemCam's field-of-view overlap);
 - `keys`: cosine of a keyframe's pooled first-layer keys with the last committed chunk's (LongLive-RAG's and
-  PackForcing's content affinity, read from what the model wrote).
+  PackForcing's content affinity, read from what the model wrote);
+- `text`: cosine of the pooled text embedding of the prompt a keyframe was made under with the current prompt's
+  (MemFlow's prompt-guided retrieval): after a prompt switch, frames made under a prompt like the new one.
 
 Ties go to the more recent keyframe. The plan records the whole bank with each keyframe's relevance
 (`ChunkPlan.retrieval`); the picks are its slow tier.
@@ -56,23 +58,22 @@ def view_relevance(headings: FrameHeadings, frames: list[int], start: int, room:
     return [max(0.0, width - _circular(headings.first_sample(f) - now, room)) / width for f in frames]
 
 
-class PooledKeys:
-    """score=keys: each committed chunk's layer-0 keys pooled over tokens and batch, kept for its frames while
-    they are stored (bank keyframes) or the last one (the next plan's query)."""
+class FrameVectors:
+    """One pooled vector per frame (score=keys: its chunk's layer-0 keys; score=text: its prompt's embedding),
+    kept while the frame is stored (a bank keyframe) or is of the chunk just written (the next query)."""
 
     def __init__(self):
         self.by_frame: dict[int, torch.Tensor] = {}
 
-    def remember(self, keys: torch.Tensor, frames: range, stored: set[int]) -> None:
-        pooled = keys.float().mean(dim=(0, 1)).flatten()  # [B, tokens, H, D] -> [H*D]
+    def remember(self, vectors: torch.Tensor, frames: range, stored: set[int]) -> None:
+        """`vectors` [B, tokens, ...] pooled over batch and tokens, for each of `frames`."""
+        pooled = vectors.float().mean(dim=(0, 1)).flatten()
         for f in frames:
             self.by_frame[f] = pooled
-        last = frames[-1]
-        self.by_frame = {f: k for f, k in self.by_frame.items() if f in stored or f >= frames[0] or f == last}
+        self.by_frame = {f: k for f, k in self.by_frame.items() if f in stored or f >= frames[0]}
 
-    def relevance(self, frames: list[int], start: int) -> list[float]:
-        """Cosine of each frame's keys with those of frame `start - 1` (0 before any commit)."""
-        query = self.by_frame.get(start - 1)
+    def relevance(self, frames: list[int], query: torch.Tensor | None) -> list[float]:
+        """Cosine of each frame's vector with `query` (0 for all without one)."""
         if query is None:
             return [0.0] * len(frames)
         bank = torch.stack([self.by_frame[f] for f in frames])

@@ -71,8 +71,8 @@ class RetrieveOptions:
     top_k: int = 8  # of them attended per chunk, chosen by `score`
     fast: int = 6
     interval: int = 2
-    # view: overlap with the current view (camera headings) | keys: like the last chunk's keys | auto: view for a
-    # room-anchored model (it has headings), keys for any other
+    # view: overlap with the current view (camera headings) | keys: like the last chunk's keys | text: made under a
+    # prompt like the current one | auto: view for a room-anchored model (it has headings), keys for any other
     score: str = "auto"
 
 
@@ -95,7 +95,7 @@ OPTION_CHOICES = {
     "compare": ("previous", "checked"),
     "keep": ("first", "last"),
     "key_layers": ("all", "first"),
-    "score": ("auto", "view", "keys"),
+    "score": ("auto", "view", "keys", "text"),
 }
 
 # What `layout=released` fixes: the released code decides on every pass (noisy ones too), per layer,

@@ -116,6 +116,7 @@ class VideoStream:
         self.branches = [Branch(self._text(text), self._new_memory())]
         if use_cfg:
             self.branches.append(Branch(self._text(uncond_text), self._new_memory()))
+        self._set_prompt(text)
         self.frame = 0  # next absolute latent frame
         self.recent: dict[int, torch.Tensor] = {}  # clean latents of the frames a prompt switch re-encodes
         self.events: list[SwitchEvent | PrefillEvent] = []
@@ -147,6 +148,11 @@ class VideoStream:
             headings=self.model.config.room_anchored,
             fixed_shapes=self.fixed_shapes,
         )
+
+    def _set_prompt(self, text: torch.Tensor) -> None:
+        """Every branch's memory ranks by the conditional prompt, so guided branches attend the same frames."""
+        for branch in self.branches:
+            branch.memory.set_prompt(text)
 
     def noise(self, frames: int, generator: torch.Generator | None) -> torch.Tensor:
         shape = (self.batch, self.model.config.in_dim, frames, self.video.latent_height, self.video.latent_width)
@@ -249,7 +255,9 @@ class VideoStream:
         once under the new prompt (`recache`: our window, or LongLive's); sink and slow memory are kept, or
         dropped with `flush` (with LongLive's recache: its `global_sink: false`)."""
         branch = self.branches[0]
-        frames = branch.memory.begin_recache(self.frame, self.recache, flush)  # checks first: may refuse the flush
+        check_recache(self.spec, self.recache, flush)  # before anything changes
+        self._set_prompt(text)  # a retrieval by text ranks the recache's context by the new prompt already
+        frames = branch.memory.begin_recache(self.frame, self.recache, flush)
         branch.text = self._text(text)
         if frames:
             window = torch.cat([self.recent[f] for f in frames], dim=2)

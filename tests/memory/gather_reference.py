@@ -22,8 +22,8 @@ class GatherMemory(ContextMemory):
 
     @classmethod
     def like(cls, memory: ContextMemory) -> "GatherMemory":
-        """An empty gather-mode memory with `memory`'s policy, sizes, rotation, device and dtype."""
-        return cls(
+        """An empty gather-mode memory with `memory`'s policy, sizes, rotation, device, dtype and prompt."""
+        gather = cls(
             memory.spec,
             memory.layout,
             key_rotation=memory.rotate_keys,
@@ -32,6 +32,9 @@ class GatherMemory(ContextMemory):
             dtype=memory.k[0].dtype,
             max_frames=None if memory.bounded else memory.slots,
         )
+        if memory.prompt is not None:
+            gather.set_prompt(memory.prompt)
+        return gather
 
     def view_nbytes(self) -> int:
         """The copies kept for the current plans (their size follows what the chunk attends)."""

@@ -1,5 +1,5 @@
 """The retrieval memory (`retrieve`): a FIFO bank of keyframes, of which each chunk attends the `top_k` most relevant
-by view overlap (camera headings) or by keys; checked chunk by chunk against a plain statement of the rule, with the
+by view overlap (camera headings), by keys or by the prompt a keyframe was made under; checked chunk by chunk against a plain statement of the rule, with the
 store reading exactly what is attended, and the training replay equal to streaming."""
 
 from __future__ import annotations
@@ -89,6 +89,33 @@ def test_keys_retrieval_picks_the_keyframes_most_like_the_last_chunk():
         _commit(memory, start, scene)
         if start >= 6:
             bank = (bank + [start + C - 1])[-OPTIONS["bank"] :]
+
+
+def test_text_retrieval_picks_the_keyframes_made_under_a_prompt_like_the_current_one():
+    memory = _memory("text", headings=False)
+    rng = torch.Generator().manual_seed(1)
+    prompts = [torch.randn(1, 5, D, generator=rng) for _ in range(3)]  # [B, L, D] text embeddings
+    made_under, bank, checked = {}, [], 0
+    with pytest.raises(ValueError, match="set_prompt"):
+        memory.begin_chunk(0, C)
+    for chunk in range(30):
+        start = chunk * C
+        prompt = prompts[(chunk // 3) % 3]  # a switch every 3 chunks; earlier prompts come back
+        memory.set_prompt(prompt)
+        plan = memory.begin_chunk(start, C)
+        for f in range(start, start + C):
+            made_under[f] = prompt.mean(dim=(0, 1))
+        candidates = [f for f in bank if f not in set(plan.tier("fast"))]
+        now = prompt.mean(dim=(0, 1))
+        relevance = {f: float(torch.cosine_similarity(made_under[f], now, dim=0)) for f in candidates}
+        assert plan.tier("slow") == reference_picks(candidates, relevance, OPTIONS["top_k"]), f"chunk {chunk}"
+        checked += len({round(r, 4) for r in relevance.values()}) > 1  # a bank of more than one prompt
+        _commit(memory, start, torch.ones(D))
+        if start >= 6:
+            bank = (bank + [start + C - 1])[-OPTIONS["bank"] :]
+    assert checked > 10
+    with pytest.raises(UserError, match="score=keys"):
+        ContextMemory.replay(make_spec("retrieve", {**OPTIONS, "score": "text"}), C, 6)
 
 
 def test_options_are_checked_and_view_needs_a_room_anchored_model():

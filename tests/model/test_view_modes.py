@@ -50,6 +50,7 @@ CASES = [
     ("slow_fast", {**SURPRISAL, "layout": "released"}, {"switch": 20}),
     ("full", {}, {"switch": 14}),
     ("retrieve", {"score": "keys", "bank": 8, "top_k": 3, "interval": 1}, {"switch": 20}),
+    ("retrieve", {"score": "text", "bank": 8, "top_k": 3, "interval": 1}, {"switch": 20}),
 ]
 
 
