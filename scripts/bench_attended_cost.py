@@ -17,7 +17,8 @@ read both ways.
 
 Printed per N: the median chunk time over the timed chunks (4 denoising passes and the commit pass, no decode), the
 FLOPs a chunk computes (`perf.chunk_cost` over the frames it reads, masked ones included), and the time of one
-commit pass beside a whole chunk. Steady state only: the memories are filled first.
+commit pass beside a whole chunk: with its flow computed, and without (`flow=False`, what the stream runs: the
+last layer stops once its keys and values are stored, and the head is skipped). Steady state only: the memories are filled first.
 
     python scripts/bench_attended_cost.py [--preset world] [--sizes 9,12,15,18,21] [--chunks 40] [--threads 1]
 """
@@ -89,27 +90,30 @@ def run(preset: str, size: int, chunks: int) -> list[dict]:
                 "read": read,
                 "ms": statistics.median(times[name]) * 1e3,
                 "gflops": cost.total / 1e9,
-                "commit_ms": commit_time(stream, model, text),
+                "commit_ms": commit_time(stream, model, text),  # (with its flow, without)
             }
         )
     return rows
 
 
-def commit_time(stream: VideoStream, model, text, repeats: int = 5) -> float:
-    """Median time of one more chunk's commit pass alone (the clean re-encode that writes the chunk's K/V)."""
-    times = []
+def commit_time(stream: VideoStream, model, text, repeats: int = 8) -> tuple[float, float]:
+    """Median time of one more chunk's commit pass alone (the clean re-encode that writes the chunk's K/V): with
+    its flow computed, and as the stream runs it (`flow=False`: the last layer stops at its K/V, no head);
+    interleaved."""
+    times = {True: [], False: []}
     with torch.no_grad():
-        for _ in range(repeats):
+        for i in range(2 * repeats):
+            flow = i % 2 == 0
             x0 = stream.noise(stream.chunk_frames, torch.Generator().manual_seed(1))
             memory = stream.memory
             memory.begin_chunk(stream.frame, x0.shape[2])
             t = torch.zeros(x0.shape[0], x0.shape[2])
             began = time.perf_counter()
-            model(x0, t, stream.branches[0].text, memory=memory, commit=True)
-            times.append(time.perf_counter() - began)
+            model(x0, t, stream.branches[0].text, memory=memory, commit=True, flow=flow)
+            times[flow].append(time.perf_counter() - began)
             memory.commit()
             stream.frame += x0.shape[2]
-    return statistics.median(times) * 1e3
+    return statistics.median(times[True]) * 1e3, statistics.median(times[False]) * 1e3
 
 
 def main(argv=None) -> int:
@@ -125,13 +129,13 @@ def main(argv=None) -> int:
         print("bench_attended_cost: error: --sizes must be 0 or at least 9 (sink 3 + fast 6)", file=sys.stderr)
         return 2
     print(f"preset {args.preset}, CPU, {torch.get_num_threads()} torch thread(s), {args.chunks} chunks timed per row")
-    print("| attended | memory | frames read | median chunk | GFLOP per chunk | one commit pass |")
-    print("|---|---|---|---|---|---|")
+    print("| attended | memory | frames read | median chunk | GFLOP per chunk | one commit pass | without its flow |")
+    print("|---|---|---|---|---|---|---|")
     for size in sizes:
         for r in run(args.preset, size, args.chunks):
             print(
                 f"| {r['attended']} | {r['memory']} | {r['read']} | {r['ms']:.1f} ms | "
-                f"{r['gflops']:.3f} | {r['commit_ms']:.1f} ms |",
+                f"{r['gflops']:.3f} | {r['commit_ms'][0]:.1f} ms | {r['commit_ms'][1]:.1f} ms |",
                 flush=True,
             )
     return 0

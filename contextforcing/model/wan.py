@@ -94,12 +94,23 @@ class WanBlock(nn.Module):
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x, e0, text_emb, inputs: AttentionInputs, memory: "LayerView | None" = None, text_kv=None):
+    def forward(
+        self,
+        x,
+        e0,
+        text_emb,
+        inputs: AttentionInputs,
+        memory: "LayerView | None" = None,
+        text_kv=None,
+        keys_only: bool = False,
+    ):
         """x [B, F, T, dim] float32 residual stream; e0 [B, F, 6, dim]; text_emb [B, Lt, dim].
 
         `memory` = this layer's view of the context memory: it takes the chunk's keys and values and
         returns what to attend (None: attend the clip itself). `text_kv` = this layer's cached
-        cross-attention keys/values, or None to project them from `text_emb` here.
+        cross-attention keys/values, or None to project them from `text_emb` here. `keys_only`: hand the keys
+        and values to the memory and stop (x returned unchanged): the last layer of a commit pass whose output
+        nobody reads.
         Returns (x, text_kv) so that the caller can cache the text projection.
         """
         b, f, t, dim = x.shape
@@ -112,6 +123,8 @@ class WanBlock(nn.Module):
         k, v = self.self_attn.project_key_value(h)
         q_rot, k_rot = apply_rope(q, inputs.freqs), apply_rope(k, inputs.freqs)
         keys, values, key_mask = memory.keys_values(k, k_rot, v) if memory is not None else (k_rot, v, None)
+        if keys_only:
+            return x, text_kv
         y = attention(q_rot, keys, values, inputs.frame_mask, inputs.tokens_per_frame, inputs.backend, key_mask)
         y = self.self_attn.o(y.flatten(2)).float().reshape(b, f, t, dim)
         x = x + y * gate1
@@ -254,14 +267,17 @@ class CausalWanModel(nn.Module):
         *,
         memory: "ContextMemory | None" = None,
         commit: bool = False,
+        flow: bool = True,
         positions: Sequence[int] | None = None,
         headings: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         """Predict the flow (noise - x0) for latents x [B, C, F, H, W] at per-frame timesteps t [B, F].
 
         With `memory`, x is the memory's current chunk: positions (and camera headings) come from the memory,
-        each layer's self-attention reads its context, and a `commit` pass stores this chunk's keys/values.
+        each layer's self-attention reads its context, and a `commit` pass stores this chunk's keys/values; a
+        commit pass with `flow=False` returns None and skips what only the flow needs (the last layer after its
+        keys and values are handed over, and the head): the memory it writes is the same.
         Without it, x is a whole clip with frame `positions` (default 0..F-1) and, for a room-anchored model,
         camera `headings` [B, F] in tokens (default: 0), under `frame_mask` (default: full attention).
         """
@@ -282,19 +298,22 @@ class CausalWanModel(nn.Module):
         text_cache = None if isinstance(text, torch.Tensor) else text
         text_emb = self.embed_text(text)
 
+        if not flow and not (commit and memory is not None):
+            raise ValueError("flow=False is for a commit pass into a memory (its output is the memory it writes)")
         h = self._embed_latents(x)
         e, e0 = self._embed_time(t)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             text_kv = text_cache.key_values.get(i) if text_cache is not None else None
             view = memory.layer(i) if memory is not None else None
-            args = (h, e0, text_emb, inputs, view, text_kv)
+            args = (h, e0, text_emb, inputs, view, text_kv, not flow and i == last)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h, text_kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
                 h, text_kv = block(*args)
-            if text_cache is not None:
+            if text_cache is not None and text_kv is not None:
                 text_cache.key_values[i] = text_kv
-        return self._unpatchify(self.head(h, e), gh, gw)
+        return self._unpatchify(self.head(h, e), gh, gw) if flow else None
 
     def forward_with_context(
         self,

@@ -228,7 +228,7 @@ class VideoStream:
         ts = torch.full((x0.shape[0], frames), self.sampling.commit_timestep, device=x0.device)
         updates = []
         for branch in self.branches:
-            self.model(x0 if seen is None else seen, ts, branch.text, memory=branch.memory, commit=True)
+            self.model(x0 if seen is None else seen, ts, branch.text, memory=branch.memory, commit=True, flow=False)
             updates.append(branch.memory.commit())
         self.last_update = updates[0]
         for i in range(frames):
@@ -262,7 +262,7 @@ class VideoStream:
         if frames:
             window = torch.cat([self.recent[f] for f in frames], dim=2)
             ts = torch.full((window.shape[0], len(frames)), self.sampling.commit_timestep, device=window.device)
-            self.model(window, ts, branch.text, memory=branch.memory, commit=True)
+            self.model(window, ts, branch.text, memory=branch.memory, commit=True, flow=False)
         branch.memory.commit()
         event = SwitchEvent(self.frame, tuple(frames), flush, self.recache)
         self.events.append(event)

@@ -55,6 +55,31 @@ def test_cached_streaming_equals_block_causal_parallel(setup, tiny_video_cfg, po
 
 
 @torch.no_grad()
+def test_a_commit_pass_without_its_flow_writes_the_same_memory(setup, tiny_video_cfg):
+    """flow=False skips the last layer after its keys and values and the head: every stored K/V is the same
+    (the promotions that read them too), and what later chunks attend with it."""
+    model, x, t, text, c = setup
+    options = {"tau": 0.999, "slow": 3}  # promotes often: the promotion rule reads the commit pass's keys
+    memories = [_memory(model, tiny_video_cfg, "slow_fast", options) for _ in range(2)]
+    for k in range(CHUNKS):
+        chunk = slice(k * c, (k + 1) * c)
+        outs = []
+        for memory, flow in zip(memories, (True, False)):
+            memory.begin_chunk(k * c, c)
+            outs.append(model(x[:, :, chunk], torch.full_like(t[:, chunk], 500.0), text, memory=memory))
+            written = model(x[:, :, chunk], t[:, chunk], text, memory=memory, commit=True, flow=flow)
+            assert (written is None) == (not flow)
+            memory.commit()
+        assert torch.equal(outs[0], outs[1]), f"chunk {k}: the denoising pass read another memory"
+        assert memories[0].tiers() == memories[1].tiers()
+        for a, b in zip(memories[0].k + memories[0].v, memories[1].k + memories[1].v):
+            assert torch.equal(a, b), f"chunk {k}: the stored keys or values differ"
+    assert memories[0].tiers()["slow"], "no promotion happened: the rule never read the keys"
+    with pytest.raises(ValueError, match="commit pass"):
+        model(x[:, :, :c], t[:, :c], text, flow=False)
+
+
+@torch.no_grad()
 def test_context_target_mode_equals_streaming(setup, tiny_video_cfg):
     model, x, t, text, c = setup
     parallel = model(x, t, text, frame_mask=block_causal_mask(x.shape[2], c))
