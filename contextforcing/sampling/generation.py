@@ -172,6 +172,8 @@ class Generation:
             self.init_frames = init_latents.shape[2]
         self.known_frames = known_frames
         self.heading = 0.0  # the camera's heading at the last generated frame (room-anchored models)
+        self.camera_steps: dict[str, float] = {}  # prompt -> its camera's heading step, read once per prompt
+        self._read_cameras([*self.prompts, *self._pending])
         self.generator = torch.Generator(pipe.device).manual_seed(seed)
         self.index, self.frames_emitted, self.closed = 0, 0, False
         self.bar = None if not progress else progress_bar(self.chunks_total, progress)
@@ -236,7 +238,13 @@ class Generation:
         check_recache(self.memory, self.recache, flush)
         chunk = max([self.index] + [p.chunk + 1 for p in self._pending])
         self._pending += place_prompts([Prompt(prompt, chunk, flush)], self.pipe.preset.video, self.chunks_total)
+        self._read_cameras(self._pending[-1:])
         return chunk
+
+    def _read_cameras(self, prompts: Sequence[Prompt]) -> None:
+        """Each prompt's camera step, read (parsed) when the prompt is given rather than at every chunk."""
+        if self.pipe.camera is not None:
+            self.camera_steps.update({p.text: self.pipe.camera(p.text) for p in prompts})
 
     def close(self) -> None:
         self.closed = True
@@ -303,7 +311,7 @@ class Generation:
         """The chunk's camera headings for a room-anchored model, from the prompt's camera (None: no camera)."""
         if self.pipe.camera is None:
             return None
-        headings = chunk_headings(self.heading, self.pipe.camera(self.prompt), start, frames)
+        headings = chunk_headings(self.heading, self.camera_steps[self.prompt], start, frames)
         self.heading = headings[-1]
         return [headings]
 
