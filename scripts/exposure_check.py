@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gates import TEACHER_SAMPLING, worlds  # noqa: E402
 from results_rows import EXPORTS  # noqa: E402
 
+from contextforcing.eval.memory_score import pooled_memory_score  # noqa: E402
 from contextforcing.io.outputs import write_json_atomic  # noqa: E402
 
 MODELS = {  # label -> (export, sampling): the two models the Stage 1 gate compares, sampled as it samples them
@@ -45,16 +46,14 @@ def truth_latents(pipe, spec) -> torch.Tensor:
     return pipe.codec.encode(pixels).float()
 
 
-def scored_revisits(pipe, spec, sampling, known: dict | None, cut: int) -> tuple[float, float, int]:
-    """(sum of the video's revisit scores, the truth's, count) over revisits seen before latent `cut`, back after."""
+def scored_revisits(pipe, spec, sampling, known: dict | None, cut: int) -> list[dict]:
+    """The video's revisit rows beyond the fast memory seen before latent `cut` and back after it."""
     from contextforcing.eval.panorama_runs import score, script_prompts
 
     first, switches = script_prompts(spec)
     video = pipe(first, spec.seconds, seed=spec.seed, sampling=sampling, switches=switches, known_frames=known)
-    rows = [
-        r for r in score(video, spec).revisits if r["bucket"] != "fast" and r["seen_latent"] < cut <= r["back_latent"]
-    ]
-    return sum(r["memory"] for r in rows), sum(r["truth_memory"] for r in rows), len(rows)
+    revisits = score(video, spec).revisits
+    return [r for r in revisits if r["bucket"] != "fast" and r["seen_latent"] < cut <= r["back_latent"]]
 
 
 def main(argv=None) -> int:
@@ -71,17 +70,15 @@ def main(argv=None) -> int:
     results = {}
     for label, (export, sampling) in MODELS.items():
         pipe = world_pipeline(EXPORTS / f"{export}.safetensors", memory=shipped.memory)
-        totals = {"own past": [0.0, 0.0, 0], "true past": [0.0, 0.0, 0]}
+        rows = {"own past": [], "true past": []}
         for spec in worlds(args.worlds, args.seconds):
             latents = truth_latents(pipe, spec)
             cut = int(latents.shape[2] * args.given)
             known = {f: latents[:, :, f : f + 1] for f in range(cut)}
             for condition, given in (("own past", None), ("true past", known)):
-                video, truth, count = scored_revisits(pipe, spec, sampling, given, cut)
-                t = totals[condition]
-                t[0], t[1], t[2] = t[0] + video, t[1] + truth, t[2] + count
-                print(f"{label}, world {spec.seed}, {condition}: {count} revisits", flush=True)
-        results[label] = {c: {"memory": v / t if t > 0 else None, "revisits": n} for c, (v, t, n) in totals.items()}
+                rows[condition] += scored_revisits(pipe, spec, sampling, given, cut)
+                print(f"{label}, world {spec.seed}, {condition}: {len(rows[condition])} revisits so far", flush=True)
+        results[label] = {c: {"memory": pooled_memory_score(r), "revisits": len(r)} for c, r in rows.items()}
     print(f"| model | memory score, own past | true past | revisits ({args.worlds} worlds, {args.seconds:g} s) |")
     print("|---|---|---|---|")
     for label, r in results.items():

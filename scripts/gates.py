@@ -177,15 +177,15 @@ def behaviour(weights: Path, cfg, count: int, sampling: dict | None = None) -> d
     from contextforcing.eval.panorama_runs import generate, score, world_pipeline
 
     pipe = world_pipeline(weights, memory=cfg.stage.memory, preset=cfg.stage.model)
-    heads, video, truth = [], 0.0, 0.0
+    from contextforcing.eval.memory_score import pooled_memory_score
+
+    heads, beyond = [], []
     for spec in worlds(count):
         scores = score(generate(pipe, spec, sampling=sampling), spec)
         heads.append(scores.headline())
-        beyond = [r for r in scores.revisits if r["bucket"] != "fast"]
-        video += sum(r["memory"] for r in beyond)
-        truth += sum(r["truth_memory"] for r in beyond)
+        beyond += [r for r in scores.revisits if r["bucket"] != "fast"]
     out = {key: _mean([h[key] for h in heads]) for key in heads[0]}
-    out["memory_beyond_fast"] = video / truth if truth > 0 else None
+    out["memory_beyond_fast"] = pooled_memory_score(beyond)
     return out
 
 

@@ -97,9 +97,9 @@ def _mean(values):
 
 def pooled(worlds: list[dict], keep=lambda r: True) -> float | None:
     """memory_score pooled over worlds: the video's revisit scores over the truth's, on the chosen revisits."""
-    rows = [r for w in worlds for r in w["revisits"] if keep(r)]
-    truth = sum(r["truth_memory"] for r in rows)
-    return sum(r["memory"] for r in rows) / truth if truth > 0 else None
+    from contextforcing.eval.memory_score import pooled_memory_score
+
+    return pooled_memory_score(r for w in worlds for r in w["revisits"] if keep(r))
 
 
 def held_out_rows(rows: dict) -> list[str]:

@@ -46,9 +46,9 @@ def PAN_BEYOND_FAST(r) -> bool:  # noqa: N802
 
 def pooled_memory(cells: list[dict], keep=lambda r: True) -> float | None:
     """memory_score over the chosen revisits of every cell, pooled."""
-    rows = [r for c in cells for r in c["revisits"] if keep(r)]
-    truth = sum(r["truth"] for r in rows)
-    return sum(r["memory"] for r in rows) / truth if truth > 0 else None
+    from contextforcing.eval.memory_score import pooled_memory_score
+
+    return pooled_memory_score((r for c in cells for r in c["revisits"] if keep(r)), truth_key="truth")
 
 
 def world_memory(cell: dict, keep) -> float | None:

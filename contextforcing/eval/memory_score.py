@@ -27,6 +27,7 @@ lights came back, both); "not applicable" where the truth scores 0 on the set (n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -159,6 +160,14 @@ class MemoryScore:
 def _ratio(video: list[float], truth: list[float]) -> float | None:
     total = float(np.sum(truth)) if truth else 0.0
     return float(np.sum(video)) / total if total > 0 else None
+
+
+def pooled_memory_score(rows: Iterable[dict], truth_key: str = "truth_memory") -> float | None:
+    """memory_score pooled over revisit rows of any number of videos (as metrics.json writes them: the video's
+    score under "memory", the truth's under `truth_key`): the video's scores summed over the truth's; None where
+    the truth scores nothing (no such revisit)."""
+    rows = list(rows)
+    return _ratio([r["memory"] for r in rows], [r[truth_key] for r in rows])
 
 
 def memory_score(revisits: list[Revisit], video: list[RevisitMatch], truth: list[RevisitMatch]) -> MemoryScore:

@@ -119,3 +119,16 @@ def test_memory_score_is_not_applicable_without_a_revisit_of_that_kind(world):
     short = simulate(shortened(heldout_worlds(1)[0], 6.0))
     m = panorama_scores(render(short), short).memory
     assert m.buckets["beyond"] is None and m.beyond_fast is None  # no revisit beyond 1.5 s in 6 s
+
+
+def test_pooling_over_videos_sums_before_it_divides():
+    from contextforcing.eval.memory_score import pooled_memory_score
+
+    rows = [
+        {"memory": 0.2, "truth_memory": 1.0},
+        {"memory": 0.9, "truth_memory": 1.0},
+        {"memory": 0.0, "truth_memory": 0.0},
+    ]
+    assert pooled_memory_score(rows) == pytest.approx(1.1 / 2.0)  # not the mean of per-video ratios
+    assert pooled_memory_score([{"memory": 0.5, "truth": 2.0}], truth_key="truth") == pytest.approx(0.25)
+    assert pooled_memory_score([]) is None and pooled_memory_score(rows[2:]) is None  # no event: not applicable
