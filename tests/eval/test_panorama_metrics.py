@@ -337,3 +337,24 @@ def test_eval_cli_reports_panorama_metrics_and_not_applicable_everywhere(world, 
         ]
     )
     assert code == 2 and "annotations of a different video" in err and "\n" not in err
+
+
+def test_a_made_revisit_without_an_error_goes_through_the_whole_report(world, tmp_path):
+    """A revisit can happen and still have no error (its region mostly ball-coloured in one of the two frames):
+    metrics.json writes "not applicable" there, and every plot, table and strip of the report takes it."""
+    from contextforcing.eval.evaluate import evaluate_video
+    from contextforcing.eval.report import write_report
+
+    track, frames = world
+    result = evaluate_video("video", "video.npy", frames, 16.0, [], track)
+    metrics = result.metrics["panorama"] = json.loads(json.dumps(result.metrics["panorama"]))  # as metrics.json
+    made = [r for r in metrics["revisits"] if r["made"]]
+    for r in made[:3]:  # as revisit_row writes such a revisit
+        r.update({k: NOT_APPLICABLE for k in ("error", "permanence", "psnr", "ssim")})
+        r["not_scored_because"] = "the region is mostly ball-coloured in one of the two frames"
+    (tmp_path / "r").mkdir()  # the eval command makes it, beside its staged report
+    write_report(tmp_path / "r", [result], [], tracks=[track])
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert (tmp_path / "r" / "panorama.png").stat().st_size > 10_000 and NOT_APPLICABLE in page
+    written = json.loads((tmp_path / "r" / "metrics.json").read_text())["videos"]["video"]["panorama"]["revisits"]
+    assert sum(r["error"] == NOT_APPLICABLE for r in written if r["made"]) >= 3
