@@ -54,7 +54,9 @@ class ForwardFlops:
 
 @dataclass(frozen=True)
 class ChunkCost:
-    """Analytic cost of one chunk: `passes` forwards (denoising steps + commit) over the same keys."""
+    """Analytic cost of one chunk: `passes` forwards (denoising steps + commit) over the same keys; the commit pass
+    computes `commit_skipped` less (it runs without its flow: the last layer stops at its keys and values, and
+    the head is skipped)."""
 
     frames: int  # latent frames of the chunk
     tokens: int  # query tokens of the chunk
@@ -62,10 +64,11 @@ class ChunkCost:
     attended_frames: int  # latent frames behind `keys`
     passes: int
     forward: ForwardFlops  # one pass
+    commit_skipped: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.passes * self.forward.total
+        return self.passes * self.forward.total - self.commit_skipped
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +78,7 @@ class ChunkCost:
             "attended_frames": self.attended_frames,
             "passes": self.passes,
             "forward": self.forward.to_dict(),
+            "commit_skipped": self.commit_skipped,
             "total": self.total,
         }
 
@@ -125,6 +129,19 @@ def forward_flops(
     return ForwardFlops(linear, self_attn, cross_attn, embed_head).scaled(batch)
 
 
+def commit_skipped_flops(
+    model: ModelConfig, video: VideoConfig, attended_frames: int, *, frames: int | None = None, batch: int = 1
+) -> float:
+    """What a commit pass without its flow does not compute: the last layer after its q, k, v (its output
+    projection, self-attention, cross-attention's q and o and attention, the feed-forward) and the head."""
+    frames = video.chunk_frames if frames is None else frames
+    t = video.tokens_per_frame(model)
+    n, keys, d = frames * t, attended_frames * t, model.dim
+    last_layer = 2.0 * n * (d * d + 2 * d * d + 2 * d * model.ffn_dim) + 4.0 * n * (keys + model.text_len) * d
+    head = 2.0 * n * d * model.out_dim * math.prod(model.patch_size)
+    return batch * (last_layer + head)
+
+
 def prompt_flops(model: ModelConfig, batch: int = 1) -> float:
     """Once per prompt: the text embedding MLP and every layer's cross-attention keys and values."""
     d, p = model.dim, model.text_len
@@ -145,7 +162,8 @@ def chunk_cost(
     steps = len(SamplingConfig().denoising_steps) if steps is None else steps
     t = video.tokens_per_frame(model)
     fwd = forward_flops(model, video, attended_frames, frames=frames, batch=batch)
-    return ChunkCost(frames, frames * t, attended_frames * t, attended_frames, steps + 1, fwd)
+    skipped = commit_skipped_flops(model, video, attended_frames, frames=frames, batch=batch)
+    return ChunkCost(frames, frames * t, attended_frames * t, attended_frames, steps + 1, fwd, skipped)
 
 
 # -- memory ------------------------------------------------------------------------------------------------
@@ -271,7 +289,8 @@ def report(
         f"cross-attn per forward  4 x N x {model.text_len} x {d} x {layers} = {_si(f.cross_attention)}",
         f"embed/head per forward  {_si(f.embed_head)}",
         f"per forward             {_si(f.total)}",
-        f"per chunk               {cost.passes} passes ({cost.passes - 1} denoising + 1 commit) = {_si(cost.total)}"
+        f"per chunk               {cost.passes} passes ({cost.passes - 1} denoising + 1 commit, less the commit's "
+        f"last layer and head: {_si(cost.commit_skipped)}) = {_si(cost.total)}"
         f" for {video.chunk_frames * video.vae_stride_t} pixel frames",
         f"once per prompt         {_si(prompt_flops(model))} (text embedding + cross-attn K/V)",
     ]
