@@ -29,6 +29,11 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = run_training(cfg, restart=args.restart)
         main = dist.is_main()
+        # Every rank done with its last collective before any tears gloo down: a rank that destroyed its
+        # group while another still finished one was seen to abort the other ("terminate called without an
+        # active exception") after a run that had completed. Only on success: a rank that failed alone must
+        # not wait here for ranks that will never come.
+        dist.barrier()
     finally:
         dist.destroy()
     if main:
