@@ -42,8 +42,7 @@ def truth_latents(pipe, spec) -> torch.Tensor:
     """The world's frames through the model's codec: latents [1, C, F, h, w]."""
     from contextforcing.data.world.panorama import render, simulate
 
-    pixels = torch.from_numpy(render(simulate(spec))).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    return pipe.codec.encode(pixels).float()
+    return pipe.codec.encode_frames(render(simulate(spec)))
 
 
 def scored_revisits(pipe, spec, sampling, known: dict | None, cut: int) -> list[dict]:

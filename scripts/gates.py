@@ -107,8 +107,7 @@ def retrieval_losses(teacher_weights: Path, cfg, count: int, seconds: float = GA
     generator = torch.Generator().manual_seed(0)
 
     def encode(track):
-        pixels = torch.from_numpy(render(track)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        return codec.encode(pixels).float()
+        return codec.encode_frames(render(track))
 
     for spec in worlds(count, seconds):
         track = simulate(spec)

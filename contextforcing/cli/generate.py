@@ -20,7 +20,7 @@ from contextforcing.config import VideoConfig
 from contextforcing.errors import Interrupted, UserError, quote
 from contextforcing.io.outputs import InterruptGuard, OutputLock
 from contextforcing.io.video import VideoWriter, check_output, publish_video, read_init_clip
-from contextforcing.memory.spec import MemorySpec, check_recache
+from contextforcing.memory.spec import RECACHE_MODES, MemorySpec, check_recache
 from contextforcing.parts import ModelSource
 from contextforcing.pipeline import Generation, Pipeline, check_seed, resolve_memory
 from contextforcing.runtime.limits import check_stream
@@ -267,7 +267,7 @@ def register(sub) -> None:
     )
     gen.add_argument(
         "--recache",
-        choices=("window", "longlive"),
+        choices=RECACHE_MODES,
         default="window",
         help="what a switch re-encodes: the recent frames the next chunk attends (window), or exactly "
         "what LongLive 1.0 re-encodes (longlive; --memory sink)",

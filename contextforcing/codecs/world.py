@@ -204,10 +204,13 @@ class WorldCodec:
     def stream_decoder(self) -> "WorldStreamDecoder":
         return WorldStreamDecoder(self)
 
+    def encode_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames [T, H, W, 3] -> normalised latents [1, C, F, H/8, W/8] (float32)."""
+        return self.encode(torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1).float()
+
     def round_trip(self, frames: np.ndarray) -> np.ndarray:
         """uint8 frames [T, H, W, 3] encoded and decoded, as a model's latents would be shown (uint8)."""
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        decoded = self.stream_decoder().decode(self.encode(video))[0]
+        decoded = self.stream_decoder().decode(self.encode_frames(frames))[0]
         return ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 

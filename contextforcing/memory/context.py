@@ -34,7 +34,7 @@ from contextforcing.memory.layer_read import ContextRead, LayerView
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import TieredPolicy
 from contextforcing.memory.released import ReleasedCache
-from contextforcing.memory.retrieve import FrameVectors, RetrievePolicy, view_relevance
+from contextforcing.memory.retrieve import FrameVectors, RetrievePolicy, pooled, view_relevance
 from contextforcing.memory.spec import MemorySpec, TierParams, check_recache, tier_params
 from contextforcing.memory.store import KVStore, MemoryLayout, SlotMap
 
@@ -115,7 +115,6 @@ class ContextMemory:
         self.store = KVStore(layout, slots, batch, device, dtype)
         self.batch, self.chunk_index, self.start, self.frames = batch, -1, 0, 0
         self.current_position_ids: torch.Tensor | None = None  # the chunk's positions, as a tensor for the model
-        self.uses_headings = headings
         self.headings = FrameHeadings(batch, self.store.device) if headings else None
         self.current_headings: torch.Tensor | None = None  # [B, frames] float64 for the model, or None
         self.rotations = 0  # context rotations, for tests and benchmarks
@@ -124,7 +123,7 @@ class ContextMemory:
         self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
         self.frame_vectors = FrameVectors()  # retrieval by keys or text: each frame's pooled keys or prompt
-        self.prompt: torch.Tensor | None = None  # score=text: the current prompt's embedding [B, L, D]
+        self.prompt: torch.Tensor | None = None  # score=text: the current prompt's pooled embedding [D]
         for g in self.groups:
             if hasattr(g.policy, "relevance"):
                 g.policy.relevance = self._relevance
@@ -226,7 +225,7 @@ class ContextMemory:
         plan = self.groups[0].plan
         if len(self.groups) > 1:
             plan = dataclasses.replace(plan, slow_per_layer=tuple(tuple(g.plan.tier("slow")) for g in self.groups))
-        if self.uses_headings:
+        if self.headings is not None:
             frames = plan.context_frames + plan.current_frames
             plan = dataclasses.replace(plan, headings={f: self.headings.first_sample(f) for f in frames})
         if self.params.score is not None:
@@ -244,8 +243,7 @@ class ContextMemory:
         if self.params.score == "text":
             if self.prompt is None:
                 raise ValueError("a retrieval by text needs set_prompt(text) before its first chunk")
-            stored = {f for g in self.groups for _, f in g.slots.slot}
-            self.frame_vectors.remember(self.prompt, range(start, start + frames), stored)
+            self.frame_vectors.remember(self.prompt, range(start, start + frames), self._stored_frames())
         self.promotion.begin_chunk()
         for g in self.groups:
             g.plan = g.policy.plan(self.chunk_index, start, frames)
@@ -394,18 +392,22 @@ class ContextMemory:
         if self.params.score == "view":
             return view_relevance(self.headings, frames, start, self.layout.room_tokens, self.layout.view_tokens)
         if self.params.score == "text":
-            return self.frame_vectors.relevance(frames, self.prompt.float().mean(dim=(0, 1)).flatten())
+            return self.frame_vectors.relevance(frames, self.prompt)
         return self.frame_vectors.relevance(frames, self.frame_vectors.by_frame.get(start - 1))
 
     def set_prompt(self, text: torch.Tensor) -> None:
         """The text embedding [B, L, D] the next chunks are made under (a retrieval by text ranks keyframes by
         how like it their own prompt was; other memories ignore it)."""
-        self.prompt = text.detach()
+        self.prompt = pooled(text.detach())
 
     def _remember_keys(self) -> None:
         """The committed chunk's pooled layer-0 keys: the query of the next plan, and a bank keyframe's key."""
-        stored = {f for g in self.groups for _, f in g.slots.slot}  # the bank, before this commit's admission
-        self.frame_vectors.remember(self._written[0][0], range(self.start, self.start + self.frames), stored)
+        frames = range(self.start, self.start + self.frames)
+        self.frame_vectors.remember(pooled(self._written[0][0]), frames, self._stored_frames())  # bank before admission
+
+    def _stored_frames(self) -> set[int]:
+        """Frames the store holds for any layer group (their own entry or a promoted copy)."""
+        return {f for g in self.groups for _, f in g.slots.slot}
 
     def _set_headings(self, frames, headings) -> None:
         """Record the headings of `frames` and make them the current pass's ("stored": a recache re-encodes frames
@@ -423,7 +425,7 @@ class ContextMemory:
         """Keep the headings of the frames still stored and of the last `capacity` frames (a LongLive recache
         re-encodes those), no others: bounded like the store."""
         if self.headings is not None:
-            stored = {f for g in self.groups for _, f in g.slots.slot}
+            stored = self._stored_frames()
             end, capacity = self.start + self.frames, self.params.capacity
             recent = end - (capacity if capacity is not None else end)
             self.headings.keep(lambda f: f in stored or f >= recent)

@@ -58,6 +58,11 @@ def view_relevance(headings: FrameHeadings, frames: list[int], start: int, room:
     return [max(0.0, width - _circular(headings.first_sample(f) - now, room)) / width for f in frames]
 
 
+def pooled(x: torch.Tensor) -> torch.Tensor:
+    """[B, tokens, ...] -> one float vector, pooled over batch and tokens (a chunk's keys, a prompt's embedding)."""
+    return x.float().mean(dim=(0, 1)).flatten()
+
+
 class FrameVectors:
     """One pooled vector per frame (score=keys: its chunk's layer-0 keys; score=text: its prompt's embedding),
     kept while the frame is stored (a bank keyframe) or is of the chunk just written (the next query)."""
@@ -65,11 +70,10 @@ class FrameVectors:
     def __init__(self):
         self.by_frame: dict[int, torch.Tensor] = {}
 
-    def remember(self, vectors: torch.Tensor, frames: range, stored: set[int]) -> None:
-        """`vectors` [B, tokens, ...] pooled over batch and tokens, for each of `frames`."""
-        pooled = vectors.float().mean(dim=(0, 1)).flatten()
+    def remember(self, vector: torch.Tensor, frames: range, stored: set[int]) -> None:
+        """`vector` (`pooled`) for each of `frames`; frames neither stored nor of this chunk are forgotten."""
         for f in frames:
-            self.by_frame[f] = pooled
+            self.by_frame[f] = vector
         self.by_frame = {f: k for f, k in self.by_frame.items() if f in stored or f >= frames[0]}
 
     def relevance(self, frames: list[int], query: torch.Tensor | None) -> list[float]:

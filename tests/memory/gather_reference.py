@@ -32,8 +32,7 @@ class GatherMemory(ContextMemory):
             dtype=memory.k[0].dtype,
             max_frames=None if memory.bounded else memory.slots,
         )
-        if memory.prompt is not None:
-            gather.set_prompt(memory.prompt)
+        gather.prompt = memory.prompt  # already pooled
         return gather
 
     def view_nbytes(self) -> int:
