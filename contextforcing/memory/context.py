@@ -1,5 +1,5 @@
 """ContextMemory: the driver of one stream's context memory. A policy plans what each chunk attends (`policies.py`;
-the released cache, `released.py`), a promotion rule decides what the slow tier keeps (`promotion.py`), and a tensor
+the released cache, `released.py`), its promotion rule decides what the slow tier keeps, and a tensor
 store holds it (`store.py`). The model reads it per layer.
 
 One chunk (`VideoStream` drives it; the model only calls `begin_pass` and `layer`):
@@ -227,7 +227,7 @@ class ContextMemory:
             plan = dataclasses.replace(plan, slow_per_layer=tuple(tuple(g.plan.tier("slow")) for g in self.groups))
         if self.headings is not None:
             frames = plan.context_frames + plan.current_frames
-            plan = dataclasses.replace(plan, headings={f: self.headings.first_sample(f) for f in frames})
+            plan = dataclasses.replace(plan, headings=self.headings.of_first_sample(frames))
         if self.params.score is not None:
             plan = dataclasses.replace(plan, retrieval=dict(self.groups[0].policy.scores))
         return plan

@@ -28,6 +28,10 @@ class FrameHeadings:
     def first_sample(self, frame: int) -> float:
         return self.by_frame[frame][0]
 
+    def of_first_sample(self, frames: list[int]) -> dict[int, float]:
+        """Sample 0's heading of each of `frames` (what a plan records)."""
+        return {f: self.by_frame[f][0] for f in frames}
+
     def latest(self, frame: int) -> float:
         """Sample 0's heading at `frame`, or at the frame before it when `frame` has none yet (a recache plans
         the next chunk before its headings are known), else 0."""

@@ -10,8 +10,7 @@ import torch
 
 from contextforcing.errors import UserError, option
 from contextforcing.memory.plan import Attended, ChunkPlan, CommitChanges, RecachePlan
-from contextforcing.memory.policies import bounded_positions, window_recache
-from contextforcing.memory.promotion import Copy, Promotion, mean_key
+from contextforcing.memory.policies import Copy, Promotion, bounded_positions, mean_key, window_recache
 from contextforcing.memory.spec import TierParams
 
 

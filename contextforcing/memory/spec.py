@@ -228,12 +228,13 @@ class TierParams:
     first_layer_keys: bool = False  # commit-pass surprisal, global scope: the first layer's keys only
     attend_slow: int | None = None  # retrieval: slow frames a chunk attends (the others wait in the bank)
     score: str | None = None  # retrieval: what chooses them (view | keys); None: every slow frame is attended
+    # most frames attended by one chunk (current included): the bounded position range; None: unbounded. Derived
+    # once here (the host plan reads it every chunk).
+    capacity: int | None = field(init=False)
 
-    @property
-    def capacity(self) -> int | None:
-        """Most frames attended by one chunk (current included): the bounded position range."""
+    def __post_init__(self):
         attended_slow = self.slow if self.attend_slow is None else self.attend_slow
-        return None if self.window is None else self.sink + attended_slow + self.window
+        object.__setattr__(self, "capacity", None if self.window is None else self.sink + attended_slow + self.window)
 
     @property
     def surprisal(self) -> bool:

@@ -106,10 +106,7 @@ class KVStore:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
         self.k_rot = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layout.num_layers)]
-
-    @property
-    def device(self) -> torch.device:
-        return self.k[0].device
+        self.device: torch.device = self.k[0].device  # the slots never move
 
     def index(self, slots: list[int]) -> torch.Tensor:
         return torch.tensor(slots, dtype=torch.long, device=self.device)

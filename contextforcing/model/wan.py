@@ -186,6 +186,8 @@ class CausalWanModel(nn.Module):
         self.head = Head(cfg)
         self.gradient_checkpointing = False
         self.attention_backend = "sdpa"
+        # what every RoPE call reads, resolved once (the config's derived properties are not re-run per pass)
+        self.room_anchored, self.head_dim = cfg.room_anchored, cfg.head_dim
 
     # -- helpers -----------------------------------------------------------------------------------
     @property
@@ -202,10 +204,10 @@ class CausalWanModel(nn.Module):
         tokens) on a latent grid of height x width: [F*T, D/2], or [B, F*T, D/2] with headings."""
         gh, gw = self.grid(height, width)
         cfg = self.config
-        if headings is not None and not cfg.room_anchored:
+        if headings is not None and not self.room_anchored:
             raise ValueError("this model's width positions are screen columns: it takes no camera headings")
         return rope_frequencies(
-            positions, gh, gw, cfg.head_dim, cfg.rope_theta, device, headings=headings, room_tokens=cfg.room_tokens
+            positions, gh, gw, self.head_dim, cfg.rope_theta, device, headings=headings, room_tokens=cfg.room_tokens
         )
 
     def key_rotation(self, height: int, width: int):

@@ -19,8 +19,15 @@ from contextforcing.memory.cross import CrossAttentionCache
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.spec import MemorySpec, check_recache
 from contextforcing.model.wan import CausalWanModel
-from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
-from contextforcing.sampling.scheduler import FlowMatchSchedule, add_noise
+from contextforcing.sampling.samplers import (
+    FlowMatchSchedule,
+    KnownFrames,
+    add_noise,
+    euler_steps,
+    guided,
+    sample_euler,
+    sample_few_step,
+)
 
 Headings = Sequence[Sequence[float]]  # [B][frames]: a camera heading (tokens) per sample and latent frame
 

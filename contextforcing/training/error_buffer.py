@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from contextforcing.errors import UserError
-from contextforcing.sampling.samplers import euler_steps
-from contextforcing.sampling.scheduler import FlowMatchSchedule
+from contextforcing.sampling.samplers import FlowMatchSchedule, euler_steps
 from contextforcing.training.stage import StepContext
 
 

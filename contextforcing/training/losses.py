@@ -1,6 +1,6 @@
 """Per-sample training losses of the Context Forcing recipe; every function returns a (B,) tensor.
 
-Conventions (Wan flow matching, see sampling/scheduler.py): x_t = (1 - sigma) x0 + sigma eps and the
+Conventions (Wan flow matching, see sampling/samplers.py): x_t = (1 - sigma) x0 + sigma eps and the
 networks predict the flow v = eps - x0. Latents are [B, C, F, H, W]; a loss is the mean over all
 non-batch elements, so a mask over frames only changes which elements enter the mean.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from contextforcing.sampling.scheduler import FlowMatchSchedule, shift_sigma
+from contextforcing.sampling.samplers import FlowMatchSchedule, shift_sigma
 
 
 def _per_sample_mean(x: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:

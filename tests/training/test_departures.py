@@ -20,8 +20,7 @@ from test_stages import Ctx, _shrunk
 
 from contextforcing.errors import UserError
 from contextforcing.memory.spec import make_spec
-from contextforcing.sampling.samplers import sample_few_step
-from contextforcing.sampling.scheduler import FlowMatchSchedule
+from contextforcing.sampling.samplers import FlowMatchSchedule, sample_few_step
 from contextforcing.training.rollout import RolloutRules, self_rollout
 from contextforcing.training.stages.departures import ScoreTables
 

@@ -3,8 +3,7 @@ configured probabilities (decisions through the shared draws)."""
 
 import torch
 
-from contextforcing.sampling.samplers import euler_steps
-from contextforcing.sampling.scheduler import FlowMatchSchedule
+from contextforcing.sampling.samplers import FlowMatchSchedule, euler_steps
 from contextforcing.training.error_buffer import ErrorBuffer, ErrorRecyclingOptions, draw_injection, fit_frames
 
 SCHEDULE = FlowMatchSchedule(shift=5.0)

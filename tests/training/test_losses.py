@@ -2,7 +2,7 @@
 
 import torch
 
-from contextforcing.sampling.scheduler import FlowMatchSchedule, add_noise, shift_sigma
+from contextforcing.sampling.samplers import FlowMatchSchedule, add_noise, shift_sigma
 from contextforcing.training import losses
 
 SCHEDULE = FlowMatchSchedule(shift=5.0)

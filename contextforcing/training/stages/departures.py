@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from contextforcing.errors import UserError
-from contextforcing.sampling.scheduler import FlowMatchSchedule, flow_from_x0, x0_from_flow
+from contextforcing.sampling.samplers import FlowMatchSchedule, flow_from_x0, x0_from_flow
 
 
 @dataclass(frozen=True)

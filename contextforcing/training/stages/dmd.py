@@ -38,8 +38,7 @@ import torch.nn as nn
 from contextforcing.config import SamplingConfig, get_preset
 from contextforcing.errors import UserError
 from contextforcing.model.wan import CausalWanModel
-from contextforcing.sampling.samplers import guided
-from contextforcing.sampling.scheduler import add_noise
+from contextforcing.sampling.samplers import add_noise, guided
 from contextforcing.training import losses
 from contextforcing.training.registry import BuildContext
 from contextforcing.training.rollout import EXIT_STEPS, Rollout, RolloutRules, Timeline, self_rollout

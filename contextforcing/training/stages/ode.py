@@ -35,8 +35,7 @@ from safetensors.torch import save_file
 from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
 from contextforcing.model.wan import CausalWanModel
-from contextforcing.sampling.samplers import euler_steps
-from contextforcing.sampling.scheduler import x0_from_flow
+from contextforcing.sampling.samplers import euler_steps, x0_from_flow
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training import distributed, losses
 from contextforcing.training.registry import BuildContext

@@ -38,7 +38,7 @@ from contextforcing.config import SamplingConfig
 from contextforcing.errors import UserError
 from contextforcing.memory.spec import tier_params
 from contextforcing.memory.store import MemoryLayout
-from contextforcing.sampling.scheduler import add_noise, x0_from_flow
+from contextforcing.sampling.samplers import add_noise, x0_from_flow
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training import losses
 from contextforcing.training.error_buffer import (

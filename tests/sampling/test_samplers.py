@@ -1,8 +1,18 @@
 import pytest
 import torch
 
-from contextforcing.sampling.samplers import KnownFrames, euler_steps, guided, sample_euler, sample_few_step
-from contextforcing.sampling.scheduler import FlowMatchSchedule, add_noise, flow_from_x0, shift_sigma, x0_from_flow
+from contextforcing.sampling.samplers import (
+    FlowMatchSchedule,
+    KnownFrames,
+    add_noise,
+    euler_steps,
+    flow_from_x0,
+    guided,
+    sample_euler,
+    sample_few_step,
+    shift_sigma,
+    x0_from_flow,
+)
 
 
 def test_warped_default_steps_match_self_forcing():
