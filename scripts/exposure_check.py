@@ -12,6 +12,9 @@ Both models generate the gate's held-out worlds twice: from their scripts alone 
 fast memory; the memory score pools them (the video's revisit scores over the truth's, docs/evaluation.md).
 
     python scripts/exposure_check.py [--worlds 4] [--seconds 45] [--given 0.5] [--out runs/exposure.json]
+
+It prints the pooled scores and, world by world, three sign tests (the teacher's true past against its own, and the
+teacher against the student from each past).
 """
 
 from __future__ import annotations
@@ -66,26 +69,64 @@ def main(argv=None) -> int:
     from contextforcing.eval.panorama_runs import world_pipeline
 
     shipped = world_pipeline()
-    results = {}
+    results, by_world = {}, {}
     for label, (export, sampling) in MODELS.items():
         pipe = world_pipeline(EXPORTS / f"{export}.safetensors", memory=shipped.memory)
-        rows = {"own past": [], "true past": []}
+        rows = {"own past": {}, "true past": {}}  # condition -> world seed -> its scored revisits
         for spec in worlds(args.worlds, args.seconds):
             latents = truth_latents(pipe, spec)
             cut = int(latents.shape[2] * args.given)
             known = {f: latents[:, :, f : f + 1] for f in range(cut)}
             for condition, given in (("own past", None), ("true past", known)):
-                rows[condition] += scored_revisits(pipe, spec, sampling, given, cut)
-                print(f"{label}, world {spec.seed}, {condition}: {len(rows[condition])} revisits so far", flush=True)
-        results[label] = {c: {"memory": pooled_memory_score(r), "revisits": len(r)} for c, r in rows.items()}
+                rows[condition][spec.seed] = scored_revisits(pipe, spec, sampling, given, cut)
+                print(
+                    f"{label}, world {spec.seed}, {condition}: {len(rows[condition][spec.seed])} revisits", flush=True
+                )
+        results[label] = {c: pooled(r) for c, r in rows.items()}
+        by_world[label] = {c: {seed: pooled_memory_score(r) for seed, r in w.items()} for c, w in rows.items()}
     print(f"| model | memory score, own past | true past | revisits ({args.worlds} worlds, {args.seconds:g} s) |")
     print("|---|---|---|---|")
     for label, r in results.items():
         own, true = r["own past"], r["true past"]
-        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"| {label} | {fmt(own['memory'])} | {fmt(true['memory'])} | {own['revisits']} |")
-    write_json_atomic(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results})
+        print(f"| {label} | {_fmt(own['memory'])} | {_fmt(true['memory'])} | {own['revisits']} |")
+    teacher, student = by_world["context teacher"], by_world["Stage 1 student"]
+    comparisons = {
+        "context teacher: true past above own past": paired(teacher["true past"], teacher["own past"]),
+        "true past: context teacher above Stage 1 student": paired(teacher["true past"], student["true past"]),
+        "own past: context teacher above Stage 1 student": paired(teacher["own past"], student["own past"]),
+    }
+    for name, c in comparisons.items():
+        print(
+            f"{name}: higher in {c['higher']} of {c['worlds']} worlds, lower in {c['lower']} (sign test p = {c['p']:.2g})"
+        )
+    write_json_atomic(
+        args.out,
+        {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "results": results,
+            "by_world": by_world,
+            "paired": comparisons,
+        },
+    )
     return 0
+
+
+def pooled(rows_by_world: dict[int, list[dict]]) -> dict:
+    revisits = [r for rows in rows_by_world.values() for r in rows]
+    return {"memory": pooled_memory_score(revisits), "revisits": len(revisits)}
+
+
+def paired(a: dict[int, float | None], b: dict[int, float | None]) -> dict:
+    """Worlds where `a`'s pooled score is above / below `b`'s (worlds where either has no score are left out)."""
+    from results_tables import sign_test
+
+    both = [(a[s], b[s]) for s in a if a[s] is not None and b.get(s) is not None]
+    higher, lower = sum(x > y for x, y in both), sum(x < y for x, y in both)
+    return {"worlds": len(both), "higher": higher, "lower": lower, "p": sign_test(higher, lower)}
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 if __name__ == "__main__":
