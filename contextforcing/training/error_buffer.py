@@ -24,13 +24,19 @@ from contextforcing.sampling.samplers import FlowMatchSchedule, euler_steps
 from contextforcing.training.stage import StepContext
 
 
+CONTEXT_TIERS = ("fast", "all")
+
+
 @dataclass(frozen=True)
 class ErrorRecyclingOptions:
     """Probabilities and sizes (defaults: `svi_long_context.sh` of the paper's released teacher)."""
 
     enabled: bool = False
     latent_prob: float = 0.9  # add an x0 error to the clean target before noising
-    context_prob: float = 0.9  # add x0 errors (any bucket) to the fast-memory context frames only
+    context_prob: float = 0.9  # add x0 errors (any bucket) to context frames of `context_tiers`
+    # which context frames drift: fast (the released teacher: the recent motion frames; sink and slow stay the
+    # truth) | all (sink and slow too: the memory the student will hand it is its own drifting past everywhere)
+    context_tiers: str = "fast"
     noise_prob: float = 0.01  # add a noise-side error to the noise
     clean_prob: float = 0.5  # overrides the three above: no injection at all
     clean_update_prob: float = 0.1  # a clean (no-injection) step adds its errors to the buffers
@@ -50,6 +56,10 @@ class ErrorRecyclingOptions:
             raise UserError(f"error_recycling.storage_dtype must be float32 or bfloat16, got {self.storage_dtype!r}")
         if self.replace not in ("nearest", "oldest"):
             raise UserError(f"error_recycling.replace must be nearest or oldest, got {self.replace!r}")
+        if self.context_tiers not in CONTEXT_TIERS:
+            raise UserError(
+                f"error_recycling.context_tiers must be {' or '.join(CONTEXT_TIERS)}, got {self.context_tiers!r}"
+            )
         if self.start_step < 0:
             raise UserError(f"error_recycling.start_step must be >= 0, got {self.start_step}")
         return self

@@ -359,6 +359,26 @@ def test_teacher_error_recycling_fills_and_injects_only_into_fast_context(tmp_pa
     assert not torch.allclose(calls[0]["context"][:, :, fast], clean[:, :, fast])
 
 
+def test_teacher_error_recycling_into_every_context_tier(tmp_path):
+    stage = _shrunk("teacher", tmp_path, *ER, "stage.error_recycling.context_tiers=all")
+    batch = next(stage.batches(0, 1, 0))
+    for step in range(6):
+        stage.loss(batch, Ctx(step=step, uniforms=[1.0, *NOT_CLEAN, *BANK]))
+    calls = []
+    _capture(stage.teacher, calls)
+    stage.loss(batch, Ctx(uniforms=[1.0, 0.9, 0.95, 0.0, 0.95, 1.0]))  # context injection only
+    layout = stage.layout(12, stage.encoder.encode(batch["clips"][0].prompts[:1]), batch["latents"])
+    assert {"sink", "slow", "fast"} <= set(layout.tiers)
+    clean = batch["latents"][:, :, layout.frames]
+    for i in range(len(layout.frames)):  # every frame drifts, the memory's as well as the recent ones
+        assert not torch.allclose(calls[0]["context"][:, :, i], clean[:, :, i]), layout.tiers[i]
+
+
+def test_teacher_error_recycling_context_tiers_is_checked(tmp_path):
+    with pytest.raises(UserError, match="context_tiers must be fast or all"):
+        _shrunk("teacher", tmp_path, *ER, "stage.error_recycling.context_tiers=slow")
+
+
 def test_teacher_error_recycling_starts_at_its_start_step(tmp_path):
     stage = _shrunk("teacher", tmp_path, *ER[:-1], "stage.error_recycling.start_step=3")
     batch = next(stage.batches(0, 1, 0))

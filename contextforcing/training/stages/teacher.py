@@ -289,11 +289,13 @@ class TeacherStage:
         return out
 
     def inject_context(self, injection: Injection, context, layout: ContextLayout, ctx):
-        """Recycled errors on the fast (motion) context frames only; sink and slow stay clean."""
-        fast = layout.fast_indices()
-        if not (injection.context and fast):
+        """Recycled errors on the context frames of `error_recycling.context_tiers`: the fast (motion) frames, as
+        the released teacher (sink and slow stay clean), or every frame of the memory."""
+        every = self.options.error_recycling.context_tiers == "all"
+        drifting = list(range(len(layout.frames))) if every else layout.fast_indices()
+        if not (injection.context and drifting):
             return context
-        index = torch.tensor(fast, device=context.device)
+        index = torch.tensor(drifting, device=context.device)
         drift = self._errors(self.latent_errors, None, context.index_select(2, index), ctx)
         return context.index_add(2, index, drift)
 
