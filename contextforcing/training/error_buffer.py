@@ -23,7 +23,6 @@ from contextforcing.errors import UserError
 from contextforcing.sampling.samplers import FlowMatchSchedule, euler_steps
 from contextforcing.training.stage import StepContext
 
-
 CONTEXT_TIERS = ("fast", "all")
 
 
