@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher", type=Path, default=None, help="another teacher export (default: the recipe's)")
     ap.add_argument("--teacher-only", action="store_true", help="no Stage 1 student (and so no paired tests)")
     args = ap.parse_args(argv)
+    if args.teacher is not None and not args.teacher.is_file():
+        ap.error(f"--teacher {args.teacher}: no such file")  # one line, exit 2, before any work
     torch.set_num_threads(1)
     from contextforcing.eval.panorama_runs import world_pipeline
 
@@ -94,7 +96,10 @@ def main(argv=None) -> int:
                     f"{label}, world {spec.seed}, {condition}: {len(rows[condition][spec.seed])} revisits", flush=True
                 )
         results[label] = {c: pooled(r) for c, r in rows.items()}
-        results[label]["own past, every revisit beyond fast"] = pooled({0: own_all})
+        results[label]["own past, every revisit beyond fast"] = {
+            "memory": pooled_memory_score(own_all),
+            "revisits": len(own_all),
+        }
         by_world[label] = {c: {seed: pooled_memory_score(r) for seed, r in w.items()} for c, w in rows.items()}
     print(
         f"| model | memory score, own past | true past | revisits ({args.worlds} worlds, {args.seconds:g} s) "
@@ -107,29 +112,26 @@ def main(argv=None) -> int:
             f"| {label} | {_fmt(own['memory'])} | {_fmt(true['memory'])} | {own['revisits']} "
             f"| {_fmt(every['memory'])} ({every['revisits']}) |"
         )
-    if args.teacher_only:
-        write_json_atomic(args.out, {"args": {k: str(v) for k, v in vars(args).items()}, "results": results})
-        return 0
+    record = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "by_world": by_world}
+    if not args.teacher_only:
+        record["paired"] = comparisons(by_world)
+    write_json_atomic(args.out, record)
+    return 0
+
+
+def comparisons(by_world: dict) -> dict:
+    """The three world-by-world sign tests, printed and returned."""
     teacher, student = by_world["context teacher"], by_world["Stage 1 student"]
-    comparisons = {
+    out = {
         "context teacher: true past above own past": paired(teacher["true past"], teacher["own past"]),
         "true past: context teacher above Stage 1 student": paired(teacher["true past"], student["true past"]),
         "own past: context teacher above Stage 1 student": paired(teacher["own past"], student["own past"]),
     }
-    for name, c in comparisons.items():
+    for name, c in out.items():
         print(
             f"{name}: higher in {c['higher']} of {c['worlds']} worlds, lower in {c['lower']} (sign test p = {c['p']:.2g})"
         )
-    write_json_atomic(
-        args.out,
-        {
-            "args": {k: str(v) for k, v in vars(args).items()},
-            "results": results,
-            "by_world": by_world,
-            "paired": comparisons,
-        },
-    )
-    return 0
+    return out
 
 
 def pooled(rows_by_world: dict[int, list[dict]]) -> dict:
