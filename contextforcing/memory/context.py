@@ -2,15 +2,15 @@
 the released cache, `released.py`), its promotion rule decides what the slow tier keeps, and a tensor
 store holds it (`store.py`). The model reads it per layer.
 
-One chunk (`VideoStream` drives it; the model only calls `begin_pass` and `layer`):
+One chunk (`VideoStream` drives it; the model only calls `begin_pass` and the pass's `keys_values`):
 
     plan = memory.begin_chunk(start, frames)         the policy plans; the store is arranged and its context rotated
     model(x, t, text, memory=memory)                 x4 denoising passes: each layer reads what the plan attends
     model(x0, 0, text, memory=memory, commit=True)   the clean pass: each layer also hands over its pre-RoPE K/V
-    update = memory.commit()                         those K/V are written; the policy promotes / evicts / folds
+    update = memory.commit()                         the write: those K/V are stored; the policy promotes / evicts
 
-In every pass each layer hands its chunk's keys (pre-RoPE and rotated) and values to `layer(i).keys_values` and
-gets back what to attend. Inference reads the store's attended prefix in place (slots [0, n) in any order, the
+Each pass is a `MemoryPass` (`begin_pass(commit)`): its positions, and per layer `keys_values(layer, k, k_rot,
+v)`, which hands over the chunk's keys (pre-RoPE and rotated) and values and gives back what to attend. Inference reads the store's attended prefix in place (slots [0, n) in any order, the
 chunk's own frames written right after: no mask, attention over exactly what the plan attends); keys that carry
 an autograd graph (training rollouts) get copies instead, since a graph written into buffers that later chunks
 overwrite would corrupt the backward pass. Per chunk each group of layers' attended keys are rotated once, at the
@@ -30,15 +30,14 @@ import torch
 from contextforcing.errors import UserError
 from contextforcing.memory.exit_grad import ExitGradients
 from contextforcing.memory.headings import FrameHeadings
-from contextforcing.memory.layer_read import ContextRead, LayerView
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import TieredPolicy
 from contextforcing.memory.released import ReleasedCache
 from contextforcing.memory.retrieve import FrameVectors, RetrievePolicy, pooled, view_relevance
 from contextforcing.memory.spec import MemorySpec, TierParams, check_recache, tier_params
-from contextforcing.memory.store import KVStore, MemoryLayout, SlotMap
+from contextforcing.memory.store import ContextRead, KVStore, MemoryLayout, SlotMap
 
-__all__ = ["ContextMemory", "ContextRead", "LayerView", "MemoryLayout"]
+__all__ = ["ContextMemory", "ContextRead", "MemoryLayout", "MemoryPass"]
 
 # (pre-RoPE keys [B, n, T, H, D], positions [n], and for a room-anchored model headings [B, n]) -> rotated keys
 KeyRotation = Callable[..., torch.Tensor]
@@ -119,7 +118,6 @@ class ContextMemory:
         self.current_headings: torch.Tensor | None = None  # [B, frames] float64 for the model, or None
         self.rotations = 0  # context rotations, for tests and benchmarks
         self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
-        self._commit_pass = False
         self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
         self.frame_vectors = FrameVectors()  # retrieval by keys or text: each frame's pooled keys or prompt
@@ -171,10 +169,9 @@ class ContextMemory:
 
         for index, start in enumerate(range(0, history, chunk_frames)):
             memory.begin_chunk(start, chunk_frames, chunk_headings(start))
-            memory.begin_pass(commit=True)
             key = signals[index] if signals else torch.zeros(dim)
             keys = key.reshape(1, 1, 1, dim).expand(1, chunk_frames, 1, dim).float()
-            memory.layer(0).keys_values(keys, keys, keys)
+            memory.begin_pass(commit=True).keys_values(0, keys, keys, keys)
             memory.commit()
         return memory.begin_chunk(history, chunk_frames, chunk_headings(history))
 
@@ -253,14 +250,10 @@ class ContextMemory:
         self._after_plan()
         return self.plan
 
-    def begin_pass(self, commit: bool) -> torch.Tensor:
-        """A model forward over the current chunk starts; returns the chunk's positions [frames]. A `commit` pass
-        hands its keys and values over for `commit` to write."""
-        self._commit_pass = commit
-        return self.current_position_ids
-
-    def layer(self, i: int) -> LayerView:
-        return LayerView(self, i)
+    def begin_pass(self, commit: bool) -> MemoryPass:
+        """A model forward over the current chunk starts. A `commit` pass hands its keys and values over for
+        `commit()` to write."""
+        return MemoryPass(self, commit)
 
     def commit(self) -> MemoryUpdate:
         """After the commit pass: write its keys and values, let each group's policy update its tiers, and make the
@@ -307,10 +300,6 @@ class ContextMemory:
         )
 
     # -- prompt switches ---------------------------------------------------------------------------
-    def recent_frames(self, next_start: int) -> list[int]:
-        """Frames a prompt switch before chunk `next_start` re-encodes (the recent frames it will attend)."""
-        return self.groups[0].policy.recent_frames(next_start)
-
     def recache_frames(self, next_start: int, mode: str = "window") -> list[int]:
         """Frames whose clean latents a `mode` recache before `next_start` needs (the stream keeps them)."""
         return self.groups[0].policy.recache_frames(next_start, mode)
@@ -431,16 +420,16 @@ class ContextMemory:
             self.headings.keep(lambda f: f in stored or f >= recent)
 
     # -- what the model calls ----------------------------------------------------------------------
-    def exchange(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, copy: bool) -> ContextRead:
-        """This pass's pre-RoPE keys and values of `layer` arrive (kept for the commit's write on a commit pass,
-        seen by the promotion rule); returns what the layer attends: `copy` for keys that carry an autograd graph."""
-        if self._commit_pass:
+    def exchange(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, commit: bool, copy: bool) -> ContextRead:
+        """A pass's pre-RoPE keys and values of `layer` arrive (kept for the write on a `commit` pass, seen by the
+        promotion rule); returns what the layer attends: `copy` for keys that carry an autograd graph."""
+        if commit:
             self._written[layer] = (k.detach(), v.detach())
         elif copy and self.exit_gradients is not None:
             self.exit_gradients.record(layer, k, v)
         if not self._recache:
             g = self._group_of[layer]
-            taken = self.promotion.observe(layer, g, k, v, self._commit_pass)
+            taken = self.promotion.observe(layer, g, k, v, commit)
             if taken is not None:
                 (self._promote_now if taken.now else self._stage_copy)(g, taken.layers)
         return self.copy_read(layer) if copy else self.slot_read(layer)
@@ -483,3 +472,26 @@ class ContextMemory:
         g.plan = plan
         self._arrange(g, [("main", f) for f in plan.current_frames])
         self._rotate_group(g)
+
+
+class MemoryPass:
+    """One model forward over the memory's current chunk: the chunk's positions (and camera headings) and what
+    each layer attends. A layer reads once per pass: a block that gradient checkpointing runs again (in the
+    backward, when the memory has moved on) gets what its first run got and changes nothing twice."""
+
+    __slots__ = ("memory", "commit", "positions", "headings", "_reads")
+
+    def __init__(self, memory: ContextMemory, commit: bool):
+        self.memory, self.commit = memory, commit
+        self.positions = memory.current_position_ids  # a tensor: new positions must not mean a new compiled graph
+        self.headings = memory.current_headings
+        self._reads: dict[int, ContextRead] = {}
+
+    def keys_values(self, layer: int, k: torch.Tensor, k_rot: torch.Tensor, v: torch.Tensor):
+        """Hand over the layer's keys (pre-RoPE `k` and rotated `k_rot`) and values [B, frames*T, H, D]; get the
+        keys, values [B, Lk, H, D] and key mask [Lk] (None: attend every key) to attend."""
+        read = self._reads.get(layer)
+        if read is None:
+            copy = k_rot.requires_grad or v.requires_grad
+            read = self._reads[layer] = self.memory.exchange(layer, k, v, commit=self.commit, copy=copy)
+        return read.with_chunk(k_rot, v)

@@ -169,5 +169,26 @@ class KVStore:
         return _bytes(self.k_rot)
 
 
+@dataclass
+class ContextRead:
+    """What a layer attends besides the chunk's own keys and values: copies of the attended frames (`tokens` None:
+    the chunk is appended), or views of the store's attended prefix (`KVStore.prefix`) with the chunk's token slots
+    right after it (`tokens`: the chunk is written there in place)."""
+
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    tokens: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # fixed shapes only: [Lk], False past what the chunk attends
+
+    def with_chunk(self, k_rot: torch.Tensor, v: torch.Tensor):
+        if self.tokens is None:
+            if self.keys is None:
+                return k_rot, v, None
+            return torch.cat([self.keys, k_rot], 1), torch.cat([self.values, v], 1), None
+        self.keys.index_copy_(1, self.tokens, k_rot)  # the store holds the model's dtype, as attention needs
+        self.values.index_copy_(1, self.tokens, v)
+        return self.keys, self.values, self.mask
+
+
 def _bytes(tensors: list[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)

@@ -26,7 +26,7 @@ from contextforcing.model.attention import attention, context_target_mask
 from contextforcing.model.rope import apply_rope, rope_frequencies
 
 if TYPE_CHECKING:
-    from contextforcing.memory.context import ContextMemory, LayerView
+    from contextforcing.memory.context import ContextMemory, MemoryPass
     from contextforcing.memory.cross import CrossAttentionCache
 
 
@@ -100,13 +100,14 @@ class WanBlock(nn.Module):
         e0,
         text_emb,
         inputs: AttentionInputs,
-        memory: "LayerView | None" = None,
+        memory: "MemoryPass | None" = None,
+        layer: int = 0,
         text_kv=None,
         keys_only: bool = False,
     ):
         """x [B, F, T, dim] float32 residual stream; e0 [B, F, 6, dim]; text_emb [B, Lt, dim].
 
-        `memory` = this layer's view of the context memory: it takes the chunk's keys and values and
+        `memory` = the pass over the context memory: it takes block `layer`'s keys and values of the chunk and
         returns what to attend (None: attend the clip itself). `text_kv` = this layer's cached
         cross-attention keys/values, or None to project them from `text_emb` here. `keys_only`: hand the keys
         and values to the memory and stop (x returned unchanged): the last layer of a commit pass whose output
@@ -122,7 +123,7 @@ class WanBlock(nn.Module):
         q = self.self_attn.project_query(h)
         k, v = self.self_attn.project_key_value(h)
         q_rot, k_rot = apply_rope(q, inputs.freqs), apply_rope(k, inputs.freqs)
-        keys, values, key_mask = memory.keys_values(k, k_rot, v) if memory is not None else (k_rot, v, None)
+        keys, values, key_mask = memory.keys_values(layer, k, k_rot, v) if memory is not None else (k_rot, v, None)
         if keys_only:
             return x, text_kv
         y = attention(q_rot, keys, values, inputs.frame_mask, inputs.tokens_per_frame, inputs.backend, key_mask)
@@ -288,9 +289,9 @@ class CausalWanModel(nn.Module):
         tokens_per_frame = gh * gw
         if t.dim() == 1:
             t = t[:, None].expand(b, f)
-        if memory is not None:
-            positions = memory.begin_pass(commit)  # a tensor: new positions must not mean a new compiled graph
-            headings = memory.current_headings
+        step = memory.begin_pass(commit) if memory is not None else None
+        if step is not None:
+            positions, headings = step.positions, step.headings
         elif positions is None:
             positions = range(f)
         freqs = self.rope(positions, height, width, x.device, headings)
@@ -307,8 +308,7 @@ class CausalWanModel(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             text_kv = text_cache.key_values.get(i) if text_cache is not None else None
-            view = memory.layer(i) if memory is not None else None
-            args = (h, e0, text_emb, inputs, view, text_kv, not flow and i == last)
+            args = (h, e0, text_emb, inputs, step, i, text_kv, not flow and i == last)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h, text_kv = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:

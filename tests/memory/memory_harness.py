@@ -12,7 +12,7 @@ be read back: frame = (key[token 0] - key[token 1])[0] / 2 - 1.
 
 The rotation handed to the memory is the identity (keys flattened) and records the positions it is asked
 for, so `view` shows exactly which stored contents are attended and in which order. Every pass also runs
-what the model runs, `layer(i).keys_values(k, k_rot, v)` (which hands the pass's keys to the memory), and
+what the model runs, `begin_pass(commit).keys_values(layer, k, k_rot, v)` (which hands the pass's keys to the memory), and
 checks that attention over what it returns (slot tensors and key mask in the library's slots view)
 equals attention over the plan-order view plus the chunk.
 """
@@ -183,10 +183,10 @@ class Harness:
         return out
 
     def check_attend(self, layer, view, k, v, where):
-        """What the model attends (`layer(i).keys_values`, which also hands over k, v) is the view plus this
+        """What the model attends (the pass's `keys_values`, which also hands over k, v) is the view plus this
         pass's chunk k, v (the identity rotation: rotated keys are k)."""
         with torch.no_grad():  # inference: the slots view hands over its slot tensors only without autograd
-            keys, values, mask = self.mem.layer(layer).keys_values(k, k, v)
+            keys, values, mask = self.memory_pass.keys_values(layer, k, k, v)
         q = self.query[:, : k.shape[1]]
         got = attention(q, keys, values, key_mask=mask)  # no mask unless the memory reads at fixed shapes
         ref_k, ref_v = (k, v) if view is None else (torch.cat([view[0], k], 1), torch.cat([view[1], v], 1))
@@ -223,7 +223,7 @@ class Harness:
         tags = list(range(self.noisy_passes)) + [COMMIT]
         for tag in tags:
             keys = {}
-            self.mem.begin_pass(commit=tag == COMMIT)
+            self.memory_pass = self.mem.begin_pass(commit=tag == COMMIT)
             for layer in range(self.layers):
                 view = self.check_view(layer, plans[layer].entries, f"{where} pass {tag}", first=tag == tags[0])
                 k, v = self.make_kv(frames, tag, layer, chunk)
@@ -255,7 +255,7 @@ class Harness:
         assert frames == ref_frames, f"{where}: recached frames differ"
         assert list(self.mem.plan.current_positions) == per_layer[0][2], f"{where}: recache positions differ"
         if frames:
-            self.mem.begin_pass(commit=True)
+            self.memory_pass = self.mem.begin_pass(commit=True)
         for layer in range(self.layers if frames else 0):
             view = self.check_view(layer, per_layer[layer][0], where, first=True)
             k, v = self.make_kv(frames, tag, layer, self.chunk)

@@ -50,10 +50,10 @@ def read(keys, mask):
 
 def one_pass(mem, frames, prompt):
     """A commit pass over `frames` as the model runs it; returns what attention received."""
-    positions = mem.begin_pass(commit=True).tolist()
+    step = mem.begin_pass(commit=True)
     k, k_flat = make_kv(frames, prompt)
     with torch.no_grad():
-        keys, _, mask = mem.layer(0).keys_values(k_flat, mark(k, positions), k_flat)
+        keys, _, mask = step.keys_values(0, k_flat, mark(k, step.positions.tolist()), k_flat)
     return read(keys, mask)
 
 

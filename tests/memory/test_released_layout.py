@@ -84,12 +84,12 @@ class ReleasedHarness:
         self.ref.begin_chunk(start)
         assert list(plan.current_positions) == self.ref.current_positions(), f"{where}: current positions"
         for tag in TAGS:
-            self.mem.begin_pass(commit=tag == COMMIT)
+            step = self.mem.begin_pass(commit=tag == COMMIT)
             for layer in range(LAYERS):
                 k, v = self.make_kv(chunk, start, tag, layer)
                 self.ref.on_pass(layer, tag, k.double().flatten(2).tolist())  # decides before attention
                 with torch.no_grad():
-                    keys, values, mask = self.mem.layer(layer).keys_values(k, k, v)
+                    keys, values, mask = step.keys_values(layer, k, k, v)
                 expected = self.ref.attended(layer)
                 self.check(layer, keys, values, mask, k, v, expected, f"{where} pass {tag} layer {layer}")
         self.mem.commit()
@@ -184,12 +184,12 @@ def test_promotion_is_attended_within_its_own_chunk():
     h.ref.begin_chunk(6)
     assert [a.frame for a in plan.context] == [0, 1, 2, 3, 4, 5]
     for tag in TAGS:
-        h.mem.begin_pass(commit=tag == COMMIT)
+        step = h.mem.begin_pass(commit=tag == COMMIT)
         for layer in range(LAYERS):
             k, v = h.make_kv(2, 6, tag, layer)
             h.ref.on_pass(layer, tag, k.double().flatten(2).tolist())
             with torch.no_grad():
-                h.mem.layer(layer).keys_values(k, k, v)
+                step.keys_values(layer, k, k, v)
             attended = h.decode(h.mem.view(layer)[0])
             expected = [(f, COMMIT, f) for f in range(6)]
             if tag != 0:

@@ -24,10 +24,10 @@ def _memory(score, headings=True):
 
 def _commit(memory, start, keys):
     """A commit pass whose every token's key (both layers) is `keys` [D]."""
-    memory.begin_pass(commit=True)
+    step = memory.begin_pass(commit=True)
     k = keys.reshape(1, 1, 1, D).expand(1, C * T, 1, D).float()
     for layer in range(2):
-        memory.layer(layer).keys_values(k, k, k)
+        step.keys_values(layer, k, k, k)
     memory.commit()
 
 

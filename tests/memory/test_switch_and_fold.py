@@ -39,10 +39,10 @@ def commit_chunk(mem, chunk, kval=lambda f: float(f), vval=lambda f: -float(f), 
 
 def commit_pass(mem, frames, kval, vval, layers=2):
     """A commit pass as the model runs it: each layer hands over its keys and values (identity rotation)."""
-    mem.begin_pass(commit=True)
+    step = mem.begin_pass(commit=True)
     for layer in range(layers):
         k = filled(frames, kval)
-        mem.layer(layer).keys_values(k, k, filled(frames, vval))
+        step.keys_values(layer, k, k, filled(frames, vval))
 
 
 def frame_values(view):

@@ -170,10 +170,10 @@ def test_first_block_keys_are_what_every_pass_hands_the_memory(setup, tiny_video
     seen = []
     original = memory.exchange
 
-    def record(layer, k, v, copy):
+    def record(layer, k, v, commit, copy):
         if layer == 0:
             seen.append(k.clone())
-        return original(layer, k, v, copy=copy)
+        return original(layer, k, v, commit=commit, copy=copy)
 
     memory.exchange = record
     for i in range(CHUNKS):

@@ -97,9 +97,9 @@ def steady_memory(spec, layout, view_mode, **kwargs) -> ContextMemory:
         plan = memory.begin_chunk(chunk * c, c)
         if capacity is not None and len(plan.context) == capacity - c:
             break
-        memory.begin_pass(commit=True)
+        step = memory.begin_pass(commit=True)
         for layer in range(layout.num_layers):
-            memory.layer(layer).keys_values(kv, kv, kv)
+            step.keys_values(layer, kv, kv, kv)
         memory.commit()
     for layer in range(layout.num_layers):
         memory.view(layer)

@@ -121,28 +121,20 @@ class InPlaceCache:
         self.k = [torch.zeros(shape) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape) for _ in range(cfg.num_layers)]
         self.tokens, self.detach = tokens, detach
-        self.current_headings = None  # what a room-anchored model reads from its memory: a camera that never turns
 
     def begin_chunk(self, start: int, frames: int) -> None:
         self.start, self.frames = start, frames
 
-    def begin_pass(self, commit: bool) -> torch.Tensor:
-        return torch.arange(self.start, self.start + self.frames)
+    def begin_pass(self, commit: bool) -> "InPlaceCache":
+        # a pass over the chunk: its absolute positions, and a camera that never turns (no headings)
+        self.positions, self.headings = torch.arange(self.start, self.start + self.frames), None
+        return self
 
-    def layer(self, i: int):
-        return _InPlaceLayer(self, i)
-
-
-class _InPlaceLayer:
-    def __init__(self, cache: InPlaceCache, i: int):
-        self.cache, self.i = cache, i
-
-    def keys_values(self, k, k_rot, v):
-        c = self.cache
-        s, e = c.start * c.tokens, (c.start + c.frames) * c.tokens
-        c.k[self.i][:, s:e] = k_rot.detach() if c.detach else k_rot
-        c.v[self.i][:, s:e] = v.detach() if c.detach else v
-        past_k, past_v = c.k[self.i][:, :s].clone(), c.v[self.i][:, :s].clone()
+    def keys_values(self, layer, k, k_rot, v):
+        s, e = self.start * self.tokens, (self.start + self.frames) * self.tokens
+        self.k[layer][:, s:e] = k_rot.detach() if self.detach else k_rot
+        self.v[layer][:, s:e] = v.detach() if self.detach else v
+        past_k, past_v = self.k[layer][:, :s].clone(), self.v[layer][:, :s].clone()
         return torch.cat([past_k, k_rot], 1), torch.cat([past_v, v], 1), None
 
 
