@@ -93,7 +93,7 @@ def retrieval_losses(teacher_weights: Path, cfg, count: int, seconds: float = GA
     from contextforcing.data.world.panorama import render, simulate
     from contextforcing.data.world.panorama.geometry import ROOM_WIDTH
     from contextforcing.data.world.panorama.revisits import memory_cells, turned
-    from contextforcing.sampling.camera import prompt_headings
+    from contextforcing.memory.headings import prompt_headings
     from contextforcing.sampling.samplers import add_noise
     from contextforcing.training.stages.common import gather_frames, headings_tensor
     from contextforcing.training.stages.data import memory_starts

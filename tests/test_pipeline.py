@@ -12,8 +12,8 @@ import torch
 
 import contextforcing as cf
 from contextforcing.io.video import read_video
+from contextforcing.memory.headings import chunk_headings
 from contextforcing.parts import embedded_config
-from contextforcing.sampling.camera import chunk_headings
 from contextforcing.sampling.stream import VideoStream
 
 PROMPT = "warm room, hold, lights on, black ball"  # the embedded model reads the panorama grammar

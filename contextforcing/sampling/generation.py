@@ -25,9 +25,9 @@ from contextforcing.config import Preset, SamplingConfig
 from contextforcing.errors import UserError
 from contextforcing.io.provenance import provenance
 from contextforcing.io.video import to_uint8_frames
+from contextforcing.memory.headings import chunk_headings
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.spec import MemorySpec, check_recache
-from contextforcing.sampling.camera import chunk_headings
 from contextforcing.sampling.stream import SwitchEvent, VideoStream, known_in_chunk
 from contextforcing.sampling.switches import Prompt, place_prompts
 

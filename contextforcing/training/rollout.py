@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from contextforcing.config import SamplingConfig, VideoConfig
+from contextforcing.memory.headings import CameraStep, prompt_headings
 from contextforcing.memory.plan import ChunkPlan
 from contextforcing.memory.spec import MemorySpec
 from contextforcing.model.wan import CausalWanModel
-from contextforcing.sampling.camera import CameraStep, prompt_headings
 from contextforcing.sampling.stream import VideoStream
 from contextforcing.training.stage import StepContext
 

@@ -11,7 +11,7 @@ from contextforcing.data.world.panorama.generator import sample_training_script
 from contextforcing.data.world.panorama.geometry import ROOM_WIDTH
 from contextforcing.data.world.panorama.simulate import PanoramaSpec
 from contextforcing.errors import UserError
-from contextforcing.sampling.camera import chunk_headings, prompt_headings
+from contextforcing.memory.headings import chunk_headings, prompt_headings
 
 
 def _camera():

@@ -11,11 +11,11 @@ import torch
 from contextforcing.config import SamplingConfig, VideoConfig, get_preset
 from contextforcing.errors import UserError
 from contextforcing.memory.context import ContextMemory
+from contextforcing.memory.headings import CameraStep
 from contextforcing.memory.plan import ChunkPlan
 from contextforcing.memory.policies import mean_key, pooled_key
 from contextforcing.memory.spec import MemorySpec, make_spec
 from contextforcing.model.wan import CausalWanModel, build_model
-from contextforcing.sampling.camera import CameraStep
 from contextforcing.sampling.samplers import FlowMatchSchedule
 
 T = TypeVar("T")

@@ -312,7 +312,7 @@ class ClipSource:
         prompts, chunk = track.chunk_prompts(), self.video.chunk_frames
         headings = ()
         if self.camera is not None:
-            from contextforcing.sampling.camera import prompt_headings
+            from contextforcing.memory.headings import prompt_headings
 
             headings = tuple(prompt_headings(self.camera, prompts, chunk, latents.shape[1]))
         return Clip(latents, prompts, memory_starts(track, chunk, self.cached_fast), headings)
