@@ -120,7 +120,8 @@ class ContextMemory:
         self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
         self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
-        self.frame_vectors = FrameVectors()  # retrieval by keys or text: each frame's pooled keys or prompt
+        # retrieval by keys or text: each frame's pooled keys or prompt (None: a memory that ranks nothing)
+        self.frame_vectors = FrameVectors() if self.params.score in ("keys", "text") else None
         self.prompt: torch.Tensor | None = None  # score=text: the current prompt's pooled embedding [D]
         for g in self.groups:
             if hasattr(g.policy, "relevance"):
@@ -387,7 +388,8 @@ class ContextMemory:
     def set_prompt(self, text: torch.Tensor) -> None:
         """The text embedding [B, L, D] the next chunks are made under (a retrieval by text ranks keyframes by
         how like it their own prompt was; other memories ignore it)."""
-        self.prompt = pooled(text.detach())
+        if self.params.score == "text":
+            self.prompt = pooled(text.detach())
 
     def _remember_keys(self) -> None:
         """The committed chunk's pooled layer-0 keys: the query of the next plan, and a bank keyframe's key."""
