@@ -96,7 +96,7 @@ def retrieval_losses(teacher_weights: Path, cfg, count: int, seconds: float = GA
     from contextforcing.memory.headings import prompt_headings
     from contextforcing.sampling.samplers import add_noise
     from contextforcing.training.stages.common import gather_frames, headings_tensor
-    from contextforcing.training.stages.data import memory_starts
+    from contextforcing.training.stages.samples import memory_starts
     from contextforcing.training.stages.teacher import TeacherStage
 
     stage = TeacherStage(dataclasses.replace(cfg.stage, init=str(teacher_weights)), torch.device("cpu"))

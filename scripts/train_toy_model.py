@@ -93,7 +93,7 @@ def scaled(cfg, scale: float):
 
 
 def load_config(stage: str, args, root: Path):
-    from contextforcing.training.config import load_train_config
+    from contextforcing.training.run_config import load_train_config
 
     return scaled(
         load_train_config(stage, args.configs / f"{stage}.yaml", stage_overrides(stage, args, root)), args.scale

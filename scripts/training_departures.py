@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from contextforcing.training.config import load_train_config
 from contextforcing.training.registry import BuildContext, get_stage
+from contextforcing.training.run_config import load_train_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "toy"
 DMD = ("stage.num_frames=12", "stage.target_frames=6", "stage.score_window=target")

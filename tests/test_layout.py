@@ -15,11 +15,9 @@ MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 60
 OVER_THE_LIMITS: set[str] = set()  # files allowed past the size limits while a redesign is under way
 # Names kept twice on purpose: each synthetic world (the occlusion world in data/world, the panorama world in
-# data/world/panorama) has its own render, loader, dataset, held-out set and annotations; `config` is the
-# model's (contextforcing/config.py) and a training run's (training/config.py); `world` is the
-# worlds' package (data/world) and their codec (codecs/world.py), `data` the data package and the training
-# stages' clips (training/stages/data.py).
-SHARED_NAMES = {"render", "loader", "dataset", "heldout", "annotations", "config", "world", "data"}
+# data/world/panorama) has its own render, loader, dataset, held-out set and annotations; `world` is the
+# worlds' package (data/world) and their codec (codecs/world.py).
+SHARED_NAMES = {"render", "loader", "dataset", "heldout", "annotations", "world"}
 
 
 def _modules() -> dict[str, Path]:

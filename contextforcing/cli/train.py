@@ -21,7 +21,7 @@ torchrun --nproc_per_node=N -m contextforcing.cli train ... (FSDP2). Needs the [
 def _train(args: argparse.Namespace) -> int:
     from contextforcing.runtime.extras import require
     from contextforcing.training import distributed as dist
-    from contextforcing.training.config import load_train_config
+    from contextforcing.training.run_config import load_train_config
     from contextforcing.training.trainer import run_training
 
     cfg = load_train_config(args.stage, args.config, args.overrides)

@@ -60,8 +60,6 @@ def window_recache(policy, chunk: int, next_start: int) -> RecachePlan:
 class TieredPolicy:
     """Tier bookkeeping for one memory (one per layer when promotion is decided per layer)."""
 
-    promotes_within_chunk = False
-
     def __init__(self, params: TierParams, chunk_frames: int):
         self.p, self.chunk_frames = params, chunk_frames
         self.per_layer = params.per_layer  # each layer decides its promotions alone (and so holds its own tiers)

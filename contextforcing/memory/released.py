@@ -32,7 +32,6 @@ class ReleasedCache:
     indices when the capacity is whole chunks; past the unfilled slots' worth otherwise).
     """
 
-    promotes_within_chunk = True
     per_layer = True  # rule 4: each layer decides alone, so each holds its own slots
     fold_alpha = None
 

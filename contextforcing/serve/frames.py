@@ -42,10 +42,6 @@ class FrameCodec:
     def mime(self) -> str:
         return FORMATS[self.format][1]
 
-    @property
-    def lossless(self) -> bool:
-        return not FORMATS[self.format][2]
-
     def encode(self, frame: np.ndarray) -> bytes:
         """uint8 [H, W, 3] -> the image file's bytes."""
         from PIL import Image

@@ -46,7 +46,7 @@ from contextforcing.io.outputs import OutputLock, free_bytes, fsync_dir, fsync_f
 from contextforcing.training import distributed as dist
 
 if TYPE_CHECKING:
-    from contextforcing.training.config import TrainConfig
+    from contextforcing.training.run_config import TrainConfig
 
 RUN_MARKER = "run.json"
 LOCK = ".lock"
@@ -458,7 +458,7 @@ def _config_difference(step_dir: Path, config: "TrainConfig | None") -> str:
     saved = read_meta(step_dir).get("config")
     if saved is None or config is None:
         return "its config is not recorded (saved by an older version) and RUN/config.yaml is missing"
-    from contextforcing.training.config import resume_changes
+    from contextforcing.training.run_config import resume_changes
 
     allowed, refused = resume_changes(saved, config)
     changes = refused or allowed  # what a resume may not change, when anything

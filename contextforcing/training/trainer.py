@@ -41,8 +41,8 @@ from contextforcing.training.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from contextforcing.training.config import TrainConfig, TrainerConfig, check_resume_config, save_resolved
 from contextforcing.training.ema import EMA
+from contextforcing.training.run_config import TrainConfig, TrainerConfig, check_resume_config, save_resolved
 from contextforcing.training.stage import Stage, Update
 
 GENERATOR = "generator"  # the group that is EMA-tracked and exported

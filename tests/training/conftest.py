@@ -6,8 +6,8 @@ from pathlib import Path
 import debug_stage  # noqa: F401  (registers the "debug" stage for in-process tests)
 import pytest
 
-from contextforcing.training.config import load_train_config
 from contextforcing.training.export import generator_state
+from contextforcing.training.run_config import load_train_config
 from contextforcing.training.trainer import run_training
 
 WORKER = Path(__file__).with_name("train_worker.py")

@@ -7,9 +7,9 @@ import torch
 from contextforcing.config import ModelConfig
 from contextforcing.model.checkpoints import load_model
 from contextforcing.model.wan import build_model
-from contextforcing.training.config import load_train_config
 from contextforcing.training.export import export, generator_state
 from contextforcing.training.lora import apply_lora, merge_lora_state
+from contextforcing.training.run_config import load_train_config
 from contextforcing.training.trainer import run_training
 
 CFG = ModelConfig(dim=32, ffn_dim=64, num_layers=2, num_heads=2, text_dim=8, text_len=4, freq_dim=16)

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from contextforcing.errors import Interrupted, UserError
 from contextforcing.training import checkpoint, export
 from contextforcing.training.checkpoint import list_checkpoints
-from contextforcing.training.config import check_resume_config, load_train_config, save_resolved
+from contextforcing.training.run_config import check_resume_config, load_train_config, save_resolved
 
 FAST = ("stage.critic=false",)
 

@@ -9,9 +9,9 @@ import torch
 from contextforcing.errors import UserError
 from contextforcing.memory.spec import make_spec
 from contextforcing.sampling.stream import VideoStream
-from contextforcing.training.config import load_train_config
 from contextforcing.training.registry import BuildContext, get_stage
 from contextforcing.training.rollout import RolloutRules, Timeline, self_rollout
+from contextforcing.training.run_config import load_train_config
 from contextforcing.training.stages.common import chunk_signals, layout_from_plan, plan_after_history
 from contextforcing.training.stages.ode import ODEPairs, state_indices
 

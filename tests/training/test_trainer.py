@@ -7,8 +7,8 @@ from conftest import train, weights
 
 from contextforcing.errors import UserError
 from contextforcing.training.checkpoint import list_checkpoints
-from contextforcing.training.config import load_train_config, save_resolved
 from contextforcing.training.registry import register_stage
+from contextforcing.training.run_config import load_train_config, save_resolved
 from contextforcing.training.trainer import NonFiniteError
 
 # Accumulation, per-rank noise, two groups and an EMA starting mid-run: every piece of state resume must restore.
@@ -160,7 +160,7 @@ def test_cli_train_with_config_then_overrides(tmp_path, capsys):
 
 
 def test_lr_schedule_warmup_then_cosine_values():
-    from contextforcing.training.config import TrainerConfig
+    from contextforcing.training.run_config import TrainerConfig
 
     cfg = TrainerConfig(lr_warmup=4, lr_schedule="cosine", lr_decay_steps=10, lr_min_ratio=0.2).validate()
     assert [cfg.lr_factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -80,7 +80,7 @@ def released_codec(data, text, channels: int, video, device):
     """The video codec of the re-encode: the data's codec (world / panorama / preview), else Wan's VAE from
     `text.wan_dir`; one line when there is none."""
     if data.source in ("world", "panorama"):
-        from contextforcing.training.stages.data import world_video_codec
+        from contextforcing.training.stages.samples import world_video_codec
 
         return world_video_codec(data.codec, channels, video, data.codec_path)
     if text.wan_dir:

@@ -60,7 +60,6 @@ from contextforcing.training.stages.common import (
     training_camera,
     video_config,
 )
-from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
 from contextforcing.training.stages.departures import (
     ReleasedContext,
     ScoreTables,
@@ -68,6 +67,7 @@ from contextforcing.training.stages.departures import (
     released_codec,
     released_score,
 )
+from contextforcing.training.stages.samples import DataOptions, PromptSource, sample_ids
 
 CONTEXT_MODES = ("memory", "contiguous", "released")
 SCORE_WINDOWS = ("target", "chunk")
@@ -99,7 +99,7 @@ class ScoreMatchingOptions:
     context_window: int = 21  # contiguous / released: frames before each scored window
     score_window: str = "target"  # one score call over the target window | one per chunk
 
-    # A run saved before `exit_step` replaced this boolean resumes as the same run (training/config.py).
+    # A run saved before `exit_step` replaced this boolean resumes as the same run (training/run_config.py).
     resume_renamed: ClassVar[dict] = {"same_exit_across_chunks": ("exit_step", {False: "per_chunk", True: "shared"})}
 
     def __post_init__(self):

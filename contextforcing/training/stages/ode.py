@@ -54,7 +54,7 @@ from contextforcing.training.stages.common import (
     training_camera,
     video_config,
 )
-from contextforcing.training.stages.data import DataOptions, PromptSource, sample_ids
+from contextforcing.training.stages.samples import DataOptions, PromptSource, sample_ids
 
 FORMAT = "contextforcing.ode-pairs/1"
 MANIFEST = "manifest.json"

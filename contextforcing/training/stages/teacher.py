@@ -68,7 +68,7 @@ from contextforcing.training.stages.common import (
     training_camera,
     video_config,
 )
-from contextforcing.training.stages.data import Clip, ClipSource, DataOptions, sample_ids
+from contextforcing.training.stages.samples import Clip, ClipSource, DataOptions, sample_ids
 
 SLOW_RULES = ("surprisal", "stride")
 

@@ -228,8 +228,8 @@ def _ball_paths(rng, prompts: list[PanoramaPrompt], n_frames: int) -> np.ndarray
             vy[f] = BALL_SPEEDS[white.speed]
     out = np.full((n_frames, 2, 2), np.nan, np.float32)
     white_exists, black_exists = prompts[0].balls
-    velocities = {0: (vx, vy), 1: (np.zeros(n_frames), np.r_[0.0, np.full(n_frames - 1, BLACK_BALL_SPEED)])}
-    for ball, exists in ((0, white_exists), (1, black_exists)):
+    velocities = {WHITE: (vx, vy), BLACK: (np.zeros(n_frames), np.r_[0.0, np.full(n_frames - 1, BLACK_BALL_SPEED)])}
+    for ball, exists in ((WHITE, white_exists), (BLACK, black_exists)):
         if not exists:
             continue
         x0, y0, direction = starts[ball]
