@@ -211,9 +211,8 @@ class VideoStream:
         return flow
 
     def _begin_chunk(self, frames: int, headings: Headings | None) -> None:
-        for branch in self.branches:
-            branch.memory.begin_chunk(self.frame, frames, headings)
-        self.last_plan = self.memory.plan
+        plans = [branch.memory.begin_chunk(self.frame, frames, headings) for branch in self.branches]
+        self.last_plan = plans[0]
 
     def _denoiser(self):
         def for_branch(branch: Branch):
