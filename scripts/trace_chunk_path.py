@@ -3,16 +3,17 @@
 Two paths are traced, each counting the package's own Python functions (contextforcing/*.py; module bodies,
 comprehensions, lambdas and generator expressions are not functions here, but their calls are counted):
 
-- **CLI**: `contextforcing generate --prompt ... --seconds S --out FILE.mp4` through `cli.main`, up to the mp4 and
-  its sidecar on disk. Loading is left out: whatever runs under `load_embedded` (the weights, the codec) and
-  under an import (module bodies) is not counted. The pipeline is loaded once before the traced run, so that the
-  traced run does not pay for the first imports either.
+- **CLI**: `contextforcing generate --prompt ... --seconds S --out FILE.mp4 --device cpu --threads 1` through
+  `cli.main`, up to the mp4 and its sidecar on disk. Loading is left out: whatever runs under `load_embedded` (the
+  weights, the codec) and under an import (module bodies) is not counted. The pipeline is loaded once before the
+  traced run, so that the traced run does not pay for the first imports either.
 - **one chunk**: what runs inside each `Generation.__next__` of that same run (union of files and functions over
   its chunks; calls averaged over them).
 
 Prints a table (files, functions, Python calls; per chunk the mean over the run's chunks) and, with `--list`,
-every function on each path with its call count. Numbers are of the machine's code, not its speed: they do not
-depend on the load or the thread count.
+every function on each path with its call count. Numbers are of the code, not its speed: with the device and the
+thread count pinned they do not depend on the machine, its load or its environment (tests hold them at ceilings,
+tests/scripts/test_trace_chunk_path.py).
 
     OMP_NUM_THREADS=1 python scripts/trace_chunk_path.py            # 3 s of the embedded model
     OMP_NUM_THREADS=1 python scripts/trace_chunk_path.py --list     # and the functions
@@ -110,7 +111,10 @@ def trace_generate(seconds: float, out: Path) -> Tracer:
     from contextforcing import cli
 
     def argv(path: Path) -> list[str]:
-        return ["generate", "--prompt", PROMPT, "--seconds", f"{seconds:g}", "--out", str(path), "--quiet"]
+        # --device and --threads pinned: the device and thread rules (parts.py, runtime/threads.py) then take one
+        # branch whatever the machine and its environment, so that the counts are the code's alone
+        pinned = ["--device", "cpu", "--threads", "1", "--quiet"]
+        return ["generate", "--prompt", PROMPT, "--seconds", f"{seconds:g}", "--out", str(path), *pinned]
 
     with contextlib.redirect_stdout(io.StringIO()):  # its "wrote ..." lines
         assert cli.main(argv(out.with_name("warm.mp4"))) == 0  # the first imports and caches, untraced

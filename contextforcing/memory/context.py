@@ -9,12 +9,13 @@ One chunk (`VideoStream` drives it; the model only calls `begin_pass` and the pa
     model(x0, 0, text, memory=memory, commit=True)   the clean pass: each layer also hands over its pre-RoPE K/V
     update = memory.commit()                         the write: those K/V are stored; the policy promotes / evicts
 
-Each pass is a `MemoryPass` (`begin_pass(commit)`): its positions, and per layer `keys_values(layer, k, k_rot,
-v)`, which hands over the chunk's keys (pre-RoPE and rotated) and values and gives back what to attend. Inference reads the store's attended prefix in place (slots [0, n) in any order, the
-chunk's own frames written right after: no mask, attention over exactly what the plan attends); keys that carry
-an autograd graph (training rollouts) get copies instead, since a graph written into buffers that later chunks
-overwrite would corrupt the backward pass. Per chunk each group of layers' attended keys are rotated once, at the
-positions (and, for a room-anchored model, the camera headings) of the plan.
+Each pass is a `MemoryPass` (`begin_pass(commit)`): the chunk's positions, and per layer `keys_values(layer, k,
+k_rot, v)`, which hands over the chunk's keys (pre-RoPE and rotated) and values and gives back what to attend.
+Inference reads the store's attended prefix in place (slots [0, n) in any order, the chunk's own frames written
+right after: no mask, attention over exactly what the plan attends); keys that carry an autograd graph (training
+rollouts) get copies instead, since a graph written into buffers that later chunks overwrite would corrupt the
+backward pass. Per chunk each group of layers' attended keys are rotated once, at the positions (and, for a
+room-anchored model, the camera headings) of the plan.
 
 tests/memory/gather_reference.py keeps the slow reference read (a gathered, rotated copy per plan); tests check
 that both give the same outputs over long rollouts of every policy.

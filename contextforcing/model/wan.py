@@ -289,8 +289,9 @@ class CausalWanModel(nn.Module):
         tokens_per_frame = gh * gw
         if t.dim() == 1:
             t = t[:, None].expand(b, f)
-        step = memory.begin_pass(commit) if memory is not None else None
-        if step is not None:
+        step = None  # the pass over the memory, which places the chunk and hands each layer what it attends
+        if memory is not None:
+            step = memory.begin_pass(commit)
             positions, headings = step.positions, step.headings
         elif positions is None:
             positions = range(f)
