@@ -34,7 +34,7 @@ from contextforcing.memory.headings import FrameHeadings
 from contextforcing.memory.plan import ChunkPlan, MemoryUpdate
 from contextforcing.memory.policies import TieredPolicy
 from contextforcing.memory.released import ReleasedCache
-from contextforcing.memory.retrieve import FrameVectors, RetrievePolicy, pooled, view_relevance
+from contextforcing.memory.retrieve import Relevance, RetrievePolicy
 from contextforcing.memory.spec import MemorySpec, TierParams, check_recache, tier_params
 from contextforcing.memory.store import ContextRead, KVStore, MemoryLayout, SlotMap
 
@@ -121,14 +121,11 @@ class ContextMemory:
         self._recache: list = []  # per group, the RecachePlan of a prompt switch in progress
         self._written: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> the commit pass's K/V
         self.exit_gradients: ExitGradients | None = None  # training only: Self-Forcing's gradient path
-        # retrieval by keys or text: each frame's pooled keys or prompt (None: a memory that ranks nothing)
-        self.frame_vectors = FrameVectors() if self.params.score in ("keys", "text") else None
-        self.prompt: torch.Tensor | None = None  # score=text: the current prompt's pooled embedding [D]
-        for g in self.groups:
-            if hasattr(g.policy, "relevance"):
-                g.policy.relevance = self._relevance
-        if self.params.score == "view" and not headings:
-            raise UserError("memory option score=view reads camera headings: it needs a room-anchored model; use keys")
+        self.relevance: Relevance | None = None  # a retrieval memory's ranking of its bank
+        if self.params.score is not None:
+            self.relevance = Relevance(self.params.score, self.headings, layout.room_tokens, layout.view_tokens)
+            for g in self.groups:
+                g.policy.relevance = self.relevance
 
     @classmethod
     def replay(
@@ -239,10 +236,8 @@ class ContextMemory:
         self.chunk_index += 1
         self.start, self.frames, self._recache = start, frames, []
         self._set_headings(range(start, start + frames), headings)
-        if self.params.score == "text":
-            if self.prompt is None:
-                raise ValueError("a retrieval by text needs set_prompt(text) before its first chunk")
-            self.frame_vectors.remember(self.prompt, range(start, start + frames), self._stored_frames())
+        if self.relevance is not None:
+            self.relevance.chunk_begins(range(start, start + frames), self._stored_frames)
         self.promotion.begin_chunk()
         for g in self.groups:
             g.plan = g.policy.plan(self.chunk_index, start, frames)
@@ -262,8 +257,10 @@ class ContextMemory:
         store follow (a prompt switch's re-encode pass is written and ends here)."""
         for layer, (k, v) in self._written.items():
             self.store.write(layer, self._group_of[layer].current_slots, k, v)
-        if self.params.score == "keys" and not self._recache:
-            self._remember_keys()
+        if self.relevance is not None and not self._recache:  # the keys before the commit admits a keyframe
+            self.relevance.chunk_written(
+                self._written[0][0], range(self.start, self.start + self.frames), self._stored_frames
+            )
         self._written = {}
         if self._recache:  # the end of a recache: frames no longer stored leave the store again
             for g, plan in zip(self.groups, self._recache):
@@ -378,24 +375,11 @@ class ContextMemory:
         return self.rotate_keys(keys, positions, self.headings.tensor([a.frame for a in attended]))
 
     # -- retrieval (retrieve policy) and camera headings (room-anchored models) ---------------------------
-    def _relevance(self, frames: list[int], start: int) -> list[float]:
-        """How relevant each bank keyframe is to the chunk at `start` (`retrieve.py`), computed on the host plan."""
-        if self.params.score == "view":
-            return view_relevance(self.headings, frames, start, self.layout.room_tokens, self.layout.view_tokens)
-        if self.params.score == "text":
-            return self.frame_vectors.relevance(frames, self.prompt)
-        return self.frame_vectors.relevance(frames, self.frame_vectors.by_frame.get(start - 1))
-
     def set_prompt(self, text: torch.Tensor) -> None:
         """The text embedding [B, L, D] the next chunks are made under (a retrieval by text ranks keyframes by
         how like it their own prompt was; other memories ignore it)."""
-        if self.params.score == "text":
-            self.prompt = pooled(text.detach())
-
-    def _remember_keys(self) -> None:
-        """The committed chunk's pooled layer-0 keys: the query of the next plan, and a bank keyframe's key."""
-        frames = range(self.start, self.start + self.frames)
-        self.frame_vectors.remember(pooled(self._written[0][0]), frames, self._stored_frames())  # bank before admission
+        if self.relevance is not None:
+            self.relevance.set_prompt(text)
 
     def _stored_frames(self) -> set[int]:
         """Frames the store holds for any layer group (their own entry or a promoted copy)."""

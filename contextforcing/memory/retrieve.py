@@ -4,8 +4,8 @@ WorldPlay re-frames retrieved frames close to the chunk). The field's second fam
 Context-as-Memory, WorldMem) on the same engine as the fixed-role caches.
 
 The bank fills like a uniform slow tier (the chunk's last frame every `interval` chunks, FIFO); what a chunk attends
-of it is chosen once per chunk, on the host, when the chunk is planned, by a relevance the driver computes
-(`view_relevance`, `PooledKeys`):
+of it is chosen once per chunk, on the host, when the chunk is planned, by its `Relevance` (which the driver keeps
+informed of headings, prompts and written keys):
 
 - `view`: how much of the current view a keyframe saw, from the camera headings of a room-anchored model (the
   overlap of the two views on the room's circle: Context-as-Memory's and MemCam's field-of-view overlap);
@@ -24,16 +24,15 @@ from typing import Callable
 
 import torch
 
+from contextforcing.errors import UserError
 from contextforcing.memory.headings import FrameHeadings
 from contextforcing.memory.policies import TieredPolicy
-
-Relevance = Callable[[list[int], int], list[float]]  # (bank frames, first frame of the chunk) -> relevance of each
 
 
 class RetrievePolicy(TieredPolicy):
     def __init__(self, params, chunk_frames: int):
         super().__init__(params, chunk_frames)
-        self.relevance: Relevance | None = None  # set by the driver
+        self.relevance: Relevance | None = None  # set by the driver, which keeps it informed
         self.scores: dict[int, float] = {}  # the last plan's bank frames and their relevance
 
     def _attended_slow(self, candidates: list[int], start: int) -> list[int]:
@@ -82,3 +81,43 @@ class FrameVectors:
             return [0.0] * len(frames)
         bank = torch.stack([self.by_frame[f] for f in frames])
         return torch.cosine_similarity(bank, query[None], dim=1).tolist()  # one host read, at planning
+
+
+class Relevance:
+    """What a retrieval memory ranks its bank by: (bank frames, first frame of the chunk) -> relevance of each, from
+    the stored frames' camera headings (`view`) or one pooled vector per frame (`keys`: its chunk's layer-0 keys;
+    `text`: the prompt it was made under). The driver tells it what it needs: the prompt, each chunk as it begins,
+    each chunk's written keys."""
+
+    def __init__(self, score: str, headings: FrameHeadings | None, room_tokens: int, view_tokens: int):
+        if score == "view" and headings is None:
+            raise UserError("memory option score=view reads camera headings: it needs a room-anchored model; use keys")
+        self.score, self.headings, self.room_tokens, self.view_tokens = score, headings, room_tokens, view_tokens
+        self.vectors = FrameVectors()
+        self.prompt: torch.Tensor | None = None  # score=text: the current prompt's pooled embedding [D]
+
+    def __call__(self, frames: list[int], start: int) -> list[float]:
+        if self.score == "view":
+            return view_relevance(self.headings, frames, start, self.room_tokens, self.view_tokens)
+        if self.score == "text":
+            return self.vectors.relevance(frames, self.prompt)
+        return self.vectors.relevance(frames, self.vectors.by_frame.get(start - 1))
+
+    def set_prompt(self, text: torch.Tensor) -> None:
+        """The text embedding [B, L, D] the next chunks are made under."""
+        if self.score == "text":
+            self.prompt = pooled(text.detach())
+
+    def chunk_begins(self, frames: range, stored: Callable[[], set[int]]) -> None:
+        """score=text: the chunk's frames are made under the current prompt (`stored()`: the frames the store holds,
+        asked only when needed)."""
+        if self.score == "text":
+            if self.prompt is None:
+                raise ValueError("a retrieval by text needs set_prompt(text) before its first chunk")
+            self.vectors.remember(self.prompt, frames, stored())
+
+    def chunk_written(self, keys: torch.Tensor, frames: range, stored: Callable[[], set[int]]) -> None:
+        """score=keys: the committed chunk's layer-0 keys [B, L, H, D], pooled: the next plan's query, and a bank
+        keyframe's key (`stored()`: the frames the store holds before the commit admits the chunk's keyframe)."""
+        if self.score == "keys":
+            self.vectors.remember(pooled(keys), frames, stored())

@@ -32,7 +32,8 @@ class GatherMemory(ContextMemory):
             dtype=memory.k[0].dtype,
             max_frames=None if memory.bounded else memory.slots,
         )
-        gather.prompt = memory.prompt  # already pooled
+        if memory.relevance is not None:
+            gather.relevance.prompt = memory.relevance.prompt  # already pooled
         return gather
 
     def view_nbytes(self) -> int:
