@@ -64,6 +64,22 @@ class _Group:
         """Frames a pass of this group attends: the plan's context and the chunk."""
         return len(self.plan.context) + len(self.current)
 
+    def arrange(self, store: KVStore, current: list[tuple[str, int]], fixed_extent: int | None) -> None:
+        """Lay the store out for the plan: its attended entries in the group's first slots, the chunk's own
+        (`current`) right after them, and what a pass reads (`fixed_extent`: with fixed shapes, at least that many
+        slots from the first chunk on, the ones past what the chunk attends masked)."""
+        attended = [_key(a) for a in self.plan.context]
+        store.move(self.layers, *self.slots.arrange(attended, current))
+        self.view_index = store.index([self.slots.slot[k] for k in attended]) if attended else None
+        self.current = [self.slots.slot[k] for k in current]
+        self.current_slots = store.index(self.current)
+        t = store.layout.tokens_per_frame
+        self.current_tokens = (self.current_slots[:, None] * t + torch.arange(t, device=store.device)).flatten()
+        self.extent, self.key_mask = max(self.read_frames, fixed_extent or 0), None
+        if self.read_frames < self.extent:
+            frames = torch.arange(self.extent, device=store.device) < self.read_frames
+            self.key_mask = frames.repeat_interleave(t)
+
 
 def _key(attended) -> tuple[str, int]:
     """The storage entry of an attended frame: its own ('main') or a promoted copy ('slow')."""
@@ -110,6 +126,8 @@ class ContextMemory:
         policies = [first] + [make_policy(self.params, layout.chunk_frames) for _ in layer_sets[1:]]
         self.groups = [_Group(policy, slots, layers) for policy, layers in zip(policies, layer_sets)]
         self.fixed_shapes = fixed_shapes
+        # fixed shapes: a bounded policy reads its capacity from the first chunk on (`full` grows); else what it attends
+        self._fixed_extent = (self.params.capacity or 0) if fixed_shapes else None
         self._group_of = {i: g for g in self.groups for i in g.layers}
         self.promotion = first.promotion(layout.num_layers, layout.tokens_per_frame)
         self.store = KVStore(layout, slots, batch, device, dtype)
@@ -243,7 +261,7 @@ class ContextMemory:
             g.plan = g.policy.plan(self.chunk_index, start, frames)
             g.check = g.policy.promotion_check(self.chunk_index, start)
             g.within_chunk = []
-            self._arrange(g, [("main", f) for f in range(start, start + frames)])
+            g.arrange(self.store, [("main", f) for f in range(start, start + frames)], self._fixed_extent)
         self._after_plan()
         return self.plan
 
@@ -319,7 +337,7 @@ class ContextMemory:
             first = plan.frames[0] if plan.frames else next_start
             assert plan.frames == list(range(first, first + len(plan.frames))), "recached frames must be contiguous"
             g.plan = ChunkPlan(self.chunk_index + 1, first, len(plan.frames), plan.context, tuple(plan.positions))
-            self._arrange(g, [("main", f) for f in plan.frames])
+            g.arrange(self.store, [("main", f) for f in plan.frames], self._fixed_extent)
             plans.append(plan)
         self._recache = plans
         self._set_headings(plans[0].frames, "stored")
@@ -333,23 +351,6 @@ class ContextMemory:
                 g.slots.release(key)
 
     # -- planning into the store ---------------------------------------------------------------------
-    def _arrange(self, g: _Group, current: list[tuple[str, int]]) -> None:
-        """Put the plan's attended entries in the group's first slots and the chunk's own right after them."""
-        attended = [_key(a) for a in g.plan.context]
-        self.store.move(g.layers, *g.slots.arrange(attended, current))
-        index = self.store.index
-        g.view_index = index([g.slots.slot[k] for k in attended]) if attended else None
-        g.current = [g.slots.slot[k] for k in current]
-        g.current_slots = index(g.current)
-        t = self.layout.tokens_per_frame
-        g.current_tokens = (g.current_slots[:, None] * t + torch.arange(t, device=self.store.device)).flatten()
-        g.extent, g.key_mask = g.read_frames, None
-        if self.fixed_shapes:  # a bounded policy reads its capacity from the first chunk on; `full` grows
-            g.extent = max(g.extent, g.read_frames, self.params.capacity or 0)
-            if g.read_frames < g.extent:
-                frames = torch.arange(g.extent, device=self.store.device) < g.read_frames
-                g.key_mask = frames.repeat_interleave(t)
-
     def _after_plan(self) -> None:
         positions = {g.plan.current_positions for g in self.groups}
         assert len(positions) == 1, "all layers must place the current chunk identically"
@@ -457,7 +458,7 @@ class ContextMemory:
         self._stage_copy(g, copies)
         g.within_chunk.append((self.start, displaced))
         g.plan = plan
-        self._arrange(g, [("main", f) for f in plan.current_frames])
+        g.arrange(self.store, [("main", f) for f in plan.current_frames], self._fixed_extent)
         self._rotate_group(g)
 
 
