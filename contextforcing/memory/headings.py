@@ -46,6 +46,9 @@ def prompt_headings(camera: CameraStep, chunk_prompts: Sequence[str], chunk_fram
 
 
 class FrameHeadings:
+    """The heading each frame was made at, per sample, for the frames a memory holds (and the last ones a recache
+    may re-encode)."""
+
     def __init__(self, batch: int, device=None):
         self.batch, self.device = batch, device
         self.by_frame: dict[int, tuple[float, ...]] = {}  # frame -> heading per sample
