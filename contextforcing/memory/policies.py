@@ -340,7 +340,7 @@ class CommitSurprisal(Promotion):
         self.tracks: dict[int, SurprisalTrack] = {}  # per group (by its first layer)
 
     def observe(self, layer, group, k, v, commit):
-        if commit:
+        if commit and (not self.first_layer or layer == group.layers[0]):  # only the layers `at_commit` pools
             self.current[layer] = mean_key(k)
         return None
 
