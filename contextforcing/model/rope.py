@@ -14,6 +14,7 @@ p and p + room_tokens rotate alike and a wall keeps its position however the cam
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -37,6 +38,63 @@ def room_frequencies(dims: int, room_tokens: int, device=None) -> torch.Tensor:
     return 2 * math.pi * k / room_tokens
 
 
+@dataclass(frozen=True)
+class RopeAxes:
+    """The inverse frequencies of the three axes (float64, on the host): a model's are resolved once, at its
+    construction, and every pass only places positions on them (`rotations`)."""
+
+    time: torch.Tensor  # [dt/2]
+    height: torch.Tensor  # [dh/2]
+    width: torch.Tensor  # [dw/2]: Wan's, or the room's harmonics
+
+    @classmethod
+    def of(cls, head_dim: int, theta: float, room_tokens: int = 0) -> "RopeAxes":
+        """`room_tokens` > 0: width frequencies wrap around a room of that many tokens (`room_frequencies`);
+        0: Wan's."""
+        dt, dh, dw = rope_split(head_dim)
+        host = "cpu"  # explicitly: a model built on the meta device (loading) still needs real frequencies
+        width = room_frequencies(dw, room_tokens, host) if room_tokens else axis_frequencies(dw, theta, host)
+        return cls(axis_frequencies(dt, theta, host), axis_frequencies(dh, theta, host), width)
+
+    def rotations(
+        self,
+        frame_positions: Sequence[int] | torch.Tensor,
+        height: int,
+        width: int,
+        device=None,
+        *,
+        headings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Complex rotations for tokens laid out frame-major, then row, then column.
+
+        Returns complex128 [len(frame_positions) * height * width, head_dim // 2], or with `headings` ([B, F]
+        width offsets in tokens) [B, F * height * width, head_dim // 2].
+        """
+        frames = torch.as_tensor(frame_positions, dtype=torch.float64, device=device).reshape(-1)
+        n_f = frames.numel()
+        angle_t = torch.outer(frames, self.time.to(device))  # [F, dt/2]
+        angle_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), self.height.to(device))
+        freq_w = self.width.to(device)
+        columns = torch.arange(width, dtype=torch.float64, device=device)
+        if headings is None:
+            angle_w = torch.outer(columns, freq_w)[None, None, None]  # [1, 1, 1, w, dw/2]
+            batch = ()
+        else:
+            place = headings.to(device=device, dtype=torch.float64)[:, :, None] + columns  # [B, F, w]
+            angle_w = (place[..., None] * freq_w)[:, :, None]  # [B, F, 1, w, dw/2]
+            batch = (headings.shape[0],)
+        shape = (*batch, n_f, height, width)
+        angles = torch.cat(
+            [
+                angle_t[:, None, None, :].expand(*shape, -1),
+                angle_h[None, :, None, :].expand(*shape, -1),
+                angle_w.expand(*shape, -1) if batch else angle_w[0, 0].expand(*shape, -1),
+            ],
+            dim=-1,
+        )  # [(B,) F, h, w, head_dim/2]
+        return torch.polar(torch.ones_like(angles), angles).reshape(*batch, n_f * height * width, -1)
+
+
 def rope_frequencies(
     frame_positions: Sequence[int] | torch.Tensor,
     height: int,
@@ -48,36 +106,8 @@ def rope_frequencies(
     headings: torch.Tensor | None = None,
     room_tokens: int = 0,
 ) -> torch.Tensor:
-    """Complex rotations for tokens laid out frame-major, then row, then column.
-
-    Returns complex128 [len(frame_positions) * height * width, head_dim // 2], or with `headings` ([B, F]
-    width offsets in tokens) [B, F * height * width, head_dim // 2]. `room_tokens` > 0: width frequencies wrap
-    around a room of that many tokens (`room_frequencies`); 0: Wan's.
-    """
-    dt, dh, dw = rope_split(head_dim)
-    frames = torch.as_tensor(frame_positions, dtype=torch.float64, device=device).reshape(-1)
-    n_f = frames.numel()
-    angle_t = torch.outer(frames, axis_frequencies(dt, theta, device))  # [F, dt/2]
-    angle_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), axis_frequencies(dh, theta, device))
-    freq_w = room_frequencies(dw, room_tokens, device) if room_tokens else axis_frequencies(dw, theta, device)
-    columns = torch.arange(width, dtype=torch.float64, device=device)
-    if headings is None:
-        angle_w = torch.outer(columns, freq_w)[None, None, None]  # [1, 1, 1, w, dw/2]
-        batch = ()
-    else:
-        place = headings.to(device=device, dtype=torch.float64)[:, :, None] + columns  # [B, F, w]
-        angle_w = (place[..., None] * freq_w)[:, :, None]  # [B, F, 1, w, dw/2]
-        batch = (headings.shape[0],)
-    shape = (*batch, n_f, height, width)
-    angles = torch.cat(
-        [
-            angle_t[:, None, None, :].expand(*shape, -1),
-            angle_h[None, :, None, :].expand(*shape, -1),
-            angle_w.expand(*shape, -1) if batch else angle_w[0, 0].expand(*shape, -1),
-        ],
-        dim=-1,
-    )  # [(B,) F, h, w, head_dim/2]
-    return torch.polar(torch.ones_like(angles), angles).reshape(*batch, n_f * height * width, -1)
+    """The rotations of `RopeAxes.of(head_dim, theta, room_tokens)` in one call (a model keeps its axes)."""
+    return RopeAxes.of(head_dim, theta, room_tokens).rotations(frame_positions, height, width, device, headings=headings)
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch.utils.checkpoint
 
 from contextforcing.config import ModelConfig
 from contextforcing.model.attention import attention, context_target_mask
-from contextforcing.model.rope import apply_rope, rope_frequencies
+from contextforcing.model.rope import RopeAxes, apply_rope
 
 if TYPE_CHECKING:
     from contextforcing.memory.context import ContextMemory, MemoryPass
@@ -188,7 +188,8 @@ class CausalWanModel(nn.Module):
         self.gradient_checkpointing = False
         self.attention_backend = "sdpa"
         # what every RoPE call reads, resolved once (the config's derived properties are not re-run per pass)
-        self.room_anchored, self.head_dim = cfg.room_anchored, cfg.head_dim
+        self.room_anchored = cfg.room_anchored
+        self.rope_axes = RopeAxes.of(cfg.head_dim, cfg.rope_theta, cfg.room_tokens)
 
     # -- helpers -----------------------------------------------------------------------------------
     @property
@@ -203,13 +204,9 @@ class CausalWanModel(nn.Module):
     def rope(self, positions, height: int, width: int, device, headings: torch.Tensor | None = None) -> torch.Tensor:
         """The RoPE rotations of frames at temporal `positions` (and, room-anchored, camera `headings` [B, F] in
         tokens) on a latent grid of height x width: [F*T, D/2], or [B, F*T, D/2] with headings."""
-        gh, gw = self.grid(height, width)
-        cfg = self.config
         if headings is not None and not self.room_anchored:
             raise ValueError("this model's width positions are screen columns: it takes no camera headings")
-        return rope_frequencies(
-            positions, gh, gw, self.head_dim, cfg.rope_theta, device, headings=headings, room_tokens=cfg.room_tokens
-        )
+        return self.rope_axes.rotations(positions, *self.grid(height, width), device, headings=headings)
 
     def key_rotation(self, height: int, width: int):
         """A function (keys [B, n, T, H, D], frame positions, headings [B, n] or None) -> rotated keys [B, n*T, H, D]
