@@ -56,34 +56,27 @@ class _Group:
         self.current_tokens: torch.Tensor | None = None  # their token indices in the store's flattened slots
         self.within_chunk: list[tuple[int, tuple[str, int]]] = []  # (promoted frame, displaced entry) this chunk
         self.check = "no"  # what the policy allows the current chunk: 'no', 'yes' or 'ask' (the signal decides)
+        self.read_frames = 0  # frames a pass attends: the plan's context and the chunk
         self.extent = 0  # the slots a pass reads: what it attends, or with fixed shapes at least the capacity
         self.key_mask: torch.Tensor | None = None  # fixed shapes: [extent * T], False past what the chunk attends
-
-    @property
-    def read_frames(self) -> int:
-        """Frames a pass of this group attends: the plan's context and the chunk."""
-        return len(self.plan.context) + len(self.current)
 
     def arrange(self, store: KVStore, current: list[tuple[str, int]], fixed_extent: int | None) -> None:
         """Lay the store out for the plan: its attended entries in the group's first slots, the chunk's own
         (`current`) right after them, and what a pass reads (`fixed_extent`: with fixed shapes, at least that many
         slots from the first chunk on, the ones past what the chunk attends masked)."""
-        attended = [_key(a) for a in self.plan.context]
+        # each attended frame's storage entry: its own ('main') or a promoted copy ('slow')
+        attended = [("slow" if a.copy else "main", a.frame) for a in self.plan.context]
         store.move(self.layers, *self.slots.arrange(attended, current))
         self.view_index = store.index([self.slots.slot[k] for k in attended]) if attended else None
         self.current = [self.slots.slot[k] for k in current]
         self.current_slots = store.index(self.current)
         t = store.layout.tokens_per_frame
         self.current_tokens = (self.current_slots[:, None] * t + torch.arange(t, device=store.device)).flatten()
+        self.read_frames = len(attended) + len(current)
         self.extent, self.key_mask = max(self.read_frames, fixed_extent or 0), None
         if self.read_frames < self.extent:
             frames = torch.arange(self.extent, device=store.device) < self.read_frames
             self.key_mask = frames.repeat_interleave(t)
-
-
-def _key(attended) -> tuple[str, int]:
-    """The storage entry of an attended frame: its own ('main') or a promoted copy ('slow')."""
-    return ("slow" if attended.copy else "main", attended.frame)
 
 
 def make_policy(params: TierParams, chunk_frames: int):
@@ -423,6 +416,8 @@ class ContextMemory:
         return self.copy_read(layer) if copy else self.slot_read(layer)
 
     def slot_read(self, layer: int) -> ContextRead:
+        """In place: the store's first `extent` slots, the chunk's own written among them (the slow reference,
+        tests/memory/gather_reference.py, reads copies here instead)."""
         g = self._group_of[layer]
         return ContextRead(*self.store.prefix(layer, g.extent), g.current_tokens, g.key_mask)
 
