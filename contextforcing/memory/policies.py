@@ -348,8 +348,9 @@ class CommitSurprisal(Promotion):
         layers = group.layers[:1] if self.first_layer else group.layers
         keys = [self.current[i] for i in layers]
         current = None if any(k is None for k in keys) else pooled_key(keys)
-        track = self.tracks.setdefault(group.layers[0], SurprisalTrack(self.tau, self.compare))
-        promote, sim = track.decide(current, group.check)
+        if group.layers[0] not in self.tracks:  # the group's first commit
+            self.tracks[group.layers[0]] = SurprisalTrack(self.tau, self.compare)
+        promote, sim = self.tracks[group.layers[0]].decide(current, group.check)
         if sim is not None:
             self._record(group, sim)  # the tier layout depends on it
         return promote
