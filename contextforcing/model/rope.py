@@ -3,7 +3,8 @@
 The head dimension is split into a temporal part and two equal spatial parts: height and width get
 2 * (head_dim // 6) dims each, time gets the rest (44/42/42 for head_dim 128). Angles are computed in
 float64 as Wan does. Positions are arbitrary integers chosen by the caller (the context memory picks
-them at read time), so there is no table and no 1024-frame wall.
+them at read time), so there is no position table (a model keeps only its axes' frequencies, `RopeAxes`)
+and no 1024-frame wall.
 
 Width positions are screen columns (Wan), or with a room-anchored model (`ModelConfig.rope_width = "room"`)
 the column plus the camera's heading of each frame, per sample (`headings` [B, F], in tokens, may be
@@ -40,12 +41,13 @@ def room_frequencies(dims: int, room_tokens: int, device=None) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RopeAxes:
-    """The inverse frequencies of the three axes (float64, on the host): a model's are resolved once, at its
-    construction, and every pass only places positions on them (`rotations`)."""
+    """The inverse frequencies of the three axes: a model's are resolved once, at its construction, and every pass
+    only places positions on them (`rotations`). Kept as host floats (float64 values, exactly): a pass makes
+    them a constant tensor on its own device, so a compiled forward (CUDA graphs too) reads no host tensor."""
 
-    time: torch.Tensor  # [dt/2]
-    height: torch.Tensor  # [dh/2]
-    width: torch.Tensor  # [dw/2]: Wan's, or the room's harmonics
+    time: tuple[float, ...]  # dt/2 of them
+    height: tuple[float, ...]  # dh/2
+    width: tuple[float, ...]  # dw/2: Wan's, or the room's harmonics
 
     @classmethod
     def of(cls, head_dim: int, theta: float, room_tokens: int = 0) -> "RopeAxes":
@@ -54,7 +56,8 @@ class RopeAxes:
         dt, dh, dw = rope_split(head_dim)
         host = "cpu"  # explicitly: a model built on the meta device (loading) still needs real frequencies
         width = room_frequencies(dw, room_tokens, host) if room_tokens else axis_frequencies(dw, theta, host)
-        return cls(axis_frequencies(dt, theta, host), axis_frequencies(dh, theta, host), width)
+        axes = (axis_frequencies(dt, theta, host), axis_frequencies(dh, theta, host), width)
+        return cls(*(tuple(f.tolist()) for f in axes))
 
     def rotations(
         self,
@@ -72,9 +75,11 @@ class RopeAxes:
         """
         frames = torch.as_tensor(frame_positions, dtype=torch.float64, device=device).reshape(-1)
         n_f = frames.numel()
-        angle_t = torch.outer(frames, self.time.to(device))  # [F, dt/2]
-        angle_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), self.height.to(device))
-        freq_w = self.width.to(device)
+        freq_t = torch.tensor(self.time, dtype=torch.float64, device=device)
+        freq_h = torch.tensor(self.height, dtype=torch.float64, device=device)
+        freq_w = torch.tensor(self.width, dtype=torch.float64, device=device)
+        angle_t = torch.outer(frames, freq_t)  # [F, dt/2]
+        angle_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), freq_h)
         columns = torch.arange(width, dtype=torch.float64, device=device)
         if headings is None:
             angle_w = torch.outer(columns, freq_w)[None, None, None]  # [1, 1, 1, w, dw/2]
@@ -107,7 +112,9 @@ def rope_frequencies(
     room_tokens: int = 0,
 ) -> torch.Tensor:
     """The rotations of `RopeAxes.of(head_dim, theta, room_tokens)` in one call (a model keeps its axes)."""
-    return RopeAxes.of(head_dim, theta, room_tokens).rotations(frame_positions, height, width, device, headings=headings)
+    return RopeAxes.of(head_dim, theta, room_tokens).rotations(
+        frame_positions, height, width, device, headings=headings
+    )
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
