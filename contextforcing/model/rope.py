@@ -42,8 +42,9 @@ def room_frequencies(dims: int, room_tokens: int, device=None) -> torch.Tensor:
 @dataclass(frozen=True)
 class RopeAxes:
     """The inverse frequencies of the three axes: a model's are resolved once, at its construction, and every pass
-    only places positions on them (`rotations`). Kept as host floats (float64 values, exactly): a pass makes
-    them a constant tensor on its own device, so a compiled forward (CUDA graphs too) reads no host tensor."""
+    only places positions on them (`rotations`). Kept as host floats (the float64 values, exactly), not as
+    buffers: `model.to(dtype)` would cast a buffer, and a model built on the meta device or moved between devices
+    has nothing to move; a pass makes them a tensor on its own device."""
 
     time: tuple[float, ...]  # dt/2 of them
     height: tuple[float, ...]  # dh/2
