@@ -280,7 +280,6 @@ class ContextMemory:
             self._recache = []
             return MemoryUpdate()
         updates = [self._commit_group(g, self.promotion.at_commit(g)) for g in self.groups]
-        self.promotion.end_commit()
         self._forget_headings()
         if self.exit_gradients is not None:
             self.exit_gradients.bind(self.start)

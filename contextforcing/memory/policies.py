@@ -317,9 +317,6 @@ class Promotion:
     def at_commit(self, group) -> bool:
         return group.check == "yes"
 
-    def end_commit(self) -> None:
-        """Every group has decided."""
-
     def _kept_frame(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The latent frame of this pass's chunk keys and values [B, frames*T, H, D] that a promotion copies
         (`keep`: the first, or the last), detached."""

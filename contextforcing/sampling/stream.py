@@ -8,7 +8,7 @@ chunk loop: noise, known frames, decoding, prompts); training rollouts and stage
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
@@ -35,10 +35,16 @@ Headings = Sequence[Sequence[float]]  # [B][frames]: a camera heading (tokens) p
 @dataclass
 class Branch:
     """One conditioning stream: a text (a cross-attention cache, or the tensor itself when training) and the
-    context memory it builds."""
+    context memory it builds; `denoise` is the model's flow under them."""
 
+    model: CausalWanModel = field(repr=False)
     text: CrossAttentionCache | torch.Tensor
     memory: ContextMemory
+
+    def denoise(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The flow at noisy latents x [B, C, frames, H, W], every frame at timestep `t` (a sampler's `Denoise`)."""
+        ts = torch.full((x.shape[0], x.shape[2]), float(t), device=x.device)
+        return self.model(x, ts, self.text, memory=self.memory)
 
 
 @dataclass(frozen=True)
@@ -117,12 +123,14 @@ class VideoStream:
         else:
             self.steps = list(sampling.denoising_steps)
         self.multistep = bool(euler_num_steps)
-        self.batch, self.max_frames = text.shape[0], max_frames
+        self.batch, self.max_frames, self.chunk_frames = text.shape[0], max_frames, video.chunk_frames
         self.device, self.dtype = text.device, model.dtype
         use_cfg = uncond_text is not None and sampling.guidance_scale != 1.0
-        self.branches = [Branch(self._text(text), self._new_memory())]
+        self.branches = [Branch(model, self._text(text), self._new_memory())]
+        self.denoise = self.branches[0].denoise  # what the sampler calls: (x, t) -> flow
         if use_cfg:
-            self.branches.append(Branch(self._text(uncond_text), self._new_memory()))
+            self.branches.append(Branch(model, self._text(uncond_text), self._new_memory()))
+            self.denoise = guided(self.branches[0].denoise, self.branches[1].denoise, sampling.guidance_scale)
         self._set_prompt(text)
         self.frame = 0  # next absolute latent frame
         self.recent: dict[int, torch.Tensor] = {}  # clean latents of the frames a prompt switch re-encodes
@@ -133,10 +141,6 @@ class VideoStream:
     @property
     def memory(self) -> ContextMemory:
         return self.branches[0].memory
-
-    @property
-    def chunk_frames(self) -> int:
-        return self.video.chunk_frames
 
     def _text(self, text: torch.Tensor) -> CrossAttentionCache | torch.Tensor:
         return text if self.trainable else CrossAttentionCache(text)
@@ -184,18 +188,17 @@ class VideoStream:
         if known is not None and known.all_known:
             x0 = known.latents.to(noise.dtype)
         elif self.multistep:
-            x0 = sample_euler(self._denoiser(), noise, self.steps, self.schedule, known)
+            x0 = sample_euler(self.denoise, noise, self.steps, self.schedule, known)
         else:
-            x0 = sample_few_step(self._denoiser(), noise, self.steps, self.schedule, generator, exit_step, known)
-        self._commit(x0.detach(), self._reencoded(x0.detach(), generator))
+            x0 = sample_few_step(self.denoise, noise, self.steps, self.schedule, generator, exit_step, known)
+        clean = x0.detach()  # x0 itself keeps its graph for a training rollout's loss
+        self._commit(clean, self._reencoded(clean, generator) if self.reencode_noise else None)
         return x0
 
     def _reencoded(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """What the commit pass of a generated chunk reads: x0, or with `reencode_noise` add_noise(x0, eps,
-        sigma(commit t)) with sigma the nearest table entry (Self-Forcing `context_noise: 0`: 0.995 x0 + 0.005
-        eps at shift 5), eps drawn right after the chunk as Self-Forcing draws it."""
-        if not self.reencode_noise:
-            return x0
+        """What the commit pass of a generated chunk reads with `reencode_noise`: add_noise(x0, eps, sigma(commit
+        t)) with sigma the nearest table entry (Self-Forcing `context_noise: 0`: 0.995 x0 + 0.005 eps at shift 5),
+        eps drawn right after the chunk as Self-Forcing draws it (without it: x0 itself)."""
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return add_noise(x0, eps, self.schedule.sigma(self.sampling.commit_timestep))
 
@@ -213,18 +216,6 @@ class VideoStream:
     def _begin_chunk(self, frames: int, headings: Headings | None) -> None:
         plans = [branch.memory.begin_chunk(self.frame, frames, headings) for branch in self.branches]
         self.last_plan = plans[0]
-
-    def _denoiser(self):
-        def for_branch(branch: Branch):
-            def denoise(x, t):
-                ts = torch.full((x.shape[0], x.shape[2]), float(t), device=x.device)
-                return self.model(x, ts, branch.text, memory=branch.memory)
-
-            return denoise
-
-        if len(self.branches) == 1:
-            return for_branch(self.branches[0])
-        return guided(for_branch(self.branches[0]), for_branch(self.branches[1]), self.sampling.guidance_scale)
 
     @torch.no_grad()
     def _commit(self, x0: torch.Tensor, seen: torch.Tensor | None = None) -> None:

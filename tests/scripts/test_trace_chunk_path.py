@@ -12,8 +12,8 @@ import trace_chunk_path  # noqa: E402
 
 # (files, functions) of `generate` (3 s of the embedded model) and of one chunk, as the CHANGELOG records them.
 # A change that lengthens a path on purpose raises its ceiling here and says so in the CHANGELOG.
-CLI_CEILING = (31, 267)
-CHUNK_CEILING = (13, 99)
+CLI_CEILING = (31, 262)
+CHUNK_CEILING = (13, 94)
 
 
 def test_the_chunk_path_is_traced_and_stays_within_its_ceilings(tmp_path):
