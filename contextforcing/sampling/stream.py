@@ -198,7 +198,7 @@ class VideoStream:
     def _reencoded(self, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """What the commit pass of a generated chunk reads with `reencode_noise`: add_noise(x0, eps, sigma(commit
         t)) with sigma the nearest table entry (Self-Forcing `context_noise: 0`: 0.995 x0 + 0.005 eps at shift 5),
-        eps drawn right after the chunk as Self-Forcing draws it (without it: x0 itself)."""
+        eps drawn right after the chunk as Self-Forcing draws it (without `reencode_noise` the commit reads x0)."""
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return add_noise(x0, eps, self.schedule.sigma(self.sampling.commit_timestep))
 
