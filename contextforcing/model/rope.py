@@ -15,7 +15,7 @@ p and p + room_tokens rotate alike and a wall keeps its position however the cam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -44,11 +44,13 @@ class RopeAxes:
     """The inverse frequencies of the three axes: a model's are resolved once, at its construction, and every pass
     only places positions on them (`rotations`). Kept as host floats (the float64 values, exactly), not as
     buffers: `model.to(dtype)` would cast a buffer, and a model built on the meta device or moved between devices
-    has nothing to move; a pass makes them a tensor on its own device."""
+    has nothing to move. They are made a tensor once per device a pass runs on (`_on_device`): a tensor built from
+    host values is a synchronous host-to-device copy, which must not happen on every pass."""
 
     time: tuple[float, ...]  # dt/2 of them
     height: tuple[float, ...]  # dh/2
     width: tuple[float, ...]  # dw/2: Wan's, or the room's harmonics
+    _on_device: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # device -> the three
 
     @classmethod
     def of(cls, head_dim: int, theta: float, room_tokens: int = 0) -> "RopeAxes":
@@ -76,9 +78,10 @@ class RopeAxes:
         """
         frames = torch.as_tensor(frame_positions, dtype=torch.float64, device=device).reshape(-1)
         n_f = frames.numel()
-        freq_t = torch.tensor(self.time, dtype=torch.float64, device=device)
-        freq_h = torch.tensor(self.height, dtype=torch.float64, device=device)
-        freq_w = torch.tensor(self.width, dtype=torch.float64, device=device)
+        if device not in self._on_device:
+            axes = (self.time, self.height, self.width)
+            self._on_device[device] = tuple(torch.tensor(f, dtype=torch.float64, device=device) for f in axes)
+        freq_t, freq_h, freq_w = self._on_device[device]
         angle_t = torch.outer(frames, freq_t)  # [F, dt/2]
         angle_h = torch.outer(torch.arange(height, dtype=torch.float64, device=device), freq_h)
         columns = torch.arange(width, dtype=torch.float64, device=device)

@@ -134,6 +134,25 @@ def test_positions_past_1024_frames_work(setup):
     assert torch.isfinite(out).all()
 
 
+@torch.no_grad()
+def test_the_rope_axes_are_made_a_tensor_once_per_device_and_reused_by_every_pass(setup, tiny_video_cfg):
+    """A tensor built from host floats is a synchronous host-to-device copy on a GPU: a pass must not make one."""
+    model, x, t, text, c = setup
+    memory = _memory(model, tiny_video_cfg)
+    memory.begin_chunk(0, c)
+    model(x[:, :, :c], t[:, :c], text, memory=memory)
+    made = dict(model.rope_axes._on_device)
+    assert list(made) == [x.device] and len(made[x.device]) == 3
+    model(x[:, :, :c], t[:, :c], text, memory=memory, commit=True)
+    memory.commit()
+    memory.begin_chunk(c, c)  # the next chunk's rotation of its context too
+    model(x[:, :, c : 2 * c], t[:, c : 2 * c], text, memory=memory)
+    assert model.rope_axes._on_device.keys() == made.keys()
+    assert all(a is b for a, b in zip(model.rope_axes._on_device[x.device], made[x.device]))
+    expected = (model.rope_axes.time, model.rope_axes.height, model.rope_axes.width)
+    assert [f.tolist() for f in made[x.device]] == [list(e) for e in expected]  # the float64 values, exactly
+
+
 def test_cross_attention_cache_is_exact_and_training_streams_never_cut_gradients(setup, tiny_video_cfg):
     from contextforcing.memory.cross import CrossAttentionCache
     from contextforcing.sampling.stream import VideoStream
